@@ -1,0 +1,293 @@
+//! The event schema and the per-chunk events payload (JSON lines, zstd-compressed).
+//!
+//! Events say what the video cannot: which processes ran with which command line, which window
+//! had focus, when JIT began and ended and who authorised it, and what happened to the recorder
+//! itself (frames dropped, capture errors, gaps). Each carries the media time it happened at (the
+//! video's clock) and UTC. A chunk's events all fall inside its interval and are sorted, so a
+//! chunk is self-contained and a player can merge chunks by concatenation.
+//!
+//! Decoding untrusted payloads is bounded ([`MAX_DECODED_EVENTS_BYTES`]) so a zstd bomb in the
+//! bucket cannot exhaust the player's memory.
+
+use std::io::{BufRead, BufReader, Read};
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::parse::{check, check_optional_text, check_text};
+use crate::{ChunkManifest, MediaTime};
+
+/// Largest decompressed events payload a reader accepts.
+///
+/// A 2 s chunk of a busy build produces well under 1 MiB of JSON; 64 MiB leaves room for a
+/// recorder configured with long chunks while still bounding memory.
+pub const MAX_DECODED_EVENTS_BYTES: u64 = 64 * 1024 * 1024;
+
+/// zstd level for events: level 3 is zstd's default and compresses JSON lines ~8-10x at a cost
+/// that is negligible next to video encoding.
+const ZSTD_LEVEL: i32 = 3;
+
+/// One event, as one line of the events payload.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Event {
+    /// When it happened, on the video's clock.
+    pub media_us: MediaTime,
+    /// When it happened, wall clock.
+    pub utc: DateTime<Utc>,
+    pub event: EventKind,
+}
+
+/// What happened.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum EventKind {
+    /// A process started.
+    ProcessStart(ProcessStart),
+    /// A process exited.
+    ProcessExit(ProcessExit),
+    /// Another window became the active one.
+    WindowFocus(WindowInfo),
+    /// The active window's title changed.
+    WindowTitle(WindowInfo),
+    /// JIT elevation began (the first event of a session).
+    JitStart {
+        user: String,
+        machine: String,
+        #[serde(default)]
+        authorized_by: Option<String>,
+        #[serde(default)]
+        reason: Option<String>,
+    },
+    /// JIT elevation ended.
+    JitStop {
+        user: String,
+        machine: String,
+        #[serde(default)]
+        reason: Option<String>,
+    },
+    /// The recorder started capturing.
+    RecorderStarted,
+    /// The recorder stopped capturing.
+    RecorderStopped,
+    /// Frames captured but not encoded because the encoder fell behind.
+    FramesDropped { count: u64 },
+    /// Events not written one by one because a bound was hit (e.g. a fork bomb); `count` of them
+    /// were summarised into this record.
+    EventsSummarised { count: u64, what: String },
+    /// Capture failed; `message` says why.
+    CaptureError { message: String },
+    /// Nothing was recorded between `from_us` and `to_us`, for `reason`.
+    Gap {
+        from_us: MediaTime,
+        to_us: MediaTime,
+        reason: String,
+    },
+}
+
+/// A user account: name and platform id (uid on Linux, SID on Windows).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UserRef {
+    pub name: String,
+    pub id: String,
+}
+
+impl UserRef {
+    pub(crate) fn validate(&self, field: &str) -> Result<(), String> {
+        check_text(&format!("{field}.name"), &self.name)?;
+        check_text(&format!("{field}.id"), &self.id)
+    }
+}
+
+/// A process start.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProcessStart {
+    pub pid: u32,
+    pub ppid: u32,
+    pub user: UserRef,
+    /// Executable path.
+    pub exe: String,
+    /// The full command line, after secret redaction.
+    pub command_line: String,
+    /// Whether it runs elevated (uid 0, the admin group, or an elevated token).
+    pub elevated: bool,
+}
+
+/// A process exit.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProcessExit {
+    pub pid: u32,
+    /// Exit code, where the source reports it.
+    #[serde(default)]
+    pub exit_code: Option<i32>,
+}
+
+/// A window, as focus and title events describe it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WindowInfo {
+    /// Platform window id (X11 window id or HWND), as text.
+    pub window: String,
+    pub title: String,
+    /// The owning process, where the platform tells.
+    #[serde(default)]
+    pub pid: Option<u32>,
+}
+
+/// Why an events payload could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum EventsError {
+    /// Not a zstd stream, or truncated.
+    #[error("events payload is not valid zstd: {0}")]
+    Zstd(#[source] std::io::Error),
+    /// Decompresses to more than [`MAX_DECODED_EVENTS_BYTES`].
+    #[error("events payload decompresses to more than {MAX_DECODED_EVENTS_BYTES} bytes")]
+    TooLarge,
+    /// A line is not a valid event.
+    #[error("events line {line}: {source}")]
+    Line {
+        line: usize,
+        #[source]
+        source: serde_json::Error,
+    },
+    /// An event breaks a rule of the format (bad text, out of order, outside the chunk).
+    #[error("event {index}: {reason}")]
+    Invalid { index: usize, reason: String },
+    /// The number of events differs from the manifest's `events.count`.
+    #[error("events payload holds {actual} events, manifest says {expected}")]
+    Count { expected: u32, actual: usize },
+}
+
+/// Encodes events as zstd-compressed JSON lines.
+pub fn encode_events(events: &[Event]) -> Result<Vec<u8>, EventsError> {
+    let mut lines = Vec::with_capacity(events.len() * 160);
+    for (line, e) in events.iter().enumerate() {
+        serde_json::to_writer(&mut lines, e).map_err(|source| EventsError::Line {
+            line: line + 1,
+            source,
+        })?;
+        lines.push(b'\n');
+    }
+    zstd::bulk::compress(&lines, ZSTD_LEVEL).map_err(EventsError::Zstd)
+}
+
+/// Decodes an events payload, bounded by [`MAX_DECODED_EVENTS_BYTES`].
+pub fn decode_events(payload: &[u8]) -> Result<Vec<Event>, EventsError> {
+    let decoder = zstd::stream::read::Decoder::new(payload).map_err(EventsError::Zstd)?;
+    let mut limited = BufReader::new(decoder.take(MAX_DECODED_EVENTS_BYTES + 1));
+    let mut events = Vec::new();
+    let mut buf = Vec::new();
+    let mut total = 0u64;
+    let mut line = 0usize;
+    loop {
+        buf.clear();
+        let n = limited
+            .read_until(b'\n', &mut buf)
+            .map_err(EventsError::Zstd)?;
+        if n == 0 {
+            break;
+        }
+        total += n as u64;
+        if total > MAX_DECODED_EVENTS_BYTES {
+            return Err(EventsError::TooLarge);
+        }
+        line += 1;
+        let text = buf.strip_suffix(b"\n").unwrap_or(&buf);
+        let event: Event =
+            serde_json::from_slice(text).map_err(|source| EventsError::Line { line, source })?;
+        events.push(event);
+    }
+    Ok(events)
+}
+
+/// Checks decoded events against their chunk: count, text rules, sorted by media time, and every
+/// event inside `[media_start_us, media_end_us]`.
+///
+/// The end is inclusive: JIT stop and the recorder's final status are stamped at the instant the
+/// last chunk ends.
+pub fn validate_events(manifest: &ChunkManifest, events: &[Event]) -> Result<(), EventsError> {
+    if events.len() != manifest.events.count as usize {
+        return Err(EventsError::Count {
+            expected: manifest.events.count,
+            actual: events.len(),
+        });
+    }
+    let mut last = MediaTime::ZERO;
+    for (index, e) in events.iter().enumerate() {
+        let invalid = |reason: String| EventsError::Invalid { index, reason };
+        e.event.validate().map_err(invalid)?;
+        if e.media_us < manifest.media_start_us || e.media_us > manifest.media_end_us {
+            return Err(invalid(format!(
+                "media time {} is outside the chunk [{}, {}]",
+                e.media_us, manifest.media_start_us, manifest.media_end_us
+            )));
+        }
+        if e.media_us < last {
+            return Err(invalid(format!(
+                "media time {} is before the previous event's {}",
+                e.media_us, last
+            )));
+        }
+        last = e.media_us;
+    }
+    Ok(())
+}
+
+impl EventKind {
+    fn validate(&self) -> Result<(), String> {
+        match self {
+            EventKind::ProcessStart(p) => {
+                p.user.validate("user")?;
+                check_optional_text("exe", Some(&p.exe))?;
+                // Command lines may legitimately be long; they are bounded by the document-free
+                // payload limit instead, but must still be displayable text.
+                check(
+                    !p.command_line.chars().any(|c| c.is_control() && c != '\t'),
+                    || "`command_line` contains control characters".into(),
+                )
+            }
+            EventKind::ProcessExit(_) => Ok(()),
+            EventKind::WindowFocus(w) | EventKind::WindowTitle(w) => {
+                check_text("window", &w.window)?;
+                check_optional_text("title", Some(&w.title))
+            }
+            EventKind::JitStart {
+                user,
+                machine,
+                authorized_by,
+                reason,
+            } => {
+                check_text("user", user)?;
+                check_text("machine", machine)?;
+                check_optional_text("authorized_by", authorized_by.as_deref())?;
+                check_optional_text("reason", reason.as_deref())
+            }
+            EventKind::JitStop {
+                user,
+                machine,
+                reason,
+            } => {
+                check_text("user", user)?;
+                check_text("machine", machine)?;
+                check_optional_text("reason", reason.as_deref())
+            }
+            EventKind::RecorderStarted | EventKind::RecorderStopped => Ok(()),
+            EventKind::FramesDropped { .. } => Ok(()),
+            EventKind::EventsSummarised { what, .. } => check_text("what", what),
+            EventKind::CaptureError { message } => check_text("message", message),
+            EventKind::Gap {
+                from_us,
+                to_us,
+                reason,
+            } => {
+                check(to_us >= from_us, || {
+                    format!("gap ends ({to_us}) before it starts ({from_us})")
+                })?;
+                check_text("reason", reason)
+            }
+        }
+    }
+}

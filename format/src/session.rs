@@ -1,0 +1,229 @@
+//! The session's two bookend documents: the header (written when JIT starts) and the close
+//! record (written last, when it ends or when a restarted recorder finds it interrupted).
+//!
+//! The header says who was elevated, on which machine, authorised by whom, under which labels
+//! (the levels retention policies are set at) and with which encoder settings. Its SHA-256 is the
+//! first link of the session's hash chain. The close record states how the session ended, how
+//! many chunks it has, and links to the last one, so truncating a session is as visible as
+//! altering it.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::parse::{self, Document, check, check_optional_text, check_text};
+use crate::{FormatError, MediaTime, SessionId, Sha256Digest};
+
+/// The first document of a session (`session.json`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SessionHeader {
+    /// Always [`crate::FORMAT_VERSION`].
+    pub version: u32,
+    pub session_id: SessionId,
+    pub machine: Machine,
+    /// The account that was elevated.
+    pub user: crate::UserRef,
+    pub authorization: Authorization,
+    pub labels: Labels,
+    /// When JIT began (UTC). Media time 0 of the session.
+    pub started_at: DateTime<Utc>,
+    pub agent: Agent,
+    pub codec: CodecParams,
+}
+
+/// The endpoint a session was recorded on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Machine {
+    /// A stable machine identity (`/etc/machine-id` on Linux, the MachineGuid on Windows).
+    pub id: String,
+    pub hostname: String,
+}
+
+/// Who authorised the elevation and how the recorder learned of it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Authorization {
+    pub trigger: Trigger,
+    /// Who approved the elevation, when a JIT controller said so; `None` means unknown.
+    #[serde(default)]
+    pub authorized_by: Option<String>,
+    /// The stated reason, when known.
+    #[serde(default)]
+    pub reason: Option<String>,
+}
+
+/// How JIT start was detected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Trigger {
+    /// The user entered the admin group (observed by the recorder).
+    GroupMembership,
+    /// A JIT controller called the recorder's control command.
+    ControlCommand,
+}
+
+/// The labels retention policies are set at (most specific wins: computer, location, company).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Labels {
+    #[serde(default)]
+    pub company: Option<String>,
+    #[serde(default)]
+    pub location: Option<String>,
+    #[serde(default)]
+    pub computer: Option<String>,
+}
+
+/// The software that wrote the recording.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Agent {
+    pub name: String,
+    pub version: String,
+}
+
+/// Encoder settings for the whole session. Frame size is per init segment (see
+/// [`crate::InitRef`]) because it may change mid-session.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CodecParams {
+    pub codec: Codec,
+    /// Constant rate factor the encoder was given (lower is better quality).
+    pub crf: u8,
+    /// Maximum distance between keyframes.
+    pub keyframe_interval_ms: u32,
+    /// Target chunk length: the most a crash can lose.
+    pub chunk_target_ms: u32,
+    /// Units per second of the video track's timestamps.
+    pub timescale: u32,
+    /// Number of B-frames. Format v1 requires 0: Chromium's MSE ignores the edit list, so B-frame
+    /// streams play offset from their events.
+    pub b_frames: u8,
+}
+
+/// Video codecs of format v1.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Codec {
+    /// H.264 / AVC in fragmented MP4: plays in every browser.
+    H264,
+}
+
+/// The last document of a session (`closed.json`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SessionClose {
+    /// Always [`crate::FORMAT_VERSION`].
+    pub version: u32,
+    pub session_id: SessionId,
+    pub end_reason: EndReason,
+    /// The end of the recorded material (UTC): JIT end for a normal close, the end of the last
+    /// committed chunk for an interrupted one.
+    pub ended_at: DateTime<Utc>,
+    /// When this record was written. For an interrupted session, `ended_at..closed_at` is the
+    /// stretch nobody recorded.
+    pub closed_at: DateTime<Utc>,
+    /// How many chunks the session has (they are numbered `0..chunk_count`).
+    pub chunk_count: u64,
+    /// Media time of the end of the last chunk (zero when there are none).
+    pub media_end_us: MediaTime,
+    /// SHA-256 of the last chunk manifest's bytes, or of the header's when there are no chunks.
+    pub prev: Sha256Digest,
+    /// Free text for a reviewer, e.g. why a session was interrupted.
+    #[serde(default)]
+    pub note: Option<String>,
+}
+
+/// Why a session ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EndReason {
+    /// The user left the admin group.
+    JitEnded,
+    /// A JIT controller called `jit stop`.
+    ControlStop,
+    /// The recorder was stopped (service stop, shutdown) while JIT was active.
+    RecorderShutdown,
+    /// The recorder died; a later run closed the session from what the spool held.
+    Interrupted,
+}
+
+impl SessionHeader {
+    /// Parses and validates a stored header.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, FormatError> {
+        parse::parse(bytes)
+    }
+
+    /// The exact bytes to store; the chain's first link is their SHA-256.
+    pub fn to_bytes(&self) -> Result<Vec<u8>, FormatError> {
+        parse::encode(self)
+    }
+}
+
+impl Document for SessionHeader {
+    const WHAT: &'static str = "session header";
+
+    fn validate(&self) -> Result<(), String> {
+        check_text("machine.id", &self.machine.id)?;
+        check_text("machine.hostname", &self.machine.hostname)?;
+        self.user.validate("user")?;
+        check_optional_text(
+            "authorization.authorized_by",
+            self.authorization.authorized_by.as_deref(),
+        )?;
+        check_optional_text("authorization.reason", self.authorization.reason.as_deref())?;
+        for (field, v) in [
+            ("labels.company", &self.labels.company),
+            ("labels.location", &self.labels.location),
+            ("labels.computer", &self.labels.computer),
+        ] {
+            if let Some(v) = v {
+                check_text(field, v)?;
+            }
+        }
+        check_text("agent.name", &self.agent.name)?;
+        check_text("agent.version", &self.agent.version)?;
+        let c = &self.codec;
+        check(c.keyframe_interval_ms > 0, || {
+            "`codec.keyframe_interval_ms` is 0".into()
+        })?;
+        check(c.chunk_target_ms > 0, || {
+            "`codec.chunk_target_ms` is 0".into()
+        })?;
+        check(c.timescale > 0, || "`codec.timescale` is 0".into())?;
+        check(c.crf <= 51, || format!("`codec.crf` {} is above 51", c.crf))?;
+        check(c.b_frames == 0, || {
+            format!("`codec.b_frames` is {}; format v1 requires 0", c.b_frames)
+        })
+    }
+}
+
+impl SessionClose {
+    /// Parses and validates a stored close record.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, FormatError> {
+        parse::parse(bytes)
+    }
+
+    /// The exact bytes to store.
+    pub fn to_bytes(&self) -> Result<Vec<u8>, FormatError> {
+        parse::encode(self)
+    }
+}
+
+impl Document for SessionClose {
+    const WHAT: &'static str = "close record";
+
+    fn validate(&self) -> Result<(), String> {
+        check(self.closed_at >= self.ended_at, || {
+            format!(
+                "`closed_at` {} is before `ended_at` {}",
+                self.closed_at, self.ended_at
+            )
+        })?;
+        check(self.chunk_count <= crate::MAX_SEQ + 1, || {
+            format!("`chunk_count` {} is out of range", self.chunk_count)
+        })?;
+        check_optional_text("note", self.note.as_deref())
+    }
+}
