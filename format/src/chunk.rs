@@ -48,7 +48,7 @@ pub struct ChunkManifest {
 #[serde(deny_unknown_fields)]
 pub struct InitRef {
     /// Init segment number within the session, from 0; a screen-size change starts the next one.
-    pub id: u32,
+    pub id: u64,
     pub size: u64,
     pub sha256: Sha256Digest,
     pub width: u32,

@@ -66,7 +66,7 @@ pub fn header(session: SessionId) -> SessionHeader {
 }
 
 /// Bytes standing in for an init segment (content is opaque to the format).
-pub fn init_bytes(id: u32) -> Vec<u8> {
+pub fn init_bytes(id: u64) -> Vec<u8> {
     format!("ftyp-moov-init-{id}").into_bytes()
 }
 
