@@ -1,0 +1,124 @@
+//! Helper process for the spool crash test; not part of the product.
+//!
+//! `jitrec-test-spool-writer run SPOOL BUCKET` does what the recorder and uploader do to a spool,
+//! forever, until the test SIGKILLs it: on start it recovers the spool and closes the sessions a
+//! previous (killed) run left open as interrupted; then one thread writes sessions of five chunks
+//! each while another "uploads" pending entries into a directory bucket and acknowledges them.
+//! `... finish SPOOL BUCKET` recovers, closes, uploads everything and exits.
+//!
+//! It prints a line only after the operation it reports has returned, so the test knows that
+//! everything printed was committed before the kill.
+
+use std::path::PathBuf;
+use std::thread;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use jitrec_format::{EndReason, FORMAT_VERSION, SessionClose, SessionId, fixtures};
+use jitrec_spool::{EntryName, SessionWriter, SpoolConfig, SpoolError, SpoolReader, SpoolWriter};
+use jitrec_tests::{CHUNKS_PER_SESSION, CRASH_MAX_VIDEO, DirBucket, chunk_events, payload};
+
+/// How often the uploader thread looks at the spool. It polls because this helper is a stand-in
+/// for the uploader; the real one is notified of commits.
+const UPLOAD_POLL: Duration = Duration::from_millis(5);
+
+fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    let [_, mode, spool, bucket] = args.as_slice() else {
+        bail!("usage: jitrec-test-spool-writer run|finish SPOOL BUCKET");
+    };
+    let spool = PathBuf::from(spool);
+    let bucket = DirBucket::new(bucket);
+    let (writer, recovery) = SpoolWriter::open(&spool, SpoolConfig::default())?;
+    for s in &recovery.open_sessions {
+        close(writer.resume_session(*s)?, EndReason::Interrupted)?;
+    }
+    println!(
+        "recovered {} {}",
+        recovery.temp_files_removed,
+        recovery.open_sessions.len()
+    );
+    let reader = SpoolReader::open(&spool, SpoolConfig::default())?;
+    match mode.as_str() {
+        "finish" => {
+            while upload_pass(&reader, &bucket)? > 0 {}
+            Ok(())
+        }
+        "run" => {
+            thread::spawn(move || {
+                loop {
+                    if let Err(e) = upload_pass(&reader, &bucket) {
+                        eprintln!("uploader failed: {e:#}");
+                        std::process::exit(3);
+                    }
+                    thread::sleep(UPLOAD_POLL);
+                }
+            });
+            loop {
+                write_session(&writer)?;
+            }
+        }
+        other => bail!("unknown mode {other:?}"),
+    }
+}
+
+fn write_session(writer: &SpoolWriter) -> Result<()> {
+    let sid = SessionId::new();
+    let mut w = writer.create_session(&fixtures::header(sid))?;
+    w.commit_init(0, &fixtures::init_bytes(0))?;
+    for seq in 0..CHUNKS_PER_SESSION {
+        let video = payload(sid, seq, 0, CRASH_MAX_VIDEO);
+        let (events, count) = chunk_events(seq);
+        let m = fixtures::manifest(sid, seq, w.head(), &video, &events, count);
+        let digest = w.commit_chunk(&m, &video, &events)?;
+        println!("committed {sid} {seq} {digest}");
+    }
+    close(w, EndReason::JitEnded)
+}
+
+fn close(w: SessionWriter, reason: EndReason) -> Result<()> {
+    let sid = w.session_id();
+    let chunks = w.next_seq();
+    let ended_at = w.last_chunk().map_or(w.header().started_at, |m| m.utc_end);
+    let close = SessionClose {
+        version: FORMAT_VERSION,
+        session_id: sid,
+        end_reason: reason,
+        ended_at,
+        closed_at: chrono::Utc::now().max(ended_at),
+        chunk_count: chunks,
+        media_end_us: w.last_chunk().map(|m| m.media_end_us).unwrap_or_default(),
+        prev: w.head(),
+        note: None,
+    };
+    w.close(&close)?;
+    if reason == EndReason::JitEnded {
+        println!("closed {sid} {chunks}");
+    }
+    Ok(())
+}
+
+/// Uploads every pending entry once; returns how many were acknowledged.
+fn upload_pass(reader: &SpoolReader, bucket: &DirBucket) -> Result<usize> {
+    let mut acked = 0;
+    for s in reader.sessions()? {
+        for e in reader.pending(s)? {
+            // The close record goes last: only when a fresh listing shows nothing else pending
+            // (a listing is a snapshot and may have missed an entry committed during it).
+            if e.name == EntryName::Close && reader.pending(s)?.len() != 1 {
+                continue;
+            }
+            let entry = match reader.read(&e) {
+                Ok(entry) => entry,
+                Err(SpoolError::NotFound(_)) => continue,
+                Err(err) => return Err(err).context(format!("reading {e}")),
+            };
+            for (key, bytes) in entry.objects(&e) {
+                bucket.put(&key, bytes)?;
+            }
+            reader.ack(&e)?;
+            acked += 1;
+        }
+    }
+    Ok(acked)
+}

@@ -1,0 +1,164 @@
+//! The test harness shared by jitrec's integration tests and their helper processes.
+//!
+//! It holds what more than one test (or a test and the process it kills) must agree on:
+//! deterministic chunk content, so a byte read back can be compared with the byte that was meant
+//! to be written, and a directory "bucket" in the format's object layout, so a test can check a
+//! session end to end with the format's own chain verifier.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use jitrec_format::{
+    ChainVerifier, ChunkManifest, ObjectKey, SessionClose, SessionId, Sha256Digest, fixtures,
+};
+
+/// Deterministic bytes for `(session, seq, part)`: splitmix64 over a seed derived from the three.
+///
+/// Sizes vary from 1 KiB to `max_len` so commits take long enough for a kill to land mid-write.
+pub fn payload(session: SessionId, seq: u64, part: u8, max_len: usize) -> Vec<u8> {
+    let id = session.as_uuid().as_u128();
+    let mut state = (id as u64)
+        ^ ((id >> 64) as u64)
+        ^ seq.wrapping_mul(0x9e37_79b9_7f4a_7c15)
+        ^ u64::from(part) << 56;
+    let mut next = || {
+        state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    };
+    let len = 1024 + (next() as usize % max_len.saturating_sub(1024).max(1));
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        out.extend_from_slice(&next().to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+/// Chunks per session the crash writer writes: enough that most kills land inside a session.
+pub const CHUNKS_PER_SESSION: u64 = 5;
+
+/// The largest video payload the crash writer produces.
+pub const CRASH_MAX_VIDEO: usize = 384 * 1024;
+
+/// The events payload of chunk `seq` (the fixture events, zstd JSON lines) and its count.
+pub fn chunk_events(seq: u64) -> (Vec<u8>, u32) {
+    let ev = fixtures::events(seq);
+    let bytes = jitrec_format::encode_events(&ev).expect("fixture events always encode");
+    (bytes, ev.len() as u32)
+}
+
+/// A bucket kept as a directory tree of object keys (the test stand-in for object storage).
+#[derive(Debug, Clone)]
+pub struct DirBucket {
+    root: PathBuf,
+}
+
+impl DirBucket {
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        Self { root: root.into() }
+    }
+
+    fn path(&self, key: &ObjectKey) -> PathBuf {
+        self.root.join(key.to_string())
+    }
+
+    /// Stores an object atomically (temp file and rename), overwriting any previous version.
+    pub fn put(&self, key: &ObjectKey, bytes: &[u8]) -> Result<()> {
+        let dest = self.path(key);
+        let parent = dest.parent().context("object path has a parent")?;
+        fs::create_dir_all(parent)?;
+        let tmp = parent.join(format!(".tmp-{}", std::process::id()));
+        fs::write(&tmp, bytes)?;
+        fs::rename(&tmp, &dest)?;
+        Ok(())
+    }
+
+    /// Reads an object, `None` if absent.
+    pub fn get(&self, key: &ObjectKey) -> Result<Option<Vec<u8>>> {
+        match fs::read(self.path(key)) {
+            Ok(b) => Ok(Some(b)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Sessions present (by directory name).
+    pub fn sessions(&self) -> Result<Vec<SessionId>> {
+        let dir = self.root.join(jitrec_format::LAYOUT_PREFIX);
+        let mut out = Vec::new();
+        if dir.exists() {
+            for e in fs::read_dir(&dir)? {
+                out.push(e?.file_name().to_string_lossy().parse()?);
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    /// Verifies a whole session: chain from header to close record, every payload against its
+    /// manifest, every init segment a chunk names. Returns the close record and manifests.
+    pub fn verify_session(&self, s: SessionId) -> Result<(SessionClose, Vec<ChunkManifest>)> {
+        let need = |k: ObjectKey| -> Result<Vec<u8>> {
+            self.get(&k)?.with_context(|| format!("missing object {k}"))
+        };
+        let mut chain = ChainVerifier::new(&need(ObjectKey::SessionHeader(s))?)?;
+        let close_bytes = need(ObjectKey::SessionClosed(s))?;
+        let claimed = SessionClose::from_bytes(&close_bytes)?.chunk_count;
+        let mut manifests = Vec::new();
+        for seq in 0..claimed {
+            let m = chain.push(&need(ObjectKey::ChunkManifest(s, seq))?)?;
+            m.verify_video(&need(ObjectKey::ChunkVideo(s, seq))?)?;
+            m.verify_events(&need(ObjectKey::ChunkEvents(s, seq))?)?;
+            m.verify_init(&need(ObjectKey::Init(s, m.init.id))?)?;
+            manifests.push(m);
+        }
+        let close = chain.finish(&close_bytes)?;
+        Ok((close, manifests))
+    }
+}
+
+/// A line the crash writer prints after an operation returned (so it is known to be done).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WriterLine {
+    /// `recovered <temp files removed> <sessions closed as interrupted>`
+    Recovered { temp_removed: usize, closed: usize },
+    /// `committed <session> <seq> <manifest sha256>`
+    Committed {
+        session: SessionId,
+        seq: u64,
+        digest: Sha256Digest,
+    },
+    /// `closed <session> <chunk count>`
+    Closed { session: SessionId, chunks: u64 },
+}
+
+impl WriterLine {
+    pub fn parse(line: &str) -> Result<Self> {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        Ok(match f.as_slice() {
+            ["recovered", t, c] => WriterLine::Recovered {
+                temp_removed: t.parse()?,
+                closed: c.parse()?,
+            },
+            ["committed", s, n, d] => WriterLine::Committed {
+                session: s.parse()?,
+                seq: n.parse()?,
+                digest: d.parse()?,
+            },
+            ["closed", s, n] => WriterLine::Closed {
+                session: s.parse()?,
+                chunks: n.parse()?,
+            },
+            _ => bail!("unparsable writer line {line:?}"),
+        })
+    }
+}
+
+/// Counts files in a directory (0 if it does not exist).
+pub fn count_files(dir: &Path) -> usize {
+    fs::read_dir(dir).map(|d| d.count()).unwrap_or(0)
+}
