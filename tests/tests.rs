@@ -1,6 +1,7 @@
 //! jitrec's integration tests: one test binary, one module per area, sharing the harness in
 //! `jitrec_tests` (the library beside this file).
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+// Tests report seeds and figures on stderr, which cargo shows for failing tests.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stderr)]
 
 mod spool_crash;
 mod spool_model;

@@ -110,7 +110,7 @@ pub fn manifest(
         media_end_us: MediaTime::from_micros(end),
         utc_start: t0() + Duration::microseconds(start as i64),
         utc_end: t0() + Duration::microseconds(end as i64),
-        starts_with_keyframe: seq % 5 == 0,
+        starts_with_keyframe: seq.is_multiple_of(5),
         frames: 10,
         init: InitRef {
             id: 0,

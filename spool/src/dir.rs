@@ -309,10 +309,10 @@ impl SpoolDir {
             // Quarantined names are the original name, possibly with a `.<nanos>` suffix.
             let name = name.to_string_lossy();
             let base = name.split('.').take(2).collect::<Vec<_>>().join(".");
-            if let Some((EntryName::Chunk(n), _)) = EntryName::parse(&base) {
-                if !name.ends_with(REASON_EXT) {
-                    out.push(n);
-                }
+            if let Some((EntryName::Chunk(n), _)) = EntryName::parse(&base)
+                && !name.ends_with(REASON_EXT)
+            {
+                out.push(n);
             }
         }
         Ok(out)

@@ -111,10 +111,12 @@ impl SpoolReader {
                 }
                 // Older retained heads are nobody's chain head any more.
                 for l in &listed {
-                    if let EntryName::Chunk(m) = l.name {
-                        if l.state == State::Sent && Some(m) < highest && m != n {
-                            durable::remove_file(&l.path)?;
-                        }
+                    if let EntryName::Chunk(m) = l.name
+                        && l.state == State::Sent
+                        && Some(m) < highest
+                        && m != n
+                    {
+                        durable::remove_file(&l.path)?;
                     }
                 }
             }

@@ -413,13 +413,13 @@ impl SessionWriter {
                 )));
             }
         }
-        if let Some(last) = &self.last {
-            if manifest.media_start_us < last.media_end_us {
-                return Err(self.refuse(format!(
-                    "chunk {} starts at {}, before chunk {} ends at {}",
-                    manifest.seq, manifest.media_start_us, last.seq, last.media_end_us
-                )));
-            }
+        if let Some(last) = &self.last
+            && manifest.media_start_us < last.media_end_us
+        {
+            return Err(self.refuse(format!(
+                "chunk {} starts at {}, before chunk {} ends at {}",
+                manifest.seq, manifest.media_start_us, last.seq, last.media_end_us
+            )));
         }
         manifest
             .verify_video(video)

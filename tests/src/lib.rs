@@ -9,9 +9,9 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
-use jitrec_format::{
-    ChainVerifier, ChunkManifest, ObjectKey, SessionClose, SessionId, Sha256Digest, fixtures,
-};
+use jitrec_format::{ObjectKey, SessionClose, SessionId, Sha256Digest, fixtures};
+use jitrec_player::store::{LocalDir, ObjectSource};
+use jitrec_player::verify::{self, Verdict};
 
 /// Deterministic bytes for `(session, seq, part)`: splitmix64 over a seed derived from the three.
 ///
@@ -51,26 +51,26 @@ pub fn chunk_events(seq: u64) -> (Vec<u8>, u32) {
     (bytes, ev.len() as u32)
 }
 
-/// A bucket kept as a directory tree of object keys (the test stand-in for object storage).
+/// A bucket kept as a directory tree of object keys, as the player's local store reads it; this
+/// adds the writing side the tests' stand-in uploaders need.
 #[derive(Debug, Clone)]
 pub struct DirBucket {
-    root: PathBuf,
+    store: LocalDir,
 }
 
 impl DirBucket {
     pub fn new(root: impl Into<PathBuf>) -> Self {
-        Self { root: root.into() }
-    }
-
-    fn path(&self, key: &ObjectKey) -> PathBuf {
-        self.root.join(key.to_string())
+        Self {
+            store: LocalDir::new(root),
+        }
     }
 
     /// Stores an object atomically (temp file and rename), overwriting any previous version.
     pub fn put(&self, key: &ObjectKey, bytes: &[u8]) -> Result<()> {
-        let dest = self.path(key);
+        let dest = self.store.root().join(key.to_string());
         let parent = dest.parent().context("object path has a parent")?;
         fs::create_dir_all(parent)?;
+        // A leading dot marks an in-flight temp file for the local store's readers.
         let tmp = parent.join(format!(".tmp-{}", std::process::id()));
         fs::write(&tmp, bytes)?;
         fs::rename(&tmp, &dest)?;
@@ -79,45 +79,21 @@ impl DirBucket {
 
     /// Reads an object, `None` if absent.
     pub fn get(&self, key: &ObjectKey) -> Result<Option<Vec<u8>>> {
-        match fs::read(self.path(key)) {
-            Ok(b) => Ok(Some(b)),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(e.into()),
-        }
+        Ok(self.store.get(key)?)
     }
 
-    /// Sessions present (by directory name).
+    /// Sessions present, oldest first.
     pub fn sessions(&self) -> Result<Vec<SessionId>> {
-        let dir = self.root.join(jitrec_format::LAYOUT_PREFIX);
-        let mut out = Vec::new();
-        if dir.exists() {
-            for e in fs::read_dir(&dir)? {
-                out.push(e?.file_name().to_string_lossy().parse()?);
-            }
-        }
-        out.sort();
-        Ok(out)
+        Ok(verify::sessions(&self.store)?)
     }
 
-    /// Verifies a whole session: chain from header to close record, every payload against its
-    /// manifest, every init segment a chunk names. Returns the close record and manifests.
-    pub fn verify_session(&self, s: SessionId) -> Result<(SessionClose, Vec<ChunkManifest>)> {
-        let need = |k: ObjectKey| -> Result<Vec<u8>> {
-            self.get(&k)?.with_context(|| format!("missing object {k}"))
-        };
-        let mut chain = ChainVerifier::new(&need(ObjectKey::SessionHeader(s))?)?;
-        let close_bytes = need(ObjectKey::SessionClosed(s))?;
-        let claimed = SessionClose::from_bytes(&close_bytes)?.chunk_count;
-        let mut manifests = Vec::new();
-        for seq in 0..claimed {
-            let m = chain.push(&need(ObjectKey::ChunkManifest(s, seq))?)?;
-            m.verify_video(&need(ObjectKey::ChunkVideo(s, seq))?)?;
-            m.verify_events(&need(ObjectKey::ChunkEvents(s, seq))?)?;
-            m.verify_init(&need(ObjectKey::Init(s, m.init.id))?)?;
-            manifests.push(m);
+    /// Verifies a whole session with the player's verifier and requires it intact.
+    pub fn verify_intact(&self, s: SessionId) -> Result<SessionClose> {
+        let report = verify::verify_session(&self.store, s)?;
+        match (report.verdict, &report.close) {
+            (Verdict::Intact, Some(close)) => Ok(close.clone()),
+            _ => bail!("{report}"),
         }
-        let close = chain.finish(&close_bytes)?;
-        Ok((close, manifests))
     }
 }
 

@@ -9,6 +9,9 @@
 //! It prints a line only after the operation it reports has returned, so the test knows that
 //! everything printed was committed before the kill.
 
+// A helper process reports its own failure on stderr, where the test collects it.
+#![allow(clippy::print_stderr)]
+
 use std::path::PathBuf;
 use std::thread;
 use std::time::Duration;

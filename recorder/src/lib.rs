@@ -1,0 +1,9 @@
+//! The recorder: turns a JIT elevation into a recorded session in the spool.
+//!
+//! What exists today is the part every start of the recorder begins with: closing the sessions a
+//! previous run left open because it died ([`recovery`]). Capture, encoding, chunking and the
+//! JIT trigger come with their own issues; see ARCHITECTURE.md for where they will live.
+//!
+//! Invariant: the recorder never talks to the network. Its only output is the spool.
+
+pub mod recovery;

@@ -1,0 +1,89 @@
+//! Closing sessions that a dead recorder left open.
+//!
+//! A session without a close record in the spool means the recorder that wrote it stopped
+//! without ending it (killed, crashed, power lost). It must not be continued as if nothing
+//! happened, and it must not stay open forever: it is closed as `interrupted`, linked to the last
+//! chunk the spool still holds, with `ended_at` at the end of that chunk and `closed_at` now, so
+//! the stretch nobody recorded is stated in the recording itself.
+
+use chrono::{DateTime, Utc};
+use jitrec_format::{EndReason, FORMAT_VERSION, SessionClose, SessionId};
+use jitrec_spool::{SpoolError, SpoolWriter};
+
+/// One session closed by [`close_interrupted`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Interrupted {
+    pub session: SessionId,
+    pub chunks: u64,
+    /// End of the last committed material.
+    pub ended_at: DateTime<Utc>,
+    /// When the close record was written.
+    pub closed_at: DateTime<Utc>,
+}
+
+/// What [`close_interrupted`] did.
+#[derive(Debug, Default)]
+pub struct Outcome {
+    pub closed: Vec<Interrupted>,
+    /// Sessions that could not be closed (no readable header), with why.
+    pub failed: Vec<(SessionId, SpoolError)>,
+}
+
+/// Closes every open session in the spool as interrupted. A session that cannot be closed is
+/// reported in [`Outcome::failed`] and the others are still closed.
+pub fn close_interrupted(writer: &SpoolWriter, now: DateTime<Utc>) -> Result<Outcome, SpoolError> {
+    let mut closed = Vec::new();
+    let mut failed = Vec::new();
+    for session in writer.open_sessions()? {
+        match close_one(writer, session, now) {
+            Ok(c) => closed.push(c),
+            Err(e) => {
+                tracing::error!(%session, error = %e, "cannot close an interrupted session");
+                failed.push((session, e));
+            }
+        }
+    }
+    Ok(Outcome { closed, failed })
+}
+
+fn close_one(
+    writer: &SpoolWriter,
+    session: SessionId,
+    now: DateTime<Utc>,
+) -> Result<Interrupted, SpoolError> {
+    let w = writer.resume_session(session)?;
+    let (ended_at, media_end) = match w.last_chunk() {
+        Some(m) => (m.utc_end, m.media_end_us),
+        None => (w.header().started_at, Default::default()),
+    };
+    // A clock that went backwards must not produce an invalid record (closed before ended).
+    let closed_at = now.max(ended_at);
+    let chunks = w.next_seq();
+    let close = SessionClose {
+        version: FORMAT_VERSION,
+        session_id: session,
+        end_reason: EndReason::Interrupted,
+        ended_at,
+        closed_at,
+        chunk_count: chunks,
+        media_end_us: media_end,
+        prev: w.head(),
+        note: Some(format!(
+            "the recorder stopped unexpectedly; nothing was recorded after {ended_at}"
+        )),
+    };
+    w.close(&close)?;
+    tracing::warn!(
+        %session,
+        chunks,
+        %ended_at,
+        %closed_at,
+        "closed a session a previous recorder run left open as interrupted"
+    );
+    Ok(Interrupted {
+        session,
+        chunks,
+        ended_at,
+        closed_at,
+    })
+}
