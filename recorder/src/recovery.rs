@@ -87,3 +87,60 @@ fn close_one(
         closed_at,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use chrono::Duration;
+    use jitrec_format::{ChainVerifier, encode_events, fixtures};
+    use jitrec_spool::{Entry, EntryName, SpoolConfig, SpoolReader};
+
+    use super::*;
+
+    #[test]
+    fn closes_a_dead_recorders_session_linked_to_its_last_chunk() {
+        let tmp = tempfile::tempdir().unwrap();
+        let sid = fixtures::session_id(1);
+        {
+            let (w, _) = SpoolWriter::open(tmp.path(), SpoolConfig::default()).unwrap();
+            let mut s = w.create_session(&fixtures::header(sid)).unwrap();
+            s.commit_init(0, &fixtures::init_bytes(0)).unwrap();
+            for seq in 0..2 {
+                let ev = encode_events(&fixtures::events(seq)).unwrap();
+                let m = fixtures::manifest(sid, seq, s.head(), b"video", &ev, 1);
+                s.commit_chunk(&m, b"video", &ev).unwrap();
+            }
+            // The recorder "dies": its writers are dropped without a close record.
+        }
+        let (w, recovery) = SpoolWriter::open(tmp.path(), SpoolConfig::default()).unwrap();
+        assert_eq!(recovery.open_sessions, vec![sid]);
+        let now = fixtures::t0() + Duration::hours(1);
+        let out = close_interrupted(&w, now).unwrap();
+        assert!(out.failed.is_empty());
+        assert_eq!(out.closed.len(), 1);
+        let c = &out.closed[0];
+        assert_eq!((c.session, c.chunks), (sid, 2));
+        assert_eq!(c.ended_at, fixtures::t0() + Duration::seconds(4));
+        assert_eq!(c.closed_at, now);
+        assert!(w.open_sessions().unwrap().is_empty());
+        // Running it again finds nothing to do.
+        assert!(close_interrupted(&w, now).unwrap().closed.is_empty());
+
+        // The close record links to the chain the spool holds.
+        let r = SpoolReader::open(tmp.path(), SpoolConfig::default()).unwrap();
+        let mut chain = None;
+        let mut close = None;
+        for e in r.pending(sid).unwrap() {
+            match r.read(&e).unwrap() {
+                Entry::Header { bytes, .. } => chain = Some(ChainVerifier::new(&bytes).unwrap()),
+                Entry::Chunk { manifest_bytes, .. } => {
+                    chain.as_mut().unwrap().push(&manifest_bytes).unwrap();
+                }
+                Entry::Close { bytes, .. } => close = Some(bytes),
+                Entry::Init { .. } => assert_eq!(e.name, EntryName::Init(0)),
+            }
+        }
+        let close = chain.unwrap().finish(&close.unwrap()).unwrap();
+        assert_eq!(close.end_reason, EndReason::Interrupted);
+        assert!(close.note.unwrap().contains("stopped unexpectedly"));
+    }
+}
