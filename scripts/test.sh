@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Runs jitrec's whole test suite on a fresh Debian 12 machine: installs the system packages it
+# needs (apt-get update first), then checks formatting and lints and runs every test.
+# .ci/run calls exactly this script; a newcomer runs it too.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# System packages the suite needs. Today: a C toolchain for zstd-sys (the zstd C library is
+# built from source by the crate). Later areas add theirs here (ffmpeg, Xvfb, Chromium, ...).
+PACKAGES=(gcc libc6-dev)
+
+missing=()
+for p in "${PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+  echo "==> installing ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+
+for tool in cargo rustfmt cargo-clippy; do
+  command -v "$tool" >/dev/null || { echo "error: $tool not found; install Rust with rustup (components rustfmt, clippy)" >&2; exit 1; }
+done
+
+echo "==> cargo fmt --check"
+cargo fmt --all -- --check
+echo "==> cargo clippy"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+echo "==> cargo test"
+cargo test --workspace --locked
