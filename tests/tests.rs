@@ -5,3 +5,4 @@
 
 mod spool_crash;
 mod spool_model;
+mod uploader;

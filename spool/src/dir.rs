@@ -82,6 +82,38 @@ impl SpoolDir {
         Ok((dir, lock))
     }
 
+    /// Opens an existing spool without a lock and without creating anything (for read-only
+    /// inspection beside running writers and readers).
+    pub(crate) fn open_existing(root: &Path) -> Result<Self, SpoolError> {
+        let marker = root.join(VERSION_FILE);
+        let text = match fs::read_to_string(&marker) {
+            Ok(t) => t,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Err(SpoolError::NotASpool {
+                    path: root.to_owned(),
+                });
+            }
+            Err(e) => {
+                return Err(SpoolError::Io {
+                    op: "read",
+                    path: marker,
+                    source: e,
+                });
+            }
+        };
+        if text.trim_end() != VERSION_TEXT {
+            return Err(SpoolError::UnsupportedVersion {
+                path: root.to_owned(),
+                found: text.chars().take(64).collect(),
+                expected: VERSION_TEXT,
+            });
+        }
+        Ok(SpoolDir {
+            root: root.to_owned(),
+            config: SpoolConfig::default(),
+        })
+    }
+
     fn check_or_init_version(&self) -> Result<(), SpoolError> {
         let marker = self.root.join(VERSION_FILE);
         match fs::read_to_string(&marker) {

@@ -24,7 +24,7 @@ pub enum SpoolError {
         source: io::Error,
     },
     /// The directory exists, is not empty, and is not a spool: refusing to take it over.
-    #[error("{} is not empty and has no spool.version marker; refusing to use it as a spool", path.display())]
+    #[error("{} is not a jitrec spool: it has no spool.version marker (a new spool is only created in an empty directory)", path.display())]
     NotASpool { path: PathBuf },
     /// The spool was written by a version of jitrec with another spool layout.
     #[error("{}: spool layout {found:?} is not the one this build uses ({expected:?})", path.display())]

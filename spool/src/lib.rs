@@ -35,7 +35,7 @@ use jitrec_format::{ChunkManifest, ObjectKey, SessionClose, SessionHeader};
 pub use container::framed_len;
 pub use error::SpoolError;
 pub use names::{EntryName, EntryRef};
-pub use reader::{Backlog, SpoolReader};
+pub use reader::{Backlog, SpoolInspector, SpoolReader};
 pub use writer::{Recovery, SessionWriter, SpoolWriter};
 
 /// Default size bound: 2 GiB.
@@ -89,11 +89,12 @@ pub enum Entry {
 }
 
 impl Entry {
-    /// The objects this entry becomes in the bucket, in upload order (a chunk's payloads before
-    /// the manifest that commits them), with their bytes.
-    pub fn objects(&self, entry: &EntryRef) -> Vec<(ObjectKey, &[u8])> {
+    /// Turns the entry into the objects it becomes in the bucket, in upload order (a chunk's
+    /// payloads before the manifest that commits them). Consumes the entry so the bytes move
+    /// rather than copy.
+    pub fn into_objects(self, entry: &EntryRef) -> Vec<(ObjectKey, Vec<u8>)> {
         let keys = entry.object_keys();
-        let bodies: Vec<&[u8]> = match self {
+        let bodies = match self {
             Entry::Header { bytes, .. }
             | Entry::Init { bytes, .. }
             | Entry::Close { bytes, .. } => {

@@ -173,29 +173,70 @@ impl SpoolReader {
 
     /// What waits for upload, for status output and metrics.
     pub fn backlog(&self) -> Result<Backlog, SpoolError> {
-        let mut b = Backlog::default();
-        for s in self.dir.sessions()? {
-            let mut any = false;
-            for l in self.dir.list(s)? {
-                if l.state != State::Pending {
-                    continue;
-                }
-                let Ok(meta) = fs::metadata(&l.path) else {
-                    continue;
-                };
-                any = true;
-                b.entries += 1;
-                b.bytes += meta.len();
-                if let Ok(m) = meta.modified() {
-                    b.oldest = Some(b.oldest.map_or(m, |o| o.min(m)));
-                }
-            }
-            b.sessions += usize::from(any);
-        }
-        b.quarantined = self.dir.quarantine_count()?;
-        b.used_bytes = self.dir.scan_usage()?;
-        Ok(b)
+        backlog(&self.dir)
     }
+
+    /// When `entry` was committed (its file's modification time): the start of its upload
+    /// latency.
+    pub fn committed_at(&self, entry: &EntryRef) -> Result<SystemTime, SpoolError> {
+        let path = self.dir.entry_path(entry, State::Pending);
+        fs::metadata(&path)
+            .and_then(|m| m.modified())
+            .map_err(|e| match e.kind() {
+                std::io::ErrorKind::NotFound => SpoolError::NotFound(*entry),
+                _ => SpoolError::Io {
+                    op: "stat",
+                    path,
+                    source: e,
+                },
+            })
+    }
+}
+
+/// A read-only view of a spool that takes no lock, for status tools that run beside the
+/// recorder and the uploader. It never creates, moves or deletes anything.
+#[derive(Debug)]
+pub struct SpoolInspector {
+    dir: SpoolDir,
+}
+
+impl SpoolInspector {
+    /// Opens an existing spool; fails if `root` is not one.
+    pub fn open(root: impl AsRef<Path>) -> Result<Self, SpoolError> {
+        Ok(Self {
+            dir: SpoolDir::open_existing(root.as_ref())?,
+        })
+    }
+
+    /// What waits for upload.
+    pub fn backlog(&self) -> Result<Backlog, SpoolError> {
+        backlog(&self.dir)
+    }
+}
+
+fn backlog(dir: &SpoolDir) -> Result<Backlog, SpoolError> {
+    let mut b = Backlog::default();
+    for s in dir.sessions()? {
+        let mut any = false;
+        for l in dir.list(s)? {
+            if l.state != State::Pending {
+                continue;
+            }
+            let Ok(meta) = fs::metadata(&l.path) else {
+                continue;
+            };
+            any = true;
+            b.entries += 1;
+            b.bytes += meta.len();
+            if let Ok(m) = meta.modified() {
+                b.oldest = Some(b.oldest.map_or(m, |o| o.min(m)));
+            }
+        }
+        b.sessions += usize::from(any);
+    }
+    b.quarantined = dir.quarantine_count()?;
+    b.used_bytes = dir.scan_usage()?;
+    Ok(b)
 }
 
 fn rename_if_present(from: &Path, to: &Path) -> Result<(), SpoolError> {

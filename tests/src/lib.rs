@@ -5,13 +5,21 @@
 //! to be written, and a directory "bucket" in the format's object layout, so a test can check a
 //! session end to end with the format's own chain verifier.
 
+pub mod faultproxy;
+pub mod seaweed;
+
 use std::fs;
 use std::path::{Path, PathBuf};
 
+use std::time::Duration;
+
 use anyhow::{Context, Result, bail};
-use jitrec_format::{ObjectKey, SessionClose, SessionId, Sha256Digest, fixtures};
+use jitrec_format::{
+    EndReason, FORMAT_VERSION, ObjectKey, SessionClose, SessionId, Sha256Digest, fixtures,
+};
 use jitrec_player::store::{LocalDir, ObjectSource};
 use jitrec_player::verify::{self, Verdict};
+use jitrec_spool::{SessionWriter, SpoolWriter};
 
 /// Deterministic bytes for `(session, seq, part)`: splitmix64 over a seed derived from the three.
 ///
@@ -49,6 +57,125 @@ pub fn chunk_events(seq: u64) -> (Vec<u8>, u32) {
     let ev = fixtures::events(seq);
     let bytes = jitrec_format::encode_events(&ev).expect("fixture events always encode");
     (bytes, ev.len() as u32)
+}
+
+/// Records a whole session into the spool as the recorder would: header, init segment 0,
+/// `chunks` chunks of deterministic content (see [`payload`]), and a close record. Calls
+/// `on_commit(seq, manifest digest)` after each chunk's commit returned.
+pub fn record_session(
+    writer: &SpoolWriter,
+    chunks: u64,
+    max_video: usize,
+    mut on_commit: impl FnMut(SessionId, u64, Sha256Digest),
+) -> Result<SessionId> {
+    let mut w = open_session(writer)?;
+    let sid = w.session_id();
+    for _ in 0..chunks {
+        let (seq, digest) = commit_chunk(&mut w, max_video)?;
+        on_commit(sid, seq, digest);
+    }
+    close_session(w, EndReason::JitEnded)?;
+    Ok(sid)
+}
+
+/// Starts a session (header and init segment 0 committed).
+pub fn open_session(writer: &SpoolWriter) -> Result<SessionWriter> {
+    let sid = SessionId::new();
+    let mut w = writer.create_session(&fixtures::header(sid))?;
+    w.commit_init(0, &fixtures::init_bytes(0))?;
+    Ok(w)
+}
+
+/// Commits the session's next chunk of deterministic content; returns its seq and digest.
+pub fn commit_chunk(w: &mut SessionWriter, max_video: usize) -> Result<(u64, Sha256Digest)> {
+    let sid = w.session_id();
+    let seq = w.next_seq();
+    let video = payload(sid, seq, 0, max_video);
+    let (events, count) = chunk_events(seq);
+    let m = fixtures::manifest(sid, seq, w.head(), &video, &events, count);
+    Ok((seq, w.commit_chunk(&m, &video, &events)?))
+}
+
+/// Closes a session with a record consistent with what the writer holds.
+pub fn close_session(w: SessionWriter, reason: EndReason) -> Result<()> {
+    let ended_at = w.last_chunk().map_or(w.header().started_at, |m| m.utc_end);
+    let close = SessionClose {
+        version: FORMAT_VERSION,
+        session_id: w.session_id(),
+        end_reason: reason,
+        ended_at,
+        closed_at: chrono::Utc::now().max(ended_at),
+        chunk_count: w.next_seq(),
+        media_end_us: w.last_chunk().map(|m| m.media_end_us).unwrap_or_default(),
+        prev: w.head(),
+        note: None,
+    };
+    Ok(w.close(&close)?)
+}
+
+/// Every object key a closed session of `chunks` chunks has in the bucket.
+pub fn expected_keys(s: SessionId, chunks: u64, closed: bool) -> Vec<String> {
+    let mut keys = vec![
+        ObjectKey::SessionHeader(s).to_string(),
+        ObjectKey::Init(s, 0).to_string(),
+    ];
+    for seq in 0..chunks {
+        keys.push(ObjectKey::ChunkVideo(s, seq).to_string());
+        keys.push(ObjectKey::ChunkEvents(s, seq).to_string());
+        keys.push(ObjectKey::ChunkManifest(s, seq).to_string());
+    }
+    if closed {
+        keys.push(ObjectKey::SessionClosed(s).to_string());
+    }
+    keys.sort();
+    keys
+}
+
+/// Every key in an S3 bucket, sorted.
+pub async fn list_keys(client: &aws_sdk_s3::Client, bucket: &str) -> Result<Vec<String>> {
+    let mut keys = Vec::new();
+    let mut pages = client
+        .list_objects_v2()
+        .bucket(bucket)
+        .into_paginator()
+        .send();
+    while let Some(page) = pages.next().await {
+        for o in page?.contents() {
+            keys.extend(o.key().map(str::to_owned));
+        }
+    }
+    keys.sort();
+    Ok(keys)
+}
+
+/// Copies every object of an S3 bucket into a directory bucket, for verification with the
+/// player's code.
+pub async fn mirror(client: &aws_sdk_s3::Client, bucket: &str, into: &Path) -> Result<DirBucket> {
+    let dir = DirBucket::new(into);
+    for key in list_keys(client, bucket).await? {
+        let obj = client.get_object().bucket(bucket).key(&key).send().await?;
+        let bytes = obj.body.collect().await?.into_bytes();
+        let parsed = ObjectKey::parse(&key)?;
+        dir.put(&parsed, &bytes)?;
+    }
+    Ok(dir)
+}
+
+/// Polls `cond` until it holds or `limit` passes (then fails with `what`). For conditions
+/// another process or task brings about, where there is nothing to await directly.
+pub async fn wait_for<F, Fut>(limit: Duration, what: &str, mut cond: F) -> Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let start = std::time::Instant::now();
+    while !cond().await {
+        if start.elapsed() > limit {
+            bail!("timed out after {limit:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(())
 }
 
 /// A bucket kept as a directory tree of object keys, as the player's local store reads it; this

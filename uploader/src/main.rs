@@ -1,10 +1,20 @@
-//! `jitrec-uploader`: command-line entry point. Parses arguments and calls the library.
+//! `jitrec-uploader`: command-line entry point. Parses arguments and wires the library.
+//!
+//! `main` is `pub(crate)` so the test package can compile this very file into a helper binary it
+//! starts and kills (cargo gives a package's tests only that package's own binaries).
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::{Context, Result};
-use clap::{Parser, Subcommand};
-use jitrec_spool::{SpoolConfig, SpoolReader};
+use clap::{Args, Parser, Subcommand};
+use jitrec_spool::SpoolInspector;
+use jitrec_uploader::{
+    DEFAULT_CONCURRENCY, LocalDirStore, ObjectStore, S3Config, S3Store, StaticCredentials,
+    Uploader, UploaderConfig,
+};
+use tokio_util::sync::CancellationToken;
 
 /// Ships recorded JIT sessions from the local spool to object storage.
 #[derive(Parser)]
@@ -16,8 +26,10 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Upload everything the spool holds, and every new commit, until stopped (SIGINT/SIGTERM).
+    Run(RunArgs),
     /// Show what waits in the spool: pending entries and bytes, the oldest entry's age,
-    /// quarantined entries. Takes the uploader's lock, so it cannot run beside an uploader.
+    /// quarantined entries. Safe to run beside a running recorder and uploader.
     Status {
         /// The spool directory.
         #[arg(long, value_name = "DIR")]
@@ -25,7 +37,51 @@ enum Command {
     },
 }
 
-fn main() -> Result<()> {
+#[derive(Args)]
+struct RunArgs {
+    /// The spool directory (shared with jitrec-recorder).
+    #[arg(long, value_name = "DIR")]
+    spool: PathBuf,
+    /// Store objects in this local directory (the embedded default store).
+    #[arg(
+        long,
+        value_name = "DIR",
+        required_unless_present = "s3_bucket",
+        conflicts_with = "s3_bucket"
+    )]
+    local_dir: Option<PathBuf>,
+    /// Store objects in this S3 bucket. Credentials come from AWS_ACCESS_KEY_ID,
+    /// AWS_SECRET_ACCESS_KEY (and AWS_SESSION_TOKEN); the key needs only s3:PutObject.
+    #[arg(long, value_name = "BUCKET")]
+    s3_bucket: Option<String>,
+    /// S3 endpoint URL, e.g. https://s3.example.com (default: AWS).
+    #[arg(long, value_name = "URL", requires = "s3_bucket")]
+    s3_endpoint: Option<String>,
+    /// S3 region.
+    #[arg(long, default_value = "us-east-1", requires = "s3_bucket")]
+    s3_region: String,
+    /// Prefix for every object key, e.g. "jitrec/".
+    #[arg(long, default_value = "", requires = "s3_bucket")]
+    s3_prefix: String,
+    /// Use virtual-hosted-style addressing (bucket.endpoint) instead of path style.
+    #[arg(long, requires = "s3_bucket")]
+    s3_virtual_hosted: bool,
+    /// Abandon and retry an S3 request attempt after this many seconds.
+    #[arg(long, default_value_t = 60, value_name = "SECONDS")]
+    attempt_timeout: u64,
+    /// Sessions uploaded at once.
+    #[arg(long, default_value_t = DEFAULT_CONCURRENCY)]
+    concurrency: usize,
+    /// Cap upload bandwidth at this many bytes per second.
+    #[arg(long, value_name = "BYTES_PER_SEC")]
+    bandwidth_limit: Option<u64>,
+    /// Serve Prometheus metrics on http://ADDR/metrics (e.g. 127.0.0.1:9464).
+    #[arg(long, value_name = "ADDR")]
+    metrics_listen: Option<SocketAddr>,
+}
+
+#[tokio::main]
+pub(crate) async fn main() -> Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -36,14 +92,76 @@ fn main() -> Result<()> {
         .init();
     match Cli::parse().command {
         Command::Status { spool } => {
-            let reader = SpoolReader::open(&spool, SpoolConfig::default())
+            let inspector = SpoolInspector::open(&spool)
                 .with_context(|| format!("opening spool {}", spool.display()))?;
-            let backlog = reader.backlog()?;
+            let backlog = inspector.backlog()?;
             print!(
                 "{}",
                 jitrec_uploader::status::render(&backlog, std::time::SystemTime::now())
             );
             Ok(())
         }
+        Command::Run(args) => match (&args.local_dir, &args.s3_bucket) {
+            (Some(dir), _) => run(LocalDirStore::new(dir), &args).await,
+            (None, Some(bucket)) => {
+                let credentials = StaticCredentials::from_env().context(
+                    "S3 credentials missing: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY",
+                )?;
+                let mut config = S3Config::new(bucket, credentials);
+                config.endpoint = args.s3_endpoint.clone();
+                config.region = args.s3_region.clone();
+                config.prefix = args.s3_prefix.clone();
+                config.path_style = !args.s3_virtual_hosted;
+                config.attempt_timeout = Duration::from_secs(args.attempt_timeout.max(1));
+                run(S3Store::new(config), &args).await
+            }
+            (None, None) => anyhow::bail!("give --local-dir or --s3-bucket"),
+        },
     }
+}
+
+async fn run<S: ObjectStore>(store: S, args: &RunArgs) -> Result<()> {
+    let mut config = UploaderConfig::new(&args.spool);
+    config.concurrency = args.concurrency;
+    config.bandwidth = args.bandwidth_limit;
+    let uploader = Uploader::new(store, config)
+        .with_context(|| format!("opening spool {}", args.spool.display()))?;
+    let shutdown = CancellationToken::new();
+    tokio::spawn(stop_on_signal(shutdown.clone()));
+    if let Some(addr) = args.metrics_listen {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("binding the metrics endpoint to {addr}"))?;
+        tokio::spawn(jitrec_uploader::metrics::serve(
+            listener,
+            uploader.clone(),
+            shutdown.clone(),
+        ));
+    }
+    uploader.run(shutdown).await?;
+    Ok(())
+}
+
+async fn stop_on_signal(shutdown: CancellationToken) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+    tracing::info!("stopping");
+    shutdown.cancel();
 }

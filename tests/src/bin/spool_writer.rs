@@ -17,9 +17,9 @@ use std::thread;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use jitrec_format::{EndReason, FORMAT_VERSION, SessionClose, SessionId, fixtures};
+use jitrec_format::EndReason;
 use jitrec_spool::{EntryName, SessionWriter, SpoolConfig, SpoolError, SpoolReader, SpoolWriter};
-use jitrec_tests::{CHUNKS_PER_SESSION, CRASH_MAX_VIDEO, DirBucket, chunk_events, payload};
+use jitrec_tests::{CHUNKS_PER_SESSION, CRASH_MAX_VIDEO, DirBucket, close_session, record_session};
 
 /// How often the uploader thread looks at the spool. It polls because this helper is a stand-in
 /// for the uploader; the real one is notified of commits.
@@ -34,7 +34,7 @@ fn main() -> Result<()> {
     let bucket = DirBucket::new(bucket);
     let (writer, recovery) = SpoolWriter::open(&spool, SpoolConfig::default())?;
     for s in &recovery.open_sessions {
-        close(writer.resume_session(*s)?, EndReason::Interrupted)?;
+        close_interrupted(writer.resume_session(*s)?)?;
     }
     println!(
         "recovered {} {}",
@@ -66,39 +66,19 @@ fn main() -> Result<()> {
 }
 
 fn write_session(writer: &SpoolWriter) -> Result<()> {
-    let sid = SessionId::new();
-    let mut w = writer.create_session(&fixtures::header(sid))?;
-    w.commit_init(0, &fixtures::init_bytes(0))?;
-    for seq in 0..CHUNKS_PER_SESSION {
-        let video = payload(sid, seq, 0, CRASH_MAX_VIDEO);
-        let (events, count) = chunk_events(seq);
-        let m = fixtures::manifest(sid, seq, w.head(), &video, &events, count);
-        let digest = w.commit_chunk(&m, &video, &events)?;
-        println!("committed {sid} {seq} {digest}");
-    }
-    close(w, EndReason::JitEnded)
+    record_session(
+        writer,
+        CHUNKS_PER_SESSION,
+        CRASH_MAX_VIDEO,
+        |sid, seq, digest| {
+            println!("committed {sid} {seq} {digest}");
+        },
+    )
+    .map(|sid| println!("closed {sid} {CHUNKS_PER_SESSION}"))
 }
 
-fn close(w: SessionWriter, reason: EndReason) -> Result<()> {
-    let sid = w.session_id();
-    let chunks = w.next_seq();
-    let ended_at = w.last_chunk().map_or(w.header().started_at, |m| m.utc_end);
-    let close = SessionClose {
-        version: FORMAT_VERSION,
-        session_id: sid,
-        end_reason: reason,
-        ended_at,
-        closed_at: chrono::Utc::now().max(ended_at),
-        chunk_count: chunks,
-        media_end_us: w.last_chunk().map(|m| m.media_end_us).unwrap_or_default(),
-        prev: w.head(),
-        note: None,
-    };
-    w.close(&close)?;
-    if reason == EndReason::JitEnded {
-        println!("closed {sid} {chunks}");
-    }
-    Ok(())
+fn close_interrupted(w: SessionWriter) -> Result<()> {
+    close_session(w, EndReason::Interrupted)
 }
 
 /// Uploads every pending entry once; returns how many were acknowledged.
@@ -116,8 +96,8 @@ fn upload_pass(reader: &SpoolReader, bucket: &DirBucket) -> Result<usize> {
                 Err(SpoolError::NotFound(_)) => continue,
                 Err(err) => return Err(err).context(format!("reading {e}")),
             };
-            for (key, bytes) in entry.objects(&e) {
-                bucket.put(&key, bytes)?;
+            for (key, bytes) in entry.into_objects(&e) {
+                bucket.put(&key, &bytes)?;
             }
             reader.ack(&e)?;
             acked += 1;
