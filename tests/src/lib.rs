@@ -19,7 +19,10 @@ use jitrec_format::{
 };
 use jitrec_player::store::{LocalDir, ObjectSource};
 use jitrec_player::verify::{self, Verdict};
-use jitrec_spool::{SessionWriter, SpoolWriter};
+use jitrec_spool::{SessionWriter, SpoolInspector, SpoolWriter};
+use jitrec_uploader::{Metrics, ObjectStore, Uploader, UploaderConfig};
+use std::sync::Arc;
+use tokio_util::sync::CancellationToken;
 
 /// Deterministic bytes for `(session, seq, part)`: splitmix64 over a seed derived from the three.
 ///
@@ -176,6 +179,36 @@ where
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     Ok(())
+}
+
+/// Pending entries in a spool (`usize::MAX` if it cannot be read), without taking a lock.
+pub fn backlog_entries(spool: &Path) -> usize {
+    SpoolInspector::open(spool)
+        .and_then(|i| i.backlog())
+        .map(|b| b.entries)
+        .unwrap_or(usize::MAX)
+}
+
+/// Runs an uploader until its spool has nothing pending (or `limit` passes), then stops it;
+/// returns its metrics.
+pub async fn drain<S: ObjectStore>(
+    store: S,
+    config: UploaderConfig,
+    limit: Duration,
+) -> Result<Arc<Metrics>> {
+    let spool = config.spool.clone();
+    let up = Uploader::new(store, config)?;
+    let metrics = up.metrics();
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(up.run(stop.clone()));
+    wait_for(limit, "the spool to drain", || {
+        let p = spool.clone();
+        async move { backlog_entries(&p) == 0 }
+    })
+    .await?;
+    stop.cancel();
+    task.await??;
+    Ok(metrics)
 }
 
 /// A bucket kept as a directory tree of object keys, as the player's local store reads it; this

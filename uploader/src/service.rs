@@ -235,14 +235,18 @@ impl<S: ObjectStore> Uploader<S> {
         flag: Arc<AtomicBool>,
         token: CancellationToken,
     ) -> Result<(), UploadError> {
-        // Removes the session from `active` however this task ends.
-        struct Active<'a, S: ObjectStore>(&'a Uploader<S>, SessionId);
+        // Removes this task's entry from `active` however the task ends (an error, a panic,
+        // cancellation). Only its own entry: a newer task may have been started for the session.
+        struct Active<'a, S: ObjectStore>(&'a Uploader<S>, SessionId, Arc<AtomicBool>);
         impl<S: ObjectStore> Drop for Active<'_, S> {
             fn drop(&mut self) {
-                self.0.active().remove(&self.1);
+                let mut active = self.0.active();
+                if active.get(&self.1).is_some_and(|f| Arc::ptr_eq(f, &self.2)) {
+                    active.remove(&self.1);
+                }
             }
         }
-        let _active = Active(self, s);
+        let _active = Active(self, s, Arc::clone(&flag));
         let _slot = tokio::select! {
             slot = self.inner.slots.acquire() => slot.map_err(|e| UploadError::Join(e.to_string()))?,
             _ = token.cancelled() => return Ok(()),
@@ -251,11 +255,12 @@ impl<S: ObjectStore> Uploader<S> {
             flag.store(false, Ordering::SeqCst);
             let pending = self.blocking(move |sp| sp.pending(s)).await?;
             if pending.is_empty() {
-                // Leave only if nothing arrived since we listed; checked under the lock the run
-                // loop uses to decide between flagging us and starting a new task.
-                let active = self.active();
+                // Leave only if nothing arrived since we listed. The check and the removal happen
+                // under the lock the run loop holds when it decides between flagging this task
+                // and starting a new one, so no wake-up falls between them.
+                let mut active = self.active();
                 if !flag.load(Ordering::SeqCst) {
-                    drop(active);
+                    active.remove(&s);
                     return Ok(());
                 }
                 continue;

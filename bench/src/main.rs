@@ -1,0 +1,302 @@
+//! `jitrec-bench`: benchmarks that print figures (run them with `bench/run.sh`).
+//!
+//! Each figure is measured beside a reference in the same run, because these machines are
+//! shared and noisy: a ratio to the reference means more than an absolute number.
+//!
+//! `uploader`: backlog throughput of `jitrec-uploader` into SeaweedFS on 127.0.0.1 against raw
+//! `PutObject` calls of the same objects at the same concurrency (the SDK and server alone, no
+//! spool reads, fsyncs or acknowledgements), the same into the local-directory store, and the
+//! latency from a chunk's commit to the spool to its manifest being stored while chunks arrive
+//! live.
+
+// A benchmark prints its figures; that is its whole output.
+#![allow(clippy::print_stdout, clippy::print_stderr)]
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+use bytes::Bytes;
+use clap::{Args, Parser, Subcommand};
+use jitrec_spool::{SpoolConfig, SpoolReader, SpoolWriter};
+use jitrec_tests::{close_session, commit_chunk, drain, open_session, record_session, seaweed};
+use jitrec_uploader::metrics::quantile;
+use jitrec_uploader::{LocalDirStore, ObjectStore, S3Store, Uploader, UploaderConfig};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Parser)]
+#[command(about = "jitrec benchmarks")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Upload throughput and commit-to-visible latency.
+    Uploader(UploaderArgs),
+}
+
+#[derive(Args, Clone)]
+struct UploaderArgs {
+    /// Chunks in the backlog to drain (10 per session).
+    #[arg(long, default_value_t = 600)]
+    chunks: u64,
+    /// Largest video payload per chunk in KiB (sizes are spread evenly up to it).
+    #[arg(long, default_value_t = 512)]
+    max_chunk_kib: usize,
+    /// Chunks committed live for the latency figure.
+    #[arg(long, default_value_t = 200)]
+    live_chunks: u64,
+    /// Time between live commits, in milliseconds.
+    #[arg(long, default_value_t = 100)]
+    live_interval_ms: u64,
+    /// Sessions uploaded at once (the uploader's default).
+    #[arg(long, default_value_t = jitrec_uploader::DEFAULT_CONCURRENCY)]
+    concurrency: usize,
+}
+
+const LIMIT: Duration = Duration::from_secs(1800);
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    match Cli::parse().command {
+        Command::Uploader(args) => uploader(args).await,
+    }
+}
+
+struct Row {
+    name: String,
+    chunks: u64,
+    bytes: u64,
+    secs: f64,
+}
+
+impl Row {
+    fn print(&self, reference: Option<&Row>) {
+        let mb = self.bytes as f64 / 1e6;
+        let ratio = reference
+            .map(|r| {
+                format!(
+                    "  {:.2}x the reference's MB/s",
+                    (mb / self.secs) / (r.bytes as f64 / 1e6 / r.secs)
+                )
+            })
+            .unwrap_or_default();
+        println!(
+            "{:<38} {:>7} {:>9.1} {:>8.2} {:>9.1} {:>8.1}{ratio}",
+            self.name,
+            self.chunks,
+            mb,
+            self.secs,
+            self.chunks as f64 / self.secs,
+            mb / self.secs
+        );
+    }
+}
+
+/// Fills a spool with `chunks` chunks in sessions of 10.
+fn fill(spool: &Path, chunks: u64, max_video: usize) -> Result<()> {
+    let (w, _) = SpoolWriter::open(spool, SpoolConfig::default())?;
+    for _ in 0..chunks.div_ceil(10) {
+        record_session(&w, 10, max_video, |_, _, _| {})?;
+    }
+    Ok(())
+}
+
+/// One object: key, body, content type.
+type Object = (String, Bytes, &'static str);
+
+/// Every object the spool would become, per session, in upload order.
+fn objects(spool: &Path) -> Result<Vec<Vec<Object>>> {
+    let r = SpoolReader::open(spool, SpoolConfig::default())?;
+    let mut out = Vec::new();
+    for s in r.sessions()? {
+        let mut objs = Vec::new();
+        for e in r.pending(s)? {
+            for (k, b) in r.read(&e)?.into_objects(&e) {
+                objs.push((k.to_string(), Bytes::from(b), k.content_type()));
+            }
+        }
+        out.push(objs);
+    }
+    Ok(out)
+}
+
+/// The reference: the same objects with plain `PutObject`, sessions in parallel up to
+/// `concurrency`, each session's objects one after another.
+async fn raw_puts(
+    store: Arc<S3Store>,
+    sessions: Vec<Vec<Object>>,
+    concurrency: usize,
+) -> Result<()> {
+    let slots = Arc::new(Semaphore::new(concurrency));
+    let mut tasks = tokio::task::JoinSet::new();
+    for objs in sessions {
+        let store = Arc::clone(&store);
+        let slots = Arc::clone(&slots);
+        tasks.spawn(async move {
+            let _slot = slots.acquire().await?;
+            for (k, b, ct) in objs {
+                store.put(&k, b, ct).await?;
+            }
+            anyhow::Ok(())
+        });
+    }
+    while let Some(r) = tasks.join_next().await {
+        r??;
+    }
+    Ok(())
+}
+
+async fn timed_drain<S: ObjectStore>(
+    store: S,
+    spool: &Path,
+    concurrency: usize,
+) -> Result<(f64, u64, u64)> {
+    let mut config = UploaderConfig::new(spool);
+    config.concurrency = concurrency;
+    let t = Instant::now();
+    let m = drain(store, config, LIMIT).await?;
+    let secs = t.elapsed().as_secs_f64();
+    let get = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
+    Ok((secs, get(&m.chunks_acked), get(&m.bytes_uploaded)))
+}
+
+/// Commits chunks one by one at a steady pace while an uploader runs; returns the latencies.
+async fn live<S: ObjectStore>(
+    store: S,
+    spool: &Path,
+    args: &UploaderArgs,
+) -> Result<Vec<Duration>> {
+    let (w, _) = SpoolWriter::open(spool, SpoolConfig::default())?;
+    let up = Uploader::new(store, UploaderConfig::new(spool))?;
+    let metrics = up.metrics();
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(up.run(stop.clone()));
+    let max_video = args.max_chunk_kib * 1024;
+    let (n, pace) = (
+        args.live_chunks,
+        Duration::from_millis(args.live_interval_ms),
+    );
+    let writer = tokio::task::spawn_blocking(move || -> Result<()> {
+        let mut s = open_session(&w)?;
+        for _ in 0..n {
+            commit_chunk(&mut s, max_video)?;
+            std::thread::sleep(pace);
+        }
+        close_session(s, jitrec_format::EndReason::JitEnded)
+    });
+    writer.await??;
+    let p = spool.to_owned();
+    jitrec_tests::wait_for(LIMIT, "the live spool to drain", || {
+        let p = p.clone();
+        async move { jitrec_tests::backlog_entries(&p) == 0 }
+    })
+    .await?;
+    stop.cancel();
+    task.await??;
+    let mut l = metrics.latencies();
+    l.sort();
+    Ok(l)
+}
+
+async fn uploader(args: UploaderArgs) -> Result<()> {
+    if cfg!(debug_assertions) {
+        eprintln!(
+            "warning: this is a debug build; the S3 SDK costs ~30x more CPU in debug. Use bench/run.sh."
+        );
+    }
+    let srv = seaweed::server();
+    let max_video = args.max_chunk_kib * 1024;
+    let tmp = tempfile::tempdir()?;
+    println!(
+        "uploader benchmark: {} chunks (payloads up to {} KiB, incompressible), {} sessions at once, SeaweedFS 4.48 on {}",
+        args.chunks, args.max_chunk_kib, args.concurrency, srv.endpoint
+    );
+    println!(
+        "{:<38} {:>7} {:>9} {:>8} {:>9} {:>8}",
+        "", "chunks", "MB", "seconds", "chunks/s", "MB/s"
+    );
+    // Two interleaved rounds, so a burst of load from elsewhere hits both sides alike.
+    let mut rows = Vec::new();
+    for round in 1..=2 {
+        let spool = tmp.path().join(format!("spool-s3-{round}"));
+        fill(&spool, args.chunks, max_video)?;
+        let sessions = objects(&spool)?;
+        let bytes: u64 = sessions
+            .iter()
+            .flatten()
+            .map(|(_, b, _)| b.len() as u64)
+            .sum();
+        let ref_bucket = seaweed::new_bucket("bench-ref").await?;
+        let ref_store = Arc::new(S3Store::new(seaweed::config(&srv.endpoint, &ref_bucket)));
+        let t = Instant::now();
+        raw_puts(ref_store, sessions, args.concurrency).await?;
+        let reference = Row {
+            name: format!("reference: raw PutObject (round {round})"),
+            chunks: args.chunks,
+            bytes,
+            secs: t.elapsed().as_secs_f64(),
+        };
+        reference.print(None);
+        let bucket = seaweed::new_bucket("bench-up").await?;
+        let store = S3Store::new(seaweed::config(&srv.endpoint, &bucket));
+        let (secs, chunks, up_bytes) = timed_drain(store, &spool, args.concurrency).await?;
+        let row = Row {
+            name: format!("jitrec-uploader -> S3 (round {round})"),
+            chunks,
+            bytes: up_bytes,
+            secs,
+        };
+        row.print(Some(&reference));
+        rows.push((reference, row));
+    }
+    let spool = tmp.path().join("spool-local");
+    fill(&spool, args.chunks, max_video)?;
+    let (secs, chunks, bytes) = timed_drain(
+        LocalDirStore::new(tmp.path().join("bucket-local")),
+        &spool,
+        args.concurrency,
+    )
+    .await?;
+    Row {
+        name: "jitrec-uploader -> local directory".into(),
+        chunks,
+        bytes,
+        secs,
+    }
+    .print(None);
+
+    println!();
+    println!(
+        "commit -> visible latency, {} chunks committed live every {} ms:",
+        args.live_chunks, args.live_interval_ms
+    );
+    let bucket = seaweed::new_bucket("bench-live").await?;
+    let s3 = live(
+        S3Store::new(seaweed::config(&srv.endpoint, &bucket)),
+        &tmp.path().join("spool-live-s3"),
+        &args,
+    )
+    .await?;
+    let local = live(
+        LocalDirStore::new(tmp.path().join("bucket-live")),
+        &tmp.path().join("spool-live-local"),
+        &args,
+    )
+    .await?;
+    for (name, l) in [("S3 (SeaweedFS)", &s3), ("local directory", &local)] {
+        let ms = |q| quantile(l, q).map_or(f64::NAN, |d| d.as_secs_f64() * 1e3);
+        println!(
+            "  {name:<18} median {:>7.1} ms   p99 {:>7.1} ms   max {:>7.1} ms   ({} samples)",
+            ms(0.5),
+            ms(0.99),
+            ms(1.0),
+            l.len()
+        );
+    }
+    Ok(())
+}
