@@ -15,7 +15,7 @@ use jitrec_spool::{SpoolConfig, SpoolInspector, SpoolWriter};
 use jitrec_tests::faultproxy::{FaultProxy, Plan};
 use jitrec_tests::{
     DirBucket, backlog_entries, close_session, commit_chunk, expected_keys, list_keys, mirror,
-    open_session, payload, record_session, seaweed, wait_for,
+    open_session, payload, record_session, seaweed, wait_drained, wait_for,
 };
 use jitrec_uploader::retry::Backoff;
 use jitrec_uploader::{
@@ -284,13 +284,7 @@ async fn a_commit_is_uploaded_on_notification_not_at_the_next_rescan() {
         .unwrap();
     }
     close_session(s, jitrec_format::EndReason::JitEnded).unwrap();
-    let sp = spool.clone();
-    wait_for(DRAIN_LIMIT, "the close record", || {
-        let sp = sp.clone();
-        async move { backlog_entries(&sp) == 0 }
-    })
-    .await
-    .unwrap();
+    wait_drained(&spool, DRAIN_LIMIT).await.unwrap();
     stop.cancel();
     task.await.unwrap().unwrap();
 }
@@ -343,14 +337,17 @@ async fn a_corrupt_chunk_is_quarantined_and_does_not_block_the_session() {
 }
 
 /// Commits sessions in a background thread until told to stop; returns every committed chunk.
+/// Returns once the spool exists, so an uploader can open it.
 fn background_recorder(
     spool: &Path,
     stop: Arc<std::sync::atomic::AtomicBool>,
     pace: Duration,
 ) -> std::thread::JoinHandle<BTreeMap<(SessionId, u64), Sha256Digest>> {
     let spool = spool.to_owned();
-    std::thread::spawn(move || {
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let handle = std::thread::spawn(move || {
         let (w, _) = SpoolWriter::open(&spool, SpoolConfig::default()).unwrap();
+        ready_tx.send(()).unwrap();
         let mut committed = BTreeMap::new();
         while !stop.load(std::sync::atomic::Ordering::Relaxed) {
             let mut s = open_session(&w).unwrap();
@@ -363,7 +360,11 @@ fn background_recorder(
             close_session(s, jitrec_format::EndReason::JitEnded).unwrap();
         }
         committed
-    })
+    });
+    ready_rx
+        .recv()
+        .expect("the recorder thread opened the spool");
+    handle
 }
 
 async fn check_committed_in_s3(
@@ -421,14 +422,6 @@ async fn survives_resets_throttling_errors_stalls_and_an_outage() {
 
     let stop_rec = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let recorder = background_recorder(&spool, Arc::clone(&stop_rec), Duration::from_millis(100));
-    // Let the spool exist before the uploader opens it as reader.
-    let sp = spool.clone();
-    wait_for(Duration::from_secs(60), "the first commit", || {
-        let sp = sp.clone();
-        async move { sp.join("spool.version").exists() }
-    })
-    .await
-    .unwrap();
     let up = Uploader::new(store, test_config(&spool)).unwrap();
     let metrics = up.metrics();
     let stop = CancellationToken::new();
@@ -441,13 +434,7 @@ async fn survives_resets_throttling_errors_stalls_and_an_outage() {
     let committed = recorder.join().unwrap();
     // Everything committed before, during and after the outage drains once the faults stop
     // being the only thing the store says.
-    let sp = spool.clone();
-    wait_for(DRAIN_LIMIT, "the spool to drain through the faults", || {
-        let sp = sp.clone();
-        async move { backlog_entries(&sp) == 0 }
-    })
-    .await
-    .unwrap();
+    wait_drained(&spool, DRAIN_LIMIT).await.unwrap();
     stop.cancel();
     task.await.unwrap().unwrap();
 
@@ -523,13 +510,6 @@ async fn sigkill_of_the_uploader_loses_nothing() {
     let bucket = seaweed::new_bucket("kill").await.unwrap();
     let stop_rec = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let recorder = background_recorder(&spool, Arc::clone(&stop_rec), Duration::from_millis(20));
-    let sp = spool.clone();
-    wait_for(Duration::from_secs(60), "the first commit", || {
-        let sp = sp.clone();
-        async move { sp.join("spool.version").exists() }
-    })
-    .await
-    .unwrap();
     let mut rng = rand::rng();
     for round in 0..20 {
         let mut child = spawn_uploader(&spool, &bucket);
@@ -547,13 +527,7 @@ async fn sigkill_of_the_uploader_loses_nothing() {
     let committed = recorder.join().unwrap();
     // A last, uninterrupted run drains the spool; SIGTERM then stops it cleanly.
     let mut child = spawn_uploader(&spool, &bucket);
-    let sp = spool.clone();
-    wait_for(DRAIN_LIMIT, "the spool to drain", || {
-        let sp = sp.clone();
-        async move { backlog_entries(&sp) == 0 }
-    })
-    .await
-    .unwrap();
+    wait_drained(&spool, DRAIN_LIMIT).await.unwrap();
     let pid = child.id().to_string();
     assert!(
         Command::new("kill")

@@ -190,12 +190,7 @@ async fn live<S: ObjectStore>(
         close_session(s, jitrec_format::EndReason::JitEnded)
     });
     writer.await??;
-    let p = spool.to_owned();
-    jitrec_tests::wait_for(LIMIT, "the live spool to drain", || {
-        let p = p.clone();
-        async move { jitrec_tests::backlog_entries(&p) == 0 }
-    })
-    .await?;
+    jitrec_tests::wait_drained(spool, LIMIT).await?;
     stop.cancel();
     task.await??;
     let mut l = metrics.latencies();

@@ -211,16 +211,8 @@ impl SpoolDir {
     /// record was acknowledged meanwhile) lists as empty.
     pub(crate) fn list(&self, s: SessionId) -> Result<Vec<Listed>, SpoolError> {
         let dir = self.session_dir(s);
-        let entries = match fs::read_dir(&dir) {
-            Ok(e) => e,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(e) => {
-                return Err(SpoolError::Io {
-                    op: "list",
-                    path: dir,
-                    source: e,
-                });
-            }
+        let Some(entries) = read_dir_if_exists(&dir)? else {
+            return Ok(Vec::new());
         };
         let mut out = Vec::new();
         for e in entries {
@@ -323,16 +315,8 @@ impl SpoolDir {
     /// Sequence numbers of quarantined chunks of a session.
     pub(crate) fn quarantined_chunks(&self, s: SessionId) -> Result<Vec<u64>, SpoolError> {
         let dir = self.quarantine_dir(s);
-        let entries = match fs::read_dir(&dir) {
-            Ok(e) => e,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(e) => {
-                return Err(SpoolError::Io {
-                    op: "list",
-                    path: dir,
-                    source: e,
-                });
-            }
+        let Some(entries) = read_dir_if_exists(&dir)? else {
+            return Ok(Vec::new());
         };
         let mut out = Vec::new();
         for e in entries {
@@ -371,16 +355,8 @@ impl SpoolDir {
     /// Quarantined files count: they occupy the same disk the bound protects.
     pub(crate) fn scan_usage(&self) -> Result<u64, SpoolError> {
         fn walk(dir: &Path, depth: u32) -> Result<u64, SpoolError> {
-            let entries = match fs::read_dir(dir) {
-                Ok(e) => e,
-                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
-                Err(e) => {
-                    return Err(SpoolError::Io {
-                        op: "list",
-                        path: dir.to_owned(),
-                        source: e,
-                    });
-                }
+            let Some(entries) = read_dir_if_exists(dir)? else {
+                return Ok(0);
             };
             let mut total = 0;
             for e in entries {
@@ -433,6 +409,20 @@ impl SpoolDir {
     /// Groups a listing by name (an entry can momentarily exist in both states during an ack).
     pub(crate) fn by_name(listed: &[Listed]) -> BTreeMap<EntryName, &Listed> {
         listed.iter().map(|l| (l.name, l)).collect()
+    }
+}
+
+/// Lists a directory; `None` if it does not exist (a session acknowledged meanwhile, a session
+/// with nothing quarantined).
+fn read_dir_if_exists(dir: &Path) -> Result<Option<fs::ReadDir>, SpoolError> {
+    match fs::read_dir(dir) {
+        Ok(e) => Ok(Some(e)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(SpoolError::Io {
+            op: "list",
+            path: dir.to_owned(),
+            source: e,
+        }),
     }
 }
 

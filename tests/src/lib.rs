@@ -189,6 +189,15 @@ pub fn backlog_entries(spool: &Path) -> usize {
         .unwrap_or(usize::MAX)
 }
 
+/// Waits until the spool at `spool` has nothing pending.
+pub async fn wait_drained(spool: &Path, limit: Duration) -> Result<()> {
+    wait_for(limit, "the spool to drain", || {
+        let p = spool.to_owned();
+        async move { backlog_entries(&p) == 0 }
+    })
+    .await
+}
+
 /// Runs an uploader until its spool has nothing pending (or `limit` passes), then stops it;
 /// returns its metrics.
 pub async fn drain<S: ObjectStore>(
@@ -201,11 +210,7 @@ pub async fn drain<S: ObjectStore>(
     let metrics = up.metrics();
     let stop = CancellationToken::new();
     let task = tokio::spawn(up.run(stop.clone()));
-    wait_for(limit, "the spool to drain", || {
-        let p = spool.clone();
-        async move { backlog_entries(&p) == 0 }
-    })
-    .await?;
+    wait_drained(&spool, limit).await?;
     stop.cancel();
     task.await??;
     Ok(metrics)
