@@ -6,4 +6,9 @@
 //!
 //! Invariant: the recorder never talks to the network. Its only output is the spool.
 
+pub mod capture;
+pub mod chunker;
+pub mod encode;
+pub mod fmp4;
+pub mod pipeline;
 pub mod recovery;

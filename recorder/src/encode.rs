@@ -1,0 +1,260 @@
+//! H.264 encoding with libx264 through `ffmpeg-next`: BGRA frames in, Annex B access units out.
+//!
+//! Settings follow what was measured on these machines (`shared/research.md`): `veryfast` with
+//! `tune=zerolatency` (no B-frames, no lookahead, one packet per frame), CRF rate control, one
+//! thread. No B-frames is a format rule: Chromium's MSE ignores edit lists, so B-frames would put
+//! video and events out of step. Keyframes are forced by media time (the stream is variable
+//! frame rate, so a frame-count GOP would mean nothing), which bounds seek cost and sets the main
+//! storage lever, the keyframe interval.
+//!
+//! Runs on a plain thread: ffmpeg calls block.
+
+use std::time::Duration;
+
+use ffmpeg::format::Pixel;
+use ffmpeg::software::scaling;
+use ffmpeg::util::frame;
+use ffmpeg::{Dictionary, Packet, Rational, codec, encoder, picture};
+use ffmpeg_next as ffmpeg;
+use jitrec_format::MediaTime;
+
+use crate::capture::Frame;
+
+/// Encoder settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EncoderConfig {
+    /// x264 constant rate factor (lower is better; 28 measured SSIM 0.9989 on admin workloads).
+    pub crf: u8,
+    /// x264 preset.
+    pub preset: String,
+    /// Longest distance between keyframes (10 s halves storage against 2 s, research.md).
+    pub keyframe_interval: Duration,
+    /// Track timescale (90 kHz, the MPEG convention, exact for common frame rates).
+    pub timescale: u32,
+    /// Nominal capture rate, a hint for rate control (timestamps are what count).
+    pub nominal_fps: u32,
+}
+
+impl Default for EncoderConfig {
+    fn default() -> Self {
+        Self {
+            crf: 28,
+            preset: "veryfast".into(),
+            keyframe_interval: Duration::from_secs(10),
+            timescale: 90_000,
+            nominal_fps: 5,
+        }
+    }
+}
+
+/// Why encoding failed.
+#[derive(Debug, thiserror::Error)]
+pub enum EncodeError {
+    #[error("ffmpeg: {context}: {source}")]
+    Ffmpeg {
+        context: &'static str,
+        #[source]
+        source: ffmpeg::Error,
+    },
+    #[error("no libx264 encoder in this ffmpeg build")]
+    NoEncoder,
+    #[error("frame is {got_w}x{got_h}, encoder is {want_w}x{want_h}")]
+    SizeMismatch {
+        got_w: u32,
+        got_h: u32,
+        want_w: u32,
+        want_h: u32,
+    },
+    #[error("frame size {0}x{1} is not encodable (H.264 4:2:0 needs even sizes of at least 16)")]
+    BadSize(u32, u32),
+}
+
+fn ff(context: &'static str) -> impl FnOnce(ffmpeg::Error) -> EncodeError {
+    move |source| EncodeError::Ffmpeg { context, source }
+}
+
+/// One encoded frame.
+#[derive(Debug, Clone)]
+pub struct EncodedFrame {
+    pub pts: MediaTime,
+    pub keyframe: bool,
+    /// Annex B access unit as x264 produced it (with SPS/PPS in-band on keyframes).
+    pub access_unit: Vec<u8>,
+}
+
+/// An open H.264 encoder for one frame size.
+pub struct Encoder {
+    config: EncoderConfig,
+    width: u32,
+    height: u32,
+    enc: encoder::Video,
+    scaler: scaling::Context,
+    bgra: frame::Video,
+    /// The last converted frame, kept to repeat it over idle stretches without converting again.
+    yuv: frame::Video,
+    have_frame: bool,
+    last_key: Option<MediaTime>,
+}
+
+impl std::fmt::Debug for Encoder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Encoder")
+            .field("width", &self.width)
+            .field("height", &self.height)
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Encoder {
+    /// Opens libx264 for `width` x `height` frames.
+    pub fn new(width: u32, height: u32, config: EncoderConfig) -> Result<Self, EncodeError> {
+        if width < 16 || height < 16 || width % 2 == 1 || height % 2 == 1 {
+            return Err(EncodeError::BadSize(width, height));
+        }
+        ffmpeg::init().map_err(ff("init"))?;
+        let codec = encoder::find_by_name("libx264").ok_or(EncodeError::NoEncoder)?;
+        let mut enc = codec::context::Context::new_with_codec(codec)
+            .encoder()
+            .video()
+            .map_err(ff("video encoder context"))?;
+        enc.set_width(width);
+        enc.set_height(height);
+        enc.set_format(Pixel::YUV420P);
+        enc.set_time_base(Rational(1, config.timescale as i32));
+        enc.set_frame_rate(Some(Rational(config.nominal_fps as i32, 1)));
+        enc.set_max_b_frames(0);
+        // Keyframes are forced by media time; this only keeps x264 from adding its own.
+        enc.set_gop(1_000_000);
+        let mut opts = Dictionary::new();
+        opts.set("preset", &config.preset);
+        opts.set("tune", "zerolatency");
+        opts.set("crf", &config.crf.to_string());
+        opts.set("forced-idr", "1");
+        opts.set("threads", "1");
+        let enc = enc.open_with(opts).map_err(ff("open libx264"))?;
+        let scaler = scaling::Context::get(
+            Pixel::BGRA,
+            width,
+            height,
+            Pixel::YUV420P,
+            width,
+            height,
+            scaling::Flags::BILINEAR,
+        )
+        .map_err(ff("swscale context"))?;
+        Ok(Self {
+            bgra: frame::Video::new(Pixel::BGRA, width, height),
+            yuv: frame::Video::new(Pixel::YUV420P, width, height),
+            config,
+            width,
+            height,
+            enc,
+            scaler,
+            have_frame: false,
+            last_key: None,
+        })
+    }
+
+    pub fn width(&self) -> u32 {
+        self.width
+    }
+
+    pub fn height(&self) -> u32 {
+        self.height
+    }
+
+    pub fn timescale(&self) -> u32 {
+        self.config.timescale
+    }
+
+    /// Media time in track timescale units.
+    pub fn ticks(&self, t: MediaTime) -> i64 {
+        (u128::from(t.as_micros()) * u128::from(self.config.timescale) / 1_000_000) as i64
+    }
+
+    /// Converts and encodes a new screen image shown from `pts` on.
+    pub fn encode(&mut self, f: &Frame, pts: MediaTime) -> Result<Vec<EncodedFrame>, EncodeError> {
+        if f.width != self.width || f.height != self.height {
+            return Err(EncodeError::SizeMismatch {
+                got_w: f.width,
+                got_h: f.height,
+                want_w: self.width,
+                want_h: self.height,
+            });
+        }
+        let row = self.width as usize * 4;
+        let stride = self.bgra.stride(0);
+        let dst = self.bgra.data_mut(0);
+        for y in 0..self.height as usize {
+            dst[y * stride..y * stride + row]
+                .copy_from_slice(&f.data[y * f.stride..y * f.stride + row]);
+        }
+        self.scaler
+            .run(&self.bgra, &mut self.yuv)
+            .map_err(ff("convert BGRA to YUV"))?;
+        self.have_frame = true;
+        self.submit(pts)
+    }
+
+    /// Encodes the last image again at `pts` (an unchanged screen: x264 codes it as skips, a few
+    /// bytes, with no colour conversion). Returns nothing if no frame was ever encoded.
+    pub fn repeat(&mut self, pts: MediaTime) -> Result<Vec<EncodedFrame>, EncodeError> {
+        if !self.have_frame {
+            return Ok(Vec::new());
+        }
+        self.submit(pts)
+    }
+
+    fn submit(&mut self, pts: MediaTime) -> Result<Vec<EncodedFrame>, EncodeError> {
+        let due = self.last_key.is_none_or(|k| {
+            pts.as_micros().saturating_sub(k.as_micros())
+                >= self.config.keyframe_interval.as_micros() as u64
+        });
+        self.yuv.set_kind(if due {
+            picture::Type::I
+        } else {
+            picture::Type::None
+        });
+        let ticks = self.ticks(pts);
+        self.yuv.set_pts(Some(ticks));
+        self.enc.send_frame(&self.yuv).map_err(ff("send frame"))?;
+        self.drain()
+    }
+
+    /// Flushes frames the encoder still holds (none with zerolatency, but the API allows it).
+    pub fn flush(&mut self) -> Result<Vec<EncodedFrame>, EncodeError> {
+        self.enc.send_eof().map_err(ff("send eof"))?;
+        self.drain()
+    }
+
+    fn drain(&mut self) -> Result<Vec<EncodedFrame>, EncodeError> {
+        let mut out = Vec::new();
+        loop {
+            // A fresh packet per frame: reusing one leaks buffers (research.md).
+            let mut pkt = Packet::empty();
+            match self.enc.receive_packet(&mut pkt) {
+                Ok(()) => {
+                    let ticks = pkt.pts().unwrap_or(0).max(0) as u128;
+                    let us = ticks * 1_000_000 / u128::from(self.config.timescale);
+                    let pts = MediaTime::from_micros(us as u64);
+                    let keyframe = pkt.is_key();
+                    if keyframe {
+                        self.last_key = Some(pts);
+                    }
+                    out.push(EncodedFrame {
+                        pts,
+                        keyframe,
+                        access_unit: pkt.data().unwrap_or_default().to_vec(),
+                    });
+                }
+                Err(ffmpeg::Error::Other { errno }) if errno == ffmpeg::util::error::EAGAIN => {
+                    break;
+                }
+                Err(ffmpeg::Error::Eof) => break,
+                Err(e) => return Err(ff("receive packet")(e)),
+            }
+        }
+        Ok(out)
+    }
+}
