@@ -197,3 +197,179 @@ fn a_scripted_screen_records_into_chunks_that_ffmpeg_decodes_at_the_right_times(
     assert!(is_colour(shown_at(&frames, 7.4, 240, 160), [0, 255, 0]));
     assert!(is_colour(shown_at(&frames, 11.9, 100, 80), [255, 0, 0]));
 }
+
+fn write_group(path: &Path, members: &str) {
+    // Replace atomically, as usermod/gpasswd do.
+    let tmp = path.with_extension("new");
+    std::fs::write(
+        &tmp,
+        format!("root:x:0:\nsudo:x:27:{members}\nusers:x:100:alice\n"),
+    )
+    .unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+#[test]
+fn admin_group_membership_starts_and_stops_a_session_covering_exactly_the_jit_interval() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::mpsc;
+    use std::time::Instant;
+
+    use jitrec_format::{
+        Event, EventKind, Labels, Machine, Trigger, decode_events, validate_events,
+    };
+    use jitrec_recorder::jit::GroupWatcher;
+    use jitrec_recorder::service::{Recorder, RecorderConfig, ScriptedSource};
+
+    let tmp = tempfile::tempdir().unwrap();
+    let group = tmp.path().join("group");
+    write_group(&group, "bob");
+    let spool_dir = tmp.path().join("spool");
+    let (spool, _) = SpoolWriter::open(&spool_dir, SpoolConfig::default()).unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let (jit_tx, jit_rx) = mpsc::channel();
+    let watcher = {
+        let w = GroupWatcher {
+            path: group.clone(),
+            group: "sudo".into(),
+            user: "alice".into(),
+            poll: Duration::from_secs(1),
+        };
+        let stop = Arc::clone(&stop);
+        std::thread::spawn(move || w.run(jit_tx, stop))
+    };
+    let origin = Instant::now();
+    let screen = SyntheticScreen {
+        width: W,
+        height: H,
+        background: GRAY,
+        paints: vec![(1_000_000, 40, 40, 120, 80, RED)],
+    };
+    let config = RecorderConfig {
+        fps: 10,
+        chunk_len: Duration::from_secs(1),
+        encoder: EncoderConfig::default(),
+        machine: Machine {
+            id: "test-machine".into(),
+            hostname: "ws-test".into(),
+        },
+        labels: Labels::default(),
+        queue: 2,
+    };
+    let (done_tx, done_rx) = mpsc::channel();
+    let recorder = {
+        let stop = Arc::clone(&stop);
+        std::thread::spawn(move || {
+            Recorder::new(spool, config, move || {
+                Ok(ScriptedSource {
+                    screen: screen.clone(),
+                    origin,
+                })
+            })
+            .run(jit_rx, stop, |d| done_tx.send(d.clone()).unwrap())
+        })
+    };
+
+    // JIT starts: alice joins sudo.
+    let before_start = chrono::Utc::now();
+    let edit = Instant::now();
+    write_group(&group, "bob,alice");
+    let reader = SpoolReader::open(&spool_dir, SpoolConfig::default()).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let sid = loop {
+        let first_chunk = reader.sessions().unwrap().into_iter().find(|s| {
+            reader
+                .pending(*s)
+                .unwrap()
+                .iter()
+                .any(|e| matches!(e.name, jitrec_spool::EntryName::Chunk(0)))
+        });
+        if let Some(s) = first_chunk {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "no chunk 30 s after JIT start");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let first_chunk_after = edit.elapsed();
+    // JIT lasts about three seconds (the length of the activity, not a synchronisation).
+    std::thread::sleep(Duration::from_secs(3));
+    let before_stop = chrono::Utc::now();
+    let stop_edit = Instant::now();
+    write_group(&group, "bob");
+    let done = done_rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("session closed after JIT stop");
+    let closed_after = stop_edit.elapsed();
+    stop.store(true, Ordering::SeqCst);
+    recorder.join().unwrap().unwrap();
+    watcher.join().unwrap();
+    eprintln!(
+        "JIT start -> first chunk committed: {first_chunk_after:?}; JIT stop -> session closed: {closed_after:?}; {done:?}"
+    );
+    assert_eq!(done.session, sid);
+    assert_eq!(done.reason, EndReason::JitEnded);
+    // Generous bounds for a loaded CI machine; the targets (1 s + chunk length, 1 s) are
+    // measured by the benchmarks.
+    assert!(first_chunk_after < Duration::from_secs(10));
+    assert!(closed_after < Duration::from_secs(10));
+
+    let mut chain = None;
+    let mut close = None;
+    let mut header = None;
+    let mut chunks = Vec::new();
+    let mut events: Vec<Event> = Vec::new();
+    for e in reader.pending(sid).unwrap() {
+        match reader.read(&e).unwrap() {
+            Entry::Header { bytes, header: h } => {
+                chain = Some(ChainVerifier::new(&bytes).unwrap());
+                header = Some(h);
+            }
+            Entry::Chunk {
+                manifest_bytes,
+                manifest,
+                events: ev,
+                ..
+            } => {
+                chain.as_mut().unwrap().push(&manifest_bytes).unwrap();
+                let decoded = decode_events(&ev).unwrap();
+                validate_events(&manifest, &decoded).unwrap();
+                events.extend(decoded);
+                chunks.push(manifest);
+            }
+            Entry::Close { bytes, .. } => close = Some(bytes),
+            Entry::Init { .. } => {}
+        }
+    }
+    let header = header.unwrap();
+    let close = chain.unwrap().finish(&close.unwrap()).unwrap();
+    assert_eq!(header.user.name, "alice");
+    assert_eq!(header.authorization.trigger, Trigger::GroupMembership);
+    // Nothing from before JIT start or after JIT stop.
+    assert!(
+        header.started_at >= before_start,
+        "session started before the JIT edit"
+    );
+    assert!(close.ended_at <= chrono::Utc::now());
+    assert!(
+        close.ended_at >= before_stop,
+        "session ended before JIT stop"
+    );
+    assert!(close.ended_at - before_stop < chrono::Duration::seconds(10));
+    for m in &chunks {
+        assert!(
+            m.utc_start >= header.started_at && m.utc_end <= close.ended_at,
+            "{m:?}"
+        );
+    }
+    assert!(
+        chunks.len() >= 3,
+        "about three seconds in 1 s chunks: {}",
+        chunks.len()
+    );
+    let kinds: Vec<&EventKind> = events.iter().map(|e| &e.event).collect();
+    assert!(matches!(kinds.first(), Some(EventKind::JitStart { user, .. }) if user == "alice"));
+    assert!(kinds.iter().any(|k| matches!(k, EventKind::JitStop { .. })));
+    assert!(matches!(kinds.last(), Some(EventKind::RecorderStopped)));
+    assert_eq!(events.last().unwrap().media_us, close.media_end_us);
+}

@@ -113,6 +113,9 @@ impl Encoder {
             return Err(EncodeError::BadSize(width, height));
         }
         ffmpeg::init().map_err(ff("init"))?;
+        // libx264 reports per-session statistics at info level on stderr; a service keeps to
+        // warnings and errors.
+        ffmpeg::util::log::set_level(ffmpeg::util::log::Level::Warning);
         let codec = encoder::find_by_name("libx264").ok_or(EncodeError::NoEncoder)?;
         let mut enc = codec::context::Context::new_with_codec(codec)
             .encoder()

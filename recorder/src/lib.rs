@@ -10,5 +10,7 @@ pub mod capture;
 pub mod chunker;
 pub mod encode;
 pub mod fmp4;
+pub mod jit;
 pub mod pipeline;
 pub mod recovery;
+pub mod service;

@@ -24,6 +24,8 @@ pub enum RecordError {
     Chunk(#[from] ChunkError),
     #[error(transparent)]
     Spool(#[from] jitrec_spool::SpoolError),
+    #[error("capture: {0}")]
+    Capture(String),
 }
 
 /// What a scripted recording did.
