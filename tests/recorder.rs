@@ -373,3 +373,149 @@ fn admin_group_membership_starts_and_stops_a_session_covering_exactly_the_jit_in
     assert!(matches!(kinds.last(), Some(EventKind::RecorderStopped)));
     assert_eq!(events.last().unwrap().media_us, close.media_end_us);
 }
+
+/// Maps a window of one colour (TrueColor pixel value) at (x, y) and waits until the server has
+/// processed it. The window lives as long as the returned connection.
+fn map_window(
+    display: &str,
+    x: i16,
+    y: i16,
+    w: u16,
+    h: u16,
+    pixel: u32,
+) -> x11rb::rust_connection::RustConnection {
+    use x11rb::connection::Connection;
+    use x11rb::protocol::xproto::{ConnectionExt as _, CreateWindowAux, WindowClass};
+    let (conn, screen) = x11rb::connect(Some(display)).unwrap();
+    let root = conn.setup().roots[screen].root;
+    let win = conn.generate_id().unwrap();
+    conn.create_window(
+        x11rb::COPY_DEPTH_FROM_PARENT,
+        win,
+        root,
+        x,
+        y,
+        w,
+        h,
+        0,
+        WindowClass::INPUT_OUTPUT,
+        x11rb::COPY_FROM_PARENT,
+        &CreateWindowAux::new()
+            .background_pixel(pixel)
+            .override_redirect(1),
+    )
+    .unwrap();
+    conn.map_window(win).unwrap();
+    // A round trip: once answered, the server has processed the map.
+    conn.get_input_focus().unwrap().reply().unwrap();
+    conn
+}
+
+#[test]
+fn a_window_drawn_on_a_real_x_server_during_jit_is_in_the_recording_at_the_right_time() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::mpsc;
+    use std::time::Instant;
+
+    use jitrec_format::{Labels, Machine};
+    use jitrec_recorder::jit::JitEvent;
+    use jitrec_recorder::service::{Recorder, RecorderConfig};
+    use jitrec_recorder::x11::X11Source;
+    use jitrec_tests::xvfb::Xvfb;
+
+    let x = Xvfb::start(W, H).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let spool_dir = tmp.path().join("spool");
+    let (spool, _) = SpoolWriter::open(&spool_dir, SpoolConfig::default()).unwrap();
+    let config = RecorderConfig {
+        fps: 10,
+        chunk_len: Duration::from_secs(1),
+        encoder: EncoderConfig::default(),
+        machine: Machine {
+            id: "m".into(),
+            hostname: "ws-x11".into(),
+        },
+        labels: Labels::default(),
+        queue: 2,
+    };
+    let (jit_tx, jit_rx) = mpsc::channel();
+    let (done_tx, done_rx) = mpsc::channel();
+    let stop = Arc::new(AtomicBool::new(false));
+    let display = x.display.clone();
+    let recorder = {
+        let stop = Arc::clone(&stop);
+        std::thread::spawn(move || {
+            Recorder::new(spool, config, move || X11Source::open(Some(&display))).run(
+                jit_rx,
+                stop,
+                |d| done_tx.send(d.clone()).unwrap(),
+            )
+        })
+    };
+    jit_tx
+        .send(JitEvent::Start {
+            user: "alice".into(),
+            trigger: jitrec_format::Trigger::ControlCommand,
+            authorized_by: Some("bob".into()),
+            reason: None,
+        })
+        .unwrap();
+    let reader = SpoolReader::open(&spool_dir, SpoolConfig::default()).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let sid = loop {
+        if let Some(s) = reader.sessions().unwrap().first() {
+            break *s;
+        }
+        assert!(Instant::now() < deadline);
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    // Let a second of black screen be recorded, then draw a red window.
+    std::thread::sleep(Duration::from_millis(1200));
+    let mapped_at = chrono::Utc::now();
+    let _window = map_window(&x.display, 60, 40, 120, 100, 0x00ff_0000);
+    std::thread::sleep(Duration::from_millis(1500));
+    jit_tx
+        .send(JitEvent::Stop {
+            reason: "test".into(),
+        })
+        .unwrap();
+    let done = done_rx.recv_timeout(Duration::from_secs(30)).unwrap();
+    stop.store(true, Ordering::SeqCst);
+    recorder.join().unwrap().unwrap();
+    assert_eq!(done.session, sid);
+
+    let mut mp4 = Vec::new();
+    let mut header = None;
+    for e in reader.pending(sid).unwrap() {
+        match reader.read(&e).unwrap() {
+            Entry::Header { header: h, .. } => header = Some(h),
+            Entry::Init { bytes, .. } => mp4.extend_from_slice(&bytes),
+            Entry::Chunk { video, .. } => mp4.extend_from_slice(&video),
+            Entry::Close { .. } => {}
+        }
+    }
+    let header = header.unwrap();
+    let file = tmp.path().join("x11.mp4");
+    std::fs::write(&file, &mp4).unwrap();
+    let frames = decode(&file);
+    let map_t = (mapped_at - header.started_at).num_microseconds().unwrap() as f64 / 1e6;
+    eprintln!(
+        "window mapped at media time {map_t:.3} s; {} frames decoded",
+        frames.len()
+    );
+    // Before the window: black. Shortly after (capture runs at 10 fps): red.
+    assert!(is_colour(
+        shown_at(&frames, map_t - 0.3, 120, 90),
+        [0, 0, 0]
+    ));
+    assert!(is_colour(
+        shown_at(&frames, map_t + 0.6, 120, 90),
+        [255, 0, 0]
+    ));
+    // Outside the window, still black.
+    assert!(is_colour(
+        shown_at(&frames, map_t + 0.6, 300, 220),
+        [0, 0, 0]
+    ));
+}

@@ -14,3 +14,5 @@ pub mod jit;
 pub mod pipeline;
 pub mod recovery;
 pub mod service;
+#[cfg(unix)]
+pub mod x11;

@@ -7,6 +7,7 @@
 
 pub mod faultproxy;
 pub mod seaweed;
+pub mod xvfb;
 
 use std::fs;
 use std::path::{Path, PathBuf};
