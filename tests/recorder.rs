@@ -220,8 +220,13 @@ fn admin_group_membership_starts_and_stops_a_session_covering_exactly_the_jit_in
         Event, EventKind, Labels, Machine, Trigger, decode_events, validate_events,
     };
     use jitrec_recorder::jit::GroupWatcher;
-    use jitrec_recorder::service::{Recorder, RecorderConfig, ScriptedSource};
+    use jitrec_recorder::service::{Recorder, RecorderConfig, RecorderEvent, ScriptedSource};
 
+    // The recorder's own log, shown if the test fails.
+    let _ = tracing_subscriber::fmt()
+        .with_test_writer()
+        .with_env_filter("debug,notify=info")
+        .try_init();
     let tmp = tempfile::tempdir().unwrap();
     let group = tmp.path().join("group");
     write_group(&group, "bob");
@@ -267,7 +272,11 @@ fn admin_group_membership_starts_and_stops_a_session_covering_exactly_the_jit_in
                     origin,
                 })
             })
-            .run(jit_rx, stop, |d| done_tx.send(d.clone()).unwrap())
+            .run(jit_rx, stop, |ev| {
+                if let RecorderEvent::Done(d) = ev {
+                    done_tx.send(d).unwrap();
+                }
+            })
         })
     };
 
@@ -420,7 +429,7 @@ fn a_window_drawn_on_a_real_x_server_during_jit_is_in_the_recording_at_the_right
 
     use jitrec_format::{Labels, Machine};
     use jitrec_recorder::jit::JitEvent;
-    use jitrec_recorder::service::{Recorder, RecorderConfig};
+    use jitrec_recorder::service::{Recorder, RecorderConfig, RecorderEvent};
     use jitrec_recorder::x11::X11Source;
     use jitrec_tests::xvfb::Xvfb;
 
@@ -449,7 +458,11 @@ fn a_window_drawn_on_a_real_x_server_during_jit_is_in_the_recording_at_the_right
             Recorder::new(spool, config, move || X11Source::open(Some(&display))).run(
                 jit_rx,
                 stop,
-                |d| done_tx.send(d.clone()).unwrap(),
+                |ev| {
+                    if let RecorderEvent::Done(d) = ev {
+                        done_tx.send(d).unwrap();
+                    }
+                },
             )
         })
     };
@@ -478,6 +491,7 @@ fn a_window_drawn_on_a_real_x_server_during_jit_is_in_the_recording_at_the_right
     jit_tx
         .send(JitEvent::Stop {
             reason: "test".into(),
+            end: EndReason::ControlStop,
         })
         .unwrap();
     let done = done_rx.recv_timeout(Duration::from_secs(30)).unwrap();

@@ -28,6 +28,8 @@ pub enum JitEvent {
     },
     Stop {
         reason: String,
+        /// `JitEnded` when membership ended, `ControlStop` when a JIT controller said so.
+        end: jitrec_format::EndReason,
     },
 }
 
@@ -107,6 +109,7 @@ impl GroupWatcher {
                 } else {
                     JitEvent::Stop {
                         reason: format!("{} left group {}", self.user, self.group),
+                        end: jitrec_format::EndReason::JitEnded,
                     }
                 };
                 tracing::info!(user = %self.user, group = %self.group, member, "admin group membership changed");

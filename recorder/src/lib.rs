@@ -8,6 +8,9 @@
 
 pub mod capture;
 pub mod chunker;
+pub mod config;
+#[cfg(unix)]
+pub mod control;
 pub mod encode;
 pub mod fmp4;
 pub mod jit;

@@ -1,9 +1,22 @@
-//! `jitrec-recorder`: command-line entry point. Parses arguments and calls the library.
+//! `jitrec-recorder`: command-line entry point. Parses arguments and wires the library.
+//!
+//! `main` is `pub(crate)` so the test package can compile this very file into a helper binary it
+//! starts and kills (cargo gives a package's tests only that package's own binaries).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::sync::mpsc;
+use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
+use jitrec_format::Machine;
+use jitrec_recorder::config::Config;
+use jitrec_recorder::control::{self, Access, Request};
+use jitrec_recorder::jit::GroupWatcher;
+use jitrec_recorder::service::{DEFAULT_QUEUE, Recorder, RecorderConfig};
+use jitrec_recorder::x11::X11Source;
 use jitrec_spool::{SpoolConfig, SpoolWriter};
 
 /// Records the screen and process/window events of Just-in-Time admin sessions into a local
@@ -15,8 +28,25 @@ struct Cli {
     command: Command,
 }
 
+const DEFAULT_SOCKET: &str = "/run/jitrec/recorder.sock";
+
 #[derive(Subcommand)]
 enum Command {
+    /// Run the recorder service: record while JIT is active (admin-group membership or the
+    /// control socket), nothing otherwise. Stops cleanly on SIGTERM/SIGINT.
+    Run {
+        /// Configuration file (TOML; see docs/recorder.md for every key and default).
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+    },
+    /// Tell a running recorder that JIT starts or stops (for JIT controllers).
+    Jit {
+        /// The recorder's control socket.
+        #[arg(long, value_name = "PATH", default_value = DEFAULT_SOCKET, global = true)]
+        socket: PathBuf,
+        #[command(subcommand)]
+        action: JitAction,
+    },
     /// Recover the spool after a crash: remove partial writes and close every session a previous
     /// run left open as "interrupted". Refuses to run while a recorder holds the spool.
     Recover {
@@ -26,7 +56,26 @@ enum Command {
     },
 }
 
-fn main() -> Result<()> {
+#[derive(Subcommand)]
+enum JitAction {
+    /// JIT started: record a session for USER; returns once the session exists.
+    Start {
+        #[arg(long)]
+        user: String,
+        /// Who approved the elevation.
+        #[arg(long)]
+        authorized_by: Option<String>,
+        /// Why (ticket, stated reason).
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// JIT ended: returns only after the session's last chunk is committed to disk.
+    Stop,
+    /// Is a session being recorded?
+    Status,
+}
+
+pub(crate) fn main() -> Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -36,6 +85,29 @@ fn main() -> Result<()> {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     match Cli::parse().command {
+        Command::Run { config } => run(&config),
+        Command::Jit { socket, action } => {
+            let req = match action {
+                JitAction::Start {
+                    user,
+                    authorized_by,
+                    reason,
+                } => Request::Start {
+                    user,
+                    authorized_by,
+                    reason,
+                },
+                JitAction::Stop => Request::Stop,
+                JitAction::Status => Request::Status,
+            };
+            let resp = control::request(&socket, &req)
+                .with_context(|| format!("talking to the recorder at {}", socket.display()))?;
+            println!("{}", resp.message);
+            if !resp.ok {
+                std::process::exit(1);
+            }
+            Ok(())
+        }
         Command::Recover { spool } => {
             let (writer, recovery) = SpoolWriter::open(&spool, SpoolConfig::default())
                 .with_context(|| format!("opening spool {}", spool.display()))?;
@@ -58,4 +130,96 @@ fn main() -> Result<()> {
             Ok(())
         }
     }
+}
+
+fn machine(id_file: &Path) -> Machine {
+    let hostname = rustix::system::uname()
+        .nodename()
+        .to_string_lossy()
+        .into_owned();
+    let id = std::fs::read_to_string(id_file)
+        .ok()
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| {
+            tracing::warn!(path = %id_file.display(), "no machine id; using the hostname");
+            hostname.clone()
+        });
+    Machine { id, hostname }
+}
+
+fn run(path: &Path) -> Result<()> {
+    let cfg = Config::load(path)?;
+    let (spool, recovery) = SpoolWriter::open(
+        &cfg.spool,
+        SpoolConfig {
+            max_bytes: cfg.spool_max_bytes,
+        },
+    )
+    .with_context(|| format!("opening spool {}", cfg.spool.display()))?;
+    if !recovery.open_sessions.is_empty() {
+        let out = jitrec_recorder::recovery::close_interrupted(&spool, chrono::Utc::now())?;
+        tracing::warn!(
+            closed = out.closed.len(),
+            failed = out.failed.len(),
+            "closed sessions a previous run left open as interrupted"
+        );
+    }
+    let shutdown = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        signal_hook::flag::register(sig, Arc::clone(&shutdown)).context("signal handler")?;
+    }
+    let (jit_tx, jit_rx) = mpsc::channel();
+    if let Some(user) = &cfg.jit.user {
+        let w = GroupWatcher {
+            path: cfg.jit.group_file.clone(),
+            group: cfg.jit.group.clone(),
+            user: user.clone(),
+            poll: Duration::from_millis(cfg.jit.poll_ms.max(50)),
+        };
+        let (tx, stop) = (jit_tx.clone(), Arc::clone(&shutdown));
+        std::thread::Builder::new()
+            .name("jitrec-group-watch".into())
+            .spawn(move || w.run(tx, stop))?;
+    }
+    let access = Access {
+        group: cfg.control.group.clone(),
+        group_file: cfg.jit.group_file.clone(),
+        passwd_file: "/etc/passwd".into(),
+    };
+    let listener = control::bind(&cfg.control.socket, cfg.control.mode, access.gid())
+        .with_context(|| {
+            format!(
+                "binding the control socket {}",
+                cfg.control.socket.display()
+            )
+        })?;
+    let shared = Arc::new(control::Shared::default());
+    {
+        let (tx, shared) = (jit_tx.clone(), Arc::clone(&shared));
+        // Detached: it blocks in accept and ends with the process.
+        std::thread::Builder::new()
+            .name("jitrec-control".into())
+            .spawn(move || control::serve(listener, tx, shared, access))?;
+    }
+    drop(jit_tx);
+    let config = RecorderConfig {
+        fps: cfg.capture.fps,
+        chunk_len: Duration::from_millis(cfg.encoder.chunk_ms),
+        encoder: cfg.encoder(),
+        machine: machine(&cfg.machine_id_file),
+        labels: cfg.labels.clone(),
+        queue: DEFAULT_QUEUE,
+    };
+    tracing::info!(spool = %cfg.spool.display(), socket = %cfg.control.socket.display(),
+        user = ?cfg.jit.user, group = %cfg.jit.group, "recorder started; waiting for JIT");
+    let display = cfg.capture.display.clone();
+    let result = Recorder::new(spool, config, move || X11Source::open(display.as_deref())).run(
+        jit_rx,
+        shutdown,
+        |ev| shared.observe(ev),
+    );
+    let _ = std::fs::remove_file(&cfg.control.socket);
+    tracing::info!("recorder stopped");
+    Ok(result?)
 }

@@ -66,6 +66,15 @@ pub struct RecorderConfig {
     pub queue: usize,
 }
 
+/// What the recorder reports to whoever waits on it (the control socket, tests).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RecorderEvent {
+    /// A session's header is committed; capture is starting.
+    Started(SessionId),
+    /// A session's close record is committed.
+    Done(SessionDone),
+}
+
 /// What ended a recorded session.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SessionDone {
@@ -107,13 +116,13 @@ where
         }
     }
 
-    /// Records a session per JIT start until `shutdown` is set or the JIT channel closes; calls
-    /// `on_done` after each session is closed in the spool.
+    /// Records a session per JIT start until `shutdown` is set or the JIT channel closes;
+    /// reports each session's start and its close (after the close record is committed).
     pub fn run(
         mut self,
         jit: Receiver<JitEvent>,
         shutdown: Arc<AtomicBool>,
-        mut on_done: impl FnMut(&SessionDone),
+        mut observe: impl FnMut(RecorderEvent),
     ) -> Result<(), RecordError> {
         while !shutdown.load(Ordering::SeqCst) {
             match jit.recv_timeout(STOP_CHECK * 4) {
@@ -128,9 +137,9 @@ where
                         authorized_by,
                         reason,
                     };
-                    let done = self.record(&user, auth, &jit, &shutdown)?;
+                    let done = self.record(&user, auth, &jit, &shutdown, &mut observe)?;
                     tracing::info!(session = %done.session, chunks = done.chunks, reason = ?done.reason, "session recorded");
-                    on_done(&done);
+                    observe(RecorderEvent::Done(done));
                 }
                 Ok(JitEvent::Stop { .. }) | Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => break,
@@ -145,6 +154,7 @@ where
         authorization: Authorization,
         jit: &Receiver<JitEvent>,
         shutdown: &AtomicBool,
+        observe: &mut impl FnMut(RecorderEvent),
     ) -> Result<SessionDone, RecordError> {
         let origin = Instant::now();
         let header = SessionHeader {
@@ -173,6 +183,8 @@ where
         };
         let session = header.session_id;
         let writer = self.spool.create_session(&header)?;
+        tracing::info!(%session, user, "JIT started; recording");
+        observe(RecorderEvent::Started(session));
         let mut chunker =
             Chunker::new(writer, self.config.chunk_len, self.config.encoder.timescale);
         let at =
@@ -236,7 +248,7 @@ where
         let mut last: Option<Frame> = None;
         let (reason, end) = loop {
             match jit.try_recv() {
-                Ok(JitEvent::Stop { .. }) => break (EndReason::JitEnded, origin.elapsed()),
+                Ok(JitEvent::Stop { end, .. }) => break (end, origin.elapsed()),
                 Ok(JitEvent::Start { .. }) | Err(TryRecvError::Empty) => {}
                 Err(TryRecvError::Disconnected) => {
                     break (EndReason::RecorderShutdown, origin.elapsed());

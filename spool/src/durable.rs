@@ -37,7 +37,15 @@ pub(crate) fn write_file(tmp_dir: &Path, dest: &Path, chunks: &[&[u8]]) -> Resul
         f.sync_all().map_err(SpoolError::io("fsync", &tmp))?;
         drop(f);
         fs::rename(&tmp, dest).map_err(SpoolError::io("rename into place", dest))?;
-        sync_parent(dest)
+        match sync_parent(dest) {
+            // The directory vanished between our rename and its fsync: the reader uploaded,
+            // acknowledged and removed the entry (a close record removes its whole session
+            // directory) in that instant. There is nothing left to make durable.
+            Err(SpoolError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+                Ok(())
+            }
+            other => other,
+        }
     })();
     if result.is_err() {
         // Best effort: the temp name is ours alone; if this fails too, the next writer start-up

@@ -1,0 +1,234 @@
+//! The recorder's configuration file (TOML). Every field has a documented default, so a minimal
+//! file names only the user to watch; unknown keys are errors, so a typo is reported instead of
+//! silently ignored. Read raw, then validated into the typed settings the service takes.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use jitrec_format::Labels;
+use serde::Deserialize;
+
+use crate::encode::EncoderConfig;
+
+/// The whole file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// The spool directory, shared with jitrec-uploader.
+    pub spool: PathBuf,
+    /// The spool's size bound in bytes (see docs/spool.md).
+    pub spool_max_bytes: u64,
+    /// Where the machine's stable id is read from.
+    pub machine_id_file: PathBuf,
+    /// Retention labels stamped on every session.
+    pub labels: Labels,
+    pub jit: JitConfig,
+    pub control: ControlConfig,
+    pub capture: CaptureConfig,
+    pub encoder: EncoderToml,
+}
+
+/// How JIT is detected.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct JitConfig {
+    /// The interactive user whose admin-group membership means JIT. Without it, only the control
+    /// socket starts and stops recordings.
+    pub user: Option<String>,
+    /// The admin group.
+    pub group: String,
+    /// The group database.
+    pub group_file: PathBuf,
+    /// Fallback poll of the group file when inotify is unavailable, in milliseconds.
+    pub poll_ms: u64,
+}
+
+/// The local control socket (`jitrec-recorder jit start|stop|status`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ControlConfig {
+    pub socket: PathBuf,
+    /// A group whose members may use the socket besides root.
+    pub group: Option<String>,
+    /// File mode of the socket. Peers are checked (SO_PEERCRED) whatever the mode.
+    pub mode: u32,
+}
+
+/// What is captured.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CaptureConfig {
+    /// The X display (default: `$DISPLAY`).
+    pub display: Option<String>,
+    /// Capture rate. 5 fps follows typing and scrolling; CPU grows with it, size barely.
+    pub fps: u32,
+}
+
+/// Encoder and chunking settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EncoderToml {
+    pub crf: u8,
+    pub preset: String,
+    pub keyframe_interval_ms: u64,
+    /// Chunk length: the most a crash can lose, and the live view's delay.
+    pub chunk_ms: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            spool: "/var/lib/jitrec/spool".into(),
+            spool_max_bytes: jitrec_spool::DEFAULT_MAX_BYTES,
+            machine_id_file: "/etc/machine-id".into(),
+            labels: Labels::default(),
+            jit: JitConfig::default(),
+            control: ControlConfig::default(),
+            capture: CaptureConfig::default(),
+            encoder: EncoderToml::default(),
+        }
+    }
+}
+
+impl Default for JitConfig {
+    fn default() -> Self {
+        Self {
+            user: None,
+            group: "sudo".into(),
+            group_file: "/etc/group".into(),
+            poll_ms: crate::jit::DEFAULT_POLL.as_millis() as u64,
+        }
+    }
+}
+
+impl Default for ControlConfig {
+    fn default() -> Self {
+        Self {
+            socket: "/run/jitrec/recorder.sock".into(),
+            group: None,
+            mode: 0o660,
+        }
+    }
+}
+
+impl Default for CaptureConfig {
+    fn default() -> Self {
+        Self {
+            display: None,
+            fps: 5,
+        }
+    }
+}
+
+impl Default for EncoderToml {
+    fn default() -> Self {
+        let e = EncoderConfig::default();
+        Self {
+            crf: e.crf,
+            preset: e.preset,
+            keyframe_interval_ms: e.keyframe_interval.as_millis() as u64,
+            chunk_ms: 2000,
+        }
+    }
+}
+
+/// A configuration that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("reading {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: {source}")]
+    Parse {
+        path: PathBuf,
+        #[source]
+        source: toml::de::Error,
+    },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl Config {
+    /// Reads and validates a configuration file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse(&text).map_err(|e| match e {
+            ConfigError::Parse { source, .. } => ConfigError::Parse {
+                path: path.to_owned(),
+                source,
+            },
+            other => other,
+        })
+    }
+
+    /// Parses and validates configuration text.
+    pub fn parse(text: &str) -> Result<Self, ConfigError> {
+        let c: Config = toml::from_str(text).map_err(|source| ConfigError::Parse {
+            path: PathBuf::new(),
+            source,
+        })?;
+        let bad = |m: String| Err(ConfigError::Invalid(m));
+        if !(1..=60).contains(&c.capture.fps) {
+            return bad(format!("capture.fps = {} is outside 1..=60", c.capture.fps));
+        }
+        if !(250..=60_000).contains(&c.encoder.chunk_ms) {
+            return bad(format!(
+                "encoder.chunk_ms = {} is outside 250..=60000",
+                c.encoder.chunk_ms
+            ));
+        }
+        if c.encoder.keyframe_interval_ms < 250 {
+            return bad("encoder.keyframe_interval_ms must be at least 250".into());
+        }
+        if c.encoder.crf > 51 {
+            return bad(format!("encoder.crf = {} is above 51", c.encoder.crf));
+        }
+        Ok(c)
+    }
+
+    /// The encoder settings.
+    pub fn encoder(&self) -> EncoderConfig {
+        EncoderConfig {
+            crf: self.encoder.crf,
+            preset: self.encoder.preset.clone(),
+            keyframe_interval: Duration::from_millis(self.encoder.keyframe_interval_ms),
+            nominal_fps: self.capture.fps,
+            ..EncoderConfig::default()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_and_validation() {
+        let c = Config::parse("[jit]\nuser = \"alice\"\n").unwrap();
+        assert_eq!(c.jit.user.as_deref(), Some("alice"));
+        assert_eq!(c.jit.group, "sudo");
+        assert_eq!(c.capture.fps, 5);
+        assert_eq!(c.encoder.chunk_ms, 2000);
+        assert_eq!(c.encoder().keyframe_interval, Duration::from_secs(10));
+        assert!(matches!(
+            Config::parse("[jit]\nusr = \"alice\"\n"),
+            Err(ConfigError::Parse { .. })
+        ));
+        assert!(matches!(
+            Config::parse("[capture]\nfps = 0\n"),
+            Err(ConfigError::Invalid(_))
+        ));
+        assert!(matches!(
+            Config::parse("[encoder]\nchunk_ms = 10\n"),
+            Err(ConfigError::Invalid(_))
+        ));
+        let l = Config::parse("[labels]\ncompany = \"acme\"\n").unwrap();
+        assert_eq!(l.labels.company.as_deref(), Some("acme"));
+    }
+}

@@ -1,0 +1,220 @@
+//! The real `jitrec-recorder run` program on Xvfb: the control socket (authorisation, start,
+//! stop that returns only after the close record is on disk), the admin-group trigger, SIGKILL
+//! mid-session and the interrupted session a restart closes, and a clean SIGTERM.
+
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use jitrec_format::{ChainVerifier, EndReason, SessionClose, SessionHeader, SessionId, Trigger};
+use jitrec_spool::{Entry, EntryName, SpoolConfig, SpoolReader};
+use jitrec_tests::xvfb::Xvfb;
+
+const RECORDER: &str = env!("CARGO_BIN_EXE_jitrec-test-recorder");
+const LIMIT: Duration = Duration::from_secs(60);
+
+fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !cond() {
+        assert!(start.elapsed() < LIMIT, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn write_group(path: &Path, members: &str) {
+    let tmp = path.with_extension("new");
+    std::fs::write(&tmp, format!("root:x:0:\nsudo:x:27:{members}\n")).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+fn start_recorder(config: &Path) -> Child {
+    Command::new(RECORDER)
+        .args(["run", "--config", config.to_str().unwrap()])
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+fn jit(socket: &Path, args: &[&str]) -> Output {
+    Command::new(RECORDER)
+        .args(["jit", "--socket", socket.to_str().unwrap()])
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+/// Header, close record and chunk count of a session in the spool, chain verified.
+fn read_session(spool: &Path, s: SessionId) -> (SessionHeader, Option<SessionClose>, u64) {
+    let r = SpoolReader::open(spool, SpoolConfig::default()).unwrap();
+    let (mut chain, mut header, mut close, mut chunks) = (None, None, None, 0);
+    for e in r.pending(s).unwrap() {
+        match r.read(&e).unwrap() {
+            Entry::Header { bytes, header: h } => {
+                chain = Some(ChainVerifier::new(&bytes).unwrap());
+                header = Some(h);
+            }
+            Entry::Chunk { manifest_bytes, .. } => {
+                chain.as_mut().unwrap().push(&manifest_bytes).unwrap();
+                chunks += 1;
+            }
+            Entry::Close { bytes, .. } => close = Some(bytes),
+            Entry::Init { .. } => {}
+        }
+    }
+    let close = close.map(|c| chain.unwrap().finish(&c).unwrap());
+    (header.unwrap(), close, chunks)
+}
+
+fn sessions(spool: &Path) -> Vec<SessionId> {
+    SpoolReader::open(spool, SpoolConfig::default())
+        .and_then(|r| r.sessions())
+        .unwrap_or_default()
+}
+
+fn chunk_count(spool: &Path, s: SessionId) -> usize {
+    SpoolReader::open(spool, SpoolConfig::default())
+        .and_then(|r| r.pending(s))
+        .map(|p| {
+            p.iter()
+                .filter(|e| matches!(e.name, EntryName::Chunk(_)))
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+#[test]
+fn the_recorder_program_is_driven_by_its_socket_and_the_admin_group_and_survives_sigkill() {
+    use std::os::unix::fs::PermissionsExt;
+    let x = Xvfb::start(320, 240).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    // Let an unprivileged test client reach the socket, so the recorder's own check is tested.
+    std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let spool = tmp.path().join("spool");
+    let group = tmp.path().join("group");
+    let socket = tmp.path().join("recorder.sock");
+    write_group(&group, "bob");
+    let config = tmp.path().join("recorder.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "spool = {spool:?}\n\n[jit]\nuser = \"alice\"\ngroup = \"sudo\"\ngroup_file = {group:?}\n\n\
+             [control]\nsocket = {socket:?}\nmode = 0o666\n\n[capture]\ndisplay = \"{}\"\nfps = 10\n\n\
+             [encoder]\nchunk_ms = 1000\n\n[labels]\ncompany = \"acme\"\n",
+            x.display
+        ),
+    )
+    .unwrap();
+
+    let mut rec = start_recorder(&config);
+    wait_until("the control socket", || socket.exists());
+    let out = jit(&socket, &["status"]);
+    assert!(out.status.success());
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "idle");
+
+    // An unauthorised peer is refused by the recorder itself (the socket file would let it in).
+    let out = Command::new(RECORDER)
+        .args(["jit", "--socket", socket.to_str().unwrap(), "stop"])
+        .uid(65534)
+        .gid(65534)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("permission denied"),
+        "{out:?}"
+    );
+
+    // A JIT controller starts and stops a session; stop returns only after the close record is
+    // on disk.
+    let out = jit(
+        &socket,
+        &[
+            "start",
+            "--user",
+            "alice",
+            "--authorized-by",
+            "bob@example.com",
+            "--reason",
+            "INC-7",
+        ],
+    );
+    assert!(out.status.success(), "{out:?}");
+    let sid: SessionId = sessions(&spool)[0];
+    assert!(String::from_utf8_lossy(&out.stdout).contains(&sid.to_string()));
+    let out = jit(&socket, &["start", "--user", "alice"]);
+    assert!(
+        !out.status.success(),
+        "a second start while recording is refused"
+    );
+    wait_until("a first chunk", || chunk_count(&spool, sid) >= 1);
+    let out = jit(&socket, &["stop"]);
+    assert!(out.status.success(), "{out:?}");
+    let (header, close, chunks) = read_session(&spool, sid);
+    let close = close.expect("the close record is committed when `jit stop` returns");
+    assert_eq!(close.end_reason, EndReason::ControlStop);
+    assert_eq!(close.chunk_count, chunks);
+    assert_eq!(header.authorization.trigger, Trigger::ControlCommand);
+    assert_eq!(
+        header.authorization.authorized_by.as_deref(),
+        Some("bob@example.com")
+    );
+    assert_eq!(header.authorization.reason.as_deref(), Some("INC-7"));
+    assert_eq!(header.labels.company.as_deref(), Some("acme"));
+
+    // The admin group starts a session; the recorder is killed in the middle of it.
+    write_group(&group, "bob,alice");
+    wait_until("a group-triggered session", || sessions(&spool).len() == 2);
+    let killed = *sessions(&spool).iter().find(|s| **s != sid).unwrap();
+    wait_until("two chunks of it", || chunk_count(&spool, killed) >= 2);
+    rec.kill().unwrap();
+    assert_eq!(rec.wait().unwrap().signal(), Some(9));
+    let committed = chunk_count(&spool, killed) as u64;
+
+    // Restarted, the recorder closes the dead session as interrupted, linked to its last chunk,
+    // and, JIT still being on, starts a new one.
+    let mut rec = start_recorder(&config);
+    wait_until("the interrupted session's close record", || {
+        read_session(&spool, killed).1.is_some()
+    });
+    let (h, close, chunks) = read_session(&spool, killed);
+    let close = close.unwrap();
+    assert_eq!(h.authorization.trigger, Trigger::GroupMembership);
+    assert_eq!(close.end_reason, EndReason::Interrupted);
+    assert_eq!(chunks, committed, "every committed chunk survived the kill");
+    assert_eq!(close.chunk_count, committed);
+    assert!(
+        close.closed_at > close.ended_at,
+        "the unrecorded stretch is stated"
+    );
+    wait_until("a new session while JIT is still on", || {
+        sessions(&spool).len() == 3
+    });
+    let resumed = *sessions(&spool)
+        .iter()
+        .find(|s| **s != sid && **s != killed)
+        .unwrap();
+    wait_until("a chunk of it", || chunk_count(&spool, resumed) >= 1);
+
+    // JIT ends: the session closes; SIGTERM then stops the service cleanly.
+    write_group(&group, "bob");
+    wait_until("the session to close", || {
+        read_session(&spool, resumed).1.is_some()
+    });
+    assert_eq!(
+        read_session(&spool, resumed).1.unwrap().end_reason,
+        EndReason::JitEnded
+    );
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &rec.id().to_string()])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let status = rec.wait().unwrap();
+    assert!(status.success(), "{status}");
+    assert!(!socket.exists(), "the socket is removed on exit");
+}
