@@ -533,3 +533,90 @@ fn a_window_drawn_on_a_real_x_server_during_jit_is_in_the_recording_at_the_right
         [0, 0, 0]
     ));
 }
+
+#[test]
+fn a_screen_that_cannot_be_captured_yet_is_retried_without_empty_sessions() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::mpsc;
+    use std::time::Instant;
+
+    use jitrec_format::{Labels, Machine};
+    use jitrec_recorder::jit::JitEvent;
+    use jitrec_recorder::service::{
+        CaptureError, Recorder, RecorderConfig, RecorderEvent, ScriptedSource,
+    };
+
+    let tmp = tempfile::tempdir().unwrap();
+    let spool_dir = tmp.path().join("spool");
+    let (spool, _) = SpoolWriter::open(&spool_dir, SpoolConfig::default()).unwrap();
+    let attempts = Arc::new(AtomicUsize::new(0));
+    let screen = SyntheticScreen {
+        width: W,
+        height: H,
+        background: GRAY,
+        paints: vec![],
+    };
+    let config = RecorderConfig {
+        fps: 10,
+        chunk_len: Duration::from_secs(1),
+        encoder: EncoderConfig::default(),
+        machine: Machine {
+            id: "m".into(),
+            hostname: "ws".into(),
+        },
+        labels: Labels::default(),
+        queue: 2,
+    };
+    let (jit_tx, jit_rx) = mpsc::channel();
+    let (ev_tx, ev_rx) = mpsc::channel();
+    let stop = Arc::new(AtomicBool::new(false));
+    let recorder = {
+        let (stop, attempts) = (Arc::clone(&stop), Arc::clone(&attempts));
+        std::thread::spawn(move || {
+            Recorder::new(spool, config, move || {
+                // The display is unreachable for the first three attempts.
+                if attempts.fetch_add(1, Ordering::SeqCst) < 3 {
+                    Err(CaptureError("display not ready".into()))
+                } else {
+                    Ok(ScriptedSource {
+                        screen: screen.clone(),
+                        origin: Instant::now(),
+                    })
+                }
+            })
+            .run(jit_rx, stop, move |ev| ev_tx.send(ev).unwrap())
+        })
+    };
+    jit_tx
+        .send(JitEvent::Start {
+            user: "alice".into(),
+            trigger: jitrec_format::Trigger::ControlCommand,
+            authorized_by: None,
+            reason: None,
+        })
+        .unwrap();
+    let started = match ev_rx.recv_timeout(Duration::from_secs(60)).unwrap() {
+        RecorderEvent::Started(s) => s,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(attempts.load(Ordering::SeqCst), 4);
+    jit_tx
+        .send(JitEvent::Stop {
+            reason: "test".into(),
+            end: EndReason::ControlStop,
+        })
+        .unwrap();
+    match ev_rx.recv_timeout(Duration::from_secs(60)).unwrap() {
+        RecorderEvent::Done(d) => assert_eq!(d.session, started),
+        other => panic!("{other:?}"),
+    }
+    stop.store(true, Ordering::SeqCst);
+    recorder.join().unwrap().unwrap();
+    let reader = SpoolReader::open(&spool_dir, SpoolConfig::default()).unwrap();
+    assert_eq!(
+        reader.sessions().unwrap(),
+        vec![started],
+        "no empty sessions from the failed attempts"
+    );
+}

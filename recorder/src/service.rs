@@ -137,7 +137,31 @@ where
                         authorized_by,
                         reason,
                     };
-                    let done = self.record(&user, auth, &jit, &shutdown, &mut observe)?;
+                    // Open capture before the session exists: a display that cannot be reached
+                    // must neither stop the service nor leave empty sessions behind. Retried
+                    // every second while JIT lasts.
+                    let source = loop {
+                        match (self.open_source)() {
+                            Ok(src) => break Some(src),
+                            Err(e) => {
+                                tracing::error!(error = %e, user, "JIT is active but the screen cannot be captured; retrying");
+                                match jit.recv_timeout(Duration::from_secs(1)) {
+                                    Ok(JitEvent::Stop { .. })
+                                    | Err(RecvTimeoutError::Disconnected) => break None,
+                                    _ if shutdown.load(Ordering::SeqCst) => break None,
+                                    _ => {}
+                                }
+                            }
+                        }
+                    };
+                    let Some(source) = source else {
+                        tracing::error!(
+                            user,
+                            "JIT ended before the screen could be captured; nothing was recorded"
+                        );
+                        continue;
+                    };
+                    let done = self.record(source, &user, auth, &jit, &shutdown, &mut observe)?;
                     tracing::info!(session = %done.session, chunks = done.chunks, reason = ?done.reason, "session recorded");
                     observe(RecorderEvent::Done(done));
                 }
@@ -150,6 +174,7 @@ where
 
     fn record(
         &mut self,
+        mut source: S,
         user: &str,
         authorization: Authorization,
         jit: &Receiver<JitEvent>,
@@ -209,7 +234,6 @@ where
         let (tx, rx) = mpsc::sync_channel::<(MediaTime, Frame)>(self.config.queue.max(1));
         let stop_capture = Arc::new(AtomicBool::new(false));
         let dropped = Arc::new(AtomicU64::new(0));
-        let mut source = (self.open_source)().map_err(|e| RecordError::Capture(e.0))?;
         let period = Duration::from_micros(1_000_000 / u64::from(self.config.fps.max(1)));
         let capture = {
             let stop = Arc::clone(&stop_capture);
