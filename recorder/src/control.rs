@@ -299,35 +299,35 @@ fn handle(mut stream: UnixStream, jit: &Sender<JitEvent>, shared: &Shared, acces
                 }
             }
         }
-        Request::Stop => match shared.current() {
-            None => answer(false, "not recording"),
-            Some(s) => {
-                let sent = jit.send(JitEvent::Stop {
-                    reason: format!("control stop by uid {uid}"),
-                    end: EndReason::ControlStop,
-                });
-                if sent.is_err() {
-                    answer(false, "the recorder is shutting down")
-                } else {
-                    match shared.wait(STOP_WAIT, |st| {
-                        st.done.iter().find(|d| d.session == s).cloned()
-                    }) {
-                        Some(d) => Response {
-                            session: Some(s),
-                            chunks: Some(d.chunks),
-                            ..answer(
-                                true,
-                                format!("session {s} closed and committed ({} chunks)", d.chunks),
-                            )
-                        },
-                        None => answer(
-                            false,
-                            format!("session {s} did not close in time; see the recorder's log"),
-                        ),
-                    }
-                }
+        Request::Stop => {
+            // Sent even when no session exists yet: it also cancels a start still waiting for
+            // the screen to become capturable (the idle recorder ignores it otherwise).
+            let current = shared.current();
+            let sent = jit.send(JitEvent::Stop {
+                reason: format!("control stop by uid {uid}"),
+                end: EndReason::ControlStop,
+            });
+            match (current, sent) {
+                (_, Err(_)) => answer(false, "the recorder is shutting down"),
+                (None, Ok(())) => answer(false, "not recording"),
+                (Some(s), Ok(())) => match shared.wait(STOP_WAIT, |st| {
+                    st.done.iter().find(|d| d.session == s).cloned()
+                }) {
+                    Some(d) => Response {
+                        session: Some(s),
+                        chunks: Some(d.chunks),
+                        ..answer(
+                            true,
+                            format!("session {s} closed and committed ({} chunks)", d.chunks),
+                        )
+                    },
+                    None => answer(
+                        false,
+                        format!("session {s} did not close in time; see the recorder's log"),
+                    ),
+                },
             }
-        },
+        }
     };
     reply(&mut stream, &resp);
 }
