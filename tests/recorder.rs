@@ -17,6 +17,21 @@ const GRAY: [u8; 4] = [64, 64, 64, 255];
 const RED: [u8; 4] = [0, 0, 255, 255];
 const GREEN: [u8; 4] = [0, 255, 0, 255];
 
+/// Recorder settings of these tests: 10 fps, 1 s chunks.
+fn recorder_config() -> jitrec_recorder::service::RecorderConfig {
+    jitrec_recorder::service::RecorderConfig {
+        fps: 10,
+        chunk_len: Duration::from_secs(1),
+        encoder: EncoderConfig::default(),
+        machine: jitrec_format::Machine {
+            id: "test-machine".into(),
+            hostname: "ws-test".into(),
+        },
+        labels: jitrec_format::Labels::default(),
+        queue: 2,
+    }
+}
+
 /// Decoded frames: (pts in seconds, RGB24 bytes).
 fn decode(file: &Path) -> Vec<(f64, Vec<u8>)> {
     let probe = Command::new("ffprobe")
@@ -216,11 +231,9 @@ fn admin_group_membership_starts_and_stops_a_session_covering_exactly_the_jit_in
     use std::sync::mpsc;
     use std::time::Instant;
 
-    use jitrec_format::{
-        Event, EventKind, Labels, Machine, Trigger, decode_events, validate_events,
-    };
+    use jitrec_format::{Event, EventKind, Trigger, decode_events, validate_events};
     use jitrec_recorder::jit::GroupWatcher;
-    use jitrec_recorder::service::{Recorder, RecorderConfig, RecorderEvent, ScriptedSource};
+    use jitrec_recorder::service::{Recorder, RecorderEvent, ScriptedSource};
 
     // The recorder's own log, shown if the test fails.
     let _ = tracing_subscriber::fmt()
@@ -251,17 +264,7 @@ fn admin_group_membership_starts_and_stops_a_session_covering_exactly_the_jit_in
         background: GRAY,
         paints: vec![(1_000_000, 40, 40, 120, 80, RED)],
     };
-    let config = RecorderConfig {
-        fps: 10,
-        chunk_len: Duration::from_secs(1),
-        encoder: EncoderConfig::default(),
-        machine: Machine {
-            id: "test-machine".into(),
-            hostname: "ws-test".into(),
-        },
-        labels: Labels::default(),
-        queue: 2,
-    };
+    let config = recorder_config();
     let (done_tx, done_rx) = mpsc::channel();
     let recorder = {
         let stop = Arc::clone(&stop);
@@ -427,9 +430,8 @@ fn a_window_drawn_on_a_real_x_server_during_jit_is_in_the_recording_at_the_right
     use std::sync::mpsc;
     use std::time::Instant;
 
-    use jitrec_format::{Labels, Machine};
     use jitrec_recorder::jit::JitEvent;
-    use jitrec_recorder::service::{Recorder, RecorderConfig, RecorderEvent};
+    use jitrec_recorder::service::{Recorder, RecorderEvent};
     use jitrec_recorder::x11::X11Source;
     use jitrec_tests::xvfb::Xvfb;
 
@@ -437,17 +439,7 @@ fn a_window_drawn_on_a_real_x_server_during_jit_is_in_the_recording_at_the_right
     let tmp = tempfile::tempdir().unwrap();
     let spool_dir = tmp.path().join("spool");
     let (spool, _) = SpoolWriter::open(&spool_dir, SpoolConfig::default()).unwrap();
-    let config = RecorderConfig {
-        fps: 10,
-        chunk_len: Duration::from_secs(1),
-        encoder: EncoderConfig::default(),
-        machine: Machine {
-            id: "m".into(),
-            hostname: "ws-x11".into(),
-        },
-        labels: Labels::default(),
-        queue: 2,
-    };
+    let config = recorder_config();
     let (jit_tx, jit_rx) = mpsc::channel();
     let (done_tx, done_rx) = mpsc::channel();
     let stop = Arc::new(AtomicBool::new(false));
@@ -541,11 +533,8 @@ fn a_screen_that_cannot_be_captured_yet_is_retried_without_empty_sessions() {
     use std::sync::mpsc;
     use std::time::Instant;
 
-    use jitrec_format::{Labels, Machine};
     use jitrec_recorder::jit::JitEvent;
-    use jitrec_recorder::service::{
-        CaptureError, Recorder, RecorderConfig, RecorderEvent, ScriptedSource,
-    };
+    use jitrec_recorder::service::{CaptureError, Recorder, RecorderEvent, ScriptedSource};
 
     let tmp = tempfile::tempdir().unwrap();
     let spool_dir = tmp.path().join("spool");
@@ -557,17 +546,7 @@ fn a_screen_that_cannot_be_captured_yet_is_retried_without_empty_sessions() {
         background: GRAY,
         paints: vec![],
     };
-    let config = RecorderConfig {
-        fps: 10,
-        chunk_len: Duration::from_secs(1),
-        encoder: EncoderConfig::default(),
-        machine: Machine {
-            id: "m".into(),
-            hostname: "ws".into(),
-        },
-        labels: Labels::default(),
-        queue: 2,
-    };
+    let config = recorder_config();
     let (jit_tx, jit_rx) = mpsc::channel();
     let (ev_tx, ev_rx) = mpsc::channel();
     let stop = Arc::new(AtomicBool::new(false));

@@ -39,17 +39,6 @@ impl Frame {
             }
         }
     }
-
-    /// The pixel at (x, y) as `[b, g, r, a]`.
-    pub fn pixel(&self, x: u32, y: u32) -> [u8; 4] {
-        let at = y as usize * self.stride + x as usize * 4;
-        [
-            self.data[at],
-            self.data[at + 1],
-            self.data[at + 2],
-            self.data[at + 3],
-        ]
-    }
 }
 
 /// A scripted screen: a background, and rectangles painted at given media times. Deterministic,

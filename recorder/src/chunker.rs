@@ -92,11 +92,6 @@ impl Chunker {
             .is_some_and(|o| t.as_micros() >= o.start.as_micros() + self.chunk_len_us)
     }
 
-    /// Chunks committed so far.
-    pub fn chunks(&self) -> u64 {
-        self.writer.next_seq()
-    }
-
     /// Queues an event for the chunk that contains its media time.
     pub fn push_event(&mut self, e: Event) {
         self.events.push(e);
