@@ -13,7 +13,8 @@ use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::path::{Path, PathBuf};
-use std::time::SystemTime;
+use std::thread;
+use std::time::{Duration, Instant, SystemTime};
 
 use jitrec_format::{ChunkManifest, SessionClose, SessionHeader, SessionId};
 
@@ -28,6 +29,9 @@ const SESSIONS: &str = "sessions";
 const TMP: &str = "tmp";
 const QUARANTINE: &str = "quarantine";
 const REASON_EXT: &str = "reason";
+/// How long `open` keeps trying a lock that looks held before it reports `Locked`.
+const LOCK_WAIT: Duration = Duration::from_secs(2);
+const LOCK_RETRY: Duration = Duration::from_millis(10);
 
 /// A committed file found in a session directory.
 #[derive(Debug, Clone)]
@@ -58,20 +62,30 @@ impl SpoolDir {
             .write(true)
             .open(&lock_path)
             .map_err(SpoolError::io("open lock file", &lock_path))?;
-        match lock.try_lock() {
-            Ok(()) => {}
-            Err(fs::TryLockError::WouldBlock) => {
-                return Err(SpoolError::Locked {
-                    path: root.to_owned(),
-                    role,
-                });
-            }
-            Err(fs::TryLockError::Error(e)) => {
-                return Err(SpoolError::Io {
-                    op: "lock",
-                    path: lock_path,
-                    source: e,
-                });
+        // A flock belongs to the open file description, and a child forked by any thread of
+        // this process shares that description until it execs. So a lock we just released can
+        // look held for a moment while the process spawns something; a holder that is really
+        // running keeps it far longer than this bounded wait.
+        let deadline = Instant::now() + LOCK_WAIT;
+        loop {
+            match lock.try_lock() {
+                Ok(()) => break,
+                Err(fs::TryLockError::WouldBlock) if Instant::now() < deadline => {
+                    thread::sleep(LOCK_RETRY);
+                }
+                Err(fs::TryLockError::WouldBlock) => {
+                    return Err(SpoolError::Locked {
+                        path: root.to_owned(),
+                        role,
+                    });
+                }
+                Err(fs::TryLockError::Error(e)) => {
+                    return Err(SpoolError::Io {
+                        op: "lock",
+                        path: lock_path,
+                        source: e,
+                    });
+                }
             }
         }
         let dir = SpoolDir {

@@ -239,6 +239,34 @@ fn roles_are_exclusive_and_foreign_directories_refused() {
     ));
 }
 
+/// A process that reopens its spool while another of its threads spawns children must get the
+/// lock back: each child shares the flock's file description from fork until exec.
+#[test]
+fn reopening_while_the_process_spawns_children_is_not_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let spawner = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut spawned = 0u32;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                std::process::Command::new("true").status().unwrap();
+                spawned += 1;
+            }
+            spawned
+        })
+    };
+    for _ in 0..300 {
+        let (w, _) = SpoolWriter::open(tmp.path(), SpoolConfig::default()).unwrap();
+        drop(w);
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    assert!(
+        spawner.join().unwrap() > 0,
+        "no child was spawned during the reopens"
+    );
+}
+
 #[test]
 fn full_spool_refuses_chunks_but_can_still_close_and_recovers_space() {
     let tmp = tempfile::tempdir().unwrap();
