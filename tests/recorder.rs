@@ -18,7 +18,7 @@ const RED: [u8; 4] = [0, 0, 255, 255];
 const GREEN: [u8; 4] = [0, 255, 0, 255];
 
 /// Recorder settings of these tests: 10 fps, 1 s chunks.
-fn recorder_config() -> jitrec_recorder::service::RecorderConfig {
+pub(crate) fn recorder_config() -> jitrec_recorder::service::RecorderConfig {
     jitrec_recorder::service::RecorderConfig {
         fps: 10,
         chunk_len: Duration::from_secs(1),
@@ -29,6 +29,7 @@ fn recorder_config() -> jitrec_recorder::service::RecorderConfig {
         },
         labels: jitrec_format::Labels::default(),
         queue: 2,
+        events: jitrec_recorder::events::EventLimits::default(),
     }
 }
 

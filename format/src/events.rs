@@ -77,12 +77,33 @@ pub enum EventKind {
     EventsSummarised { count: u64, what: String },
     /// Capture failed; `message` says why.
     CaptureError { message: String },
+    /// How completely an event source covers the session (stated when the source starts and
+    /// whenever that changes), so a reviewer knows what the absence of an event means.
+    EventSource {
+        /// `processes` or `windows`.
+        source: String,
+        state: SourceState,
+        /// The mechanism in use and what it can miss, or why the source is unavailable.
+        detail: String,
+    },
     /// Nothing was recorded between `from_us` and `to_us`, for `reason`.
     Gap {
         from_us: MediaTime,
         to_us: MediaTime,
         reason: String,
     },
+}
+
+/// How completely an event source records what it watches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SourceState {
+    /// Every event is seen (e.g. the kernel's process-events connector).
+    Complete,
+    /// Some events can be missed; `detail` says which (e.g. polling `/proc`).
+    Partial,
+    /// Nothing is recorded from this source from here on; `detail` says why.
+    Unavailable,
 }
 
 /// A user account: name and platform id (uid on Linux, SID on Windows).
@@ -120,9 +141,12 @@ pub struct ProcessStart {
 #[serde(deny_unknown_fields)]
 pub struct ProcessExit {
     pub pid: u32,
-    /// Exit code, where the source reports it.
+    /// Exit code, where the source reports it and the process exited normally.
     #[serde(default)]
     pub exit_code: Option<i32>,
+    /// The signal that ended the process, where the source reports it.
+    #[serde(default)]
+    pub signal: Option<i32>,
 }
 
 /// A window, as focus and title events describe it.
@@ -278,6 +302,10 @@ impl EventKind {
             EventKind::FramesDropped { .. } => Ok(()),
             EventKind::EventsSummarised { what, .. } => check_text("what", what),
             EventKind::CaptureError { message } => check_text("message", message),
+            EventKind::EventSource { source, detail, .. } => {
+                check_text("source", source)?;
+                check_text("detail", detail)
+            }
             EventKind::Gap {
                 from_us,
                 to_us,

@@ -35,11 +35,12 @@ pub use chunk::{ChunkManifest, EventsRef, InitRef, PayloadRef};
 pub use digest::Sha256Digest;
 pub use error::{FormatError, PayloadError};
 pub use events::{
-    Event, EventKind, EventsError, MAX_DECODED_EVENTS_BYTES, ProcessExit, ProcessStart, UserRef,
-    WindowInfo, decode_events, encode_events, validate_events,
+    Event, EventKind, EventsError, MAX_DECODED_EVENTS_BYTES, ProcessExit, ProcessStart,
+    SourceState, UserRef, WindowInfo, decode_events, encode_events, validate_events,
 };
 pub use id::{IdError, SessionId};
 pub use layout::{LAYOUT_PREFIX, LayoutError, MAX_SEQ, ObjectKey};
+pub use parse::MAX_TEXT_CHARS;
 pub use session::{
     Agent, Authorization, Codec, CodecParams, EndReason, Labels, Machine, SessionClose,
     SessionHeader, Trigger,

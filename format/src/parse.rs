@@ -81,7 +81,7 @@ pub(crate) fn check(cond: bool, reason: impl FnOnce() -> String) -> Result<(), S
 }
 
 /// Free text fields are bounded so a document stays small and displayable.
-pub(crate) const MAX_TEXT_CHARS: usize = 4096;
+pub const MAX_TEXT_CHARS: usize = 4096;
 
 /// A required text field: non-empty, bounded, no control characters except tab.
 pub(crate) fn check_text(field: &str, value: &str) -> Result<(), String> {

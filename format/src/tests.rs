@@ -239,7 +239,18 @@ fn every_event_kind() -> Vec<Event> {
         EventKind::ProcessExit(ProcessExit {
             pid: 4000,
             exit_code: Some(0),
+            signal: None,
         }),
+        EventKind::ProcessExit(ProcessExit {
+            pid: 4001,
+            exit_code: None,
+            signal: Some(9),
+        }),
+        EventKind::EventSource {
+            source: "processes".into(),
+            state: SourceState::Partial,
+            detail: "polling /proc every 100 ms".into(),
+        },
         EventKind::WindowFocus(WindowInfo {
             window: "0x3a00007".into(),
             title: "root@ws-0421: ~".into(),

@@ -9,6 +9,8 @@ use jitrec_format::Labels;
 use serde::Deserialize;
 
 use crate::encode::EncoderConfig;
+use crate::events::EventLimits;
+use crate::events::redact::{RedactionConfig, Redactor};
 
 /// The whole file.
 #[derive(Debug, Clone, Deserialize)]
@@ -26,6 +28,37 @@ pub struct Config {
     pub control: ControlConfig,
     pub capture: CaptureConfig,
     pub encoder: EncoderToml,
+    pub events: EventsToml,
+}
+
+/// Process and window events (docs/recorder.md).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EventsToml {
+    /// Record process starts and exits.
+    pub processes: bool,
+    /// How processes are watched: `auto` (the kernel connector, `/proc` polling if it cannot be
+    /// used) or `poll` (always poll).
+    pub process_source: ProcessMode,
+    /// Interval of `/proc` polling, in milliseconds.
+    pub poll_ms: u64,
+    /// Record the active window and its title.
+    pub windows: bool,
+    /// Events a source may write at once before the rate bound applies.
+    pub burst: u32,
+    /// Events per second a source may write after its burst; the rest are summarised.
+    pub rate: u32,
+    /// Where user names of process owners come from.
+    pub passwd_file: PathBuf,
+    pub redaction: RedactionConfig,
+}
+
+/// See [`EventsToml::process_source`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ProcessMode {
+    Auto,
+    Poll,
 }
 
 /// How JIT is detected.
@@ -86,6 +119,23 @@ impl Default for Config {
             control: ControlConfig::default(),
             capture: CaptureConfig::default(),
             encoder: EncoderToml::default(),
+            events: EventsToml::default(),
+        }
+    }
+}
+
+impl Default for EventsToml {
+    fn default() -> Self {
+        let limits = EventLimits::default();
+        Self {
+            processes: true,
+            process_source: ProcessMode::Auto,
+            poll_ms: 100,
+            windows: true,
+            burst: limits.burst,
+            rate: limits.rate,
+            passwd_file: "/etc/passwd".into(),
+            redaction: RedactionConfig::default(),
         }
     }
 }
@@ -189,7 +239,26 @@ impl Config {
         if c.encoder.crf > 51 {
             return bad(format!("encoder.crf = {} is above 51", c.encoder.crf));
         }
+        if !(10..=10_000).contains(&c.events.poll_ms) {
+            return bad(format!(
+                "events.poll_ms = {} is outside 10..=10000",
+                c.events.poll_ms
+            ));
+        }
+        if c.events.rate == 0 || c.events.burst == 0 {
+            return bad("events.rate and events.burst must be at least 1".into());
+        }
+        Redactor::new(&c.events.redaction).map_err(|e| ConfigError::Invalid(e.to_string()))?;
         Ok(c)
+    }
+
+    /// The bounds on events.
+    pub fn event_limits(&self) -> EventLimits {
+        EventLimits {
+            burst: self.events.burst,
+            rate: self.events.rate,
+            ..EventLimits::default()
+        }
     }
 
     /// The encoder settings.
@@ -207,6 +276,19 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The example in docs/recorder.md is a valid configuration, so the documentation cannot
+    /// drift from the parser.
+    #[test]
+    fn documented_example_parses() {
+        let doc = include_str!("../../docs/recorder.md");
+        let start = doc.find("```toml\n").expect("a toml block") + "```toml\n".len();
+        let len = doc[start..].find("```").expect("end of the toml block");
+        let c = Config::parse(&doc[start..start + len]).unwrap();
+        assert_eq!(c.jit.user.as_deref(), Some("alice"));
+        assert_eq!(c.events.redaction.programs[0].names, ["acmectl"]);
+        Redactor::new(&c.events.redaction).unwrap();
+    }
 
     #[test]
     fn defaults_and_validation() {
@@ -228,6 +310,19 @@ mod tests {
             Config::parse("[encoder]\nchunk_ms = 10\n"),
             Err(ConfigError::Invalid(_))
         ));
+        assert!(c.events.processes && c.events.windows);
+        assert_eq!(c.events.process_source, ProcessMode::Auto);
+        assert!(c.events.redaction.builtin);
+        assert!(matches!(
+            Config::parse("[events.redaction]\npatterns = [\"(\"]\n"),
+            Err(ConfigError::Invalid(_))
+        ));
+        let e = Config::parse(
+            "[events]\nprocess_source = \"poll\"\n[[events.redaction.programs]]\nnames = [\"acme\"]\nattached = [\"-K\"]\n",
+        )
+        .unwrap();
+        assert_eq!(e.events.process_source, ProcessMode::Poll);
+        assert_eq!(e.events.redaction.programs[0].names, ["acme"]);
         let l = Config::parse("[labels]\ncompany = \"acme\"\n").unwrap();
         assert_eq!(l.labels.company.as_deref(), Some("acme"));
     }

@@ -121,7 +121,8 @@ pub struct Access {
     pub passwd_file: PathBuf,
 }
 
-fn lookup_group(group_file: &Path, name: &str) -> Option<(u32, Vec<String>)> {
+/// The gid and members of group `name` in a group file.
+pub fn lookup_group(group_file: &Path, name: &str) -> Option<(u32, Vec<String>)> {
     let text = std::fs::read_to_string(group_file).ok()?;
     text.lines().find_map(|l| {
         let f: Vec<&str> = l.split(':').collect();
@@ -132,7 +133,8 @@ fn lookup_group(group_file: &Path, name: &str) -> Option<(u32, Vec<String>)> {
     })
 }
 
-fn user_name(passwd_file: &Path, uid: u32) -> Option<String> {
+/// The name of `uid` in a passwd file.
+pub fn user_name(passwd_file: &Path, uid: u32) -> Option<String> {
     let text = std::fs::read_to_string(passwd_file).ok()?;
     text.lines().find_map(|l| {
         let f: Vec<&str> = l.split(':').collect();

@@ -1,8 +1,10 @@
 //! The recorder: turns a JIT elevation into a recorded session in the spool.
 //!
-//! What exists today is the part every start of the recorder begins with: closing the sessions a
-//! previous run left open because it died ([`recovery`]). Capture, encoding, chunking and the
-//! JIT trigger come with their own issues; see ARCHITECTURE.md for where they will live.
+//! [`service::Recorder`] waits for JIT ([`jit`], [`control`]), captures the screen ([`x11`]),
+//! encodes changed frames ([`encode`]), records process and window events ([`events`]) on the
+//! video's clock, and cuts both into chunks ([`chunker`], [`fmp4`]) committed to the spool. At
+//! start-up, [`recovery`] closes the sessions a previous run left open. ARCHITECTURE.md has the
+//! map.
 //!
 //! Invariant: the recorder never talks to the network. Its only output is the spool.
 
@@ -12,6 +14,7 @@ pub mod config;
 #[cfg(unix)]
 pub mod control;
 pub mod encode;
+pub mod events;
 pub mod fmp4;
 pub mod jit;
 pub mod pipeline;

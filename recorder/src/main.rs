@@ -12,8 +12,12 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use jitrec_format::Machine;
-use jitrec_recorder::config::Config;
+use jitrec_recorder::config::{Config, ProcessMode};
 use jitrec_recorder::control::{self, Access, Request};
+use jitrec_recorder::events::process::{ProcessConfig, ProcessSource};
+use jitrec_recorder::events::redact::Redactor;
+use jitrec_recorder::events::window::WindowSource;
+use jitrec_recorder::events::{EventSource, SourceFactory};
 use jitrec_recorder::jit::GroupWatcher;
 use jitrec_recorder::service::{DEFAULT_QUEUE, Recorder, RecorderConfig};
 use jitrec_recorder::x11::X11Source;
@@ -148,6 +152,37 @@ fn machine(id_file: &Path) -> Machine {
     Machine { id, hostname }
 }
 
+/// The process and window sources the configuration asks for, made afresh for each session.
+fn event_sources(cfg: &Config) -> Result<SourceFactory> {
+    let redactor = Arc::new(Redactor::new(&cfg.events.redaction)?);
+    let admin_gid = control::lookup_group(&cfg.jit.group_file, &cfg.jit.group).map(|(gid, _)| gid);
+    if admin_gid.is_none() {
+        tracing::warn!(group = %cfg.jit.group, "admin group not found; only uid 0 counts as elevated");
+    }
+    let process = cfg.events.processes.then(|| ProcessConfig {
+        redactor: Arc::clone(&redactor),
+        admin_gid,
+        passwd_file: cfg.events.passwd_file.clone(),
+        proc_root: "/proc".into(),
+        poll_interval: Duration::from_millis(cfg.events.poll_ms),
+        force_poll: cfg.events.process_source == ProcessMode::Poll,
+    });
+    let windows = cfg.events.windows.then(|| cfg.capture.display.clone());
+    Ok(Box::new(move || {
+        let mut sources: Vec<Box<dyn EventSource>> = Vec::new();
+        if let Some(config) = &process {
+            sources.push(Box::new(ProcessSource::open(config.clone())));
+        }
+        if let Some(display) = &windows {
+            sources.push(Box::new(WindowSource::open(
+                display.as_deref(),
+                Arc::clone(&redactor),
+            )));
+        }
+        sources
+    }))
+}
+
 fn run(path: &Path) -> Result<()> {
     let cfg = Config::load(path)?;
     let (spool, recovery) = SpoolWriter::open(
@@ -210,15 +245,15 @@ fn run(path: &Path) -> Result<()> {
         machine: machine(&cfg.machine_id_file),
         labels: cfg.labels.clone(),
         queue: DEFAULT_QUEUE,
+        events: cfg.event_limits(),
     };
+    let sources = event_sources(&cfg)?;
     tracing::info!(spool = %cfg.spool.display(), socket = %cfg.control.socket.display(),
         user = ?cfg.jit.user, group = %cfg.jit.group, "recorder started; waiting for JIT");
     let display = cfg.capture.display.clone();
-    let result = Recorder::new(spool, config, move || X11Source::open(display.as_deref())).run(
-        jit_rx,
-        shutdown,
-        |ev| shared.observe(ev),
-    );
+    let result = Recorder::new(spool, config, move || X11Source::open(display.as_deref()))
+        .with_event_sources(sources)
+        .run(jit_rx, shutdown, |ev| shared.observe(ev));
     let _ = std::fs::remove_file(&cfg.control.socket);
     tracing::info!("recorder stopped");
     Ok(result?)

@@ -15,9 +15,8 @@ use std::sync::mpsc::{self, Receiver, RecvTimeoutError, TryRecvError, TrySendErr
 use std::thread;
 use std::time::{Duration, Instant};
 
-use chrono::Utc;
 use jitrec_format::{
-    Agent, Authorization, Codec, CodecParams, EndReason, Event, EventKind, FORMAT_VERSION, Labels,
+    Agent, Authorization, Codec, CodecParams, EndReason, EventKind, FORMAT_VERSION, Labels,
     Machine, MediaTime, SessionHeader, SessionId, UserRef,
 };
 use jitrec_spool::SpoolWriter;
@@ -25,6 +24,7 @@ use jitrec_spool::SpoolWriter;
 use crate::capture::Frame;
 use crate::chunker::Chunker;
 use crate::encode::{Encoder, EncoderConfig};
+use crate::events::{EventLimits, Intake, SessionClock, SourceFactory};
 use crate::jit::JitEvent;
 use crate::pipeline::RecordError;
 
@@ -64,6 +64,7 @@ pub struct RecorderConfig {
     pub machine: Machine,
     pub labels: Labels,
     pub queue: usize,
+    pub events: EventLimits,
 }
 
 /// What the recorder reports to whoever waits on it (the control socket, tests).
@@ -90,6 +91,8 @@ pub struct Recorder<F> {
     config: RecorderConfig,
     /// Opens the capture source when a session starts (and only then).
     open_source: F,
+    /// Makes the event sources of each session (none: video and JIT events only).
+    event_sources: Option<SourceFactory>,
 }
 
 impl<F> std::fmt::Debug for Recorder<F> {
@@ -103,6 +106,11 @@ impl<F> std::fmt::Debug for Recorder<F> {
 /// How often the encoding side looks for a JIT stop while no frame arrives.
 const STOP_CHECK: Duration = Duration::from_millis(50);
 
+/// How long a chunk cut waits for event sources to catch up to it. Sources report every 50 ms
+/// (the `/proc` poller every poll), so this is only reached when one is stuck; its late events
+/// then go into the next chunk.
+const CATCH_UP_LIMIT: Duration = Duration::from_millis(250);
+
 impl<F, S> Recorder<F>
 where
     F: FnMut() -> Result<S, CaptureError>,
@@ -113,7 +121,14 @@ where
             spool,
             config,
             open_source,
+            event_sources: None,
         }
+    }
+
+    /// Records events from the sources `factory` makes at each session start.
+    pub fn with_event_sources(mut self, factory: SourceFactory) -> Self {
+        self.event_sources = Some(factory);
+        self
     }
 
     /// Records a session per JIT start until `shutdown` is set or the JIT channel closes;
@@ -181,7 +196,8 @@ where
         shutdown: &AtomicBool,
         observe: &mut impl FnMut(RecorderEvent),
     ) -> Result<SessionDone, RecordError> {
-        let origin = Instant::now();
+        let clock = SessionClock::start();
+        let origin = clock.origin();
         let header = SessionHeader {
             version: FORMAT_VERSION,
             session_id: SessionId::new(),
@@ -192,7 +208,7 @@ where
             },
             authorization: authorization.clone(),
             labels: self.config.labels.clone(),
-            started_at: Utc::now(),
+            started_at: clock.started_at(),
             agent: Agent {
                 name: "jitrec-recorder".into(),
                 version: env!("CARGO_PKG_VERSION").into(),
@@ -209,16 +225,14 @@ where
         let session = header.session_id;
         let writer = self.spool.create_session(&header)?;
         tracing::info!(%session, user, "JIT started; recording");
+        // Sources subscribe as they are made, so once `Started` is reported (and `jit start`
+        // returns) every process and window change is seen.
+        let sources = self.event_sources.as_mut().map(|f| f()).unwrap_or_default();
+        let mut intake = Intake::start(clock, sources, self.config.events);
         observe(RecorderEvent::Started(session));
         let mut chunker =
             Chunker::new(writer, self.config.chunk_len, self.config.encoder.timescale);
-        let at =
-            |t: MediaTime| header.started_at + chrono::Duration::microseconds(t.as_micros() as i64);
-        let event = |t: MediaTime, e: EventKind| Event {
-            media_us: t,
-            utc: at(t),
-            event: e,
-        };
+        let event = |t: MediaTime, e: EventKind| clock.event(t, e);
         chunker.push_event(event(
             MediaTime::ZERO,
             EventKind::JitStart {
@@ -281,6 +295,7 @@ where
             if shutdown.load(Ordering::SeqCst) {
                 break (EndReason::RecorderShutdown, origin.elapsed());
             }
+            intake.drain(&mut |e| chunker.push_event(e));
             let (t, frame) = match rx.recv_timeout(STOP_CHECK) {
                 Ok(x) => x,
                 Err(RecvTimeoutError::Timeout) => continue,
@@ -313,6 +328,10 @@ where
                 Vec::new()
             };
             for f in out {
+                if chunker.boundary_due(f.pts) {
+                    // Events up to the cut belong to the chunk being cut.
+                    intake.catch_up(f.pts, CATCH_UP_LIMIT, &mut |e| chunker.push_event(e));
+                }
                 chunker.push(f, enc.width(), enc.height())?;
             }
         };
@@ -322,6 +341,19 @@ where
             tracing::error!("the capture thread panicked");
         }
         let end = MediaTime::from_duration(end);
+        // Everything up to JIT stop is recorded; nothing after it.
+        intake.catch_up(end, CATCH_UP_LIMIT, &mut |e| chunker.push_event(e));
+        let mut after_end = 0u64;
+        intake.stop(&mut |e| {
+            if e.media_us <= end {
+                chunker.push_event(e);
+            } else {
+                after_end += 1;
+            }
+        });
+        if after_end > 0 {
+            tracing::debug!(count = after_end, "events after JIT stop were not recorded");
+        }
         let frames_dropped = dropped.load(Ordering::Relaxed);
         if frames_dropped > 0 {
             chunker.push_event(event(

@@ -1,0 +1,651 @@
+//! Process and window events during JIT, on the video's clock.
+//!
+//! Each [`EventSource`] (the kernel's process events, the X server's active window) runs on its
+//! own thread for the length of one session and writes through an [`EventSink`]; the encoding
+//! thread reads them through the session's [`Intake`] and hands them to the chunker.
+//!
+//! Three things this module guarantees:
+//!
+//! - **One clock.** [`SessionClock`] ties media time 0 to the monotonic and boot clocks at JIT
+//!   start, so a kernel timestamp becomes the media time of the frame that shows its effect.
+//! - **Events land in their chunk.** A source reports how far it has read ([`SourceMsg::Caught`])
+//!   after every batch; before a chunk is cut at `t`, the intake waits (bounded) until every
+//!   source has caught up to `t`, so an event is not pushed into a later chunk by thread
+//!   scheduling.
+//! - **Bounded, never silently.** A sink passes at most `burst` events at once and `rate` per
+//!   second after that, and the queue to the intake is bounded; whatever is not passed is counted
+//!   and written as one `events_summarised` event naming what was summarised (per executable), as
+//!   soon as there is room again. A fork bomb costs a line per flush, not the recorder.
+
+pub mod redact;
+
+#[cfg(target_os = "linux")]
+pub mod process;
+#[cfg(unix)]
+pub mod window;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TryRecvError, TrySendError};
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use jitrec_format::{Event, EventKind, MediaTime};
+
+/// `s` made fit for a text field of the format: control characters escaped, at most
+/// [`jitrec_format::MAX_TEXT_CHARS`] characters (the end marked with `…` when cut).
+pub fn truncate_text(s: &str) -> String {
+    let escaped: String = s
+        .chars()
+        .flat_map(|c| match c {
+            '\t' => vec![c],
+            c if c.is_control() => format!("\\x{:02x}", u32::from(c)).chars().collect(),
+            c => vec![c],
+        })
+        .collect();
+    if escaped.chars().count() <= jitrec_format::MAX_TEXT_CHARS {
+        return escaped;
+    }
+    let mut out: String = escaped
+        .chars()
+        .take(jitrec_format::MAX_TEXT_CHARS - 1)
+        .collect();
+    out.push('…');
+    out
+}
+
+/// The clock of one session: media time 0 is JIT start.
+#[derive(Debug, Clone, Copy)]
+pub struct SessionClock {
+    origin: Instant,
+    started_at: DateTime<Utc>,
+    /// `CLOCK_MONOTONIC` at `origin`, in ns (kernel process events are stamped with it).
+    monotonic_ns: u64,
+    /// `CLOCK_BOOTTIME` at `origin`, in ns (`/proc/<pid>/stat` start times count from boot).
+    boottime_ns: u64,
+}
+
+#[cfg(target_os = "linux")]
+fn clock_ns(id: rustix::time::ClockId) -> u64 {
+    let t = rustix::time::clock_gettime(id);
+    (t.tv_sec as u64)
+        .saturating_mul(1_000_000_000)
+        .saturating_add(t.tv_nsec as u64)
+}
+
+impl SessionClock {
+    /// Starts a session's clock now.
+    pub fn start() -> Self {
+        let origin = Instant::now();
+        #[cfg(target_os = "linux")]
+        let (monotonic_ns, boottime_ns) = (
+            clock_ns(rustix::time::ClockId::Monotonic),
+            clock_ns(rustix::time::ClockId::Boottime),
+        );
+        #[cfg(not(target_os = "linux"))]
+        let (monotonic_ns, boottime_ns) = (0, 0);
+        Self {
+            origin,
+            started_at: Utc::now(),
+            monotonic_ns,
+            boottime_ns,
+        }
+    }
+
+    /// UTC at media time 0.
+    pub fn started_at(&self) -> DateTime<Utc> {
+        self.started_at
+    }
+
+    pub fn origin(&self) -> Instant {
+        self.origin
+    }
+
+    /// Media time now.
+    pub fn now(&self) -> MediaTime {
+        MediaTime::from_duration(self.origin.elapsed())
+    }
+
+    /// Media time of a `CLOCK_MONOTONIC` reading; `None` before the session began.
+    pub fn from_monotonic_ns(&self, ns: u64) -> Option<MediaTime> {
+        ns.checked_sub(self.monotonic_ns)
+            .map(|d| MediaTime::from_micros(d / 1000))
+    }
+
+    /// Media time of a `CLOCK_BOOTTIME` reading; `None` before the session began.
+    pub fn from_boottime_ns(&self, ns: u64) -> Option<MediaTime> {
+        ns.checked_sub(self.boottime_ns)
+            .map(|d| MediaTime::from_micros(d / 1000))
+    }
+
+    /// UTC of a media time.
+    pub fn utc(&self, t: MediaTime) -> DateTime<Utc> {
+        self.started_at + chrono::Duration::microseconds(t.as_micros() as i64)
+    }
+
+    /// An event at media time `t`.
+    pub fn event(&self, t: MediaTime, kind: EventKind) -> Event {
+        Event {
+            media_us: t,
+            utc: self.utc(t),
+            event: kind,
+        }
+    }
+}
+
+/// What a source sends to the intake.
+#[derive(Debug)]
+pub enum SourceMsg {
+    Event(Event),
+    /// Source `source` has delivered every event up to `upto`.
+    Caught {
+        source: usize,
+        upto: MediaTime,
+    },
+    /// Source `source` has stopped and sends nothing more.
+    Ended {
+        source: usize,
+    },
+}
+
+/// Something that watches the system during a session and reports events.
+pub trait EventSource: Send + 'static {
+    /// Short name for logs and `event_source` events (`processes`, `windows`).
+    fn name(&self) -> &'static str;
+    /// Reports events until `stop` is set. Must send a [`SourceMsg::Caught`] (through
+    /// [`EventSink::caught_up`]) at least every [`CATCH_UP_INTERVAL`] while running.
+    fn run(self: Box<Self>, sink: EventSink, stop: Arc<AtomicBool>);
+}
+
+/// Makes the event sources of a session when it starts.
+pub type SourceFactory = Box<dyn FnMut() -> Vec<Box<dyn EventSource>> + Send>;
+
+/// How often a source must report progress while idle. The intake waits up to this long (plus
+/// scheduling) before a chunk is cut.
+pub const CATCH_UP_INTERVAL: Duration = Duration::from_millis(50);
+
+/// Bounds on the events of a session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EventLimits {
+    /// Events a source may write in a burst.
+    pub burst: u32,
+    /// Events per second a source may write once its burst is spent.
+    pub rate: u32,
+    /// Messages that may wait between the sources and the encoding thread.
+    pub queue: usize,
+}
+
+impl Default for EventLimits {
+    /// A 2 s chunk at the sustained rate holds ~4,000 events (~0.5 MB of JSON before zstd); the
+    /// burst lets a build of 10,000 processes through whole.
+    fn default() -> Self {
+        Self {
+            burst: 20_000,
+            rate: 2_000,
+            queue: 16_384,
+        }
+    }
+}
+
+/// Events a sink could not pass, waiting to be written as one `events_summarised`.
+#[derive(Debug, Default)]
+struct Summary {
+    count: u64,
+    first: Option<MediaTime>,
+    last: MediaTime,
+    by_what: BTreeMap<String, u64>,
+}
+
+impl Summary {
+    fn add(&mut self, t: MediaTime, e: &EventKind) {
+        self.count += 1;
+        self.first.get_or_insert(t);
+        self.last = self.last.max(t);
+        let what = match e {
+            EventKind::ProcessStart(p) => {
+                let name = p.exe.rsplit('/').next().unwrap_or_default();
+                format!("process_start {}", if name.is_empty() { "?" } else { name })
+            }
+            EventKind::ProcessExit(_) => "process_exit".to_owned(),
+            EventKind::WindowFocus(_) => "window_focus".to_owned(),
+            EventKind::WindowTitle(_) => "window_title".to_owned(),
+            _ => "other".to_owned(),
+        };
+        *self.by_what.entry(what).or_default() += 1;
+    }
+
+    /// "source: N events between 1.200 s and 3.450 s: process_start true 4000, process_exit 3990"
+    fn describe(&self, source: &str) -> String {
+        let mut parts: Vec<(&String, &u64)> = self.by_what.iter().collect();
+        parts.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
+        let shown: Vec<String> = parts
+            .iter()
+            .take(8)
+            .map(|(w, n)| format!("{w} {n}"))
+            .collect();
+        let more = parts.len().saturating_sub(shown.len());
+        let secs = |t: MediaTime| t.as_micros() as f64 / 1e6;
+        format!(
+            "{source}: {} events between {:.3} s and {:.3} s exceeded the event bound and are only counted: {}{}",
+            self.count,
+            secs(self.first.unwrap_or_default()),
+            secs(self.last),
+            shown.join(", "),
+            if more > 0 {
+                format!(" and {more} more kinds")
+            } else {
+                String::new()
+            }
+        )
+    }
+}
+
+/// A source's way to the intake: rate-bounded, queue-bounded, summarising what does not fit.
+#[derive(Debug)]
+pub struct EventSink {
+    index: usize,
+    name: &'static str,
+    tx: SyncSender<SourceMsg>,
+    clock: SessionClock,
+    limits: EventLimits,
+    tokens: f64,
+    refilled: Instant,
+    summary: Summary,
+}
+
+impl EventSink {
+    pub fn clock(&self) -> &SessionClock {
+        &self.clock
+    }
+
+    pub fn name(&self) -> &'static str {
+        self.name
+    }
+
+    fn take_token(&mut self) -> bool {
+        let now = Instant::now();
+        let refill = now.duration_since(self.refilled).as_secs_f64() * f64::from(self.limits.rate);
+        self.tokens = (self.tokens + refill).min(f64::from(self.limits.burst));
+        self.refilled = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Writes an event at media time `t`, or counts it into the pending summary when a bound is
+    /// hit.
+    pub fn emit(&mut self, t: MediaTime, kind: EventKind) {
+        self.flush_summary(t);
+        if self.summary.count > 0 || !self.take_token() {
+            // Keep order: once summarising, everything goes into the summary until it is out.
+            self.summary.add(t, &kind);
+            return;
+        }
+        let event = self.clock.event(t, kind);
+        if let Err(TrySendError::Full(SourceMsg::Event(e))) =
+            self.tx.try_send(SourceMsg::Event(event))
+        {
+            self.summary.add(e.media_us, &e.event);
+        }
+    }
+
+    /// Writes a status event that must not be summarised (source state changes). Blocks while
+    /// the queue is full; the intake drains it continuously.
+    pub fn status(&mut self, t: MediaTime, kind: EventKind) {
+        self.flush_summary(t);
+        let _ = self.tx.send(SourceMsg::Event(self.clock.event(t, kind)));
+    }
+
+    fn flush_summary(&mut self, t: MediaTime) {
+        if self.summary.count == 0 {
+            return;
+        }
+        // Wait for the rate to allow events again, so the summary covers the whole flood.
+        if self.tokens < f64::from(self.limits.burst) / 2.0 && !self.refill_to_half() {
+            return;
+        }
+        let at = t.max(self.summary.last);
+        let kind = EventKind::EventsSummarised {
+            count: self.summary.count,
+            what: self.summary.describe(self.name),
+        };
+        if self
+            .tx
+            .try_send(SourceMsg::Event(self.clock.event(at, kind)))
+            .is_ok()
+        {
+            tracing::warn!(
+                source = self.name,
+                count = self.summary.count,
+                "events over the bound were summarised"
+            );
+            self.summary = Summary::default();
+        }
+    }
+
+    fn refill_to_half(&mut self) -> bool {
+        let now = Instant::now();
+        let refill = now.duration_since(self.refilled).as_secs_f64() * f64::from(self.limits.rate);
+        self.tokens = (self.tokens + refill).min(f64::from(self.limits.burst));
+        self.refilled = now;
+        self.tokens >= f64::from(self.limits.burst) / 2.0
+    }
+
+    /// Says every event up to `upto` has been written (and flushes a pending summary if the
+    /// flood is over).
+    pub fn caught_up(&mut self, upto: MediaTime) {
+        self.flush_summary(upto);
+        let _ = self.tx.try_send(SourceMsg::Caught {
+            source: self.index,
+            upto,
+        });
+    }
+}
+
+impl Drop for EventSink {
+    fn drop(&mut self) {
+        if self.summary.count > 0 {
+            // The session is ending: the summary goes out whatever the rate.
+            let at = self.summary.last;
+            let kind = EventKind::EventsSummarised {
+                count: self.summary.count,
+                what: self.summary.describe(self.name),
+            };
+            let _ = self.tx.send(SourceMsg::Event(self.clock.event(at, kind)));
+        }
+        let _ = self.tx.send(SourceMsg::Ended { source: self.index });
+    }
+}
+
+/// The encoding thread's side: events in order of arrival, and how far each source has got.
+#[derive(Debug)]
+pub struct Intake {
+    rx: Receiver<SourceMsg>,
+    /// Per source: how far it has caught up (`None`: ended).
+    marks: Vec<Option<MediaTime>>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Intake {
+    /// Starts `sources` for a session on `clock`. Each runs on its own thread until
+    /// [`Intake::stop`].
+    pub fn start(
+        clock: SessionClock,
+        sources: Vec<Box<dyn EventSource>>,
+        limits: EventLimits,
+    ) -> Self {
+        // Full policy of this queue: a sink never blocks on it for ordinary events; what does
+        // not fit is counted into its summary (EventSink::emit).
+        let (tx, rx) = std::sync::mpsc::sync_channel(limits.queue.max(16));
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut threads = Vec::new();
+        let mut marks = Vec::new();
+        for (index, source) in sources.into_iter().enumerate() {
+            let name = source.name();
+            let sink = EventSink {
+                index,
+                name,
+                tx: tx.clone(),
+                clock,
+                limits,
+                tokens: f64::from(limits.burst),
+                refilled: Instant::now(),
+                summary: Summary::default(),
+            };
+            let stop = Arc::clone(&stop);
+            match std::thread::Builder::new()
+                .name(format!("jitrec-events-{name}"))
+                .spawn(move || source.run(sink, stop))
+            {
+                Ok(h) => {
+                    threads.push(h);
+                    marks.push(Some(MediaTime::ZERO));
+                }
+                Err(e) => {
+                    tracing::error!(source = name, error = %e, "could not start an event source; its events are not recorded");
+                    marks.push(None);
+                }
+            }
+        }
+        Self {
+            rx,
+            marks,
+            threads,
+            stop,
+        }
+    }
+
+    fn accept(&mut self, msg: SourceMsg, out: &mut dyn FnMut(Event)) {
+        match msg {
+            SourceMsg::Event(e) => out(e),
+            SourceMsg::Caught { source, upto } => {
+                if let Some(Some(m)) = self.marks.get_mut(source) {
+                    *m = (*m).max(upto);
+                }
+            }
+            SourceMsg::Ended { source } => {
+                if let Some(m) = self.marks.get_mut(source) {
+                    *m = None;
+                }
+            }
+        }
+    }
+
+    /// Takes whatever has arrived, without waiting.
+    pub fn drain(&mut self, out: &mut dyn FnMut(Event)) {
+        loop {
+            match self.rx.try_recv() {
+                Ok(msg) => self.accept(msg, out),
+                Err(TryRecvError::Empty | TryRecvError::Disconnected) => return,
+            }
+        }
+    }
+
+    fn behind(&self, t: MediaTime) -> bool {
+        self.marks.iter().any(|m| m.is_some_and(|m| m < t))
+    }
+
+    /// Takes events until every running source has caught up to `t`, waiting at most `limit`.
+    /// Returns whether they all did.
+    pub fn catch_up(&mut self, t: MediaTime, limit: Duration, out: &mut dyn FnMut(Event)) -> bool {
+        let deadline = Instant::now() + limit;
+        self.drain(out);
+        while self.behind(t) {
+            let Some(left) = deadline.checked_duration_since(Instant::now()) else {
+                tracing::warn!(
+                    media_us = t.as_micros(),
+                    "an event source is behind; its late events go into the next chunk"
+                );
+                return false;
+            };
+            match self.rx.recv_timeout(left) {
+                Ok(msg) => self.accept(msg, out),
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => return !self.behind(t),
+            }
+        }
+        true
+    }
+
+    /// Stops the sources and takes everything they sent before they ended.
+    pub fn stop(mut self, out: &mut dyn FnMut(Event)) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        for h in std::mem::take(&mut self.threads) {
+            // Drain while joining so a source blocked on a full queue can finish.
+            while !h.is_finished() {
+                if let Ok(msg) = self.rx.recv_timeout(Duration::from_millis(20)) {
+                    self.accept(msg, out);
+                }
+            }
+            if h.join().is_err() {
+                tracing::error!("an event source panicked; its later events are lost");
+            }
+        }
+        self.drain(out);
+    }
+}
+
+impl Drop for Intake {
+    fn drop(&mut self) {
+        // Sources of a session that ended abnormally must not outlive it.
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// A source that only sends what a test scripts, at the media times given (tests, benchmarks).
+#[derive(Debug)]
+pub struct ScriptedEvents {
+    pub name: &'static str,
+    /// (delay after session start, event)
+    pub events: Vec<(Duration, EventKind)>,
+}
+
+impl EventSource for ScriptedEvents {
+    fn name(&self) -> &'static str {
+        self.name
+    }
+
+    fn run(self: Box<Self>, mut sink: EventSink, stop: Arc<AtomicBool>) {
+        let mut pending = self.events.into_iter().peekable();
+        while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+            let now = sink.clock().now();
+            while let Some((at, _)) = pending.peek() {
+                let t = MediaTime::from_duration(*at);
+                if t > now {
+                    break;
+                }
+                if let Some((_, kind)) = pending.next() {
+                    sink.emit(t, kind);
+                }
+            }
+            sink.caught_up(now);
+            std::thread::sleep(CATCH_UP_INTERVAL / 5);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use jitrec_format::{ProcessExit, ProcessStart, UserRef};
+
+    fn start(pid: u32) -> EventKind {
+        EventKind::ProcessStart(ProcessStart {
+            pid,
+            ppid: 1,
+            user: UserRef {
+                name: "root".into(),
+                id: "0".into(),
+            },
+            exe: "/usr/bin/true".into(),
+            command_line: "true".into(),
+            elevated: true,
+        })
+    }
+
+    struct Flood(u32);
+
+    impl EventSource for Flood {
+        fn name(&self) -> &'static str {
+            "processes"
+        }
+        fn run(self: Box<Self>, mut sink: EventSink, _stop: Arc<AtomicBool>) {
+            let t = sink.clock().now();
+            for pid in 0..self.0 {
+                sink.emit(t, start(pid));
+                sink.emit(
+                    t,
+                    EventKind::ProcessExit(ProcessExit {
+                        pid,
+                        exit_code: Some(0),
+                        signal: None,
+                    }),
+                );
+            }
+            sink.caught_up(t);
+        }
+    }
+
+    fn collect(limits: EventLimits, n: u32) -> Vec<Event> {
+        let intake = Intake::start(SessionClock::start(), vec![Box::new(Flood(n))], limits);
+        let mut got = Vec::new();
+        intake.stop(&mut |e| got.push(e));
+        got
+    }
+
+    #[test]
+    fn under_the_bound_every_event_passes() {
+        let got = collect(EventLimits::default(), 1000);
+        assert_eq!(got.len(), 2000);
+        assert!(
+            !got.iter()
+                .any(|e| matches!(e.event, EventKind::EventsSummarised { .. }))
+        );
+    }
+
+    #[test]
+    fn a_flood_is_summarised_and_counted_not_dropped() {
+        let limits = EventLimits {
+            burst: 100,
+            rate: 10,
+            queue: 64,
+        };
+        let got = collect(limits, 5000);
+        let individual = got
+            .iter()
+            .filter(|e| !matches!(e.event, EventKind::EventsSummarised { .. }))
+            .count() as u64;
+        let summarised: u64 = got
+            .iter()
+            .filter_map(|e| match &e.event {
+                EventKind::EventsSummarised { count, what } => {
+                    assert!(what.contains("process_start true"), "{what}");
+                    Some(*count)
+                }
+                _ => None,
+            })
+            .sum();
+        assert!(summarised > 0, "nothing was summarised");
+        assert_eq!(individual + summarised, 10_000, "events were lost");
+        assert!(individual <= 100 + 64, "the bound let {individual} through");
+    }
+
+    #[test]
+    fn catch_up_waits_for_every_source() {
+        let clock = SessionClock::start();
+        let source = ScriptedEvents {
+            name: "windows",
+            events: vec![(Duration::from_millis(150), EventKind::RecorderStarted)],
+        };
+        let mut intake = Intake::start(clock, vec![Box::new(source)], EventLimits::default());
+        let mut got = Vec::new();
+        let t = MediaTime::from_micros(200_000);
+        assert!(intake.catch_up(t, Duration::from_secs(30), &mut |e| got.push(e)));
+        assert_eq!(got.len(), 1, "the event before the cut was not delivered");
+        assert!(clock.now() >= t);
+        intake.stop(&mut |e| got.push(e));
+    }
+
+    #[test]
+    fn clock_conversions() {
+        let c = SessionClock::start();
+        assert_eq!(
+            c.from_monotonic_ns(c.monotonic_ns + 1_500_000),
+            Some(MediaTime::from_micros(1500))
+        );
+        assert_eq!(c.from_monotonic_ns(c.monotonic_ns.saturating_sub(1)), None);
+        assert_eq!(
+            c.from_boottime_ns(c.boottime_ns + 2_000),
+            Some(MediaTime::from_micros(2))
+        );
+        assert_eq!(
+            c.utc(MediaTime::from_micros(1_000_000)) - c.started_at(),
+            chrono::Duration::seconds(1)
+        );
+    }
+}
