@@ -12,7 +12,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use jitrec_format::{
     ChunkManifest, EndReason, Event, EventKind, ProcessStart, SessionHeader, SourceState,
-    validate_events,
+    WindowInfo, validate_events,
 };
 use jitrec_recorder::events::process::{ProcessConfig, ProcessSource};
 use jitrec_recorder::events::redact::{RedactionConfig, Redactor};
@@ -44,6 +44,23 @@ impl Recorded {
             EventKind::ProcessStart(p) => Some((e, p)),
             _ => None,
         })
+    }
+
+    /// The first focus (`focus`) or title event of window `hex`.
+    fn window_event(&self, hex: &str, focus: bool) -> (&Event, &WindowInfo) {
+        self.events
+            .iter()
+            .find_map(|e| match &e.event {
+                EventKind::WindowFocus(w) if focus && w.window == hex => Some((e, w)),
+                EventKind::WindowTitle(w) if !focus && w.window == hex => Some((e, w)),
+                _ => None,
+            })
+            .unwrap_or_else(|| {
+                panic!(
+                    "no {} event for {hex}",
+                    if focus { "focus" } else { "title" }
+                )
+            })
     }
 
     fn source_state(&self, source: &str) -> Vec<SourceState> {
@@ -428,14 +445,7 @@ fn processes_and_windows_during_jit_are_recorded_on_the_video_clock_and_nothing_
 
     // Focus and title, at the right time, with the owning process.
     let hex = format!("0x{win:x}");
-    let focus = rec
-        .events
-        .iter()
-        .find(|e| matches!(&e.event, EventKind::WindowFocus(w) if w.window == hex))
-        .expect("focus event");
-    let EventKind::WindowFocus(w) = &focus.event else {
-        unreachable!()
-    };
+    let (focus, w) = rec.window_event(&hex, true);
     assert_eq!(w.title, "jitrec test \u{2014} window");
     assert_eq!(w.pid, Some(std::process::id()));
     assert!(
@@ -444,14 +454,7 @@ fn processes_and_windows_during_jit_are_recorded_on_the_video_clock_and_nothing_
         focus.utc,
         focus_at
     );
-    let title = rec
-        .events
-        .iter()
-        .find(|e| matches!(&e.event, EventKind::WindowTitle(w) if w.window == hex))
-        .expect("title event");
-    let EventKind::WindowTitle(w) = &title.event else {
-        unreachable!()
-    };
+    let (title, w) = rec.window_event(&hex, false);
     assert_eq!(w.title, "vim /etc/sudoers");
     assert!(
         within(title.utc, title_at, 100),

@@ -36,14 +36,7 @@ use jitrec_format::{Event, EventKind, MediaTime};
 /// `s` made fit for a text field of the format: control characters escaped, at most
 /// [`jitrec_format::MAX_TEXT_CHARS`] characters (the end marked with `…` when cut).
 pub fn truncate_text(s: &str) -> String {
-    let escaped: String = s
-        .chars()
-        .flat_map(|c| match c {
-            '\t' => vec![c],
-            c if c.is_control() => format!("\\x{:02x}", u32::from(c)).chars().collect(),
-            c => vec![c],
-        })
-        .collect();
+    let escaped = redact::escape_controls(s);
     if escaped.chars().count() <= jitrec_format::MAX_TEXT_CHARS {
         return escaped;
     }

@@ -420,7 +420,9 @@ fn apply_ranges<'a>(s: &str, ranges: impl Iterator<Item = &'a Word>) -> String {
     out
 }
 
-fn escape_controls(s: &str) -> String {
+/// `s` with control characters escaped (`\\n`, `\\r`, `\\x1b`; tab kept), so text taken from
+/// the system cannot forge lines or terminal sequences in a review.
+pub(crate) fn escape_controls(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for c in s.chars() {
         match c {
