@@ -5,4 +5,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$PATH:$(python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))')"
-exec cargo run --release --quiet -p jitrec-bench -- "${@:-uploader}"
+# The recorder benchmark runs the release `jitrec-recorder` program beside the bench binary.
+cargo build --release --quiet -p jitrec-recorder -p jitrec-bench
+exec target/release/jitrec-bench "${@:-uploader}"

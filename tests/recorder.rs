@@ -600,3 +600,50 @@ fn a_screen_that_cannot_be_captured_yet_is_retried_without_empty_sessions() {
         "no empty sessions from the failed attempts"
     );
 }
+
+/// Damage tracking: an unchanged screen yields `Unchanged` (nothing copied), a window mapped
+/// since the last tick yields a frame with the window in it, and a frame built from damaged
+/// rectangles equals a full copy of the screen.
+#[test]
+fn x11_capture_copies_only_what_changed_and_reports_an_idle_screen_as_unchanged() {
+    use jitrec_recorder::service::{CaptureSource, Grab};
+    use jitrec_recorder::x11::X11Source;
+    use jitrec_tests::xvfb::Xvfb;
+
+    let x = Xvfb::start(W, H).unwrap();
+    let mut src = X11Source::open(Some(&x.display)).unwrap();
+    let Grab::Frame(first) = src.grab().unwrap() else {
+        panic!("the first grab must be a whole frame");
+    };
+    assert_eq!((first.width, first.height), (W, H));
+    for _ in 0..3 {
+        assert_eq!(
+            src.grab().unwrap(),
+            Grab::Unchanged,
+            "an idle screen changed"
+        );
+    }
+    let _window = map_window(&x.display, 30, 20, 50, 40, 0x0000_ff00);
+    let Grab::Frame(after) = src.grab().unwrap() else {
+        panic!("a mapped window was not seen");
+    };
+    let px = |f: &jitrec_recorder::capture::Frame, x: usize, y: usize| {
+        let at = y * f.stride + x * 4;
+        [f.data[at + 2], f.data[at + 1], f.data[at]]
+    };
+    assert!(
+        is_colour(px(&after, 50, 40), [0, 255, 0]),
+        "{:?}",
+        px(&after, 50, 40)
+    );
+    assert!(is_colour(px(&after, 200, 200), [0, 0, 0]));
+    // The same screen copied whole by a fresh source is identical (the cursor does not move).
+    let Grab::Frame(whole) = X11Source::open(Some(&x.display)).unwrap().grab().unwrap() else {
+        panic!("a fresh source's first grab must be a whole frame");
+    };
+    assert!(
+        after == whole,
+        "the frame patched from damage differs from a full copy"
+    );
+    assert_eq!(src.grab().unwrap(), Grab::Unchanged);
+}

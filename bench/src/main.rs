@@ -8,6 +8,9 @@
 //! spool reads, fsyncs or acknowledgements), the same into the local-directory store, and the
 //! latency from a chunk's commit to the spool to its manifest being stored while chunks arrive
 //! live.
+//!
+//! `recorder-idle`: CPU and bytes per minute of recording an idle screen, against ffmpeg's
+//! x11grab on the same screen (see `recorder.rs`).
 
 // A benchmark prints its figures; that is its whole output.
 #![allow(clippy::print_stdout, clippy::print_stderr)]
@@ -26,6 +29,8 @@ use jitrec_uploader::{LocalDirStore, ObjectStore, S3Store, Uploader, UploaderCon
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
+mod recorder;
+
 #[derive(Parser)]
 #[command(about = "jitrec benchmarks")]
 struct Cli {
@@ -37,6 +42,8 @@ struct Cli {
 enum Command {
     /// Upload throughput and commit-to-visible latency.
     Uploader(UploaderArgs),
+    /// CPU and storage of recording an idle screen, against ffmpeg.
+    RecorderIdle(recorder::IdleArgs),
 }
 
 #[derive(Args, Clone)]
@@ -64,6 +71,9 @@ const LIMIT: Duration = Duration::from_secs(1800);
 async fn main() -> Result<()> {
     match Cli::parse().command {
         Command::Uploader(args) => uploader(args).await,
+        Command::RecorderIdle(args) => {
+            tokio::task::spawn_blocking(move || recorder::idle(args)).await?
+        }
     }
 }
 

@@ -35,6 +35,15 @@ pub struct EncoderConfig {
     pub nominal_fps: u32,
 }
 
+impl EncoderConfig {
+    /// Longest distance between keyframes while the screen is idle: six normal intervals, at
+    /// least a minute. Seeking into a long idle stretch then starts at most this far back, over
+    /// chunks of a few hundred bytes each.
+    pub fn idle_keyframe_interval(&self) -> Duration {
+        (self.keyframe_interval * 6).max(Duration::from_secs(60))
+    }
+}
+
 impl Default for EncoderConfig {
     fn default() -> Self {
         Self {
@@ -197,22 +206,30 @@ impl Encoder {
             .run(&self.bgra, &mut self.yuv)
             .map_err(ff("convert BGRA to YUV"))?;
         self.have_frame = true;
-        self.submit(pts)
+        self.submit(pts, self.config.keyframe_interval)
     }
 
     /// Encodes the last image again at `pts` (an unchanged screen: x264 codes it as skips, a few
     /// bytes, with no colour conversion). Returns nothing if no frame was ever encoded.
+    ///
+    /// An idle screen gets a keyframe only every [`EncoderConfig::idle_keyframe_interval`]: a
+    /// keyframe of an unchanged picture costs a full-frame encode (most of an idle recorder's
+    /// CPU) and tens of KB, and buys only faster seeking into the idle stretch. The first
+    /// changed frame after the normal interval is the keyframe instead.
     pub fn repeat(&mut self, pts: MediaTime) -> Result<Vec<EncodedFrame>, EncodeError> {
         if !self.have_frame {
             return Ok(Vec::new());
         }
-        self.submit(pts)
+        self.submit(pts, self.config.idle_keyframe_interval())
     }
 
-    fn submit(&mut self, pts: MediaTime) -> Result<Vec<EncodedFrame>, EncodeError> {
+    fn submit(
+        &mut self,
+        pts: MediaTime,
+        interval: Duration,
+    ) -> Result<Vec<EncodedFrame>, EncodeError> {
         let due = self.last_key.is_none_or(|k| {
-            pts.as_micros().saturating_sub(k.as_micros())
-                >= self.config.keyframe_interval.as_micros() as u64
+            pts.as_micros().saturating_sub(k.as_micros()) >= interval.as_micros() as u64
         });
         self.yuv.set_kind(if due {
             picture::Type::I

@@ -33,9 +33,19 @@ use crate::pipeline::RecordError;
 #[error("capture failed: {0}")]
 pub struct CaptureError(pub String);
 
+/// What one capture tick found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Grab {
+    /// The screen as it is now (it may or may not differ from the last one).
+    Frame(Frame),
+    /// The source knows nothing changed since its last frame (damage tracking): nothing to copy,
+    /// compare or encode.
+    Unchanged,
+}
+
 /// Something that produces screen frames (X11, Windows Graphics Capture, a script).
 pub trait CaptureSource: Send + 'static {
-    fn grab(&mut self) -> Result<Frame, CaptureError>;
+    fn grab(&mut self) -> Result<Grab, CaptureError>;
 }
 
 /// A scripted screen played in real time from when it was created (tests, benchmarks).
@@ -46,8 +56,10 @@ pub struct ScriptedSource {
 }
 
 impl CaptureSource for ScriptedSource {
-    fn grab(&mut self) -> Result<Frame, CaptureError> {
-        Ok(self.screen.render(self.origin.elapsed().as_micros() as u64))
+    fn grab(&mut self) -> Result<Grab, CaptureError> {
+        Ok(Grab::Frame(
+            self.screen.render(self.origin.elapsed().as_micros() as u64),
+        ))
     }
 }
 
@@ -245,7 +257,7 @@ where
         chunker.push_event(event(MediaTime::ZERO, EventKind::RecorderStarted));
 
         // Capture thread. Full policy of the queue: drop the newest frame, count it.
-        let (tx, rx) = mpsc::sync_channel::<(MediaTime, Frame)>(self.config.queue.max(1));
+        let (tx, rx) = mpsc::sync_channel::<(MediaTime, Grab)>(self.config.queue.max(1));
         let stop_capture = Arc::new(AtomicBool::new(false));
         let dropped = Arc::new(AtomicU64::new(0));
         let period = Duration::from_micros(1_000_000 / u64::from(self.config.fps.max(1)));
@@ -259,8 +271,10 @@ where
                     while !stop.load(Ordering::SeqCst) {
                         let t = MediaTime::from_duration(origin.elapsed());
                         match source.grab() {
-                            Ok(frame) => match tx.try_send((t, frame)) {
+                            Ok(grab) => match tx.try_send((t, grab)) {
                                 Ok(()) => {}
+                                // An unchanged tick carries no picture: nothing is lost.
+                                Err(TrySendError::Full((_, Grab::Unchanged))) => {}
                                 Err(TrySendError::Full(_)) => {
                                     dropped.fetch_add(1, Ordering::Relaxed);
                                 }
@@ -296,36 +310,44 @@ where
                 break (EndReason::RecorderShutdown, origin.elapsed());
             }
             intake.drain(&mut |e| chunker.push_event(e));
-            let (t, frame) = match rx.recv_timeout(STOP_CHECK) {
+            let (t, grab) = match rx.recv_timeout(STOP_CHECK) {
                 Ok(x) => x,
                 Err(RecvTimeoutError::Timeout) => continue,
                 Err(RecvTimeoutError::Disconnected) => {
                     break (EndReason::RecorderShutdown, origin.elapsed());
                 }
             };
-            let resized = encoder
-                .as_ref()
-                .is_some_and(|e| e.width() != frame.width || e.height() != frame.height);
-            if encoder.is_none() || resized {
-                // A new size starts a new encoder, whose first keyframe starts a new init segment.
-                encoder = Some(Encoder::new(
-                    frame.width,
-                    frame.height,
-                    self.config.encoder.clone(),
-                )?);
-                last = None;
+            let frame = match grab {
+                Grab::Frame(f) => Some(f),
+                Grab::Unchanged => None,
+            };
+            if let Some(frame) = &frame {
+                let resized = encoder
+                    .as_ref()
+                    .is_some_and(|e| e.width() != frame.width || e.height() != frame.height);
+                if encoder.is_none() || resized {
+                    // A new size starts a new encoder, whose first keyframe starts a new init
+                    // segment.
+                    encoder = Some(Encoder::new(
+                        frame.width,
+                        frame.height,
+                        self.config.encoder.clone(),
+                    )?);
+                    last = None;
+                }
             }
             let Some(enc) = encoder.as_mut() else {
                 continue;
             };
-            let out = if last.as_ref() != Some(&frame) {
-                let out = enc.encode(&frame, t)?;
-                last = Some(frame);
-                out
-            } else if chunker.boundary_due(t) {
-                enc.repeat(t)?
-            } else {
-                Vec::new()
+            let out = match frame {
+                Some(frame) if last.as_ref() != Some(&frame) => {
+                    let out = enc.encode(&frame, t)?;
+                    last = Some(frame);
+                    out
+                }
+                // Idle: one repeated frame at a chunk boundary, so no chunk is empty.
+                _ if chunker.boundary_due(t) => enc.repeat(t)?,
+                _ => Vec::new(),
             };
             for f in out {
                 if chunker.boundary_due(f.pts) {

@@ -29,6 +29,11 @@ impl Drop for Xvfb {
 }
 
 impl Xvfb {
+    /// The X server's process id (for CPU accounting in benchmarks).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Starts a `width` x `height` 24-bit screen on a free display number.
     pub fn start(width: u32, height: u32) -> Result<Self> {
         for _ in 0..50 {
