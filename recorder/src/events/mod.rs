@@ -8,10 +8,11 @@
 //!
 //! - **One clock.** [`SessionClock`] ties media time 0 to the monotonic and boot clocks at JIT
 //!   start, so a kernel timestamp becomes the media time of the frame that shows its effect.
-//! - **Events land in their chunk.** A source reports how far it has read ([`SourceMsg::Caught`])
-//!   after every batch; before a chunk is cut at `t`, the intake waits (bounded) until every
-//!   source has caught up to `t`, so an event is not pushed into a later chunk by thread
-//!   scheduling.
+//! - **Events land in their chunk.** Before a chunk is cut at `t`, the intake wakes every source
+//!   ([`Wake`]) and waits (bounded) until each has reported reading everything up to `t`
+//!   ([`SourceMsg::Caught`]), so an event is not pushed into a later chunk by thread scheduling.
+//!   Sources otherwise sleep until the system gives them something, so an idle session costs
+//!   no periodic wake-ups.
 //! - **Bounded, never silently.** A sink passes at most `burst` events at once and `rate` per
 //!   second after that, and the queue to the intake is bounded; whatever is not passed is counted
 //!   and written as one `events_summarised` event naming what was summarised (per executable), as
@@ -21,12 +22,12 @@ pub mod redact;
 
 #[cfg(target_os = "linux")]
 pub mod process;
-#[cfg(unix)]
+#[cfg(target_os = "linux")]
 pub mod window;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TryRecvError, TrySendError};
 use std::time::{Duration, Instant};
 
@@ -146,17 +147,82 @@ pub enum SourceMsg {
 pub trait EventSource: Send + 'static {
     /// Short name for logs and `event_source` events (`processes`, `windows`).
     fn name(&self) -> &'static str;
-    /// Reports events until `stop` is set. Must send a [`SourceMsg::Caught`] (through
-    /// [`EventSink::caught_up`]) at least every [`CATCH_UP_INTERVAL`] while running.
+    /// Reports events until `stop` is set. Whenever [`EventSink::wake`] is signalled, the source
+    /// must read everything pending and then call [`EventSink::caught_up`] with a time taken
+    /// before that last read; `stop` is signalled through the same wake.
     fn run(self: Box<Self>, sink: EventSink, stop: Arc<AtomicBool>);
 }
 
 /// Makes the event sources of a session when it starts.
 pub type SourceFactory = Box<dyn FnMut() -> Vec<Box<dyn EventSource>> + Send>;
 
-/// How often a source must report progress while idle. The intake waits up to this long (plus
-/// scheduling) before a chunk is cut.
-pub const CATCH_UP_INTERVAL: Duration = Duration::from_millis(50);
+/// How long a source may sleep without being woken; only bounds how long a lost wake-up could
+/// delay a stop.
+pub const IDLE_WAIT: Duration = Duration::from_secs(1);
+
+/// The intake's way to ask a source to report (or stop): a flag plus, on Linux, an eventfd a
+/// source can wait on beside its own file descriptors.
+#[derive(Debug)]
+pub struct Wake {
+    flag: AtomicBool,
+    #[cfg(target_os = "linux")]
+    fd: std::os::fd::OwnedFd,
+}
+
+impl Wake {
+    fn new() -> std::io::Result<Self> {
+        Ok(Self {
+            flag: AtomicBool::new(false),
+            #[cfg(target_os = "linux")]
+            fd: rustix::event::eventfd(
+                0,
+                rustix::event::EventfdFlags::CLOEXEC | rustix::event::EventfdFlags::NONBLOCK,
+            )?,
+        })
+    }
+
+    fn signal(&self) {
+        self.flag.store(true, Ordering::SeqCst);
+        #[cfg(target_os = "linux")]
+        {
+            // An eventfd counter only overflows after 2^64 - 1 wake-ups; a failed write leaves
+            // the flag, which the source also reads on its next wake-up.
+            let _ = rustix::io::write(&self.fd, &1u64.to_ne_bytes());
+        }
+    }
+
+    /// Whether the intake asked since the last call (and resets it).
+    pub fn take(&self) -> bool {
+        #[cfg(target_os = "linux")]
+        {
+            let mut buf = [0u8; 8];
+            let _ = rustix::io::read(&self.fd, &mut buf);
+        }
+        self.flag.swap(false, Ordering::SeqCst)
+    }
+
+    /// The descriptor to wait on (readable when signalled).
+    #[cfg(target_os = "linux")]
+    pub fn fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        use std::os::fd::AsFd;
+        self.fd.as_fd()
+    }
+
+    /// Waits until signalled, `fds` are ready, or `timeout` passes. Returns whether `fds[i]`
+    /// became readable, per descriptor.
+    #[cfg(target_os = "linux")]
+    pub fn wait_with(&self, fds: &[std::os::fd::BorrowedFd<'_>], timeout: Duration) -> Vec<bool> {
+        use rustix::event::{PollFd, PollFlags, poll};
+        let mut set: Vec<PollFd<'_>> = fds.iter().map(|f| PollFd::new(f, PollFlags::IN)).collect();
+        set.push(PollFd::new(&self.fd, PollFlags::IN));
+        let timeout = rustix::time::Timespec::try_from(timeout).ok();
+        let _ = poll(&mut set, timeout.as_ref());
+        set.iter()
+            .take(fds.len())
+            .map(|p| !p.revents().is_empty())
+            .collect()
+    }
+}
 
 /// Bounds on the events of a session.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -241,6 +307,7 @@ pub struct EventSink {
     name: &'static str,
     tx: SyncSender<SourceMsg>,
     clock: SessionClock,
+    wake: Arc<Wake>,
     limits: EventLimits,
     tokens: f64,
     refilled: Instant,
@@ -254,6 +321,11 @@ impl EventSink {
 
     pub fn name(&self) -> &'static str {
         self.name
+    }
+
+    /// Signalled when the intake wants a report, or the session stops.
+    pub fn wake(&self) -> &Wake {
+        &self.wake
     }
 
     fn take_token(&mut self) -> bool {
@@ -360,6 +432,8 @@ pub struct Intake {
     rx: Receiver<SourceMsg>,
     /// Per source: how far it has caught up (`None`: ended).
     marks: Vec<Option<MediaTime>>,
+    /// Per source, aligned with `marks`.
+    wakes: Vec<Option<Arc<Wake>>>,
     threads: Vec<std::thread::JoinHandle<()>>,
     stop: Arc<AtomicBool>,
 }
@@ -378,13 +452,25 @@ impl Intake {
         let stop = Arc::new(AtomicBool::new(false));
         let mut threads = Vec::new();
         let mut marks = Vec::new();
+        let mut wakes = Vec::new();
         for (index, source) in sources.into_iter().enumerate() {
             let name = source.name();
+            let wake = match Wake::new() {
+                Ok(w) => Arc::new(w),
+                Err(e) => {
+                    tracing::error!(source = name, error = %e, "could not start an event source; its events are not recorded");
+                    marks.push(None);
+                    wakes.push(None);
+                    continue;
+                }
+            };
+            wakes.push(Some(Arc::clone(&wake)));
             let sink = EventSink {
                 index,
                 name,
                 tx: tx.clone(),
                 clock,
+                wake,
                 limits,
                 tokens: f64::from(limits.burst),
                 refilled: Instant::now(),
@@ -408,8 +494,15 @@ impl Intake {
         Self {
             rx,
             marks,
+            wakes,
             threads,
             stop,
+        }
+    }
+
+    fn wake_all(&self) {
+        for w in self.wakes.iter().flatten() {
+            w.signal();
         }
     }
 
@@ -446,9 +539,12 @@ impl Intake {
     /// Takes events until every running source has caught up to `t`, waiting at most `limit`.
     /// Returns whether they all did.
     pub fn catch_up(&mut self, t: MediaTime, limit: Duration, out: &mut dyn FnMut(Event)) -> bool {
+        /// Sources still behind are asked again this often (a report may predate `t`).
+        const ASK_AGAIN: Duration = Duration::from_millis(20);
         let deadline = Instant::now() + limit;
         self.drain(out);
         while self.behind(t) {
+            self.wake_behind(t);
             let Some(left) = deadline.checked_duration_since(Instant::now()) else {
                 tracing::warn!(
                     media_us = t.as_micros(),
@@ -456,8 +552,11 @@ impl Intake {
                 );
                 return false;
             };
-            match self.rx.recv_timeout(left) {
-                Ok(msg) => self.accept(msg, out),
+            match self.rx.recv_timeout(left.min(ASK_AGAIN)) {
+                Ok(msg) => {
+                    self.accept(msg, out);
+                    self.drain(out);
+                }
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => return !self.behind(t),
             }
@@ -465,9 +564,20 @@ impl Intake {
         true
     }
 
+    fn wake_behind(&self, t: MediaTime) {
+        for (m, w) in self.marks.iter().zip(&self.wakes) {
+            if let (Some(m), Some(w)) = (m, w)
+                && *m < t
+            {
+                w.signal();
+            }
+        }
+    }
+
     /// Stops the sources and takes everything they sent before they ended.
     pub fn stop(mut self, out: &mut dyn FnMut(Event)) {
-        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.stop.store(true, Ordering::SeqCst);
+        self.wake_all();
         for h in std::mem::take(&mut self.threads) {
             // Drain while joining so a source blocked on a full queue can finish.
             while !h.is_finished() {
@@ -486,7 +596,8 @@ impl Intake {
 impl Drop for Intake {
     fn drop(&mut self) {
         // Sources of a session that ended abnormally must not outlive it.
-        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.stop.store(true, Ordering::SeqCst);
+        self.wake_all();
     }
 }
 
@@ -505,8 +616,10 @@ impl EventSource for ScriptedEvents {
 
     fn run(self: Box<Self>, mut sink: EventSink, stop: Arc<AtomicBool>) {
         let mut pending = self.events.into_iter().peekable();
-        while !stop.load(std::sync::atomic::Ordering::SeqCst) {
-            let now = sink.clock().now();
+        let clock = *sink.clock();
+        while !stop.load(Ordering::SeqCst) {
+            let _ = sink.wake().take();
+            let now = clock.now();
             while let Some((at, _)) = pending.peek() {
                 let t = MediaTime::from_duration(*at);
                 if t > now {
@@ -517,7 +630,13 @@ impl EventSource for ScriptedEvents {
                 }
             }
             sink.caught_up(now);
-            std::thread::sleep(CATCH_UP_INTERVAL / 5);
+            let next = pending.peek().map_or(IDLE_WAIT, |(at, _)| {
+                at.saturating_sub(clock.origin().elapsed()).min(IDLE_WAIT)
+            });
+            #[cfg(target_os = "linux")]
+            sink.wake().wait_with(&[], next);
+            #[cfg(not(target_os = "linux"))]
+            std::thread::sleep(next.min(Duration::from_millis(10)));
         }
     }
 }

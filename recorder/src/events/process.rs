@@ -17,14 +17,13 @@
 //! shows what was run during JIT, not what was already running.
 
 use std::collections::{HashMap, HashSet};
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use jitrec_format::{EventKind, MediaTime, ProcessExit, ProcessStart, SourceState, UserRef};
-use rustix::event::{PollFd, PollFlags, poll};
 use rustix::io::Errno;
 use rustix::net::{
     AddressFamily, RecvFlags, SendFlags, SocketFlags, SocketType, bind, netlink, recv, send,
@@ -32,7 +31,7 @@ use rustix::net::{
 };
 
 use super::redact::Redactor;
-use super::{CATCH_UP_INTERVAL, EventSink, EventSource};
+use super::{EventSink, EventSource, IDLE_WAIT};
 
 const CN_IDX_PROC: u32 = 1;
 const CN_VAL_PROC: u32 = 1;
@@ -429,11 +428,6 @@ fn run_connector(
 ) -> rustix::io::Result<()> {
     let mut buf = vec![0u8; 64 * 1024];
     let mut tracked = Tracked::default();
-    let timeout =
-        rustix::time::Timespec::try_from(CATCH_UP_INTERVAL).unwrap_or(rustix::time::Timespec {
-            tv_sec: 0,
-            tv_nsec: 50_000_000,
-        });
     let mut overflow_reported: Option<MediaTime> = None;
     // This thread races each new process to its `/proc` entry; a higher priority than the
     // work it records (builds, loops) wins more of those races. Best effort: needs root.
@@ -442,8 +436,10 @@ fn run_connector(
         tracing::debug!(error = %e, "could not raise the process-events thread's priority");
     }
     while !stop.load(Ordering::SeqCst) {
-        // Read everything queued, then say how far we got: `now` taken before the last read
-        // that found the queue empty bounds every event delivered so far.
+        // Read everything queued; if the intake asked (before this read began), say how far we
+        // got: `now` taken before the read that found the queue empty bounds every event
+        // delivered so far.
+        let asked = sink.wake().take();
         loop {
             let now = sink.clock().now();
             match recv(fd, &mut buf[..], RecvFlags::DONTWAIT) {
@@ -453,7 +449,9 @@ fn run_connector(
                     }
                 }
                 Err(Errno::AGAIN) => {
-                    sink.caught_up(now);
+                    if asked {
+                        sink.caught_up(now);
+                    }
                     break;
                 }
                 Err(Errno::INTR) => {}
@@ -476,11 +474,8 @@ fn run_connector(
                 Err(e) => return Err(e),
             }
         }
-        let mut fds = [PollFd::new(fd, PollFlags::IN)];
-        match poll(&mut fds, Some(&timeout)) {
-            Ok(_) | Err(Errno::INTR) => {}
-            Err(e) => return Err(e),
-        }
+        // Sleep until the kernel has a message or the intake asks.
+        sink.wake().wait_with(&[fd.as_fd()], IDLE_WAIT);
     }
     Ok(())
 }
@@ -561,7 +556,6 @@ fn run_poller(
 ) {
     let proc_root = d.config.proc_root.clone();
     let mut started: HashSet<(u32, Option<u64>)> = HashSet::new();
-    let mut next = std::time::Instant::now();
     while !stop.load(Ordering::SeqCst) {
         let now = sink.clock().now();
         let pids = list_pids(&proc_root);
@@ -598,15 +592,10 @@ fn run_poller(
             keep
         });
         sink.caught_up(now);
-        next += interval;
-        // Wake at least every CATCH_UP_INTERVAL so a stop is noticed promptly.
-        while !stop.load(Ordering::SeqCst) {
-            let Some(left) = next.checked_duration_since(std::time::Instant::now()) else {
-                next = std::time::Instant::now();
-                break;
-            };
-            std::thread::sleep(left.min(CATCH_UP_INTERVAL));
-        }
+        // Until the next poll, unless the intake asks for a report (a chunk is being cut) or
+        // the session stops: then scan at once.
+        sink.wake().wait_with(&[], interval);
+        let _ = sink.wake().take();
     }
 }
 

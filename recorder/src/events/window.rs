@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use jitrec_format::{EventKind, MediaTime, SourceState, WindowInfo};
-use rustix::event::{PollFd, PollFlags, poll};
+use std::os::fd::AsFd;
 use x11rb::connection::Connection;
 use x11rb::protocol::Event;
 use x11rb::protocol::xproto::{
@@ -23,7 +23,7 @@ use x11rb::protocol::xproto::{
 use x11rb::rust_connection::RustConnection;
 
 use super::redact::Redactor;
-use super::{CATCH_UP_INTERVAL, EventSink, EventSource, truncate_text};
+use super::{EventSink, EventSource, IDLE_WAIT, truncate_text};
 
 /// The window source.
 pub struct WindowSource {
@@ -239,19 +239,19 @@ impl EventSource for WindowSource {
                 return;
             }
         }
-        let timeout =
-            rustix::time::Timespec::try_from(CATCH_UP_INTERVAL).unwrap_or(rustix::time::Timespec {
-                tv_sec: 0,
-                tv_nsec: 50_000_000,
-            });
         while !stop.load(Ordering::SeqCst) {
+            // As in the process source: report only when asked, with a time taken before the
+            // read that found nothing more.
+            let asked = sink.wake().take();
             let result = (|| -> XResult<()> {
                 loop {
                     let now = sink.clock().now();
                     match watch.conn.poll_for_event()? {
                         Some(ev) => watch.handle(ev, now, &mut sink)?,
                         None => {
-                            sink.caught_up(now);
+                            if asked {
+                                sink.caught_up(now);
+                            }
                             return Ok(());
                         }
                     }
@@ -267,8 +267,8 @@ impl EventSource for WindowSource {
                 return;
             }
             let _ = watch.conn.flush();
-            let mut fds = [PollFd::new(watch.conn.stream(), PollFlags::IN)];
-            let _ = poll(&mut fds, Some(&timeout));
+            sink.wake()
+                .wait_with(&[watch.conn.stream().as_fd()], IDLE_WAIT);
         }
     }
 }
