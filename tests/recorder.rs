@@ -616,6 +616,8 @@ fn x11_capture_copies_only_what_changed_and_reports_an_idle_screen_as_unchanged(
         panic!("the first grab must be a whole frame");
     };
     assert_eq!((first.width, first.height), (W, H));
+    assert!(src.damage_tracking(), "Xvfb has DAMAGE");
+    assert!(src.shared_memory(), "Xvfb has MIT-SHM 1.2");
     for _ in 0..3 {
         assert_eq!(
             src.grab().unwrap(),
@@ -624,9 +626,18 @@ fn x11_capture_copies_only_what_changed_and_reports_an_idle_screen_as_unchanged(
         );
     }
     let _window = map_window(&x.display, 30, 20, 50, 40, 0x0000_ff00);
-    let Grab::Frame(after) = src.grab().unwrap() else {
-        panic!("a mapped window was not seen");
+    let Grab::Partial(after, changed) = src.grab().unwrap() else {
+        panic!("a mapped window was not seen as damage");
     };
+    // The damage covers the window (30,20 50x40), and not the whole screen.
+    let covers = |x: u32, y: u32| {
+        changed
+            .iter()
+            .any(|r| x >= r.x && x < r.x + r.w && y >= r.y && y < r.y + r.h)
+    };
+    assert!(covers(30, 20) && covers(79, 59), "{changed:?}");
+    let area: u32 = changed.iter().map(|r| r.w * r.h).sum();
+    assert!(area < W * H / 2, "{changed:?}");
     let px = |f: &jitrec_recorder::capture::Frame, x: usize, y: usize| {
         let at = y * f.stride + x * 4;
         [f.data[at + 2], f.data[at + 1], f.data[at]]

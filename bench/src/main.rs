@@ -42,7 +42,7 @@ struct Cli {
 enum Command {
     /// Upload throughput and commit-to-visible latency.
     Uploader(UploaderArgs),
-    /// CPU and storage of recording an idle screen, against ffmpeg.
+    /// CPU and storage of recording an idle (or `--typing`) screen, against ffmpeg.
     RecorderIdle(recorder::IdleArgs),
 }
 

@@ -4,6 +4,44 @@
 //! and the scripted [`SyntheticScreen`] used by tests and benchmarks) all produce the same type,
 //! so everything after capture is shared.
 
+/// A rectangle of a frame, in pixels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rect {
+    pub x: u32,
+    pub y: u32,
+    pub w: u32,
+    pub h: u32,
+}
+
+impl Rect {
+    /// Grown to even coordinates and sizes (4:2:0 chroma covers 2x2 pixels) and clipped to a
+    /// `width` x `height` frame (both even).
+    pub fn even_within(self, width: u32, height: u32) -> Option<Rect> {
+        let (x0, y0) = (self.x & !1, self.y & !1);
+        let x1 = (self.x.saturating_add(self.w).saturating_add(1) & !1).min(width);
+        let y1 = (self.y.saturating_add(self.h).saturating_add(1) & !1).min(height);
+        (x1 > x0 && y1 > y0).then(|| Rect {
+            x: x0,
+            y: y0,
+            w: x1 - x0,
+            h: y1 - y0,
+        })
+    }
+
+    /// This rectangle's origin with its far corner moved to (`x1`, `y1`).
+    pub fn spanning(self, x1: u32, y1: u32) -> Rect {
+        Rect {
+            w: x1.saturating_sub(self.x),
+            h: y1.saturating_sub(self.y),
+            ..self
+        }
+    }
+
+    pub fn area(&self) -> u64 {
+        u64::from(self.w) * u64::from(self.h)
+    }
+}
+
 /// One BGRA screen image.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Frame {

@@ -18,7 +18,7 @@ use ffmpeg::{Dictionary, Packet, Rational, codec, encoder, picture};
 use ffmpeg_next as ffmpeg;
 use jitrec_format::MediaTime;
 
-use crate::capture::Frame;
+use crate::capture::{Frame, Rect};
 
 /// Encoder settings.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -103,7 +103,27 @@ pub struct Encoder {
     yuv: frame::Video,
     have_frame: bool,
     last_key: Option<MediaTime>,
+    /// Tile converters by tile size, for [`Encoder::encode_changed`].
+    tiles: std::collections::HashMap<(u32, u32), Tile>,
 }
+
+/// A swscale context with its frames, for tiles of one size.
+struct Tile {
+    bgra: frame::Video,
+    yuv: frame::Video,
+    scaler: scaling::Context,
+}
+
+/// Pixels converted around a changed rectangle and thrown away, so the tile's edges (where
+/// swscale's filters see no neighbours) stay outside what is copied back.
+pub const TILE_MARGIN: u32 = 16;
+/// How far outside a changed rectangle the converted picture changes (swscale's chroma filter
+/// reaches one chroma sample, two pixels, past its block; four is tested to be enough).
+const TILE_REACH: u32 = 4;
+/// Tile sizes are rounded up to this, so a few swscale contexts serve most rectangles.
+const TILE_ROUND: u32 = 64;
+/// Distinct tile sizes kept; beyond this the cache starts afresh.
+const MAX_TILE_SIZES: usize = 32;
 
 impl std::fmt::Debug for Encoder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -165,6 +185,7 @@ impl Encoder {
             scaler,
             have_frame: false,
             last_key: None,
+            tiles: std::collections::HashMap::new(),
         })
     }
 
@@ -207,6 +228,102 @@ impl Encoder {
             .map_err(ff("convert BGRA to YUV"))?;
         self.have_frame = true;
         self.submit(pts, self.config.keyframe_interval)
+    }
+
+    /// Encodes a new screen image of which only `changed` differs from the last one encoded:
+    /// only those rectangles are converted into the persistent YUV picture. Falls back to the
+    /// whole-frame conversion when nothing was encoded yet or a third or more of the screen
+    /// changed.
+    ///
+    /// Each rectangle is converted by swscale as a tile with a margin of [`TILE_MARGIN`]
+    /// pixels, and only the rectangle itself is copied back: swscale's chroma filter reaches
+    /// past a pixel's neighbours, and the margin keeps the tile's edges from showing, so the
+    /// picture is the same as a whole-frame conversion (tested).
+    pub fn encode_changed(
+        &mut self,
+        f: &Frame,
+        changed: &[Rect],
+        pts: MediaTime,
+    ) -> Result<Vec<EncodedFrame>, EncodeError> {
+        let rects: Vec<Rect> = changed
+            .iter()
+            .filter_map(|r| r.even_within(self.width, self.height))
+            .collect();
+        let area: u64 = rects.iter().map(Rect::area).sum();
+        let whole = u64::from(self.width) * u64::from(self.height);
+        if !self.have_frame || area * 3 >= whole || f.width != self.width || f.height != self.height
+        {
+            return self.encode(f, pts);
+        }
+        for r in rects {
+            self.convert_tile(f, r)?;
+        }
+        self.submit(pts, self.config.keyframe_interval)
+    }
+
+    /// Converts rectangle `r` (even) of `f` into the persistent YUV picture.
+    fn convert_tile(&mut self, f: &Frame, r: Rect) -> Result<(), EncodeError> {
+        let round_up = |v: u32| v.div_ceil(TILE_ROUND) * TILE_ROUND;
+        let x0 = r.x.saturating_sub(TILE_MARGIN) & !15;
+        let y0 = r.y.saturating_sub(TILE_MARGIN) & !15;
+        let tw = round_up(r.x + r.w + TILE_MARGIN - x0).min(self.width - x0);
+        let th = round_up(r.y + r.h + TILE_MARGIN - y0).min(self.height - y0);
+        if self.tiles.len() >= MAX_TILE_SIZES && !self.tiles.contains_key(&(tw, th)) {
+            self.tiles.clear();
+        }
+        let tile = match self.tiles.entry((tw, th)) {
+            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::hash_map::Entry::Vacant(e) => e.insert(Tile {
+                bgra: frame::Video::new(Pixel::BGRA, tw, th),
+                yuv: frame::Video::new(Pixel::YUV420P, tw, th),
+                scaler: scaling::Context::get(
+                    Pixel::BGRA,
+                    tw,
+                    th,
+                    Pixel::YUV420P,
+                    tw,
+                    th,
+                    scaling::Flags::BILINEAR,
+                )
+                .map_err(ff("swscale tile context"))?,
+            }),
+        };
+        let row = tw as usize * 4;
+        let stride = tile.bgra.stride(0);
+        let dst = tile.bgra.data_mut(0);
+        for y in 0..th as usize {
+            let src = (y0 as usize + y) * f.stride + x0 as usize * 4;
+            dst[y * stride..y * stride + row].copy_from_slice(&f.data[src..src + row]);
+        }
+        tile.scaler
+            .run(&tile.bgra, &mut tile.yuv)
+            .map_err(ff("convert a tile to YUV"))?;
+        // Copy back `r` grown by TILE_REACH: a chroma sample's filter takes in the rows and
+        // columns next to its 2x2 block, so chroma just outside a change changes too. Per
+        // plane (chroma planes at half resolution).
+        let r = Rect {
+            x: r.x.saturating_sub(TILE_REACH).max(x0),
+            y: r.y.saturating_sub(TILE_REACH).max(y0),
+            w: 0,
+            h: 0,
+        }
+        .spanning(
+            (r.x + r.w + TILE_REACH).min(x0 + tw),
+            (r.y + r.h + TILE_REACH).min(y0 + th),
+        );
+        for (plane, shift) in [(0usize, 0u32), (1, 1), (2, 1)] {
+            let (src_stride, dst_stride) = (tile.yuv.stride(plane), self.yuv.stride(plane));
+            let (cx, cy) = ((r.x - x0) >> shift, (r.y - y0) >> shift);
+            let (w, h) = ((r.w >> shift) as usize, (r.h >> shift) as usize);
+            let src = tile.yuv.data(plane);
+            let dst = self.yuv.data_mut(plane);
+            for y in 0..h {
+                let s = (cy as usize + y) * src_stride + cx as usize;
+                let d = ((r.y >> shift) as usize + y) * dst_stride + (r.x >> shift) as usize;
+                dst[d..d + w].copy_from_slice(&src[s..s + w]);
+            }
+        }
+        Ok(())
     }
 
     /// Encodes the last image again at `pts` (an unchanged screen: x264 codes it as skips, a few
@@ -276,5 +393,123 @@ impl Encoder {
             }
         }
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A screen-like image: flat areas, thin coloured strokes, a gradient.
+    fn busy(w: u32, h: u32, seed: u32) -> Frame {
+        let mut f = Frame::solid(w, h, [240, 240, 240, 255]);
+        for i in 0..300u32 {
+            let k = i + seed;
+            let c = [(k * 37) as u8, (k * 91) as u8, (k * 53) as u8, 255];
+            f.fill((k * 71) % w, (k * 29) % h, 1 + k % 40, 1 + k % 9, c);
+        }
+        for x in 0..w {
+            f.fill(
+                x,
+                h - 40,
+                1,
+                40,
+                [(x % 256) as u8, 128, (255 - x % 256) as u8, 255],
+            );
+        }
+        f
+    }
+
+    fn planes(e: &Encoder) -> Vec<Vec<u8>> {
+        (0..3)
+            .map(|p| {
+                let (w, h) = if p == 0 {
+                    (e.width as usize, e.height as usize)
+                } else {
+                    (e.width as usize / 2, e.height as usize / 2)
+                };
+                let s = e.yuv.stride(p);
+                (0..h)
+                    .flat_map(|y| e.yuv.data(p)[y * s..y * s + w].to_vec())
+                    .collect()
+            })
+            .collect()
+    }
+
+    /// Converting only the changed tiles gives exactly the picture a whole-frame conversion
+    /// gives, including rectangles at odd positions, at the screen's edges, and overlapping.
+    #[test]
+    fn tile_conversion_equals_whole_frame_conversion() {
+        let (w, h) = (640, 360);
+        let a = busy(w, h, 0);
+        let mut b = a.clone();
+        let changed = [
+            Rect {
+                x: 3,
+                y: 7,
+                w: 31,
+                h: 13,
+            },
+            Rect {
+                x: 600,
+                y: 340,
+                w: 40,
+                h: 20,
+            },
+            Rect {
+                x: 0,
+                y: 100,
+                w: 9,
+                h: 1,
+            },
+            Rect {
+                x: 20,
+                y: 10,
+                w: 30,
+                h: 30,
+            },
+            Rect {
+                x: 301,
+                y: 177,
+                w: 120,
+                h: 60,
+            },
+        ];
+        // Different content: the busy screen with its colours inverted.
+        let mut other = busy(w, h, 7);
+        for px in other.data.chunks_exact_mut(4) {
+            for c in &mut px[..3] {
+                *c = 255 - *c;
+            }
+        }
+        for r in changed {
+            for y in r.y..r.y + r.h {
+                let at = (y * w * 4 + r.x * 4) as usize;
+                let len = (r.w * 4) as usize;
+                b.data[at..at + len].copy_from_slice(&other.data[at..at + len]);
+            }
+        }
+        let mut partial = Encoder::new(w, h, EncoderConfig::default()).unwrap();
+        partial.encode(&a, MediaTime::ZERO).unwrap();
+        partial
+            .encode_changed(&b, &changed, MediaTime::from_micros(200_000))
+            .unwrap();
+        let mut whole = Encoder::new(w, h, EncoderConfig::default()).unwrap();
+        whole.encode(&b, MediaTime::ZERO).unwrap();
+        for (i, (p, q)) in planes(&partial).iter().zip(planes(&whole)).enumerate() {
+            let worst = p.iter().zip(&q).map(|(x, y)| x.abs_diff(*y)).max().unwrap();
+
+            assert_eq!(worst, 0, "plane {i} differs from a whole-frame conversion");
+        }
+        // And the old picture differs, so the check can fail.
+        let mut stale = Encoder::new(w, h, EncoderConfig::default()).unwrap();
+        stale.encode(&a, MediaTime::ZERO).unwrap();
+        let changed_bytes = planes(&stale)
+            .iter()
+            .flatten()
+            .zip(planes(&whole).iter().flatten())
+            .filter(|(x, y)| x != y)
+            .count();
+        assert!(changed_bytes > 1000, "only {changed_bytes} bytes changed");
     }
 }

@@ -21,7 +21,7 @@ use jitrec_format::{
 };
 use jitrec_spool::SpoolWriter;
 
-use crate::capture::Frame;
+use crate::capture::{Frame, Rect};
 use crate::chunker::Chunker;
 use crate::encode::{Encoder, EncoderConfig};
 use crate::events::{EventLimits, Intake, SessionClock, SourceFactory};
@@ -38,6 +38,9 @@ pub struct CaptureError(pub String);
 pub enum Grab {
     /// The screen as it is now (it may or may not differ from the last one).
     Frame(Frame),
+    /// The screen as it is now, of which only these rectangles differ from the last frame
+    /// this source returned (damage tracking): nothing else needs comparing or converting.
+    Partial(Frame, Vec<Rect>),
     /// The source knows nothing changed since its last frame (damage tracking): nothing to copy,
     /// compare or encode.
     Unchanged,
@@ -317,9 +320,10 @@ where
                     break (EndReason::RecorderShutdown, origin.elapsed());
                 }
             };
-            let frame = match grab {
-                Grab::Frame(f) => Some(f),
-                Grab::Unchanged => None,
+            let (frame, changed) = match grab {
+                Grab::Frame(f) => (Some(f), None),
+                Grab::Partial(f, rects) => (Some(f), Some(rects)),
+                Grab::Unchanged => (None, None),
             };
             if let Some(frame) = &frame {
                 let resized = encoder
@@ -339,8 +343,14 @@ where
             let Some(enc) = encoder.as_mut() else {
                 continue;
             };
-            let out = match frame {
-                Some(frame) if last.as_ref() != Some(&frame) => {
+            let out = match (frame, changed) {
+                // Damage says what changed: convert only that, and skip the full compare.
+                (Some(frame), Some(rects)) if last.is_some() => {
+                    let out = enc.encode_changed(&frame, &rects, t)?;
+                    last = Some(frame);
+                    out
+                }
+                (Some(frame), _) if last.as_ref() != Some(&frame) => {
                     let out = enc.encode(&frame, t)?;
                     last = Some(frame);
                     out
