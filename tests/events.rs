@@ -174,6 +174,20 @@ fn check_chunk(m: &ChunkManifest, events: &[Event]) {
     validate_events(m, events).unwrap_or_else(|e| panic!("chunk {}: {e}", m.seq));
 }
 
+/// Runs `/bin/true` 1,000 times from a shell loop; returns the shell's pid once it is done.
+fn run_1000_short_processes() -> u32 {
+    let mut sh = Command::new("/bin/sh")
+        .args([
+            "-c",
+            "i=0; while [ $i -lt 1000 ]; do /bin/true; i=$((i+1)); done",
+        ])
+        .spawn()
+        .unwrap();
+    let pid = sh.id();
+    assert!(sh.wait().unwrap().success());
+    pid
+}
+
 fn within(a: DateTime<Utc>, b: DateTime<Utc>, ms: i64) -> bool {
     (a - b).num_milliseconds().abs() <= ms
 }
@@ -331,15 +345,7 @@ fn processes_and_windows_during_jit_are_recorded_on_the_video_clock_and_nothing_
             .expect("run setpriv (util-linux)");
         assert!(nobody.success());
         // 1,000 short-lived processes.
-        let mut burst = Command::new("/bin/sh")
-            .args([
-                "-c",
-                "i=0; while [ $i -lt 1000 ]; do /bin/true; i=$((i+1)); done",
-            ])
-            .spawn()
-            .unwrap();
-        let burst_pid = burst.id();
-        assert!(burst.wait().unwrap().success());
+        let burst_pid = run_1000_short_processes();
         assert_eq!(straddling.wait().unwrap().code(), Some(3));
         ran = Some((win, focus_at, title_at, cmd_at, sh_pid, burst_pid));
     });
@@ -510,15 +516,7 @@ fn a_flood_of_processes_is_summarised_not_lost() {
     };
     let mut burst_pid = 0;
     let rec = record(&x, factory, limits, || {
-        let mut burst = Command::new("/bin/sh")
-            .args([
-                "-c",
-                "i=0; while [ $i -lt 1000 ]; do /bin/true; i=$((i+1)); done",
-            ])
-            .spawn()
-            .unwrap();
-        burst_pid = burst.id();
-        assert!(burst.wait().unwrap().success());
+        burst_pid = run_1000_short_processes();
     });
     let individual = rec.starts().filter(|(_, p)| p.ppid == burst_pid).count();
     let mut summarised_true = 0u64;

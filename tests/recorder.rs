@@ -397,31 +397,7 @@ fn map_window(
     h: u16,
     pixel: u32,
 ) -> x11rb::rust_connection::RustConnection {
-    use x11rb::connection::Connection;
-    use x11rb::protocol::xproto::{ConnectionExt as _, CreateWindowAux, WindowClass};
-    let (conn, screen) = x11rb::connect(Some(display)).unwrap();
-    let root = conn.setup().roots[screen].root;
-    let win = conn.generate_id().unwrap();
-    conn.create_window(
-        x11rb::COPY_DEPTH_FROM_PARENT,
-        win,
-        root,
-        x,
-        y,
-        w,
-        h,
-        0,
-        WindowClass::INPUT_OUTPUT,
-        x11rb::COPY_FROM_PARENT,
-        &CreateWindowAux::new()
-            .background_pixel(pixel)
-            .override_redirect(1),
-    )
-    .unwrap();
-    conn.map_window(win).unwrap();
-    // A round trip: once answered, the server has processed the map.
-    conn.get_input_focus().unwrap().reply().unwrap();
-    conn
+    jitrec_tests::xvfb::map_window(display, (x, y, w, h), pixel).unwrap()
 }
 
 #[test]

@@ -141,39 +141,16 @@ fn dir_bytes(dir: &Path) -> u64 {
     total
 }
 
-/// Static windows, so the screen is not a uniform colour.
-fn furnish(display: &str) -> Result<x11rb::rust_connection::RustConnection> {
-    let (conn, screen) = x11rb::connect(Some(display))?;
-    let root = conn.setup().roots[screen].root;
-    for (i, (x, y, w, h, px)) in [
-        (40, 40, 900, 600, 0x00f0_f0f0u32),
-        (700, 300, 800, 500, 0x0020_3040),
-        (200, 700, 1200, 300, 0x0080_a0c0),
+/// Static windows, so the screen is not a uniform colour (kept while the connections live).
+fn furnish(display: &str) -> Result<Vec<x11rb::rust_connection::RustConnection>> {
+    [
+        ((40, 40, 900, 600), 0x00f0_f0f0),
+        ((700, 300, 800, 500), 0x0020_3040),
+        ((200, 700, 1200, 300), 0x0080_a0c0),
     ]
     .into_iter()
-    .enumerate()
-    {
-        let win = conn.generate_id()?;
-        conn.create_window(
-            x11rb::COPY_DEPTH_FROM_PARENT,
-            win,
-            root,
-            x,
-            y,
-            w,
-            h,
-            0,
-            WindowClass::INPUT_OUTPUT,
-            x11rb::COPY_FROM_PARENT,
-            &CreateWindowAux::new()
-                .background_pixel(px)
-                .override_redirect(1),
-        )?;
-        conn.map_window(win)?;
-        let _ = i;
-    }
-    conn.get_input_focus()?.reply()?;
-    Ok(conn)
+    .map(|(at, px)| jitrec_tests::xvfb::map_window(display, at, px))
+    .collect()
 }
 
 struct Measured {

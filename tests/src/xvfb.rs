@@ -69,3 +69,37 @@ impl Xvfb {
         bail!("no free X display number")
     }
 }
+
+/// Maps a plain `pixel`-coloured window at (`x`, `y`), `w` x `h`, on `display`, outside any
+/// window manager's control; returns once the server has drawn it. The window lives as long as
+/// the returned connection.
+pub fn map_window(
+    display: &str,
+    (x, y, w, h): (i16, i16, u16, u16),
+    pixel: u32,
+) -> Result<x11rb::rust_connection::RustConnection> {
+    use x11rb::connection::Connection;
+    use x11rb::protocol::xproto::{ConnectionExt as _, CreateWindowAux, WindowClass};
+    let (conn, screen) = x11rb::connect(Some(display))?;
+    let root = conn.setup().roots[screen].root;
+    let win = conn.generate_id()?;
+    conn.create_window(
+        x11rb::COPY_DEPTH_FROM_PARENT,
+        win,
+        root,
+        x,
+        y,
+        w,
+        h,
+        0,
+        WindowClass::INPUT_OUTPUT,
+        x11rb::COPY_FROM_PARENT,
+        &CreateWindowAux::new()
+            .background_pixel(pixel)
+            .override_redirect(1),
+    )?;
+    conn.map_window(win)?;
+    // A round trip: once answered, the server has processed the map.
+    conn.get_input_focus()?.reply()?;
+    Ok(conn)
+}
