@@ -397,7 +397,9 @@ fn map_window(
     h: u16,
     pixel: u32,
 ) -> x11rb::rust_connection::RustConnection {
-    jitrec_tests::xvfb::map_window(display, (x, y, w, h), pixel).unwrap()
+    jitrec_tests::xvfb::map_window(display, (x, y, w, h), pixel)
+        .unwrap()
+        .0
 }
 
 #[test]

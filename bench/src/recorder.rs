@@ -18,7 +18,7 @@ use jitrec_recorder::control::{self, Request};
 use jitrec_recorder::encode::EncoderConfig;
 use jitrec_tests::xvfb::Xvfb;
 use x11rb::connection::Connection;
-use x11rb::protocol::xproto::{ConnectionExt as _, CreateWindowAux, WindowClass};
+use x11rb::protocol::xproto::ConnectionExt as _;
 
 #[derive(Args, Clone)]
 pub(crate) struct IdleArgs {
@@ -42,28 +42,10 @@ struct Typist {
 
 impl Typist {
     fn start(display: &str) -> Result<Self> {
-        let (conn, screen) = x11rb::connect(Some(display))?;
-        let root = conn.setup().roots[screen].root;
-        let win = conn.generate_id()?;
-        conn.create_window(
-            x11rb::COPY_DEPTH_FROM_PARENT,
-            win,
-            root,
-            100,
-            100,
-            1200,
-            800,
-            0,
-            WindowClass::INPUT_OUTPUT,
-            x11rb::COPY_FROM_PARENT,
-            &CreateWindowAux::new()
-                .background_pixel(0x0010_1010)
-                .override_redirect(1),
-        )?;
-        conn.map_window(win)?;
+        let (conn, win) =
+            jitrec_tests::xvfb::map_window(display, (100, 100, 1200, 800), 0x0010_1010)?;
         let gc = conn.generate_id()?;
         conn.create_gc(gc, win, &x11rb::protocol::xproto::CreateGCAux::new())?;
-        conn.get_input_focus()?.reply()?;
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let flag = std::sync::Arc::clone(&stop);
         let thread = std::thread::spawn(move || {
@@ -149,7 +131,7 @@ fn furnish(display: &str) -> Result<Vec<x11rb::rust_connection::RustConnection>>
         ((200, 700, 1200, 300), 0x0080_a0c0),
     ]
     .into_iter()
-    .map(|(at, px)| jitrec_tests::xvfb::map_window(display, at, px))
+    .map(|(at, px)| jitrec_tests::xvfb::map_window(display, at, px).map(|(conn, _)| conn))
     .collect()
 }
 

@@ -71,13 +71,13 @@ impl Xvfb {
 }
 
 /// Maps a plain `pixel`-coloured window at (`x`, `y`), `w` x `h`, on `display`, outside any
-/// window manager's control; returns once the server has drawn it. The window lives as long as
-/// the returned connection.
+/// window manager's control; returns once the server has drawn it, with the window's id. The
+/// window lives as long as the returned connection.
 pub fn map_window(
     display: &str,
     (x, y, w, h): (i16, i16, u16, u16),
     pixel: u32,
-) -> Result<x11rb::rust_connection::RustConnection> {
+) -> Result<(x11rb::rust_connection::RustConnection, u32)> {
     use x11rb::connection::Connection;
     use x11rb::protocol::xproto::{ConnectionExt as _, CreateWindowAux, WindowClass};
     let (conn, screen) = x11rb::connect(Some(display))?;
@@ -101,5 +101,5 @@ pub fn map_window(
     conn.map_window(win)?;
     // A round trip: once answered, the server has processed the map.
     conn.get_input_focus()?.reply()?;
-    Ok(conn)
+    Ok((conn, win))
 }
