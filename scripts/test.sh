@@ -8,9 +8,11 @@ cd "$(dirname "$0")/.."
 # System packages the suite needs: a C toolchain for zstd-sys and ring (built from source by
 # their crates); Debian's FFmpeg 5.1 libraries, pkg-config and clang (bindgen) for ffmpeg-next;
 # the ffmpeg CLI (ffprobe) that tests decode recordings with; Xvfb, the X server tests record;
-# Python's pip for SeaweedFS.
+# Python's pip for SeaweedFS; PostgreSQL's server, which the player's index suite runs against
+# (the harness starts its own cluster on 127.0.0.1; the package's own cluster is not used).
 PACKAGES=(gcc libc6-dev pkg-config clang libclang-dev libavcodec-dev libavformat-dev
-  libavutil-dev libswscale-dev libavfilter-dev libavdevice-dev ffmpeg xvfb python3-pip)
+  libavutil-dev libswscale-dev libavfilter-dev libavdevice-dev ffmpeg xvfb python3-pip
+  postgresql-15)
 
 missing=()
 for p in "${PACKAGES[@]}"; do

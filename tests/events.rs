@@ -76,7 +76,7 @@ impl Recorded {
     }
 }
 
-fn process_config(force_poll: bool) -> ProcessConfig {
+pub(crate) fn process_config(force_poll: bool) -> ProcessConfig {
     ProcessConfig {
         redactor: Arc::new(Redactor::new(&RedactionConfig::default()).unwrap()),
         admin_gid: jitrec_recorder::control::lookup_group("/etc/group".as_ref(), "sudo")
@@ -98,7 +98,20 @@ fn record(
 ) -> Recorded {
     let tmp = tempfile::tempdir().unwrap();
     let spool_dir = tmp.path().join("spool");
-    let (spool, _) = SpoolWriter::open(&spool_dir, SpoolConfig::default()).unwrap();
+    let session = record_into(&spool_dir, x, factory, limits, during);
+    read_recorded(&spool_dir, session)
+}
+
+/// Records one JIT session (user alice, authorised by bob) into the spool at `spool_dir`,
+/// running `during` while JIT is on; returns the session once its close record is committed.
+pub(crate) fn record_into(
+    spool_dir: &std::path::Path,
+    x: &Xvfb,
+    factory: SourceFactory,
+    limits: EventLimits,
+    during: impl FnOnce(),
+) -> jitrec_format::SessionId {
+    let (spool, _) = SpoolWriter::open(spool_dir, SpoolConfig::default()).unwrap();
     let mut config = crate::recorder::recorder_config();
     config.events = limits;
     let (jit_tx, jit_rx) = mpsc::channel();
@@ -140,12 +153,15 @@ fn record(
     };
     stop.store(true, Ordering::SeqCst);
     recorder.join().unwrap().unwrap();
+    done.session
+}
 
-    let reader = SpoolReader::open(&spool_dir, SpoolConfig::default()).unwrap();
+fn read_recorded(spool_dir: &std::path::Path, session: jitrec_format::SessionId) -> Recorded {
+    let reader = SpoolReader::open(spool_dir, SpoolConfig::default()).unwrap();
     let mut header = None;
     let mut events = Vec::new();
     let mut last_end = None;
-    for e in reader.pending(done.session).unwrap() {
+    for e in reader.pending(session).unwrap() {
         match reader.read(&e).unwrap() {
             Entry::Header { header: h, .. } => header = Some(h),
             Entry::Chunk {

@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stderr)]
 
 mod events;
+mod player;
 mod recorder;
 mod recorder_process;
 mod spool_crash;

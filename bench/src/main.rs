@@ -11,6 +11,9 @@
 //!
 //! `recorder-idle`: CPU and bytes per minute of recording an idle screen, against ffmpeg's
 //! x11grab on the same screen (see `recorder.rs`).
+//!
+//! `player-index`: list and text-search latency of the player's index (SQLite and PostgreSQL)
+//! filled with a million synthetic sessions (see `player.rs`).
 
 // A benchmark prints its figures; that is its whole output.
 #![allow(clippy::print_stdout, clippy::print_stderr)]
@@ -29,6 +32,7 @@ use jitrec_uploader::{LocalDirStore, ObjectStore, S3Store, Uploader, UploaderCon
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
+mod player;
 mod recorder;
 
 #[derive(Parser)]
@@ -44,6 +48,8 @@ enum Command {
     Uploader(UploaderArgs),
     /// CPU and storage of recording an idle (or `--typing`) screen, against ffmpeg.
     RecorderIdle(recorder::IdleArgs),
+    /// List and text-search latency of the player's index with many sessions, per backend.
+    PlayerIndex(player::PlayerIndexArgs),
 }
 
 #[derive(Args, Clone)]
@@ -73,6 +79,9 @@ async fn main() -> Result<()> {
         Command::Uploader(args) => uploader(args).await,
         Command::RecorderIdle(args) => {
             tokio::task::spawn_blocking(move || recorder::idle(args)).await?
+        }
+        Command::PlayerIndex(args) => {
+            tokio::task::spawn_blocking(move || player::run(args)).await?
         }
     }
 }

@@ -90,14 +90,7 @@ impl ChainVerifier {
 
     /// Accepts the next chunk manifest's stored bytes.
     pub fn push(&mut self, manifest_bytes: &[u8]) -> Result<ChunkManifest, ChainError> {
-        let m = ChunkManifest::from_bytes(manifest_bytes)?;
-        if m.session_id != self.header.session_id {
-            return Err(ChainError::WrongSession {
-                what: format!("chunk {}", m.seq),
-                expected: self.header.session_id,
-                found: m.session_id,
-            });
-        }
+        let m = self.parse_own(manifest_bytes)?;
         if m.seq != self.next_seq {
             return Err(ChainError::SeqGap {
                 expected: self.next_seq,
@@ -111,6 +104,28 @@ impl ChainVerifier {
                 found: m.prev,
             });
         }
+        self.accept(m, manifest_bytes)
+    }
+
+    /// Parses a manifest and checks it belongs to this session.
+    fn parse_own(&self, manifest_bytes: &[u8]) -> Result<ChunkManifest, ChainError> {
+        let m = ChunkManifest::from_bytes(manifest_bytes)?;
+        if m.session_id != self.header.session_id {
+            return Err(ChainError::WrongSession {
+                what: format!("chunk {}", m.seq),
+                expected: self.header.session_id,
+                found: m.session_id,
+            });
+        }
+        Ok(m)
+    }
+
+    /// Makes `m` the chain's head, if it does not start before the previous chunk ended.
+    fn accept(
+        &mut self,
+        m: ChunkManifest,
+        manifest_bytes: &[u8],
+    ) -> Result<ChunkManifest, ChainError> {
         if m.media_start_us < self.last_end {
             return Err(ChainError::TimeReversed {
                 seq: m.seq,
@@ -119,9 +134,24 @@ impl ChainVerifier {
             });
         }
         self.head = Sha256Digest::of(manifest_bytes);
-        self.next_seq += 1;
+        self.next_seq = m.seq + 1;
         self.last_end = m.media_end_us;
         Ok(m)
+    }
+
+    /// Re-anchors the chain at a manifest after a reported gap, so what follows the gap is still
+    /// linked chunk to chunk and the close record still checked. The manifest itself is only
+    /// checked for its session and for coming after the chunks already accepted: nothing can
+    /// vouch for its `prev`, which is why the caller must already have reported the gap.
+    pub fn resync(&mut self, manifest_bytes: &[u8]) -> Result<ChunkManifest, ChainError> {
+        let m = self.parse_own(manifest_bytes)?;
+        if m.seq < self.next_seq {
+            return Err(ChainError::SeqGap {
+                expected: self.next_seq,
+                found: m.seq,
+            });
+        }
+        self.accept(m, manifest_bytes)
     }
 
     /// Ends the chain at the stored close record's bytes.

@@ -139,9 +139,18 @@ pub struct StoredSession {
 
 /// Builds a valid, correctly chained session of `n` chunks.
 pub fn stored_session(session: SessionId, n: u64) -> StoredSession {
-    let header = header(session)
-        .to_bytes()
-        .expect("the fixture header is valid");
+    stored_session_with(header(session), n, events)
+}
+
+/// Builds a valid, correctly chained session of `n` chunks from `header`, with the events
+/// `events(seq)` gives each chunk (they must fall inside the chunk's 2 s).
+pub fn stored_session_with(
+    header: SessionHeader,
+    n: u64,
+    events: impl Fn(u64) -> Vec<Event>,
+) -> StoredSession {
+    let session = header.session_id;
+    let header = header.to_bytes().expect("the fixture header is valid");
     let mut prev = Sha256Digest::of(&header);
     let mut chunks = Vec::new();
     for seq in 0..n {

@@ -1,11 +1,21 @@
 //! The player: reads what the uploader put in the bucket, and answers for it.
 //!
-//! What exists today is integrity verification of stored sessions ([`verify`]) against a bucket
-//! kept as a local directory ([`store::LocalDir`]). The index, the HTTP API, the report view,
-//! export and retention come with their own issues; see ARCHITECTURE.md.
+//! - [`store`]: read access to the bucket (S3 or a local directory).
+//! - [`scan`]: reads one session incrementally and checks it (hash chain, payload hashes); the
+//!   one definition of a session's status.
+//! - [`verify`]: the command-line verdict built on a full scan.
+//! - [`index`]: the index (SQLite or PostgreSQL behind one trait) and its queries.
+//! - [`indexer`]: keeps the index up to date with the bucket.
+//! - [`api`]: the HTTP API (JSON, media with Range, HLS playlists).
+//! - [`export`]: one MP4 per session, remuxed without re-encoding.
 //!
 //! Invariant: the player reads only the bucket (never a spool), and the bucket is the source of
 //! truth: anything the player keeps can be rebuilt from it.
 
+pub mod api;
+pub mod export;
+pub mod index;
+pub mod indexer;
+pub mod scan;
 pub mod store;
 pub mod verify;

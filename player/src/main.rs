@@ -1,15 +1,21 @@
 //! `jitrec-player`: command-line entry point. Parses arguments and calls the library.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{Context, Result};
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 use jitrec_format::SessionId;
-use jitrec_player::store::LocalDir;
+use jitrec_player::export::{self, ExportOptions};
+use jitrec_player::index::{self, Index};
+use jitrec_player::indexer::{Indexer, IndexerConfig};
+use jitrec_player::store::{LocalDir, ObjectSource, S3Source};
 use jitrec_player::verify::{self, Verdict};
+use jitrec_uploader::S3Args;
 
-/// Reads recorded JIT sessions from the bucket: verifies them (more to come: index, report view,
-/// export, retention).
+/// Indexes recorded JIT sessions in the bucket, serves them over HTTP, verifies and exports them.
 #[derive(Parser)]
 #[command(version, about)]
 struct Cli {
@@ -17,16 +23,113 @@ struct Cli {
     command: Command,
 }
 
+/// Where the recordings are.
+#[derive(Args, Clone)]
+struct BucketArgs {
+    /// A bucket kept as a local directory (jitrec's embedded default store).
+    #[arg(
+        long,
+        value_name = "DIR",
+        conflicts_with = "s3_bucket",
+        default_value = "/var/lib/jitrec/bucket"
+    )]
+    bucket_dir: PathBuf,
+    /// Read an S3 bucket instead (the key needs s3:GetObject and s3:ListBucket).
+    #[command(flatten)]
+    s3: S3Args,
+}
+
+/// Where the index is.
+#[derive(Args, Clone)]
+struct IndexArgs {
+    /// A SQLite file, or a postgresql://user:password@host:port/db URL.
+    #[arg(
+        long,
+        value_name = "PATH|URL",
+        default_value = "/var/lib/jitrec/index.sqlite3"
+    )]
+    index: String,
+}
+
 #[derive(Subcommand)]
 enum Command {
+    /// Index the bucket continuously and serve the HTTP API.
+    Serve {
+        #[command(flatten)]
+        bucket: BucketArgs,
+        #[command(flatten)]
+        index: IndexArgs,
+        /// Address to listen on. There is no sign-in yet: keep it on loopback.
+        #[arg(long, default_value = "127.0.0.1:8480")]
+        listen: SocketAddr,
+        /// Seconds between index passes (a POST to /api/notify starts one at once).
+        #[arg(long, default_value_t = 1.0)]
+        interval: f64,
+        /// An unclosed session with nothing new for this many seconds is interrupted.
+        #[arg(long, default_value_t = 600)]
+        stale_after: u64,
+    },
+    /// Empty the index and rebuild it from the bucket.
+    Reindex {
+        #[command(flatten)]
+        bucket: BucketArgs,
+        #[command(flatten)]
+        index: IndexArgs,
+    },
+    /// Show sessions per status in the index.
+    Status {
+        #[command(flatten)]
+        index: IndexArgs,
+    },
     /// Verify sessions' hash chains and payload hashes. Exits 1 if any session is broken.
+    /// With --record, also updates the sessions' status in the index.
     Verify {
-        /// A bucket kept as a local directory (jitrec's embedded default store).
-        #[arg(long, value_name = "DIR")]
-        bucket_dir: PathBuf,
+        #[command(flatten)]
+        bucket: BucketArgs,
+        /// Record the result in this index (SQLite path or PostgreSQL URL).
+        #[arg(long, value_name = "PATH|URL")]
+        record: Option<String>,
         /// Sessions to verify (default: every session in the bucket).
         sessions: Vec<SessionId>,
     },
+    /// Export a session to MP4 (remuxed, not re-encoded).
+    Export {
+        #[command(flatten)]
+        bucket: BucketArgs,
+        session: SessionId,
+        /// The MP4 to write; a screen-size change continues in NAME.part2.mp4, ...
+        #[arg(short, long, value_name = "FILE")]
+        output: PathBuf,
+        /// Also write the events as JSON.
+        #[arg(long, value_name = "FILE")]
+        events: Option<PathBuf>,
+        /// Also write WebVTT chapters from window titles (for the first part).
+        #[arg(long, value_name = "FILE")]
+        chapters: Option<PathBuf>,
+        /// Export even if the session does not verify.
+        #[arg(long)]
+        allow_unverified: bool,
+    },
+}
+
+fn open_bucket(b: &BucketArgs, rt: &tokio::runtime::Runtime) -> Result<Arc<dyn ObjectSource>> {
+    Ok(match b.s3.config()? {
+        Some(c) => Arc::new(S3Source::new(c, rt.handle().clone())),
+        None => {
+            anyhow::ensure!(
+                b.bucket_dir.is_dir(),
+                "bucket directory {} does not exist",
+                b.bucket_dir.display()
+            );
+            Arc::new(LocalDir::new(&b.bucket_dir))
+        }
+    })
+}
+
+fn open_index(spec: &str) -> Result<Arc<dyn Index>> {
+    Ok(Arc::from(
+        index::open(spec).with_context(|| format!("opening the index {spec}"))?,
+    ))
 }
 
 fn main() -> Result<()> {
@@ -38,25 +141,83 @@ fn main() -> Result<()> {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
     match Cli::parse().command {
+        Command::Serve {
+            bucket,
+            index,
+            listen,
+            interval,
+            stale_after,
+        } => {
+            let src = open_bucket(&bucket, &rt)?;
+            let idx = open_index(&index.index)?;
+            let config = IndexerConfig {
+                interval: Duration::from_secs_f64(interval.clamp(0.05, 3600.0)),
+                stale_after: Duration::from_secs(stale_after),
+                ..IndexerConfig::default()
+            };
+            let indexer = Indexer::new(Arc::clone(&src), Arc::clone(&idx), config)
+                .context("starting the indexer")?;
+            let handle = indexer.handle();
+            let thread = std::thread::Builder::new()
+                .name("indexer".into())
+                .spawn(move || indexer.run())
+                .context("starting the indexer thread")?;
+            let app = jitrec_player::api::router(jitrec_player::api::AppState {
+                index: idx,
+                src: Arc::clone(&src),
+                indexer: handle.clone(),
+            });
+            rt.block_on(async {
+                let listener = tokio::net::TcpListener::bind(listen)
+                    .await
+                    .with_context(|| format!("listening on {listen}"))?;
+                tracing::info!(%listen, bucket = %src.describe(), "serving");
+                axum::serve(listener, app)
+                    .with_graceful_shutdown(async {
+                        let _ = tokio::signal::ctrl_c().await;
+                    })
+                    .await
+                    .context("serving HTTP")
+            })?;
+            handle.stop();
+            thread
+                .join()
+                .map_err(|_| anyhow::anyhow!("the indexer thread panicked"))?;
+            Ok(())
+        }
+        Command::Reindex { bucket, index } => {
+            let src = open_bucket(&bucket, &rt)?;
+            let idx = open_index(&index.index)?;
+            let mut indexer = Indexer::new(src, Arc::clone(&idx), IndexerConfig::default())?;
+            let n = indexer.reindex().context("reindexing")?;
+            println!("{n} sessions indexed");
+            print_counts(idx.as_ref())
+        }
+        Command::Status { index } => print_counts(open_index(&index.index)?.as_ref()),
         Command::Verify {
-            bucket_dir,
+            bucket,
+            record,
             sessions,
         } => {
-            anyhow::ensure!(
-                bucket_dir.is_dir(),
-                "bucket directory {} does not exist",
-                bucket_dir.display()
-            );
-            let store = LocalDir::new(&bucket_dir);
+            let src = open_bucket(&bucket, &rt)?;
+            let idx = record.as_deref().map(open_index).transpose()?;
             let sessions = if sessions.is_empty() {
-                verify::sessions(&store).context("listing the bucket")?
+                verify::sessions(src.as_ref()).context("listing the bucket")?
             } else {
                 sessions
             };
             let mut broken = 0;
             for s in &sessions {
-                let report = verify::verify_session(&store, *s)?;
+                let report = match &idx {
+                    Some(i) => verify::verify_and_record(src.as_ref(), i.as_ref(), *s)?,
+                    None => verify::verify_session(src.as_ref(), *s)?,
+                };
                 println!("{report}");
                 broken += usize::from(report.verdict == Verdict::Broken);
             }
@@ -66,5 +227,58 @@ fn main() -> Result<()> {
             }
             Ok(())
         }
+        Command::Export {
+            bucket,
+            session,
+            output,
+            events,
+            chapters,
+            allow_unverified,
+        } => {
+            let src = open_bucket(&bucket, &rt)?;
+            let done = export::export(
+                src.as_ref(),
+                session,
+                &output,
+                &ExportOptions { allow_unverified },
+            )?;
+            println!("{}", done.report);
+            for p in &done.parts {
+                println!(
+                    "wrote {}: {}x{}, {} frames, {:.3} s, from session time {:.3} s",
+                    p.path.display(),
+                    p.width,
+                    p.height,
+                    p.frames,
+                    p.duration_us as f64 / 1e6,
+                    p.starts_at_us as f64 / 1e6
+                );
+            }
+            if let Some(path) = events {
+                export::write_events_json(&done.events, &path)?;
+                println!("wrote {} ({} events)", path.display(), done.events.len());
+            }
+            if let (Some(path), Some(first)) = (chapters, done.parts.first()) {
+                let vtt = export::webvtt_chapters(
+                    &done.events,
+                    first.starts_at_us,
+                    first.starts_at_us + first.duration_us,
+                );
+                std::fs::write(&path, vtt)
+                    .with_context(|| format!("writing {}", path.display()))?;
+                println!("wrote {}", path.display());
+            }
+            Ok(())
+        }
     }
+}
+
+fn print_counts(idx: &dyn Index) -> Result<()> {
+    let counts = idx.counts()?;
+    let total: u64 = counts.iter().map(|(_, n)| n).sum();
+    println!("index ({}): {total} sessions", idx.backend());
+    for (s, n) in counts {
+        println!("  {s:<12} {n}");
+    }
+    Ok(())
 }

@@ -1,11 +1,16 @@
-//! Read access to a bucket. One trait so verification (and later the indexer) runs the same
-//! against S3 and against the local-directory store that is jitrec's embedded default.
+//! Read access to a bucket. One trait so verification, the indexer and the media endpoints run
+//! the same against S3 ([`S3Source`]) and against the local-directory store that is jitrec's
+//! embedded default ([`LocalDir`]).
+//!
+//! The trait is synchronous: its callers are the indexer's thread, command-line tools and
+//! `spawn_blocking` tasks of the HTTP server. The S3 implementation drives the async SDK on a
+//! runtime handle it is given.
 
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 
-use jitrec_format::ObjectKey;
+use jitrec_format::{LAYOUT_PREFIX, ObjectKey};
 
 /// Why an object could not be read.
 #[derive(Debug, thiserror::Error)]
@@ -18,11 +23,26 @@ pub struct StoreError {
 }
 
 /// Read-only view of a bucket.
-pub trait ObjectSource {
+pub trait ObjectSource: Send + Sync {
     /// The object's bytes, `None` if there is no such object.
     fn get(&self, key: &ObjectKey) -> Result<Option<Vec<u8>>, StoreError>;
+    /// Every key under `prefix` that sorts after `start_after`, sorted.
+    fn list_after(
+        &self,
+        prefix: &str,
+        start_after: Option<&str>,
+    ) -> Result<Vec<String>, StoreError>;
+    /// The names one level below [`LAYOUT_PREFIX`] (one per session, normally a session id) that
+    /// sort after `start_after`, sorted. One entry per session, not per object, so discovering
+    /// new sessions costs one listing entry each.
+    fn list_sessions(&self, start_after: Option<&str>) -> Result<Vec<String>, StoreError>;
+    /// Where the objects come from, for logs.
+    fn describe(&self) -> String;
+
     /// Every key under `prefix`, sorted.
-    fn list(&self, prefix: &str) -> Result<Vec<String>, StoreError>;
+    fn list(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
+        self.list_after(prefix, None)
+    }
 }
 
 /// A bucket kept as a directory: the object `a/b/c` is the file `<root>/a/b/c`. Names starting
@@ -58,7 +78,11 @@ impl ObjectSource for LocalDir {
         }
     }
 
-    fn list(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
+    fn list_after(
+        &self,
+        prefix: &str,
+        start_after: Option<&str>,
+    ) -> Result<Vec<String>, StoreError> {
         fn walk(dir: &Path, rel: &str, out: &mut Vec<String>) -> Result<(), StoreError> {
             let entries = match fs::read_dir(dir) {
                 Ok(e) => e,
@@ -99,8 +123,188 @@ impl ObjectSource for LocalDir {
             format!("{dir_part}/")
         };
         walk(&self.root.join(dir_part), &rel, &mut out)?;
-        out.retain(|k| k.starts_with(prefix));
+        out.retain(|k| k.starts_with(prefix) && start_after.is_none_or(|a| k.as_str() > a));
         out.sort();
         Ok(out)
+    }
+
+    fn list_sessions(&self, start_after: Option<&str>) -> Result<Vec<String>, StoreError> {
+        let dir = self.root.join(LAYOUT_PREFIX);
+        let err = |source| StoreError {
+            op: "list",
+            key: LAYOUT_PREFIX.to_owned(),
+            source,
+        };
+        let entries = match fs::read_dir(&dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(err(e)),
+        };
+        let mut out = Vec::new();
+        for e in entries {
+            let name = e.map_err(err)?.file_name().to_string_lossy().into_owned();
+            if !name.starts_with('.') && start_after.is_none_or(|a| name.as_str() > a) {
+                out.push(name);
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    fn describe(&self) -> String {
+        format!("directory {}", self.root.display())
+    }
+}
+
+/// A bucket on an S3-compatible server, read with `GetObject` and `ListObjectsV2` (the player's
+/// credentials need `s3:GetObject` and `s3:ListBucket`, nothing more).
+#[derive(Debug, Clone)]
+pub struct S3Source {
+    client: aws_sdk_s3::Client,
+    bucket: String,
+    prefix: String,
+    runtime: tokio::runtime::Handle,
+}
+
+impl S3Source {
+    /// Reads the bucket `config` names, with the same client settings (TLS, timeouts, no SDK
+    /// retries) the uploader uses. Calls are driven on `runtime`; they must not be made from one
+    /// of its async tasks (use `spawn_blocking` or a plain thread).
+    pub fn new(config: jitrec_uploader::S3Config, runtime: tokio::runtime::Handle) -> Self {
+        let bucket = config.bucket.clone();
+        let prefix = config.prefix.clone();
+        let store = jitrec_uploader::S3Store::new(config);
+        Self {
+            client: store.client().clone(),
+            bucket,
+            prefix,
+            runtime,
+        }
+    }
+
+    fn error(op: &'static str, key: &str, e: impl std::fmt::Display) -> StoreError {
+        StoreError {
+            op,
+            key: key.to_owned(),
+            source: io::Error::other(e.to_string()),
+        }
+    }
+
+    /// One `ListObjectsV2` walk with continuation tokens: keys (and, with a delimiter, common
+    /// prefixes) under `prefix` after `start_after`, both without the operator prefix.
+    fn list_v2(
+        &self,
+        prefix: &str,
+        start_after: Option<&str>,
+        delimiter: Option<&str>,
+    ) -> Result<(Vec<String>, Vec<String>), StoreError> {
+        use aws_sdk_s3::error::ProvideErrorMetadata;
+        let full = format!("{}{prefix}", self.prefix);
+        let strip = |k: &str| k.strip_prefix(self.prefix.as_str()).map(str::to_owned);
+        self.runtime.block_on(async {
+            let (mut keys, mut prefixes) = (Vec::new(), Vec::new());
+            let mut token = None;
+            loop {
+                let mut req = self
+                    .client
+                    .list_objects_v2()
+                    .bucket(&self.bucket)
+                    .prefix(&full)
+                    .set_continuation_token(token.take());
+                if let Some(a) = start_after {
+                    req = req.start_after(format!("{}{a}", self.prefix));
+                }
+                if let Some(d) = delimiter {
+                    req = req.delimiter(d);
+                }
+                let out = req.send().await.map_err(|e| {
+                    let msg = match (e.code(), e.message()) {
+                        (Some(c), Some(m)) => format!("{c}: {m}"),
+                        (Some(c), None) => c.to_owned(),
+                        _ => aws_sdk_s3::error::DisplayErrorContext(&e).to_string(),
+                    };
+                    Self::error("list", &full, msg)
+                })?;
+                keys.extend(
+                    out.contents()
+                        .iter()
+                        .filter_map(|o| o.key().and_then(strip)),
+                );
+                prefixes.extend(
+                    out.common_prefixes()
+                        .iter()
+                        .filter_map(|p| p.prefix().and_then(strip)),
+                );
+                match out.next_continuation_token() {
+                    Some(t) if out.is_truncated() == Some(true) => token = Some(t.to_owned()),
+                    _ => break,
+                }
+            }
+            Ok((keys, prefixes))
+        })
+    }
+}
+
+impl ObjectSource for S3Source {
+    fn get(&self, key: &ObjectKey) -> Result<Option<Vec<u8>>, StoreError> {
+        use aws_sdk_s3::error::SdkError;
+        let key = key.to_string();
+        let full = format!("{}{key}", self.prefix);
+        self.runtime.block_on(async {
+            match self
+                .client
+                .get_object()
+                .bucket(&self.bucket)
+                .key(&full)
+                .send()
+                .await
+            {
+                Ok(out) => {
+                    let body = out
+                        .body
+                        .collect()
+                        .await
+                        .map_err(|e| Self::error("read", &key, e))?;
+                    Ok(Some(body.into_bytes().to_vec()))
+                }
+                Err(SdkError::ServiceError(e)) if e.err().is_no_such_key() => Ok(None),
+                Err(e) => Err(Self::error(
+                    "read",
+                    &key,
+                    aws_sdk_s3::error::DisplayErrorContext(&e),
+                )),
+            }
+        })
+    }
+
+    fn list_after(
+        &self,
+        prefix: &str,
+        start_after: Option<&str>,
+    ) -> Result<Vec<String>, StoreError> {
+        Ok(self.list_v2(prefix, start_after, None)?.0)
+    }
+
+    fn list_sessions(&self, start_after: Option<&str>) -> Result<Vec<String>, StoreError> {
+        // `~` sorts after every character of the layout's object names, so this skips every
+        // object of the session named `start_after` itself.
+        let after = start_after.map(|a| format!("{LAYOUT_PREFIX}{a}/~"));
+        let (keys, prefixes) = self.list_v2(LAYOUT_PREFIX, after.as_deref(), Some("/"))?;
+        let mut out: Vec<String> = prefixes
+            .iter()
+            .filter_map(|p| p.strip_prefix(LAYOUT_PREFIX)?.strip_suffix('/'))
+            // Objects directly under the layout prefix (not in a session) are reported by their
+            // name, as a session name would be, so the indexer flags them as outside the layout.
+            .chain(keys.iter().filter_map(|k| k.strip_prefix(LAYOUT_PREFIX)))
+            .filter(|n| start_after.is_none_or(|a| *n > a))
+            .map(str::to_owned)
+            .collect();
+        out.sort();
+        out.dedup();
+        Ok(out)
+    }
+
+    fn describe(&self) -> String {
+        format!("s3://{}/{}", self.bucket, self.prefix)
     }
 }

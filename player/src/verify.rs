@@ -1,16 +1,19 @@
 //! Integrity verification of a stored session: the hash chain from header to close record, and
 //! every payload (video, events, init segment) against the manifest that names it.
 //!
-//! The verdict is one of three words a reviewer can act on, with the precise problems behind it:
+//! The checking itself is [`crate::scan::SessionScan`], the same code that derives the status
+//! the index shows. The verdict is one of three words a reviewer can act on, with the precise
+//! problems behind it:
 //! **intact** (closed, chain unbroken, every payload matches), **open** (no close record yet,
 //! but everything so far is intact: still recording or uploading), **broken** (something is
 //! missing, altered, reordered or forged; each problem names the chunk and what differs).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::fmt;
 
-use jitrec_format::{ChainVerifier, ObjectKey, SessionClose, SessionId};
+use jitrec_format::{ObjectKey, SessionClose, SessionId};
 
+use crate::scan::{SessionScan, Status};
 use crate::store::{ObjectSource, StoreError};
 
 /// The overall result for one session.
@@ -26,6 +29,8 @@ pub enum Verdict {
 pub struct Report {
     pub session: SessionId,
     pub verdict: Verdict,
+    /// The status the index shows for the session (for an open session, as if still arriving).
+    pub status: Status,
     /// Chunks whose link and payloads were checked and found good.
     pub chunks_verified: u64,
     /// The close record, when present and consistent with the chain.
@@ -64,130 +69,78 @@ impl fmt::Display for Report {
 
 /// Verifies one session. Only a failure to read the bucket is an `Err`; everything wrong with
 /// the session itself is in the report.
-pub fn verify_session(src: &impl ObjectSource, session: SessionId) -> Result<Report, StoreError> {
-    let mut problems = Vec::new();
-    let mut manifests = BTreeSet::new();
-    for key in src.list(&ObjectKey::session_prefix(session))? {
-        match ObjectKey::parse(&key) {
-            Ok(ObjectKey::ChunkManifest(_, n)) => {
-                manifests.insert(n);
+pub fn verify_session(src: &dyn ObjectSource, session: SessionId) -> Result<Report, StoreError> {
+    let mut scan = SessionScan::new(session);
+    scan.advance(src, true, &mut Vec::new())?;
+    Ok(report(&scan))
+}
+
+/// Verifies one session and records the result in the index, so the status shown everywhere
+/// reflects the bucket as it is now (tampering after indexing included). A session that verifies
+/// clean loses an earlier tampered or gap status; one still arriving keeps the indexer's view
+/// (recording or interrupted).
+pub fn verify_and_record(
+    src: &dyn ObjectSource,
+    index: &dyn crate::index::Index,
+    session: SessionId,
+) -> Result<Report, VerifyError> {
+    let mut scan = SessionScan::new(session);
+    scan.advance(src, true, &mut Vec::new())?;
+    let report = report(&scan);
+    if let Some(mut row) = index.session(session)? {
+        let problems = scan.problems().to_vec();
+        let status = if problems.is_empty() {
+            match row.status {
+                Status::Tampered | Status::Gap => report.status,
+                s => s,
             }
-            Ok(_) => {}
-            Err(e) => problems.push(e.to_string()),
+        } else {
+            report.status
+        };
+        if status != row.status || problems != row.problems {
+            tracing::info!(%session, from = %row.status, to = %status, "verify changed the session's status");
+            row.status = status;
+            row.problems = problems;
+            index.apply(&crate::index::Batch {
+                sessions: vec![row],
+                ..Default::default()
+            })?;
         }
     }
-    let mut report = Report {
-        session,
-        verdict: Verdict::Broken,
-        chunks_verified: 0,
-        close: None,
-        problems: Vec::new(),
-    };
-    let Some(header) = src.get(&ObjectKey::SessionHeader(session))? else {
-        problems.push("the session header is missing".into());
-        report.problems = problems;
-        return Ok(report);
-    };
-    let mut chain = match ChainVerifier::new(&header) {
-        Ok(c) => c,
-        Err(e) => {
-            problems.push(format!("session header: {e}"));
-            report.problems = problems;
-            return Ok(report);
-        }
-    };
-    let mut init_digests = BTreeMap::new();
-    let mut chain_ok = true;
-    for &seq in &manifests {
-        let key = ObjectKey::ChunkManifest(session, seq);
-        let Some(bytes) = src.get(&key)? else {
-            problems.push(format!("chunk {seq}: manifest vanished while verifying"));
-            chain_ok = false;
-            break;
-        };
-        let m = match chain.push(&bytes) {
-            Ok(m) => m,
-            Err(e) => {
-                // Past a break the chain cannot vouch for anything, so stop here.
-                problems.push(e.to_string());
-                chain_ok = false;
-                break;
-            }
-        };
-        let mut chunk_ok = true;
-        for (what, key) in [
-            ("video segment", ObjectKey::ChunkVideo(session, seq)),
-            ("events", ObjectKey::ChunkEvents(session, seq)),
-        ] {
-            match src.get(&key)? {
-                None => {
-                    problems.push(format!("chunk {seq}: {what} is missing ({key})"));
-                    chunk_ok = false;
-                }
-                Some(b) => {
-                    let r = if what == "events" {
-                        m.verify_events(&b)
-                    } else {
-                        m.verify_video(&b)
-                    };
-                    if let Err(e) = r {
-                        problems.push(format!("chunk {seq}: {e}"));
-                        chunk_ok = false;
-                    }
-                }
-            }
-        }
-        let init = match init_digests.get(&m.init.id) {
-            Some(r) => Some(r),
-            None => {
-                let got = src.get(&ObjectKey::Init(session, m.init.id))?;
-                init_digests.insert(m.init.id, got);
-                init_digests.get(&m.init.id)
-            }
-        };
-        match init.and_then(|b| b.as_ref()) {
-            None => {
-                problems.push(format!(
-                    "chunk {seq}: init segment {} is missing",
-                    m.init.id
-                ));
-                chunk_ok = false;
-            }
-            Some(b) => {
-                if let Err(e) = m.verify_init(b) {
-                    problems.push(format!("chunk {seq}: {e}"));
-                    chunk_ok = false;
-                }
-            }
-        }
-        if chunk_ok {
-            report.chunks_verified += 1;
-        }
-    }
-    let close = src.get(&ObjectKey::SessionClosed(session))?;
-    report.verdict = match (chain_ok, close) {
-        (false, _) => Verdict::Broken,
-        (true, None) => Verdict::Open,
-        (true, Some(c)) => match chain.finish(&c) {
-            Ok(c) => {
-                report.close = Some(c);
-                Verdict::Intact
-            }
-            Err(e) => {
-                problems.push(e.to_string());
-                Verdict::Broken
-            }
-        },
-    };
-    if !problems.is_empty() {
-        report.verdict = Verdict::Broken;
-    }
-    report.problems = problems;
     Ok(report)
 }
 
+/// Why a verification could not be completed (not: what it found wrong).
+#[derive(Debug, thiserror::Error)]
+pub enum VerifyError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Index(#[from] crate::index::IndexError),
+}
+
+/// The report of a finished scan.
+pub fn report(scan: &SessionScan) -> Report {
+    let problems: Vec<String> = scan.problems().iter().map(|p| p.message.clone()).collect();
+    let verdict = if !problems.is_empty() {
+        Verdict::Broken
+    } else if scan.is_closed() {
+        Verdict::Intact
+    } else {
+        Verdict::Open
+    };
+    Report {
+        session: scan.session(),
+        verdict,
+        status: scan.status(false),
+        chunks_verified: scan.chunks_verified(),
+        close: scan.close().cloned(),
+        problems,
+    }
+}
+
 /// Sessions present in the bucket (by their header or any other object), oldest first.
-pub fn sessions(src: &impl ObjectSource) -> Result<Vec<SessionId>, StoreError> {
+pub fn sessions(src: &dyn ObjectSource) -> Result<Vec<SessionId>, StoreError> {
     let mut out = BTreeSet::new();
     for key in src.list(jitrec_format::LAYOUT_PREFIX)? {
         if let Ok(k) = ObjectKey::parse(&key) {
@@ -274,6 +227,11 @@ mod tests {
             r.problems[0].contains("expected chunk 2, found chunk 3"),
             "{r}"
         );
+        // A whole chunk missing is a gap; the chain is re-anchored after it, so chunk 3 and the
+        // close record are still checked.
+        assert_eq!(r.problems.len(), 1, "{r}");
+        assert_eq!(r.status, Status::Gap);
+        assert_eq!(r.chunks_verified, 3);
 
         let (t, dir, s) = store(5, 4, true);
         let a = t.path().join(ObjectKey::ChunkManifest(s, 1).to_string());
@@ -284,9 +242,10 @@ mod tests {
         let r = verify_session(&dir, s).unwrap();
         assert_eq!(r.verdict, Verdict::Broken);
         assert!(
-            r.problems[0].contains("expected chunk 1, found chunk 2"),
+            r.problems[0].contains("chunk 1: the manifest stored for it is chunk 2"),
             "{r}"
         );
+        assert_eq!(r.status, Status::Tampered);
 
         let (t, dir, s) = store(6, 2, true);
         fs::write(

@@ -6,6 +6,8 @@
 //! session end to end with the format's own chain verifier.
 
 pub mod faultproxy;
+pub mod http;
+pub mod postgres;
 pub mod seaweed;
 pub mod xvfb;
 

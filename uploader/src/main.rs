@@ -11,8 +11,7 @@ use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 use jitrec_spool::SpoolInspector;
 use jitrec_uploader::{
-    DEFAULT_CONCURRENCY, LocalDirStore, ObjectStore, S3Config, S3Store, StaticCredentials,
-    Uploader, UploaderConfig,
+    DEFAULT_CONCURRENCY, LocalDirStore, ObjectStore, S3Args, S3Store, Uploader, UploaderConfig,
 };
 use tokio_util::sync::CancellationToken;
 
@@ -50,22 +49,8 @@ struct RunArgs {
         conflicts_with = "s3_bucket"
     )]
     local_dir: Option<PathBuf>,
-    /// Store objects in this S3 bucket. Credentials come from AWS_ACCESS_KEY_ID,
-    /// AWS_SECRET_ACCESS_KEY (and AWS_SESSION_TOKEN); the key needs only s3:PutObject.
-    #[arg(long, value_name = "BUCKET")]
-    s3_bucket: Option<String>,
-    /// S3 endpoint URL, e.g. https://s3.example.com (default: AWS).
-    #[arg(long, value_name = "URL", requires = "s3_bucket")]
-    s3_endpoint: Option<String>,
-    /// S3 region.
-    #[arg(long, default_value = "us-east-1", requires = "s3_bucket")]
-    s3_region: String,
-    /// Prefix for every object key, e.g. "jitrec/".
-    #[arg(long, default_value = "", requires = "s3_bucket")]
-    s3_prefix: String,
-    /// Use virtual-hosted-style addressing (bucket.endpoint) instead of path style.
-    #[arg(long, requires = "s3_bucket")]
-    s3_virtual_hosted: bool,
+    #[command(flatten)]
+    s3: S3Args,
     /// Abandon and retry an S3 request attempt after this many seconds.
     #[arg(long, default_value_t = 60, value_name = "SECONDS")]
     attempt_timeout: u64,
@@ -101,17 +86,9 @@ pub(crate) async fn main() -> Result<()> {
             );
             Ok(())
         }
-        Command::Run(args) => match (&args.local_dir, &args.s3_bucket) {
+        Command::Run(args) => match (&args.local_dir, args.s3.config()?) {
             (Some(dir), _) => run(LocalDirStore::new(dir), &args).await,
-            (None, Some(bucket)) => {
-                let credentials = StaticCredentials::from_env().context(
-                    "S3 credentials missing: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY",
-                )?;
-                let mut config = S3Config::new(bucket, credentials);
-                config.endpoint = args.s3_endpoint.clone();
-                config.region = args.s3_region.clone();
-                config.prefix = args.s3_prefix.clone();
-                config.path_style = !args.s3_virtual_hosted;
+            (None, Some(mut config)) => {
                 config.attempt_timeout = Duration::from_secs(args.attempt_timeout.max(1));
                 run(S3Store::new(config), &args).await
             }

@@ -97,6 +97,51 @@ impl S3Config {
     }
 }
 
+/// Command-line options naming an S3 bucket, shared by `jitrec-uploader` and `jitrec-player`
+/// so both spell them alike. Credentials come from the environment, never from arguments
+/// (which other local users can read in the process list).
+#[derive(Debug, Clone, clap::Args)]
+pub struct S3Args {
+    /// Use this S3 bucket. Credentials come from AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY (and
+    /// AWS_SESSION_TOKEN).
+    #[arg(long, value_name = "BUCKET")]
+    pub s3_bucket: Option<String>,
+    /// S3 endpoint URL, e.g. https://s3.example.com (default: AWS).
+    #[arg(long, value_name = "URL", requires = "s3_bucket")]
+    pub s3_endpoint: Option<String>,
+    /// S3 region.
+    #[arg(long, default_value = "us-east-1", requires = "s3_bucket")]
+    pub s3_region: String,
+    /// Prefix for every object key, e.g. "jitrec/".
+    #[arg(long, default_value = "", requires = "s3_bucket")]
+    pub s3_prefix: String,
+    /// Use virtual-hosted-style addressing (bucket.endpoint) instead of path style.
+    #[arg(long, requires = "s3_bucket")]
+    pub s3_virtual_hosted: bool,
+}
+
+/// Why [`S3Args::config`] could not build settings.
+#[derive(Debug, thiserror::Error)]
+#[error("S3 credentials missing: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY")]
+pub struct MissingCredentials;
+
+impl S3Args {
+    /// The settings these options name with credentials from the environment; `None` when no
+    /// bucket was given.
+    pub fn config(&self) -> Result<Option<S3Config>, MissingCredentials> {
+        let Some(bucket) = &self.s3_bucket else {
+            return Ok(None);
+        };
+        let credentials = StaticCredentials::from_env().ok_or(MissingCredentials)?;
+        let mut c = S3Config::new(bucket, credentials);
+        c.endpoint = self.s3_endpoint.clone();
+        c.region = self.s3_region.clone();
+        c.prefix = self.s3_prefix.clone();
+        c.path_style = !self.s3_virtual_hosted;
+        Ok(Some(c))
+    }
+}
+
 /// A bucket on an S3-compatible server.
 #[derive(Debug, Clone)]
 pub struct S3Store {

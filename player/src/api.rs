@@ -1,0 +1,524 @@
+//! The HTTP API (axum, JSON) the report view and other tools use.
+//!
+//! ```text
+//! GET  /api/sessions                    list: user, machine, company, location, computer,
+//!                                       from, to (RFC 3339), status, q (text), after, limit
+//! GET  /api/sessions/{id}               one session with its init segments, chunks, events
+//! GET  /api/sessions/{id}/init/{n}.mp4  init segment        (Range supported)
+//! GET  /api/sessions/{id}/chunks/{n}.m4s media segment      (Range supported)
+//! GET  /api/sessions/{id}/playlist.m3u8 HLS (fMP4) playlist
+//! POST /api/sessions/{id}/verify        re-check the session in the bucket, update its status
+//! POST /api/notify                      fast path: `{"session": id}` or empty, index now
+//! GET  /api/status                      indexer progress and sessions per status
+//! ```
+//!
+//! Media is served from the bucket, but only for chunks and init segments the index knows, so
+//! the API cannot be used to read arbitrary objects. The index and the bucket are blocking
+//! APIs; every handler reaches them through `spawn_blocking`.
+//!
+//! There is no sign-in yet (the report view's issue adds it): `serve` listens on 127.0.0.1 by
+//! default for that reason.
+
+use std::fmt::Write as _;
+use std::sync::Arc;
+
+use axum::Json;
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Path, Query as QueryParams, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use chrono::{DateTime, Utc};
+use jitrec_format::{ObjectKey, SessionId};
+use serde::{Deserialize, Serialize};
+
+use crate::index::{ChunkRow, EventRow, Index, InitRow, MAX_PAGE, Query, SessionRow};
+use crate::indexer::{IndexerHandle, IndexerStats};
+use crate::store::ObjectSource;
+
+/// What every handler shares.
+#[derive(Clone)]
+pub struct AppState {
+    pub index: Arc<dyn Index>,
+    pub src: Arc<dyn ObjectSource>,
+    pub indexer: IndexerHandle,
+}
+
+/// The API's routes.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/api/sessions", get(list))
+        .route("/api/sessions/{id}", get(session))
+        .route("/api/sessions/{id}/init/{name}", get(init_segment))
+        .route("/api/sessions/{id}/chunks/{name}", get(media_segment))
+        .route("/api/sessions/{id}/playlist.m3u8", get(playlist))
+        .route("/api/sessions/{id}/verify", post(verify))
+        .route("/api/notify", post(notify))
+        .route("/api/status", get(status))
+        .with_state(state)
+}
+
+/// An error answered as `{"error": "..."}` with a status code.
+#[derive(Debug)]
+pub struct ApiError(StatusCode, String);
+
+impl ApiError {
+    fn bad_request(m: impl Into<String>) -> Self {
+        Self(StatusCode::BAD_REQUEST, m.into())
+    }
+    fn not_found(m: impl Into<String>) -> Self {
+        Self(StatusCode::NOT_FOUND, m.into())
+    }
+    fn internal(e: impl std::fmt::Display) -> Self {
+        tracing::warn!(error = %e, "API request failed");
+        Self(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.0, Json(serde_json::json!({ "error": self.1 }))).into_response()
+    }
+}
+
+/// Runs blocking index/bucket work off the async workers.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(ApiError::internal)?
+}
+
+fn session_id(s: &str) -> Result<SessionId, ApiError> {
+    s.parse()
+        .map_err(|e| ApiError::bad_request(format!("session id {s:?}: {e}")))
+}
+
+/// Query parameters of the session list.
+#[derive(Debug, Default, Deserialize)]
+pub struct ListParams {
+    pub user: Option<String>,
+    pub machine: Option<String>,
+    pub company: Option<String>,
+    pub location: Option<String>,
+    pub computer: Option<String>,
+    pub from: Option<String>,
+    pub to: Option<String>,
+    pub status: Option<String>,
+    pub q: Option<String>,
+    pub after: Option<String>,
+    pub limit: Option<u32>,
+}
+
+impl ListParams {
+    fn query(self) -> Result<Query, ApiError> {
+        let time = |name: &str, v: Option<String>| -> Result<Option<DateTime<Utc>>, ApiError> {
+            v.filter(|s| !s.is_empty())
+                .map(|s| {
+                    DateTime::parse_from_rfc3339(&s)
+                        .map(|t| t.with_timezone(&Utc))
+                        .map_err(|e| {
+                            ApiError::bad_request(format!(
+                                "{name} {s:?} is not an RFC 3339 time: {e}"
+                            ))
+                        })
+                })
+                .transpose()
+        };
+        let nonempty = |v: Option<String>| v.filter(|s| !s.is_empty());
+        Ok(Query {
+            user: nonempty(self.user),
+            machine: nonempty(self.machine),
+            company: nonempty(self.company),
+            location: nonempty(self.location),
+            computer: nonempty(self.computer),
+            from: time("from", self.from)?,
+            to: time("to", self.to)?,
+            status: nonempty(self.status)
+                .map(|s| {
+                    crate::scan::Status::parse(&s).ok_or_else(|| {
+                        ApiError::bad_request(format!(
+                            "status {s:?}: expected recording, complete, gap, interrupted or tampered"
+                        ))
+                    })
+                })
+                .transpose()?,
+            text: nonempty(self.q),
+            after: nonempty(self.after).map(|a| session_id(&a)).transpose()?,
+            limit: self.limit.unwrap_or(50).clamp(1, MAX_PAGE),
+        })
+    }
+}
+
+async fn list(
+    State(st): State<AppState>,
+    QueryParams(p): QueryParams<ListParams>,
+) -> Result<Response, ApiError> {
+    let q = p.query()?;
+    let page = blocking(move || st.index.list(&q).map_err(ApiError::internal)).await?;
+    Ok(Json(page).into_response())
+}
+
+/// One session, as `GET /api/sessions/{id}` answers.
+#[derive(Debug, Serialize)]
+pub struct SessionDetail {
+    pub session: SessionRow,
+    pub inits: Vec<InitRow>,
+    pub chunks: Vec<ChunkRow>,
+    pub events: Vec<EventRow>,
+}
+
+async fn session(State(st): State<AppState>, Path(id): Path<String>) -> Result<Response, ApiError> {
+    let id = session_id(&id)?;
+    let d = blocking(move || {
+        let session = st
+            .index
+            .session(id)
+            .map_err(ApiError::internal)?
+            .ok_or_else(|| ApiError::not_found(format!("no session {id} in the index")))?;
+        Ok(SessionDetail {
+            session,
+            inits: st.index.inits(id).map_err(ApiError::internal)?,
+            chunks: st.index.chunks(id).map_err(ApiError::internal)?,
+            events: st.index.events(id).map_err(ApiError::internal)?,
+        })
+    })
+    .await?;
+    Ok(Json(d).into_response())
+}
+
+fn number(name: &str, ext: &str) -> Result<u64, ApiError> {
+    name.strip_suffix(ext)
+        .and_then(|n| n.parse().ok())
+        .ok_or_else(|| ApiError::not_found(format!("{name}: expected <number>{ext}")))
+}
+
+async fn init_segment(
+    State(st): State<AppState>,
+    Path((id, name)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let id = session_id(&id)?;
+    let n = number(&name, ".mp4")?;
+    if !known(&st, ObjectKey::Init(id, n)).await? {
+        return Err(ApiError::not_found(format!(
+            "session {id} has no init segment {n}"
+        )));
+    }
+    serve_object(st, ObjectKey::Init(id, n), &headers).await
+}
+
+async fn media_segment(
+    State(st): State<AppState>,
+    Path((id, name)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let id = session_id(&id)?;
+    let n = number(&name, ".m4s")?;
+    if !known(&st, ObjectKey::ChunkVideo(id, n)).await? {
+        return Err(ApiError::not_found(format!(
+            "session {id} has no chunk {n}"
+        )));
+    }
+    serve_object(st, ObjectKey::ChunkVideo(id, n), &headers).await
+}
+
+async fn known(st: &AppState, key: ObjectKey) -> Result<bool, ApiError> {
+    let index = Arc::clone(&st.index);
+    blocking(move || index.knows(key).map_err(ApiError::internal)).await
+}
+
+/// Serves an object's bytes, honouring a single `Range` (browsers fetch media by range).
+async fn serve_object(
+    st: AppState,
+    key: ObjectKey,
+    headers: &HeaderMap,
+) -> Result<Response, ApiError> {
+    let bytes = blocking(move || st.src.get(&key).map_err(ApiError::internal))
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("{key} is missing from the bucket")))?;
+    let range = headers
+        .get(header::RANGE)
+        .and_then(|v| v.to_str().ok())
+        .map(|r| parse_range(r, bytes.len() as u64));
+    let mut resp = match range {
+        None | Some(RangeAnswer::Whole) => Response::new(Body::from(bytes)),
+        Some(RangeAnswer::Part(a, b)) => {
+            let total = bytes.len();
+            let part = bytes[a as usize..=b as usize].to_vec();
+            let mut r = Response::new(Body::from(part));
+            *r.status_mut() = StatusCode::PARTIAL_CONTENT;
+            r.headers_mut().insert(
+                header::CONTENT_RANGE,
+                header_value(&format!("bytes {a}-{b}/{total}")),
+            );
+            r
+        }
+        Some(RangeAnswer::Unsatisfiable) => {
+            let mut r = Response::new(Body::empty());
+            *r.status_mut() = StatusCode::RANGE_NOT_SATISFIABLE;
+            r.headers_mut().insert(
+                header::CONTENT_RANGE,
+                header_value(&format!("bytes */{}", bytes.len())),
+            );
+            r
+        }
+    };
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(key.content_type()),
+    );
+    h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+    // Objects under a layout key never change (a retried upload writes the same bytes).
+    h.insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("private, max-age=3600"),
+    );
+    Ok(resp)
+}
+
+fn header_value(s: &str) -> HeaderValue {
+    HeaderValue::from_str(s).unwrap_or_else(|_| HeaderValue::from_static(""))
+}
+
+/// How to answer a `Range` header for an object of `len` bytes.
+#[derive(Debug, PartialEq, Eq)]
+pub enum RangeAnswer {
+    /// Send everything (no usable range, or several ranges: allowed by RFC 9110).
+    Whole,
+    /// Send bytes `a..=b`.
+    Part(u64, u64),
+    /// 416.
+    Unsatisfiable,
+}
+
+/// Parses a single-range `Range` header (`bytes=a-b`, `bytes=a-`, `bytes=-n`).
+pub fn parse_range(h: &str, len: u64) -> RangeAnswer {
+    let Some(spec) = h.trim().strip_prefix("bytes=") else {
+        return RangeAnswer::Whole;
+    };
+    if spec.contains(',') {
+        return RangeAnswer::Whole;
+    }
+    let Some((a, b)) = spec.trim().split_once('-') else {
+        return RangeAnswer::Whole;
+    };
+    let (a, b) = (a.trim(), b.trim());
+    let parsed = match (a.is_empty(), b.is_empty()) {
+        (true, true) => return RangeAnswer::Whole,
+        (true, false) => match b.parse::<u64>() {
+            Ok(0) => return RangeAnswer::Unsatisfiable,
+            Ok(n) => (len.saturating_sub(n), len.saturating_sub(1)),
+            Err(_) => return RangeAnswer::Whole,
+        },
+        (false, _) => {
+            let Ok(start) = a.parse::<u64>() else {
+                return RangeAnswer::Whole;
+            };
+            let end = if b.is_empty() {
+                len.saturating_sub(1)
+            } else {
+                match b.parse::<u64>() {
+                    Ok(e) if e >= start => e.min(len.saturating_sub(1)),
+                    _ => return RangeAnswer::Whole,
+                }
+            };
+            (start, end)
+        }
+    };
+    if len == 0 || parsed.0 >= len {
+        RangeAnswer::Unsatisfiable
+    } else {
+        RangeAnswer::Part(parsed.0, parsed.1)
+    }
+}
+
+async fn playlist(
+    State(st): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let id = session_id(&id)?;
+    let (row, chunks) = blocking(move || {
+        let row = st
+            .index
+            .session(id)
+            .map_err(ApiError::internal)?
+            .ok_or_else(|| ApiError::not_found(format!("no session {id} in the index")))?;
+        Ok((row, st.index.chunks(id).map_err(ApiError::internal)?))
+    })
+    .await?;
+    let body = hls_playlist(&chunks, row.closed);
+    Ok((
+        [
+            (header::CONTENT_TYPE, "application/vnd.apple.mpegurl"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        body,
+    )
+        .into_response())
+}
+
+/// An HLS (version 7, fMP4) playlist over the session's chunks, with URIs relative to the
+/// playlist. A new init segment (screen-size change) or missing chunks start a discontinuity.
+/// Open sessions get an `EVENT` playlist without `ENDLIST`, so players keep polling it.
+pub fn hls_playlist(chunks: &[ChunkRow], closed: bool) -> String {
+    let target = chunks
+        .iter()
+        .map(|c| (c.media_end_us - c.media_start_us).div_ceil(1_000_000))
+        .max()
+        .unwrap_or(1)
+        .max(1);
+    let mut out = String::new();
+    let _ = writeln!(out, "#EXTM3U");
+    let _ = writeln!(out, "#EXT-X-VERSION:7");
+    let _ = writeln!(out, "#EXT-X-TARGETDURATION:{target}");
+    let _ = writeln!(out, "#EXT-X-MEDIA-SEQUENCE:0");
+    let _ = writeln!(
+        out,
+        "#EXT-X-PLAYLIST-TYPE:{}",
+        if closed { "VOD" } else { "EVENT" }
+    );
+    let mut prev: Option<&ChunkRow> = None;
+    for c in chunks {
+        let new_init = prev.is_none_or(|p| p.init_id != c.init_id);
+        let gap = prev.is_some_and(|p| p.seq + 1 != c.seq);
+        if prev.is_some() && (new_init || gap) {
+            let _ = writeln!(out, "#EXT-X-DISCONTINUITY");
+        }
+        if new_init {
+            let _ = writeln!(out, "#EXT-X-MAP:URI=\"init/{}.mp4\"", c.init_id);
+        }
+        let secs = (c.media_end_us - c.media_start_us) as f64 / 1e6;
+        let _ = writeln!(out, "#EXTINF:{secs:.6},");
+        let _ = writeln!(out, "chunks/{}.m4s", c.seq);
+        prev = Some(c);
+    }
+    if closed {
+        let _ = writeln!(out, "#EXT-X-ENDLIST");
+    }
+    out
+}
+
+async fn verify(State(st): State<AppState>, Path(id): Path<String>) -> Result<Response, ApiError> {
+    let id = session_id(&id)?;
+    let report = blocking(move || {
+        crate::verify::verify_and_record(st.src.as_ref(), st.index.as_ref(), id)
+            .map_err(ApiError::internal)
+    })
+    .await?;
+    Ok(Json(serde_json::json!({
+        "session": report.session,
+        "verdict": format!("{:?}", report.verdict).to_lowercase(),
+        "status": report.status,
+        "chunks_verified": report.chunks_verified,
+        "problems": report.problems,
+        "text": report.to_string(),
+    }))
+    .into_response())
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct NotifyBody {
+    session: Option<String>,
+}
+
+async fn notify(State(st): State<AppState>, body: axum::body::Bytes) -> Result<Response, ApiError> {
+    let b: NotifyBody = if body.is_empty() {
+        NotifyBody::default()
+    } else {
+        serde_json::from_slice(&body)
+            .map_err(|e| ApiError::bad_request(format!("notify body: {e}")))?
+    };
+    let session = b.session.map(|s| session_id(&s)).transpose()?;
+    st.indexer.notify(session);
+    Ok(StatusCode::ACCEPTED.into_response())
+}
+
+/// `GET /api/status`.
+#[derive(Debug, Serialize)]
+pub struct ServiceStatus {
+    pub index: &'static str,
+    pub bucket: String,
+    pub indexer: IndexerStats,
+    pub sessions: std::collections::BTreeMap<String, u64>,
+}
+
+async fn status(State(st): State<AppState>) -> Result<Response, ApiError> {
+    let stats = st.indexer.stats();
+    let s = blocking(move || {
+        let counts = st.index.counts().map_err(ApiError::internal)?;
+        Ok(ServiceStatus {
+            index: st.index.backend(),
+            bucket: st.src.describe(),
+            indexer: stats,
+            sessions: counts
+                .into_iter()
+                .map(|(s, n)| (s.as_str().to_owned(), n))
+                .collect(),
+        })
+    })
+    .await?;
+    Ok(Json(s).into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges() {
+        assert_eq!(parse_range("bytes=0-9", 100), RangeAnswer::Part(0, 9));
+        assert_eq!(parse_range("bytes=90-", 100), RangeAnswer::Part(90, 99));
+        assert_eq!(parse_range("bytes=-10", 100), RangeAnswer::Part(90, 99));
+        assert_eq!(parse_range("bytes=-500", 100), RangeAnswer::Part(0, 99));
+        assert_eq!(parse_range("bytes=50-500", 100), RangeAnswer::Part(50, 99));
+        assert_eq!(parse_range("bytes=100-", 100), RangeAnswer::Unsatisfiable);
+        assert_eq!(parse_range("bytes=-0", 100), RangeAnswer::Unsatisfiable);
+        assert_eq!(parse_range("bytes=0-1,5-6", 100), RangeAnswer::Whole);
+        assert_eq!(parse_range("bytes=9-3", 100), RangeAnswer::Whole);
+        assert_eq!(parse_range("items=0-1", 100), RangeAnswer::Whole);
+        assert_eq!(parse_range("bytes=0-0", 0), RangeAnswer::Unsatisfiable);
+    }
+
+    fn chunk(seq: u64, init_id: u64, start_s: u64) -> ChunkRow {
+        let t = chrono::DateTime::from_timestamp(1_700_000_000, 0).unwrap_or_default();
+        ChunkRow {
+            seq,
+            init_id,
+            media_start_us: start_s * 1_000_000,
+            media_end_us: (start_s + 2) * 1_000_000,
+            utc_start: t,
+            utc_end: t,
+            keyframe: true,
+            frames: 10,
+            video_bytes: 1,
+            events_bytes: 1,
+            events: 0,
+            verified: true,
+        }
+    }
+
+    #[test]
+    fn playlist_marks_new_init_segments_gaps_and_the_end() {
+        let chunks = [
+            chunk(0, 0, 0),
+            chunk(1, 0, 2),
+            chunk(3, 0, 6),
+            chunk(4, 1, 8),
+        ];
+        let p = hls_playlist(&chunks, true);
+        let expected = "#EXTM3U\n#EXT-X-VERSION:7\n#EXT-X-TARGETDURATION:2\n\
+            #EXT-X-MEDIA-SEQUENCE:0\n#EXT-X-PLAYLIST-TYPE:VOD\n#EXT-X-MAP:URI=\"init/0.mp4\"\n\
+            #EXTINF:2.000000,\nchunks/0.m4s\n#EXTINF:2.000000,\nchunks/1.m4s\n\
+            #EXT-X-DISCONTINUITY\n#EXTINF:2.000000,\nchunks/3.m4s\n\
+            #EXT-X-DISCONTINUITY\n#EXT-X-MAP:URI=\"init/1.mp4\"\n#EXTINF:2.000000,\n\
+            chunks/4.m4s\n#EXT-X-ENDLIST\n";
+        assert_eq!(p, expected);
+        let open = hls_playlist(&chunks[..2], false);
+        assert!(open.contains("#EXT-X-PLAYLIST-TYPE:EVENT"));
+        assert!(!open.contains("ENDLIST"));
+    }
+}

@@ -1,0 +1,364 @@
+//! Export of a session to standard MP4, remuxed with libavformat (no re-encode), with the index
+//! (`moov`) at the front (`faststart`) so browsers, VLC and `ffprobe` open it and can seek at once.
+//!
+//! The chunks of a session are fragmented MP4 whose `tfdt` continues one timeline, so the init
+//! segment followed by its chunks is one valid fragmented file; libavformat reads it and writes a
+//! progressive MP4. The concatenation is staged in a temporary file beside the output (never in
+//! memory: there is no size cap). An MP4 track has one sample description, so a screen-size
+//! change (a new init segment) starts a new file: `out.mp4`, `out.part2.mp4`, ..., each starting
+//! at time 0 and reported with the session time it begins at.
+//!
+//! The session is verified while it is read; an export of a session that does not verify is
+//! refused unless the caller allows it, and then says so.
+
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+use ffmpeg_next as ffmpeg;
+use jitrec_format::{ChunkManifest, Event, EventKind, ObjectKey, SessionId};
+
+use crate::scan::{Found, SessionScan};
+use crate::store::{ObjectSource, StoreError};
+use crate::verify::{Report, Verdict, report};
+
+/// Why an export failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ExportError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("session {0} has no chunks in the bucket")]
+    Empty(SessionId),
+    #[error(
+        "session {session} does not verify; export refused (allow it explicitly to export anyway):\n{report}"
+    )]
+    NotIntact {
+        session: SessionId,
+        report: Box<Report>,
+    },
+    #[error("{0} is missing from the bucket")]
+    Missing(String),
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("remuxing {what}: {source}")]
+    Ffmpeg {
+        what: String,
+        #[source]
+        source: ffmpeg::Error,
+    },
+}
+
+/// One file written.
+#[derive(Debug, Clone)]
+pub struct Part {
+    pub path: PathBuf,
+    /// Session media time the file's time 0 corresponds to.
+    pub starts_at_us: u64,
+    pub width: u32,
+    pub height: u32,
+    pub frames: u64,
+    /// Media time the file covers.
+    pub duration_us: u64,
+}
+
+/// What was exported.
+#[derive(Debug)]
+pub struct Exported {
+    pub parts: Vec<Part>,
+    /// The verification of what was exported.
+    pub report: Report,
+    pub events: Vec<Event>,
+}
+
+/// Options of an export.
+#[derive(Debug, Clone, Default)]
+pub struct ExportOptions {
+    /// Export even if the session does not verify.
+    pub allow_unverified: bool,
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> ExportError + '_ {
+    move |source| ExportError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+fn ff(what: impl Into<String>) -> impl FnOnce(ffmpeg::Error) -> ExportError {
+    move |source| ExportError::Ffmpeg {
+        what: what.into(),
+        source,
+    }
+}
+
+/// The file name of part `n` (from 1) of an export to `out`.
+pub fn part_path(out: &Path, n: usize) -> PathBuf {
+    if n <= 1 {
+        return out.to_owned();
+    }
+    let stem = out
+        .file_stem()
+        .map_or_else(|| "export".into(), |s| s.to_string_lossy().into_owned());
+    out.with_file_name(format!("{stem}.part{n}.mp4"))
+}
+
+/// Exports `session` from `src` to `out` (and `out.partN.mp4` after screen-size changes).
+pub fn export(
+    src: &dyn ObjectSource,
+    session: SessionId,
+    out: &Path,
+    opts: &ExportOptions,
+) -> Result<Exported, ExportError> {
+    let mut scan = SessionScan::new(session);
+    let mut found = Vec::new();
+    scan.advance(src, true, &mut found)?;
+    let report = report(&scan);
+    if report.verdict == Verdict::Broken && !opts.allow_unverified {
+        return Err(ExportError::NotIntact {
+            session,
+            report: Box::new(report),
+        });
+    }
+    let mut chunks: Vec<ChunkManifest> = Vec::new();
+    let mut events = Vec::new();
+    for f in found {
+        if let Found::Chunk {
+            manifest,
+            events: e,
+            ..
+        } = f
+        {
+            chunks.push(*manifest);
+            events.extend(e);
+        }
+    }
+    if chunks.is_empty() {
+        return Err(ExportError::Empty(session));
+    }
+    ffmpeg::init().map_err(ff("initialising libav"))?;
+    ffmpeg::util::log::set_level(ffmpeg::util::log::Level::Error);
+
+    let mut parts = Vec::new();
+    for run in chunks.chunk_by(|a, b| a.init.id == b.init.id) {
+        let path = part_path(out, parts.len() + 1);
+        parts.push(remux_run(src, session, run, &path)?);
+    }
+    Ok(Exported {
+        parts,
+        report,
+        events,
+    })
+}
+
+/// Writes the chunks of one init segment as one MP4.
+fn remux_run(
+    src: &dyn ObjectSource,
+    session: SessionId,
+    run: &[ChunkManifest],
+    out: &Path,
+) -> Result<Part, ExportError> {
+    let first = &run[0];
+    let dir = out
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let staged = tempfile::Builder::new()
+        .prefix(".jitrec-export-")
+        .suffix(".mp4")
+        .tempfile_in(dir)
+        .map_err(io(dir))?;
+    {
+        let mut w = BufWriter::new(staged.as_file());
+        let key = ObjectKey::Init(session, first.init.id);
+        let init = src
+            .get(&key)?
+            .ok_or_else(|| ExportError::Missing(key.to_string()))?;
+        w.write_all(&init).map_err(io(staged.path()))?;
+        for c in run {
+            let key = ObjectKey::ChunkVideo(session, c.seq);
+            let v = src
+                .get(&key)?
+                .ok_or_else(|| ExportError::Missing(key.to_string()))?;
+            w.write_all(&v).map_err(io(staged.path()))?;
+        }
+        w.flush().map_err(io(staged.path()))?;
+    }
+
+    let what = out.display().to_string();
+    let mut input = ffmpeg::format::input(&staged.path()).map_err(ff(what.clone()))?;
+    let (in_index, in_tb, params) = {
+        let s = input
+            .streams()
+            .best(ffmpeg::media::Type::Video)
+            .ok_or(ExportError::Ffmpeg {
+                what: what.clone(),
+                source: ffmpeg::Error::StreamNotFound,
+            })?;
+        (s.index(), s.time_base(), s.parameters())
+    };
+    let mut output = ffmpeg::format::output_as(&out, "mp4").map_err(ff(what.clone()))?;
+    {
+        let mut os = output
+            .add_stream(ffmpeg::encoder::find(ffmpeg::codec::Id::None))
+            .map_err(ff(what.clone()))?;
+        // The input's codec tag is `avc1`, which MP4 takes as is.
+        os.set_parameters(params);
+        os.set_time_base(in_tb);
+    }
+    let mut opts = ffmpeg::Dictionary::new();
+    opts.set("movflags", "+faststart");
+    output.write_header_with(opts).map_err(ff(what.clone()))?;
+    let out_tb = output.stream(0).map(|s| s.time_base()).unwrap_or(in_tb);
+    // The part's time 0 is its first chunk's start on the session clock; its end is the last
+    // chunk's end. libavformat reports a nominal duration for fragmented samples, so the last
+    // packet (held back one step) gets its true duration from the manifests.
+    let last = &run[run.len() - 1];
+    let micros = ffmpeg::Rational(1, 1_000_000);
+    let base = rescale(first.media_start_us.as_micros(), micros, in_tb);
+    let end = rescale(last.media_end_us.as_micros(), micros, in_tb) - base;
+    let mut held: Option<ffmpeg::Packet> = None;
+    let mut frames = 0u64;
+    let write = |mut p: ffmpeg::Packet, output: &mut ffmpeg::format::context::Output| {
+        p.rescale_ts(in_tb, out_tb);
+        p.set_stream(0);
+        p.set_position(-1);
+        p.write_interleaved(output).map_err(ff(what.clone()))
+    };
+    for (stream, mut packet) in input.packets() {
+        if stream.index() != in_index {
+            continue;
+        }
+        packet.set_pts(packet.pts().map(|t| t - base));
+        packet.set_dts(packet.dts().map(|t| t - base));
+        if let Some(prev) = held.replace(packet) {
+            write(prev, &mut output)?;
+        }
+        frames += 1;
+    }
+    if let Some(mut p) = held {
+        if let Some(t) = p.pts()
+            && end > t
+        {
+            p.set_duration(end - t);
+        }
+        write(p, &mut output)?;
+    }
+    output
+        .write_trailer()
+        .map_err(ff(out.display().to_string()))?;
+    Ok(Part {
+        path: out.to_owned(),
+        starts_at_us: first.media_start_us.as_micros(),
+        width: first.init.width,
+        height: first.init.height,
+        frames,
+        duration_us: last.media_end_us.as_micros() - first.media_start_us.as_micros(),
+    })
+}
+
+/// `t` in time base `from`, in time base `to` (rounded down).
+fn rescale(t: u64, from: ffmpeg::Rational, to: ffmpeg::Rational) -> i64 {
+    let num = i128::from(t) * i128::from(from.numerator()) * i128::from(to.denominator());
+    let den = i128::from(from.denominator()) * i128::from(to.numerator());
+    if den == 0 {
+        return 0;
+    }
+    i64::try_from(num / den).unwrap_or(i64::MAX)
+}
+
+/// Writes the events as a JSON array (one object per event, as stored).
+pub fn write_events_json(events: &[Event], path: &Path) -> Result<(), ExportError> {
+    let f = File::create(path).map_err(io(path))?;
+    let mut w = BufWriter::new(f);
+    serde_json::to_writer_pretty(&mut w, events).map_err(|e| ExportError::Io {
+        path: path.to_owned(),
+        source: std::io::Error::other(e),
+    })?;
+    w.flush().map_err(io(path))
+}
+
+/// WebVTT chapters from window focus and title events: each cue runs until the next one (the
+/// last until `end_us`). Times are session media time minus `offset_us` (the part's start).
+pub fn webvtt_chapters(events: &[Event], offset_us: u64, end_us: u64) -> String {
+    let titles: Vec<(u64, &str)> = events
+        .iter()
+        .filter_map(|e| match &e.event {
+            EventKind::WindowFocus(w) | EventKind::WindowTitle(w) => {
+                Some((e.media_us.as_micros(), w.title.as_str()))
+            }
+            _ => None,
+        })
+        .filter(|(t, _)| *t >= offset_us && *t < end_us)
+        .collect();
+    let stamp = |us: u64| {
+        let us = us - offset_us;
+        let ms = us / 1000;
+        format!(
+            "{:02}:{:02}:{:02}.{:03}",
+            ms / 3_600_000,
+            ms / 60_000 % 60,
+            ms / 1000 % 60,
+            ms % 1000
+        )
+    };
+    let mut out = String::from("WEBVTT\n");
+    for (i, (t, title)) in titles.iter().enumerate() {
+        let until = titles.get(i + 1).map_or(end_us, |n| n.0);
+        if until <= *t {
+            continue;
+        }
+        // A cue's text may not contain "-->" or a blank line.
+        let text = title.replace("-->", "->").replace('\n', " ");
+        out.push_str(&format!(
+            "\n{}\n{} --> {}\n{}\n",
+            i + 1,
+            stamp(*t),
+            stamp(until),
+            text
+        ));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use jitrec_format::{MediaTime, WindowInfo};
+
+    use super::*;
+
+    #[test]
+    fn part_names() {
+        assert_eq!(part_path(Path::new("/x/a.mp4"), 1), Path::new("/x/a.mp4"));
+        assert_eq!(
+            part_path(Path::new("/x/a.mp4"), 2),
+            Path::new("/x/a.part2.mp4")
+        );
+    }
+
+    #[test]
+    fn chapters_run_from_title_to_title() {
+        let t = chrono::DateTime::from_timestamp(1_700_000_000, 0).unwrap_or_default();
+        let w = |us: u64, title: &str| Event {
+            media_us: MediaTime::from_micros(us),
+            utc: t,
+            event: EventKind::WindowTitle(WindowInfo {
+                window: "0x1".into(),
+                title: title.into(),
+                pid: None,
+            }),
+        };
+        let vtt = webvtt_chapters(
+            &[w(500_000, "vi --> x"), w(61_250_000, "top")],
+            0,
+            70_000_000,
+        );
+        assert_eq!(
+            vtt,
+            "WEBVTT\n\n1\n00:00:00.500 --> 00:01:01.250\nvi -> x\n\n2\n00:01:01.250 --> 00:01:10.000\ntop\n"
+        );
+    }
+}

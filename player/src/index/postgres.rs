@@ -1,0 +1,384 @@
+//! The PostgreSQL index, for deployments where one machine's SQLite file is not enough (several
+//! player instances, very many sessions). Same tables and queries as SQLite; full-text search is
+//! a stored `tsvector` over the event's words (see [`super::words`]) with a GIN index.
+//!
+//! Uses the synchronous `postgres` client: the index is driven from the indexer's thread and
+//! from `spawn_blocking`, like the SQLite backend, so one trait serves both.
+
+use jitrec_format::{ObjectKey, SessionId};
+use postgres::types::ToSql;
+use postgres::{Client, NoTls, Row};
+
+use super::{
+    Batch, ChunkRow, EventRow, Hit, Index, IndexError, InitRow, Listed, Page, Param, Pool, Query,
+    SessionRow, StatusCounts, from_micros, list_sql, micros, paginate, parse_id, parse_status, sql,
+    to_i64, to_u64, words,
+};
+
+/// Clients kept open: the indexer's writes plus a few concurrent API reads.
+const CONNECTIONS: usize = 4;
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS sessions (
+    id TEXT PRIMARY KEY, started_at BIGINT NOT NULL, ended_at BIGINT NOT NULL,
+    user_name TEXT NOT NULL, user_id TEXT NOT NULL, machine_id TEXT NOT NULL,
+    hostname TEXT NOT NULL, company TEXT NOT NULL, location TEXT NOT NULL,
+    computer TEXT NOT NULL, authorized_by TEXT NOT NULL, reason TEXT NOT NULL,
+    trigger_kind TEXT NOT NULL, end_reason TEXT NOT NULL, chunks BIGINT NOT NULL,
+    bytes BIGINT NOT NULL, duration_us BIGINT NOT NULL, status TEXT NOT NULL,
+    problems TEXT NOT NULL, last_change BIGINT NOT NULL, closed BIGINT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS sessions_user ON sessions (user_name, id);
+CREATE INDEX IF NOT EXISTS sessions_host ON sessions (hostname, id);
+CREATE INDEX IF NOT EXISTS sessions_machine ON sessions (machine_id, id);
+CREATE INDEX IF NOT EXISTS sessions_status ON sessions (status, id);
+CREATE INDEX IF NOT EXISTS sessions_company ON sessions (company, id);
+CREATE INDEX IF NOT EXISTS sessions_location ON sessions (location, id);
+CREATE INDEX IF NOT EXISTS sessions_computer ON sessions (computer, id);
+CREATE INDEX IF NOT EXISTS sessions_started ON sessions (started_at);
+CREATE INDEX IF NOT EXISTS sessions_open ON sessions (closed, id);
+CREATE TABLE IF NOT EXISTS inits (
+    session_id TEXT NOT NULL, id BIGINT NOT NULL, width BIGINT NOT NULL,
+    height BIGINT NOT NULL, codec TEXT NOT NULL, bytes BIGINT NOT NULL,
+    PRIMARY KEY (session_id, id)
+);
+CREATE TABLE IF NOT EXISTS chunks (
+    session_id TEXT NOT NULL, seq BIGINT NOT NULL, init_id BIGINT NOT NULL,
+    media_start_us BIGINT NOT NULL, media_end_us BIGINT NOT NULL,
+    utc_start BIGINT NOT NULL, utc_end BIGINT NOT NULL, keyframe BOOLEAN NOT NULL,
+    frames BIGINT NOT NULL, video_bytes BIGINT NOT NULL, events_bytes BIGINT NOT NULL,
+    events BIGINT NOT NULL, verified BOOLEAN NOT NULL,
+    PRIMARY KEY (session_id, seq)
+);
+CREATE TABLE IF NOT EXISTS events (
+    rid BIGSERIAL PRIMARY KEY, session_id TEXT NOT NULL, seq BIGINT NOT NULL,
+    idx BIGINT NOT NULL, media_us BIGINT NOT NULL, utc BIGINT NOT NULL,
+    kind TEXT NOT NULL, text TEXT NOT NULL, data TEXT NOT NULL, words TEXT NOT NULL,
+    tsv tsvector GENERATED ALWAYS AS (to_tsvector('simple', words)) STORED
+);
+CREATE UNIQUE INDEX IF NOT EXISTS events_key ON events (session_id, seq, idx);
+CREATE INDEX IF NOT EXISTS events_tsv ON events USING GIN (tsv);
+";
+
+/// The PostgreSQL index.
+pub struct PgIndex {
+    pool: Pool<Client>,
+}
+
+fn bind(params: &[Param]) -> Vec<Box<dyn ToSql + Sync>> {
+    params
+        .iter()
+        .map(|p| -> Box<dyn ToSql + Sync> {
+            match p {
+                Param::Text(s) => Box::new(s.clone()),
+                Param::Int(i) => Box::new(*i),
+            }
+        })
+        .collect()
+}
+
+fn refs(b: &[Box<dyn ToSql + Sync>]) -> Vec<&(dyn ToSql + Sync)> {
+    b.iter().map(|p| p.as_ref()).collect()
+}
+
+fn session_row(r: &Row) -> Result<SessionRow, IndexError> {
+    super::read_session(|i| r.try_get::<_, String>(i), |i| r.try_get::<_, i64>(i))?
+}
+
+/// The words of a search as one string for `plainto_tsquery` (every word must occur).
+fn ts_words(text: &str) -> Option<String> {
+    let w = words(text);
+    (!w.is_empty()).then(|| w.join(" "))
+}
+
+impl PgIndex {
+    /// Connects to `url` (`postgresql://user:password@host:port/db`) and creates the schema.
+    pub fn connect(url: &str) -> Result<Self, IndexError> {
+        let mut conns = Vec::new();
+        for i in 0..CONNECTIONS {
+            let mut c = Client::connect(url, NoTls)?;
+            if i == 0 {
+                // Two players starting at once would race on CREATE ... IF NOT EXISTS; an
+                // advisory lock serialises them.
+                c.batch_execute("SELECT pg_advisory_lock(7413)")?;
+                let r = c.batch_execute(SCHEMA);
+                c.batch_execute("SELECT pg_advisory_unlock(7413)")?;
+                r?;
+            }
+            conns.push(c);
+        }
+        Ok(Self {
+            pool: Pool::new(conns),
+        })
+    }
+}
+
+impl Index for PgIndex {
+    fn backend(&self) -> &'static str {
+        "postgresql"
+    }
+
+    fn apply(&self, batch: &Batch) -> Result<(), IndexError> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        self.pool.with(|c| {
+            let mut tx = c.transaction()?;
+            let up = tx.prepare(sql::UPSERT_SESSION)?;
+            for s in &batch.sessions {
+                let b = bind(&super::session_params(s));
+                tx.execute(&up, &refs(&b))?;
+            }
+            let up = tx.prepare(sql::UPSERT_INIT)?;
+            for (s, i) in &batch.inits {
+                tx.execute(
+                    &up,
+                    &[
+                        &s.to_string(),
+                        &to_i64(i.id),
+                        &i64::from(i.width),
+                        &i64::from(i.height),
+                        &i.codec,
+                        &to_i64(i.bytes),
+                    ],
+                )?;
+            }
+            let chunk = tx.prepare(sql::UPSERT_CHUNK)?;
+            let del = tx.prepare(sql::DELETE_CHUNK_EVENTS)?;
+            let ev = tx.prepare(
+                "INSERT INTO events (session_id, seq, idx, media_us, utc, kind, text, data, words) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+            )?;
+            for (s, k, events) in &batch.chunks {
+                let sid = s.to_string();
+                tx.execute(
+                    &chunk,
+                    &[
+                        &sid,
+                        &to_i64(k.seq),
+                        &to_i64(k.init_id),
+                        &to_i64(k.media_start_us),
+                        &to_i64(k.media_end_us),
+                        &micros(k.utc_start),
+                        &micros(k.utc_end),
+                        &k.keyframe,
+                        &i64::from(k.frames),
+                        &to_i64(k.video_bytes),
+                        &to_i64(k.events_bytes),
+                        &i64::from(k.events),
+                        &k.verified,
+                    ],
+                )?;
+                tx.execute(&del, &[&sid, &to_i64(k.seq)])?;
+                for e in events {
+                    tx.execute(
+                        &ev,
+                        &[
+                            &sid,
+                            &to_i64(e.seq),
+                            &i64::from(e.idx),
+                            &to_i64(e.media_us),
+                            &micros(e.utc),
+                            &e.kind,
+                            &e.text,
+                            &e.data.to_string(),
+                            &words(&e.text).join(" "),
+                        ],
+                    )?;
+                }
+            }
+            tx.commit()?;
+            Ok(())
+        })
+    }
+
+    fn session(&self, id: SessionId) -> Result<Option<SessionRow>, IndexError> {
+        self.pool.with(|c| {
+            let q = sql::SELECT_SESSION.replace("{COLS}", sql::SESSION_COLUMNS);
+            c.query_opt(&q, &[&id.to_string()])?
+                .map(|r| session_row(&r))
+                .transpose()
+        })
+    }
+
+    fn chunks(&self, id: SessionId) -> Result<Vec<ChunkRow>, IndexError> {
+        self.pool.with(|c| {
+            let mut out = Vec::new();
+            for r in c.query(sql::SELECT_CHUNKS, &[&id.to_string()])? {
+                let i = |n: usize| r.try_get::<_, i64>(n);
+                out.push(ChunkRow {
+                    seq: to_u64(i(0)?),
+                    init_id: to_u64(i(1)?),
+                    media_start_us: to_u64(i(2)?),
+                    media_end_us: to_u64(i(3)?),
+                    utc_start: from_micros(i(4)?)?,
+                    utc_end: from_micros(i(5)?)?,
+                    keyframe: r.try_get(6)?,
+                    frames: u32::try_from(i(7)?).unwrap_or(0),
+                    video_bytes: to_u64(i(8)?),
+                    events_bytes: to_u64(i(9)?),
+                    events: u32::try_from(i(10)?).unwrap_or(0),
+                    verified: r.try_get(11)?,
+                });
+            }
+            Ok(out)
+        })
+    }
+
+    fn inits(&self, id: SessionId) -> Result<Vec<InitRow>, IndexError> {
+        self.pool.with(|c| {
+            let mut out = Vec::new();
+            for r in c.query(sql::SELECT_INITS, &[&id.to_string()])? {
+                let i = |n: usize| r.try_get::<_, i64>(n);
+                out.push(InitRow {
+                    id: to_u64(i(0)?),
+                    width: u32::try_from(i(1)?).unwrap_or(0),
+                    height: u32::try_from(i(2)?).unwrap_or(0),
+                    codec: r.try_get(3)?,
+                    bytes: to_u64(i(4)?),
+                });
+            }
+            Ok(out)
+        })
+    }
+
+    fn events(&self, id: SessionId) -> Result<Vec<EventRow>, IndexError> {
+        self.pool.with(|c| {
+            let mut out = Vec::new();
+            for r in c.query(sql::SELECT_EVENTS, &[&id.to_string()])? {
+                let i = |n: usize| r.try_get::<_, i64>(n);
+                let data: String = r.try_get(6)?;
+                out.push(EventRow {
+                    seq: to_u64(i(0)?),
+                    idx: u32::try_from(i(1)?).unwrap_or(0),
+                    media_us: to_u64(i(2)?),
+                    utc: from_micros(i(3)?)?,
+                    kind: r.try_get(4)?,
+                    text: r.try_get(5)?,
+                    data: serde_json::from_str(&data)
+                        .map_err(|e| IndexError::Corrupt(format!("event data: {e}")))?,
+                });
+            }
+            Ok(out)
+        })
+    }
+
+    fn knows(&self, key: ObjectKey) -> Result<bool, IndexError> {
+        let Some((q, id, n)) = super::knows_sql(key) else {
+            return Ok(false);
+        };
+        self.pool
+            .with(|c| Ok(c.query_opt(q, &[&id, &n])?.is_some()))
+    }
+
+    fn list(&self, q: &Query) -> Result<Page, IndexError> {
+        let ts = q.text.as_deref().and_then(ts_words);
+        if q.text.is_some() && ts.is_none() {
+            return Ok(Page {
+                sessions: Vec::new(),
+                next: None,
+            });
+        }
+        let (query, params) = list_sql(q, ts.clone().map(Param::Text), |n| {
+            format!(
+                "EXISTS (SELECT 1 FROM events e WHERE e.session_id = s.id \
+                 AND e.tsv @@ plainto_tsquery('simple', ${n}))"
+            )
+        });
+        self.pool.with(|c| {
+            let b = bind(&params);
+            let mut all = Vec::new();
+            for r in c.query(&query, &refs(&b))? {
+                all.push(session_row(&r)?);
+            }
+            let (rows, next) = paginate(all, q.limit);
+            let mut hits: Vec<(SessionId, Hit)> = Vec::new();
+            if let Some(ts) = &ts
+                && !rows.is_empty()
+            {
+                let ids: Vec<String> = rows.iter().map(|r| r.id.to_string()).collect();
+                for r in c.query(
+                    "SELECT session_id, media_us, kind, text FROM ( \
+                       SELECT e.*, row_number() OVER (PARTITION BY e.session_id \
+                         ORDER BY e.seq, e.idx) AS n \
+                       FROM events e WHERE e.session_id = ANY($1) \
+                       AND e.tsv @@ plainto_tsquery('simple', $2)) h \
+                     WHERE n <= $3 ORDER BY session_id, seq, idx",
+                    &[&ids, ts, &i64::from(super::HITS_PER_SESSION)],
+                )? {
+                    let id: String = r.try_get(0)?;
+                    hits.push((
+                        parse_id(&id)?,
+                        Hit {
+                            media_us: to_u64(r.try_get(1)?),
+                            kind: r.try_get(2)?,
+                            text: r.try_get(3)?,
+                        },
+                    ));
+                }
+            }
+            let sessions = rows
+                .into_iter()
+                .map(|session| Listed {
+                    hits: hits
+                        .iter()
+                        .filter(|(s, _)| *s == session.id)
+                        .map(|(_, h)| h.clone())
+                        .collect(),
+                    session,
+                })
+                .collect();
+            Ok(Page { sessions, next })
+        })
+    }
+
+    fn unfinished(&self) -> Result<Vec<SessionId>, IndexError> {
+        self.pool.with(|c| {
+            c.query(sql::SELECT_UNFINISHED, &[])?
+                .iter()
+                .map(|r| parse_id(&r.try_get::<_, String>(0)?))
+                .collect()
+        })
+    }
+
+    fn newest(&self) -> Result<Option<SessionId>, IndexError> {
+        self.pool.with(|c| {
+            c.query_opt(sql::SELECT_NEWEST, &[])?
+                .map(|r| parse_id(&r.try_get::<_, String>(0)?))
+                .transpose()
+        })
+    }
+
+    fn counts(&self) -> Result<StatusCounts, IndexError> {
+        self.pool.with(|c| {
+            c.query(sql::SELECT_COUNTS, &[])?
+                .iter()
+                .map(|r| {
+                    Ok((
+                        parse_status(&r.try_get::<_, String>(0)?)?,
+                        to_u64(r.try_get(1)?),
+                    ))
+                })
+                .collect()
+        })
+    }
+
+    fn maintain(&self) -> Result<(), IndexError> {
+        // Autovacuum analyses too, but only after its thresholds; after a bulk load (reindex,
+        // the benchmark) the planner should not wait for it.
+        self.pool
+            .with(|c| c.batch_execute("ANALYZE sessions; ANALYZE events"))?;
+        Ok(())
+    }
+
+    fn clear(&self) -> Result<(), IndexError> {
+        self.pool.with(|c| {
+            let mut tx = c.transaction()?;
+            for q in sql::CLEAR {
+                tx.execute(q, &[])?;
+            }
+            tx.commit()?;
+            Ok(())
+        })
+    }
+}

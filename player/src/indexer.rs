@@ -1,0 +1,453 @@
+//! Keeps the index up to date with the bucket.
+//!
+//! One stage, [`Indexer`], on a plain thread (the store and index APIs block). Each pass:
+//!
+//! 1. **Discovers** sessions by listing session prefixes (one entry per session, not per object)
+//!    after a cursor: the newest session id seen, moved back by a window (default 1 h) because
+//!    session ids carry the *endpoint's* clock and a skewed endpoint's session can sort before
+//!    one already seen. A notify (HTTP fast path, naming a session or not) triggers a pass at once
+//!    and catches sessions of any age.
+//! 2. **Advances** every session whose close record has not been read: lists its objects after
+//!    its last indexed chunk (`start-after`, no rescans), checks what is new with the same
+//!    [`SessionScan`] `verify` uses, and writes sessions, chunks and events in one transaction.
+//!    A closed session is final and dropped from the pass. Sessions with nothing new for
+//!    `stale_after` are *interrupted* (chunks still missing then count as a gap) and are
+//!    looked at only every [`STALE_EVERY`] passes.
+//!
+//! On start-up the unfinished sessions are read again from the start (the upserts converge);
+//! `reindex` empties the index and discovers from the beginning of the bucket.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use jitrec_format::{LAYOUT_PREFIX, SessionId};
+use serde::Serialize;
+
+use crate::index::{Batch, ChunkRow, EventRow, Index, IndexError, InitRow, SessionRow};
+use crate::scan::{Found, SessionScan};
+use crate::store::{ObjectSource, StoreError};
+
+/// Stale sessions are advanced once every this many passes.
+pub const STALE_EVERY: u64 = 30;
+
+/// How often the indexer refreshes the index's planner statistics ([`Index::maintain`]).
+pub const MAINTAIN_EVERY: Duration = Duration::from_secs(600);
+
+/// Bad names under the layout prefix remembered for the status page.
+const MAX_ANOMALIES: usize = 100;
+
+/// Settings of the indexer.
+#[derive(Debug, Clone)]
+pub struct IndexerConfig {
+    /// Time between passes when nothing notifies.
+    pub interval: Duration,
+    /// An unclosed session with nothing new for this long is shown as interrupted.
+    pub stale_after: Duration,
+    /// How far before the newest session discovery lists again (endpoint clock skew).
+    pub discovery_window: Duration,
+}
+
+impl Default for IndexerConfig {
+    fn default() -> Self {
+        Self {
+            interval: Duration::from_secs(1),
+            stale_after: Duration::from_secs(600),
+            discovery_window: Duration::from_secs(3600),
+        }
+    }
+}
+
+/// Why a pass failed (the next pass tries again).
+#[derive(Debug, thiserror::Error)]
+pub enum IndexerError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Index(#[from] IndexError),
+}
+
+/// What the indexer has been doing, for `status` and `/api/status`.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct IndexerStats {
+    pub passes: u64,
+    pub last_pass: Option<DateTime<Utc>>,
+    pub last_pass_ms: u64,
+    /// Sessions whose close record has not been read yet.
+    pub open_sessions: usize,
+    pub failed_passes: u64,
+    pub last_error: Option<String>,
+    /// Names under the layout prefix that are not session ids.
+    pub anomalies: Vec<String>,
+}
+
+#[derive(Debug, Default)]
+struct WakeState {
+    pending: bool,
+    sessions: BTreeSet<SessionId>,
+    stop: bool,
+}
+
+/// Wakes the indexer (notify endpoint) and stops it. Cheap to clone.
+#[derive(Debug, Clone, Default)]
+pub struct IndexerHandle {
+    wake: Arc<(Mutex<WakeState>, Condvar)>,
+    stats: Arc<Mutex<IndexerStats>>,
+}
+
+impl IndexerHandle {
+    /// Asks for a pass now, looking at `session` even if discovery would not find it.
+    pub fn notify(&self, session: Option<SessionId>) {
+        let (m, cv) = &*self.wake;
+        let mut w = m.lock().unwrap_or_else(PoisonError::into_inner);
+        w.pending = true;
+        w.sessions.extend(session);
+        cv.notify_all();
+    }
+
+    /// Stops the indexer after its current pass.
+    pub fn stop(&self) {
+        let (m, cv) = &*self.wake;
+        m.lock().unwrap_or_else(PoisonError::into_inner).stop = true;
+        cv.notify_all();
+    }
+
+    pub fn stats(&self) -> IndexerStats {
+        self.stats
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Waits up to `timeout` for a notify or stop; returns (stop, sessions named).
+    fn wait(&self, timeout: Duration) -> (bool, BTreeSet<SessionId>) {
+        let (m, cv) = &*self.wake;
+        let mut w = m.lock().unwrap_or_else(PoisonError::into_inner);
+        if !w.pending && !w.stop {
+            w = cv
+                .wait_timeout(w, timeout)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+        }
+        w.pending = false;
+        (w.stop, std::mem::take(&mut w.sessions))
+    }
+}
+
+struct Tracked {
+    scan: SessionScan,
+    row: SessionRow,
+    /// When something new was last found (indexer clock).
+    last_change: Instant,
+    /// Not advanced yet.
+    fresh: bool,
+}
+
+/// The indexer stage.
+pub struct Indexer {
+    src: Arc<dyn ObjectSource>,
+    index: Arc<dyn Index>,
+    config: IndexerConfig,
+    handle: IndexerHandle,
+    open: BTreeMap<SessionId, Tracked>,
+    /// Names discovery has already handled, so each pass only looks at new ones.
+    seen: BTreeSet<String>,
+    newest: Option<SessionId>,
+    passes: u64,
+    maintained: Option<Instant>,
+}
+
+impl Indexer {
+    /// An indexer that resumes the sessions the index has not seen closed.
+    pub fn new(
+        src: Arc<dyn ObjectSource>,
+        index: Arc<dyn Index>,
+        config: IndexerConfig,
+    ) -> Result<Self, IndexerError> {
+        let mut me = Self {
+            src,
+            newest: index.newest()?,
+            index,
+            config,
+            handle: IndexerHandle::default(),
+            open: BTreeMap::new(),
+            seen: BTreeSet::new(),
+            passes: 0,
+            maintained: None,
+        };
+        for id in me.index.unfinished()? {
+            me.track(id);
+        }
+        Ok(me)
+    }
+
+    pub fn handle(&self) -> IndexerHandle {
+        self.handle.clone()
+    }
+
+    /// Empties the index and reads the whole bucket again; returns the sessions indexed.
+    pub fn reindex(&mut self) -> Result<usize, IndexerError> {
+        self.index.clear()?;
+        self.open.clear();
+        self.seen.clear();
+        self.newest = None;
+        let n = self.discover()?;
+        self.advance_all(true)?;
+        self.index.maintain()?;
+        self.maintained = Some(Instant::now());
+        Ok(n)
+    }
+
+    /// Runs passes until [`IndexerHandle::stop`]. A failed pass is logged and retried at the
+    /// next interval: the bucket or the database being away must not stop the service.
+    pub fn run(mut self) {
+        loop {
+            if let Err(e) = self.pass() {
+                tracing::warn!(error = %e, "index pass failed; retrying");
+                let mut st = self
+                    .handle
+                    .stats
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner);
+                st.failed_passes += 1;
+                st.last_error = Some(e.to_string());
+            }
+            let (stop, named) = self.handle.wait(self.config.interval);
+            if stop {
+                return;
+            }
+            for id in named {
+                if !self.open.contains_key(&id) {
+                    match self.index.session(id) {
+                        Ok(Some(r)) if r.closed => {}
+                        _ => self.track(id),
+                    }
+                }
+            }
+        }
+    }
+
+    /// One pass: discover, then advance open sessions.
+    pub fn pass(&mut self) -> Result<(), IndexerError> {
+        let t = Instant::now();
+        self.discover()?;
+        self.advance_all(false)?;
+        self.passes += 1;
+        if self
+            .maintained
+            .is_none_or(|t| t.elapsed() >= MAINTAIN_EVERY)
+        {
+            self.index.maintain()?;
+            self.maintained = Some(Instant::now());
+        }
+        let mut st = self
+            .handle
+            .stats
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        st.passes = self.passes;
+        st.last_pass = Some(Utc::now());
+        st.last_pass_ms = t.elapsed().as_millis() as u64;
+        st.open_sessions = self.open.len();
+        Ok(())
+    }
+
+    fn track(&mut self, id: SessionId) {
+        self.open.entry(id).or_insert_with(|| Tracked {
+            scan: SessionScan::new(id),
+            row: SessionRow::unknown(id, Utc::now()),
+            last_change: Instant::now(),
+            fresh: true,
+        });
+    }
+
+    /// Lists session names after the cursor; starts tracking the new ones. Returns how many.
+    fn discover(&mut self) -> Result<usize, IndexerError> {
+        let cursor = self.newest.map(|id| {
+            let window = self.config.discovery_window.as_millis() as u64;
+            cursor_before(id.unix_ms().saturating_sub(window))
+        });
+        let names = self.src.list_sessions(cursor.as_deref())?;
+        let mut new = 0;
+        for name in names {
+            if self.seen.contains(&name) {
+                continue;
+            }
+            match name.parse::<SessionId>() {
+                Ok(id) => {
+                    if self.newest.is_none_or(|n| id > n) {
+                        self.newest = Some(id);
+                    }
+                    match self.index.session(id)? {
+                        Some(r) if r.closed => {}
+                        _ => {
+                            self.track(id);
+                            new += 1;
+                        }
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(name, error = %e, "object outside the bucket layout (not a session id)");
+                    let mut st = self
+                        .handle
+                        .stats
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner);
+                    if st.anomalies.len() < MAX_ANOMALIES {
+                        st.anomalies
+                            .push(format!("{LAYOUT_PREFIX}{name}: not a session id ({e})"));
+                    }
+                }
+            }
+            self.seen.insert(name);
+        }
+        // Forget names that discovery will no longer list.
+        if let Some(c) = &cursor {
+            self.seen = self.seen.split_off(c);
+        }
+        Ok(new)
+    }
+
+    fn advance_all(&mut self, everything: bool) -> Result<(), IndexerError> {
+        let ids: Vec<SessionId> = self.open.keys().copied().collect();
+        for id in ids {
+            let Some(t) = self.open.get_mut(&id) else {
+                continue;
+            };
+            let stale = t.last_change.elapsed() >= self.config.stale_after;
+            if stale && !everything && !self.passes.is_multiple_of(STALE_EVERY) {
+                continue;
+            }
+            let mut found = Vec::new();
+            let progressed = t.scan.advance(self.src.as_ref(), stale, &mut found)?;
+            let now = Utc::now();
+            let mut last_utc = t.row.started_at;
+            let mut batch = Batch::default();
+            for f in found {
+                if let Found::Chunk { manifest, .. } = &f {
+                    last_utc = last_utc.max(manifest.utc_end);
+                }
+                apply_found(&mut t.row, f, id, &mut batch);
+            }
+            if t.fresh {
+                // First look at a session just discovered or restored from the index: judge
+                // staleness by the recording's own clock, not by when we started watching it.
+                t.fresh = false;
+                let age = (now - last_utc).to_std().unwrap_or_default();
+                t.last_change = Instant::now().checked_sub(age).unwrap_or_else(Instant::now);
+            } else if progressed {
+                t.last_change = Instant::now();
+            }
+            if progressed {
+                t.row.last_change = now;
+            }
+            let stale = t.last_change.elapsed() >= self.config.stale_after;
+            let status = t.scan.status(stale);
+            let problems = t.scan.problems().to_vec();
+            if progressed || status != t.row.status || problems != t.row.problems {
+                t.row.status = status;
+                t.row.problems = problems;
+                batch.sessions.push(t.row.clone());
+            }
+            self.index.apply(&batch)?;
+            if t.scan.is_closed() {
+                tracing::info!(session = %id, status = %t.row.status, chunks = t.row.chunks, "session indexed");
+                self.open.remove(&id);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The smallest string sorting at or before every session id of a session started at
+/// `unix_ms` (UUIDv7: the first 48 bits are the time in milliseconds).
+fn cursor_before(unix_ms: u64) -> String {
+    let hex = format!("{:012x}", unix_ms & 0xffff_ffff_ffff);
+    format!("{}-{}", &hex[..8], &hex[8..])
+}
+
+/// Folds one accepted object into the session's row and the batch.
+fn apply_found(row: &mut SessionRow, f: Found, id: SessionId, batch: &mut Batch) {
+    match f {
+        Found::Header(h) => {
+            row.started_at = h.started_at;
+            row.user_name = h.user.name;
+            row.user_id = h.user.id;
+            row.machine_id = h.machine.id;
+            row.hostname = h.machine.hostname;
+            row.company = h.labels.company;
+            row.location = h.labels.location;
+            row.computer = h.labels.computer;
+            row.authorized_by = h.authorization.authorized_by;
+            row.reason = h.authorization.reason;
+            row.trigger = serde_json::to_value(h.authorization.trigger)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_owned))
+                .unwrap_or_default();
+        }
+        Found::Init(i) => batch.inits.push((
+            id,
+            InitRow {
+                id: i.id,
+                width: i.width,
+                height: i.height,
+                codec: i.codec,
+                bytes: i.size,
+            },
+        )),
+        Found::Chunk {
+            manifest: m,
+            events,
+            verified,
+        } => {
+            row.chunks += 1;
+            row.bytes += m.video.size + m.events.size;
+            row.duration_us = row.duration_us.max(m.media_end_us.as_micros());
+            let rows = events
+                .iter()
+                .enumerate()
+                .map(|(i, e)| EventRow::new(m.seq, i as u32, e))
+                .collect();
+            batch.chunks.push((
+                id,
+                ChunkRow {
+                    seq: m.seq,
+                    init_id: m.init.id,
+                    media_start_us: m.media_start_us.as_micros(),
+                    media_end_us: m.media_end_us.as_micros(),
+                    utc_start: m.utc_start,
+                    utc_end: m.utc_end,
+                    keyframe: m.starts_with_keyframe,
+                    frames: m.frames,
+                    video_bytes: m.video.size,
+                    events_bytes: m.events.size,
+                    events: m.events.count,
+                    verified,
+                },
+                rows,
+            ));
+        }
+        Found::Close(c) => {
+            row.ended_at = Some(c.ended_at);
+            row.end_reason = serde_json::to_value(c.end_reason)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_owned));
+            row.closed = true;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_discovery_cursor_sorts_before_every_id_of_that_millisecond() {
+        let id = SessionId::from_parts(1_700_000_000_123, [0; 10]);
+        let c = cursor_before(1_700_000_000_123);
+        assert!(c.as_str() < id.to_string().as_str(), "{c} {id}");
+        let earlier = SessionId::from_parts(1_700_000_000_122, [0xff; 10]);
+        assert!(c.as_str() > earlier.to_string().as_str(), "{c} {earlier}");
+    }
+}

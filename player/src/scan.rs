@@ -1,0 +1,445 @@
+//! Reading one session out of the bucket, incrementally, checking everything it reads.
+//!
+//! [`SessionScan`] is the one place that decides whether a stored session is intact: the
+//! indexer keeps one per session that is still arriving and calls [`SessionScan::advance`] when
+//! new objects may have landed; `verify` runs a fresh one over the whole session. So the status
+//! shown in the report view and the verdict `verify` prints come from the same code.
+//!
+//! What it checks, in upload order: the header starts the hash chain; each chunk manifest must
+//! sit under its own key, link to the previous document and name payloads (video, events, init
+//! segment) whose sizes and SHA-256 match; the close record must count the chunks and link to the
+//! last one. Problems are classified for the status: a **gap** is chunks that are missing as a
+//! whole (the chain is re-anchored after them, so the rest is still checked); everything else
+//! that does not match (altered bytes, a moved manifest, a forged link, a payload missing under a
+//! manifest, a key outside the layout, an unreadable document) is **tampering**. After tampering
+//! the chain cannot vouch for anything later, so later chunks are still indexed for playback but
+//! marked unverified.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use jitrec_format::{
+    ChainError, ChainVerifier, ChunkManifest, EndReason, Event, InitRef, ObjectKey, SessionClose,
+    SessionHeader, SessionId, Sha256Digest, decode_events, validate_events,
+};
+
+use crate::store::{ObjectSource, StoreError};
+
+/// How bad a problem is for the session's status.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum ProblemKind {
+    /// Whole chunks are missing.
+    Gap,
+    /// Something stored does not match what the chain vouches for.
+    Tampered,
+}
+
+/// One problem, in words a reviewer can act on.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Problem {
+    pub kind: ProblemKind,
+    pub message: String,
+}
+
+/// The status of a session, derived from its scan (see `docs/player.md`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    /// No close record yet and objects still arriving.
+    Recording,
+    /// Closed, chain intact, gapless.
+    Complete,
+    /// Chunks are missing.
+    Gap,
+    /// The recorder died: closed as interrupted, or no close record and nothing new for longer
+    /// than the indexer's timeout.
+    Interrupted,
+    /// The hash chain is broken or a payload does not match.
+    Tampered,
+}
+
+impl Status {
+    pub const ALL: [Status; 5] = [
+        Status::Recording,
+        Status::Complete,
+        Status::Gap,
+        Status::Interrupted,
+        Status::Tampered,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Recording => "recording",
+            Status::Complete => "complete",
+            Status::Gap => "gap",
+            Status::Interrupted => "interrupted",
+            Status::Tampered => "tampered",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Status> {
+        Status::ALL.into_iter().find(|x| x.as_str() == s)
+    }
+}
+
+impl std::fmt::Display for Status {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Something the scan read and accepted, for the index.
+#[derive(Debug, Clone)]
+pub enum Found {
+    Header(Box<SessionHeader>),
+    /// An init segment, the first time a chunk referring to it was checked against it.
+    Init(InitRef),
+    Chunk {
+        manifest: Box<ChunkManifest>,
+        events: Vec<Event>,
+        /// Linked into an unbroken chain and every payload matched.
+        verified: bool,
+    },
+    Close(SessionClose),
+}
+
+/// The incremental check of one session.
+#[derive(Debug)]
+pub struct SessionScan {
+    session: SessionId,
+    /// `None` before the header has been read, and after the chain broke.
+    chain: Option<ChainVerifier>,
+    header_read: bool,
+    /// The chain broke: nothing after this point is vouched for.
+    broken: bool,
+    next_seq: u64,
+    /// Init segments already fetched: id -> digest of the stored bytes (`None`: missing).
+    inits: BTreeMap<u64, Option<(u64, Sha256Digest)>>,
+    close: Option<SessionClose>,
+    problems: Vec<Problem>,
+    bad_keys: BTreeSet<String>,
+    chunks_verified: u64,
+}
+
+impl SessionScan {
+    pub fn new(session: SessionId) -> Self {
+        Self {
+            session,
+            chain: None,
+            header_read: false,
+            broken: false,
+            next_seq: 0,
+            inits: BTreeMap::new(),
+            close: None,
+            problems: Vec::new(),
+            bad_keys: BTreeSet::new(),
+            chunks_verified: 0,
+        }
+    }
+
+    pub fn session(&self) -> SessionId {
+        self.session
+    }
+
+    pub fn problems(&self) -> &[Problem] {
+        &self.problems
+    }
+
+    pub fn close(&self) -> Option<&SessionClose> {
+        self.close.as_ref()
+    }
+
+    /// Chunks read so far (the next expected sequence number).
+    pub fn chunks_read(&self) -> u64 {
+        self.next_seq
+    }
+
+    /// Chunks linked into an unbroken chain with every payload matching.
+    pub fn chunks_verified(&self) -> u64 {
+        self.chunks_verified
+    }
+
+    /// Whether nothing more is expected: the close record has been read.
+    pub fn is_closed(&self) -> bool {
+        self.close.is_some()
+    }
+
+    /// The status; `stale` says nothing new has arrived for longer than the indexer waits.
+    pub fn status(&self, stale: bool) -> Status {
+        if self
+            .problems
+            .iter()
+            .any(|p| p.kind == ProblemKind::Tampered)
+        {
+            Status::Tampered
+        } else if self.problems.iter().any(|p| p.kind == ProblemKind::Gap) {
+            Status::Gap
+        } else {
+            match &self.close {
+                Some(c) if c.end_reason == EndReason::Interrupted => Status::Interrupted,
+                Some(_) => Status::Complete,
+                None if stale => Status::Interrupted,
+                None => Status::Recording,
+            }
+        }
+    }
+
+    fn problem(&mut self, kind: ProblemKind, message: impl Into<String>) {
+        let message = message.into();
+        if !self.problems.iter().any(|p| p.message == message) {
+            self.problems.push(Problem { kind, message });
+        }
+    }
+
+    fn tampered(&mut self, message: impl Into<String>) {
+        self.problem(ProblemKind::Tampered, message);
+    }
+
+    /// Reads what is new in the bucket for this session and appends what it accepted to `found`.
+    ///
+    /// `give_up_waiting` says chunks that are still missing will not come (the indexer's timeout
+    /// passed, or a one-shot `verify`): they are reported as a gap, as is a missing header. A
+    /// close record implies it. Returns whether anything new was read. Only a failure to read the
+    /// bucket is an `Err`; the scan can be advanced again after one.
+    pub fn advance(
+        &mut self,
+        src: &dyn ObjectSource,
+        give_up_waiting: bool,
+        found: &mut Vec<Found>,
+    ) -> Result<bool, StoreError> {
+        let s = self.session;
+        // Keys sort chunk by chunk (`.events.zst` < `.json` < `.m4s`), then `closed.json`,
+        // `init/`, `session.json`: resuming after the last read chunk's video re-lists only the
+        // few objects that are not chunks.
+        let resume = self
+            .next_seq
+            .checked_sub(1)
+            .map(|seq| ObjectKey::ChunkVideo(s, seq).to_string());
+        let mut manifests = BTreeSet::new();
+        let (mut has_header, mut has_close) = (false, false);
+        for key in src.list_after(&ObjectKey::session_prefix(s), resume.as_deref())? {
+            match ObjectKey::parse(&key) {
+                Ok(ObjectKey::ChunkManifest(_, n)) => {
+                    manifests.insert(n);
+                }
+                Ok(ObjectKey::SessionHeader(_)) => has_header = true,
+                Ok(ObjectKey::SessionClosed(_)) => has_close = true,
+                Ok(_) => {}
+                Err(e) => {
+                    if self.bad_keys.insert(key) {
+                        self.tampered(e.to_string());
+                    }
+                }
+            }
+        }
+        let before = found.len();
+        let give_up = give_up_waiting || has_close;
+
+        if !self.header_read {
+            if !has_header {
+                if give_up {
+                    self.tampered("the session header is missing");
+                }
+                return Ok(found.len() > before);
+            }
+            self.header_read = true;
+            match src.get(&ObjectKey::SessionHeader(s))? {
+                None => self.tampered("the session header vanished while reading it"),
+                Some(bytes) => match ChainVerifier::new(&bytes) {
+                    Ok(c) if c.header().session_id != s => {
+                        self.tampered(format!(
+                            "the session header belongs to session {}",
+                            c.header().session_id
+                        ));
+                        self.broken = true;
+                    }
+                    Ok(c) => {
+                        found.push(Found::Header(Box::new(c.header().clone())));
+                        self.chain = Some(c);
+                    }
+                    Err(e) => {
+                        self.tampered(format!("session header: {e}"));
+                        self.broken = true;
+                    }
+                },
+            }
+        }
+
+        let from = self.next_seq;
+        for seq in manifests.into_iter().filter(|&n| n >= from) {
+            let gap = seq != self.next_seq;
+            if gap {
+                if !give_up {
+                    // Chunks of one session may land out of order; wait for the missing ones.
+                    break;
+                }
+                let msg = ChainError::SeqGap {
+                    expected: self.next_seq,
+                    found: seq,
+                }
+                .to_string();
+                self.problem(ProblemKind::Gap, msg);
+            }
+            self.read_chunk(src, seq, gap, found)?;
+            self.next_seq = seq + 1;
+        }
+
+        if has_close && self.close.is_none() {
+            match src.get(&ObjectKey::SessionClosed(s))? {
+                None => self.tampered("the close record vanished while reading it"),
+                Some(bytes) => self.read_close(&bytes, found),
+            }
+        }
+        Ok(found.len() > before)
+    }
+
+    fn read_chunk(
+        &mut self,
+        src: &dyn ObjectSource,
+        seq: u64,
+        after_gap: bool,
+        found: &mut Vec<Found>,
+    ) -> Result<(), StoreError> {
+        let s = self.session;
+        let Some(bytes) = src.get(&ObjectKey::ChunkManifest(s, seq))? else {
+            self.tampered(format!("chunk {seq}: manifest vanished while reading it"));
+            return Ok(());
+        };
+        let manifest = match ChunkManifest::from_bytes(&bytes) {
+            Ok(m) => m,
+            Err(e) => {
+                self.tampered(format!("chunk {seq}: {e}"));
+                self.break_chain();
+                return Ok(());
+            }
+        };
+        if manifest.seq != seq || manifest.session_id != s {
+            self.tampered(format!(
+                "chunk {seq}: the manifest stored for it is chunk {} of session {} (moved, reordered or copied)",
+                manifest.seq, manifest.session_id
+            ));
+            self.break_chain();
+            return Ok(());
+        }
+        let mut ok = !self.broken;
+        if let Some(chain) = self.chain.as_mut() {
+            let linked = if after_gap {
+                chain.resync(&bytes)
+            } else {
+                chain.push(&bytes)
+            };
+            if let Err(e) = linked {
+                self.tampered(e.to_string());
+                self.break_chain();
+                ok = false;
+            }
+        }
+
+        let mut events = Vec::new();
+        match src.get(&ObjectKey::ChunkVideo(s, seq))? {
+            None => {
+                self.tampered(format!("chunk {seq}: video segment is missing"));
+                ok = false;
+            }
+            Some(b) => {
+                if let Err(e) = manifest.verify_video(&b) {
+                    self.tampered(format!("chunk {seq}: {e}"));
+                    ok = false;
+                }
+            }
+        }
+        match src.get(&ObjectKey::ChunkEvents(s, seq))? {
+            None => {
+                self.tampered(format!("chunk {seq}: events are missing"));
+                ok = false;
+            }
+            Some(b) => match manifest.verify_events(&b) {
+                Err(e) => {
+                    self.tampered(format!("chunk {seq}: {e}"));
+                    ok = false;
+                }
+                Ok(()) => match decode_events(&b)
+                    .and_then(|ev| validate_events(&manifest, &ev).map(|()| ev))
+                {
+                    Ok(ev) => events = ev,
+                    Err(e) => {
+                        self.tampered(format!("chunk {seq}: events: {e}"));
+                        ok = false;
+                    }
+                },
+            },
+        }
+        let init_id = manifest.init.id;
+        if let std::collections::btree_map::Entry::Vacant(slot) = self.inits.entry(init_id) {
+            let got = src.get(&ObjectKey::Init(s, init_id))?;
+            let digest = got.map(|b| (b.len() as u64, Sha256Digest::of(&b)));
+            slot.insert(digest);
+            if let Some((size, sha)) = digest
+                && size == manifest.init.size
+                && sha == manifest.init.sha256
+            {
+                found.push(Found::Init(manifest.init.clone()));
+            }
+        }
+        match self.inits.get(&init_id).copied().flatten() {
+            None => {
+                self.tampered(format!("chunk {seq}: init segment {init_id} is missing"));
+                ok = false;
+            }
+            Some((size, sha)) => {
+                if size != manifest.init.size || sha != manifest.init.sha256 {
+                    self.tampered(format!(
+                        "chunk {seq}: init segment {init_id}: stored {size} bytes with SHA-256 {sha}, the manifest says {} bytes with {}",
+                        manifest.init.size, manifest.init.sha256
+                    ));
+                    ok = false;
+                }
+            }
+        }
+        if ok {
+            self.chunks_verified += 1;
+        }
+        found.push(Found::Chunk {
+            manifest: Box::new(manifest),
+            events,
+            verified: ok,
+        });
+        Ok(())
+    }
+
+    fn read_close(&mut self, bytes: &[u8], found: &mut Vec<Found>) {
+        let close = match SessionClose::from_bytes(bytes) {
+            Ok(c) => c,
+            Err(e) => {
+                self.tampered(format!("close record: {e}"));
+                return;
+            }
+        };
+        if close.chunk_count > self.next_seq {
+            let msg = ChainError::SeqGap {
+                expected: self.next_seq,
+                found: close.chunk_count,
+            }
+            .to_string();
+            self.problem(
+                ProblemKind::Gap,
+                format!("close record: {msg} (the last chunks never arrived)"),
+            );
+        } else if let Some(chain) = self.chain.take()
+            && !self.broken
+            && let Err(e) = chain.finish(bytes)
+        {
+            self.tampered(e.to_string());
+        }
+        self.broken = true;
+        found.push(Found::Close(close.clone()));
+        self.close = Some(close);
+    }
+
+    fn break_chain(&mut self) {
+        self.broken = true;
+        self.chain = None;
+    }
+}
