@@ -9,10 +9,11 @@ cd "$(dirname "$0")/.."
 # their crates); Debian's FFmpeg 5.1 libraries, pkg-config and clang (bindgen) for ffmpeg-next;
 # the ffmpeg CLI (ffprobe) that tests decode recordings with; Xvfb, the X server tests record;
 # Python's pip for SeaweedFS; PostgreSQL's server, which the player's index suite runs against
-# (the harness starts its own cluster on 127.0.0.1; the package's own cluster is not used).
+# (the harness starts its own cluster on 127.0.0.1; the package's own cluster is not used);
+# Chromium and its WebDriver, which the report view's tests drive headless.
 PACKAGES=(gcc libc6-dev pkg-config clang libclang-dev libavcodec-dev libavformat-dev
   libavutil-dev libswscale-dev libavfilter-dev libavdevice-dev ffmpeg xvfb python3-pip
-  postgresql-15)
+  postgresql-15 chromium chromium-driver)
 
 missing=()
 for p in "${PACKAGES[@]}"; do

@@ -552,9 +552,20 @@ fn a_flood_of_processes_is_summarised_not_lost() {
     eprintln!("{individual} starts written one by one, {summarised_true} summarised");
     assert!(individual < 1000, "the bound did not apply");
     assert!(summarised_true > 0, "nothing was summarised");
-    assert!(
-        individual as u64 + summarised_true >= 1000,
-        "{} of 1000 starts accounted for",
-        individual as u64 + summarised_true
-    );
+    // On a machine loaded by other work the kernel can drop connector messages (its receive
+    // buffer overflows while this thread waits for a CPU). That loss cannot be counted, but it
+    // must not be silent: the session then says so.
+    let kernel_dropped = rec.events.iter().any(|e| {
+        matches!(&e.event, EventKind::EventSource { source, state: SourceState::Partial, detail }
+            if source == "processes" && detail.contains("dropped"))
+    });
+    let accounted = individual as u64 + summarised_true;
+    if kernel_dropped {
+        eprintln!("the kernel dropped process events; {accounted} of 1000 starts accounted for");
+    } else {
+        assert!(
+            accounted >= 1000,
+            "{accounted} of 1000 starts accounted for, and no loss was reported"
+        );
+    }
 }

@@ -559,15 +559,25 @@ fn the_postgresql_index_passes_the_index_suite() {
 
 /// The player as `serve` runs it, in this process: the indexer on its thread and the API on a
 /// runtime of its own, on a free loopback port.
-struct Player {
-    addr: SocketAddr,
+pub(crate) struct Player {
+    pub(crate) addr: SocketAddr,
     indexer: IndexerHandle,
     thread: Option<std::thread::JoinHandle<()>>,
     rt: Option<tokio::runtime::Runtime>,
 }
 
 impl Player {
+    /// The API alone, without sign-in.
     fn start(src: Arc<dyn ObjectSource>, index: Arc<dyn Index>) -> Player {
+        Self::start_with(src, index, false)
+    }
+
+    /// With `web`, the whole report view behind sign-in, as `serve` runs it.
+    pub(crate) fn start_with(
+        src: Arc<dyn ObjectSource>,
+        index: Arc<dyn Index>,
+        web: bool,
+    ) -> Player {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
@@ -581,11 +591,17 @@ impl Player {
         .unwrap();
         let handle = indexer.handle();
         let thread = std::thread::spawn(move || indexer.run());
-        let app = jitrec_player::api::router(jitrec_player::api::AppState {
+        let state = jitrec_player::api::AppState {
             index,
             src,
             indexer: handle.clone(),
-        });
+        };
+        let app = if web {
+            jitrec_player::auth::init(state.index.as_ref()).unwrap();
+            jitrec_player::web::app(state, jitrec_player::web::WebConfig::default())
+        } else {
+            jitrec_player::api::router(state)
+        };
         let listener = rt
             .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
             .unwrap();
@@ -617,13 +633,17 @@ impl Drop for Player {
 }
 
 /// A session recorded on a real X server with process events, with a marker command to find.
-struct RealSession {
-    spool: tempfile::TempDir,
-    id: SessionId,
-    marker: String,
+pub(crate) struct RealSession {
+    pub(crate) spool: tempfile::TempDir,
+    pub(crate) id: SessionId,
+    pub(crate) marker: String,
+    /// When a green window appeared on the (black) screen.
+    pub(crate) mapped_at: chrono::DateTime<chrono::Utc>,
 }
 
-fn record_real_session() -> RealSession {
+/// Records one session: 1.2 s of black screen, then a green 200x150 window at (40, 30), the
+/// marker command, 1.5 s more.
+pub(crate) fn record_real_session() -> RealSession {
     use jitrec_recorder::events::process::ProcessSource;
     use jitrec_recorder::events::{EventLimits, EventSource, SourceFactory};
     let x = jitrec_tests::xvfb::Xvfb::start(320, 240).unwrap();
@@ -636,8 +656,10 @@ fn record_real_session() -> RealSession {
     });
     let marker = format!("jitrec-player-marker-{}", std::process::id());
     let display = x.display.clone();
+    let mut mapped_at = chrono::Utc::now();
     let id = crate::events::record_into(spool.path(), &x, factory, EventLimits::default(), || {
         std::thread::sleep(Duration::from_millis(1200));
+        mapped_at = chrono::Utc::now();
         let _w = jitrec_tests::xvfb::map_window(&display, (40, 30, 200, 150), 0x0000_ff00).unwrap();
         // A command that lives long enough for its command line to be read.
         let ok = Command::new("/bin/sh")
@@ -652,6 +674,7 @@ fn record_real_session() -> RealSession {
         spool,
         id,
         marker: marker.clone(),
+        mapped_at,
     }
 }
 
@@ -852,7 +875,7 @@ fn check_served(
     assert!(find(b"moov") < find(b"mdat"));
 }
 
-fn start_player(src: &Arc<dyn ObjectSource>, work: &Path) -> Player {
+pub(crate) fn start_player(src: &Arc<dyn ObjectSource>, work: &Path) -> Player {
     let index: Arc<dyn Index> = Arc::new(SqliteIndex::open(&work.join("index.sqlite3")).unwrap());
     Player::start(Arc::clone(src), index)
 }

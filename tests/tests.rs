@@ -7,6 +7,7 @@ mod events;
 mod player;
 mod recorder;
 mod recorder_process;
+mod report_view;
 mod spool_crash;
 mod spool_model;
 mod uploader;

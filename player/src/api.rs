@@ -2,11 +2,12 @@
 //!
 //! ```text
 //! GET  /api/sessions                    list: user, machine, company, location, computer,
-//!                                       from, to (RFC 3339), status, q (text), after, limit
+//!                                       from, to (RFC 3339), status, q (text), order, after, limit
 //! GET  /api/sessions/{id}               one session with its init segments, chunks, events
 //! GET  /api/sessions/{id}/init/{n}.mp4  init segment        (Range supported)
 //! GET  /api/sessions/{id}/chunks/{n}.m4s media segment      (Range supported)
 //! GET  /api/sessions/{id}/playlist.m3u8 HLS (fMP4) playlist
+//! GET  /api/sessions/{id}/export.mp4    the session as one MP4 (`?part=N` after a size change)
 //! POST /api/sessions/{id}/verify        re-check the session in the bucket, update its status
 //! POST /api/notify                      fast path: `{"session": id}` or empty, index now
 //! GET  /api/status                      indexer progress and sessions per status
@@ -16,23 +17,25 @@
 //! the API cannot be used to read arbitrary objects. The index and the bucket are blocking
 //! APIs; every handler reaches them through `spawn_blocking`.
 //!
-//! There is no sign-in yet (the report view's issue adds it): `serve` listens on 127.0.0.1 by
-//! default for that reason.
+//! `serve` puts these routes behind sign-in ([`crate::web`]); a signed-in user's views,
+//! searches, exports and verifications are written to the audit log, and a request whose audit
+//! record cannot be written is refused rather than served unrecorded.
 
 use std::fmt::Write as _;
 use std::sync::Arc;
 
-use axum::Json;
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{Path, Query as QueryParams, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use axum::{Extension, Json};
 use chrono::{DateTime, Utc};
 use jitrec_format::{ObjectKey, SessionId};
 use serde::{Deserialize, Serialize};
 
+use crate::auth::Login;
 use crate::index::{ChunkRow, EventRow, Index, InitRow, MAX_PAGE, Query, SessionRow};
 use crate::indexer::{IndexerHandle, IndexerStats};
 use crate::store::ObjectSource;
@@ -45,18 +48,23 @@ pub struct AppState {
     pub indexer: IndexerHandle,
 }
 
-/// The API's routes.
+/// The API's routes, without sign-in (tests of the API alone; `serve` uses [`crate::web::app`]).
 pub fn router(state: AppState) -> Router {
+    routes().with_state(state)
+}
+
+/// The API's routes, for a caller that adds its own layers and state.
+pub fn routes() -> Router<AppState> {
     Router::new()
         .route("/api/sessions", get(list))
         .route("/api/sessions/{id}", get(session))
         .route("/api/sessions/{id}/init/{name}", get(init_segment))
         .route("/api/sessions/{id}/chunks/{name}", get(media_segment))
         .route("/api/sessions/{id}/playlist.m3u8", get(playlist))
+        .route("/api/sessions/{id}/export.mp4", get(export_mp4))
         .route("/api/sessions/{id}/verify", post(verify))
         .route("/api/notify", post(notify))
         .route("/api/status", get(status))
-        .with_state(state)
 }
 
 /// An error answered as `{"error": "..."}` with a status code.
@@ -91,6 +99,26 @@ async fn blocking<T: Send + 'static>(
         .map_err(ApiError::internal)?
 }
 
+/// Writes an audit record for a signed-in request (none when the router runs without sign-in,
+/// as in tests of the API alone).
+async fn audit(
+    st: &AppState,
+    login: &Option<Extension<Login>>,
+    action: &'static str,
+    target: String,
+    detail: String,
+) -> Result<(), ApiError> {
+    let Some(Extension(l)) = login else {
+        return Ok(());
+    };
+    let (index, user) = (Arc::clone(&st.index), l.user.clone());
+    blocking(move || {
+        crate::auth::audit(index.as_ref(), &user, action, &target, &detail)
+            .map_err(ApiError::internal)
+    })
+    .await
+}
+
 fn session_id(s: &str) -> Result<SessionId, ApiError> {
     s.parse()
         .map_err(|e| ApiError::bad_request(format!("session id {s:?}: {e}")))
@@ -110,6 +138,8 @@ pub struct ListParams {
     pub q: Option<String>,
     pub after: Option<String>,
     pub limit: Option<u32>,
+    /// `newest` (default) or `oldest` first.
+    pub order: Option<String>,
 }
 
 impl ListParams {
@@ -148,16 +178,32 @@ impl ListParams {
             text: nonempty(self.q),
             after: nonempty(self.after).map(|a| session_id(&a)).transpose()?,
             limit: self.limit.unwrap_or(50).clamp(1, MAX_PAGE),
+            oldest_first: match self.order.as_deref() {
+                None | Some("") | Some("newest") => false,
+                Some("oldest") => true,
+                Some(o) => {
+                    return Err(ApiError::bad_request(format!(
+                        "order {o:?}: expected newest or oldest"
+                    )));
+                }
+            },
         })
     }
 }
 
 async fn list(
     State(st): State<AppState>,
+    login: Option<Extension<Login>>,
     QueryParams(p): QueryParams<ListParams>,
 ) -> Result<Response, ApiError> {
     let q = p.query()?;
-    let page = blocking(move || st.index.list(&q).map_err(ApiError::internal)).await?;
+    let text = q.text.clone();
+    let index = Arc::clone(&st.index);
+    let page = blocking(move || index.list(&q).map_err(ApiError::internal)).await?;
+    if let Some(t) = text {
+        let detail = format!("{} sessions on this page", page.sessions.len());
+        audit(&st, &login, "search", t, detail).await?;
+    }
     Ok(Json(page).into_response())
 }
 
@@ -170,8 +216,13 @@ pub struct SessionDetail {
     pub events: Vec<EventRow>,
 }
 
-async fn session(State(st): State<AppState>, Path(id): Path<String>) -> Result<Response, ApiError> {
+async fn session(
+    State(st): State<AppState>,
+    login: Option<Extension<Login>>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
     let id = session_id(&id)?;
+    audit(&st, &login, "view", id.to_string(), String::new()).await?;
     let d = blocking(move || {
         let session = st
             .index
@@ -402,8 +453,13 @@ pub fn hls_playlist(chunks: &[ChunkRow], closed: bool) -> String {
     out
 }
 
-async fn verify(State(st): State<AppState>, Path(id): Path<String>) -> Result<Response, ApiError> {
+async fn verify(
+    State(st): State<AppState>,
+    login: Option<Extension<Login>>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
     let id = session_id(&id)?;
+    audit(&st, &login, "verify", id.to_string(), String::new()).await?;
     let report = blocking(move || {
         crate::verify::verify_and_record(st.src.as_ref(), st.index.as_ref(), id)
             .map_err(ApiError::internal)
@@ -418,6 +474,78 @@ async fn verify(State(st): State<AppState>, Path(id): Path<String>) -> Result<Re
         "text": report.to_string(),
     }))
     .into_response())
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct ExportParams {
+    part: Option<usize>,
+    /// Export even if the session does not verify (the file is then named so).
+    #[serde(default)]
+    unverified: bool,
+}
+
+/// The session as one MP4, remuxed on the fly into a temporary directory and streamed.
+async fn export_mp4(
+    State(st): State<AppState>,
+    login: Option<Extension<Login>>,
+    Path(id): Path<String>,
+    QueryParams(p): QueryParams<ExportParams>,
+) -> Result<Response, ApiError> {
+    let id = session_id(&id)?;
+    let part = p.part.unwrap_or(1).max(1);
+    let detail = format!(
+        "part {part}{}",
+        if p.unverified { ", unverified" } else { "" }
+    );
+    audit(&st, &login, "export", id.to_string(), detail).await?;
+    let src = Arc::clone(&st.src);
+    let (file, len) = blocking(move || {
+        let dir = tempfile::tempdir().map_err(ApiError::internal)?;
+        let out = dir.path().join("export.mp4");
+        let opts = crate::export::ExportOptions {
+            allow_unverified: p.unverified,
+        };
+        let done = crate::export::export(src.as_ref(), id, &out, &opts).map_err(|e| match e {
+            crate::export::ExportError::NotIntact { .. } => {
+                ApiError(StatusCode::CONFLICT, e.to_string())
+            }
+            crate::export::ExportError::Empty(_) => ApiError::not_found(e.to_string()),
+            e => ApiError::internal(e),
+        })?;
+        let path = done
+            .parts
+            .get(part - 1)
+            .map(|p| p.path.clone())
+            .ok_or_else(|| {
+                ApiError::not_found(format!("the export has {} parts", done.parts.len()))
+            })?;
+        // Open, then let the directory go: the open file stays readable until streamed.
+        let f = std::fs::File::open(&path).map_err(ApiError::internal)?;
+        let len = f.metadata().map_err(ApiError::internal)?.len();
+        Ok((f, len))
+    })
+    .await?;
+    let stream = tokio_util::io::ReaderStream::new(tokio::fs::File::from_std(file));
+    let name = format!(
+        "jitrec-{id}{}.mp4",
+        if part > 1 {
+            format!("-part{part}")
+        } else {
+            String::new()
+        }
+    );
+    Ok((
+        [
+            (header::CONTENT_TYPE, "video/mp4".to_owned()),
+            (header::CONTENT_LENGTH, len.to_string()),
+            (
+                header::CONTENT_DISPOSITION,
+                format!("attachment; filename=\"{name}\""),
+            ),
+        ],
+        Body::from_stream(stream),
+    )
+        .into_response())
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -8,14 +8,18 @@
 //! - [`indexer`]: keeps the index up to date with the bucket.
 //! - [`api`]: the HTTP API (JSON, media with Range, HLS playlists).
 //! - [`export`]: one MP4 per session, remuxed without re-encoding.
+//! - [`auth`]: local accounts, sign-ins, roles and the audit log.
+//! - [`web`]: the report view's pages and sign-in around the API.
 //!
 //! Invariant: the player reads only the bucket (never a spool), and the bucket is the source of
 //! truth: anything the player keeps can be rebuilt from it.
 
 pub mod api;
+pub mod auth;
 pub mod export;
 pub mod index;
 pub mod indexer;
 pub mod scan;
 pub mod store;
 pub mod verify;
+pub mod web;

@@ -59,15 +59,26 @@ enum Command {
         bucket: BucketArgs,
         #[command(flatten)]
         index: IndexArgs,
-        /// Address to listen on. There is no sign-in yet: keep it on loopback.
+        /// Address to listen on. Serve plain HTTP only on loopback; put a TLS-terminating proxy in
+        /// front (and pass --cookie-secure) for anything else.
         #[arg(long, default_value = "127.0.0.1:8480")]
         listen: SocketAddr,
+        /// Mark the sign-in cookie Secure (when reached over HTTPS).
+        #[arg(long)]
+        cookie_secure: bool,
         /// Seconds between index passes (a POST to /api/notify starts one at once).
         #[arg(long, default_value_t = 1.0)]
         interval: f64,
         /// An unclosed session with nothing new for this many seconds is interrupted.
         #[arg(long, default_value_t = 600)]
         stale_after: u64,
+    },
+    /// Manage the report view's local accounts.
+    User {
+        #[command(subcommand)]
+        command: UserCommand,
+        #[command(flatten)]
+        index: IndexArgs,
     },
     /// Empty the index and rebuild it from the bucket.
     Reindex {
@@ -112,6 +123,20 @@ enum Command {
     },
 }
 
+#[derive(Subcommand)]
+enum UserCommand {
+    /// Create an account or replace its password and role (ends its sign-ins). The password is
+    /// read from the first line of standard input, at least 12 characters.
+    Add {
+        name: String,
+        /// `reviewer` (view, search, export) or `admin` (also users and the audit log).
+        #[arg(long, default_value = "reviewer")]
+        role: String,
+    },
+    /// List accounts and roles.
+    List,
+}
+
 fn open_bucket(b: &BucketArgs, rt: &tokio::runtime::Runtime) -> Result<Arc<dyn ObjectSource>> {
     Ok(match b.s3.config()? {
         Some(c) => Arc::new(S3Source::new(c, rt.handle().clone())),
@@ -151,11 +176,18 @@ fn main() -> Result<()> {
             bucket,
             index,
             listen,
+            cookie_secure,
             interval,
             stale_after,
         } => {
             let src = open_bucket(&bucket, &rt)?;
             let idx = open_index(&index.index)?;
+            jitrec_player::auth::init(idx.as_ref()).context("preparing the account tables")?;
+            if jitrec_player::auth::users(idx.as_ref())?.is_empty() {
+                tracing::warn!(
+                    "no accounts yet: create one with `jitrec-player user add NAME --role admin`"
+                );
+            }
             let config = IndexerConfig {
                 interval: Duration::from_secs_f64(interval.clamp(0.05, 3600.0)),
                 stale_after: Duration::from_secs(stale_after),
@@ -168,11 +200,16 @@ fn main() -> Result<()> {
                 .name("indexer".into())
                 .spawn(move || indexer.run())
                 .context("starting the indexer thread")?;
-            let app = jitrec_player::api::router(jitrec_player::api::AppState {
-                index: idx,
-                src: Arc::clone(&src),
-                indexer: handle.clone(),
-            });
+            let app = jitrec_player::web::app(
+                jitrec_player::api::AppState {
+                    index: idx,
+                    src: Arc::clone(&src),
+                    indexer: handle.clone(),
+                },
+                jitrec_player::web::WebConfig {
+                    secure_cookies: cookie_secure,
+                },
+            );
             rt.block_on(async {
                 let listener = tokio::net::TcpListener::bind(listen)
                     .await
@@ -200,6 +237,36 @@ fn main() -> Result<()> {
             print_counts(idx.as_ref())
         }
         Command::Status { index } => print_counts(open_index(&index.index)?.as_ref()),
+        Command::User { command, index } => {
+            let idx = open_index(&index.index)?;
+            jitrec_player::auth::init(idx.as_ref())?;
+            match command {
+                UserCommand::Add { name, role } => {
+                    let role = jitrec_player::auth::Role::parse(&role)
+                        .with_context(|| format!("role {role:?}: use reviewer or admin"))?;
+                    let mut password = String::new();
+                    std::io::stdin()
+                        .read_line(&mut password)
+                        .context("reading the password from standard input")?;
+                    let password = password.trim_end_matches(['\r', '\n']);
+                    jitrec_player::auth::add_user(idx.as_ref(), &name, role, password)?;
+                    jitrec_player::auth::audit(
+                        idx.as_ref(),
+                        "(command line)",
+                        "user_add",
+                        &name,
+                        role.as_str(),
+                    )?;
+                    println!("account {name} ({}) saved", role.as_str());
+                }
+                UserCommand::List => {
+                    for (name, role) in jitrec_player::auth::users(idx.as_ref())? {
+                        println!("{name}\t{}", role.as_str());
+                    }
+                }
+            }
+            Ok(())
+        }
         Command::Verify {
             bucket,
             record,

@@ -9,6 +9,7 @@ pub mod faultproxy;
 pub mod http;
 pub mod postgres;
 pub mod seaweed;
+pub mod webdriver;
 pub mod xvfb;
 
 use std::fs;

@@ -161,7 +161,6 @@ impl EventRow {
 
 /// The type name and the searchable text of an event.
 pub fn describe(e: &EventKind) -> (&'static str, String) {
-    let opt = |o: &Option<String>| o.clone().unwrap_or_default();
     match e {
         EventKind::ProcessStart(p) => (
             "process_start",
@@ -196,7 +195,10 @@ pub fn describe(e: &EventKind) -> (&'static str, String) {
             reason,
         } => (
             "jit_stop",
-            format!("JIT stop: {user} on {machine}: {}", opt(reason)),
+            match reason.as_deref().filter(|r| !r.is_empty()) {
+                Some(r) => format!("JIT stop: {user} on {machine}: {r}"),
+                None => format!("JIT stop: {user} on {machine}"),
+            },
         ),
         EventKind::RecorderStarted => ("recorder_started", "recorder started".into()),
         EventKind::RecorderStopped => ("recorder_stopped", "recorder stopped".into()),
@@ -250,7 +252,7 @@ impl Batch {
     }
 }
 
-/// A filtered, paginated list of sessions, newest first.
+/// A filtered, paginated list of sessions, newest first (or oldest first).
 #[derive(Debug, Clone, Default)]
 pub struct Query {
     /// The elevated user's name (exact).
@@ -269,6 +271,8 @@ pub struct Query {
     pub text: Option<String>,
     /// The page after this session (the previous page's `next`).
     pub after: Option<SessionId>,
+    /// Oldest first instead of newest first.
+    pub oldest_first: bool,
     /// Page size, at most [`MAX_PAGE`].
     pub limit: u32,
 }
@@ -326,6 +330,11 @@ pub trait Index: Send + Sync {
     fn counts(&self) -> Result<StatusCounts, IndexError>;
     /// Empties the index (before a rebuild).
     fn clear(&self) -> Result<(), IndexError>;
+    /// Runs a statement of the portable SQL (`$n` placeholders) that [`crate::auth`] and other
+    /// modules keep beside the index; returns the rows changed.
+    fn exec(&self, sql: &str, params: &[SqlValue]) -> Result<u64, IndexError>;
+    /// Runs a query of the portable SQL; returns its rows.
+    fn query(&self, sql: &str, params: &[SqlValue]) -> Result<Vec<Vec<SqlValue>>, IndexError>;
     /// Refreshes the query planner's statistics. The indexer calls it every
     /// [`crate::indexer::MAINTAIN_EVERY`]; without statistics SQLite can pick an index that
     /// avoids sorting over one that filters, and a list query reads every session.
@@ -342,6 +351,31 @@ pub fn open(spec: &str) -> Result<Box<dyn Index>, IndexError> {
         Ok(Box::new(sqlite::SqliteIndex::open(std::path::Path::new(
             spec,
         ))?))
+    }
+}
+
+/// A value passed to or read from [`Index::exec`] and [`Index::query`]. Booleans are integers,
+/// times are microseconds since the Unix epoch: what both backends store alike.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SqlValue {
+    Null,
+    Int(i64),
+    Text(String),
+}
+
+impl SqlValue {
+    pub fn text(&self) -> Option<&str> {
+        match self {
+            SqlValue::Text(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    pub fn int(&self) -> Option<i64> {
+        match self {
+            SqlValue::Int(i) => Some(*i),
+            _ => None,
+        }
     }
 }
 
@@ -464,7 +498,8 @@ pub(crate) fn list_sql(
     }
     if let Some(a) = q.after {
         let n = bind(Param::Text(a.to_string()), &mut params);
-        conds.push(format!("s.id < ${n}"));
+        let op = if q.oldest_first { ">" } else { "<" };
+        conds.push(format!("s.id {op} ${n}"));
     }
     if let Some(p) = text_param {
         let n = bind(p, &mut params);
@@ -480,12 +515,13 @@ pub(crate) fn list_sql(
     };
     (
         format!(
-            "SELECT {} FROM sessions s {wher} ORDER BY s.id DESC LIMIT ${n}",
+            "SELECT {} FROM sessions s {wher} ORDER BY s.id {} LIMIT ${n}",
             sql::SESSION_COLUMNS
                 .split(", ")
                 .map(|c| format!("s.{c}"))
                 .collect::<Vec<_>>()
-                .join(", ")
+                .join(", "),
+            if q.oldest_first { "ASC" } else { "DESC" }
         ),
         params,
     )

@@ -11,8 +11,8 @@ use postgres::{Client, NoTls, Row};
 
 use super::{
     Batch, ChunkRow, EventRow, Hit, Index, IndexError, InitRow, Listed, Page, Param, Pool, Query,
-    SessionRow, StatusCounts, from_micros, list_sql, micros, paginate, parse_id, parse_status, sql,
-    to_i64, to_u64, words,
+    SessionRow, SqlValue, StatusCounts, from_micros, list_sql, micros, paginate, parse_id,
+    parse_status, sql, to_i64, to_u64, words,
 };
 
 /// Clients kept open: the indexer's writes plus a few concurrent API reads.
@@ -72,6 +72,19 @@ fn bind(params: &[Param]) -> Vec<Box<dyn ToSql + Sync>> {
             match p {
                 Param::Text(s) => Box::new(s.clone()),
                 Param::Int(i) => Box::new(*i),
+            }
+        })
+        .collect()
+}
+
+fn bind_values(params: &[SqlValue]) -> Vec<Box<dyn ToSql + Sync>> {
+    params
+        .iter()
+        .map(|p| -> Box<dyn ToSql + Sync> {
+            match p {
+                SqlValue::Null => Box::new(None::<String>),
+                SqlValue::Int(i) => Box::new(*i),
+                SqlValue::Text(s) => Box::new(s.clone()),
             }
         })
         .collect()
@@ -360,6 +373,40 @@ impl Index for PgIndex {
                     ))
                 })
                 .collect()
+        })
+    }
+
+    fn exec(&self, sql: &str, params: &[SqlValue]) -> Result<u64, IndexError> {
+        let b = bind_values(params);
+        self.pool.with(|c| Ok(c.execute(sql, &refs(&b))?))
+    }
+
+    fn query(&self, sql: &str, params: &[SqlValue]) -> Result<Vec<Vec<SqlValue>>, IndexError> {
+        use postgres::types::Type;
+        let b = bind_values(params);
+        self.pool.with(|c| {
+            let mut out = Vec::new();
+            for r in c.query(sql, &refs(&b))? {
+                let mut row = Vec::with_capacity(r.len());
+                for (i, col) in r.columns().iter().enumerate() {
+                    let t = col.type_();
+                    row.push(if *t == Type::INT8 {
+                        r.try_get::<_, Option<i64>>(i)?
+                            .map_or(SqlValue::Null, SqlValue::Int)
+                    } else if *t == Type::INT4 {
+                        r.try_get::<_, Option<i32>>(i)?
+                            .map_or(SqlValue::Null, |v| SqlValue::Int(v.into()))
+                    } else if *t == Type::BOOL {
+                        r.try_get::<_, Option<bool>>(i)?
+                            .map_or(SqlValue::Null, |v| SqlValue::Int(v.into()))
+                    } else {
+                        r.try_get::<_, Option<String>>(i)?
+                            .map_or(SqlValue::Null, SqlValue::Text)
+                    });
+                }
+                out.push(row);
+            }
+            Ok(out)
         })
     }
 

@@ -11,8 +11,8 @@ use rusqlite::{Connection, OptionalExtension, params_from_iter};
 
 use super::{
     Batch, ChunkRow, EventRow, Hit, Index, IndexError, InitRow, Listed, Page, Param, Pool, Query,
-    SessionRow, StatusCounts, from_micros, list_sql, micros, paginate, parse_id, parse_status, sql,
-    to_i64, to_u64, words,
+    SessionRow, SqlValue, StatusCounts, from_micros, list_sql, micros, paginate, parse_id,
+    parse_status, sql, to_i64, to_u64, words,
 };
 
 /// Connections kept open: the indexer's writes plus a few concurrent API reads.
@@ -77,6 +77,14 @@ pub struct SqliteIndex {
 
 fn sqlite_sql(s: &str) -> String {
     s.replace('$', "?")
+}
+
+fn to_sqlite(v: &SqlValue) -> rusqlite::types::Value {
+    match v {
+        SqlValue::Null => rusqlite::types::Value::Null,
+        SqlValue::Int(i) => rusqlite::types::Value::Integer(*i),
+        SqlValue::Text(s) => rusqlite::types::Value::Text(s.clone()),
+    }
 }
 
 fn bind(params: &[Param]) -> Vec<rusqlite::types::Value> {
@@ -439,6 +447,34 @@ impl Index for SqliteIndex {
                 out.push((parse_status(&s)?, to_u64(n)));
             }
             Ok(out)
+        })
+    }
+
+    fn exec(&self, sql: &str, params: &[SqlValue]) -> Result<u64, IndexError> {
+        self.pool.with(|c| {
+            let n = c
+                .prepare_cached(&sqlite_sql(sql))?
+                .execute(params_from_iter(params.iter().map(to_sqlite)))?;
+            Ok(n as u64)
+        })
+    }
+
+    fn query(&self, sql: &str, params: &[SqlValue]) -> Result<Vec<Vec<SqlValue>>, IndexError> {
+        self.pool.with(|c| {
+            let mut st = c.prepare_cached(&sqlite_sql(sql))?;
+            let cols = st.column_count();
+            let rows = st.query_map(params_from_iter(params.iter().map(to_sqlite)), |r| {
+                (0..cols)
+                    .map(|i| {
+                        Ok(match r.get::<_, rusqlite::types::Value>(i)? {
+                            rusqlite::types::Value::Integer(n) => SqlValue::Int(n),
+                            rusqlite::types::Value::Text(t) => SqlValue::Text(t),
+                            _ => SqlValue::Null,
+                        })
+                    })
+                    .collect::<rusqlite::Result<Vec<_>>>()
+            })?;
+            Ok(rows.collect::<Result<_, _>>()?)
         })
     }
 

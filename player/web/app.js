@@ -1,0 +1,509 @@
+// jitrec report view. Plain JavaScript, no framework, no build step: embedded in jitrec-player.
+// Talks only to the JSON API. Each page calls one of the functions at the bottom.
+"use strict";
+
+const $ = (sel, root = document) => root.querySelector(sel);
+
+let me = null; // the signed-in user: {user, role, csrf}
+
+async function api(path, opts = {}) {
+  const headers = Object.assign({}, opts.headers || {});
+  if (opts.method && opts.method !== "GET" && me) headers["X-CSRF-Token"] = me.csrf;
+  const r = await fetch(path, Object.assign({}, opts, { headers, credentials: "same-origin" }));
+  if (r.status === 401) {
+    location.href = "/login";
+    throw new Error("signed out");
+  }
+  return r;
+}
+
+async function apiJson(path, opts) {
+  const r = await api(path, opts);
+  const body = await r.json().catch(() => ({}));
+  if (!r.ok) throw new Error(body.error || `${r.status} ${r.statusText}`);
+  return body;
+}
+
+function showError(e) {
+  const m = $("#message");
+  if (m) m.textContent = e ? String(e.message || e) : "";
+}
+
+function el(tag, attrs = {}, ...children) {
+  const e = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs)) {
+    if (k === "class") e.className = v;
+    else if (k.startsWith("on")) e.addEventListener(k.slice(2), v);
+    else e.setAttribute(k, v);
+  }
+  for (const c of children) e.append(c instanceof Node ? c : document.createTextNode(c ?? ""));
+  return e;
+}
+
+function clock(sec) {
+  if (!isFinite(sec) || sec < 0) sec = 0;
+  const h = Math.floor(sec / 3600), m = Math.floor(sec / 60) % 60, s = sec % 60;
+  const ss = s.toFixed(1).padStart(4, "0");
+  return h ? `${h}:${String(m).padStart(2, "0")}:${ss}` : `${m}:${ss}`;
+}
+
+function bytes(n) {
+  if (n >= 1e9) return (n / 1e9).toFixed(1) + " GB";
+  if (n >= 1e6) return (n / 1e6).toFixed(1) + " MB";
+  if (n >= 1e3) return (n / 1e3).toFixed(0) + " kB";
+  return n + " B";
+}
+
+function when(iso) {
+  return iso ? new Date(iso).toLocaleString() : "";
+}
+
+function badge(status) {
+  return el("span", { class: `badge ${status}` }, status);
+}
+
+async function header() {
+  me = await apiJson("/api/me");
+  $("#me").textContent = `${me.user} (${me.role})`;
+  if (me.role === "admin") $("#audit-link").hidden = false;
+  $("#logout").addEventListener("click", async () => {
+    await api("/api/logout", { method: "POST" });
+    location.href = "/login";
+  });
+}
+
+// ---- sign-in ------------------------------------------------------------------------------
+
+function loginPage() {
+  $("#signin").addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    $("#error").textContent = "";
+    const r = await fetch("/api/login", {
+      method: "POST",
+      headers: { "Content-Type": "application/json" },
+      body: JSON.stringify({ user: $("#user").value, password: $("#password").value }),
+    });
+    if (r.ok) location.href = "/";
+    else $("#error").textContent = (await r.json().catch(() => ({}))).error || "Sign-in failed";
+  });
+}
+
+// ---- session list -------------------------------------------------------------------------
+
+async function listPage() {
+  await header();
+  const form = $("#filters");
+  const params = new URLSearchParams(location.search);
+  for (const [k, v] of params) if (form.elements[k]) form.elements[k].value = v;
+  form.addEventListener("submit", (ev) => {
+    ev.preventDefault();
+    const p = new URLSearchParams();
+    for (const e of form.elements) if (e.name && e.value) p.set(e.name, e.value);
+    location.search = p.toString();
+  });
+  const q = new URLSearchParams();
+  for (const [k, v] of params) {
+    if (k === "from" || k === "to") q.set(k, new Date(v + "T00:00:00").toISOString());
+    else q.set(k, v);
+  }
+  try {
+    const page = await apiJson("/api/sessions?" + q.toString());
+    const body = $("#sessions tbody");
+    body.replaceChildren();
+    if (!page.sessions.length) {
+      body.append(el("tr", {}, el("td", { colspan: "8", class: "muted" }, "No sessions match.")));
+    }
+    for (const s of page.sessions) {
+      const link = `/session/${s.id}`;
+      const labels = [s.company, s.location].filter(Boolean).join(" / ");
+      const first = el("td", {}, el("a", { href: link }, when(s.started_at)));
+      if (s.hits.length) {
+        first.append(el("ul", { class: "hits" }, ...s.hits.map((h) =>
+          el("li", {}, el("a", { href: `${link}?t=${(h.media_us / 1e6).toFixed(3)}`, class: "hit" },
+            `${clock(h.media_us / 1e6)} ${h.text}`)))));
+      }
+      body.append(el("tr", { class: "session", "data-id": s.id }, first,
+        el("td", {}, s.user_name), el("td", {}, s.hostname), el("td", {}, labels),
+        el("td", {}, s.authorized_by || "unknown"), el("td", {}, clock(s.duration_us / 1e6)),
+        el("td", {}, bytes(s.bytes)), el("td", {}, badge(s.status))));
+    }
+    const next = $("#next"), prev = $("#prev");
+    next.disabled = !page.next;
+    next.onclick = () => {
+      const p = new URLSearchParams(location.search);
+      p.set("after", page.next);
+      location.search = p.toString();
+    };
+    prev.disabled = !params.get("after");
+    prev.onclick = () => history.back();
+  } catch (e) {
+    showError(e);
+  }
+}
+
+// ---- player -------------------------------------------------------------------------------
+
+const AHEAD = 30; // seconds buffered ahead of the playhead
+const BEHIND = 60; // seconds kept behind it
+const POLL_MS = 1000; // live sessions: how often to look for new chunks
+
+class MsePlayer {
+  constructor(video, detail) {
+    this.video = video;
+    this.id = detail.session.id;
+    this.inits = new Map(detail.inits.map((i) => [i.id, i]));
+    this.chunks = detail.chunks;
+    this.closed = detail.session.closed;
+    this.next = 0; // index into chunks of the next one to append
+    this.appendedInit = null;
+    this.ended = false;
+    this.busy = false;
+    this.followLive = !this.closed;
+    this.error = null;
+    this.ms = new MediaSource();
+    video.src = URL.createObjectURL(this.ms);
+    this.ms.addEventListener("sourceopen", () => this.open(), { once: true });
+    video.addEventListener("seeking", () => this.onSeek());
+    video.addEventListener("timeupdate", () => this.pump());
+  }
+
+  end() {
+    const last = this.chunks[this.chunks.length - 1];
+    return last ? last.media_end_us / 1e6 : 0;
+  }
+
+  open() {
+    this.opened = true;
+    this.ensureBuffer();
+    this.pump();
+  }
+
+  // The source buffer needs the codec of the first init segment, so a live session that has
+  // no chunk yet gets it when its first chunk arrives.
+  ensureBuffer() {
+    if (this.sb || !this.opened) return;
+    const first = this.chunks[0];
+    const init = first && this.inits.get(first.init_id);
+    if (!init) return;
+    this.sb = this.ms.addSourceBuffer(`video/mp4; codecs="${init.codec}"`);
+    this.sb.mode = "segments";
+    this.sb.addEventListener("error", () => { this.error = "the browser could not decode a segment"; });
+    if (this.closed) this.ms.duration = this.end();
+  }
+
+  append(buf) {
+    return new Promise((resolve, reject) => {
+      const done = () => { this.sb.removeEventListener("error", fail); resolve(); };
+      const fail = () => { this.sb.removeEventListener("updateend", done); reject(new Error("append failed")); };
+      this.sb.addEventListener("updateend", done, { once: true });
+      this.sb.addEventListener("error", fail, { once: true });
+      this.sb.appendBuffer(buf);
+    });
+  }
+
+  remove(a, b) {
+    return new Promise((resolve) => {
+      this.sb.addEventListener("updateend", resolve, { once: true });
+      this.sb.remove(a, b);
+    });
+  }
+
+  bufferedAhead() {
+    const t = this.video.currentTime, b = this.sb.buffered;
+    for (let i = 0; i < b.length; i++) if (b.start(i) <= t + 0.05 && t < b.end(i)) return b.end(i) - t;
+    return 0;
+  }
+
+  async fetchBytes(url) {
+    const r = await api(url);
+    if (!r.ok) throw new Error(`${url}: ${r.status}`);
+    return new Uint8Array(await r.arrayBuffer());
+  }
+
+  // Appends chunks until AHEAD seconds are buffered; evicts what is far behind; ends the stream
+  // after the last chunk of a closed session. One pump at a time.
+  async pump() {
+    if (!this.sb || this.busy || this.ms.readyState !== "open") return;
+    this.busy = true;
+    try {
+      while (this.next < this.chunks.length && this.bufferedAhead() < AHEAD) {
+        const c = this.chunks[this.next];
+        if (this.appendedInit !== c.init_id) {
+          await this.append(await this.fetchBytes(`/api/sessions/${this.id}/init/${c.init_id}.mp4`));
+          this.appendedInit = c.init_id;
+        }
+        const seq = this.next;
+        const bytes = await this.fetchBytes(`/api/sessions/${this.id}/chunks/${c.seq}.m4s`);
+        if (seq !== this.next) continue; // a seek moved the position meanwhile
+        await this.append(bytes);
+        this.next++;
+      }
+      const t = this.video.currentTime;
+      if (this.sb.buffered.length && t - this.sb.buffered.start(0) > BEHIND + 10) {
+        await this.remove(0, t - BEHIND);
+      }
+      if (this.closed && this.next >= this.chunks.length && !this.ended && !this.sb.updating) {
+        this.ended = true;
+        this.ms.endOfStream();
+      }
+    } catch (e) {
+      this.error = String(e.message || e);
+      showError(`Playback: ${this.error}`);
+    } finally {
+      this.busy = false;
+    }
+  }
+
+  // The chunk to start from for time t: the last chunk starting with a keyframe at or before t.
+  startChunk(t) {
+    const us = t * 1e6;
+    let idx = 0;
+    for (let i = 0; i < this.chunks.length; i++) {
+      const c = this.chunks[i];
+      if (c.media_start_us > us) break;
+      if (c.keyframe) idx = i;
+    }
+    return idx;
+  }
+
+  async onSeek() {
+    const t = this.video.currentTime;
+    if (!this.sb) return;
+    const b = this.sb.buffered;
+    for (let i = 0; i < b.length; i++) if (b.start(i) <= t && t < b.end(i)) return;
+    // Not buffered: restart appending from the keyframe chunk before t.
+    while (this.busy) await new Promise((r) => setTimeout(r, 10));
+    if (this.sb.updating) this.sb.abort();
+    this.next = this.startChunk(t);
+    this.appendedInit = null;
+    if (this.ended && this.ms.readyState === "ended") this.ended = false;
+    this.pump();
+  }
+
+  // Live sessions: new chunks are appended as they land; the playhead follows the live edge
+  // unless the reviewer moved away from it.
+  addChunks(chunks, inits, closed) {
+    for (const i of inits) this.inits.set(i.id, i);
+    const known = new Set(this.chunks.map((c) => c.seq));
+    for (const c of chunks) if (!known.has(c.seq)) this.chunks.push(c);
+    this.chunks.sort((a, b) => a.seq - b.seq);
+    this.closed = closed;
+    this.ensureBuffer();
+    this.pump().then(() => {
+      if (!this.followLive || !this.sb || !this.sb.buffered.length) return;
+      const end = this.sb.buffered.end(this.sb.buffered.length - 1);
+      if (end - this.video.currentTime > 3) this.video.currentTime = Math.max(0, end - 1);
+    });
+  }
+}
+
+const SHOWN = new Set(["process_start", "window_focus", "window_title", "jit_start", "jit_stop",
+  "gap", "capture_error", "frames_dropped", "events_summarised", "recorder_started", "recorder_stopped"]);
+
+function renderMeta(s) {
+  const dl = el("dl");
+  const item = (k, v) => dl.append(el("div", {}, el("dt", {}, k), el("dd", {}, v)));
+  item("User", `${s.user_name} (${s.user_id})`);
+  item("Machine", `${s.hostname} (${s.machine_id})`);
+  item("Company / location / computer", [s.company, s.location, s.computer].map((x) => x || "-").join(" / "));
+  item("Authorised by", `${s.authorized_by || "unknown"}${s.reason ? " · " + s.reason : ""}`);
+  item("Started", when(s.started_at));
+  item("Ended", s.ended_at ? `${when(s.ended_at)} (${(s.end_reason || "").replace("_", " ")})` : "still recording");
+  item("Duration / size", `${clock(s.duration_us / 1e6)} · ${bytes(s.bytes)} · ${s.chunks} chunks`);
+  dl.append(el("div", {}, el("dt", {}, "Status"), el("dd", {}, badge(s.status))));
+  const meta = $("#meta");
+  meta.replaceChildren(dl);
+  if (s.problems.length) {
+    meta.append(el("ul", { class: "problems" }, ...s.problems.map((p) => el("li", {}, p.message))));
+  }
+}
+
+function drawMarks(detail, duration) {
+  const marks = $("#marks");
+  marks.replaceChildren();
+  if (!duration) return;
+  const pct = (us) => `${Math.min(100, (us / 1e6 / duration) * 100)}%`;
+  const chunks = detail.chunks;
+  for (let i = 1; i < chunks.length; i++) {
+    if (chunks[i].seq !== chunks[i - 1].seq + 1 || chunks[i].media_start_us > chunks[i - 1].media_end_us) {
+      const a = chunks[i - 1].media_end_us, b = chunks[i].media_start_us;
+      marks.append(el("span", { class: "gap", title: "missing chunks", style: `left:${pct(a)};width:calc(${pct(b)} - ${pct(a)} + 2px)` }));
+    }
+  }
+  for (const e of detail.events) {
+    if (e.kind === "gap") {
+      const a = e.data.from_us, b = e.data.to_us;
+      marks.append(el("span", { class: "gap", title: e.text, style: `left:${pct(a)};width:calc(${pct(b)} - ${pct(a)} + 2px)` }));
+    } else if (e.kind === "process_start" || e.kind === "jit_start" || e.kind === "jit_stop") {
+      marks.append(el("span", { class: "event", style: `left:${pct(e.media_us)}` }));
+    }
+  }
+  if (detail.session.status === "interrupted") {
+    marks.append(el("span", { class: "interrupted", title: "interrupted", style: "right:0;width:4px" }));
+  }
+}
+
+async function sessionPage() {
+  await header();
+  const id = location.pathname.split("/").pop();
+  const video = $("#video");
+  let detail;
+  try {
+    detail = await apiJson(`/api/sessions/${id}`);
+  } catch (e) {
+    $("#meta").textContent = "";
+    showError(e);
+    return;
+  }
+  renderMeta(detail.session);
+  document.title = `${detail.session.user_name} on ${detail.session.hostname} · jitrec`;
+  $("#export").href = `/api/sessions/${id}/export.mp4`;
+  if (!detail.chunks.length) {
+    showError("Nothing of this session has arrived yet.");
+  }
+  const player = new MsePlayer(video, detail);
+  window.jitrecPlayer = player;
+
+  // Timeline.
+  const list = $("#events");
+  let events = [];
+  const renderEvents = () => {
+    events = detail.events.filter((e) => SHOWN.has(e.kind));
+    list.replaceChildren(...events.map((e, i) => el("li", {
+      class: e.kind, "data-i": String(i), "data-media-us": String(e.media_us),
+      onclick: () => { player.followLive = false; video.currentTime = e.media_us / 1e6; },
+    }, el("span", { class: "t" }, clock(e.media_us / 1e6)), el("span", { class: "k" }, e.kind.replace("_", " ")), e.text)));
+  };
+  renderEvents();
+  let current = -1;
+  const highlight = () => {
+    const us = video.currentTime * 1e6 + 1;
+    let idx = -1;
+    for (let i = 0; i < events.length && events[i].media_us <= us; i++) idx = i;
+    if (idx === current) return;
+    list.querySelector("li.current")?.classList.remove("current");
+    current = idx;
+    const li = list.children[idx];
+    if (li) {
+      li.classList.add("current");
+      const box = list.parentElement;
+      if (li.offsetTop < box.scrollTop || li.offsetTop > box.scrollTop + box.clientHeight - 30) {
+        box.scrollTop = li.offsetTop - box.clientHeight / 3;
+      }
+    }
+  };
+
+  // Controls.
+  const seek = $("#seek"), play = $("#play"), speed = $("#speed"), skip = $("#skip-idle");
+  const duration = () => (isFinite(video.duration) && video.duration > 0 ? video.duration : player.end());
+  const refresh = () => {
+    seek.max = String(duration());
+    if (!seek.matches(":active")) seek.value = String(video.currentTime);
+    $("#clock").textContent = `${clock(video.currentTime)} / ${clock(duration())}`;
+    play.textContent = video.paused ? "Play" : "Pause";
+    highlight();
+  };
+  drawMarks(detail, player.end());
+  seek.addEventListener("input", () => { player.followLive = false; video.currentTime = Number(seek.value); });
+  play.addEventListener("click", () => (video.paused ? video.play() : video.pause()));
+  speed.addEventListener("change", () => { video.playbackRate = Number(speed.value); });
+  video.addEventListener("timeupdate", () => {
+    refresh();
+    if (!skip.checked || video.paused) return;
+    // Skip idle: a chunk with at most one frame is an unchanged screen.
+    const us = video.currentTime * 1e6;
+    const i = player.chunks.findIndex((c) => c.media_start_us <= us && us < c.media_end_us);
+    if (i >= 0 && player.chunks[i].frames <= 1) {
+      const next = player.chunks.slice(i + 1).find((c) => c.frames > 1);
+      if (next) video.currentTime = next.media_start_us / 1e6;
+    }
+  });
+  for (const ev of ["play", "pause", "seeked", "durationchange", "ratechange"]) video.addEventListener(ev, refresh);
+  document.addEventListener("keydown", (ev) => {
+    if (ev.target.matches("input, select, textarea")) return;
+    const rates = [...speed.options].map((o) => Number(o.value));
+    const step = (d) => {
+      const i = Math.max(0, Math.min(rates.length - 1, rates.indexOf(video.playbackRate) + d));
+      speed.value = String(rates[i]);
+      video.playbackRate = rates[i];
+    };
+    const jump = (dir) => {
+      const us = video.currentTime * 1e6;
+      const e = dir > 0 ? events.find((x) => x.media_us > us + 1000) : [...events].reverse().find((x) => x.media_us < us - 500000);
+      if (e) video.currentTime = e.media_us / 1e6;
+    };
+    const actions = {
+      " ": () => (video.paused ? video.play() : video.pause()),
+      ArrowLeft: () => { video.currentTime = Math.max(0, video.currentTime - 5); },
+      ArrowRight: () => { video.currentTime = Math.min(duration(), video.currentTime + 5); },
+      "+": () => step(1), "=": () => step(1), "-": () => step(-1),
+      n: () => jump(1), p: () => jump(-1),
+    };
+    const a = actions[ev.key];
+    if (a) { ev.preventDefault(); player.followLive = false; a(); }
+  });
+
+  // Start position: ?t=seconds (a search hit), else the beginning (or the live edge).
+  const t = Number(new URLSearchParams(location.search).get("t"));
+  if (t > 0) { player.followLive = false; video.currentTime = t; }
+
+  // Live sessions: poll for new chunks and events until the close record arrives.
+  if (!detail.session.closed) {
+    $("#live").hidden = false;
+    const poll = async () => {
+      try {
+        const d = await apiJson(`/api/sessions/${id}`);
+        detail = d;
+        renderMeta(d.session);
+        player.addChunks(d.chunks, d.inits, d.session.closed);
+        if (d.chunks.length) showError(null);
+        renderEvents();
+        drawMarks(d, player.end());
+        if (d.session.closed) { $("#live").hidden = true; return; }
+      } catch (e) { showError(e); }
+      setTimeout(poll, POLL_MS);
+    };
+    setTimeout(poll, POLL_MS);
+    video.play().catch(() => {});
+  }
+
+  // For tests and support: a snapshot of the player's state, and a pixel of the current frame.
+  window.jitrecProbe = {
+    state: () => ({
+      currentTime: video.currentTime, paused: video.paused, rate: video.playbackRate,
+      duration: duration(), readyState: video.readyState, error: player.error || (video.error && video.error.message) || null,
+      chunks: player.chunks.length, appended: player.next, ended: player.ended,
+      buffered: [...Array(player.sb ? player.sb.buffered.length : 0).keys()].map((i) => [player.sb.buffered.start(i), player.sb.buffered.end(i)]),
+      current: current >= 0 ? events[current].media_us : null,
+      live: !player.closed,
+    }),
+    pixel: (x, y) => {
+      const c = document.createElement("canvas");
+      c.width = video.videoWidth; c.height = video.videoHeight;
+      const g = c.getContext("2d");
+      g.drawImage(video, 0, 0);
+      return [...g.getImageData(x, y, 1, 1).data.slice(0, 3)];
+    },
+  };
+  refresh();
+}
+
+// ---- audit log ----------------------------------------------------------------------------
+
+async function auditPage() {
+  await header();
+  try {
+    const { entries } = await apiJson("/api/audit");
+    $("#audit tbody").replaceChildren(...entries.map((e) => el("tr", { class: "entry" },
+      el("td", {}, when(e.at)), el("td", {}, e.user), el("td", {}, e.action),
+      el("td", {}, e.target), el("td", {}, e.detail))));
+  } catch (e) {
+    showError(e);
+  }
+}
+
+const pages = { login: loginPage, list: listPage, session: sessionPage, audit: auditPage };
+document.addEventListener("DOMContentLoaded", () => {
+  const page = pages[document.body.dataset.page];
+  if (page) page().catch(showError);
+});
