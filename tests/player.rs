@@ -537,6 +537,42 @@ fn index_suite(open: &dyn Fn() -> Arc<dyn Index>) {
         .map(|l| (l.session.id, l.session.status, l.session.chunks))
         .collect();
     assert_eq!(after, before);
+
+    // Accounts, sign-ins and the audit log live beside the index, through its portable SQL,
+    // and survive a reindex.
+    use jitrec_player::auth;
+    auth::init(index.as_ref()).unwrap();
+    auth::add_user(
+        index.as_ref(),
+        "rita",
+        auth::Role::Reviewer,
+        "a long password",
+    )
+    .unwrap();
+    let (token, login) = auth::sign_in(index.as_ref(), "rita", "a long password")
+        .unwrap()
+        .unwrap();
+    assert_eq!(login.role, auth::Role::Reviewer);
+    assert!(
+        auth::sign_in(index.as_ref(), "rita", "wrong")
+            .unwrap()
+            .is_none()
+    );
+    auth::audit(
+        index.as_ref(),
+        "rita",
+        "view",
+        &id(&complete).to_string(),
+        "",
+    )
+    .unwrap();
+    again.reindex().unwrap();
+    assert_eq!(
+        auth::login(index.as_ref(), &token).unwrap().unwrap().user,
+        "rita"
+    );
+    let log = auth::audit_log(index.as_ref(), 10).unwrap();
+    assert_eq!((log[0].action.as_str(), log.len()), ("view", 1));
 }
 
 #[test]

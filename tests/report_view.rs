@@ -286,7 +286,11 @@ async fn a_reviewer_signs_in_plays_seeks_searches_and_is_audited() {
         b.click(&b.find("#marker-event").unwrap()).unwrap();
         let s = state_when(
             &b,
-            &format!("Math.abs(s.currentTime - {at}) < 0.05 && s.current !== null"),
+            // `current` follows on `seeked`, after `currentTime` already changed.
+            &format!(
+                "Math.abs(s.currentTime - {at}) < 0.05 && s.current === {:.0}",
+                at * 1e6
+            ),
             "the timeline click to seek",
         );
         assert_eq!(s["current"].as_f64().unwrap() / 1e6, at, "{s}");

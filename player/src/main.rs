@@ -77,8 +77,6 @@ enum Command {
     User {
         #[command(subcommand)]
         command: UserCommand,
-        #[command(flatten)]
-        index: IndexArgs,
     },
     /// Empty the index and rebuild it from the bucket.
     Reindex {
@@ -132,9 +130,14 @@ enum UserCommand {
         /// `reviewer` (view, search, export) or `admin` (also users and the audit log).
         #[arg(long, default_value = "reviewer")]
         role: String,
+        #[command(flatten)]
+        index: IndexArgs,
     },
     /// List accounts and roles.
-    List,
+    List {
+        #[command(flatten)]
+        index: IndexArgs,
+    },
 }
 
 fn open_bucket(b: &BucketArgs, rt: &tokio::runtime::Runtime) -> Result<Arc<dyn ObjectSource>> {
@@ -237,11 +240,14 @@ fn main() -> Result<()> {
             print_counts(idx.as_ref())
         }
         Command::Status { index } => print_counts(open_index(&index.index)?.as_ref()),
-        Command::User { command, index } => {
-            let idx = open_index(&index.index)?;
+        Command::User { command } => {
+            let spec = match &command {
+                UserCommand::Add { index, .. } | UserCommand::List { index } => index.index.clone(),
+            };
+            let idx = open_index(&spec)?;
             jitrec_player::auth::init(idx.as_ref())?;
             match command {
-                UserCommand::Add { name, role } => {
+                UserCommand::Add { name, role, .. } => {
                     let role = jitrec_player::auth::Role::parse(&role)
                         .with_context(|| format!("role {role:?}: use reviewer or admin"))?;
                     let mut password = String::new();
@@ -259,7 +265,7 @@ fn main() -> Result<()> {
                     )?;
                     println!("account {name} ({}) saved", role.as_str());
                 }
-                UserCommand::List => {
+                UserCommand::List { .. } => {
                     for (name, role) in jitrec_player::auth::users(idx.as_ref())? {
                         println!("{name}\t{}", role.as_str());
                     }

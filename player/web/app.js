@@ -33,6 +33,8 @@ function el(tag, attrs = {}, ...children) {
   const e = document.createElement(tag);
   for (const [k, v] of Object.entries(attrs)) {
     if (k === "class") e.className = v;
+    // Through the CSSOM, which the Content-Security-Policy (no 'unsafe-inline') allows.
+    else if (k === "style") e.style.cssText = v;
     else if (k.startsWith("on")) e.addEventListener(k.slice(2), v);
     else e.setAttribute(k, v);
   }
@@ -103,8 +105,12 @@ async function listPage() {
   });
   const q = new URLSearchParams();
   for (const [k, v] of params) {
-    if (k === "from" || k === "to") q.set(k, new Date(v + "T00:00:00").toISOString());
-    else q.set(k, v);
+    if (k === "from" || k === "to") {
+      // Dates are local days; "to" includes its whole day.
+      const d = new Date(v + "T00:00:00");
+      if (k === "to") d.setDate(d.getDate() + 1);
+      q.set(k, d.toISOString());
+    } else q.set(k, v);
   }
   try {
     const page = await apiJson("/api/sessions?" + q.toString());
