@@ -182,10 +182,11 @@ async fn a_reviewer_signs_in_plays_seeks_searches_and_is_audited() {
             403
         );
         assert_eq!(notify(&[("Cookie", &token), ("X-CSRF-Token", &csrf)]), 202);
-        // A reviewer may not read the audit log.
-        let r =
-            http::request(player.addr, "GET", "/api/audit", &[("Cookie", &token)], &[]).unwrap();
-        assert_eq!(r.status, 403);
+        // A reviewer may not read the audit log or touch retention.
+        for path in ["/api/audit", "/api/retention"] {
+            let r = http::request(player.addr, "GET", path, &[("Cookie", &token)], &[]).unwrap();
+            assert_eq!(r.status, 403, "{path}");
+        }
         let wrong = http::request(
             player.addr,
             "POST",
@@ -355,6 +356,60 @@ async fn a_reviewer_signs_in_plays_seeks_searches_and_is_audited() {
         assert!(has("export", &id), "{rows:?}");
         assert!(has("sign_in", ""), "{rows:?}");
         assert!(rows.iter().any(|r| r[2] == "sign_in_failed"), "{rows:?}");
+
+        // Retention, admin part: a global policy set through the page's form governs the
+        // session, which shows its expiry; a legal hold shows instead; both are audited.
+        b.goto(&format!("{base}/retention")).unwrap();
+        b.wait_for(
+            "document.querySelector('#me').textContent",
+            LIMIT,
+            "the retention page",
+        )
+        .unwrap();
+        b.type_into(&b.find("#policy input[name=keep_days]").unwrap(), "30")
+            .unwrap();
+        b.click(&b.find("#policy button").unwrap()).unwrap();
+        b.wait_for(
+            "[...document.querySelectorAll('#policies tr.policy')].some((r) => r.textContent.includes('30 days'))",
+            LIMIT,
+            "the new policy in the table",
+        )
+        .unwrap();
+        b.goto(&format!("{base}/session/{id}")).unwrap();
+        let shown = b
+            .wait_for(
+                "document.querySelector('#retention') && document.querySelector('#retention').textContent",
+                LIMIT,
+                "the session's retention",
+            )
+            .unwrap();
+        assert!(
+            shown
+                .as_str()
+                .unwrap()
+                .starts_with("global: keep 30 days, expires "),
+            "{shown}"
+        );
+        let held = b
+            .eval_async(&format!(
+                "const me = await (await fetch('/api/me')).json();\
+                 const r = await fetch('/api/sessions/{id}/hold', {{method: 'POST', headers: {{'Content-Type': 'application/json', 'X-CSRF-Token': me.csrf}}, body: JSON.stringify({{reason: 'case 7'}})}});\
+                 const d = await (await fetch('/api/sessions/{id}')).json();\
+                 return [r.status, d.retention.hold && d.retention.hold.reason];"
+            ))
+            .unwrap();
+        assert_eq!(held, json!([200, "case 7"]));
+        let audit = auth::audit_log(index.as_ref(), 50).unwrap();
+        assert!(
+            audit
+                .iter()
+                .any(|e| e.user == ADMIN.0 && e.action == "policy_set" && e.detail == "30 days")
+        );
+        assert!(
+            audit
+                .iter()
+                .any(|e| e.user == ADMIN.0 && e.action == "hold" && e.target == id)
+        );
     });
 }
 

@@ -8,6 +8,7 @@ mod player;
 mod recorder;
 mod recorder_process;
 mod report_view;
+mod retention;
 mod spool_crash;
 mod spool_model;
 mod uploader;

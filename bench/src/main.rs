@@ -14,6 +14,9 @@
 //!
 //! `player-index`: list and text-search latency of the player's index (SQLite and PostgreSQL)
 //! filled with a million synthetic sessions (see `player.rs`).
+//!
+//! `retention`: how long the retention job takes to expire 100,000 sessions (see
+//! `retention.rs`).
 
 // A benchmark prints its figures; that is its whole output.
 #![allow(clippy::print_stdout, clippy::print_stderr)]
@@ -34,6 +37,7 @@ use tokio_util::sync::CancellationToken;
 
 mod player;
 mod recorder;
+mod retention;
 
 #[derive(Parser)]
 #[command(about = "jitrec benchmarks")]
@@ -50,6 +54,8 @@ enum Command {
     RecorderIdle(recorder::IdleArgs),
     /// List and text-search latency of the player's index with many sessions, per backend.
     PlayerIndex(player::PlayerIndexArgs),
+    /// How long the retention job takes to expire many sessions.
+    Retention(retention::RetentionArgs),
 }
 
 #[derive(Args, Clone)]
@@ -82,6 +88,9 @@ async fn main() -> Result<()> {
         }
         Command::PlayerIndex(args) => {
             tokio::task::spawn_blocking(move || player::run(args)).await?
+        }
+        Command::Retention(args) => {
+            tokio::task::spawn_blocking(move || retention::run(args)).await?
         }
     }
 }

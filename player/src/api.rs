@@ -211,9 +211,46 @@ async fn list(
 #[derive(Debug, Serialize)]
 pub struct SessionDetail {
     pub session: SessionRow,
+    /// The policy governing the session, when it expires, and any legal hold.
+    pub retention: RetentionInfo,
     pub inits: Vec<InitRow>,
     pub chunks: Vec<ChunkRow>,
     pub events: Vec<EventRow>,
+}
+
+/// The retention view of one session.
+#[derive(Debug, Serialize)]
+pub struct RetentionInfo {
+    /// The governing policy in words; `None` if no policy matches (then it is never deleted).
+    pub policy: Option<String>,
+    /// When the retention job may delete it; `None` while recording, kept forever or unresolved.
+    pub expires_at: Option<DateTime<Utc>>,
+    pub hold: Option<crate::retention::Hold>,
+}
+
+fn retention_info(index: &dyn Index, s: &SessionRow) -> Result<RetentionInfo, ApiError> {
+    use crate::retention as r;
+    let policies = r::policies(index).map_err(ApiError::internal)?;
+    let p = policies.resolve(
+        s.company.as_deref(),
+        s.location.as_deref(),
+        s.computer.as_deref(),
+    );
+    let hold = r::holds(index)
+        .map_err(ApiError::internal)?
+        .into_iter()
+        .find(|h| h.session == s.id);
+    let expires_at = match (p.and_then(|p| p.keep_days), s.closed) {
+        (Some(d), true) => {
+            Some(s.ended_at.unwrap_or(s.started_at) + chrono::Duration::days(i64::from(d)))
+        }
+        _ => None,
+    };
+    Ok(RetentionInfo {
+        policy: p.map(ToString::to_string),
+        expires_at,
+        hold,
+    })
 }
 
 async fn session(
@@ -230,6 +267,7 @@ async fn session(
             .map_err(ApiError::internal)?
             .ok_or_else(|| ApiError::not_found(format!("no session {id} in the index")))?;
         Ok(SessionDetail {
+            retention: retention_info(st.index.as_ref(), &session)?,
             session,
             inits: st.index.inits(id).map_err(ApiError::internal)?,
             chunks: st.index.chunks(id).map_err(ApiError::internal)?,

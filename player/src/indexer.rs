@@ -176,6 +176,10 @@ impl Indexer {
             passes: 0,
             maintained: None,
         };
+        crate::retention::init(me.index.as_ref()).map_err(|e| match e {
+            crate::retention::RetentionError::Index(e) => IndexerError::Index(e),
+            e => IndexerError::Index(IndexError::Other(e.to_string())),
+        })?;
         for id in me.index.unfinished()? {
             me.track(id);
         }
@@ -279,8 +283,13 @@ impl Indexer {
                     if self.newest.is_none_or(|n| id > n) {
                         self.newest = Some(id);
                     }
+                    // A session the retention job is deleting (or deleted) must not come back
+                    // from objects a crashed deletion left behind.
+                    let deleted = crate::retention::is_deleted(self.index.as_ref(), id)
+                        .map_err(|e| IndexerError::Index(IndexError::Other(e.to_string())))?;
                     match self.index.session(id)? {
                         Some(r) if r.closed => {}
+                        _ if deleted => {}
                         _ => {
                             self.track(id);
                             new += 1;

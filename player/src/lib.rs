@@ -10,6 +10,7 @@
 //! - [`export`]: one MP4 per session, remuxed without re-encoding.
 //! - [`auth`]: local accounts, sign-ins, roles and the audit log.
 //! - [`web`]: the report view's pages and sign-in around the API.
+//! - [`retention`]: policies, legal holds, the deletion job and its log.
 //!
 //! Invariant: the player reads only the bucket (never a spool), and the bucket is the source of
 //! truth: anything the player keeps can be rebuilt from it.
@@ -19,6 +20,7 @@ pub mod auth;
 pub mod export;
 pub mod index;
 pub mod indexer;
+pub mod retention;
 pub mod scan;
 pub mod store;
 pub mod verify;

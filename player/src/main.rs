@@ -11,7 +11,7 @@ use jitrec_format::SessionId;
 use jitrec_player::export::{self, ExportOptions};
 use jitrec_player::index::{self, Index};
 use jitrec_player::indexer::{Indexer, IndexerConfig};
-use jitrec_player::store::{LocalDir, ObjectSource, S3Source};
+use jitrec_player::store::{LocalDir, ObjectDeleter, ObjectSource, S3Source};
 use jitrec_player::verify::{self, Verdict};
 use jitrec_uploader::S3Args;
 
@@ -72,11 +72,20 @@ enum Command {
         /// An unclosed session with nothing new for this many seconds is interrupted.
         #[arg(long, default_value_t = 600)]
         stale_after: u64,
+        /// Run the retention job every this many seconds (0: never; run it with
+        /// `jitrec-player retention run` instead).
+        #[arg(long, default_value_t = 3600)]
+        retention_every: u64,
     },
     /// Manage the report view's local accounts.
     User {
         #[command(subcommand)]
         command: UserCommand,
+    },
+    /// Retention policies, legal holds and the deletion job.
+    Retention {
+        #[command(subcommand)]
+        command: RetentionCommand,
     },
     /// Empty the index and rebuild it from the bucket.
     Reindex {
@@ -140,7 +149,204 @@ enum UserCommand {
     },
 }
 
-fn open_bucket(b: &BucketArgs, rt: &tokio::runtime::Runtime) -> Result<Arc<dyn ObjectSource>> {
+#[derive(Subcommand)]
+enum RetentionCommand {
+    /// Set the policy of a level: how many days after a session ended it is deleted.
+    Set {
+        /// global, company, location or computer.
+        #[arg(long)]
+        level: String,
+        /// The company, location or computer label it applies to (none for global).
+        #[arg(long, default_value = "")]
+        name: String,
+        /// Days to keep sessions after they ended.
+        #[arg(long, conflicts_with = "forever", required_unless_present = "forever")]
+        keep_days: Option<u32>,
+        /// Keep sessions forever.
+        #[arg(long)]
+        forever: bool,
+        #[command(flatten)]
+        index: IndexArgs,
+    },
+    /// Remove the policy of a level.
+    Unset {
+        #[arg(long)]
+        level: String,
+        #[arg(long, default_value = "")]
+        name: String,
+        #[command(flatten)]
+        index: IndexArgs,
+    },
+    /// Show the policies and legal holds.
+    List {
+        #[command(flatten)]
+        index: IndexArgs,
+    },
+    /// Put a session under legal hold: no deletion until released.
+    Hold {
+        session: SessionId,
+        #[arg(long)]
+        reason: String,
+        /// Who sets it (recorded with the hold).
+        #[arg(long)]
+        by: String,
+        #[command(flatten)]
+        index: IndexArgs,
+    },
+    /// Release a legal hold.
+    Release {
+        session: SessionId,
+        #[command(flatten)]
+        index: IndexArgs,
+    },
+    /// Delete every expired session (bucket, then index), logging each deletion.
+    Run {
+        /// Only print what would be deleted.
+        #[arg(long)]
+        dry_run: bool,
+        /// At most this many objects deleted per second (0: no bound).
+        #[arg(long, default_value_t = 0)]
+        max_objects_per_sec: u32,
+        /// Stop after this many sessions (0: all); the rest waits for the next run.
+        #[arg(long, default_value_t = 0)]
+        max_sessions: usize,
+        #[command(flatten)]
+        bucket: BucketArgs,
+        #[command(flatten)]
+        index: IndexArgs,
+    },
+    /// Show the deletion log.
+    Log {
+        #[command(flatten)]
+        index: IndexArgs,
+    },
+}
+
+fn level(s: &str) -> Result<jitrec_player::retention::Level> {
+    jitrec_player::retention::Level::parse(s)
+        .with_context(|| format!("level {s:?}: use global, company, location or computer"))
+}
+
+fn retention(command: RetentionCommand, rt: &tokio::runtime::Runtime) -> Result<()> {
+    use jitrec_player::retention as r;
+    let spec = match &command {
+        RetentionCommand::Set { index, .. }
+        | RetentionCommand::Unset { index, .. }
+        | RetentionCommand::List { index }
+        | RetentionCommand::Hold { index, .. }
+        | RetentionCommand::Release { index, .. }
+        | RetentionCommand::Run { index, .. }
+        | RetentionCommand::Log { index } => index.index.clone(),
+    };
+    let idx = open_index(&spec)?;
+    r::init(idx.as_ref())?;
+    match command {
+        RetentionCommand::Set {
+            level: l,
+            name,
+            keep_days,
+            ..
+        } => {
+            let l = level(&l)?;
+            r::set_policy(idx.as_ref(), l, &name, keep_days, "(command line)")?;
+            println!("policy set");
+        }
+        RetentionCommand::Unset { level: l, name, .. } => {
+            if !r::unset_policy(idx.as_ref(), level(&l)?, &name)? {
+                anyhow::bail!("there is no {l} policy {name:?}");
+            }
+            println!("policy removed");
+        }
+        RetentionCommand::List { .. } => {
+            let p = r::policies(idx.as_ref())?;
+            if p.list().is_empty() {
+                println!("no policies: nothing is ever deleted");
+            }
+            for p in p.list() {
+                println!("{p} (set by {})", p.set_by);
+            }
+            for h in r::holds(idx.as_ref())? {
+                println!(
+                    "hold on {}: {} (set by {} at {})",
+                    h.session, h.reason, h.set_by, h.set_at
+                );
+            }
+        }
+        RetentionCommand::Hold {
+            session,
+            reason,
+            by,
+            ..
+        } => {
+            r::hold(idx.as_ref(), session, &reason, &by)?;
+            println!("{session} is under legal hold");
+        }
+        RetentionCommand::Release { session, .. } => {
+            if !r::release(idx.as_ref(), session)? {
+                anyhow::bail!("{session} is not under legal hold");
+            }
+            println!("hold on {session} released");
+        }
+        RetentionCommand::Run {
+            dry_run,
+            max_objects_per_sec,
+            max_sessions,
+            bucket,
+            ..
+        } => {
+            let bucket = open_bucket(&bucket, rt)?;
+            let opts = r::RunOptions {
+                dry_run,
+                max_objects_per_sec,
+                max_sessions,
+                ..r::RunOptions::default()
+            };
+            let report = r::run(idx.as_ref(), bucket.as_ref(), &opts, chrono::Utc::now())?;
+            let verb = if dry_run { "would delete" } else { "deleted" };
+            for p in &report.expired {
+                println!(
+                    "{verb} {} ({}; ended {}, expired {})",
+                    p.session, p.policy, p.ended_at, p.expired_at
+                );
+            }
+            println!(
+                "{} sessions {verb}, {} objects; {} unfinished deletions resumed; kept: {} under legal hold, {} still recording, {} without a policy",
+                report.expired.len(),
+                report.objects_deleted,
+                report.resumed,
+                report.held,
+                report.recording,
+                report.unresolved
+            );
+            for (s, e) in &report.failed {
+                println!("FAILED {s}: {e} (retried by the next run)");
+            }
+            if !report.failed.is_empty() {
+                std::process::exit(1);
+            }
+        }
+        RetentionCommand::Log { .. } => {
+            for d in r::deletion_log(idx.as_ref(), 1000)? {
+                println!(
+                    "{} {} {} by {} ({}), {} objects, started {}{}",
+                    d.session,
+                    d.state,
+                    d.policy,
+                    d.actor,
+                    d.policy,
+                    d.objects,
+                    d.started_at,
+                    d.finished_at
+                        .map(|t| format!(", finished {t}"))
+                        .unwrap_or_default()
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+fn open_bucket(b: &BucketArgs, rt: &tokio::runtime::Runtime) -> Result<Arc<dyn ObjectDeleter>> {
     Ok(match b.s3.config()? {
         Some(c) => Arc::new(S3Source::new(c, rt.handle().clone())),
         None => {
@@ -160,7 +366,7 @@ fn open_index(spec: &str) -> Result<Arc<dyn Index>> {
     ))
 }
 
-fn main() -> Result<()> {
+pub(crate) fn main() -> Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -182,8 +388,10 @@ fn main() -> Result<()> {
             cookie_secure,
             interval,
             stale_after,
+            retention_every,
         } => {
-            let src = open_bucket(&bucket, &rt)?;
+            let deleter = open_bucket(&bucket, &rt)?;
+            let src: Arc<dyn ObjectSource> = deleter.clone();
             let idx = open_index(&index.index)?;
             jitrec_player::auth::init(idx.as_ref()).context("preparing the account tables")?;
             if jitrec_player::auth::users(idx.as_ref())?.is_empty() {
@@ -203,6 +411,42 @@ fn main() -> Result<()> {
                 .name("indexer".into())
                 .spawn(move || indexer.run())
                 .context("starting the indexer thread")?;
+            // The retention schedule: a plain thread (the job blocks on the bucket and index),
+            // stopped through its channel.
+            let (stop_retention, stopped) = std::sync::mpsc::channel::<()>();
+            let retention_thread = (retention_every > 0)
+                .then(|| {
+                    let idx = Arc::clone(&idx);
+                    std::thread::Builder::new()
+                        .name("retention".into())
+                        .spawn(move || {
+                            let every = Duration::from_secs(retention_every);
+                            while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
+                                stopped.recv_timeout(every)
+                            {
+                                let opts = jitrec_player::retention::RunOptions::default();
+                                match jitrec_player::retention::run(
+                                    idx.as_ref(),
+                                    deleter.as_ref(),
+                                    &opts,
+                                    chrono::Utc::now(),
+                                ) {
+                                    Ok(r) => tracing::info!(
+                                        deleted = r.expired.len(),
+                                        objects = r.objects_deleted,
+                                        held = r.held,
+                                        failed = r.failed.len(),
+                                        "retention job ran"
+                                    ),
+                                    Err(e) => {
+                                        tracing::error!(error = %e, "the retention job failed")
+                                    }
+                                }
+                            }
+                        })
+                        .context("starting the retention thread")
+                })
+                .transpose()?;
             let app = jitrec_player::web::app(
                 jitrec_player::api::AppState {
                     index: idx,
@@ -226,9 +470,14 @@ fn main() -> Result<()> {
                     .context("serving HTTP")
             })?;
             handle.stop();
+            drop(stop_retention);
             thread
                 .join()
                 .map_err(|_| anyhow::anyhow!("the indexer thread panicked"))?;
+            if let Some(t) = retention_thread {
+                t.join()
+                    .map_err(|_| anyhow::anyhow!("the retention thread panicked"))?;
+            }
             Ok(())
         }
         Command::Reindex { bucket, index } => {
@@ -240,6 +489,7 @@ fn main() -> Result<()> {
             print_counts(idx.as_ref())
         }
         Command::Status { index } => print_counts(open_index(&index.index)?.as_ref()),
+        Command::Retention { command } => retention(command, &rt),
         Command::User { command } => {
             let spec = match &command {
                 UserCommand::Add { index, .. } | UserCommand::List { index } => index.index.clone(),

@@ -45,6 +45,19 @@ pub trait ObjectSource: Send + Sync {
     }
 }
 
+/// A bucket the player may also delete from (the retention job; `s3:DeleteObject` on S3).
+/// Deleting a key that does not exist is not an error, so a resumed deletion can repeat itself.
+pub trait ObjectDeleter: ObjectSource {
+    /// Deletes `keys` (at most 1,000, as one DeleteObjects request).
+    fn delete_many(&self, keys: &[String]) -> Result<(), StoreError>;
+
+    /// Tidies up after every object under `prefix` was deleted (a directory store removes the
+    /// folders left empty, also when an earlier, interrupted deletion removed the objects).
+    fn tidy(&self, _prefix: &str) -> Result<(), StoreError> {
+        Ok(())
+    }
+}
+
 /// A bucket kept as a directory: the object `a/b/c` is the file `<root>/a/b/c`. Names starting
 /// with `.` are a writer's in-flight temp files, not objects.
 #[derive(Debug, Clone)]
@@ -153,6 +166,64 @@ impl ObjectSource for LocalDir {
 
     fn describe(&self) -> String {
         format!("directory {}", self.root.display())
+    }
+}
+
+impl ObjectDeleter for LocalDir {
+    fn delete_many(&self, keys: &[String]) -> Result<(), StoreError> {
+        let mut dirs = std::collections::BTreeSet::new();
+        for key in keys {
+            // Keys come from `list`, which only yields paths below the root.
+            if key.split('/').any(|p| p == ".." || p.is_empty()) {
+                continue;
+            }
+            let path = self.root.join(key);
+            match fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(source) => {
+                    return Err(StoreError {
+                        op: "delete",
+                        key: key.clone(),
+                        source,
+                    });
+                }
+            }
+            let mut dir = path.parent();
+            while let Some(d) = dir
+                && d != self.root
+            {
+                dirs.insert(d.to_owned());
+                dir = d.parent();
+            }
+        }
+        // Remove folders left empty, deepest first (a session's `chunks/`, `init/`, itself).
+        for d in dirs.iter().rev() {
+            let _ = fs::remove_dir(d);
+        }
+        Ok(())
+    }
+
+    fn tidy(&self, prefix: &str) -> Result<(), StoreError> {
+        let dir = self.root.join(prefix.trim_end_matches('/'));
+        for sub in ["chunks", "init", ""] {
+            match fs::remove_dir(dir.join(sub)) {
+                Ok(()) => {}
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::NotFound | io::ErrorKind::DirectoryNotEmpty
+                    ) => {}
+                Err(source) => {
+                    return Err(StoreError {
+                        op: "delete",
+                        key: prefix.to_owned(),
+                        source,
+                    });
+                }
+            }
+        }
+        Ok(())
     }
 }
 
@@ -306,5 +377,54 @@ impl ObjectSource for S3Source {
 
     fn describe(&self) -> String {
         format!("s3://{}/{}", self.bucket, self.prefix)
+    }
+}
+
+impl ObjectDeleter for S3Source {
+    fn delete_many(&self, keys: &[String]) -> Result<(), StoreError> {
+        use aws_sdk_s3::types::{Delete, ObjectIdentifier};
+        if keys.is_empty() {
+            return Ok(());
+        }
+        let first = keys[0].clone();
+        let objects = keys
+            .iter()
+            .map(|k| {
+                ObjectIdentifier::builder()
+                    .key(format!("{}{k}", self.prefix))
+                    .build()
+                    .map_err(|e| Self::error("delete", k, e))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let delete = Delete::builder()
+            .set_objects(Some(objects))
+            .quiet(true)
+            .build()
+            .map_err(|e| Self::error("delete", &first, e))?;
+        self.runtime.block_on(async {
+            let out = self
+                .client
+                .delete_objects()
+                .bucket(&self.bucket)
+                .delete(delete)
+                .send()
+                .await
+                .map_err(|e| {
+                    Self::error("delete", &first, aws_sdk_s3::error::DisplayErrorContext(&e))
+                })?;
+            match out.errors().first() {
+                None => Ok(()),
+                Some(e) => Err(Self::error(
+                    "delete",
+                    e.key().unwrap_or(&first),
+                    format!(
+                        "{} ({} of {} keys refused)",
+                        e.message().or(e.code()).unwrap_or("refused"),
+                        out.errors().len(),
+                        keys.len()
+                    ),
+                )),
+            }
+        })
     }
 }

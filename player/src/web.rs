@@ -25,6 +25,7 @@ const LOGIN_HTML: &str = include_str!("../web/login.html");
 const LIST_HTML: &str = include_str!("../web/list.html");
 const SESSION_HTML: &str = include_str!("../web/session.html");
 const AUDIT_HTML: &str = include_str!("../web/audit.html");
+const RETENTION_HTML: &str = include_str!("../web/retention.html");
 const APP_JS: &str = include_str!("../web/app.js");
 const APP_CSS: &str = include_str!("../web/app.css");
 
@@ -45,6 +46,16 @@ pub fn app(state: AppState, config: WebConfig) -> Router {
         .route("/api/me", get(me))
         .route("/api/logout", post(logout))
         .route("/api/audit", get(audit_log))
+        .route("/retention", get(|| page(RETENTION_HTML)))
+        .route("/api/retention", get(retention_overview))
+        .route(
+            "/api/retention/policies",
+            axum::routing::put(set_policy).delete(unset_policy),
+        )
+        .route(
+            "/api/sessions/{id}/hold",
+            post(set_hold).delete(release_hold),
+        )
         .merge(api::routes())
         .route_layer(middleware::from_fn_with_state(state.clone(), require_login));
     Router::new()
@@ -257,4 +268,189 @@ async fn audit_log(State(st): State<AppState>, Extension(login): Extension<Login
         )
             .into_response(),
     }
+}
+
+fn forbidden(what: &str) -> Response {
+    (
+        StatusCode::FORBIDDEN,
+        Json(serde_json::json!({ "error": format!("{what} is for admins") })),
+    )
+        .into_response()
+}
+
+fn failed(e: impl std::fmt::Display) -> Response {
+    tracing::warn!(error = %e, "retention request failed");
+    (
+        StatusCode::INTERNAL_SERVER_ERROR,
+        Json(serde_json::json!({ "error": e.to_string() })),
+    )
+        .into_response()
+}
+
+fn bad(e: impl std::fmt::Display) -> Response {
+    (
+        StatusCode::BAD_REQUEST,
+        Json(serde_json::json!({ "error": e.to_string() })),
+    )
+        .into_response()
+}
+
+/// Runs `f` on the index off the async workers, auditing `action` first; admins only.
+async fn admin_op(
+    st: &AppState,
+    login: &Login,
+    action: &'static str,
+    target: String,
+    detail: String,
+    f: impl FnOnce(
+        &dyn crate::index::Index,
+    ) -> Result<serde_json::Value, crate::retention::RetentionError>
+    + Send
+    + 'static,
+) -> Response {
+    if login.role != Role::Admin {
+        return forbidden("retention");
+    }
+    let index = Arc::clone(&st.index);
+    let user = login.user.clone();
+    let r = tokio::task::spawn_blocking(move || {
+        if action != "retention_view" {
+            auth::audit(index.as_ref(), &user, action, &target, &detail)
+                .map_err(|e| crate::retention::RetentionError::Invalid(e.to_string()))?;
+        }
+        f(index.as_ref())
+    })
+    .await;
+    match r {
+        Ok(Ok(v)) => Json(v).into_response(),
+        Ok(Err(crate::retention::RetentionError::Invalid(m))) => bad(m),
+        Ok(Err(e)) => failed(e),
+        Err(e) => failed(e),
+    }
+}
+
+async fn retention_overview(
+    State(st): State<AppState>,
+    Extension(login): Extension<Login>,
+) -> Response {
+    admin_op(
+        &st,
+        &login,
+        "retention_view",
+        String::new(),
+        String::new(),
+        |idx| {
+            use crate::retention as r;
+            Ok(serde_json::json!({
+                "policies": r::policies(idx)?.list(),
+                "holds": r::holds(idx)?,
+                "deletions": r::deletion_log(idx, 500)?,
+            }))
+        },
+    )
+    .await
+}
+
+#[derive(Deserialize)]
+struct PolicyBody {
+    level: String,
+    #[serde(default)]
+    name: String,
+    /// `null` keeps forever.
+    keep_days: Option<u32>,
+}
+
+async fn set_policy(
+    State(st): State<AppState>,
+    Extension(login): Extension<Login>,
+    Json(p): Json<PolicyBody>,
+) -> Response {
+    let Some(level) = crate::retention::Level::parse(&p.level) else {
+        return bad(format!(
+            "level {:?}: use global, company, location or computer",
+            p.level
+        ));
+    };
+    let detail = p
+        .keep_days
+        .map_or_else(|| "forever".to_owned(), |d| format!("{d} days"));
+    let by = login.user.clone();
+    admin_op(
+        &st,
+        &login,
+        "policy_set",
+        format!("{} {}", p.level, p.name),
+        detail,
+        move |idx| {
+            crate::retention::set_policy(idx, level, &p.name, p.keep_days, &by)?;
+            Ok(serde_json::json!({}))
+        },
+    )
+    .await
+}
+
+#[derive(Deserialize)]
+struct PolicyKey {
+    level: String,
+    #[serde(default)]
+    name: String,
+}
+
+async fn unset_policy(
+    State(st): State<AppState>,
+    Extension(login): Extension<Login>,
+    axum::extract::Query(p): axum::extract::Query<PolicyKey>,
+) -> Response {
+    let Some(level) = crate::retention::Level::parse(&p.level) else {
+        return bad(format!("level {:?}", p.level));
+    };
+    admin_op(
+        &st,
+        &login,
+        "policy_unset",
+        format!("{} {}", p.level, p.name),
+        String::new(),
+        move |idx| {
+            let existed = crate::retention::unset_policy(idx, level, &p.name)?;
+            Ok(serde_json::json!({ "removed": existed }))
+        },
+    )
+    .await
+}
+
+#[derive(Deserialize)]
+struct HoldBody {
+    reason: String,
+}
+
+async fn set_hold(
+    State(st): State<AppState>,
+    Extension(login): Extension<Login>,
+    axum::extract::Path(id): axum::extract::Path<String>,
+    Json(h): Json<HoldBody>,
+) -> Response {
+    let Ok(session) = id.parse::<jitrec_format::SessionId>() else {
+        return bad(format!("session id {id:?}"));
+    };
+    let by = login.user.clone();
+    admin_op(&st, &login, "hold", id, h.reason.clone(), move |idx| {
+        crate::retention::hold(idx, session, &h.reason, &by)?;
+        Ok(serde_json::json!({}))
+    })
+    .await
+}
+
+async fn release_hold(
+    State(st): State<AppState>,
+    Extension(login): Extension<Login>,
+    axum::extract::Path(id): axum::extract::Path<String>,
+) -> Response {
+    let Ok(session) = id.parse::<jitrec_format::SessionId>() else {
+        return bad(format!("session id {id:?}"));
+    };
+    admin_op(&st, &login, "hold_release", id, String::new(), move |idx| {
+        let existed = crate::retention::release(idx, session)?;
+        Ok(serde_json::json!({ "released": existed }))
+    })
+    .await
 }

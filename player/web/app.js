@@ -67,7 +67,10 @@ function badge(status) {
 async function header() {
   me = await apiJson("/api/me");
   $("#me").textContent = `${me.user} (${me.role})`;
-  if (me.role === "admin") $("#audit-link").hidden = false;
+  if (me.role === "admin") {
+    $("#audit-link").hidden = false;
+    $("#retention-link").hidden = false;
+  }
   $("#logout").addEventListener("click", async () => {
     await api("/api/logout", { method: "POST" });
     location.href = "/login";
@@ -306,7 +309,7 @@ class MsePlayer {
 const SHOWN = new Set(["process_start", "window_focus", "window_title", "jit_start", "jit_stop",
   "gap", "capture_error", "frames_dropped", "events_summarised", "recorder_started", "recorder_stopped"]);
 
-function renderMeta(s) {
+function renderMeta(s, retention) {
   const dl = el("dl");
   const item = (k, v) => dl.append(el("div", {}, el("dt", {}, k), el("dd", {}, v)));
   item("User", `${s.user_name} (${s.user_id})`);
@@ -317,6 +320,20 @@ function renderMeta(s) {
   item("Ended", s.ended_at ? `${when(s.ended_at)} (${(s.end_reason || "").replace("_", " ")})` : "still recording");
   item("Duration / size", `${clock(s.duration_us / 1e6)} · ${bytes(s.bytes)} · ${s.chunks} chunks`);
   dl.append(el("div", {}, el("dt", {}, "Status"), el("dd", {}, badge(s.status))));
+  if (retention) {
+    const r = retention.hold
+      ? `legal hold: ${retention.hold.reason} (${retention.hold.set_by})`
+      : retention.policy
+        ? `${retention.policy}${retention.expires_at ? ", expires " + when(retention.expires_at) : ""}`
+        : "no policy: kept";
+    const dd = el("dd", { id: "retention" }, r);
+    if (me && me.role === "admin") {
+      const held = Boolean(retention.hold);
+      dd.append(" ", el("button", { class: "link", id: "hold", onclick: () => toggleHold(s.id, held) },
+        held ? "Release hold" : "Place legal hold"));
+    }
+    dl.append(el("div", {}, el("dt", {}, "Retention"), dd));
+  }
   const meta = $("#meta");
   meta.replaceChildren(dl);
   if (s.problems.length) {
@@ -349,6 +366,24 @@ function drawMarks(detail, duration) {
   }
 }
 
+async function toggleHold(id, held) {
+  try {
+    if (held) {
+      await apiJson(`/api/sessions/${id}/hold`, { method: "DELETE" });
+    } else {
+      const reason = prompt("Reason for the legal hold");
+      if (!reason) return;
+      await apiJson(`/api/sessions/${id}/hold`, {
+        method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify({ reason }),
+      });
+    }
+    const d = await apiJson(`/api/sessions/${id}`);
+    renderMeta(d.session, d.retention);
+  } catch (e) {
+    showError(e);
+  }
+}
+
 async function sessionPage() {
   await header();
   const id = location.pathname.split("/").pop();
@@ -361,7 +396,7 @@ async function sessionPage() {
     showError(e);
     return;
   }
-  renderMeta(detail.session);
+  renderMeta(detail.session, detail.retention);
   document.title = `${detail.session.user_name} on ${detail.session.hostname} · jitrec`;
   $("#export").href = `/api/sessions/${id}/export.mp4`;
   if (!detail.chunks.length) {
@@ -460,7 +495,7 @@ async function sessionPage() {
       try {
         const d = await apiJson(`/api/sessions/${id}`);
         detail = d;
-        renderMeta(d.session);
+        renderMeta(d.session, d.retention);
         player.addChunks(d.chunks, d.inits, d.session.closed);
         if (d.chunks.length) showError(null);
         renderEvents();
@@ -508,7 +543,44 @@ async function auditPage() {
   }
 }
 
-const pages = { login: loginPage, list: listPage, session: sessionPage, audit: auditPage };
+// ---- retention (admins) -------------------------------------------------------------------
+
+async function retentionPage() {
+  await header();
+  const load = async () => {
+    const r = await apiJson("/api/retention");
+    $("#policies tbody").replaceChildren(...r.policies.map((p) => el("tr", { class: "policy" },
+      el("td", {}, p.level), el("td", {}, p.name), el("td", {}, p.keep_days === null ? "forever" : `${p.keep_days} days`),
+      el("td", {}, p.set_by), el("td", {}, el("button", { class: "link", onclick: async () => {
+        await apiJson(`/api/retention/policies?level=${encodeURIComponent(p.level)}&name=${encodeURIComponent(p.name)}`, { method: "DELETE" }).catch(showError);
+        load();
+      } }, "Remove")))));
+    $("#holds tbody").replaceChildren(...r.holds.map((h) => el("tr", {},
+      el("td", {}, el("a", { href: `/session/${h.session}` }, h.session)), el("td", {}, h.reason),
+      el("td", {}, h.set_by), el("td", {}, when(h.set_at)), el("td", {}))));
+    $("#deletions tbody").replaceChildren(...r.deletions.map((d) => el("tr", { class: "deletion" },
+      el("td", {}, d.session), el("td", {}, d.state), el("td", {}, d.policy), el("td", {}, d.actor),
+      el("td", {}, when(d.started_at)), el("td", {}, when(d.finished_at)), el("td", {}, String(d.objects)))));
+  };
+  $("#policy").addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    const f = ev.target.elements;
+    const days = f.keep_days.value === "" ? null : Number(f.keep_days.value);
+    try {
+      await apiJson("/api/retention/policies", {
+        method: "PUT", headers: { "Content-Type": "application/json" },
+        body: JSON.stringify({ level: f.level.value, name: f.name.value, keep_days: days }),
+      });
+      showError(null);
+      load();
+    } catch (e) {
+      showError(e);
+    }
+  });
+  await load().catch(showError);
+}
+
+const pages = { login: loginPage, list: listPage, session: sessionPage, audit: auditPage, retention: retentionPage };
 document.addEventListener("DOMContentLoaded", () => {
   const page = pages[document.body.dataset.page];
   if (page) page().catch(showError);

@@ -22,7 +22,7 @@ mod watch;
 
 pub use local::LocalDirStore;
 pub use metrics::Metrics;
-pub use s3::{MissingCredentials, S3Args, S3Config, S3Store, StaticCredentials};
+pub use s3::{MissingCredentials, ObjectLock, S3Args, S3Config, S3Store, StaticCredentials};
 pub use service::{
     DEFAULT_BLOCKED_RETRY, DEFAULT_CONCURRENCY, DEFAULT_RESCAN_INTERVAL, UploadError, Uploader,
     UploaderConfig,

@@ -26,7 +26,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Upload everything the spool holds, and every new commit, until stopped (SIGINT/SIGTERM).
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Show what waits in the spool: pending entries and bytes, the oldest entry's age,
     /// quarantined entries. Safe to run beside a running recorder and uploader.
     Status {
@@ -51,6 +51,13 @@ struct RunArgs {
     local_dir: Option<PathBuf>,
     #[command(flatten)]
     s3: S3Args,
+    /// Lock every uploaded object with S3 Object Lock for this many days (the bucket must have
+    /// Object Lock enabled); match the retention policy of this endpoint's sessions.
+    #[arg(long, value_name = "DAYS", requires = "s3_bucket")]
+    object_lock_days: Option<u32>,
+    /// Object Lock mode: `compliance` (nobody can delete early) or `governance`.
+    #[arg(long, default_value = "compliance", requires = "object_lock_days")]
+    object_lock_mode: String,
     /// Abandon and retry an S3 request attempt after this many seconds.
     #[arg(long, default_value_t = 60, value_name = "SECONDS")]
     attempt_timeout: u64,
@@ -90,6 +97,16 @@ pub(crate) async fn main() -> Result<()> {
             (Some(dir), _) => run(LocalDirStore::new(dir), &args).await,
             (None, Some(mut config)) => {
                 config.attempt_timeout = Duration::from_secs(args.attempt_timeout.max(1));
+                if let Some(days) = args.object_lock_days {
+                    let compliance = match args.object_lock_mode.as_str() {
+                        "compliance" => true,
+                        "governance" => false,
+                        m => {
+                            anyhow::bail!("--object-lock-mode {m:?}: use compliance or governance")
+                        }
+                    };
+                    config.object_lock = Some(jitrec_uploader::ObjectLock { compliance, days });
+                }
                 run(S3Store::new(config), &args).await
             }
             (None, None) => anyhow::bail!("give --local-dir or --s3-bucket"),

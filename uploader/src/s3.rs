@@ -77,6 +77,36 @@ pub struct S3Config {
     pub connect_timeout: Duration,
     pub multipart_threshold: usize,
     pub part_size: usize,
+    /// S3 Object Lock on every object uploaded, when the retention policy of this endpoint's
+    /// sessions asks for it (the bucket must have Object Lock enabled).
+    pub object_lock: Option<ObjectLock>,
+}
+
+/// Object Lock settings: every object is locked for `days` from its upload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ObjectLock {
+    /// Compliance: nobody, not even the bucket's owner, can delete a version early.
+    /// Governance: principals with `s3:BypassGovernanceRetention` can.
+    pub compliance: bool,
+    pub days: u32,
+}
+
+impl ObjectLock {
+    fn mode(&self) -> aws_sdk_s3::types::ObjectLockMode {
+        if self.compliance {
+            aws_sdk_s3::types::ObjectLockMode::Compliance
+        } else {
+            aws_sdk_s3::types::ObjectLockMode::Governance
+        }
+    }
+
+    fn until(&self) -> aws_sdk_s3::primitives::DateTime {
+        let secs = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs())
+            + u64::from(self.days) * 86_400;
+        aws_sdk_s3::primitives::DateTime::from_secs(i64::try_from(secs).unwrap_or(i64::MAX))
+    }
 }
 
 impl S3Config {
@@ -93,6 +123,7 @@ impl S3Config {
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             multipart_threshold: DEFAULT_MULTIPART_THRESHOLD,
             part_size: DEFAULT_PART_SIZE,
+            object_lock: None,
         }
     }
 }
@@ -210,6 +241,8 @@ impl S3Store {
             .bucket(bucket)
             .key(full)
             .content_type(content_type)
+            .set_object_lock_mode(self.config.object_lock.map(|l| l.mode()))
+            .set_object_lock_retain_until_date(self.config.object_lock.map(|l| l.until()))
             .send()
             .await
             .map_err(|e| classify(key, e))?;
@@ -291,6 +324,8 @@ impl ObjectStore for S3Store {
             .key(&full)
             .content_type(content_type)
             .content_length(len)
+            .set_object_lock_mode(self.config.object_lock.map(|l| l.mode()))
+            .set_object_lock_retain_until_date(self.config.object_lock.map(|l| l.until()))
             .body(ByteStream::from(body))
             .send()
             .await

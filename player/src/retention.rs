@@ -1,0 +1,619 @@
+//! Retention: how long recordings are kept, legal holds, and the job that deletes what expired.
+//!
+//! **Policies** are set at four levels, as JIT settings are: global, company, location and
+//! computer, matched against the session's labels; the most specific policy that matches wins.
+//! Each keeps sessions N days after they ended (or forever). A session no policy matches is never
+//! deleted: an unresolvable policy must not be read as "delete".
+//!
+//! **Legal hold** on a session overrides every deletion until it is released.
+//!
+//! **The job** ([`run`]) deletes every object of each expired session from the bucket, then its
+//! index rows, and logs the deletion. It never touches a session that is still recording (no
+//! close record), under hold, or whose policy cannot be resolved. It is resumable: a session's
+//! deletion is first written to the deletion log as *deleting*, and the next run finishes every
+//! *deleting* entry before looking for new work, so a crash half-way leaves nothing the next run
+//! does not finish. The indexer does not index a session the log says is being or was deleted.
+//! Objects go in batches (DeleteObjects, at most 1,000 keys) at a bounded rate.
+//!
+//! Policies, holds and the deletion log live in the index database, in tables `reindex` never
+//! clears, written through the index's portable SQL; the deletion log survives the deletions.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use jitrec_format::{ObjectKey, SessionId};
+use serde::Serialize;
+
+use crate::index::{Index, IndexError, SqlValue};
+use crate::scan::Status;
+use crate::store::{ObjectDeleter, StoreError};
+
+const SCHEMA: [&str; 3] = [
+    "CREATE TABLE IF NOT EXISTS retention_policies (level TEXT NOT NULL, name TEXT NOT NULL, \
+     keep_days BIGINT NOT NULL, set_by TEXT NOT NULL, set_at BIGINT NOT NULL, \
+     PRIMARY KEY (level, name))",
+    "CREATE TABLE IF NOT EXISTS legal_holds (session_id TEXT PRIMARY KEY, reason TEXT NOT NULL, \
+     set_by TEXT NOT NULL, set_at BIGINT NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS deletions (session_id TEXT PRIMARY KEY, state TEXT NOT NULL, \
+     policy TEXT NOT NULL, actor TEXT NOT NULL, started_at BIGINT NOT NULL, \
+     finished_at BIGINT NOT NULL, objects BIGINT NOT NULL)",
+];
+
+/// Most keys one DeleteObjects request may carry.
+pub const MAX_BATCH: usize = 1000;
+
+/// Why a retention operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RetentionError {
+    #[error(transparent)]
+    Index(#[from] IndexError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// The levels a policy is set at, least specific first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Level {
+    Global,
+    Company,
+    Location,
+    Computer,
+}
+
+impl Level {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Level::Global => "global",
+            Level::Company => "company",
+            Level::Location => "location",
+            Level::Computer => "computer",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Level> {
+        [
+            Level::Global,
+            Level::Company,
+            Level::Location,
+            Level::Computer,
+        ]
+        .into_iter()
+        .find(|l| l.as_str() == s)
+    }
+}
+
+/// One policy.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Policy {
+    pub level: Level,
+    /// The label value it applies to (empty for global).
+    pub name: String,
+    /// Days to keep a session after it ended; `None` keeps it forever.
+    pub keep_days: Option<u32>,
+    pub set_by: String,
+}
+
+impl fmt::Display for Policy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.level {
+            Level::Global => f.write_str("global")?,
+            l => write!(f, "{} {}", l.as_str(), self.name)?,
+        }
+        match self.keep_days {
+            Some(d) => write!(f, ": keep {d} days"),
+            None => f.write_str(": keep forever"),
+        }
+    }
+}
+
+/// All policies, for resolving many sessions.
+#[derive(Debug, Default, Clone)]
+pub struct Policies {
+    by_level: HashMap<(Level, String), Policy>,
+}
+
+impl Policies {
+    pub fn new(list: impl IntoIterator<Item = Policy>) -> Self {
+        Self {
+            by_level: list
+                .into_iter()
+                .map(|p| ((p.level, p.name.clone()), p))
+                .collect(),
+        }
+    }
+
+    /// The policy governing a session with these labels: computer, then location, then company,
+    /// then global. `None` if nothing matches.
+    pub fn resolve(
+        &self,
+        company: Option<&str>,
+        location: Option<&str>,
+        computer: Option<&str>,
+    ) -> Option<&Policy> {
+        let get = |l: Level, n: Option<&str>| {
+            n.filter(|n| !n.is_empty())
+                .and_then(|n| self.by_level.get(&(l, n.to_owned())))
+        };
+        get(Level::Computer, computer)
+            .or_else(|| get(Level::Location, location))
+            .or_else(|| get(Level::Company, company))
+            .or_else(|| self.by_level.get(&(Level::Global, String::new())))
+    }
+
+    pub fn list(&self) -> Vec<&Policy> {
+        let mut v: Vec<&Policy> = self.by_level.values().collect();
+        v.sort_by(|a, b| (a.level, &a.name).cmp(&(b.level, &b.name)));
+        v
+    }
+}
+
+/// Creates the tables (idempotent).
+pub fn init(index: &dyn Index) -> Result<(), RetentionError> {
+    for s in SCHEMA {
+        index.exec(s, &[])?;
+    }
+    Ok(())
+}
+
+fn text(s: &str) -> SqlValue {
+    SqlValue::Text(s.to_owned())
+}
+
+fn now_us() -> i64 {
+    Utc::now().timestamp_micros()
+}
+
+/// Sets (or replaces) the policy at `level` for label value `name` (empty for global).
+pub fn set_policy(
+    index: &dyn Index,
+    level: Level,
+    name: &str,
+    keep_days: Option<u32>,
+    set_by: &str,
+) -> Result<(), RetentionError> {
+    if (level == Level::Global) != name.is_empty() {
+        return Err(RetentionError::Invalid(
+            "a global policy has no name; a company, location or computer policy needs one".into(),
+        ));
+    }
+    index.exec(
+        "INSERT INTO retention_policies (level, name, keep_days, set_by, set_at) \
+         VALUES ($1, $2, $3, $4, $5) ON CONFLICT (level, name) DO UPDATE SET \
+         keep_days = excluded.keep_days, set_by = excluded.set_by, set_at = excluded.set_at",
+        &[
+            text(level.as_str()),
+            text(name),
+            SqlValue::Int(keep_days.map_or(-1, i64::from)),
+            text(set_by),
+            SqlValue::Int(now_us()),
+        ],
+    )?;
+    Ok(())
+}
+
+/// Removes a policy; returns whether there was one.
+pub fn unset_policy(index: &dyn Index, level: Level, name: &str) -> Result<bool, RetentionError> {
+    Ok(index.exec(
+        "DELETE FROM retention_policies WHERE level = $1 AND name = $2",
+        &[text(level.as_str()), text(name)],
+    )? > 0)
+}
+
+/// Every policy.
+pub fn policies(index: &dyn Index) -> Result<Policies, RetentionError> {
+    let rows = index.query(
+        "SELECT level, name, keep_days, set_by FROM retention_policies",
+        &[],
+    )?;
+    Ok(Policies::new(rows.into_iter().filter_map(|r| {
+        Some(Policy {
+            level: Level::parse(r.first()?.text()?)?,
+            name: r.get(1)?.text()?.to_owned(),
+            keep_days: u32::try_from(r.get(2)?.int()?).ok(),
+            set_by: r.get(3)?.text()?.to_owned(),
+        })
+    })))
+}
+
+/// A legal hold.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Hold {
+    pub session: SessionId,
+    pub reason: String,
+    pub set_by: String,
+    pub set_at: DateTime<Utc>,
+}
+
+/// Puts `session` under legal hold.
+pub fn hold(
+    index: &dyn Index,
+    session: SessionId,
+    reason: &str,
+    by: &str,
+) -> Result<(), RetentionError> {
+    if reason.trim().is_empty() {
+        return Err(RetentionError::Invalid(
+            "a legal hold needs a reason".into(),
+        ));
+    }
+    index.exec(
+        "INSERT INTO legal_holds (session_id, reason, set_by, set_at) VALUES ($1, $2, $3, $4) \
+         ON CONFLICT (session_id) DO UPDATE SET reason = excluded.reason, \
+         set_by = excluded.set_by, set_at = excluded.set_at",
+        &[
+            text(&session.to_string()),
+            text(reason),
+            text(by),
+            SqlValue::Int(now_us()),
+        ],
+    )?;
+    Ok(())
+}
+
+/// Releases a hold; returns whether there was one.
+pub fn release(index: &dyn Index, session: SessionId) -> Result<bool, RetentionError> {
+    Ok(index.exec(
+        "DELETE FROM legal_holds WHERE session_id = $1",
+        &[text(&session.to_string())],
+    )? > 0)
+}
+
+/// Every hold.
+pub fn holds(index: &dyn Index) -> Result<Vec<Hold>, RetentionError> {
+    let rows = index.query(
+        "SELECT session_id, reason, set_by, set_at FROM legal_holds ORDER BY session_id",
+        &[],
+    )?;
+    Ok(rows
+        .into_iter()
+        .filter_map(|r| {
+            Some(Hold {
+                session: r.first()?.text()?.parse().ok()?,
+                reason: r.get(1)?.text()?.to_owned(),
+                set_by: r.get(2)?.text()?.to_owned(),
+                set_at: DateTime::from_timestamp_micros(r.get(3)?.int()?)?,
+            })
+        })
+        .collect())
+}
+
+/// One entry of the deletion log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Deletion {
+    pub session: SessionId,
+    /// `deleting` (begun, not finished) or `deleted`.
+    pub state: String,
+    /// The policy that expired it, in words.
+    pub policy: String,
+    /// Who or which job.
+    pub actor: String,
+    pub started_at: DateTime<Utc>,
+    pub finished_at: Option<DateTime<Utc>>,
+    pub objects: u64,
+}
+
+/// The deletion log, newest first.
+pub fn deletion_log(index: &dyn Index, limit: u32) -> Result<Vec<Deletion>, RetentionError> {
+    let rows = index.query(
+        "SELECT session_id, state, policy, actor, started_at, finished_at, objects \
+         FROM deletions ORDER BY started_at DESC LIMIT $1",
+        &[SqlValue::Int(i64::from(limit))],
+    )?;
+    Ok(rows
+        .into_iter()
+        .filter_map(|r| {
+            Some(Deletion {
+                session: r.first()?.text()?.parse().ok()?,
+                state: r.get(1)?.text()?.to_owned(),
+                policy: r.get(2)?.text()?.to_owned(),
+                actor: r.get(3)?.text()?.to_owned(),
+                started_at: DateTime::from_timestamp_micros(r.get(4)?.int()?)?,
+                finished_at: r
+                    .get(5)?
+                    .int()
+                    .filter(|t| *t >= 0)
+                    .and_then(DateTime::from_timestamp_micros),
+                // -1 until the deletion first listed the session's objects.
+                objects: u64::try_from(r.get(6)?.int()?).unwrap_or(0),
+            })
+        })
+        .collect())
+}
+
+/// Whether the deletion log has `session` (being deleted or deleted): the indexer must not
+/// bring it back from objects a crashed deletion left behind.
+pub fn is_deleted(index: &dyn Index, session: SessionId) -> Result<bool, RetentionError> {
+    Ok(!index
+        .query(
+            "SELECT 1 FROM deletions WHERE session_id = $1",
+            &[text(&session.to_string())],
+        )?
+        .is_empty())
+}
+
+/// What the job decided about one session.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Planned {
+    pub session: SessionId,
+    pub policy: String,
+    pub ended_at: DateTime<Utc>,
+    pub expired_at: DateTime<Utc>,
+}
+
+/// Settings of a run.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    /// Only say what would go.
+    pub dry_run: bool,
+    /// Keys per DeleteObjects request (at most [`MAX_BATCH`]).
+    pub batch: usize,
+    /// At most this many objects deleted per second (0: no bound).
+    pub max_objects_per_sec: u32,
+    /// Who runs it, for the deletion log (`retention job`, a user name).
+    pub actor: String,
+    /// Stop after this many sessions (0: no bound); the rest waits for the next run.
+    pub max_sessions: usize,
+}
+
+impl Default for RunOptions {
+    fn default() -> Self {
+        Self {
+            dry_run: false,
+            batch: MAX_BATCH,
+            max_objects_per_sec: 0,
+            actor: "retention job".into(),
+            max_sessions: 0,
+        }
+    }
+}
+
+/// What a run did (or, dry, would do).
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct RunReport {
+    /// Expired sessions, deleted (or to be deleted, in a dry run).
+    pub expired: Vec<Planned>,
+    /// Unfinished deletions from an earlier run that this run finished.
+    pub resumed: usize,
+    pub objects_deleted: u64,
+    /// Sessions kept by a legal hold although their policy expired them.
+    pub held: usize,
+    /// Sessions without a close record (never deleted).
+    pub recording: usize,
+    /// Sessions no policy matches (never deleted).
+    pub unresolved: usize,
+    /// Sessions whose deletion failed this time (they stay `deleting` and are retried).
+    pub failed: Vec<(SessionId, String)>,
+}
+
+struct RateLimit {
+    per_sec: u32,
+    started: Instant,
+    done: u64,
+}
+
+impl RateLimit {
+    fn wait(&mut self, n: usize) {
+        self.done += n as u64;
+        if self.per_sec == 0 {
+            return;
+        }
+        let due = Duration::from_secs_f64(self.done as f64 / f64::from(self.per_sec));
+        if let Some(ahead) = due.checked_sub(self.started.elapsed()) {
+            std::thread::sleep(ahead);
+        }
+    }
+}
+
+/// Runs the retention job once.
+pub fn run(
+    index: &dyn Index,
+    bucket: &dyn ObjectDeleter,
+    opts: &RunOptions,
+    now: DateTime<Utc>,
+) -> Result<RunReport, RetentionError> {
+    init(index)?;
+    let mut report = RunReport::default();
+    let mut rate = RateLimit {
+        per_sec: opts.max_objects_per_sec,
+        started: Instant::now(),
+        done: 0,
+    };
+    let batch = opts.batch.clamp(1, MAX_BATCH);
+
+    // First finish what a crashed run began.
+    if !opts.dry_run {
+        for d in deletion_log(index, u32::MAX)?
+            .into_iter()
+            .filter(|d| d.state == "deleting")
+        {
+            match delete_session(index, bucket, d.session, batch, &mut rate) {
+                Ok(n) => {
+                    finish(index, d.session)?;
+                    report.objects_deleted += n;
+                    report.resumed += 1;
+                }
+                Err(e) => report.failed.push((d.session, e.to_string())),
+            }
+        }
+    }
+
+    let policies = policies(index)?;
+    let held: std::collections::HashSet<SessionId> =
+        holds(index)?.into_iter().map(|h| h.session).collect();
+    let rows = index.query(
+        "SELECT id, started_at, ended_at, closed, status, company, location, computer \
+         FROM sessions ORDER BY id",
+        &[],
+    )?;
+    for r in rows {
+        let parsed = (|| {
+            Some((
+                r.first()?.text()?.parse::<SessionId>().ok()?,
+                r.get(1)?.int()?,
+                r.get(2)?.int()?,
+                r.get(3)?.int()? != 0,
+                Status::parse(r.get(4)?.text()?)?,
+                r.get(5)?.text()?.to_owned(),
+                r.get(6)?.text()?.to_owned(),
+                r.get(7)?.text()?.to_owned(),
+            ))
+        })();
+        let Some((id, started, ended, closed, status, company, location, computer)) = parsed else {
+            continue;
+        };
+        if !closed || status == Status::Recording {
+            report.recording += 1;
+            continue;
+        }
+        let Some(policy) = policies.resolve(Some(&company), Some(&location), Some(&computer))
+        else {
+            report.unresolved += 1;
+            continue;
+        };
+        let Some(days) = policy.keep_days else {
+            continue;
+        };
+        let ended_us = if ended >= 0 { ended } else { started };
+        let Some(ended_at) = DateTime::from_timestamp_micros(ended_us) else {
+            continue;
+        };
+        let expired_at = ended_at + chrono::Duration::days(i64::from(days));
+        if expired_at > now {
+            continue;
+        }
+        if held.contains(&id) {
+            report.held += 1;
+            continue;
+        }
+        if opts.max_sessions > 0 && report.expired.len() >= opts.max_sessions {
+            break;
+        }
+        let planned = Planned {
+            session: id,
+            policy: policy.to_string(),
+            ended_at,
+            expired_at,
+        };
+        if !opts.dry_run {
+            begin(index, id, &planned.policy, &opts.actor)?;
+            match delete_session(index, bucket, id, batch, &mut rate) {
+                Ok(n) => {
+                    finish(index, id)?;
+                    report.objects_deleted += n;
+                }
+                Err(e) => {
+                    tracing::error!(session = %id, error = %e, "deleting an expired session failed; the next run retries");
+                    report.failed.push((id, e.to_string()));
+                }
+            }
+        }
+        report.expired.push(planned);
+    }
+    Ok(report)
+}
+
+fn begin(
+    index: &dyn Index,
+    id: SessionId,
+    policy: &str,
+    actor: &str,
+) -> Result<(), RetentionError> {
+    index.exec(
+        "INSERT INTO deletions (session_id, state, policy, actor, started_at, finished_at, \
+         objects) VALUES ($1, 'deleting', $2, $3, $4, -1, -1) ON CONFLICT (session_id) DO NOTHING",
+        &[
+            text(&id.to_string()),
+            text(policy),
+            text(actor),
+            SqlValue::Int(now_us()),
+        ],
+    )?;
+    Ok(())
+}
+
+fn finish(index: &dyn Index, id: SessionId) -> Result<(), RetentionError> {
+    index.exec(
+        "UPDATE deletions SET state = 'deleted', finished_at = $2 WHERE session_id = $1",
+        &[text(&id.to_string()), SqlValue::Int(now_us())],
+    )?;
+    Ok(())
+}
+
+/// Deletes every object of `id` (in batches), then its index rows. Returns objects deleted.
+///
+/// The log's object count is the number of objects the session had when its deletion first
+/// listed them, written before anything is deleted, so a deletion resumed after a crash neither
+/// loses nor double-counts objects.
+fn delete_session(
+    index: &dyn Index,
+    bucket: &dyn ObjectDeleter,
+    id: SessionId,
+    batch: usize,
+    rate: &mut RateLimit,
+) -> Result<u64, RetentionError> {
+    let prefix = ObjectKey::session_prefix(id);
+    let keys = bucket.list(&prefix)?;
+    index.exec(
+        "UPDATE deletions SET objects = $2 WHERE session_id = $1 AND objects < 0",
+        &[
+            text(&id.to_string()),
+            SqlValue::Int(i64::try_from(keys.len()).unwrap_or(i64::MAX)),
+        ],
+    )?;
+    let mut n = 0u64;
+    for part in keys.chunks(batch) {
+        bucket.delete_many(part)?;
+        n += part.len() as u64;
+        rate.wait(part.len());
+    }
+    bucket.tidy(&prefix)?;
+    for q in [
+        "DELETE FROM events WHERE session_id = $1",
+        "DELETE FROM chunks WHERE session_id = $1",
+        "DELETE FROM inits WHERE session_id = $1",
+        "DELETE FROM sessions WHERE id = $1",
+    ] {
+        index.exec(q, &[text(&id.to_string())])?;
+    }
+    Ok(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(level: Level, name: &str, days: u32) -> Policy {
+        Policy {
+            level,
+            name: name.into(),
+            keep_days: Some(days),
+            set_by: "t".into(),
+        }
+    }
+
+    #[test]
+    fn the_most_specific_policy_wins() {
+        let all = Policies::new([
+            p(Level::Global, "", 365),
+            p(Level::Company, "acme", 90),
+            p(Level::Location, "berlin", 30),
+            p(Level::Computer, "ws-1", 7),
+        ]);
+        let days = |c, l, m| all.resolve(c, l, m).and_then(|p| p.keep_days);
+        assert_eq!(days(Some("acme"), Some("berlin"), Some("ws-1")), Some(7));
+        assert_eq!(days(Some("acme"), Some("berlin"), Some("ws-2")), Some(30));
+        assert_eq!(days(Some("acme"), Some("paris"), Some("ws-2")), Some(90));
+        assert_eq!(days(Some("globex"), Some("paris"), Some("ws-2")), Some(365));
+        assert_eq!(days(None, None, None), Some(365));
+        // A computer policy applies whatever the company; empty labels match nothing.
+        assert_eq!(days(Some("globex"), None, Some("ws-1")), Some(7));
+        assert_eq!(days(Some(""), Some(""), Some("")), Some(365));
+        let none = Policies::new([p(Level::Company, "acme", 90)]);
+        assert!(none.resolve(Some("globex"), None, None).is_none());
+    }
+}
