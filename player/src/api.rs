@@ -236,10 +236,7 @@ fn retention_info(index: &dyn Index, s: &SessionRow) -> Result<RetentionInfo, Ap
         s.location.as_deref(),
         s.computer.as_deref(),
     );
-    let hold = r::holds(index)
-        .map_err(ApiError::internal)?
-        .into_iter()
-        .find(|h| h.session == s.id);
+    let hold = r::hold_of(index, s.id).map_err(ApiError::internal)?;
     let expires_at = match (p.and_then(|p| p.keep_days), s.closed) {
         (Some(d), true) => {
             Some(s.ended_at.unwrap_or(s.started_at) + chrono::Duration::days(i64::from(d)))

@@ -263,6 +263,22 @@ pub fn release(index: &dyn Index, session: SessionId) -> Result<bool, RetentionE
     )? > 0)
 }
 
+/// The hold on `session`, if any.
+pub fn hold_of(index: &dyn Index, session: SessionId) -> Result<Option<Hold>, RetentionError> {
+    let rows = index.query(
+        "SELECT reason, set_by, set_at FROM legal_holds WHERE session_id = $1",
+        &[text(&session.to_string())],
+    )?;
+    Ok(rows.first().and_then(|r| {
+        Some(Hold {
+            session,
+            reason: r.first()?.text()?.to_owned(),
+            set_by: r.get(1)?.text()?.to_owned(),
+            set_at: DateTime::from_timestamp_micros(r.get(2)?.int()?)?,
+        })
+    }))
+}
+
 /// Every hold.
 pub fn holds(index: &dyn Index) -> Result<Vec<Hold>, RetentionError> {
     let rows = index.query(

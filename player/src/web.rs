@@ -295,13 +295,15 @@ fn bad(e: impl std::fmt::Display) -> Response {
         .into_response()
 }
 
-/// Runs `f` on the index off the async workers, auditing `action` first; admins only.
+/// What an admin operation writes to the audit log: action, target, detail.
+type AuditRecord = (&'static str, String, String);
+
+/// Runs `f` on the index off the async workers, writing `audit` first (a change is answered only
+/// once it is audited); admins only.
 async fn admin_op(
     st: &AppState,
     login: &Login,
-    action: &'static str,
-    target: String,
-    detail: String,
+    audit: Option<AuditRecord>,
     f: impl FnOnce(
         &dyn crate::index::Index,
     ) -> Result<serde_json::Value, crate::retention::RetentionError>
@@ -314,7 +316,7 @@ async fn admin_op(
     let index = Arc::clone(&st.index);
     let user = login.user.clone();
     let r = tokio::task::spawn_blocking(move || {
-        if action != "retention_view" {
+        if let Some((action, target, detail)) = audit {
             auth::audit(index.as_ref(), &user, action, &target, &detail)
                 .map_err(|e| crate::retention::RetentionError::Invalid(e.to_string()))?;
         }
@@ -333,21 +335,14 @@ async fn retention_overview(
     State(st): State<AppState>,
     Extension(login): Extension<Login>,
 ) -> Response {
-    admin_op(
-        &st,
-        &login,
-        "retention_view",
-        String::new(),
-        String::new(),
-        |idx| {
-            use crate::retention as r;
-            Ok(serde_json::json!({
-                "policies": r::policies(idx)?.list(),
-                "holds": r::holds(idx)?,
-                "deletions": r::deletion_log(idx, 500)?,
-            }))
-        },
-    )
+    admin_op(&st, &login, None, |idx| {
+        use crate::retention as r;
+        Ok(serde_json::json!({
+            "policies": r::policies(idx)?.list(),
+            "holds": r::holds(idx)?,
+            "deletions": r::deletion_log(idx, 500)?,
+        }))
+    })
     .await
 }
 
@@ -378,9 +373,7 @@ async fn set_policy(
     admin_op(
         &st,
         &login,
-        "policy_set",
-        format!("{} {}", p.level, p.name),
-        detail,
+        Some(("policy_set", format!("{} {}", p.level, p.name), detail)),
         move |idx| {
             crate::retention::set_policy(idx, level, &p.name, p.keep_days, &by)?;
             Ok(serde_json::json!({}))
@@ -407,9 +400,11 @@ async fn unset_policy(
     admin_op(
         &st,
         &login,
-        "policy_unset",
-        format!("{} {}", p.level, p.name),
-        String::new(),
+        Some((
+            "policy_unset",
+            format!("{} {}", p.level, p.name),
+            String::new(),
+        )),
         move |idx| {
             let existed = crate::retention::unset_policy(idx, level, &p.name)?;
             Ok(serde_json::json!({ "removed": existed }))
@@ -433,10 +428,15 @@ async fn set_hold(
         return bad(format!("session id {id:?}"));
     };
     let by = login.user.clone();
-    admin_op(&st, &login, "hold", id, h.reason.clone(), move |idx| {
-        crate::retention::hold(idx, session, &h.reason, &by)?;
-        Ok(serde_json::json!({}))
-    })
+    admin_op(
+        &st,
+        &login,
+        Some(("hold", id, h.reason.clone())),
+        move |idx| {
+            crate::retention::hold(idx, session, &h.reason, &by)?;
+            Ok(serde_json::json!({}))
+        },
+    )
     .await
 }
 
@@ -448,9 +448,14 @@ async fn release_hold(
     let Ok(session) = id.parse::<jitrec_format::SessionId>() else {
         return bad(format!("session id {id:?}"));
     };
-    admin_op(&st, &login, "hold_release", id, String::new(), move |idx| {
-        let existed = crate::retention::release(idx, session)?;
-        Ok(serde_json::json!({ "released": existed }))
-    })
+    admin_op(
+        &st,
+        &login,
+        Some(("hold_release", id, String::new())),
+        move |idx| {
+            let existed = crate::retention::release(idx, session)?;
+            Ok(serde_json::json!({ "released": existed }))
+        },
+    )
     .await
 }

@@ -635,7 +635,6 @@ pub(crate) fn read_session<E>(
             text(13)?,
             text(17)?,
             text(18)?,
-            String::new(),
         ],
         ints: [int(1)?, int(2)?, int(14)?, int(15)?, int(16)?, int(19)?],
     };
@@ -645,13 +644,13 @@ pub(crate) fn read_session<E>(
 
 /// Raw column values of a session row, read by a backend, turned into a [`SessionRow`].
 pub(crate) struct RawSession {
-    pub(crate) texts: [String; 15],
+    pub(crate) texts: [String; 14],
     pub(crate) ints: [i64; 6],
 }
 
 impl RawSession {
     /// `texts`: id, user_name, user_id, machine_id, hostname, company, location, computer,
-    /// authorized_by, reason, trigger_kind, end_reason, status, problems, (unused);
+    /// authorized_by, reason, trigger_kind, end_reason, status, problems;
     /// `ints`: started_at, ended_at, chunks, bytes, duration_us, last_change. Empty optional
     /// texts and an `ended_at` of -1 mean "none".
     pub(crate) fn into_row(self, closed: bool) -> Result<SessionRow, IndexError> {
@@ -670,7 +669,6 @@ impl RawSession {
             end_reason,
             status,
             problems,
-            _,
         ] = self.texts;
         let [
             started_at,
