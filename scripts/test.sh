@@ -23,6 +23,12 @@ if [ "${#missing[@]}" -gt 0 ]; then
   echo "==> installing ${missing[*]}"
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
+  if [[ " ${missing[*]} " == *" postgresql-15 "* ]]; then
+    # The tests start their own cluster; stop the package from creating and starting one (as
+    # PostgreSQL's own container images do).
+    apt-get install -y -qq --no-install-recommends postgresql-common
+    sed -ri 's/^#?\s*(create_main_cluster)\s*=.*$/\1 = false/' /etc/postgresql-common/createcluster.conf
+  fi
   apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
 

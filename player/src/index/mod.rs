@@ -393,6 +393,21 @@ pub(crate) mod sql {
         hostname, company, location, computer, authorized_by, reason, trigger_kind, end_reason, \
         chunks, bytes, duration_us, status, problems, last_change, closed";
 
+    /// Indexes both backends create after their tables: one per list filter, each ending in
+    /// `id` so a filtered page is read in order without a sort.
+    pub(crate) const INDEXES: &str = "
+CREATE INDEX IF NOT EXISTS sessions_user ON sessions (user_name, id);
+CREATE INDEX IF NOT EXISTS sessions_host ON sessions (hostname, id);
+CREATE INDEX IF NOT EXISTS sessions_machine ON sessions (machine_id, id);
+CREATE INDEX IF NOT EXISTS sessions_status ON sessions (status, id);
+CREATE INDEX IF NOT EXISTS sessions_company ON sessions (company, id);
+CREATE INDEX IF NOT EXISTS sessions_location ON sessions (location, id);
+CREATE INDEX IF NOT EXISTS sessions_computer ON sessions (computer, id);
+CREATE INDEX IF NOT EXISTS sessions_started ON sessions (started_at);
+CREATE INDEX IF NOT EXISTS sessions_open ON sessions (closed, id);
+CREATE UNIQUE INDEX IF NOT EXISTS events_key ON events (session_id, seq, idx);
+";
+
     pub(crate) const UPSERT_SESSION: &str = "INSERT INTO sessions (id, started_at, ended_at, user_name, \
         user_id, machine_id, hostname, company, location, computer, authorized_by, reason, \
         trigger_kind, end_reason, chunks, bytes, duration_us, status, problems, last_change, \

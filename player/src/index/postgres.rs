@@ -28,15 +28,6 @@ CREATE TABLE IF NOT EXISTS sessions (
     bytes BIGINT NOT NULL, duration_us BIGINT NOT NULL, status TEXT NOT NULL,
     problems TEXT NOT NULL, last_change BIGINT NOT NULL, closed BIGINT NOT NULL
 );
-CREATE INDEX IF NOT EXISTS sessions_user ON sessions (user_name, id);
-CREATE INDEX IF NOT EXISTS sessions_host ON sessions (hostname, id);
-CREATE INDEX IF NOT EXISTS sessions_machine ON sessions (machine_id, id);
-CREATE INDEX IF NOT EXISTS sessions_status ON sessions (status, id);
-CREATE INDEX IF NOT EXISTS sessions_company ON sessions (company, id);
-CREATE INDEX IF NOT EXISTS sessions_location ON sessions (location, id);
-CREATE INDEX IF NOT EXISTS sessions_computer ON sessions (computer, id);
-CREATE INDEX IF NOT EXISTS sessions_started ON sessions (started_at);
-CREATE INDEX IF NOT EXISTS sessions_open ON sessions (closed, id);
 CREATE TABLE IF NOT EXISTS inits (
     session_id TEXT NOT NULL, id BIGINT NOT NULL, width BIGINT NOT NULL,
     height BIGINT NOT NULL, codec TEXT NOT NULL, bytes BIGINT NOT NULL,
@@ -56,7 +47,6 @@ CREATE TABLE IF NOT EXISTS events (
     kind TEXT NOT NULL, text TEXT NOT NULL, data TEXT NOT NULL, words TEXT NOT NULL,
     tsv tsvector GENERATED ALWAYS AS (to_tsvector('simple', words)) STORED
 );
-CREATE UNIQUE INDEX IF NOT EXISTS events_key ON events (session_id, seq, idx);
 CREATE INDEX IF NOT EXISTS events_tsv ON events USING GIN (tsv);
 ";
 
@@ -114,7 +104,9 @@ impl PgIndex {
                 // Two players starting at once would race on CREATE ... IF NOT EXISTS; an
                 // advisory lock serialises them.
                 c.batch_execute("SELECT pg_advisory_lock(7413)")?;
-                let r = c.batch_execute(SCHEMA);
+                let r = c
+                    .batch_execute(SCHEMA)
+                    .and_then(|()| c.batch_execute(sql::INDEXES));
                 c.batch_execute("SELECT pg_advisory_unlock(7413)")?;
                 r?;
             }

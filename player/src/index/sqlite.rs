@@ -31,15 +31,6 @@ CREATE TABLE IF NOT EXISTS sessions (
     bytes INTEGER NOT NULL, duration_us INTEGER NOT NULL, status TEXT NOT NULL,
     problems TEXT NOT NULL, last_change INTEGER NOT NULL, closed INTEGER NOT NULL
 ) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS sessions_user ON sessions (user_name, id);
-CREATE INDEX IF NOT EXISTS sessions_host ON sessions (hostname, id);
-CREATE INDEX IF NOT EXISTS sessions_machine ON sessions (machine_id, id);
-CREATE INDEX IF NOT EXISTS sessions_status ON sessions (status, id);
-CREATE INDEX IF NOT EXISTS sessions_company ON sessions (company, id);
-CREATE INDEX IF NOT EXISTS sessions_location ON sessions (location, id);
-CREATE INDEX IF NOT EXISTS sessions_computer ON sessions (computer, id);
-CREATE INDEX IF NOT EXISTS sessions_started ON sessions (started_at);
-CREATE INDEX IF NOT EXISTS sessions_open ON sessions (closed, id);
 CREATE TABLE IF NOT EXISTS inits (
     session_id TEXT NOT NULL, id INTEGER NOT NULL, width INTEGER NOT NULL,
     height INTEGER NOT NULL, codec TEXT NOT NULL, bytes INTEGER NOT NULL,
@@ -58,7 +49,6 @@ CREATE TABLE IF NOT EXISTS events (
     idx INTEGER NOT NULL, media_us INTEGER NOT NULL, utc INTEGER NOT NULL,
     kind TEXT NOT NULL, text TEXT NOT NULL, data TEXT NOT NULL
 );
-CREATE UNIQUE INDEX IF NOT EXISTS events_key ON events (session_id, seq, idx);
 CREATE VIRTUAL TABLE IF NOT EXISTS events_fts USING fts5 (
     text, content = 'events', content_rowid = 'rid'
 );
@@ -132,6 +122,7 @@ impl SqliteIndex {
             c.pragma_update(None, "foreign_keys", "OFF")?;
             if i == 0 {
                 c.execute_batch(SCHEMA)?;
+                c.execute_batch(sql::INDEXES)?;
             }
             conns.push(c);
         }
