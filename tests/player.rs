@@ -631,6 +631,7 @@ impl Player {
             index,
             src,
             indexer: handle.clone(),
+            bucket_admin: None,
         };
         let app = if web {
             jitrec_player::auth::init(state.index.as_ref()).unwrap();

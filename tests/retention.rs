@@ -432,3 +432,74 @@ async fn with_object_lock_a_locked_version_cannot_be_deleted_even_by_the_bucket_
     let body = got.body.collect().await.unwrap().into_bytes();
     assert_eq!(body.as_ref(), s.header.as_slice());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_legal_hold_also_holds_the_objects_in_an_object_lock_bucket() {
+    let srv = seaweed::server();
+    let name = format!("held-{}-{}", std::process::id(), rand::random::<u32>());
+    let config = seaweed::config(&srv.endpoint, &name);
+    let admin = jitrec_uploader::S3Store::new(config.clone());
+    admin
+        .client()
+        .create_bucket()
+        .bucket(&name)
+        .object_lock_enabled_for_bucket(true)
+        .send()
+        .await
+        .unwrap();
+    // Uploaded without a retention period: only the legal hold protects it.
+    let s = session(1, "acme", "berlin", "ws-held");
+    let key = ObjectKey::SessionHeader(id(&s)).to_string();
+    {
+        use jitrec_uploader::ObjectStore;
+        admin
+            .put(&key, s.header.clone().into(), "application/json")
+            .await
+            .unwrap();
+    }
+    let version = admin
+        .client()
+        .head_object()
+        .bucket(&name)
+        .key(&key)
+        .send()
+        .await
+        .unwrap()
+        .version_id()
+        .unwrap()
+        .to_owned();
+    let s3 = S3Source::new(config, tokio::runtime::Handle::current());
+    let held = tokio::task::block_in_place(|| retention::hold_objects(&s3, id(&s), true)).unwrap();
+    assert!(held, "the bucket has Object Lock: the objects must be held");
+    let delete = || {
+        admin
+            .client()
+            .delete_object()
+            .bucket(&name)
+            .key(&key)
+            .version_id(&version)
+            .send()
+    };
+    assert!(delete().await.is_err(), "a held version was deleted");
+    let released =
+        tokio::task::block_in_place(|| retention::hold_objects(&s3, id(&s), false)).unwrap();
+    assert!(released);
+    delete().await.expect("a released version can be deleted");
+
+    // A bucket without Object Lock says so instead of failing: the job alone enforces holds.
+    let plain = seaweed::new_bucket("plain").await.unwrap();
+    let plain_store = jitrec_uploader::S3Store::new(seaweed::config(&srv.endpoint, &plain));
+    {
+        use jitrec_uploader::ObjectStore;
+        plain_store
+            .put(&key, s.header.clone().into(), "application/json")
+            .await
+            .unwrap();
+    }
+    let s3 = S3Source::new(
+        seaweed::config(&srv.endpoint, &plain),
+        tokio::runtime::Handle::current(),
+    );
+    let held = tokio::task::block_in_place(|| retention::hold_objects(&s3, id(&s), true)).unwrap();
+    assert!(!held);
+}

@@ -46,6 +46,8 @@ pub struct AppState {
     pub index: Arc<dyn Index>,
     pub src: Arc<dyn ObjectSource>,
     pub indexer: IndexerHandle,
+    /// Write access to the bucket for legal holds (`None`: holds are the job's alone).
+    pub bucket_admin: Option<Arc<dyn crate::store::ObjectDeleter>>,
 }
 
 /// The API's routes, without sign-in (tests of the API alone; `serve` uses [`crate::web::app`]).

@@ -191,11 +191,15 @@ enum RetentionCommand {
         #[arg(long)]
         by: String,
         #[command(flatten)]
+        bucket: BucketArgs,
+        #[command(flatten)]
         index: IndexArgs,
     },
     /// Release a legal hold.
     Release {
         session: SessionId,
+        #[command(flatten)]
+        bucket: BucketArgs,
         #[command(flatten)]
         index: IndexArgs,
     },
@@ -392,6 +396,7 @@ pub(crate) fn main() -> Result<()> {
         } => {
             let deleter = open_bucket(&bucket, &rt)?;
             let src: Arc<dyn ObjectSource> = deleter.clone();
+            let bucket_admin = deleter.clone();
             let idx = open_index(&index.index)?;
             jitrec_player::auth::init(idx.as_ref()).context("preparing the account tables")?;
             if jitrec_player::auth::users(idx.as_ref())?.is_empty() {
@@ -452,6 +457,7 @@ pub(crate) fn main() -> Result<()> {
                     index: idx,
                     src: Arc::clone(&src),
                     indexer: handle.clone(),
+                    bucket_admin: Some(bucket_admin),
                 },
                 jitrec_player::web::WebConfig {
                     secure_cookies: cookie_secure,

@@ -255,6 +255,18 @@ pub fn hold(
     Ok(())
 }
 
+/// Sets (or clears) the S3 object legal hold on every object of `session`, where the bucket has
+/// Object Lock, so not even a direct delete in the bucket removes a held recording. Returns
+/// whether the bucket holds the objects (`false`: the hold is enforced by the job alone).
+pub fn hold_objects(
+    bucket: &dyn ObjectDeleter,
+    session: SessionId,
+    on: bool,
+) -> Result<bool, RetentionError> {
+    let keys = bucket.list(&ObjectKey::session_prefix(session))?;
+    Ok(bucket.set_legal_hold(&keys, on)?)
+}
+
 /// Releases a hold; returns whether there was one.
 pub fn release(index: &dyn Index, session: SessionId) -> Result<bool, RetentionError> {
     Ok(index.exec(

@@ -51,6 +51,12 @@ pub trait ObjectDeleter: ObjectSource {
     /// Deletes `keys` (at most 1,000, as one DeleteObjects request).
     fn delete_many(&self, keys: &[String]) -> Result<(), StoreError>;
 
+    /// Sets or clears the S3 object legal hold on `keys` (current versions). Returns `false`
+    /// when the bucket cannot hold objects (no Object Lock), so the hold is the job's alone.
+    fn set_legal_hold(&self, _keys: &[String], _on: bool) -> Result<bool, StoreError> {
+        Ok(false)
+    }
+
     /// Tidies up after every object under `prefix` was deleted (a directory store removes the
     /// folders left empty, also when an earlier, interrupted deletion removed the objects).
     fn tidy(&self, _prefix: &str) -> Result<(), StoreError> {
@@ -381,6 +387,44 @@ impl ObjectSource for S3Source {
 }
 
 impl ObjectDeleter for S3Source {
+    fn set_legal_hold(&self, keys: &[String], on: bool) -> Result<bool, StoreError> {
+        use aws_sdk_s3::error::ProvideErrorMetadata;
+        use aws_sdk_s3::types::{ObjectLockLegalHold, ObjectLockLegalHoldStatus};
+        let status = if on {
+            ObjectLockLegalHoldStatus::On
+        } else {
+            ObjectLockLegalHoldStatus::Off
+        };
+        self.runtime.block_on(async {
+            for k in keys {
+                let r = self
+                    .client
+                    .put_object_legal_hold()
+                    .bucket(&self.bucket)
+                    .key(format!("{}{k}", self.prefix))
+                    .legal_hold(
+                        ObjectLockLegalHold::builder()
+                            .status(status.clone())
+                            .build(),
+                    )
+                    .send()
+                    .await;
+                if let Err(e) = r {
+                    // A bucket without Object Lock refuses the request as invalid.
+                    if e.code() == Some("InvalidRequest") {
+                        return Ok(false);
+                    }
+                    return Err(Self::error(
+                        "legal hold",
+                        k,
+                        aws_sdk_s3::error::DisplayErrorContext(&e),
+                    ));
+                }
+            }
+            Ok(true)
+        })
+    }
+
     fn delete_many(&self, keys: &[String]) -> Result<(), StoreError> {
         use aws_sdk_s3::types::{Delete, ObjectIdentifier};
         if keys.is_empty() {
