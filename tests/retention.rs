@@ -362,11 +362,14 @@ async fn expired_sessions_are_deleted_from_seaweedfs() {
     });
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn with_object_lock_a_locked_version_cannot_be_deleted_even_by_the_bucket_owner() {
+/// A fresh SeaweedFS bucket with Object Lock enabled: its name, settings, and a store with the
+/// owner's credentials.
+async fn object_lock_bucket(
+    prefix: &str,
+) -> (String, jitrec_uploader::S3Config, jitrec_uploader::S3Store) {
     let srv = seaweed::server();
-    let name = format!("locked-{}-{}", std::process::id(), rand::random::<u32>());
-    let mut config = seaweed::config(&srv.endpoint, &name);
+    let name = format!("{prefix}-{}-{}", std::process::id(), rand::random::<u32>());
+    let config = seaweed::config(&srv.endpoint, &name);
     let admin = jitrec_uploader::S3Store::new(config.clone());
     admin
         .client()
@@ -376,6 +379,12 @@ async fn with_object_lock_a_locked_version_cannot_be_deleted_even_by_the_bucket_
         .send()
         .await
         .unwrap();
+    (name, config, admin)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_object_lock_a_locked_version_cannot_be_deleted_even_by_the_bucket_owner() {
+    let (name, mut config, admin) = object_lock_bucket("locked").await;
     config.object_lock = Some(jitrec_uploader::ObjectLock {
         compliance: true,
         days: 1,
@@ -436,17 +445,7 @@ async fn with_object_lock_a_locked_version_cannot_be_deleted_even_by_the_bucket_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_legal_hold_also_holds_the_objects_in_an_object_lock_bucket() {
     let srv = seaweed::server();
-    let name = format!("held-{}-{}", std::process::id(), rand::random::<u32>());
-    let config = seaweed::config(&srv.endpoint, &name);
-    let admin = jitrec_uploader::S3Store::new(config.clone());
-    admin
-        .client()
-        .create_bucket()
-        .bucket(&name)
-        .object_lock_enabled_for_bucket(true)
-        .send()
-        .await
-        .unwrap();
+    let (name, config, admin) = object_lock_bucket("held").await;
     // Uploaded without a retention period: only the legal hold protects it.
     let s = session(1, "acme", "berlin", "ws-held");
     let key = ObjectKey::SessionHeader(id(&s)).to_string();

@@ -597,6 +597,10 @@ pub(crate) fn parse_problems(s: &str) -> Result<Vec<Problem>, IndexError> {
     serde_json::from_str(s).map_err(|e| IndexError::Corrupt(format!("problems: {e}")))
 }
 
+pub(crate) fn parse_event_data(s: &str) -> Result<serde_json::Value, IndexError> {
+    serde_json::from_str(s).map_err(|e| IndexError::Corrupt(format!("event data: {e}")))
+}
+
 pub(crate) fn problems_json(p: &[Problem]) -> String {
     serde_json::to_string(p).unwrap_or_else(|_| "[]".into())
 }

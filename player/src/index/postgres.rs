@@ -260,8 +260,7 @@ impl Index for PgIndex {
                     utc: from_micros(i(3)?)?,
                     kind: r.try_get(4)?,
                     text: r.try_get(5)?,
-                    data: serde_json::from_str(&data)
-                        .map_err(|e| IndexError::Corrupt(format!("event data: {e}")))?,
+                    data: super::parse_event_data(&data)?,
                 });
             }
             Ok(out)

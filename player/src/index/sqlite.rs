@@ -341,8 +341,7 @@ impl Index for SqliteIndex {
                     utc: from_micros(utc)?,
                     kind,
                     text,
-                    data: serde_json::from_str(&data)
-                        .map_err(|e| IndexError::Corrupt(format!("event data: {e}")))?,
+                    data: super::parse_event_data(&data)?,
                 });
             }
             Ok(out)
