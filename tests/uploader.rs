@@ -40,9 +40,13 @@ fn test_config(spool: &Path) -> UploaderConfig {
 
 /// Runs an uploader with the test settings until the spool has nothing pending.
 async fn drain<S: ObjectStore>(store: S, spool: &Path) -> Arc<Metrics> {
-    jitrec_tests::drain(store, test_config(spool), DRAIN_LIMIT)
-        .await
-        .unwrap()
+    match jitrec_tests::drain(store, test_config(spool), DRAIN_LIMIT).await {
+        Ok(m) => m,
+        Err(e) => panic!(
+            "{e:#}\nlast lines of the SeaweedFS log:\n{}",
+            seaweed::log_tail()
+        ),
+    }
 }
 
 /// Records `n` closed sessions of `chunks` chunks and one open session (no close record).

