@@ -22,12 +22,7 @@ use jitrec_recorder::jit::JitEvent;
 use jitrec_recorder::service::{Recorder, RecorderEvent};
 use jitrec_recorder::x11::X11Source;
 use jitrec_spool::{Entry, SpoolConfig, SpoolReader, SpoolWriter};
-use jitrec_tests::xvfb::Xvfb;
-use x11rb::connection::Connection;
-use x11rb::protocol::xproto::{
-    AtomEnum, ConnectionExt as _, CreateWindowAux, PropMode, WindowClass,
-};
-use x11rb::wrapper::ConnectionExt as _;
+use jitrec_tests::xvfb::{FakeWm, Xvfb};
 
 /// Generous for a loaded 2-core machine.
 const LIMIT: Duration = Duration::from_secs(60);
@@ -208,107 +203,14 @@ fn within(a: DateTime<Utc>, b: DateTime<Utc>, ms: i64) -> bool {
     (a - b).num_milliseconds().abs() <= ms
 }
 
-/// An X client acting as an EWMH window manager would: it names the active window on the root.
-struct FakeWm {
-    conn: x11rb::rust_connection::RustConnection,
-    root: u32,
-    active: u32,
-    name: u32,
-    utf8: u32,
-    pid: u32,
-}
-
-impl FakeWm {
-    fn new(display: &str) -> Self {
-        let (conn, screen) = x11rb::connect(Some(display)).unwrap();
-        let root = conn.setup().roots[screen].root;
-        let atom = |n: &[u8]| conn.intern_atom(false, n).unwrap().reply().unwrap().atom;
-        let (active, name, utf8, pid) = (
-            atom(b"_NET_ACTIVE_WINDOW"),
-            atom(b"_NET_WM_NAME"),
-            atom(b"UTF8_STRING"),
-            atom(b"_NET_WM_PID"),
-        );
-        let wm = Self {
-            conn,
-            root,
-            active,
-            name,
-            utf8,
-            pid,
-        };
-        wm.activate(0);
-        wm
-    }
-
-    /// Waits until the server has processed everything sent so far.
-    fn sync(&self) {
-        self.conn.get_input_focus().unwrap().reply().unwrap();
-    }
-
-    fn window(&self, title: &str) -> u32 {
-        let win = self.conn.generate_id().unwrap();
-        self.conn
-            .create_window(
-                x11rb::COPY_DEPTH_FROM_PARENT,
-                win,
-                self.root,
-                10,
-                10,
-                100,
-                80,
-                0,
-                WindowClass::INPUT_OUTPUT,
-                x11rb::COPY_FROM_PARENT,
-                &CreateWindowAux::new().background_pixel(0x0000_80ff),
-            )
-            .unwrap();
-        self.conn
-            .change_property32(
-                PropMode::REPLACE,
-                win,
-                self.pid,
-                AtomEnum::CARDINAL,
-                &[std::process::id()],
-            )
-            .unwrap();
-        self.retitle(win, title);
-        self.conn.map_window(win).unwrap();
-        self.sync();
-        win
-    }
-
-    fn retitle(&self, win: u32, title: &str) {
-        self.conn
-            .change_property8(
-                PropMode::REPLACE,
-                win,
-                self.name,
-                self.utf8,
-                title.as_bytes(),
-            )
-            .unwrap();
-        self.sync();
-    }
-
-    fn activate(&self, win: u32) {
-        self.conn
-            .change_property32(
-                PropMode::REPLACE,
-                self.root,
-                self.active,
-                AtomEnum::WINDOW,
-                &[win],
-            )
-            .unwrap();
-        self.sync();
-    }
-}
+/// Where the test's windows go, and their colour.
+const SMALL: (i16, i16, u16, u16) = (10, 10, 100, 80);
+const BLUE: u32 = 0x0000_80ff;
 
 #[test]
 fn processes_and_windows_during_jit_are_recorded_on_the_video_clock_and_nothing_before() {
     let x = Xvfb::start(320, 240).unwrap();
-    let wm = FakeWm::new(&x.display);
+    let wm = FakeWm::new(&x.display).unwrap();
     let display = x.display.clone();
     let factory: SourceFactory = Box::new(move || {
         let redactor = Arc::new(Redactor::new(&RedactionConfig::default()).unwrap());
@@ -329,18 +231,20 @@ fn processes_and_windows_during_jit_are_recorded_on_the_video_clock_and_nothing_
         .spawn()
         .unwrap();
     let straddling_pid = straddling.id();
-    let before_window = wm.window("before JIT");
-    wm.retitle(before_window, "still before JIT");
+    let before_window = wm.window("before JIT", SMALL, BLUE).unwrap();
+    wm.retitle(before_window, "still before JIT").unwrap();
 
     let mut ran = None;
     let rec = record(&x, factory, EventLimits::default(), || {
         // A window gets focus, then a new title.
-        let win = wm.window("jitrec test \u{2014} window");
+        let win = wm
+            .window("jitrec test \u{2014} window", SMALL, BLUE)
+            .unwrap();
         let focus_at = Utc::now();
-        wm.activate(win);
+        wm.activate(win).unwrap();
         std::thread::sleep(Duration::from_millis(300));
         let title_at = Utc::now();
-        wm.retitle(win, "vim /etc/sudoers");
+        wm.retitle(win, "vim /etc/sudoers").unwrap();
 
         // A command with a secret on its command line, started by this process as a terminal
         // would start it. It lives 100 ms, as most commands typed by an administrator do: the

@@ -20,7 +20,7 @@ const LIMIT: Duration = Duration::from_secs(120);
 const REVIEWER: (&str, &str) = ("rita", "reviewer password 1");
 const ADMIN: (&str, &str) = ("adam", "admin password 12");
 
-fn sign_in(b: &Browser, base: &str, (user, password): (&str, &str)) {
+pub(crate) fn sign_in(b: &Browser, base: &str, (user, password): (&str, &str)) {
     b.goto(&format!("{base}/login")).unwrap();
     b.type_into(&b.find("#user").unwrap(), user).unwrap();
     b.type_into(&b.find("#password").unwrap(), password)
@@ -35,7 +35,7 @@ fn sign_in(b: &Browser, base: &str, (user, password): (&str, &str)) {
 }
 
 /// Waits for the player's state to satisfy `cond` (a JS expression over `s`); returns it.
-fn state_when(b: &Browser, cond: &str, what: &str) -> serde_json::Value {
+pub(crate) fn state_when(b: &Browser, cond: &str, what: &str) -> serde_json::Value {
     b.wait_for(
         &format!("(() => {{ const s = window.jitrecProbe && jitrecProbe.state(); return s && ({cond}) ? s : null; }})()"),
         LIMIT,
@@ -51,7 +51,7 @@ fn state_when(b: &Browser, cond: &str, what: &str) -> serde_json::Value {
 }
 
 /// Seeks to `t` seconds and waits until the frame there is shown.
-fn seek(b: &Browser, t: f64) -> serde_json::Value {
+pub(crate) fn seek(b: &Browser, t: f64) -> serde_json::Value {
     b.eval_async(&format!(
         "const v = document.querySelector('#video'); v.pause();\
          await new Promise((ok) => {{ v.addEventListener('seeked', ok, {{once: true}}); v.currentTime = {t}; }});\
@@ -70,7 +70,7 @@ fn badge_display(b: &Browser) -> serde_json::Value {
     .unwrap()
 }
 
-fn pixel(b: &Browser, x: u32, y: u32) -> [u8; 3] {
+pub(crate) fn pixel(b: &Browser, x: u32, y: u32) -> [u8; 3] {
     let v = b
         .eval(
             "return jitrecProbe.pixel(arguments[0], arguments[1]);",
@@ -81,14 +81,14 @@ fn pixel(b: &Browser, x: u32, y: u32) -> [u8; 3] {
     [p[0], p[1], p[2]]
 }
 
-fn close_to(px: [u8; 3], rgb: [u8; 3]) -> bool {
+pub(crate) fn close_to(px: [u8; 3], rgb: [u8; 3]) -> bool {
     px.iter()
         .zip(rgb)
         .all(|(a, b)| (i16::from(*a) - i16::from(b)).abs() <= 40)
 }
 
 /// Where test artefacts a person may want to look at go (`target/test-artifacts`).
-fn artifacts() -> PathBuf {
+pub(crate) fn artifacts() -> PathBuf {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/test-artifacts");
     std::fs::create_dir_all(&dir).unwrap();
     dir

@@ -7,6 +7,7 @@
 
 pub mod faultproxy;
 pub mod http;
+pub mod pipeline;
 pub mod postgres;
 pub mod seaweed;
 pub mod webdriver;

@@ -103,3 +103,116 @@ pub fn map_window(
     conn.get_input_focus()?.reply()?;
     Ok((conn, win))
 }
+
+/// An X client acting as an EWMH window manager would: it names the active window on the root
+/// (`_NET_ACTIVE_WINDOW`) and titles windows with `_NET_WM_NAME`, which is what the recorder's
+/// window source reads. Bare Xvfb has no window manager to do it.
+pub struct FakeWm {
+    conn: x11rb::rust_connection::RustConnection,
+    root: u32,
+    active: u32,
+    name: u32,
+    utf8: u32,
+    pid: u32,
+}
+
+impl FakeWm {
+    /// Connects to `display` and marks no window active.
+    pub fn new(display: &str) -> Result<Self> {
+        use x11rb::connection::Connection;
+        use x11rb::protocol::xproto::ConnectionExt as _;
+        let (conn, screen) = x11rb::connect(Some(display))?;
+        let root = conn.setup().roots[screen].root;
+        let atom = |n: &[u8]| -> Result<u32> { Ok(conn.intern_atom(false, n)?.reply()?.atom) };
+        let (active, name, utf8, pid) = (
+            atom(b"_NET_ACTIVE_WINDOW")?,
+            atom(b"_NET_WM_NAME")?,
+            atom(b"UTF8_STRING")?,
+            atom(b"_NET_WM_PID")?,
+        );
+        let wm = Self {
+            conn,
+            root,
+            active,
+            name,
+            utf8,
+            pid,
+        };
+        wm.activate(0)?;
+        Ok(wm)
+    }
+
+    /// Waits until the server has processed everything sent so far.
+    fn sync(&self) -> Result<()> {
+        use x11rb::protocol::xproto::ConnectionExt as _;
+        self.conn.get_input_focus()?.reply()?;
+        Ok(())
+    }
+
+    /// Maps a `pixel`-coloured window titled `title` (owned by this process), not yet active.
+    pub fn window(
+        &self,
+        title: &str,
+        (x, y, w, h): (i16, i16, u16, u16),
+        pixel: u32,
+    ) -> Result<u32> {
+        use x11rb::connection::Connection;
+        use x11rb::protocol::xproto::{
+            AtomEnum, ConnectionExt as _, CreateWindowAux, PropMode, WindowClass,
+        };
+        use x11rb::wrapper::ConnectionExt as _;
+        let win = self.conn.generate_id()?;
+        self.conn.create_window(
+            x11rb::COPY_DEPTH_FROM_PARENT,
+            win,
+            self.root,
+            x,
+            y,
+            w,
+            h,
+            0,
+            WindowClass::INPUT_OUTPUT,
+            x11rb::COPY_FROM_PARENT,
+            &CreateWindowAux::new().background_pixel(pixel),
+        )?;
+        self.conn.change_property32(
+            PropMode::REPLACE,
+            win,
+            self.pid,
+            AtomEnum::CARDINAL,
+            &[std::process::id()],
+        )?;
+        self.retitle(win, title)?;
+        self.conn.map_window(win)?;
+        self.sync()?;
+        Ok(win)
+    }
+
+    /// Sets the window's title.
+    pub fn retitle(&self, win: u32, title: &str) -> Result<()> {
+        use x11rb::protocol::xproto::PropMode;
+        use x11rb::wrapper::ConnectionExt as _;
+        self.conn.change_property8(
+            PropMode::REPLACE,
+            win,
+            self.name,
+            self.utf8,
+            title.as_bytes(),
+        )?;
+        self.sync()
+    }
+
+    /// Names `win` as the active window (0: none).
+    pub fn activate(&self, win: u32) -> Result<()> {
+        use x11rb::protocol::xproto::{AtomEnum, PropMode};
+        use x11rb::wrapper::ConnectionExt as _;
+        self.conn.change_property32(
+            PropMode::REPLACE,
+            self.root,
+            self.active,
+            AtomEnum::WINDOW,
+            &[win],
+        )?;
+        self.sync()
+    }
+}

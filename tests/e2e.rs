@@ -1,0 +1,236 @@
+//! End to end, as deployed: the real `jitrec-recorder`, `jitrec-uploader` and `jitrec-player`
+//! programs as separate processes (the harness's [`Pipeline`]); JIT switched on and off over the
+//! recorder's control socket; a scripted admin session on Xvfb; the bucket in SeaweedFS or in
+//! the local store; and Debian's Chromium playing the result in the report view. One chain per
+//! store, asserting what a reviewer relies on at each step: who and why, the picture, the
+//! process run during the session and the window it ran in, JIT start and stop on the timeline.
+
+use std::process::Command;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use jitrec_tests::pipeline::{Pipeline, PipelineConfig, Programs, REVIEWER, Store};
+use jitrec_tests::seaweed;
+use jitrec_tests::webdriver::Browser;
+use jitrec_tests::xvfb::FakeWm;
+use serde_json::json;
+
+use crate::report_view::{artifacts, close_to, pixel, seek, sign_in, state_when};
+
+/// Generous: a whole pipeline on a loaded 2-core machine.
+const LIMIT: Duration = Duration::from_secs(120);
+const GREEN: u32 = 0x0000_ff00;
+/// Where the admin's window is drawn (x, y, w, h) on the 640x400 screen.
+const WINDOW: (i16, i16, u16, u16) = (40, 30, 300, 200);
+
+static RUN: AtomicU32 = AtomicU32::new(0);
+
+fn programs() -> Programs {
+    Programs {
+        recorder: env!("CARGO_BIN_EXE_jitrec-test-recorder").into(),
+        uploader: env!("CARGO_BIN_EXE_jitrec-test-uploader").into(),
+        player: env!("CARGO_BIN_EXE_jitrec-test-player").into(),
+    }
+}
+
+fn config(store: Store) -> PipelineConfig {
+    PipelineConfig {
+        programs: programs(),
+        store,
+        width: 640,
+        height: 400,
+        fps: 10,
+        chunk_ms: 1000,
+        index: None,
+    }
+}
+
+/// The chain for one store: record, upload, index, play.
+fn whole_path(store: Store, name: &str) {
+    let mut p = Pipeline::start(&config(store)).unwrap();
+    let wm = FakeWm::new(&p.x.display).unwrap();
+    let marker = format!(
+        "jitrec-e2e-{}-{}",
+        std::process::id(),
+        RUN.fetch_add(1, Ordering::Relaxed)
+    );
+
+    // Nothing is recorded outside JIT: this command runs before it starts.
+    let before = format!("{marker}-before-jit");
+    assert!(
+        Command::new("/bin/sh")
+            .args(["-c", &format!("echo {before} >/dev/null")])
+            .status()
+            .unwrap()
+            .success()
+    );
+
+    let id = p.jit_start("alice", "bob@example.com", "CHG-42").unwrap();
+    // About a second of black screen first, so the picture before the window is known. This
+    // is recorded content, not synchronisation.
+    std::thread::sleep(Duration::from_millis(1000));
+    let win = wm
+        .window(&format!("root@ws: {marker}"), WINDOW, GREEN)
+        .unwrap();
+    wm.activate(win).unwrap();
+    // A command that lives long enough for its command line to be read.
+    assert!(
+        Command::new("/bin/sh")
+            .args(["-c", &format!("sleep 0.3; echo {marker} >/dev/null")])
+            .status()
+            .unwrap()
+            .success()
+    );
+    wm.retitle(win, &format!("vim /etc/sudoers {marker}"))
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    p.jit_stop().unwrap();
+    let stopped = Instant::now();
+
+    // The player: complete, every chunk fetchable, within seconds of JIT stop.
+    p.wait_for_within("the session to be playable", LIMIT, |p| p.playable(id))
+        .unwrap();
+    eprintln!("{name}: playable {:?} after jit stop", stopped.elapsed());
+    let d = p.detail(id).unwrap().unwrap();
+    let s = &d["session"];
+    assert_eq!(s["status"], "complete", "{d}");
+    assert_eq!(s["user_name"], "alice");
+    assert_eq!(s["authorized_by"], "bob@example.com");
+    assert_eq!(s["reason"], "CHG-42");
+    assert_eq!(s["company"], "e2e-company");
+    assert_eq!(s["computer"], "e2e-computer");
+    assert_eq!(s["end_reason"], "control_stop", "{s}");
+    let chunks = d["chunks"].as_array().unwrap();
+    assert!(
+        chunks.len() >= 3,
+        "about 3 s at 1 s chunks: {}",
+        chunks.len()
+    );
+    assert!(chunks.iter().all(|c| c["verified"] == true), "{d}");
+    let verdict = p.post_json(&format!("/api/sessions/{id}/verify")).unwrap();
+    assert_eq!(verdict["verdict"], "intact", "{verdict}");
+    assert_eq!(verdict["chunks_verified"], chunks.len(), "{verdict}");
+
+    // The events, in order on the video clock: JIT start, the window, the command, the
+    // retitle, JIT stop; nothing from before JIT.
+    let events = d["events"].as_array().unwrap();
+    let at = |kind: &str, text: &str| -> u64 {
+        events
+            .iter()
+            .find(|e| e["kind"] == kind && e["text"].as_str().unwrap().contains(text))
+            .unwrap_or_else(|| panic!("no {kind} event with {text:?} in {events:#?}"))["media_us"]
+            .as_u64()
+            .unwrap()
+    };
+    let jit_start = at("jit_start", "authorised by bob@example.com, reason CHG-42");
+    let focus = at("window_focus", &format!("root@ws: {marker}"));
+    let process = at("process_start", &format!("echo {marker} >/dev/null"));
+    let retitle = at("window_title", &format!("vim /etc/sudoers {marker}"));
+    let jit_stop = at("jit_stop", "alice");
+    assert!(
+        jit_start <= focus && focus <= process && process <= retitle && retitle <= jit_stop,
+        "{jit_start} {focus} {process} {retitle} {jit_stop}"
+    );
+    assert!(
+        !events
+            .iter()
+            .any(|e| e["text"].as_str().unwrap().contains(&before)),
+        "a command from before JIT was recorded"
+    );
+    // The search a reviewer would type finds the session.
+    let hits = p.get_json(&format!("/api/sessions?q={marker}")).unwrap();
+    assert!(
+        hits["sessions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|h| h["id"] == id.to_string()),
+        "{hits}"
+    );
+
+    // The browser: sign in, open the session, it plays; the timeline shows the path; clicking
+    // the command seeks to it, where the admin's window is on screen.
+    let b = Browser::start(1280, 1000).unwrap();
+    sign_in(&b, &p.base(), REVIEWER);
+    b.goto(&format!("{}/session/{id}", p.base())).unwrap();
+    let st = state_when(&b, "s.readyState >= 2 && s.chunks > 0", "the first frame");
+    assert!(st["error"].is_null(), "{st}");
+    b.eval("document.querySelector('#video').play();", json!([]))
+        .unwrap();
+    state_when(&b, "s.currentTime > 0.5", "playback to advance");
+    let timeline: Vec<(String, String)> = serde_json::from_value(
+        b.eval(
+            "return [...document.querySelectorAll('#events li')].map((li) => [li.className.replace(' current', ''), li.textContent]);",
+            json!([]),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    for (kind, text) in [
+        ("jit_start", "bob@example.com"),
+        ("window_focus", marker.as_str()),
+        ("process_start", marker.as_str()),
+        ("window_title", "vim /etc/sudoers"),
+        ("jit_stop", "alice"),
+    ] {
+        assert!(
+            timeline.iter().any(|(k, t)| k == kind && t.contains(text)),
+            "{kind} with {text:?} not on the timeline: {timeline:?}"
+        );
+    }
+    let media_us = b
+        .eval(
+            "const m = arguments[0]; const li = [...document.querySelectorAll('#events li.process_start')].find((l) => l.textContent.includes(m)); li.id = 'e2e-command'; return Number(li.dataset.mediaUs);",
+            json!([format!("echo {marker}")]),
+        )
+        .unwrap()
+        .as_u64()
+        .unwrap();
+    assert_eq!(media_us, process);
+    b.eval("document.querySelector('#video').pause();", json!([]))
+        .unwrap();
+    b.click(&b.find("#e2e-command").unwrap()).unwrap();
+    let t = media_us as f64 / 1e6;
+    state_when(
+        &b,
+        &format!("Math.abs(s.currentTime - {t}) < 0.05 && s.current === {media_us}"),
+        "the timeline click to seek to the command",
+    );
+    // Half a second after the retitle (at least 0.8 s after the window was mapped, so the
+    // capture has certainly drawn it) the window is on screen; half a second before it was
+    // mapped, the screen is black.
+    seek(&b, retitle as f64 / 1e6 + 0.5);
+    let inside = pixel(&b, 190, 130);
+    assert!(close_to(inside, [0, 255, 0]), "with the window: {inside:?}");
+    b.screenshot(&artifacts().join(format!("e2e-{name}.png")))
+        .unwrap();
+    seek(&b, (focus as f64 / 1e6 - 0.5).max(0.0));
+    let earlier = pixel(&b, 190, 130);
+    assert!(
+        close_to(earlier, [0, 0, 0]),
+        "before the window: {earlier:?}"
+    );
+}
+
+#[test]
+fn recorder_to_browser_through_the_local_store() {
+    whole_path(Store::LocalDir, "local");
+}
+
+#[test]
+fn recorder_to_browser_through_seaweedfs() {
+    let srv = seaweed::server();
+    let bucket = tokio::runtime::Runtime::new()
+        .unwrap()
+        .block_on(seaweed::new_bucket("e2e"))
+        .unwrap();
+    whole_path(
+        Store::S3 {
+            endpoint: srv.endpoint.clone(),
+            bucket,
+            access_key: seaweed::ACCESS_KEY.into(),
+            secret_key: seaweed::SECRET_KEY.into(),
+        },
+        "seaweedfs",
+    );
+}
