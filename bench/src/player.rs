@@ -10,6 +10,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::summary::Line;
 use anyhow::{Context, Result};
 use clap::Args;
 use jitrec_format::SessionId;
@@ -23,16 +24,16 @@ use rand::{Rng, SeedableRng};
 pub(crate) struct PlayerIndexArgs {
     /// Sessions to index.
     #[arg(long, default_value_t = 1_000_000)]
-    sessions: u64,
+    pub(crate) sessions: u64,
     /// Process events per session.
     #[arg(long, default_value_t = 4)]
-    events: u32,
+    pub(crate) events: u32,
     /// Queries of each kind timed.
     #[arg(long, default_value_t = 300)]
-    queries: usize,
+    pub(crate) queries: usize,
     /// `sqlite`, `postgresql` or `both`.
     #[arg(long, default_value = "both")]
-    backend: String,
+    pub(crate) backend: String,
 }
 
 const USERS: u64 = 2_000;
@@ -171,7 +172,7 @@ fn ms(sorted: &[Duration], q: f64) -> f64 {
     quantile(sorted, q).map_or(f64::NAN, |d| d.as_secs_f64() * 1e3)
 }
 
-fn measure(name: &str, index: &dyn Index, args: &PlayerIndexArgs) -> Result<()> {
+fn measure(name: &str, index: &dyn Index, args: &PlayerIndexArgs) -> Result<Vec<Line>> {
     eprintln!(
         "{name}: indexing {} sessions with {} events each",
         args.sessions, args.events
@@ -236,20 +237,43 @@ fn measure(name: &str, index: &dyn Index, args: &PlayerIndexArgs) -> Result<()> 
         ms(&search, 0.99),
         search_rows,
     );
-    Ok(())
+    Ok(vec![
+        Line::new(
+            "player index",
+            format!("{name}: list, 2 pages, p50 / p99 ms"),
+            format!("{:.2} / {:.2}", ms(&list, 0.5), ms(&list, 0.99)),
+            "-",
+            format!("{} sessions", args.sessions),
+        ),
+        Line::new(
+            "player index",
+            format!("{name}: text search, p50 / p99 ms"),
+            format!("{:.2} / {:.2}", ms(&search, 0.5), ms(&search, 0.99)),
+            "-",
+            format!("{} sessions", args.sessions),
+        ),
+        Line::new(
+            "player index",
+            format!("{name}: seconds to index"),
+            format!("{:.0}", took.as_secs_f64()),
+            "-",
+            format!("{} sessions x {} events", args.sessions, args.events),
+        ),
+    ])
 }
 
-pub(crate) fn run(args: PlayerIndexArgs) -> Result<()> {
+pub(crate) fn run(args: &PlayerIndexArgs) -> Result<Vec<Line>> {
     let tmp = tempfile::tempdir()?;
+    let mut lines = Vec::new();
     if matches!(args.backend.as_str(), "sqlite" | "both") {
         let idx = sqlite::SqliteIndex::open(&tmp.path().join("index.sqlite3"))?;
-        measure("sqlite", &idx, &args)?;
+        lines.extend(measure("sqlite", &idx, args)?);
     }
     if matches!(args.backend.as_str(), "postgresql" | "both") {
         let url = jitrec_tests::postgres::new_database("jitrec_bench")
             .context("starting PostgreSQL (apt-get install postgresql-15)")?;
         let idx: Arc<dyn Index> = Arc::from(jitrec_player::index::open(&url)?);
-        measure("postgresql", idx.as_ref(), &args)?;
+        lines.extend(measure("postgresql", idx.as_ref(), args)?);
     }
-    Ok(())
+    Ok(lines)
 }

@@ -1,91 +1,65 @@
-//! `recorder-idle`: what recording an idle (or, with `--typing`, a typing) screen costs, against
-//! ffmpeg on the same screen.
+//! `recorder`: what recording costs and how good it looks, against the ffmpeg CLI on the same
+//! screen.
 //!
-//! One Xvfb at 1920x1080 with a few static windows. First the release `jitrec-recorder run`
-//! (default settings: 5 fps, CRF 28, keyframes every 10 s, process and window events on) records
-//! a JIT session started and stopped over its control socket; then `ffmpeg -f x11grab` with
-//! libx264 at the same rate, CRF, keyframe interval, preset and tune records the same screen for
-//! the same time. For each: CPU seconds (user + sys from `/proc/<pid>/stat`) of the recorder and
-//! of the X server over the measured interval, per minute, and bytes written per minute.
+//! Every run gets a fresh 1920x1080 Xvfb. The *workload* is a scripted admin session driven
+//! through tmux in an xterm (typing at 8 keys/s, scrolling output, `top`, `less` paging, `vi`
+//! with typing, a second window dragged across the screen, then idle), about 70 s. The same
+//! script runs four times:
+//!
+//! - A: the release `jitrec-recorder run` alone (default settings: 5 fps, CRF 28, keyframes
+//!   every 10 s, preset veryfast, tune zerolatency; events on), JIT started and stopped over its
+//!   control socket. Measured: CPU seconds (user + sys from `/proc/<pid>/stat`, every thread) of
+//!   the recorder and of the X server over the workload, and bytes in the spool.
+//! - B: `ffmpeg -f x11grab` + libx264 alone, with the same fps, CRF, keyframe interval, preset
+//!   and tune. Same figures (bytes of its MP4).
+//! - C: jitrec-recorder again, beside a lossless ffmpeg capture of the screen at 25 fps
+//!   (libx264rgb, QP 0, its own process). SSIM of jitrec's export against the reference.
+//! - D: ffmpeg as in B, beside the same kind of lossless reference; SSIM likewise.
+//!
+//! SSIM is ffmpeg's `ssim` filter on YUV 4:2:0 (its `All` figure), each recorded frame against
+//! the latest reference frame at or before it (up to 40 ms older: the same for both, and it
+//! lowers both on fast-changing content such as scrolling). Timelines are aligned on the wall
+//! clock (x11grab stamps frames with it; jitrec's media time 0 is the session's `started_at`),
+//! then each side gets its best constant shift within +-100 ms, so neither is punished for a
+//! capture latency. Both runs record the same script but not the same pixels (`top` shows
+//! other numbers), so small differences are noise.
+//!
+//! The *idle* runs record a screen with three static windows for `--idle-seconds` each, jitrec
+//! then ffmpeg.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
+use jitrec_format::{ObjectKey, SessionHeader, SessionId};
+use jitrec_player::store::{LocalDir, ObjectSource};
 use jitrec_recorder::control::{self, Request};
 use jitrec_recorder::encode::EncoderConfig;
-use jitrec_tests::xvfb::Xvfb;
+use jitrec_tests::xvfb::{Xvfb, find_window};
 use x11rb::connection::Connection;
-use x11rb::protocol::xproto::ConnectionExt as _;
+use x11rb::protocol::xproto::{ConfigureWindowAux, ConnectionExt as _};
+
+use crate::summary::Line;
+
+const WIDTH: u32 = 1920;
+const HEIGHT: u32 = 1080;
+/// Frame rate of the lossless reference beside jitrec (run C).
+const REFERENCE_FPS: u32 = 25;
 
 #[derive(Args, Clone)]
-pub(crate) struct IdleArgs {
-    /// Seconds each recorder records.
+pub(crate) struct RecorderArgs {
+    /// Seconds of each idle recording (0: no idle runs).
     #[arg(long, default_value_t = 60)]
-    seconds: u64,
+    pub(crate) idle_seconds: u64,
+    /// Skip the scripted workload (idle runs only).
+    #[arg(long)]
+    pub(crate) no_workload: bool,
     /// Record video only (no process and window events), to see what the events cost.
     #[arg(long)]
-    no_events: bool,
-    /// Instead of an idle screen, a typing-like workload: a 9x16 "character" drawn every
-    /// 100 ms, advancing along a line, a new line every 80 characters.
-    #[arg(long)]
-    typing: bool,
-}
-
-/// Draws "characters" on its own X connection until dropped.
-struct Typist {
-    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Typist {
-    fn start(display: &str) -> Result<Self> {
-        let (conn, win) =
-            jitrec_tests::xvfb::map_window(display, (100, 100, 1200, 800), 0x0010_1010)?;
-        let gc = conn.generate_id()?;
-        conn.create_gc(gc, win, &x11rb::protocol::xproto::CreateGCAux::new())?;
-        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let flag = std::sync::Arc::clone(&stop);
-        let thread = std::thread::spawn(move || {
-            let mut n: u32 = 0;
-            while !flag.load(std::sync::atomic::Ordering::Relaxed) {
-                let (col, line) = (n % 80, (n / 80) % 45);
-                let colour = 0x0040_c040 + (n * 0x0001_0203) % 0x0040_4040;
-                let _ = conn.change_gc(
-                    gc,
-                    &x11rb::protocol::xproto::ChangeGCAux::new().foreground(colour),
-                );
-                let _ = conn.poly_fill_rectangle(
-                    win,
-                    gc,
-                    &[x11rb::protocol::xproto::Rectangle {
-                        x: 10 + (col * 14) as i16,
-                        y: 10 + (line * 17) as i16,
-                        width: 9,
-                        height: 16,
-                    }],
-                );
-                let _ = conn.flush();
-                n += 1;
-                std::thread::sleep(Duration::from_millis(100));
-            }
-        });
-        Ok(Self {
-            stop,
-            thread: Some(thread),
-        })
-    }
-}
-
-impl Drop for Typist {
-    fn drop(&mut self) {
-        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
+    pub(crate) no_events: bool,
 }
 
 /// Clock ticks per second of `/proc/<pid>/stat` (USER_HZ).
@@ -135,24 +109,6 @@ fn furnish(display: &str) -> Result<Vec<x11rb::rust_connection::RustConnection>>
     .collect()
 }
 
-struct Measured {
-    name: &'static str,
-    own: f64,
-    x: f64,
-    bytes: u64,
-    secs: f64,
-}
-
-impl Measured {
-    fn per_min(&self, v: f64) -> f64 {
-        v * 60.0 / self.secs
-    }
-
-    fn total(&self) -> f64 {
-        self.per_min(self.own + self.x)
-    }
-}
-
 fn wait_for(what: &str, mut ok: impl FnMut() -> bool) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(60);
     while !ok() {
@@ -164,6 +120,7 @@ fn wait_for(what: &str, mut ok: impl FnMut() -> bool) -> Result<()> {
     Ok(())
 }
 
+/// A child process killed when dropped.
 struct Killed(Child);
 
 impl Drop for Killed {
@@ -173,150 +130,668 @@ impl Drop for Killed {
     }
 }
 
-fn jitrec(x: &Xvfb, secs: u64, events: bool, tmp: &Path) -> Result<Measured> {
-    let exe: PathBuf = std::env::current_exe()?
-        .parent()
-        .context("bench binary directory")?
-        .join("jitrec-recorder");
-    let spool = tmp.join("spool");
-    let socket = tmp.join("recorder.sock");
-    let config = tmp.join("recorder.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "spool = {spool:?}\nmachine_id_file = \"/etc/machine-id\"\n[control]\nsocket = {socket:?}\n[capture]\ndisplay = {:?}\n[events]\nprocesses = {events}\nwindows = {events}\n",
-            x.display
-        ),
-    )?;
-    let child = Killed(
-        Command::new(&exe)
-            .args(["run", "--config"])
-            .arg(&config)
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::null())
-            .spawn()
-            .with_context(|| format!("starting {}", exe.display()))?,
-    );
-    wait_for("the control socket", || socket.exists())?;
-    let start = Request::Start {
-        user: "bench".into(),
-        authorized_by: None,
-        reason: None,
-    };
-    let r = control::request(&socket, &start)?;
-    if !r.ok {
-        bail!("jit start: {}", r.message);
+impl Killed {
+    /// Asks ffmpeg to finish (`q` on its standard input: it writes its files' trailers and exits
+    /// 0; a signal would make it exit 255) and waits; fails unless it exits 0.
+    fn finish(mut self) -> Result<()> {
+        use std::io::Write;
+        let mut stdin = self.0.stdin.take().context("ffmpeg's stdin is piped")?;
+        stdin.write_all(b"q")?;
+        drop(stdin);
+        let status = self.0.wait()?;
+        if !status.success() {
+            bail!("ffmpeg failed: {status}");
+        }
+        Ok(())
     }
-    let pid = child.0.id();
-    let (own0, x0, t0) = (cpu_secs(pid)?, cpu_secs(x.pid())?, Instant::now());
-    std::thread::sleep(Duration::from_secs(secs));
-    let (own1, x1, t1) = (cpu_secs(pid)?, cpu_secs(x.pid())?, Instant::now());
-    let r = control::request(&socket, &Request::Stop)?;
-    if !r.ok {
-        bail!("jit stop: {}", r.message);
-    }
-    Ok(Measured {
-        name: if events {
-            "jitrec-recorder"
-        } else {
-            "jitrec-recorder, no events"
-        },
-        own: own1 - own0,
-        x: x1 - x0,
-        bytes: dir_bytes(&spool),
-        secs: (t1 - t0).as_secs_f64(),
-    })
 }
 
-fn ffmpeg(x: &Xvfb, secs: u64, tmp: &Path) -> Result<Measured> {
+/// CPU of one recorder and of the X server over a measured interval, and what it stored.
+struct Measured {
+    own: f64,
+    x: f64,
+    bytes: u64,
+    secs: f64,
+}
+
+impl Measured {
+    fn per_min(&self, v: f64) -> f64 {
+        v * 60.0 / self.secs
+    }
+
+    /// CPU seconds (recorder + X server) per recorded minute.
+    fn cpu(&self) -> f64 {
+        self.per_min(self.own + self.x)
+    }
+
+    fn mb_per_hour(&self) -> f64 {
+        self.bytes as f64 / 1e6 * 3600.0 / self.secs
+    }
+}
+
+/// Runs `during` and returns the CPU `pids` used meanwhile, and how long it took.
+fn cpu_during(pids: [u32; 2], during: impl FnOnce() -> Result<()>) -> Result<(f64, f64, f64)> {
+    let (a0, b0, t0) = (cpu_secs(pids[0])?, cpu_secs(pids[1])?, Instant::now());
+    during()?;
+    let (a1, b1) = (cpu_secs(pids[0])?, cpu_secs(pids[1])?);
+    Ok((a1 - a0, b1 - b0, t0.elapsed().as_secs_f64()))
+}
+
+/// A running `jitrec-recorder run`.
+struct Jitrec {
+    child: Killed,
+    socket: PathBuf,
+    spool: PathBuf,
+}
+
+impl Jitrec {
+    fn start(x: &Xvfb, events: bool, tmp: &Path) -> Result<Self> {
+        let exe: PathBuf = std::env::current_exe()?
+            .parent()
+            .context("bench binary directory")?
+            .join("jitrec-recorder");
+        let spool = tmp.join("spool");
+        let socket = tmp.join("recorder.sock");
+        let config = tmp.join("recorder.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "spool = {spool:?}\nmachine_id_file = \"/etc/machine-id\"\n[control]\nsocket = {socket:?}\n[capture]\ndisplay = {:?}\n[events]\nprocesses = {events}\nwindows = {events}\n",
+                x.display
+            ),
+        )?;
+        let child = Killed(
+            Command::new(&exe)
+                .args(["run", "--config"])
+                .arg(&config)
+                .env("RUST_LOG", "warn")
+                .stdin(Stdio::null())
+                .spawn()
+                .with_context(|| format!("starting {}", exe.display()))?,
+        );
+        wait_for("the control socket", || socket.exists())?;
+        Ok(Self {
+            child,
+            socket,
+            spool,
+        })
+    }
+
+    fn jit_start(&self) -> Result<SessionId> {
+        let r = control::request(
+            &self.socket,
+            &Request::Start {
+                user: "bench".into(),
+                authorized_by: None,
+                reason: None,
+            },
+        )?;
+        if !r.ok {
+            bail!("jit start: {}", r.message);
+        }
+        r.session.context("jit start names the session")
+    }
+
+    fn jit_stop(&self) -> Result<()> {
+        let r = control::request(&self.socket, &Request::Stop)?;
+        if !r.ok {
+            bail!("jit stop: {}", r.message);
+        }
+        Ok(())
+    }
+
+    /// Records `during`; returns the figures and the session.
+    fn record(
+        &self,
+        x: &Xvfb,
+        during: impl FnOnce() -> Result<()>,
+    ) -> Result<(Measured, SessionId)> {
+        let id = self.jit_start()?;
+        let (own, xs, secs) = cpu_during([self.child.0.id(), x.pid()], during)?;
+        self.jit_stop()?;
+        Ok((
+            Measured {
+                own,
+                x: xs,
+                bytes: dir_bytes(&self.spool),
+                secs,
+            },
+            id,
+        ))
+    }
+
+    /// Ships the spool into a local bucket and exports the session to one MP4; returns the
+    /// file and the wall-clock time (Unix seconds) of its time 0.
+    fn export(&self, id: SessionId, tmp: &Path) -> Result<(PathBuf, f64)> {
+        let bucket = tmp.join("bucket");
+        tokio::runtime::Handle::current().block_on(jitrec_tests::drain(
+            jitrec_uploader::LocalDirStore::new(&bucket),
+            jitrec_uploader::UploaderConfig::new(&self.spool),
+            Duration::from_secs(600),
+        ))?;
+        let src: Arc<dyn ObjectSource> = Arc::new(LocalDir::new(&bucket));
+        let header = src
+            .get(&ObjectKey::SessionHeader(id))?
+            .context("the session header is in the bucket")?;
+        let started = SessionHeader::from_bytes(&header)?.started_at;
+        let out = tmp.join("jitrec.mp4");
+        let exported = jitrec_player::export::export(
+            src.as_ref(),
+            id,
+            &out,
+            &jitrec_player::export::ExportOptions::default(),
+        )?;
+        let part = exported.parts.first().context("the export wrote a file")?;
+        if exported.parts.len() != 1 {
+            bail!("the screen size changed during the run");
+        }
+        let zero = started.timestamp_micros() as f64 / 1e6 + part.starts_at_us as f64 / 1e6;
+        Ok((part.path.clone(), zero))
+    }
+}
+
+/// What one ffmpeg capture writes.
+enum Output {
+    /// libx264 with jitrec's encoder settings.
+    Crf(PathBuf),
+    /// libx264rgb at QP 0: the lossless reference.
+    Lossless(PathBuf),
+}
+
+/// Starts `ffmpeg -f x11grab` at `fps` writing `outputs`; frames keep x11grab's wall-clock
+/// stamps minus `base` (Unix seconds), so separate captures share one timeline.
+fn ffmpeg(x: &Xvfb, fps: u32, outputs: &[Output], base: i64) -> Result<Killed> {
     let e = EncoderConfig::default();
-    let out = tmp.join("ffmpeg.mp4");
-    let fps = e.nominal_fps.to_string();
     let gop = (u64::from(e.nominal_fps) * e.keyframe_interval.as_secs()).to_string();
+    let mut cmd = Command::new("ffmpeg");
+    cmd.args(["-loglevel", "error", "-f", "x11grab"])
+        .args(["-framerate", &fps.to_string()])
+        .args([
+            "-video_size",
+            &format!("{WIDTH}x{HEIGHT}"),
+            "-draw_mouse",
+            "1",
+        ])
+        .args(["-i", &x.display])
+        .arg("-copyts");
+    for o in outputs {
+        // An output option: every output needs its own.
+        cmd.args(["-output_ts_offset", &format!("-{base}")]);
+        match o {
+            Output::Crf(path) => cmd
+                .args(["-map", "0:v", "-c:v", "libx264", "-preset", &e.preset])
+                .args(["-tune", "zerolatency", "-crf", &e.crf.to_string()])
+                .args(["-g", &gop, "-bf", "0", "-pix_fmt", "yuv420p", "-y"])
+                .arg(path),
+            Output::Lossless(path) => cmd
+                .args(["-map", "0:v", "-c:v", "libx264rgb", "-preset", "ultrafast"])
+                .args(["-qp", "0", "-y"])
+                .arg(path),
+        };
+    }
     let child = Killed(
-        Command::new("ffmpeg")
-            .args(["-nostdin", "-loglevel", "error", "-f", "x11grab"])
-            .args([
-                "-framerate",
-                &fps,
-                "-video_size",
-                "1920x1080",
-                "-draw_mouse",
-                "1",
-            ])
-            .args(["-i", &x.display])
-            .args([
-                "-c:v",
-                "libx264",
-                "-preset",
-                &e.preset,
-                "-tune",
-                "zerolatency",
-            ])
-            .args(["-crf", &e.crf.to_string(), "-g", &gop, "-bf", "0"])
-            .args(["-t", &(secs + 2).to_string(), "-y"])
-            .arg(&out)
-            .stdin(Stdio::null())
+        cmd.stdin(Stdio::piped())
             .spawn()
             .context("starting ffmpeg (Debian package ffmpeg)")?,
     );
-    let pid = child.0.id();
-    // Let it open the display and the encoder, as the recorder had before `jit start`.
-    wait_for("ffmpeg's first output", || out.exists())?;
-    let (own0, x0, t0) = (cpu_secs(pid)?, cpu_secs(x.pid())?, Instant::now());
-    std::thread::sleep(Duration::from_secs(secs));
-    let (own1, x1, t1) = (cpu_secs(pid)?, cpu_secs(x.pid())?, Instant::now());
-    let mut child = child;
-    let status = child.0.wait()?;
-    if !status.success() {
-        bail!("ffmpeg failed: {status}");
+    // Recording once an output has its first bytes: ffmpeg opens the grabber and every encoder
+    // before writing any (a small output can sit in the muxer's buffer for a long time).
+    let paths: Vec<&PathBuf> = outputs
+        .iter()
+        .map(|o| match o {
+            Output::Crf(p) | Output::Lossless(p) => p,
+        })
+        .collect();
+    wait_for("ffmpeg's first output", || {
+        paths
+            .iter()
+            .any(|p| std::fs::metadata(p).is_ok_and(|m| m.len() > 0))
+    })?;
+    Ok(child)
+}
+
+/// ffmpeg's SSIM (`All`, YUV 4:2:0) of `encoded` against `reference` over `[from, to]` seconds
+/// of the shared timeline; `encoded`'s time 0 is at `offset` on it.
+fn ssim(encoded: &Path, offset: f64, reference: &Path, from: f64, to: f64) -> Result<f64> {
+    let graph = format!(
+        "[0:v]trim=start={from}:end={to},format=yuv420p[a];[1:v]trim=start={from}:end={to},format=yuv420p[b];[a][b]ssim"
+    );
+    let out = Command::new("ffmpeg")
+        .args(["-nostdin", "-hide_banner", "-copyts"])
+        .args(["-itsoffset", &format!("{offset:.6}"), "-i"])
+        .arg(encoded)
+        .arg("-i")
+        .arg(reference)
+        .args(["-lavfi", &graph, "-f", "null", "-"])
+        .output()
+        .context("running ffmpeg's ssim filter")?;
+    let text = String::from_utf8_lossy(&out.stderr);
+    let all = text
+        .lines()
+        .rev()
+        .find_map(|l| l.split("All:").nth(1))
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|v| v.parse::<f64>().ok());
+    match all {
+        Some(v) if out.status.success() => Ok(v),
+        _ => bail!("no SSIM from ffmpeg ({}):\n{text}", out.status),
     }
-    Ok(Measured {
-        name: "ffmpeg x11grab + libx264",
-        own: own1 - own0,
-        x: x1 - x0,
+}
+
+/// [`ssim`] at the best of the offsets `offset` - 100 ms ..= `offset` + 100 ms in 20 ms steps:
+/// clocks and capture latencies differ a little between capturers, and a comparison should not
+/// punish either for a constant shift. Returns the SSIM and the shift in seconds.
+fn best_ssim(
+    encoded: &Path,
+    offset: f64,
+    reference: &Path,
+    from: f64,
+    to: f64,
+) -> Result<(f64, f64)> {
+    let mut best = (f64::MIN, 0.0);
+    for step in -5..=5 {
+        let shift = f64::from(step) * 0.02;
+        let v = ssim(encoded, offset + shift, reference, from, to)?;
+        if v > best.0 {
+            best = (v, shift);
+        }
+    }
+    Ok(best)
+}
+
+/// The scripted admin session: two xterms, one running a tmux session the script types into,
+/// the other dragged around. Set up before recording starts; [`Desk::play`] runs the script.
+struct Desk {
+    tmux: PathBuf,
+    _xterms: Vec<Killed>,
+    conn: x11rb::rust_connection::RustConnection,
+    mover: u32,
+    scratch: PathBuf,
+}
+
+impl Desk {
+    fn set_up(display: &str, tmp: &Path) -> Result<Self> {
+        let tmux = tmp.join("tmux.sock");
+        let scratch = tmp.join("notes.txt");
+        let xterm = |args: &[&str]| -> Result<Killed> {
+            Ok(Killed(
+                Command::new("xterm")
+                    .args(["-display", display, "-fa", "Monospace", "-fs", "11"])
+                    .args(args)
+                    .env("TERM", "xterm")
+                    .stdin(Stdio::null())
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .context("starting xterm (Debian package xterm)")?,
+            ))
+        };
+        let tmux_cmd = format!(
+            "tmux -S {} -f /dev/null new-session -s bench \"env PS1='root@ws:~# ' bash --norc --noprofile\"",
+            tmux.display()
+        );
+        let main = xterm(&[
+            "-geometry",
+            "150x45+10+10",
+            "-T",
+            "jitrec-bench-main",
+            "-e",
+            "sh",
+            "-c",
+            &tmux_cmd,
+        ])?;
+        let side = xterm(&[
+            "-geometry",
+            "70x12+1100+650",
+            "-T",
+            "jitrec-bench-move",
+            "-e",
+            "sh",
+            "-c",
+            "cat /etc/os-release; exec sleep 100000",
+        ])?;
+        let (conn, _) = x11rb::connect(Some(display))?;
+        let mover = find_window(display, "jitrec-bench-move", Duration::from_secs(60))?;
+        wait_for("the tmux session", || {
+            Command::new("tmux")
+                .arg("-S")
+                .arg(&tmux)
+                .args(["has-session", "-t", "bench"])
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success())
+        })?;
+        let desk = Self {
+            tmux,
+            _xterms: vec![main, side],
+            conn,
+            mover,
+            scratch,
+        };
+        desk.keys(&["clear", "Enter"])?;
+        // Let the shell and both terminals settle before anything is measured.
+        std::thread::sleep(Duration::from_secs(2));
+        Ok(desk)
+    }
+
+    fn keys(&self, keys: &[&str]) -> Result<()> {
+        let ok = Command::new("tmux")
+            .arg("-S")
+            .arg(&self.tmux)
+            .args(["send-keys", "-t", "bench"])
+            .args(keys)
+            .status()?
+            .success();
+        if !ok {
+            bail!("tmux send-keys {keys:?} failed");
+        }
+        Ok(())
+    }
+
+    /// Types `text` one key at a time, `per_second` keys a second.
+    fn type_slowly(&self, text: &str, per_second: f64) -> Result<()> {
+        let gap = Duration::from_secs_f64(1.0 / per_second);
+        for c in text.chars() {
+            // tmux reads an argument ending in ';' as a command separator.
+            let key = if c == ';' {
+                "\\;".to_owned()
+            } else {
+                c.to_string()
+            };
+            self.keys(&["-l", &key])?;
+            std::thread::sleep(gap);
+        }
+        Ok(())
+    }
+
+    /// The script (about 70 s). Its sleeps are its pace, not synchronisation.
+    fn play(&self) -> Result<()> {
+        let s = Duration::from_secs;
+        // Typing at a shell.
+        self.type_slowly("cat /etc/os-release; ls -la /etc | head -40", 8.0)?;
+        self.keys(&["Enter"])?;
+        std::thread::sleep(s(2));
+        self.type_slowly("df -h; free -m; uptime", 8.0)?;
+        self.keys(&["Enter"])?;
+        std::thread::sleep(s(2));
+        // Output scrolling by at ~100 lines a second.
+        self.keys(&[
+            "find /usr/share/doc | head -800 | perl -pe 'select(undef, undef, undef, 0.01)'",
+            "Enter",
+        ])?;
+        std::thread::sleep(s(9));
+        // top, refreshing every second.
+        self.keys(&["top -d 1", "Enter"])?;
+        std::thread::sleep(s(10));
+        self.keys(&["q"])?;
+        // A pager, a page a second.
+        self.keys(&["less /usr/share/common-licenses/GPL-3", "Enter"])?;
+        for _ in 0..10 {
+            std::thread::sleep(s(1));
+            self.keys(&["Space"])?;
+        }
+        self.keys(&["q"])?;
+        // An editor, typing.
+        self.keys(&[&format!("vi {}", self.scratch.display()), "Enter"])?;
+        std::thread::sleep(s(1));
+        self.keys(&["i"])?;
+        self.type_slowly(
+            "Restarted the print spooler; driver 4.2 installed for HP-7;\nticket CHG-1042.",
+            8.0,
+        )?;
+        self.keys(&["Escape", ":q!", "Enter"])?;
+        // The side window dragged across the screen.
+        for i in 0..25i32 {
+            self.conn.configure_window(
+                self.mover,
+                &ConfigureWindowAux::new().x(1100 - i * 36).y(650 - i * 20),
+            )?;
+            self.conn.flush()?;
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        // Reading: nothing moves.
+        std::thread::sleep(s(10));
+        Ok(())
+    }
+}
+
+/// Seconds since the Unix epoch, now.
+fn unix_now() -> f64 {
+    chrono::Utc::now().timestamp_micros() as f64 / 1e6
+}
+
+/// Figures of the workload runs.
+struct Workload {
+    jitrec: Measured,
+    ffmpeg: Measured,
+    jitrec_ssim: f64,
+    ffmpeg_ssim: f64,
+}
+
+fn workload(events: bool) -> Result<Workload> {
+    let run = |name: &str| -> Result<(Xvfb, tempfile::TempDir, Desk)> {
+        eprintln!("recorder: workload run {name}");
+        let x = Xvfb::start(WIDTH, HEIGHT)?;
+        let tmp = tempfile::tempdir()?;
+        let desk = Desk::set_up(&x.display, tmp.path())?;
+        Ok((x, tmp, desk))
+    };
+
+    // A: jitrec alone.
+    let (x, tmp, desk) = run("A (jitrec-recorder)")?;
+    let j = Jitrec::start(&x, events, tmp.path())?;
+    let (jitrec, _) = j.record(&x, || desk.play())?;
+    drop((j, desk, x, tmp));
+
+    // B: ffmpeg alone.
+    let (x, tmp, desk) = run("B (ffmpeg)")?;
+    let out = tmp.path().join("ffmpeg.mp4");
+    let base = chrono::Utc::now().timestamp();
+    let f = ffmpeg(
+        &x,
+        EncoderConfig::default().nominal_fps,
+        &[Output::Crf(out.clone())],
+        base,
+    )?;
+    let (own, xs, secs) = cpu_during([f.0.id(), x.pid()], || desk.play())?;
+    f.finish()?;
+    let ffmpeg_cost = Measured {
+        own,
+        x: xs,
         bytes: std::fs::metadata(&out)?.len(),
-        secs: (t1 - t0).as_secs_f64(),
+        secs,
+    };
+    drop((desk, x, tmp));
+
+    // C: jitrec beside the lossless reference.
+    let (x, tmp, desk) = run("C (jitrec-recorder + lossless reference)")?;
+    let base = chrono::Utc::now().timestamp();
+    let reference = tmp.path().join("reference.mkv");
+    let lossless = ffmpeg(
+        &x,
+        REFERENCE_FPS,
+        &[Output::Lossless(reference.clone())],
+        base,
+    )?;
+    let j = Jitrec::start(&x, events, tmp.path())?;
+    let mut span = (0.0, 0.0);
+    let (_, id) = j.record(&x, || {
+        span.0 = unix_now() - base as f64;
+        desk.play()?;
+        span.1 = unix_now() - base as f64;
+        Ok(())
+    })?;
+    lossless.finish()?;
+    let (mp4, zero) = j.export(id, tmp.path())?;
+    let (jitrec_ssim, shift) = best_ssim(&mp4, zero - base as f64, &reference, span.0, span.1)?;
+    eprintln!(
+        "recorder: jitrec SSIM {jitrec_ssim:.4} (best shift {:+.0} ms)",
+        shift * 1e3
+    );
+    drop((j, desk, x, tmp));
+
+    // D: ffmpeg as in B, beside the same lossless reference as in C.
+    let (x, tmp, desk) = run("D (ffmpeg + lossless reference)")?;
+    let base = chrono::Utc::now().timestamp();
+    let (enc, reference) = (
+        tmp.path().join("ffmpeg.mp4"),
+        tmp.path().join("reference.mkv"),
+    );
+    let lossless = ffmpeg(
+        &x,
+        REFERENCE_FPS,
+        &[Output::Lossless(reference.clone())],
+        base,
+    )?;
+    let f = ffmpeg(
+        &x,
+        EncoderConfig::default().nominal_fps,
+        &[Output::Crf(enc.clone())],
+        base,
+    )?;
+    let from = unix_now() - base as f64;
+    desk.play()?;
+    let to = unix_now() - base as f64;
+    f.finish()?;
+    lossless.finish()?;
+    let (ffmpeg_ssim, shift) = best_ssim(&enc, 0.0, &reference, from, to)?;
+    eprintln!(
+        "recorder: ffmpeg SSIM {ffmpeg_ssim:.4} (best shift {:+.0} ms)",
+        shift * 1e3
+    );
+
+    Ok(Workload {
+        jitrec,
+        ffmpeg: ffmpeg_cost,
+        jitrec_ssim,
+        ffmpeg_ssim,
     })
 }
 
-pub(crate) fn idle(args: IdleArgs) -> Result<()> {
-    let x = Xvfb::start(1920, 1080)?;
+fn idle(events: bool, seconds: u64) -> Result<(Measured, Measured)> {
+    eprintln!("recorder: idle runs, {seconds} s each");
+    let x = Xvfb::start(WIDTH, HEIGHT)?;
     let _windows = furnish(&x.display)?;
-    let _typist = args.typing.then(|| Typist::start(&x.display)).transpose()?;
     let tmp = tempfile::tempdir()?;
+    let j = Jitrec::start(&x, events, tmp.path())?;
+    let (ours, _) = j.record(&x, || {
+        std::thread::sleep(Duration::from_secs(seconds));
+        Ok(())
+    })?;
+    drop(j);
+    let out = tmp.path().join("ffmpeg.mp4");
+    let f = ffmpeg(
+        &x,
+        EncoderConfig::default().nominal_fps,
+        &[Output::Crf(out.clone())],
+        chrono::Utc::now().timestamp(),
+    )?;
+    let (own, xs, secs) = cpu_during([f.0.id(), x.pid()], || {
+        std::thread::sleep(Duration::from_secs(seconds));
+        Ok(())
+    })?;
+    f.finish()?;
+    let reference = Measured {
+        own,
+        x: xs,
+        bytes: std::fs::metadata(&out)?.len(),
+        secs,
+    };
+    Ok((ours, reference))
+}
+
+fn row(name: &str, m: &Measured, ssim: Option<f64>) {
     println!(
-        "{} 1920x1080 Xvfb screen, {} s each, 5 fps, CRF 28, keyframe every 10 s",
-        if args.typing { "typing on a" } else { "idle" },
-        args.seconds
+        "  {name:<28} {:>10.2} {:>10.2} {:>10.2} {:>10.1} {:>8}",
+        m.cpu(),
+        m.per_min(m.own),
+        m.per_min(m.x),
+        m.mb_per_hour(),
+        ssim.map_or("-".into(), |s| format!("{s:.4}"))
     );
-    let ours = jitrec(&x, args.seconds, !args.no_events, tmp.path())?;
-    let reference = ffmpeg(&x, args.seconds, tmp.path())?;
+}
+
+fn header() {
     println!(
-        "{:<36} {:>12} {:>12} {:>12} {:>10}",
-        "", "CPU-s/min", "of it: own", "of it: X", "KB/min"
+        "  {:<28} {:>10} {:>10} {:>10} {:>10} {:>8}",
+        "", "CPU-s/min", "of it: own", "of it: X", "MB/hour", "SSIM"
     );
-    for m in [&reference, &ours] {
+}
+
+pub(crate) fn run(args: &RecorderArgs) -> Result<Vec<Line>> {
+    let mut lines = Vec::new();
+    let events = !args.no_events;
+    if !args.no_workload {
+        let w = workload(events)?;
         println!(
-            "{:<36} {:>12.3} {:>12.3} {:>12.3} {:>10.0}",
-            m.name,
-            m.total(),
-            m.per_min(m.own),
-            m.per_min(m.x),
-            m.bytes as f64 / 1e3 * 60.0 / m.secs
+            "recorder, scripted admin workload on 1920x1080 Xvfb (~{:.0} s; 5 fps, CRF 28, keyframe every 10 s, veryfast, zerolatency):",
+            w.jitrec.secs
         );
+        header();
+        row("ffmpeg x11grab + libx264", &w.ffmpeg, Some(w.ffmpeg_ssim));
+        row("jitrec-recorder", &w.jitrec, Some(w.jitrec_ssim));
+        let cpu = w.jitrec.cpu() / w.ffmpeg.cpu();
+        let bytes = w.jitrec.mb_per_hour() / w.ffmpeg.mb_per_hour();
+        println!(
+            "  jitrec / ffmpeg: CPU {cpu:.2}x (goal <= 0.25x), bytes {bytes:.2}x (goal <= 1), SSIM {:.4} vs {:.4} (goal >=)",
+            w.jitrec_ssim, w.ffmpeg_ssim
+        );
+        lines.push(Line::new(
+            "recorder, workload",
+            "CPU-s per recorded minute (process + X)",
+            format!("{:.2}", w.jitrec.cpu()),
+            format!("{:.2}", w.ffmpeg.cpu()),
+            Line::goal(cpu, cpu <= 0.25, "<= 0.25x"),
+        ));
+        lines.push(Line::new(
+            "recorder, workload",
+            "MB per hour",
+            format!("{:.1}", w.jitrec.mb_per_hour()),
+            format!("{:.1}", w.ffmpeg.mb_per_hour()),
+            Line::goal(bytes, bytes <= 1.0, "<= 1x"),
+        ));
+        lines.push(Line::new(
+            "recorder, workload",
+            "SSIM against lossless",
+            format!("{:.4}", w.jitrec_ssim),
+            format!("{:.4}", w.ffmpeg_ssim),
+            if w.jitrec_ssim >= w.ffmpeg_ssim {
+                "met (>=)"
+            } else {
+                "NOT met (>=)"
+            },
+        ));
     }
-    if args.typing {
+    if args.idle_seconds > 0 {
+        let (ours, reference) = idle(events, args.idle_seconds)?;
         println!(
-            "jitrec / ffmpeg CPU: {:.3}x   (goal for active screens: at most 0.25x)",
-            ours.total() / reference.total()
+            "recorder, idle 1920x1080 screen with three static windows, {} s each:",
+            args.idle_seconds
         );
-    } else {
-        println!(
-            "jitrec / ffmpeg CPU: {:.3}x   (goal: at most 0.1 CPU-s per idle minute; measured {:.3})",
-            ours.total() / reference.total(),
-            ours.total()
-        );
+        header();
+        row("ffmpeg x11grab + libx264", &reference, None);
+        row("jitrec-recorder", &ours, None);
+        lines.push(Line::new(
+            "recorder, idle",
+            "CPU-s per recorded minute (process + X)",
+            format!("{:.2}", ours.cpu()),
+            format!("{:.2}", reference.cpu()),
+            if ours.cpu() <= 0.1 {
+                format!("met ({:.2}x; <= 0.1 CPU-s)", ours.cpu() / reference.cpu())
+            } else {
+                format!(
+                    "NOT met ({:.2}x; <= 0.1 CPU-s)",
+                    ours.cpu() / reference.cpu()
+                )
+            },
+        ));
+        lines.push(Line::new(
+            "recorder, idle",
+            "MB per hour",
+            format!("{:.1}", ours.mb_per_hour()),
+            format!("{:.1}", reference.mb_per_hour()),
+            format!("{:.2}x", ours.mb_per_hour() / reference.mb_per_hour()),
+        ));
     }
-    Ok(())
+    Ok(lines)
 }

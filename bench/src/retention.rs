@@ -8,6 +8,7 @@
 
 use std::time::Instant;
 
+use crate::summary::Line;
 use anyhow::Result;
 use clap::Args;
 use jitrec_format::fixtures;
@@ -22,10 +23,10 @@ use jitrec_tests::DirBucket;
 pub(crate) struct RetentionArgs {
     /// Expired sessions to delete.
     #[arg(long, default_value_t = 100_000)]
-    sessions: u64,
+    pub(crate) sessions: u64,
 }
 
-pub(crate) fn run(args: RetentionArgs) -> Result<()> {
+pub(crate) fn run(args: &RetentionArgs) -> Result<Vec<Line>> {
     let tmp = tempfile::tempdir()?;
     let bucket = DirBucket::new(tmp.path().join("bucket"));
     let index = sqlite::SqliteIndex::open(&tmp.path().join("index.sqlite3"))?;
@@ -107,5 +108,11 @@ pub(crate) fn run(args: RetentionArgs) -> Result<()> {
         report.expired.len() as f64 / took,
         report.objects_deleted as f64 / took
     );
-    Ok(())
+    Ok(vec![Line::new(
+        "retention",
+        format!("seconds to expire {} sessions", report.expired.len()),
+        format!("{took:.1}"),
+        "-",
+        format!("{:.0} sessions/s", report.expired.len() as f64 / took),
+    )])
 }

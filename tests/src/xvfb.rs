@@ -216,3 +216,29 @@ impl FakeWm {
         self.sync()
     }
 }
+
+/// Waits (up to `limit`) for a top-level window titled `title` (`WM_NAME`) to be mapped on
+/// `display`, as an X client started by a test creates it; returns its id.
+pub fn find_window(display: &str, title: &str, limit: Duration) -> Result<u32> {
+    use x11rb::connection::Connection;
+    use x11rb::protocol::xproto::{AtomEnum, ConnectionExt as _, MapState};
+    let (conn, screen) = x11rb::connect(Some(display))?;
+    let root = conn.setup().roots[screen].root;
+    let started = Instant::now();
+    loop {
+        for w in conn.query_tree(root)?.reply()?.children {
+            let name = conn
+                .get_property(false, w, AtomEnum::WM_NAME, AtomEnum::STRING, 0, 1024)?
+                .reply()?;
+            if name.value == title.as_bytes()
+                && conn.get_window_attributes(w)?.reply()?.map_state == MapState::VIEWABLE
+            {
+                return Ok(w);
+            }
+        }
+        if started.elapsed() > limit {
+            bail!("no window titled {title:?} on {display} after {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
