@@ -29,6 +29,10 @@ echo "==> cargo fmt --check"
 cargo fmt --all -- --check
 echo "==> cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
+# The demo's test runs `scripts/demo.sh`, which builds the release programs: build them first,
+# so that build does not compete with the (load-sensitive) tests for the two cores.
+echo "==> cargo build --release (the programs the demo test runs)"
+cargo build --release --locked -p jitrec-recorder -p jitrec-uploader -p jitrec-player
 echo "==> cargo test"
 log=$(mktemp)
 status=0

@@ -755,11 +755,11 @@ pub(crate) fn run(args: &RecorderArgs) -> Result<Vec<Line>> {
             "SSIM against lossless",
             format!("{:.4}", w.jitrec_ssim),
             format!("{:.4}", w.ffmpeg_ssim),
-            if w.jitrec_ssim >= w.ffmpeg_ssim {
-                "met (>=)"
-            } else {
-                "NOT met (>=)"
-            },
+            Line::goal(
+                w.jitrec_ssim / w.ffmpeg_ssim,
+                w.jitrec_ssim >= w.ffmpeg_ssim,
+                ">= ffmpeg's",
+            ),
         ));
     }
     if args.idle_seconds > 0 {
@@ -776,14 +776,11 @@ pub(crate) fn run(args: &RecorderArgs) -> Result<Vec<Line>> {
             "CPU-s per recorded minute (process + X)",
             format!("{:.2}", ours.cpu()),
             format!("{:.2}", reference.cpu()),
-            if ours.cpu() <= 0.1 {
-                format!("met ({:.2}x; <= 0.1 CPU-s)", ours.cpu() / reference.cpu())
-            } else {
-                format!(
-                    "NOT met ({:.2}x; <= 0.1 CPU-s)",
-                    ours.cpu() / reference.cpu()
-                )
-            },
+            Line::goal(
+                ours.cpu() / reference.cpu(),
+                ours.cpu() <= 0.1,
+                "<= 0.1 CPU-s per minute",
+            ),
         ));
         lines.push(Line::new(
             "recorder, idle",

@@ -37,12 +37,9 @@ impl Xvfb {
     /// Starts a `width` x `height` 24-bit screen on a free display number.
     pub fn start(width: u32, height: u32) -> Result<Self> {
         for _ in 0..50 {
-            // Spread test processes apart, then step within one.
-            let n = 100 + (std::process::id() % 400) * 10 + NEXT.fetch_add(1, Ordering::Relaxed);
-            if Path::new(&format!("/tmp/.X{n}-lock")).exists() {
+            let Some(display) = unused_display() else {
                 continue;
-            }
-            let display = format!(":{n}");
+            };
             let mut child = Command::new("Xvfb")
                 .args([&display, "-screen", "0", &format!("{width}x{height}x24")])
                 .args(["-br", "-nolisten", "tcp", "-noreset"])
@@ -68,6 +65,14 @@ impl Xvfb {
         }
         bail!("no free X display number")
     }
+}
+
+/// A display number no X server holds now (`:N`), for a program that starts its own server;
+/// `None` if the next candidate is taken (call again for another).
+pub fn unused_display() -> Option<String> {
+    // Spread test processes apart, then step within one.
+    let n = 100 + (std::process::id() % 400) * 10 + NEXT.fetch_add(1, Ordering::Relaxed);
+    (!Path::new(&format!("/tmp/.X{n}-lock")).exists()).then(|| format!(":{n}"))
 }
 
 /// Maps a plain `pixel`-coloured window at (`x`, `y`), `w` x `h`, on `display`, outside any
