@@ -69,7 +69,6 @@ wait_for() { # what, command...
 # Where recordings go and where the index is: the embedded defaults, or S3 and PostgreSQL.
 bucket_args=(--local-dir "$DIR/bucket")
 player_bucket_args=(--bucket-dir "$DIR/bucket")
-where_bucket=$DIR/bucket
 index=$DIR/index.sqlite3
 if $S3_POSTGRES; then
   if [ -z "${JITREC_DEMO_S3_ENDPOINT:-}" ]; then
