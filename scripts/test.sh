@@ -25,6 +25,13 @@ for tool in cargo rustfmt cargo-clippy; do
   command -v "$tool" >/dev/null || { echo "error: $tool not found; install Rust with rustup (components rustfmt, clippy)" >&2; exit 1; }
 done
 
+# A one-shot run gains nothing from incremental compilation, and its caches would take a gigabyte
+# or more of disk beside the build itself (a CI machine once ran out of disk while linking).
+export CARGO_INCREMENTAL=0
+disk() { echo "==> disk: $(df -h --output=avail "${CARGO_TARGET_DIR:-target}" 2>/dev/null | tail -1 | tr -d ' ') free $1"; }
+mkdir -p "${CARGO_TARGET_DIR:-target}"
+disk "before the build"
+
 echo "==> cargo fmt --check"
 cargo fmt --all -- --check
 echo "==> cargo clippy"
@@ -39,6 +46,7 @@ status=0
 cargo test --workspace --locked 2>&1 | tee "$log" || status=$?
 # cargo prints one "test result" line per test binary (the last is often an empty doc-test run);
 # the total is what tells whether the suite ran.
+disk "after the tests"
 awk '/^test result:/ { p += $4; f += $6 } END { printf "tests: %d passed, %d failed\n", p, f }' "$log"
 rm -f "$log"
 exit "$status"
