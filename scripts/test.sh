@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs jitrec's whole test suite on a fresh Debian 12 machine: installs the system packages it
-# needs (apt-get update first), then checks formatting and lints and runs every test.
+# needs (apt-get update first), then checks formatting and lints and runs every test, the Windows
+# endpoint's too (cross-compiled, run under wine).
 # .ci/run calls exactly this script; a newcomer runs it too.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -45,6 +46,10 @@ echo "==> cargo test"
 log=$(mktemp)
 status=0
 cargo test --workspace --locked 2>&1 | tee "$log" || status=$?
+# The Windows endpoint: cross-checked, linted and unit-tested under wine (scripts/windows.sh says
+# what and how). Its tests count in the total below.
+echo "==> Windows (scripts/windows.sh)"
+bash scripts/windows.sh 2>&1 | tee -a "$log" || status=$((status == 0 ? 1 : status))
 # cargo prints one "test result" line per test binary (the last is often an empty doc-test run);
 # the total is what tells whether the suite ran.
 disk "after the tests"

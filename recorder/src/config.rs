@@ -108,10 +108,18 @@ pub struct EncoderToml {
     pub chunk_ms: u64,
 }
 
+/// Where the spool lives unless configured.
+#[cfg(not(windows))]
+pub const DEFAULT_SPOOL: &str = "/var/lib/jitrec/spool";
+/// Where the spool lives unless configured (ProgramData is writable by LocalSystem and
+/// Administrators only, by default).
+#[cfg(windows)]
+pub const DEFAULT_SPOOL: &str = r"C:\ProgramData\jitrec\spool";
+
 impl Default for Config {
     fn default() -> Self {
         Self {
-            spool: "/var/lib/jitrec/spool".into(),
+            spool: DEFAULT_SPOOL.into(),
             spool_max_bytes: jitrec_spool::DEFAULT_MAX_BYTES,
             machine_id_file: "/etc/machine-id".into(),
             labels: Labels::default(),

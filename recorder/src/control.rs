@@ -7,15 +7,22 @@
 //! are committed (fsynced), so a log-off or reboot right after loses nothing;
 //! `{"cmd":"status"}` says whether a session is being recorded.
 //!
-//! Only root, the recorder's own user, and members of the configured control group may use it.
-//! Peers are identified by the kernel (SO_PEERCRED), whatever the socket file's mode; a refused
-//! peer is logged, since an attempt to stop a recording is a security event.
+//! On Linux it is a Unix socket: only root, the recorder's own user, and members of the
+//! configured control group may use it. Peers are identified by the kernel (SO_PEERCRED),
+//! whatever the socket file's mode; a refused peer is logged, since an attempt to stop a
+//! recording is a security event. On Windows the same requests travel over a named pipe whose
+//! access list admits only LocalSystem and elevated Administrators
+//! ([`crate::windows::pipe`]). [`respond`] is the protocol, shared by both.
 
 use std::io::{BufRead, BufReader, Read, Write};
+#[cfg(unix)]
 use std::os::unix::net::{UnixListener, UnixStream};
+#[cfg(unix)]
 use std::path::{Path, PathBuf};
+#[cfg(unix)]
+use std::sync::Arc;
 use std::sync::mpsc::Sender;
-use std::sync::{Arc, Condvar, Mutex, PoisonError};
+use std::sync::{Condvar, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use jitrec_format::{EndReason, SessionId, Trigger};
@@ -55,8 +62,9 @@ const START_WAIT: Duration = Duration::from_secs(10);
 /// How long `stop` waits for the close record (the last chunk's encode and fsync).
 const STOP_WAIT: Duration = Duration::from_secs(60);
 /// Largest request accepted.
-const MAX_REQUEST: u64 = 64 * 1024;
+pub(crate) const MAX_REQUEST: u64 = 64 * 1024;
 /// How long a peer may take to send its request.
+#[cfg(unix)]
 const READ_TIMEOUT: Duration = Duration::from_secs(5);
 
 #[derive(Debug, Default)]
@@ -114,6 +122,7 @@ impl Shared {
 }
 
 /// Who may use the socket besides root and the recorder's own user.
+#[cfg(unix)]
 #[derive(Debug, Clone)]
 pub struct Access {
     pub group: Option<String>,
@@ -122,6 +131,7 @@ pub struct Access {
 }
 
 /// The gid and members of group `name` in a group file.
+#[cfg(unix)]
 pub fn lookup_group(group_file: &Path, name: &str) -> Option<(u32, Vec<String>)> {
     let text = std::fs::read_to_string(group_file).ok()?;
     text.lines().find_map(|l| {
@@ -134,6 +144,7 @@ pub fn lookup_group(group_file: &Path, name: &str) -> Option<(u32, Vec<String>)>
 }
 
 /// The name of `uid` in a passwd file.
+#[cfg(unix)]
 pub fn user_name(passwd_file: &Path, uid: u32) -> Option<String> {
     let text = std::fs::read_to_string(passwd_file).ok()?;
     text.lines().find_map(|l| {
@@ -142,6 +153,7 @@ pub fn user_name(passwd_file: &Path, uid: u32) -> Option<String> {
     })
 }
 
+#[cfg(unix)]
 impl Access {
     fn allows(&self, uid: u32, gid: u32) -> bool {
         if uid == 0 || uid == rustix::process::geteuid().as_raw() {
@@ -163,6 +175,7 @@ impl Access {
 }
 
 /// Binds the socket: removes a stale one, creates the directory, sets mode and group.
+#[cfg(unix)]
 pub fn bind(path: &Path, mode: u32, group_gid: Option<u32>) -> std::io::Result<UnixListener> {
     use std::os::unix::fs::{FileTypeExt, PermissionsExt};
     if let Ok(meta) = std::fs::symlink_metadata(path) {
@@ -187,6 +200,7 @@ pub fn bind(path: &Path, mode: u32, group_gid: Option<u32>) -> std::io::Result<U
 }
 
 /// Serves the socket forever (run it on its own thread).
+#[cfg(unix)]
 pub fn serve(listener: UnixListener, jit: Sender<JitEvent>, shared: Arc<Shared>, access: Access) {
     for conn in listener.incoming() {
         match conn {
@@ -199,7 +213,7 @@ pub fn serve(listener: UnixListener, jit: Sender<JitEvent>, shared: Arc<Shared>,
     }
 }
 
-fn reply(stream: &mut UnixStream, r: &Response) {
+pub(crate) fn reply(stream: &mut impl Write, r: &Response) {
     if let Ok(mut text) = serde_json::to_vec(r) {
         text.push(b'\n');
         let _ = stream.write_all(&text);
@@ -215,6 +229,7 @@ fn answer(ok: bool, message: impl Into<String>) -> Response {
     }
 }
 
+#[cfg(unix)]
 fn handle(mut stream: UnixStream, jit: &Sender<JitEvent>, shared: &Shared, access: &Access) {
     let cred = match rustix::net::sockopt::socket_peercred(&stream) {
         Ok(c) => c,
@@ -260,7 +275,13 @@ fn handle(mut stream: UnixStream, jit: &Sender<JitEvent>, shared: &Shared, acces
         }
     };
     tracing::info!(uid, pid, request = ?req, "control request");
-    let resp = match req {
+    let resp = respond(req, &format!("uid {uid}"), jit, shared);
+    reply(&mut stream, &resp);
+}
+
+/// Carries out one request from `who` (how the peer is named in logs and end reasons).
+pub fn respond(req: Request, who: &str, jit: &Sender<JitEvent>, shared: &Shared) -> Response {
+    match req {
         Request::Status => match shared.current() {
             Some(s) => Response {
                 session: Some(s),
@@ -306,7 +327,7 @@ fn handle(mut stream: UnixStream, jit: &Sender<JitEvent>, shared: &Shared, acces
             // the screen to become capturable (the idle recorder ignores it otherwise).
             let current = shared.current();
             let sent = jit.send(JitEvent::Stop {
-                reason: format!("control stop by uid {uid}"),
+                reason: format!("control stop by {who}"),
                 end: EndReason::ControlStop,
             });
             match (current, sent) {
@@ -330,13 +351,17 @@ fn handle(mut stream: UnixStream, jit: &Sender<JitEvent>, shared: &Shared, acces
                 },
             }
         }
-    };
-    reply(&mut stream, &resp);
+    }
 }
 
 /// Sends one request and returns the answer (the `jitrec-recorder jit ...` client).
+#[cfg(unix)]
 pub fn request(socket: &Path, req: &Request) -> std::io::Result<Response> {
-    let mut stream = UnixStream::connect(socket)?;
+    exchange(UnixStream::connect(socket)?, req)
+}
+
+/// Writes `req` on `stream` and reads the answer.
+pub(crate) fn exchange(mut stream: impl Read + Write, req: &Request) -> std::io::Result<Response> {
     let mut text = serde_json::to_vec(req).map_err(std::io::Error::other)?;
     text.push(b'\n');
     stream.write_all(&text)?;

@@ -11,8 +11,8 @@
 
 use std::time::Duration;
 
-use ffmpeg::format::Pixel;
 use ffmpeg::software::scaling;
+use ffmpeg::util::format::Pixel;
 use ffmpeg::util::frame;
 use ffmpeg::{Dictionary, Packet, Rational, codec, encoder, picture};
 use ffmpeg_next as ffmpeg;

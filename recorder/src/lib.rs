@@ -11,7 +11,6 @@
 pub mod capture;
 pub mod chunker;
 pub mod config;
-#[cfg(unix)]
 pub mod control;
 pub mod encode;
 pub mod events;
@@ -20,5 +19,6 @@ pub mod jit;
 pub mod pipeline;
 pub mod recovery;
 pub mod service;
+pub mod windows;
 #[cfg(unix)]
 pub mod x11;

@@ -12,14 +12,22 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use jitrec_format::Machine;
-use jitrec_recorder::config::{Config, ProcessMode};
-use jitrec_recorder::control::{self, Access, Request};
+use jitrec_recorder::config::Config;
+#[cfg(unix)]
+use jitrec_recorder::config::ProcessMode;
+use jitrec_recorder::control::Request;
+#[cfg(unix)]
+use jitrec_recorder::control::{self, Access};
+#[cfg(unix)]
 use jitrec_recorder::events::process::{ProcessConfig, ProcessSource};
 use jitrec_recorder::events::redact::Redactor;
+#[cfg(unix)]
 use jitrec_recorder::events::window::WindowSource;
 use jitrec_recorder::events::{EventSource, SourceFactory};
+#[cfg(unix)]
 use jitrec_recorder::jit::GroupWatcher;
 use jitrec_recorder::service::{DEFAULT_QUEUE, Recorder, RecorderConfig};
+#[cfg(unix)]
 use jitrec_recorder::x11::X11Source;
 use jitrec_spool::{SpoolConfig, SpoolWriter};
 
@@ -32,14 +40,26 @@ struct Cli {
     command: Command,
 }
 
+#[cfg(unix)]
 const DEFAULT_SOCKET: &str = "/run/jitrec/recorder.sock";
+/// On Windows the control channel is a named pipe.
+#[cfg(windows)]
+const DEFAULT_SOCKET: &str = jitrec_recorder::windows::pipe::DEFAULT_PIPE;
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the recorder service: record while JIT is active (admin-group membership or the
-    /// control socket), nothing otherwise. Stops cleanly on SIGTERM/SIGINT.
+    /// Run the recorder: record while JIT is active (admin-group membership or the control
+    /// socket), nothing otherwise. Stops cleanly on SIGTERM/SIGINT; on Windows, when its
+    /// standard input closes (that is how the service stops its agent).
     Run {
         /// Configuration file (TOML; see docs/recorder.md for every key and default).
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+    },
+    /// Windows only: run as the service (the service control manager starts this), which starts
+    /// `run --config FILE` as its agent in the console session. See docs/windows.md.
+    #[cfg(windows)]
+    Service {
         #[arg(long, value_name = "FILE")]
         config: PathBuf,
     },
@@ -80,16 +100,23 @@ enum JitAction {
 }
 
 pub(crate) fn main() -> Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
-    match Cli::parse().command {
+    let cli = Cli::parse();
+    match &cli.command {
+        // A Windows service has no console: `service` logs to a file.
+        #[cfg(windows)]
+        Command::Service { .. } => {}
+        _ => {
+            tracing_subscriber::fmt()
+                .with_env_filter(log_filter())
+                .with_writer(std::io::stderr)
+                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+                .init();
+        }
+    }
+    match cli.command {
         Command::Run { config } => run(&config),
+        #[cfg(windows)]
+        Command::Service { config } => service(&config),
         Command::Jit { socket, action } => {
             let req = match action {
                 JitAction::Start {
@@ -104,8 +131,12 @@ pub(crate) fn main() -> Result<()> {
                 JitAction::Stop => Request::Stop,
                 JitAction::Status => Request::Status,
             };
-            let resp = control::request(&socket, &req)
-                .with_context(|| format!("talking to the recorder at {}", socket.display()))?;
+            #[cfg(unix)]
+            let resp = control::request(&socket, &req);
+            #[cfg(windows)]
+            let resp = jitrec_recorder::windows::pipe::request(&socket.to_string_lossy(), &req);
+            let resp =
+                resp.with_context(|| format!("talking to the recorder at {}", socket.display()))?;
             println!("{}", resp.message);
             if !resp.ok {
                 std::process::exit(1);
@@ -136,6 +167,40 @@ pub(crate) fn main() -> Result<()> {
     }
 }
 
+fn log_filter() -> tracing_subscriber::EnvFilter {
+    tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"))
+}
+
+/// Runs as the Windows service. It and its agents (which get the file as their stdout and
+/// stderr) log to `LOG_FILE`.
+#[cfg(windows)]
+fn service(config: &Path) -> Result<()> {
+    use jitrec_recorder::windows::service::{LOG_FILE, run_service};
+    let log_path = Path::new(LOG_FILE);
+    if let Some(dir) = log_path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log_path)
+        .with_context(|| format!("opening the log {LOG_FILE}"))?;
+    tracing_subscriber::fmt()
+        .with_env_filter(log_filter())
+        .with_writer(std::sync::Mutex::new(log.try_clone()?))
+        .with_ansi(false)
+        .init();
+    let args = vec![
+        "run".to_owned(),
+        "--config".to_owned(),
+        config.display().to_string(),
+    ];
+    run_service(args, log)
+        .context("running as a Windows service (start it with `sc.exe start jitrec-recorder`)")
+}
+
+#[cfg(unix)]
 fn machine(id_file: &Path) -> Machine {
     let hostname = rustix::system::uname()
         .nodename()
@@ -152,7 +217,19 @@ fn machine(id_file: &Path) -> Machine {
     Machine { id, hostname }
 }
 
+/// On Windows the id is the registry's MachineGuid (`machine_id_file` does not apply).
+#[cfg(windows)]
+fn machine(_id_file: &Path) -> Machine {
+    let hostname = std::env::var("COMPUTERNAME").unwrap_or_else(|_| "unknown".into());
+    let id = jitrec_recorder::windows::machine::machine_guid().unwrap_or_else(|| {
+        tracing::warn!("no MachineGuid in the registry; using the computer name");
+        hostname.clone()
+    });
+    Machine { id, hostname }
+}
+
 /// The process and window sources the configuration asks for, made afresh for each session.
+#[cfg(unix)]
 fn event_sources(cfg: &Config) -> Result<SourceFactory> {
     let redactor = Arc::new(Redactor::new(&cfg.events.redaction)?);
     let admin_gid = control::lookup_group(&cfg.jit.group_file, &cfg.jit.group).map(|(gid, _)| gid);
@@ -183,8 +260,30 @@ fn event_sources(cfg: &Config) -> Result<SourceFactory> {
     }))
 }
 
-fn run(path: &Path) -> Result<()> {
-    let cfg = Config::load(path)?;
+/// The process and window sources on Windows: ETW and WinEvent hooks.
+#[cfg(windows)]
+fn event_sources(cfg: &Config) -> Result<SourceFactory> {
+    use jitrec_recorder::windows::{etw::EtwProcessSource, winevent::WinEventSource};
+    let redactor = Arc::new(Redactor::new(&cfg.events.redaction)?);
+    let (processes, windows) = (cfg.events.processes, cfg.events.windows);
+    Ok(Box::new(move || {
+        let mut sources: Vec<Box<dyn EventSource>> = Vec::new();
+        if processes {
+            sources.push(Box::new(EtwProcessSource {
+                redactor: Arc::clone(&redactor),
+            }));
+        }
+        if windows {
+            sources.push(Box::new(WinEventSource {
+                redactor: Arc::clone(&redactor),
+            }));
+        }
+        sources
+    }))
+}
+
+/// Opens the spool and closes the sessions a previous run left open.
+fn open_spool(cfg: &Config) -> Result<SpoolWriter> {
     let (spool, recovery) = SpoolWriter::open(
         &cfg.spool,
         SpoolConfig {
@@ -200,6 +299,25 @@ fn run(path: &Path) -> Result<()> {
             "closed sessions a previous run left open as interrupted"
         );
     }
+    Ok(spool)
+}
+
+fn recorder_config(cfg: &Config) -> RecorderConfig {
+    RecorderConfig {
+        fps: cfg.capture.fps,
+        chunk_len: Duration::from_millis(cfg.encoder.chunk_ms),
+        encoder: cfg.encoder(),
+        machine: machine(&cfg.machine_id_file),
+        labels: cfg.labels.clone(),
+        queue: DEFAULT_QUEUE,
+        events: cfg.event_limits(),
+    }
+}
+
+#[cfg(unix)]
+fn run(path: &Path) -> Result<()> {
+    let cfg = Config::load(path)?;
+    let spool = open_spool(&cfg)?;
     let shutdown = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
         signal_hook::flag::register(sig, Arc::clone(&shutdown)).context("signal handler")?;
@@ -238,15 +356,7 @@ fn run(path: &Path) -> Result<()> {
             .spawn(move || control::serve(listener, tx, shared, access))?;
     }
     drop(jit_tx);
-    let config = RecorderConfig {
-        fps: cfg.capture.fps,
-        chunk_len: Duration::from_millis(cfg.encoder.chunk_ms),
-        encoder: cfg.encoder(),
-        machine: machine(&cfg.machine_id_file),
-        labels: cfg.labels.clone(),
-        queue: DEFAULT_QUEUE,
-        events: cfg.event_limits(),
-    };
+    let config = recorder_config(&cfg);
     let sources = event_sources(&cfg)?;
     tracing::info!(spool = %cfg.spool.display(), socket = %cfg.control.socket.display(),
         user = ?cfg.jit.user, group = %cfg.jit.group, "recorder started; waiting for JIT");
@@ -255,6 +365,52 @@ fn run(path: &Path) -> Result<()> {
         .with_event_sources(sources)
         .run(jit_rx, shutdown, |ev| shared.observe(ev));
     let _ = std::fs::remove_file(&cfg.control.socket);
+    tracing::info!("recorder stopped");
+    Ok(result?)
+}
+
+/// The Windows agent: JIT from Administrators membership and the control pipe, the screen
+/// through Graphics Capture (or GDI), events from ETW and WinEvent hooks. Stops when its
+/// standard input closes.
+#[cfg(windows)]
+fn run(path: &Path) -> Result<()> {
+    use jitrec_recorder::windows::{admin::AdminWatcher, pipe, screen};
+    let cfg = Config::load(path)?;
+    let spool = open_spool(&cfg)?;
+    let shutdown = Arc::new(AtomicBool::new(false));
+    {
+        let shutdown = Arc::clone(&shutdown);
+        // Detached: it ends when stdin closes, which is the stop request.
+        std::thread::Builder::new()
+            .name("jitrec-stdin".into())
+            .spawn(move || {
+                let _ = std::io::copy(&mut std::io::stdin(), &mut std::io::sink());
+                tracing::info!("standard input closed: finishing");
+                shutdown.store(true, std::sync::atomic::Ordering::SeqCst);
+            })?;
+    }
+    let (jit_tx, jit_rx) = mpsc::channel();
+    {
+        let (tx, stop) = (jit_tx.clone(), Arc::clone(&shutdown));
+        std::thread::Builder::new()
+            .name("jitrec-admin-watch".into())
+            .spawn(move || AdminWatcher.run(tx, stop))?;
+    }
+    let bound = pipe::bind(pipe::DEFAULT_PIPE).context("creating the control pipe")?;
+    let shared = Arc::new(jitrec_recorder::control::Shared::default());
+    {
+        let (tx, shared) = (jit_tx.clone(), Arc::clone(&shared));
+        std::thread::Builder::new()
+            .name("jitrec-control".into())
+            .spawn(move || pipe::serve(bound, tx, shared))?;
+    }
+    drop(jit_tx);
+    let config = recorder_config(&cfg);
+    let sources = event_sources(&cfg)?;
+    tracing::info!(spool = %cfg.spool.display(), pipe = pipe::DEFAULT_PIPE, "recorder started; waiting for JIT");
+    let result = Recorder::new(spool, config, screen::open)
+        .with_event_sources(sources)
+        .run(jit_rx, shutdown, |ev| shared.observe(ev));
     tracing::info!("recorder stopped");
     Ok(result?)
 }

@@ -4,7 +4,9 @@
 //! fsync) a power cut, and it is never visible half-written: readers only ever see names that a
 //! rename published. On any error the temp file is removed and the destination is untouched.
 
-use std::fs::{self, File, OpenOptions};
+#[cfg(unix)]
+use std::fs::File;
+use std::fs::{self, OpenOptions};
 use std::io::{self, Write};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -36,7 +38,7 @@ pub(crate) fn write_file(tmp_dir: &Path, dest: &Path, chunks: &[&[u8]]) -> Resul
         }
         f.sync_all().map_err(SpoolError::io("fsync", &tmp))?;
         drop(f);
-        fs::rename(&tmp, dest).map_err(SpoolError::io("rename into place", dest))?;
+        rename(&tmp, dest).map_err(SpoolError::io("rename into place", dest))?;
         match sync_parent(dest) {
             // The directory vanished between our rename and its fsync: the reader uploaded,
             // acknowledged and removed the entry (a close record removes its whole session
@@ -71,11 +73,41 @@ pub(crate) fn sync_dir(dir: &Path) -> Result<(), SpoolError> {
         .map_err(SpoolError::io("fsync directory", dir))
 }
 
-/// Windows cannot open a directory with `std::fs::File` (it needs FILE_FLAG_BACKUP_SEMANTICS);
-/// NTFS journals metadata, and `MoveFileEx` as `std::fs::rename` uses it is atomic. A
-/// write-through rename is the Windows endpoint issue's to add.
+/// Windows cannot fsync a directory through `std::fs::File`; the rename itself is made durable
+/// instead ([`rename`] with MOVEFILE_WRITE_THROUGH).
 #[cfg(not(unix))]
 pub(crate) fn sync_dir(_dir: &Path) -> Result<(), SpoolError> {
+    Ok(())
+}
+
+/// Renames over an existing file, atomically. On Unix the caller fsyncs the directory after.
+#[cfg(not(windows))]
+fn rename(from: &Path, to: &Path) -> io::Result<()> {
+    fs::rename(from, to)
+}
+
+/// Renames over an existing file, atomically, and returns only once the rename is on disk:
+/// `MoveFileExW` with MOVEFILE_WRITE_THROUGH (what `std::fs::rename` calls, without that flag).
+#[cfg(windows)]
+#[allow(unsafe_code)]
+fn rename(from: &Path, to: &Path) -> io::Result<()> {
+    use std::os::windows::ffi::OsStrExt;
+    use windows_sys::Win32::Storage::FileSystem::{
+        MOVEFILE_REPLACE_EXISTING, MOVEFILE_WRITE_THROUGH, MoveFileExW,
+    };
+    let wide = |p: &Path| -> Vec<u16> { p.as_os_str().encode_wide().chain(Some(0)).collect() };
+    let (f, t) = (wide(from), wide(to));
+    // SAFETY: two NUL-terminated UTF-16 paths that outlive the call.
+    let ok = unsafe {
+        MoveFileExW(
+            f.as_ptr(),
+            t.as_ptr(),
+            MOVEFILE_REPLACE_EXISTING | MOVEFILE_WRITE_THROUGH,
+        )
+    };
+    if ok == 0 {
+        return Err(io::Error::last_os_error());
+    }
     Ok(())
 }
 

@@ -240,7 +240,9 @@ fn roles_are_exclusive_and_foreign_directories_refused() {
 }
 
 /// A process that reopens its spool while another of its threads spawns children must get the
-/// lock back: each child shares the flock's file description from fork until exec.
+/// lock back: each child shares the flock's file description from fork until exec. (Unix only:
+/// Windows has no fork, and its children do not inherit the lock.)
+#[cfg(unix)]
 #[test]
 fn reopening_while_the_process_spawns_children_is_not_refused() {
     let tmp = tempfile::tempdir().unwrap();

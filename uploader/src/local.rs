@@ -5,7 +5,7 @@
 //!
 //! Temp files start with `.`, the convention the player's directory reader skips.
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -79,7 +79,7 @@ impl LocalDirStore {
 
 #[cfg(unix)]
 fn sync_dir(dir: &Path) -> std::io::Result<()> {
-    File::open(dir)?.sync_all()
+    fs::File::open(dir)?.sync_all()
 }
 
 /// See `jitrec_spool`'s durable writer: std cannot open a directory on Windows, and NTFS journals

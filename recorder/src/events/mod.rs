@@ -113,6 +113,15 @@ impl SessionClock {
             .map(|d| MediaTime::from_micros(d / 1000))
     }
 
+    /// Media time of a UTC instant (Windows ETW events carry system time); `None` before the
+    /// session began.
+    pub fn from_utc(&self, utc: DateTime<Utc>) -> Option<MediaTime> {
+        let d = utc
+            .signed_duration_since(self.started_at)
+            .num_microseconds()?;
+        u64::try_from(d).ok().map(MediaTime::from_micros)
+    }
+
     /// UTC of a media time.
     pub fn utc(&self, t: MediaTime) -> DateTime<Utc> {
         self.started_at + chrono::Duration::microseconds(t.as_micros() as i64)
@@ -743,6 +752,18 @@ mod tests {
         intake.stop(&mut |e| got.push(e));
     }
 
+    #[test]
+    fn utc_conversion() {
+        let c = SessionClock::start();
+        let later = c.started_at() + chrono::Duration::microseconds(2_500);
+        assert_eq!(c.from_utc(later), Some(MediaTime::from_micros(2_500)));
+        assert_eq!(
+            c.from_utc(c.started_at() - chrono::Duration::microseconds(1)),
+            None
+        );
+    }
+
+    #[cfg(target_os = "linux")]
     #[test]
     fn clock_conversions() {
         let c = SessionClock::start();

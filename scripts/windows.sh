@@ -1,0 +1,258 @@
+#!/usr/bin/env bash
+# The Windows side of jitrec's checks, run on Debian 12 (as root): cross-compiles the workspace for
+# Windows x64 and runs its Windows unit tests under wine. scripts/test.sh calls it; run it alone with
+#   bash scripts/windows.sh            # everything below
+#   bash scripts/windows.sh shell CMD  # CMD with the Windows toolchain's environment (e.g. cargo build)
+#
+# What it sets up, once (kept under $JITREC_WIN_PREFIX, /opt/jitrec-win by default):
+# - rustup cannot fetch a Windows target here (only the package registries are reachable), so the
+#   Windows std is built from source (-Zbuild-std) with Debian's own rustc-web and its library
+#   sources, unpacked into a private prefix (nothing of the system's Rust is replaced);
+# - the mingw-w64 cross compiler and linker, nasm, and wine to run the tests;
+# - FFmpeg and x264 for Windows, static, from Debian's source packages (fetched with apt through a
+#   private source list and checked against Debian's signed indexes), configured with only what the
+#   recorder uses: the libx264 encoder, the H.264 decoder the tests read back with, swscale.
+# - two stand-in DLLs wine 8 lacks (see below), for the tests under wine only.
+#
+# Needs the Linux jitrec-player (target/release, as scripts/test.sh builds it, or $JITREC_PLAYER)
+# for its smoke test.
+#
+# What runs: `cargo clippy -D warnings` (which type-checks too) of the workspace (all but the Linux-only
+# test harness and benchmarks) for x86_64-pc-windows-gnu; `cargo check` for x86_64-pc-windows-msvc
+# of the crates that build without MSVC's own C compiler and headers (format, spool); `cargo test`
+# of the endpoint crates (format, spool, recorder) for x86_64-pc-windows-gnu, executed by wine;
+# then a smoke test of the real jitrec-recorder.exe and jitrec-uploader.exe under wine.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$(pwd)
+
+PREFIX=${JITREC_WIN_PREFIX:-/opt/jitrec-win}
+RUSTWEB=$PREFIX/rust
+FFMPEG=$PREFIX/ffmpeg
+export WINEPREFIX=$PREFIX/wine
+TARGET_DIR=${CARGO_TARGET_DIR:-$root/target}/win
+GNU=x86_64-pc-windows-gnu
+MSVC=x86_64-pc-windows-msvc
+# The crates checked for MSVC too (the others need MSVC's C toolchain; see below).
+MSVC_CRATES="jitrec-format jitrec-spool"
+
+. scripts/packages.sh
+ensure_packages gcc-mingw-w64-x86-64-posix binutils-mingw-w64-x86-64 \
+  nasm pkg-config clang libclang-dev wine64 wine xz-utils xvfb libzstd-dev xterm ffmpeg
+
+# Debian's rustc-web (a second Rust compiler packaged for Firefox's build) comes with the standard
+# library's sources, which -Zbuild-std compiles for the Windows target.
+if [ ! -x "$RUSTWEB/bin/rustc" ]; then
+  echo "==> unpacking Debian's rustc-web into $RUSTWEB"
+  dl=$(mktemp -d)
+  chmod 755 "$dl" # apt's download user must be able to write here
+  std=$(apt-cache depends libstd-rust-web-dev | awk '/Depends: libstd-rust-web-[0-9]/ { print $2; exit }')
+  llvm=$(apt-cache depends "$std" | awk '/Depends: libllvm[0-9]/ { print $2; exit }')
+  (cd "$dl" && apt-get download -qq rustc-web libstd-rust-web-dev "$std" "$llvm" rust-web-src rust-web-clippy)
+  tree=$RUSTWEB/tree
+  rm -rf "$RUSTWEB"
+  mkdir -p "$tree" "$RUSTWEB/bin"
+  for deb in "$dl"/*.deb; do
+    case "$deb" in
+      # Only the library sources are needed (a sixth of the package).
+      */rust-web-src_*) dpkg-deb --fsys-tarfile "$deb" |
+        tar -x -C "$tree" --wildcards --no-wildcards-match-slash './usr/src/rustc-*/library' './usr/lib/rustlib/src' ;;
+      *) dpkg-deb -x "$deb" "$tree" ;;
+    esac
+  done
+  rm -rf "$dl"
+  # The compiler finds its LLVM through the private tree's library directory.
+  for tool in rustc clippy-driver; do
+    printf '#!/bin/sh\nLD_LIBRARY_PATH=%s/usr/lib/x86_64-linux-gnu${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH} exec %s/usr/bin/%s "$@"\n' \
+      "$tree" "$tree" "$tool" >"$RUSTWEB/bin/$tool"
+    chmod +x "$RUSTWEB/bin/$tool"
+  done
+fi
+
+# FFmpeg and x264 for Windows, static, so jitrec-recorder.exe needs no FFmpeg DLLs beside it.
+if [ ! -f "$FFMPEG/lib/libavcodec.a" ]; then
+  echo "==> building FFmpeg and x264 for Windows into $FFMPEG (once; about 10 minutes)"
+  src=$(mktemp -d)
+  chmod 755 "$src"
+  mkdir -p "$src/lists/partial" "$src/cache/archives/partial"
+  cat >"$src/sources.list" <<'EOF'
+deb-src http://deb.debian.org/debian bookworm main
+deb-src http://deb.debian.org/debian-security bookworm-security main
+EOF
+  apt_src=(-o "Dir::Etc::SourceList=$src/sources.list" -o Dir::Etc::SourceParts=/nonexistent
+    -o "Dir::State::Lists=$src/lists" -o "Dir::Cache=$src/cache")
+  apt-get -qq "${apt_src[@]}" update
+  (cd "$src" && apt-get -qq "${apt_src[@]}" source --download-only ffmpeg x264)
+  (cd "$src" && for t in ffmpeg_*.orig.tar.?z x264_*.orig.tar.?z; do tar -xf "$t"; done)
+  jobs=$(nproc)
+  stage=$FFMPEG.partial
+  rm -rf "$stage"
+  (
+    cd "$src"/x264-*/
+    ./configure --host=x86_64-w64-mingw32 --cross-prefix=x86_64-w64-mingw32- --prefix="$stage" \
+      --enable-static --disable-cli --disable-opencl --disable-avs --disable-swscale --disable-lavf \
+      --disable-ffms --disable-gpac --disable-lsmash >/dev/null
+    make -j"$jobs" >/dev/null
+    make install >/dev/null
+  )
+  (
+    cd "$src"/ffmpeg-*/
+    # --disable-autodetect: no hardware codecs, schannel or other Windows components that the
+    # recorder does not use and that would each add a system library to link.
+    PKG_CONFIG_PATH=$stage/lib/pkgconfig ./configure --prefix="$stage" --target-os=mingw32 \
+      --arch=x86_64 --cross-prefix=x86_64-w64-mingw32- --pkg-config=pkg-config \
+      --pkg-config-flags=--static --enable-static --disable-shared --enable-gpl --enable-libx264 \
+      --disable-autodetect --disable-programs --disable-doc --disable-network --disable-everything \
+      --enable-encoder=libx264 --enable-decoder=h264 --enable-parser=h264 --enable-demuxer=mov \
+      --enable-muxer=mp4 --enable-protocol=file --enable-swscale --disable-avdevice \
+      --disable-avfilter --disable-swresample --disable-postproc >/dev/null
+    make -j"$jobs" >/dev/null
+    make install >/dev/null
+  )
+  rm -rf "$src" "$FFMPEG"
+  mv "$stage" "$FFMPEG"
+fi
+
+# Two DLLs wine 8 lacks, as stand-ins for the tests under wine only: Rust's std (1.78 and later)
+# takes random bytes from ProcessPrng in bcryptprimitives.dll (forwarded here to RtlGenRandom),
+# and windows-capture imports CreateDispatcherQueueController from coremessaging.dll (answered
+# here with E_NOTIMPL: Graphics Capture cannot run under wine, so the recorder falls back to GDI).
+if [ ! -f "$WINEPREFIX/drive_c/windows/system32/coremessaging.dll" ]; then
+  echo "==> preparing the wine prefix $WINEPREFIX"
+  stub=$(mktemp -d)
+  cat >"$stub/prng.c" <<'EOF'
+#include <windows.h>
+BOOLEAN WINAPI SystemFunction036(PVOID buffer, ULONG length);
+__declspec(dllexport) BOOL WINAPI ProcessPrng(PBYTE data, SIZE_T length) {
+  while (length > 0) {
+    ULONG part = length > 0x10000000 ? 0x10000000 : (ULONG)length;
+    if (!SystemFunction036(data, part)) return FALSE;
+    data += part;
+    length -= part;
+  }
+  return TRUE;
+}
+EOF
+  cat >"$stub/dispatcher.c" <<'EOF'
+#include <windows.h>
+__declspec(dllexport) HRESULT WINAPI CreateDispatcherQueueController(void *options, void **controller) {
+  if (controller) *controller = NULL;
+  return E_NOTIMPL;
+}
+EOF
+  x86_64-w64-mingw32-gcc -O2 -shared -s -o "$stub/bcryptprimitives.dll" "$stub/prng.c" -ladvapi32
+  x86_64-w64-mingw32-gcc -O2 -shared -s -o "$stub/coremessaging.dll" "$stub/dispatcher.c"
+  WINEDEBUG=-all wineboot --init >/dev/null 2>&1 || true
+  cp "$stub/bcryptprimitives.dll" "$stub/coremessaging.dll" "$WINEPREFIX/drive_c/windows/system32/"
+  rm -rf "$stub"
+fi
+
+export RUSTC=$RUSTWEB/bin/rustc
+export CLIPPY_DRIVER=$RUSTWEB/bin/clippy-driver
+# -Zbuild-std is unstable; Debian's compiler is a release build, which this lets use it.
+export RUSTC_BOOTSTRAP=1
+export WINEDEBUG=-all
+export CARGO_TARGET_X86_64_PC_WINDOWS_GNU_RUNNER=wine
+export CARGO_TARGET_X86_64_PC_WINDOWS_GNU_LINKER=x86_64-w64-mingw32-gcc
+# ffmpeg-sys-next reads FFmpeg's headers and libraries from here (only the Windows target builds
+# it in this environment: the target directory is separate from the Linux one).
+export FFMPEG_DIR=$FFMPEG
+# mingw's headers pull in clang's AMX intrinsics, whose packed-and-aligned tile type bindgen
+# cannot express in Rust; FFmpeg's API does not use it, so the header is kept out.
+export BINDGEN_EXTRA_CLANG_ARGS=-D__AMXINTRIN_H
+build_std=(-Zbuild-std=std,panic_abort --target-dir "$TARGET_DIR" --locked)
+
+if [ "${1:-}" = shell ]; then
+  shift
+  exec "$@"
+fi
+
+# The integration tests' harness and the benchmarks drive Xvfb, PostgreSQL, SeaweedFS and
+# Chromium on Linux; they are Linux-only by design and left out. Everything else is checked.
+linux_only=(--exclude jitrec-tests --exclude jitrec-bench)
+echo "==> cargo clippy ($GNU): type-check and lints"
+# Clippy type-checks everything it lints, so this is also the `cargo check`. cargo-clippy would
+# run rustup's clippy-driver, built against another compiler than the one building the Windows
+# std; this does what it does, with the driver that matches rustc-web.
+# CLIPPY_ARGS separates its arguments with __CLIPPY_HACKERY__.
+RUSTC_WORKSPACE_WRAPPER=$CLIPPY_DRIVER CLIPPY_ARGS=-D__CLIPPY_HACKERY__warnings__CLIPPY_HACKERY__ \
+  cargo check "${build_std[@]}" --target $GNU --workspace "${linux_only[@]}" --all-targets
+echo "==> cargo check ($MSVC: $MSVC_CRATES)"
+# MSVC's compiler and headers are not on Debian, so C cannot be built for this target: zstd-sys is
+# pointed at a system zstd through pkg-config instead (`check` links nothing), and the crates
+# whose C has no such way out (FFmpeg's bindings, ring) are checked for the GNU target only.
+ZSTD_SYS_USE_PKG_CONFIG=1 PKG_CONFIG_ALLOW_CROSS=1 \
+  cargo check "${build_std[@]}" --target $MSVC $(printf -- '-p %s ' $MSVC_CRATES)
+
+echo "==> cargo test ($GNU, under wine)"
+# wine's GDI draws on an X display: a private Xvfb lets the GDI capture test read real pixels.
+display=:$((90 + RANDOM % 400))
+Xvfb "$display" -screen 0 1024x768x24 -nolisten tcp >/dev/null 2>&1 &
+xvfb=$!
+trap 'kill $xvfb 2>/dev/null || true' EXIT
+for _ in $(seq 100); do [ -e "/tmp/.X11-unix/X${display#:}" ] && break; sleep 0.1; done
+# Doc tests run in the Linux suite (rustdoc here would be rustup's, not the one of this std).
+DISPLAY=$display cargo test "${build_std[@]}" --target $GNU -p jitrec-format -p jitrec-spool -p jitrec-recorder \
+  --lib --bins --tests
+
+echo "==> smoke test: the Windows programs under wine"
+# The real jitrec-recorder.exe and jitrec-uploader.exe on the Xvfb display above: JIT started and
+# stopped over the control pipe while a red window is on screen, the spool shipped to a local
+# bucket, and the Linux player verifying and exporting the session, whose last frame must show
+# the window. Graphics Capture cannot run under wine, so this is the GDI path.
+cargo build "${build_std[@]}" --target $GNU -p jitrec-recorder -p jitrec-uploader
+exe=$TARGET_DIR/$GNU/debug
+smoke=$(mktemp -d)
+trap 'pkill -f "$smoke" 2>/dev/null || true; wineserver -k 2>/dev/null || true; kill $xvfb 2>/dev/null || true; rm -rf "$smoke"' EXIT
+wpath() { echo "Z:${1//\//\\}"; }
+printf "spool = '%s'\n" "$(wpath "$smoke/spool")" >"$smoke/recorder.toml"
+wait_for() { # wait_for SECONDS WHAT COMMAND...: until COMMAND succeeds
+  local limit=$1 what=$2
+  shift 2
+  for _ in $(seq $((limit * 10))); do "$@" >/dev/null 2>&1 9>&- && return 0; sleep 0.1; done
+  echo "smoke test: $what did not happen within $limit s" >&2
+  cat "$smoke"/*.log >&2 2>/dev/null || true
+  return 1
+}
+export DISPLAY=$display
+# The agent stops when its stdin closes: its stdin is a FIFO whose only writer is fd 9 of this
+# shell (every command started while it is open gets `9>&-`, so closing it here is the EOF).
+mkfifo "$smoke/stdin"
+wine "$exe/jitrec-recorder.exe" run --config "$(wpath "$smoke/recorder.toml")" <"$smoke/stdin" \
+  >"$smoke/recorder.log" 2>&1 &
+agent=$!
+exec 9>"$smoke/stdin"
+wait_for 60 "the control pipe answering" wine "$exe/jitrec-recorder.exe" jit status
+xterm -bg red -geometry 40x10+0+0 -e sleep 120 9>&- &
+window=$!
+wine "$exe/jitrec-recorder.exe" jit start --user 'WS\smoke' --authorized-by ci --reason smoke 9>&-
+chunks() { [ "$(find "$smoke/spool/sessions" -name 'chunk-*' | wc -l)" -ge 2 ]; }
+wait_for 60 "two chunks in the spool" chunks
+wine "$exe/jitrec-recorder.exe" jit stop 9>&-
+kill $window
+exec 9>&-
+agent_gone() { ! kill -0 $agent; }
+wait_for 60 "the agent exiting once its stdin closed" agent_gone
+wait $agent
+wine "$exe/jitrec-uploader.exe" run --spool "$(wpath "$smoke/spool")" \
+  --local-dir "$(wpath "$smoke/bucket")" >"$smoke/uploader.log" 2>&1 &
+uploader=$!
+drained() { [ -z "$(ls -A "$smoke/spool/sessions")" ]; }
+wait_for 120 "the spool drained into the bucket" drained
+kill $uploader
+player=${JITREC_PLAYER:-$root/target/release/jitrec-player}
+"$player" verify --bucket-dir "$smoke/bucket"
+session=$(ls "$smoke/bucket/v1/sessions")
+"$player" export --bucket-dir "$smoke/bucket" -o "$smoke/session.mp4" "$session"
+pixel() { # pixel X Y: the last frame's colour at (X, Y), as hex RGB
+  ffmpeg -v error -i "$smoke/session.mp4" -vf "crop=2:2:$1:$2" -f rawvideo -pix_fmt rgb24 - |
+    tail -c 3 | od -An -tx1 | tr -d ' \n'
+}
+inside=$(pixel 40 40)
+outside=$(pixel 900 700)
+echo "smoke test: window pixel $inside, background pixel $outside"
+red() { local r=$((16#${1:0:2})) g=$((16#${1:2:2})) b=$((16#${1:4:2})); [ $r -gt 200 ] && [ $g -lt 60 ] && [ $b -lt 60 ]; }
+dark() { local r=$((16#${1:0:2})) g=$((16#${1:2:2})) b=$((16#${1:4:2})); [ $r -lt 40 ] && [ $g -lt 40 ] && [ $b -lt 40 ]; }
+red "$inside" || { echo "smoke test: the red window is not in the recording" >&2; exit 1; }
+dark "$outside" || { echo "smoke test: the background is not black" >&2; exit 1; }
+echo "smoke test: passed"
