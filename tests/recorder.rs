@@ -33,8 +33,13 @@ pub(crate) fn recorder_config() -> jitrec_recorder::service::RecorderConfig {
     }
 }
 
-/// Decoded frames: (pts in seconds, RGB24 bytes).
+/// Decoded frames of a `W` x `H` recording: (pts in seconds, RGB24 bytes).
 fn decode(file: &Path) -> Vec<(f64, Vec<u8>)> {
+    decode_sized(file, W, H)
+}
+
+/// Decoded frames of a `width` x `height` recording.
+fn decode_sized(file: &Path, width: u32, height: u32) -> Vec<(f64, Vec<u8>)> {
     let probe = Command::new("ffprobe")
         .args([
             "-v",
@@ -80,7 +85,7 @@ fn decode(file: &Path) -> Vec<(f64, Vec<u8>)> {
         "ffmpeg: {}",
         String::from_utf8_lossy(&raw.stderr)
     );
-    let size = (W * H * 3) as usize;
+    let size = (width * height * 3) as usize;
     assert_eq!(
         raw.stdout.len(),
         size * times.len(),
@@ -92,14 +97,19 @@ fn decode(file: &Path) -> Vec<(f64, Vec<u8>)> {
         .collect()
 }
 
-/// The RGB pixel at (x, y) of the frame on screen at `t` seconds.
+/// The RGB pixel at (x, y) of the `W`-wide frame on screen at `t` seconds.
 fn shown_at(frames: &[(f64, Vec<u8>)], t: f64, x: u32, y: u32) -> [u8; 3] {
+    shown_at_sized(frames, W, t, x, y)
+}
+
+/// The RGB pixel at (x, y) of the `width`-wide frame on screen at `t` seconds.
+fn shown_at_sized(frames: &[(f64, Vec<u8>)], width: u32, t: f64, x: u32, y: u32) -> [u8; 3] {
     let (_, img) = frames
         .iter()
         .rev()
         .find(|(pts, _)| *pts <= t + 1e-6)
         .unwrap_or_else(|| panic!("no frame on screen at {t}"));
-    let at = ((y * W + x) * 3) as usize;
+    let at = ((y * width + x) * 3) as usize;
     [img[at], img[at + 1], img[at + 2]]
 }
 
@@ -505,45 +515,83 @@ fn a_window_drawn_on_a_real_x_server_during_jit_is_in_the_recording_at_the_right
     ));
 }
 
-#[test]
-fn a_screen_that_cannot_be_captured_yet_is_retried_without_empty_sessions() {
+/// A session recorded by the recorder service, read back from the spool.
+struct ServiceRecording {
+    _tmp: tempfile::TempDir,
+    sessions: Vec<SessionId>,
+    events: Vec<jitrec_format::Event>,
+    /// Per init segment: its width and height, and init + its chunks as one file.
+    segments: Vec<(u32, u32, std::path::PathBuf)>,
+    end: MediaTime,
+}
+
+impl ServiceRecording {
+    fn kinds(&self, kind: &str) -> Vec<&jitrec_format::Event> {
+        self.events
+            .iter()
+            .filter(|e| serde_json::to_value(&e.event).unwrap()["type"] == kind)
+            .collect()
+    }
+
+    /// The one `gap` event: (from, to, reason) in seconds.
+    fn gap(&self) -> (f64, f64, String) {
+        let gaps = self.kinds("gap");
+        assert_eq!(gaps.len(), 1, "{:#?}", self.events);
+        let jitrec_format::EventKind::Gap {
+            from_us,
+            to_us,
+            reason,
+        } = &gaps[0].event
+        else {
+            unreachable!()
+        };
+        (secs(*from_us), secs(*to_us), reason.clone())
+    }
+
+    /// The one `capture_error` event: (media time in seconds, message).
+    fn capture_error(&self) -> (f64, String) {
+        let errors = self.kinds("capture_error");
+        assert_eq!(errors.len(), 1, "{:#?}", self.events);
+        let jitrec_format::EventKind::CaptureError { message } = &errors[0].event else {
+            unreachable!()
+        };
+        (secs(errors[0].media_us), message.clone())
+    }
+}
+
+fn secs(t: MediaTime) -> f64 {
+    t.as_micros() as f64 / 1e6
+}
+
+/// When a test stops JIT, judged on the committed chunks.
+type StopWhen = dyn Fn(&[ChunkManifest]) -> bool;
+
+/// Runs the recorder service with `open` as its screen: JIT starts at once and stops as soon as
+/// `done` holds for the committed chunks' manifests (or at once, if `done` is `None`).
+fn record_with_service<F, S>(open: F, done: Option<&StopWhen>) -> ServiceRecording
+where
+    F: FnMut() -> Result<S, jitrec_recorder::service::CaptureError> + Send + 'static,
+    S: jitrec_recorder::service::CaptureSource,
+{
     use std::sync::Arc;
-    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::mpsc;
     use std::time::Instant;
 
     use jitrec_recorder::jit::JitEvent;
-    use jitrec_recorder::service::{CaptureError, Recorder, RecorderEvent, ScriptedSource};
+    use jitrec_recorder::service::{Recorder, RecorderEvent};
 
     let tmp = tempfile::tempdir().unwrap();
     let spool_dir = tmp.path().join("spool");
     let (spool, _) = SpoolWriter::open(&spool_dir, SpoolConfig::default()).unwrap();
-    let attempts = Arc::new(AtomicUsize::new(0));
-    let screen = SyntheticScreen {
-        width: W,
-        height: H,
-        background: GRAY,
-        paints: vec![],
-    };
-    let config = recorder_config();
     let (jit_tx, jit_rx) = mpsc::channel();
     let (ev_tx, ev_rx) = mpsc::channel();
     let stop = Arc::new(AtomicBool::new(false));
     let recorder = {
-        let (stop, attempts) = (Arc::clone(&stop), Arc::clone(&attempts));
+        let stop = Arc::clone(&stop);
         std::thread::spawn(move || {
-            Recorder::new(spool, config, move || {
-                // The display is unreachable for the first three attempts.
-                if attempts.fetch_add(1, Ordering::SeqCst) < 3 {
-                    Err(CaptureError("display not ready".into()))
-                } else {
-                    Ok(ScriptedSource {
-                        screen: screen.clone(),
-                        origin: Instant::now(),
-                    })
-                }
-            })
-            .run(jit_rx, stop, move |ev| ev_tx.send(ev).unwrap())
+            Recorder::new(spool, recorder_config(), open)
+                .run(jit_rx, stop, move |ev| ev_tx.send(ev).unwrap())
         })
     };
     jit_tx
@@ -558,7 +606,25 @@ fn a_screen_that_cannot_be_captured_yet_is_retried_without_empty_sessions() {
         RecorderEvent::Started(s) => s,
         other => panic!("{other:?}"),
     };
-    assert_eq!(attempts.load(Ordering::SeqCst), 4);
+    let reader = SpoolReader::open(&spool_dir, SpoolConfig::default()).unwrap();
+    let manifests = |reader: &SpoolReader| -> Vec<ChunkManifest> {
+        reader
+            .pending(started)
+            .unwrap()
+            .iter()
+            .filter_map(|e| match reader.read(e).unwrap() {
+                Entry::Chunk { manifest, .. } => Some(manifest),
+                _ => None,
+            })
+            .collect()
+    };
+    if let Some(done) = done {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !done(&manifests(&reader)) {
+            assert!(Instant::now() < deadline, "{:#?}", manifests(&reader));
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
     jit_tx
         .send(JitEvent::Stop {
             reason: "test".into(),
@@ -571,12 +637,250 @@ fn a_screen_that_cannot_be_captured_yet_is_retried_without_empty_sessions() {
     }
     stop.store(true, Ordering::SeqCst);
     recorder.join().unwrap().unwrap();
-    let reader = SpoolReader::open(&spool_dir, SpoolConfig::default()).unwrap();
+
+    let mut events = Vec::new();
+    let mut segments: Vec<(u32, u32, Vec<u8>)> = Vec::new();
+    let mut chain = None;
+    let mut end = MediaTime::ZERO;
+    for e in reader.pending(started).unwrap() {
+        match reader.read(&e).unwrap() {
+            Entry::Header { bytes, .. } => chain = Some(ChainVerifier::new(&bytes).unwrap()),
+            // The spool lists init segments before chunks; a chunk names its own.
+            Entry::Init { id, bytes } => {
+                assert_eq!(id, segments.len() as u64);
+                segments.push((0, 0, bytes));
+            }
+            Entry::Chunk {
+                manifest_bytes,
+                manifest,
+                video,
+                events: ev,
+            } => {
+                chain.as_mut().unwrap().push(&manifest_bytes).unwrap();
+                let seg = &mut segments[manifest.init.id as usize];
+                (seg.0, seg.1) = (manifest.init.width, manifest.init.height);
+                seg.2.extend_from_slice(&video);
+                events.extend(jitrec_format::decode_events(&ev).unwrap());
+                end = manifest.media_end_us;
+            }
+            Entry::Close { bytes, .. } => {
+                chain.take().unwrap().finish(&bytes).unwrap();
+            }
+        }
+    }
+    let segments = segments
+        .into_iter()
+        .enumerate()
+        .map(|(i, (w, h, bytes))| {
+            let file = tmp.path().join(format!("segment-{i}.mp4"));
+            std::fs::write(&file, bytes).unwrap();
+            (w, h, file)
+        })
+        .collect();
+    ServiceRecording {
+        sessions: reader.sessions().unwrap(),
+        _tmp: tmp,
+        events,
+        segments,
+        end,
+    }
+}
+
+/// The placeholder the recorder shows while it has no picture (RGB).
+const NAVY: [u8; 3] = [0, 0, 128];
+
+#[test]
+fn a_screen_that_cannot_be_opened_yet_is_recorded_as_a_placeholder_with_a_capture_error_and_a_gap()
+{
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::Instant;
+
+    use jitrec_recorder::service::{
+        CaptureError, PLACEHOLDER_SIZE, REOPEN_INTERVAL, ScriptedSource,
+    };
+
+    let attempts = Arc::new(AtomicUsize::new(0));
+    let screen = SyntheticScreen {
+        width: W,
+        height: H,
+        background: GRAY,
+        paints: vec![],
+    };
+    let rec = {
+        let attempts = Arc::clone(&attempts);
+        record_with_service(
+            move || {
+                // The display is unreachable for the first three attempts.
+                if attempts.fetch_add(1, Ordering::SeqCst) < 3 {
+                    Err(CaptureError("display not ready".into()))
+                } else {
+                    Ok(ScriptedSource {
+                        screen: screen.clone(),
+                        origin: Instant::now(),
+                    })
+                }
+            },
+            // Until a chunk of the real screen is committed.
+            Some(&|m: &[ChunkManifest]| m.iter().any(|m| m.init.width == W)),
+        )
+    };
     assert_eq!(
-        reader.sessions().unwrap(),
-        vec![started],
-        "no empty sessions from the failed attempts"
+        attempts.load(Ordering::SeqCst),
+        4,
+        "opened until it worked, then no more"
     );
+    assert_eq!(rec.sessions.len(), 1, "one session, started at JIT start");
+
+    // The timeline says where the picture is missing and why.
+    let (error_at, message) = rec.capture_error();
+    assert!(error_at < 0.5, "capture error at {error_at}");
+    assert!(message.contains("display not ready"), "{message}");
+    let (from, to, reason) = rec.gap();
+    assert_eq!(from, error_at);
+    let retries = 3.0 * REOPEN_INTERVAL.as_secs_f64();
+    assert!(
+        (retries - 0.5..retries + 3.0).contains(&to),
+        "gap ends at {to}; three retries take {retries} s"
+    );
+    assert!(reason.contains("display not ready"), "{reason}");
+
+    // The video: the placeholder, then the screen in a new init segment from the gap's end.
+    assert_eq!(rec.segments.len(), 2, "{:?}", rec.segments);
+    let (pw, ph) = PLACEHOLDER_SIZE;
+    let (w0, h0, file0) = &rec.segments[0];
+    assert_eq!((*w0, *h0), (pw, ph));
+    let placeholder = decode_sized(file0, pw, ph);
+    assert!(is_colour(
+        shown_at_sized(&placeholder, pw, 0.2, 10, 10),
+        NAVY
+    ));
+    let (w1, h1, file1) = &rec.segments[1];
+    assert_eq!((*w1, *h1), (W, H));
+    let screen = decode(file1);
+    let first = screen[0].0;
+    assert!(
+        (first - to).abs() < 0.25,
+        "screen from {first}, gap to {to}"
+    );
+    assert!(is_colour(shown_at(&screen, first, 10, 10), [64, 64, 64]));
+}
+
+/// Fails every grab from `fail_from` on, as a display that went away does.
+struct FailsFrom {
+    inner: jitrec_recorder::service::ScriptedSource,
+    fail_from: Duration,
+}
+
+impl jitrec_recorder::service::CaptureSource for FailsFrom {
+    fn grab(
+        &mut self,
+    ) -> Result<jitrec_recorder::service::Grab, jitrec_recorder::service::CaptureError> {
+        if self.inner.origin.elapsed() >= self.fail_from {
+            return Err(jitrec_recorder::service::CaptureError(
+                "test display lost".into(),
+            ));
+        }
+        self.inner.grab()
+    }
+}
+
+#[test]
+fn a_capture_that_fails_mid_session_shows_the_placeholder_and_a_gap_until_the_screen_is_reopened() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::Instant;
+
+    use jitrec_recorder::service::{REOPEN_AFTER, ScriptedSource};
+
+    let opens = Arc::new(AtomicUsize::new(0));
+    let screen = |background| SyntheticScreen {
+        width: W,
+        height: H,
+        background,
+        paints: vec![],
+    };
+    let rec = {
+        let opens = Arc::clone(&opens);
+        record_with_service(
+            move || {
+                // The first screen is lost after a second; the reopened one works (and is
+                // green, to tell them apart).
+                let first = opens.fetch_add(1, Ordering::SeqCst) == 0;
+                let inner = ScriptedSource {
+                    screen: screen(if first { GRAY } else { GREEN }),
+                    origin: Instant::now(),
+                };
+                Ok(FailsFrom {
+                    inner,
+                    fail_from: if first {
+                        Duration::from_secs(1)
+                    } else {
+                        Duration::MAX
+                    },
+                })
+            },
+            // Until a second of the reopened screen is committed.
+            Some(&|m: &[ChunkManifest]| {
+                m.iter().any(|m| m.media_start_us.as_micros() >= 5_000_000)
+            }),
+        )
+    };
+    assert_eq!(opens.load(Ordering::SeqCst), 2, "reopened once");
+    let (error_at, message) = rec.capture_error();
+    assert!(
+        (0.9..1.6).contains(&error_at),
+        "capture error at {error_at}"
+    );
+    assert_eq!(message, "capture failed: test display lost");
+    let (from, to, reason) = rec.gap();
+    assert_eq!(from, error_at);
+    let reopen = error_at + REOPEN_AFTER.as_secs_f64();
+    assert!(
+        (reopen - 0.2..reopen + 1.5).contains(&to),
+        "gap to {to}, reopening after {reopen}"
+    );
+    assert!(reason.contains("test display lost"), "{reason}");
+
+    // Same size throughout: one init segment. Never a frozen picture: the screen, the
+    // placeholder for exactly the gap, then the reopened screen.
+    assert_eq!(rec.segments.len(), 1);
+    let frames = decode(&rec.segments[0].2);
+    assert!(is_colour(
+        shown_at(&frames, from - 0.2, 10, 10),
+        [64, 64, 64]
+    ));
+    assert!(is_colour(shown_at(&frames, from + 0.05, 10, 10), NAVY));
+    assert!(is_colour(shown_at(&frames, to - 0.05, 10, 10), NAVY));
+    assert!(is_colour(shown_at(&frames, to + 0.05, 10, 10), [0, 255, 0]));
+    assert!(secs(rec.end) > to + 1.0);
+}
+
+/// Never has a picture: a damage-tracked screen reporting nothing new forever.
+struct NeverAPicture;
+
+impl jitrec_recorder::service::CaptureSource for NeverAPicture {
+    fn grab(
+        &mut self,
+    ) -> Result<jitrec_recorder::service::Grab, jitrec_recorder::service::CaptureError> {
+        Ok(jitrec_recorder::service::Grab::Unchanged)
+    }
+}
+
+#[test]
+fn a_session_without_any_picture_still_keeps_its_events_and_says_why_the_video_is_empty() {
+    use jitrec_recorder::service::PLACEHOLDER_SIZE;
+
+    let rec = record_with_service(|| Ok(NeverAPicture), None);
+    assert!(!rec.kinds("jit_start").is_empty() && !rec.kinds("jit_stop").is_empty());
+    assert!(rec.kinds("capture_error").is_empty(), "nothing failed");
+    let (from, to, reason) = rec.gap();
+    assert_eq!((from, to), (0.0, secs(rec.end)));
+    assert!(reason.contains("first screen image"), "{reason}");
+    let (pw, ph) = PLACEHOLDER_SIZE;
+    assert_eq!(rec.segments.len(), 1);
+    let frames = decode_sized(&rec.segments[0].2, pw, ph);
+    assert!(is_colour(shown_at_sized(&frames, pw, 0.0, 10, 10), NAVY));
 }
 
 /// Damage tracking: an unchanged screen yields `Unchanged` (nothing copied), a window mapped

@@ -86,7 +86,8 @@ pub enum EventKind {
         /// The mechanism in use and what it can miss, or why the source is unavailable.
         detail: String,
     },
-    /// Nothing was recorded between `from_us` and `to_us`, for `reason`.
+    /// The screen was not recorded between `from_us` and `to_us`, for `reason` (other events
+    /// were, unless `reason` says otherwise). Stamped at `to_us`.
     Gap {
         from_us: MediaTime,
         to_us: MediaTime,

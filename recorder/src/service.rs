@@ -8,10 +8,18 @@
 //! JIT stops, the last chunk is cut at the stop time and the session closed before the call
 //! returns, so a log-off or reboot right after loses nothing. Nothing is captured outside JIT: the
 //! capture thread exists only between the start and stop events.
+//!
+//! A session starts when JIT starts whether or not the screen can be captured: an elevation must
+//! leave evidence even when the display cannot be read. The capture thread opens the source
+//! itself (retrying every [`REOPEN_INTERVAL`], and reopening a source that has failed for
+//! [`REOPEN_AFTER`]); while it has no picture the video shows a plain [`PLACEHOLDER`] picture, a
+//! `capture_error` event marks where that began and a `gap` event covers the whole stretch, so a
+//! reviewer never mistakes a frozen or missing picture for an idle screen. Events keep being
+//! recorded throughout.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, TryRecvError, TrySendError};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -46,8 +54,9 @@ pub enum Grab {
     Unchanged,
 }
 
-/// Something that produces screen frames (X11, Windows Graphics Capture, a script).
-pub trait CaptureSource: Send + 'static {
+/// Something that produces screen frames (X11, Windows Graphics Capture, a script). It is opened
+/// and used on the capture thread only.
+pub trait CaptureSource: 'static {
     fn grab(&mut self) -> Result<Grab, CaptureError>;
 }
 
@@ -69,6 +78,84 @@ impl CaptureSource for ScriptedSource {
 /// Frames that may wait between capture and encoding. Two absorb a slow frame; more would only
 /// delay the picture (and hold memory: a 1080p frame is 8 MB).
 pub const DEFAULT_QUEUE: usize = 2;
+
+/// How often a screen that cannot be opened is tried again.
+pub const REOPEN_INTERVAL: Duration = Duration::from_secs(1);
+
+/// How long grabs may fail in a row before the source is dropped and opened afresh (a lost X
+/// connection or a Graphics Capture session ended by a display change do not come back by
+/// themselves).
+pub const REOPEN_AFTER: Duration = Duration::from_secs(2);
+
+/// The picture recorded while the screen cannot be captured: plain navy (RGB 0, 0, 128), which
+/// no idle desktop is mistaken for. Same size as the last picture, or [`PLACEHOLDER_SIZE`] when
+/// there was none.
+pub const PLACEHOLDER: [u8; 4] = [128, 0, 0, 255];
+
+/// Width and height of the placeholder when no picture was captured yet in the session.
+pub const PLACEHOLDER_SIZE: (u32, u32) = (640, 360);
+
+/// What the capture thread hands the encoding side each tick.
+#[derive(Debug)]
+enum Tick {
+    Grab(Grab),
+    /// No picture this tick; why.
+    Failed(String),
+}
+
+/// A damage-tracked source reports only what changed since *its* last grab, so a grab the full
+/// queue had no room for must travel with the next one that gets through; otherwise its changes
+/// would stay out of the video until that part of the screen changed again.
+#[derive(Debug, Default)]
+struct HeldBack {
+    /// The newest picture not handed over, and what changed in it since the last one handed
+    /// over (`None`: anything may have).
+    grab: Option<(Frame, Option<Vec<Rect>>)>,
+}
+
+/// Beyond this many held-back rectangles, the whole picture is converted instead.
+const MAX_HELD_RECTS: usize = 64;
+
+impl HeldBack {
+    /// What to hand over for this tick's `grab`, including anything held back.
+    fn merge(&mut self, grab: Grab) -> Grab {
+        let Some((held, held_rects)) = self.grab.take() else {
+            return grab;
+        };
+        match (grab, held_rects) {
+            (Grab::Frame(f), _) => Grab::Frame(f),
+            (Grab::Partial(f, mut rects), Some(held_rects)) => {
+                rects.extend(held_rects);
+                if rects.len() > MAX_HELD_RECTS {
+                    Grab::Frame(f)
+                } else {
+                    Grab::Partial(f, rects)
+                }
+            }
+            (Grab::Partial(f, _), None) => Grab::Frame(f),
+            (Grab::Unchanged, Some(rects)) => Grab::Partial(held, rects),
+            (Grab::Unchanged, None) => Grab::Frame(held),
+        }
+    }
+
+    /// Keeps a (merged) grab the queue had no room for.
+    fn hold(&mut self, grab: Grab) {
+        self.grab = match grab {
+            Grab::Frame(f) => Some((f, None)),
+            Grab::Partial(f, rects) => Some((f, Some(rects))),
+            Grab::Unchanged => None,
+        };
+    }
+}
+
+/// A stretch without a picture, while it lasts.
+struct Outage {
+    from: MediaTime,
+    message: String,
+    /// The last real picture before it: a damage-tracked source that recovers with "unchanged"
+    /// means this one.
+    before: Option<Frame>,
+}
 
 /// Recorder settings.
 #[derive(Debug, Clone)]
@@ -104,8 +191,9 @@ pub struct SessionDone {
 pub struct Recorder<F> {
     spool: SpoolWriter,
     config: RecorderConfig,
-    /// Opens the capture source when a session starts (and only then).
-    open_source: F,
+    /// Opens the capture source, on the capture thread, while a session records (and only
+    /// then). Shared with that thread; no one else calls it.
+    open_source: Arc<Mutex<F>>,
     /// Makes the event sources of each session (none: video and JIT events only).
     event_sources: Option<SourceFactory>,
 }
@@ -128,14 +216,14 @@ const CATCH_UP_LIMIT: Duration = Duration::from_millis(250);
 
 impl<F, S> Recorder<F>
 where
-    F: FnMut() -> Result<S, CaptureError>,
+    F: FnMut() -> Result<S, CaptureError> + Send + 'static,
     S: CaptureSource,
 {
     pub fn new(spool: SpoolWriter, config: RecorderConfig, open_source: F) -> Self {
         Self {
             spool,
             config,
-            open_source,
+            open_source: Arc::new(Mutex::new(open_source)),
             event_sources: None,
         }
     }
@@ -167,31 +255,7 @@ where
                         authorized_by,
                         reason,
                     };
-                    // Open capture before the session exists: a display that cannot be reached
-                    // must neither stop the service nor leave empty sessions behind. Retried
-                    // every second while JIT lasts.
-                    let source = loop {
-                        match (self.open_source)() {
-                            Ok(src) => break Some(src),
-                            Err(e) => {
-                                tracing::error!(error = %e, user, "JIT is active but the screen cannot be captured; retrying");
-                                match jit.recv_timeout(Duration::from_secs(1)) {
-                                    Ok(JitEvent::Stop { .. })
-                                    | Err(RecvTimeoutError::Disconnected) => break None,
-                                    _ if shutdown.load(Ordering::SeqCst) => break None,
-                                    _ => {}
-                                }
-                            }
-                        }
-                    };
-                    let Some(source) = source else {
-                        tracing::error!(
-                            user,
-                            "JIT ended before the screen could be captured; nothing was recorded"
-                        );
-                        continue;
-                    };
-                    let done = self.record(source, &user, auth, &jit, &shutdown, &mut observe)?;
+                    let done = self.record(&user, auth, &jit, &shutdown, &mut observe)?;
                     tracing::info!(session = %done.session, chunks = done.chunks, reason = ?done.reason, "session recorded");
                     observe(RecorderEvent::Done(done));
                 }
@@ -204,7 +268,6 @@ where
 
     fn record(
         &mut self,
-        mut source: S,
         user: &str,
         authorization: Authorization,
         jit: &Receiver<JitEvent>,
@@ -259,33 +322,65 @@ where
         ));
         chunker.push_event(event(MediaTime::ZERO, EventKind::RecorderStarted));
 
-        // Capture thread. Full policy of the queue: drop the newest frame, count it.
-        let (tx, rx) = mpsc::sync_channel::<(MediaTime, Grab)>(self.config.queue.max(1));
+        // Capture thread. Full policy of the queue: drop the newest tick; a dropped picture is
+        // counted (`frames_dropped`) and what changed in it travels with the next one that gets
+        // through (`HeldBack`), so the video still converges to the real screen.
+        let (tx, rx) = mpsc::sync_channel::<(MediaTime, Tick)>(self.config.queue.max(1));
         let stop_capture = Arc::new(AtomicBool::new(false));
         let dropped = Arc::new(AtomicU64::new(0));
         let period = Duration::from_micros(1_000_000 / u64::from(self.config.fps.max(1)));
         let capture = {
             let stop = Arc::clone(&stop_capture);
             let dropped = Arc::clone(&dropped);
+            let open = Arc::clone(&self.open_source);
             thread::Builder::new()
                 .name("jitrec-capture".into())
                 .spawn(move || {
+                    let mut source: Option<S> = None;
+                    // Why there is no source (an open that failed), for the `capture_error` event.
+                    let mut why = String::from("the screen has not been opened yet");
+                    let mut last_open: Option<Instant> = None;
+                    let mut failing_since: Option<Instant> = None;
+                    let mut held = HeldBack::default();
                     let mut next = origin;
                     while !stop.load(Ordering::SeqCst) {
                         let t = MediaTime::from_duration(origin.elapsed());
-                        match source.grab() {
-                            Ok(grab) => match tx.try_send((t, grab)) {
-                                Ok(()) => {}
+                        if source.is_none()
+                            && last_open.is_none_or(|at| at.elapsed() >= REOPEN_INTERVAL)
+                        {
+                            last_open = Some(Instant::now());
+                            match (open.lock().unwrap_or_else(PoisonError::into_inner))() {
+                                Ok(s) => source = Some(s),
+                                Err(e) => why = e.to_string(),
+                            }
+                        }
+                        let tick = match source.as_mut().map(CaptureSource::grab) {
+                            Some(Ok(grab)) => {
+                                failing_since = None;
+                                Tick::Grab(held.merge(grab))
+                            }
+                            Some(Err(e)) => {
+                                let since = *failing_since.get_or_insert_with(Instant::now);
+                                if since.elapsed() >= REOPEN_AFTER {
+                                    tracing::warn!(error = %e, "screen capture keeps failing; opening the screen again");
+                                    source = None;
+                                }
+                                Tick::Failed(e.to_string())
+                            }
+                            None => Tick::Failed(why.clone()),
+                        };
+                        match tx.try_send((t, tick)) {
+                            Ok(()) => {}
+                            // A failed tick carries no picture; the next one says the same.
+                            Err(TrySendError::Full((_, Tick::Failed(_)))) => {}
+                            Err(TrySendError::Full((_, Tick::Grab(grab)))) => {
                                 // An unchanged tick carries no picture: nothing is lost.
-                                Err(TrySendError::Full((_, Grab::Unchanged))) => {}
-                                Err(TrySendError::Full(_)) => {
+                                if grab != Grab::Unchanged {
                                     dropped.fetch_add(1, Ordering::Relaxed);
                                 }
-                                Err(TrySendError::Disconnected(_)) => break,
-                            },
-                            Err(e) => {
-                                tracing::error!(error = %e, "screen capture failed; retrying")
+                                held.hold(grab);
                             }
+                            Err(TrySendError::Disconnected(_)) => break,
                         }
                         next += period;
                         // Pacing to the capture rate; a late grab starts the next one at once.
@@ -301,6 +396,7 @@ where
 
         let mut encoder: Option<Encoder> = None;
         let mut last: Option<Frame> = None;
+        let mut outage: Option<Outage> = None;
         let (reason, end) = loop {
             match jit.try_recv() {
                 Ok(JitEvent::Stop { end, .. }) => break (end, origin.elapsed()),
@@ -313,12 +409,46 @@ where
                 break (EndReason::RecorderShutdown, origin.elapsed());
             }
             intake.drain(&mut |e| chunker.push_event(e));
-            let (t, grab) = match rx.recv_timeout(STOP_CHECK) {
+            let (t, tick) = match rx.recv_timeout(STOP_CHECK) {
                 Ok(x) => x,
                 Err(RecvTimeoutError::Timeout) => continue,
                 Err(RecvTimeoutError::Disconnected) => {
                     break (EndReason::RecorderShutdown, origin.elapsed());
                 }
+            };
+            let grab = match tick {
+                Tick::Failed(_) if outage.is_some() => Grab::Unchanged,
+                Tick::Failed(message) => {
+                    tracing::error!(%session, error = %message, "screen capture failed; recording a placeholder picture until it recovers");
+                    chunker.push_event(event(
+                        t,
+                        EventKind::CaptureError {
+                            message: message.clone(),
+                        },
+                    ));
+                    let (w, h) = encoder
+                        .as_ref()
+                        .map_or(PLACEHOLDER_SIZE, |e| (e.width(), e.height()));
+                    outage = Some(Outage {
+                        from: t,
+                        message,
+                        before: last.take(),
+                    });
+                    Grab::Frame(Frame::solid(w, h, PLACEHOLDER))
+                }
+                Tick::Grab(grab) => match outage.take() {
+                    None => grab,
+                    Some(o) => {
+                        tracing::warn!(%session, seconds = (t.as_micros() - o.from.as_micros()) as f64 / 1e6, "screen capture recovered");
+                        chunker.push_event(event(t, capture_gap(&o, t)));
+                        // The encoder's picture is the placeholder: what follows must be whole.
+                        match grab {
+                            Grab::Partial(f, _) => Grab::Frame(f),
+                            Grab::Unchanged => o.before.map_or(Grab::Unchanged, Grab::Frame),
+                            grab => grab,
+                        }
+                    }
+                },
             };
             let (frame, changed) = match grab {
                 Grab::Frame(f) => (Some(f), None),
@@ -373,6 +503,28 @@ where
             tracing::error!("the capture thread panicked");
         }
         let end = MediaTime::from_duration(end);
+        if let Some(o) = outage.take() {
+            tracing::warn!(%session, "JIT ended while the screen could not be captured");
+            chunker.push_event(event(end, capture_gap(&o, end)));
+        }
+        if encoder.is_none() {
+            // Not one picture arrived (JIT ended within the first tick, or the source never
+            // produced an image): a placeholder keeps the session's events, and says so.
+            tracing::warn!(%session, "JIT ended before the first screen image; recording a placeholder");
+            let (w, h) = PLACEHOLDER_SIZE;
+            let mut enc = Encoder::new(w, h, self.config.encoder.clone())?;
+            for f in enc.encode(&Frame::solid(w, h, PLACEHOLDER), MediaTime::ZERO)? {
+                chunker.push(f, w, h)?;
+            }
+            chunker.push_event(event(
+                end,
+                EventKind::Gap {
+                    from_us: MediaTime::ZERO,
+                    to_us: end,
+                    reason: "JIT ended before the first screen image was captured".into(),
+                },
+            ));
+        }
         // Everything up to JIT stop is recorded; nothing after it.
         intake.catch_up(end, CATCH_UP_LIMIT, &mut |e| chunker.push_event(e));
         let mut after_end = 0u64;
@@ -411,5 +563,94 @@ where
             reason,
             frames_dropped,
         })
+    }
+}
+
+/// The `gap` event closing outage `o` at `to`.
+fn capture_gap(o: &Outage, to: MediaTime) -> EventKind {
+    EventKind::Gap {
+        from_us: o.from,
+        to_us: to,
+        reason: format!("screen capture failed: {}", o.message),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(v: u8) -> Frame {
+        Frame::solid(4, 4, [v, v, v, 255])
+    }
+
+    fn rect(x: u32) -> Rect {
+        Rect {
+            x,
+            y: 0,
+            w: 2,
+            h: 2,
+        }
+    }
+
+    #[test]
+    fn nothing_held_passes_every_grab_through() {
+        let mut h = HeldBack::default();
+        for g in [
+            Grab::Unchanged,
+            Grab::Frame(frame(1)),
+            Grab::Partial(frame(2), vec![rect(0)]),
+        ] {
+            assert_eq!(h.merge(g.clone()), g);
+        }
+    }
+
+    #[test]
+    fn changes_of_a_dropped_grab_travel_with_the_next_one() {
+        let mut h = HeldBack::default();
+        // Dropped: a partial grab whose change at x=0 the encoder never saw.
+        let first = h.merge(Grab::Partial(frame(1), vec![rect(0)]));
+        h.hold(first);
+        // The next partial grab covers its own change and the held one.
+        assert_eq!(
+            h.merge(Grab::Partial(frame(2), vec![rect(2)])),
+            Grab::Partial(frame(2), vec![rect(2), rect(0)])
+        );
+        // Handed over: nothing is held any more.
+        assert_eq!(h.merge(Grab::Unchanged), Grab::Unchanged);
+    }
+
+    #[test]
+    fn an_unchanged_tick_after_a_dropped_grab_hands_over_the_held_picture() {
+        let mut h = HeldBack::default();
+        h.hold(Grab::Partial(frame(1), vec![rect(0)]));
+        assert_eq!(
+            h.merge(Grab::Unchanged),
+            Grab::Partial(frame(1), vec![rect(0)])
+        );
+        h.hold(Grab::Frame(frame(3)));
+        assert_eq!(h.merge(Grab::Unchanged), Grab::Frame(frame(3)));
+    }
+
+    #[test]
+    fn a_dropped_whole_frame_makes_the_next_partial_grab_whole() {
+        let mut h = HeldBack::default();
+        h.hold(Grab::Frame(frame(1)));
+        assert_eq!(
+            h.merge(Grab::Partial(frame(2), vec![rect(0)])),
+            Grab::Frame(frame(2))
+        );
+    }
+
+    #[test]
+    fn too_many_held_rectangles_become_a_whole_frame() {
+        let mut h = HeldBack::default();
+        h.hold(Grab::Partial(
+            frame(1),
+            (0..MAX_HELD_RECTS as u32).map(rect).collect(),
+        ));
+        assert_eq!(
+            h.merge(Grab::Partial(frame(2), vec![rect(0)])),
+            Grab::Frame(frame(2))
+        );
     }
 }

@@ -222,7 +222,7 @@ pub fn describe(e: &EventKind) -> (&'static str, String) {
             reason,
         } => (
             "gap",
-            format!("nothing recorded from {from_us} to {to_us}: {reason}"),
+            format!("no screen picture from {from_us} to {to_us}: {reason}"),
         ),
     }
 }

@@ -3,8 +3,8 @@
 //! Portable parts (compiled and tested on every platform, and under wine): [`sid`] (security
 //! identifiers), [`etw_decode`] (kernel process event payloads), [`admin`]'s trigger decision and
 //! [`supervisor`] (the service's state machine). Windows-only parts: the live membership reading
-//! in [`admin`], the control pipe, the ETW session, WinEvent hooks, screen capture and the
-//! service glue. `unsafe` is allowed in those Win32 modules only, each call with its `SAFETY`
+//! in [`admin`], the control pipe, the ETW session, WinEvent hooks, screen capture, the machine id
+//! (`machine`: the registry's `MachineGuid`) and the service glue. `unsafe` is allowed in those Win32 modules only, each call with its `SAFETY`
 //! reason. docs/windows.md says what has been verified where.
 
 pub mod admin;

@@ -12,6 +12,7 @@
 #![allow(unsafe_code)]
 
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use windows_capture::capture::{Context, GraphicsCaptureApiHandler};
 use windows_capture::frame::Frame as WgcFrame;
@@ -99,7 +100,13 @@ impl GraphicsCaptureApiHandler for Handler {
 pub struct WgcSource {
     slots: Vec<Slot>,
     controls: Vec<windows_capture::capture::CaptureControl<Handler, String>>,
+    opened: Instant,
 }
+
+/// How long after opening a monitor may still have delivered no frame before that counts as a
+/// capture failure. Graphics Capture delivers its first frame asynchronously; until then a tick
+/// simply has nothing new.
+const FIRST_FRAME_GRACE: Duration = Duration::from_secs(2);
 
 impl WgcSource {
     pub fn open() -> Result<WgcSource, CaptureError> {
@@ -126,7 +133,11 @@ impl WgcSource {
             slots.push(slot);
             controls.push(control);
         }
-        Ok(WgcSource { slots, controls })
+        Ok(WgcSource {
+            slots,
+            controls,
+            opened: Instant::now(),
+        })
     }
 }
 
@@ -145,13 +156,19 @@ impl CaptureSource for WgcSource {
                 "a monitor's capture ended (display change?)".into(),
             ));
         }
-        let frames: Vec<Frame> = self
+        let frames: Option<Vec<Frame>> = self
             .slots
             .iter()
             .map(|s| s.lock().unwrap_or_else(PoisonError::into_inner).clone())
-            .collect::<Option<Vec<_>>>()
-            .ok_or_else(|| CaptureError("waiting for the first frame of every monitor".into()))?;
-        Ok(Grab::Frame(side_by_side(&frames)))
+            .collect();
+        match frames {
+            Some(frames) => Ok(Grab::Frame(side_by_side(&frames))),
+            None if self.opened.elapsed() < FIRST_FRAME_GRACE => Ok(Grab::Unchanged),
+            None => Err(CaptureError(format!(
+                "a monitor delivered no frame within {} s of starting Graphics Capture",
+                FIRST_FRAME_GRACE.as_secs()
+            ))),
+        }
     }
 }
 
@@ -194,10 +211,6 @@ pub struct GdiSource {
     width: i32,
     height: i32,
 }
-
-// SAFETY: the GDI handles are used only by the thread that owns the source at a time (the
-// capture thread); GDI device contexts may move between threads when not in use concurrently.
-unsafe impl Send for GdiSource {}
 
 impl GdiSource {
     pub fn open() -> Result<GdiSource, CaptureError> {
