@@ -341,6 +341,7 @@ where
                     let mut why = String::from("the screen has not been opened yet");
                     let mut last_open: Option<Instant> = None;
                     let mut failing_since: Option<Instant> = None;
+                    let mut reopens = 0u32;
                     let mut held = HeldBack::default();
                     let mut next = origin;
                     while !stop.load(Ordering::SeqCst) {
@@ -357,12 +358,20 @@ where
                         let tick = match source.as_mut().map(CaptureSource::grab) {
                             Some(Ok(grab)) => {
                                 failing_since = None;
+                                reopens = 0;
                                 Tick::Grab(held.merge(grab))
                             }
                             Some(Err(e)) => {
                                 let since = *failing_since.get_or_insert_with(Instant::now);
                                 if since.elapsed() >= REOPEN_AFTER {
-                                    tracing::warn!(error = %e, "screen capture keeps failing; opening the screen again");
+                                    // Once per outage at WARN (the encoding side has logged
+                                    // the outage itself); each further attempt at DEBUG.
+                                    if reopens == 0 {
+                                        tracing::warn!(error = %e, "screen capture keeps failing; opening the screen again");
+                                    } else {
+                                        tracing::debug!(error = %e, reopens, "opening the screen again");
+                                    }
+                                    reopens += 1;
                                     source = None;
                                 }
                                 Tick::Failed(e.to_string())

@@ -353,7 +353,7 @@ impl EventSink {
     /// Writes an event at media time `t`, or counts it into the pending summary when a bound is
     /// hit.
     pub fn emit(&mut self, t: MediaTime, kind: EventKind) {
-        self.flush_summary(t);
+        self.flush_summary();
         if self.summary.count > 0 || !self.take_token() {
             // Keep order: once summarising, everything goes into the summary until it is out.
             self.summary.add(t, &kind);
@@ -370,11 +370,11 @@ impl EventSink {
     /// Writes a status event that must not be summarised (source state changes). Blocks while
     /// the queue is full; the intake drains it continuously.
     pub fn status(&mut self, t: MediaTime, kind: EventKind) {
-        self.flush_summary(t);
+        self.flush_summary();
         let _ = self.tx.send(SourceMsg::Event(self.clock.event(t, kind)));
     }
 
-    fn flush_summary(&mut self, t: MediaTime) {
+    fn flush_summary(&mut self) {
         if self.summary.count == 0 {
             return;
         }
@@ -382,7 +382,11 @@ impl EventSink {
         if self.tokens < f64::from(self.limits.burst) / 2.0 && !self.refill_to_half() {
             return;
         }
-        let at = t.max(self.summary.last);
+        // Stamped at the last event it counts, not when the flood was seen to be over: that
+        // time can lie past a cut the intake is catching up to, even past JIT stop, and the
+        // count would then miss its chunk, or the session. An early time is safe: a chunk
+        // already cut places it at the next one's start.
+        let at = self.summary.last;
         let kind = EventKind::EventsSummarised {
             count: self.summary.count,
             what: self.summary.describe(self.name),
@@ -412,7 +416,7 @@ impl EventSink {
     /// Says every event up to `upto` has been written (and flushes a pending summary if the
     /// flood is over).
     pub fn caught_up(&mut self, upto: MediaTime) {
-        self.flush_summary(upto);
+        self.flush_summary();
         let _ = self.tx.try_send(SourceMsg::Caught {
             source: self.index,
             upto,
@@ -734,6 +738,48 @@ mod tests {
         assert!(summarised > 0, "nothing was summarised");
         assert_eq!(individual + summarised, 10_000, "events were lost");
         assert!(individual <= 100 + 64, "the bound let {individual} through");
+    }
+
+    /// A flood at 1 ms, then a report of having read up to 10 s.
+    struct FloodThenCaughtUp;
+
+    impl EventSource for FloodThenCaughtUp {
+        fn name(&self) -> &'static str {
+            "processes"
+        }
+        fn run(self: Box<Self>, mut sink: EventSink, _stop: Arc<AtomicBool>) {
+            let t = MediaTime::from_micros(1_000);
+            for pid in 0..1000 {
+                sink.emit(t, start(pid));
+            }
+            // Long enough for the rate to allow events again, so the summary is flushed here.
+            std::thread::sleep(Duration::from_millis(50));
+            sink.caught_up(MediaTime::from_micros(10_000_000));
+        }
+    }
+
+    #[test]
+    fn a_summary_is_stamped_at_the_last_event_it_counts_not_when_it_is_flushed() {
+        let limits = EventLimits {
+            burst: 10,
+            rate: 1000,
+            queue: 64,
+        };
+        let intake = Intake::start(
+            SessionClock::start(),
+            vec![Box::new(FloodThenCaughtUp)],
+            limits,
+        );
+        let mut got = Vec::new();
+        intake.stop(&mut |e| got.push(e));
+        let summaries: Vec<&Event> = got
+            .iter()
+            .filter(|e| matches!(e.event, EventKind::EventsSummarised { .. }))
+            .collect();
+        assert!(!summaries.is_empty(), "nothing was summarised");
+        for s in summaries {
+            assert_eq!(s.media_us, MediaTime::from_micros(1_000), "{s:?}");
+        }
     }
 
     #[test]
