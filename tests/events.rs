@@ -469,6 +469,12 @@ fn a_flood_of_processes_is_summarised_not_lost() {
             if source == "processes" && detail.contains("dropped"))
     });
     let accounted = individual as u64 + summarised_true;
+    // What the sources said of themselves, for whoever reads a failure of this test.
+    for e in &rec.events {
+        if let EventKind::EventSource { .. } = &e.event {
+            eprintln!("at {}: {:?}", e.media_us, e.event);
+        }
+    }
     if kernel_dropped {
         eprintln!("the kernel dropped process events; {accounted} of 1000 starts accounted for");
     } else {

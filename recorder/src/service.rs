@@ -535,15 +535,23 @@ where
             ));
         }
         // Everything up to JIT stop is recorded; nothing after it.
-        intake.catch_up(end, CATCH_UP_LIMIT, &mut |e| chunker.push_event(e));
         let mut after_end = 0u64;
-        intake.stop(&mut |e| {
+        let mut keep = |e: jitrec_format::Event| {
             if e.media_us <= end {
                 chunker.push_event(e);
+            } else if let EventKind::EventsSummarised { .. } | EventKind::EventSource { .. } =
+                e.event
+            {
+                // A count or a loss notice stamped after the stop may still cover events
+                // before it (a flood whose summary also took in events of the first moments
+                // after the stop): kept at the stop rather than lost.
+                chunker.push_event(event(end, e.event));
             } else {
                 after_end += 1;
             }
-        });
+        };
+        intake.catch_up(end, CATCH_UP_LIMIT, &mut keep);
+        intake.stop(&mut keep);
         if after_end > 0 {
             tracing::debug!(count = after_end, "events after JIT stop were not recorded");
         }
