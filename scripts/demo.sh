@@ -35,9 +35,16 @@ ensure_packages "${PACKAGES[@]}"
 if $S3_POSTGRES && [ -z "${JITREC_DEMO_S3_ENDPOINT:-}" ]; then ensure_seaweedfs; fi
 command -v cargo >/dev/null || { echo "error: cargo not found; install Rust with rustup" >&2; exit 1; }
 
-echo "==> building (release)"
-cargo build --release --quiet -p jitrec-recorder -p jitrec-uploader -p jitrec-player
-bin="$root/target/release"
+# JITREC_DEMO_BIN: a folder that already holds jitrec-recorder, jitrec-uploader and
+# jitrec-player (the test suite runs the demo with the programs its own build made).
+if [ -n "${JITREC_DEMO_BIN:-}" ]; then
+  bin=$JITREC_DEMO_BIN
+  echo "==> using the programs in $bin"
+else
+  echo "==> building (release)"
+  cargo build --release --quiet -p jitrec-recorder -p jitrec-uploader -p jitrec-player
+  bin="$root/target/release"
+fi
 
 rm -rf "$DIR"
 mkdir -p "$DIR"/{spool,bucket,logs}

@@ -2,6 +2,9 @@
 # The Windows side of jitrec's checks, run on Debian 12 (as root): cross-compiles the workspace for
 # Windows x64 and runs its Windows unit tests under wine. scripts/test.sh calls it; run it alone with
 #   bash scripts/windows.sh            # everything below
+#   bash scripts/windows.sh setup      # only the one-time set-up (toolchain, FFmpeg, wine prefix)
+#   bash scripts/windows.sh check      # set-up, then the builds, lints and tests (no smoke test)
+#   bash scripts/windows.sh smoke      # only the smoke test, of the programs `check` built
 #   bash scripts/windows.sh shell CMD  # CMD with the Windows toolchain's environment (e.g. cargo build)
 #
 # What it sets up, once (kept under $JITREC_WIN_PREFIX, /opt/jitrec-win by default):
@@ -14,14 +17,16 @@
 #   recorder uses: the libx264 encoder, the H.264 decoder the tests read back with, swscale.
 # - two stand-in DLLs wine 8 lacks (see below), for the tests under wine only.
 #
-# Needs the Linux jitrec-player (target/release, as scripts/test.sh builds it, or $JITREC_PLAYER)
-# for its smoke test.
+# The smoke test needs a Linux jitrec-player: $JITREC_PLAYER (scripts/test.sh passes the one its
+# test build made), else target/release/jitrec-player.
 #
-# What runs: `cargo clippy -D warnings` (which type-checks too) of the workspace (all but the Linux-only
-# test harness and benchmarks) for x86_64-pc-windows-gnu; `cargo check` for x86_64-pc-windows-msvc
-# of the crates that build without MSVC's own C compiler and headers (format, spool); `cargo test`
-# of the endpoint crates (format, spool, recorder) for x86_64-pc-windows-gnu, executed by wine;
-# then a smoke test of the real jitrec-recorder.exe and jitrec-uploader.exe under wine.
+# What runs: the endpoint crates (format, spool, bucket, recorder, uploader) built for
+# x86_64-pc-windows-gnu with clippy's lints as errors, in the same compilation as their tests
+# (clippy-driver is the workspace's compiler wrapper, so the lints cost no second pass over the
+# dependencies), and their tests executed by wine; `cargo check` for x86_64-pc-windows-msvc of the crates
+# that build without MSVC's own C compiler and headers (format, spool); then a smoke test of the real
+# jitrec-recorder.exe and jitrec-uploader.exe under wine. The player, the test harness and the
+# benchmarks are not built for Windows: they run on Linux servers only and have no Windows code.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
@@ -40,6 +45,9 @@ MSVC_CRATES="jitrec-format jitrec-spool"
 ensure_packages gcc-mingw-w64-x86-64-posix binutils-mingw-w64-x86-64 \
   nasm pkg-config clang libclang-dev wine64 wine xz-utils xvfb libzstd-dev xterm ffmpeg
 
+# The set-up's three parts are independent: rustc-web (downloads and xz, one core at most) is
+# unpacked and the wine prefix made in the background while FFmpeg and x264 compile.
+setup_rustweb() {
 # Debian's rustc-web (a second Rust compiler packaged for Firefox's build) comes with the standard
 # library's sources, which -Zbuild-std compiles for the Windows target.
 if [ ! -x "$RUSTWEB/bin/rustc" ]; then
@@ -68,10 +76,12 @@ if [ ! -x "$RUSTWEB/bin/rustc" ]; then
     chmod +x "$RUSTWEB/bin/$tool"
   done
 fi
+}
 
+setup_ffmpeg() {
 # FFmpeg and x264 for Windows, static, so jitrec-recorder.exe needs no FFmpeg DLLs beside it.
 if [ ! -f "$FFMPEG/lib/libavcodec.a" ]; then
-  echo "==> building FFmpeg and x264 for Windows into $FFMPEG (once; measured: under 6 minutes on 2 cores)"
+  echo "==> building FFmpeg and x264 for Windows into $FFMPEG (once; the whole set-up measured about 5 minutes on 2 cores)"
   src=$(mktemp -d)
   chmod 755 "$src"
   mkdir -p "$src/lists/partial" "$src/cache/archives/partial"
@@ -87,13 +97,15 @@ EOF
   jobs=$(nproc)
   stage=$FFMPEG.partial
   rm -rf "$stage"
+  # The compilers' warnings go to a log, shown only if a step fails.
+  quiet() { "$@" >>"$src/build.log" 2>&1 || { tail -n 60 "$src/build.log" >&2; return 1; }; }
   (
     cd "$src"/x264-*/
     ./configure --host=x86_64-w64-mingw32 --cross-prefix=x86_64-w64-mingw32- --prefix="$stage" \
       --enable-static --disable-cli --disable-opencl --disable-avs --disable-swscale --disable-lavf \
-      --disable-ffms --disable-gpac --disable-lsmash >/dev/null
-    make -j"$jobs" >/dev/null
-    make install >/dev/null
+      --disable-ffms --disable-gpac --disable-lsmash --bit-depth=8 --chroma-format=420 >/dev/null
+    quiet make -j"$jobs"
+    quiet make install
   )
   (
     cd "$src"/ffmpeg-*/
@@ -106,17 +118,19 @@ EOF
       --enable-encoder=libx264 --enable-decoder=h264 --enable-parser=h264 --enable-demuxer=mov \
       --enable-muxer=mp4 --enable-protocol=file --enable-swscale --disable-avdevice \
       --disable-avfilter --disable-swresample --disable-postproc >/dev/null
-    make -j"$jobs" >/dev/null
-    make install >/dev/null
+    quiet make -j"$jobs"
+    quiet make install
   )
   rm -rf "$src" "$FFMPEG"
   mv "$stage" "$FFMPEG"
 fi
+}
 
 # Two DLLs wine 8 lacks, as stand-ins for the tests under wine only: Rust's std (1.78 and later)
 # takes random bytes from ProcessPrng in bcryptprimitives.dll (forwarded here to RtlGenRandom),
 # and windows-capture imports CreateDispatcherQueueController from coremessaging.dll (answered
 # here with E_NOTIMPL: Graphics Capture cannot run under wine, so the recorder falls back to GDI).
+setup_wine() {
 if [ ! -f "$WINEPREFIX/drive_c/windows/system32/coremessaging.dll" ]; then
   echo "==> preparing the wine prefix $WINEPREFIX"
   stub=$(mktemp -d)
@@ -146,6 +160,23 @@ EOF
   cp "$stub/bcryptprimitives.dll" "$stub/coremessaging.dll" "$WINEPREFIX/drive_c/windows/system32/"
   rm -rf "$stub"
 fi
+}
+
+mode=${1:-all}
+case "$mode" in
+  all | setup | check | smoke | shell) ;;
+  *) echo "usage: $0 [setup | check | smoke | shell CMD...]" >&2; exit 2 ;;
+esac
+
+mkdir -p "$PREFIX"
+setup_log=$(mktemp)
+(setup_rustweb && setup_wine) >"$setup_log" 2>&1 &
+background=$!
+setup_ffmpeg
+wait $background || { cat "$setup_log" >&2; rm -f "$setup_log"; echo "error: the Windows toolchain set-up failed" >&2; exit 1; }
+cat "$setup_log"
+rm -f "$setup_log"
+[ "$mode" = setup ] && exit 0
 
 export RUSTC=$RUSTWEB/bin/rustc
 export CLIPPY_DRIVER=$RUSTWEB/bin/clippy-driver
@@ -162,46 +193,55 @@ export FFMPEG_DIR=$FFMPEG
 export BINDGEN_EXTRA_CLANG_ARGS=-D__AMXINTRIN_H
 build_std=(-Zbuild-std=std,panic_abort --target-dir "$TARGET_DIR" --locked)
 
-if [ "${1:-}" = shell ]; then
+if [ "$mode" = shell ]; then
   shift
   exec "$@"
 fi
 
-# The integration tests' harness and the benchmarks drive Xvfb, PostgreSQL, SeaweedFS and
-# Chromium on Linux; they are Linux-only by design and left out. Everything else is checked.
-linux_only=(--exclude jitrec-tests --exclude jitrec-bench)
-echo "==> cargo clippy ($GNU): type-check and lints"
-# Clippy type-checks everything it lints, so this is also the `cargo check`. cargo-clippy would
-# run rustup's clippy-driver, built against another compiler than the one building the Windows
-# std; this does what it does, with the driver that matches rustc-web.
-# CLIPPY_ARGS separates its arguments with __CLIPPY_HACKERY__.
-RUSTC_WORKSPACE_WRAPPER=$CLIPPY_DRIVER CLIPPY_ARGS=-D__CLIPPY_HACKERY__warnings__CLIPPY_HACKERY__ \
-  cargo check "${build_std[@]}" --target $GNU --workspace "${linux_only[@]}" --all-targets
-echo "==> cargo check ($MSVC: $MSVC_CRATES)"
-# MSVC's compiler and headers are not on Debian, so C cannot be built for this target: zstd-sys is
-# pointed at a system zstd through pkg-config instead (`check` links nothing), and the crates
-# whose C has no such way out (FFmpeg's bindings, ring) are checked for the GNU target only.
-ZSTD_SYS_USE_PKG_CONFIG=1 PKG_CONFIG_ALLOW_CROSS=1 \
-  cargo check "${build_std[@]}" --target $MSVC $(printf -- '-p %s ' $MSVC_CRATES)
-
-echo "==> cargo test ($GNU, under wine)"
-# wine's GDI draws on an X display: a private Xvfb lets the GDI capture test read real pixels.
+# The crates that run on a Windows endpoint. The player (a Linux server), the integration tests'
+# harness and the benchmarks (Xvfb, PostgreSQL, SeaweedFS and Chromium on Linux) are left out.
+endpoint=(-p jitrec-format -p jitrec-spool -p jitrec-bucket -p jitrec-recorder -p jitrec-uploader)
+# clippy-driver is rustc with clippy's lints: as the workspace's compiler wrapper it lints our
+# crates in the same compilation that builds them and their tests, with no separate check pass
+# over the dependencies (cargo-clippy would also run rustup's clippy-driver, built against another
+# compiler than the one building the Windows std). CLIPPY_ARGS separates its arguments with
+# __CLIPPY_HACKERY__. Every cargo command below keeps this environment, so none rebuilds what
+# another built.
+export RUSTC_WORKSPACE_WRAPPER=$CLIPPY_DRIVER CLIPPY_ARGS=-D__CLIPPY_HACKERY__warnings__CLIPPY_HACKERY__
+# wine's GDI draws on an X display: a private Xvfb lets the GDI capture test and the smoke test
+# read real pixels.
 display=:$((90 + RANDOM % 400))
 Xvfb "$display" -screen 0 1024x768x24 -nolisten tcp >/dev/null 2>&1 &
 xvfb=$!
 trap 'kill $xvfb 2>/dev/null || true' EXIT
 for _ in $(seq 100); do [ -e "/tmp/.X11-unix/X${display#:}" ] && break; sleep 0.1; done
+
+if [ "$mode" != smoke ]; then
+echo "==> cargo check ($MSVC: $MSVC_CRATES)"
+# MSVC's compiler and headers are not on Debian, so C cannot be built for this target: zstd-sys is
+# pointed at a system zstd through pkg-config instead (`check` links nothing), and the crates
+# whose C has no such way out (FFmpeg's bindings, ring) are checked for the GNU target only.
+ZSTD_SYS_USE_PKG_CONFIG=1 PKG_CONFIG_ALLOW_CROSS=1 RUSTC_WORKSPACE_WRAPPER= \
+  cargo check "${build_std[@]}" --target $MSVC $(printf -- '-p %s ' $MSVC_CRATES)
+
+echo "==> cargo test ($GNU, under wine; clippy -D warnings in the same build)"
 # Doc tests run in the Linux suite (rustdoc here would be rustup's, not the one of this std).
-DISPLAY=$display cargo test "${build_std[@]}" --target $GNU -p jitrec-format -p jitrec-spool -p jitrec-recorder \
-  --lib --bins --tests
+# Each endpoint program has an integration test, so this build also makes the programs
+# themselves (`debug/jitrec-recorder.exe`, `debug/jitrec-uploader.exe`) with the same features:
+# the smoke test runs those, and builds nothing again.
+DISPLAY=$display cargo test "${build_std[@]}" --target $GNU "${endpoint[@]}" --lib --bins --tests
+fi
+[ "$mode" = check ] && exit 0
 
 echo "==> smoke test: the Windows programs under wine"
 # The real jitrec-recorder.exe and jitrec-uploader.exe on the Xvfb display above: JIT started and
 # stopped over the control pipe while a red window is on screen, the spool shipped to a local
 # bucket, and the Linux player verifying and exporting the session, whose last frame must show
 # the window. Graphics Capture cannot run under wine, so this is the GDI path.
-cargo build "${build_std[@]}" --target $GNU -p jitrec-recorder -p jitrec-uploader
 exe=$TARGET_DIR/$GNU/debug
+for program in jitrec-recorder jitrec-uploader; do
+  [ -x "$exe/$program.exe" ] || { echo "error: $exe/$program.exe is missing: run \`$0 check\` first" >&2; exit 1; }
+done
 smoke=$(mktemp -d)
 trap 'pkill -f "$smoke" 2>/dev/null || true; wineserver -k 2>/dev/null || true; kill $xvfb 2>/dev/null || true; rm -rf "$smoke"' EXIT
 wpath() { echo "Z:${1//\//\\}"; }

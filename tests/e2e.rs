@@ -28,15 +28,6 @@ const WINDOW: (i16, i16, u16, u16) = (40, 30, 300, 200);
 static RUN: AtomicU32 = AtomicU32::new(0);
 
 /// A process killed when dropped.
-struct Child(std::process::Child);
-
-impl Drop for Child {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 fn programs() -> Programs {
     Programs {
         recorder: env!("CARGO_BIN_EXE_jitrec-test-recorder").into(),
@@ -59,6 +50,7 @@ fn config(store: Store) -> PipelineConfig {
 
 /// The chain for one store: record, upload, index, play.
 fn whole_path(store: Store, name: &str) {
+    let store_is_dir = matches!(store, Store::DirBucket);
     let mut p = Pipeline::start(&config(store)).unwrap();
     let wm = FakeWm::new(&p.x.display).unwrap();
     let marker = format!(
@@ -91,7 +83,7 @@ fn whole_path(store: Store, name: &str) {
     // line would find the program it became.
     let shell = format!("echo '# systemctl restart cups'; echo {marker} ok; sleep 600");
     let term_title = format!("root@ws: {marker}");
-    let _xterm = Child(
+    let _xterm = jitrec_tests::child::Reaped(
         Command::new("xterm")
             .args(["-display", &p.x.display, "-geometry", "70x16+380+40"])
             .args(["-fa", "Monospace", "-fs", "10", "-T", &term_title])
@@ -132,6 +124,7 @@ fn whole_path(store: Store, name: &str) {
     let verdict = p.post_json(&format!("/api/sessions/{id}/verify")).unwrap();
     assert_eq!(verdict["verdict"], "intact", "{verdict}");
     assert_eq!(verdict["chunks_verified"], chunks.len(), "{verdict}");
+    assert_private(&p, store_is_dir);
 
     // The events, in order on the video clock: JIT start, the window, the command, the
     // retitle, JIT stop; nothing from before JIT.
@@ -256,9 +249,51 @@ fn whole_path(store: Store, name: &str) {
     );
 }
 
+/// Everything the three programs made in this run is private to their user: the recorder's
+/// spool (every entry and folder), the uploader's objects and folders in a
+/// directory bucket (the bucket's root is the operator's, made by the harness), and the
+/// player's index files: 0600 files, 0700 folders.
+fn assert_private(p: &Pipeline, with_dir_bucket: bool) {
+    use std::os::unix::fs::PermissionsExt;
+    fn walk(path: &std::path::Path, found: &mut Vec<(std::path::PathBuf, u32, bool)>) {
+        let m = std::fs::symlink_metadata(path).unwrap();
+        found.push((path.to_owned(), m.permissions().mode() & 0o777, m.is_dir()));
+        if m.is_dir() {
+            for e in std::fs::read_dir(path).unwrap() {
+                walk(&e.unwrap().path(), found);
+            }
+        }
+    }
+    let mut found = Vec::new();
+    walk(&p.spool(), &mut found);
+    if with_dir_bucket {
+        for e in std::fs::read_dir(p.bucket_dir()).unwrap() {
+            walk(&e.unwrap().path(), &mut found);
+        }
+    }
+    for e in std::fs::read_dir(p.path()).unwrap() {
+        let path = e.unwrap().path();
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        if name.starts_with("index.sqlite3") {
+            walk(&path, &mut found);
+        }
+    }
+    assert!(
+        found
+            .iter()
+            .any(|(p, _, _)| p.to_string_lossy().contains("index.sqlite3")),
+        "{found:?}"
+    );
+    let loose: Vec<_> = found
+        .iter()
+        .filter(|(_, mode, dir)| *mode != if *dir { 0o700 } else { 0o600 })
+        .collect();
+    assert!(loose.is_empty(), "not private: {loose:?}");
+}
+
 #[test]
 fn recorder_to_browser_through_the_local_store() {
-    whole_path(Store::LocalDir, "local");
+    whole_path(Store::DirBucket, "local");
 }
 
 #[test]

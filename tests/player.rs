@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::Duration as Span;
+use jitrec_bucket::{BucketReader, DirBucket, S3Bucket};
 use jitrec_format::fixtures::{self, StoredSession};
 use jitrec_format::{
     EndReason, Event, EventKind, MediaTime, ObjectKey, ProcessStart, SessionClose, SessionHeader,
@@ -17,8 +18,7 @@ use jitrec_format::{
 use jitrec_player::index::{Index, Query, sqlite::SqliteIndex};
 use jitrec_player::indexer::{Indexer, IndexerConfig, IndexerHandle};
 use jitrec_player::scan::Status;
-use jitrec_player::store::{LocalDir, ObjectSource, S3Source};
-use jitrec_tests::{DirBucket, http, postgres, seaweed};
+use jitrec_tests::{TestBucket, http, postgres, seaweed};
 
 /// Generous limits for conditions awaited on a loaded CI machine.
 const LIMIT: Duration = Duration::from_secs(120);
@@ -66,7 +66,7 @@ fn build(spec: &Spec) -> StoredSession {
 }
 
 /// Writes `s` to the bucket: header, init, the chunks `chunks`, and the close record if asked.
-fn put(b: &DirBucket, s: &StoredSession, chunks: std::ops::Range<u64>, close: bool) {
+fn put(b: &TestBucket, s: &StoredSession, chunks: std::ops::Range<u64>, close: bool) {
     let id = SessionHeader::from_bytes(&s.header).unwrap().session_id;
     b.put(&ObjectKey::SessionHeader(id), &s.header).unwrap();
     b.put(&ObjectKey::Init(id, 0), &fixtures::init_bytes(0))
@@ -101,7 +101,7 @@ fn query() -> Query {
 fn index_suite(open: &dyn Fn() -> Arc<dyn Index>) {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path();
-    let b = DirBucket::new(root);
+    let b = TestBucket::new(root);
     let spec = |n, user, host, company, location, command, chunks| Spec {
         n,
         user,
@@ -236,7 +236,7 @@ fn index_suite(open: &dyn Fn() -> Arc<dyn Index>) {
     std::fs::write(root.join("v1/sessions/not-a-session/x"), b"x").unwrap();
 
     let index = open();
-    let src: Arc<dyn ObjectSource> = Arc::new(LocalDir::new(root));
+    let src: Arc<dyn BucketReader> = Arc::new(DirBucket::new(root));
     let config = IndexerConfig {
         stale_after: Duration::from_secs(3600 * 24 * 365 * 100),
         ..IndexerConfig::default()
@@ -603,14 +603,25 @@ pub(crate) struct Player {
 }
 
 impl Player {
-    /// The API alone, without sign-in.
-    fn start(src: Arc<dyn ObjectSource>, index: Arc<dyn Index>) -> Player {
-        Self::start_with(src, index, false)
+    /// The API alone, without sign-in, and without admin access to the bucket.
+    pub(crate) fn start(src: Arc<dyn BucketReader>, index: Arc<dyn Index>) -> Player {
+        Self::start_inner(src, None, index, false)
     }
 
-    /// With `web`, the whole report view behind sign-in, as `serve` runs it.
+    /// With `web`, the whole report view behind sign-in, as `serve` runs it, holding the
+    /// bucket's admin handle for legal holds as `serve` does.
     pub(crate) fn start_with(
-        src: Arc<dyn ObjectSource>,
+        bucket: Arc<dyn jitrec_bucket::BucketAdmin>,
+        index: Arc<dyn Index>,
+        web: bool,
+    ) -> Player {
+        let src: Arc<dyn BucketReader> = bucket.clone();
+        Self::start_inner(src, Some(bucket), index, web)
+    }
+
+    fn start_inner(
+        src: Arc<dyn BucketReader>,
+        bucket_admin: Option<Arc<dyn jitrec_bucket::BucketAdmin>>,
         index: Arc<dyn Index>,
         web: bool,
     ) -> Player {
@@ -631,7 +642,7 @@ impl Player {
             index,
             src,
             indexer: handle.clone(),
-            bucket_admin: None,
+            bucket_admin,
         };
         let app = if web {
             jitrec_player::auth::init(state.index.as_ref()).unwrap();
@@ -652,7 +663,7 @@ impl Player {
         }
     }
 
-    fn get(&self, path: &str) -> http::Response {
+    pub(crate) fn get(&self, path: &str) -> http::Response {
         http::get(self.addr, path).unwrap()
     }
 }
@@ -732,7 +743,7 @@ fn copy_spool(from: &Path, to: &Path) {
 /// playlist, search, verify; then exported and probed.
 fn check_served(
     player: &Player,
-    src: Arc<dyn ObjectSource>,
+    src: Arc<dyn BucketReader>,
     rec: &RealSession,
     uploaded_at: Instant,
     work: &Path,
@@ -774,7 +785,10 @@ fn check_served(
     assert!(codec.starts_with("avc1."), "{codec}");
 
     // Media: whole, and by range, byte-identical to the bucket.
-    let init = src.get(&ObjectKey::Init(rec.id, 0)).unwrap().unwrap();
+    let init = src
+        .get(&ObjectKey::Init(rec.id, 0), 1 << 30)
+        .unwrap()
+        .unwrap();
     let r = player.get(&format!("{path}/init/0.mp4"));
     assert_eq!(
         (r.status, r.header("content-type")),
@@ -789,7 +803,10 @@ fn check_served(
         &[],
     )
     .unwrap();
-    let chunk1 = src.get(&ObjectKey::ChunkVideo(rec.id, 1)).unwrap().unwrap();
+    let chunk1 = src
+        .get(&ObjectKey::ChunkVideo(rec.id, 1), 1 << 30)
+        .unwrap()
+        .unwrap();
     assert_eq!(r.status, 206);
     assert_eq!(
         r.header("content-range"),
@@ -912,7 +929,7 @@ fn check_served(
     assert!(find(b"moov") < find(b"mdat"));
 }
 
-pub(crate) fn start_player(src: &Arc<dyn ObjectSource>, work: &Path) -> Player {
+pub(crate) fn start_player(src: &Arc<dyn BucketReader>, work: &Path) -> Player {
     let index: Arc<dyn Index> = Arc::new(SqliteIndex::open(&work.join("index.sqlite3")).unwrap());
     Player::start(Arc::clone(src), index)
 }
@@ -930,11 +947,11 @@ async fn a_real_session_in_the_local_store_and_in_seaweedfs_is_indexed_served_an
     let dir = work.path().join("bucket");
     let local_work = work.path().join("local");
     std::fs::create_dir_all(&local_work).unwrap();
-    let src: Arc<dyn ObjectSource> = Arc::new(LocalDir::new(&dir));
+    let src: Arc<dyn BucketReader> = Arc::new(DirBucket::new(&dir));
     let player = tokio::task::block_in_place(|| start_player(&src, &local_work));
     let mut config = jitrec_uploader::UploaderConfig::new(rec.spool.path());
     config.concurrency = 2;
-    jitrec_tests::drain(jitrec_uploader::LocalDirStore::new(&dir), config, LIMIT)
+    jitrec_tests::drain(DirBucket::new(&dir), config, LIMIT)
         .await
         .unwrap();
     let uploaded = Instant::now();
@@ -946,12 +963,15 @@ async fn a_real_session_in_the_local_store_and_in_seaweedfs_is_indexed_served_an
     let srv = seaweed::server();
     let s3_work = work.path().join("s3");
     std::fs::create_dir_all(&s3_work).unwrap();
-    let src: Arc<dyn ObjectSource> = Arc::new(S3Source::new(
+    let src: Arc<dyn BucketReader> = Arc::new(S3Bucket::new(
         seaweed::config(&srv.endpoint, &bucket),
         tokio::runtime::Handle::current(),
     ));
     let player = tokio::task::block_in_place(|| start_player(&src, &s3_work));
-    let store = jitrec_uploader::S3Store::new(seaweed::config(&srv.endpoint, &bucket));
+    let store = S3Bucket::new(
+        seaweed::config(&srv.endpoint, &bucket),
+        tokio::runtime::Handle::current(),
+    );
     jitrec_tests::drain(
         store,
         jitrec_uploader::UploaderConfig::new(&second_spool),

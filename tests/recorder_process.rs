@@ -4,11 +4,12 @@
 
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use jitrec_format::{ChainVerifier, EndReason, SessionClose, SessionHeader, SessionId, Trigger};
 use jitrec_spool::{Entry, EntryName, SpoolConfig, SpoolReader};
+use jitrec_tests::child::Reaped;
 use jitrec_tests::xvfb::Xvfb;
 
 const RECORDER: &str = env!("CARGO_BIN_EXE_jitrec-test-recorder");
@@ -28,7 +29,7 @@ fn write_group(path: &Path, members: &str) {
     std::fs::rename(&tmp, path).unwrap();
 }
 
-fn start_recorder(config: &Path) -> Child {
+fn start_recorder(config: &Path) -> Reaped {
     Command::new(RECORDER)
         .args(["run", "--config", config.to_str().unwrap()])
         .env("RUST_LOG", "warn")
@@ -36,6 +37,7 @@ fn start_recorder(config: &Path) -> Child {
         .stderr(Stdio::null())
         .spawn()
         .unwrap()
+        .into()
 }
 
 fn jit(socket: &Path, args: &[&str]) -> Output {
@@ -85,12 +87,28 @@ fn chunk_count(spool: &Path, s: SessionId) -> usize {
         .unwrap_or(0)
 }
 
+/// A copy of `program` in a fresh folder under /tmp that any user may enter and run, whatever
+/// the permissions of the folders the build lives in.
+fn unprivileged_copy(program: &Path) -> tempfile::TempDir {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::Builder::new()
+        .prefix("jitrec-unprivileged-")
+        .tempdir_in("/tmp")
+        .unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let copy = dir.path().join("jitrec-recorder");
+    std::fs::copy(program, &copy).unwrap();
+    std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o755)).unwrap();
+    dir
+}
+
 #[test]
 fn the_recorder_program_is_driven_by_its_socket_and_the_admin_group_and_survives_sigkill() {
     use std::os::unix::fs::PermissionsExt;
     let x = Xvfb::start(320, 240).unwrap();
-    let tmp = tempfile::tempdir().unwrap();
-    // Let an unprivileged test client reach the socket, so the recorder's own check is tested.
+    // Under /tmp (whatever TMPDIR says), so an unprivileged test client can reach the socket
+    // and the recorder's own check is what is tested.
+    let tmp = tempfile::Builder::new().tempdir_in("/tmp").unwrap();
     std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     let spool = tmp.path().join("spool");
     let group = tmp.path().join("group");
@@ -115,7 +133,12 @@ fn the_recorder_program_is_driven_by_its_socket_and_the_admin_group_and_survives
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "idle");
 
     // An unauthorised peer is refused by the recorder itself (the socket file would let it in).
-    let out = Command::new(RECORDER)
+    // The unprivileged client runs a copy of the program from a folder it can reach, so the
+    // test does not depend on where the checkout is (a clone under /root is closed to uid
+    // 65534); the refusal must come back from the recorder as its answer on stdout, which a
+    // file-system refusal (an error on stderr) would not give.
+    let client = unprivileged_copy(Path::new(RECORDER));
+    let out = Command::new(client.path().join("jitrec-recorder"))
         .args(["jit", "--socket", socket.to_str().unwrap(), "stop"])
         .uid(65534)
         .gid(65534)

@@ -6,10 +6,10 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use jitrec_bucket::{BucketAdmin, DirBucket};
 use jitrec_player::auth::{self, Role};
 use jitrec_player::index::Index;
 use jitrec_player::index::sqlite::SqliteIndex;
-use jitrec_player::store::{LocalDir, ObjectSource};
 use jitrec_tests::http;
 use jitrec_tests::webdriver::Browser;
 use serde_json::json;
@@ -102,13 +102,13 @@ async fn a_reviewer_signs_in_plays_seeks_searches_and_is_audited() {
     let work = tempfile::tempdir().unwrap();
     let bucket = work.path().join("bucket");
     jitrec_tests::drain(
-        jitrec_uploader::LocalDirStore::new(&bucket),
+        DirBucket::new(&bucket),
         jitrec_uploader::UploaderConfig::new(rec.spool.path()),
         LIMIT,
     )
     .await
     .unwrap();
-    let src: Arc<dyn ObjectSource> = Arc::new(LocalDir::new(&bucket));
+    let src: Arc<dyn BucketAdmin> = Arc::new(DirBucket::new(&bucket));
     let index: Arc<dyn Index> =
         Arc::new(SqliteIndex::open(&work.path().join("index.sqlite3")).unwrap());
     auth::init(index.as_ref()).unwrap();
@@ -394,11 +394,13 @@ async fn a_reviewer_signs_in_plays_seeks_searches_and_is_audited() {
             .eval_async(&format!(
                 "const me = await (await fetch('/api/me')).json();\
                  const r = await fetch('/api/sessions/{id}/hold', {{method: 'POST', headers: {{'Content-Type': 'application/json', 'X-CSRF-Token': me.csrf}}, body: JSON.stringify({{reason: 'case 7'}})}});\
+                 const answer = await r.json();\
                  const d = await (await fetch('/api/sessions/{id}')).json();\
-                 return [r.status, d.retention.hold && d.retention.hold.reason];"
+                 return [r.status, d.retention.hold && d.retention.hold.reason, answer.enforced_by];"
             ))
             .unwrap();
-        assert_eq!(held, json!([200, "case 7"]));
+        // A directory bucket cannot hold objects: the answer says the job alone enforces it.
+        assert_eq!(held, json!([200, "case 7", "retention_job"]));
         let audit = auth::audit_log(index.as_ref(), 50).unwrap();
         assert!(
             audit
@@ -438,14 +440,14 @@ async fn a_session_still_being_recorded_plays_near_its_live_edge_and_follows_new
     };
     // The uploader, shipping chunks as they are committed.
     let uploader = jitrec_uploader::Uploader::new(
-        jitrec_uploader::LocalDirStore::new(&bucket),
+        DirBucket::new(&bucket),
         jitrec_uploader::UploaderConfig::new(&spool),
     )
     .unwrap();
     let stop_upload = tokio_util::sync::CancellationToken::new();
     let upload = tokio::spawn(uploader.run(stop_upload.clone()));
 
-    let src: Arc<dyn ObjectSource> = Arc::new(LocalDir::new(&bucket));
+    let src: Arc<dyn BucketAdmin> = Arc::new(DirBucket::new(&bucket));
     let index: Arc<dyn Index> =
         Arc::new(SqliteIndex::open(&work.path().join("index.sqlite3")).unwrap());
     auth::init(index.as_ref()).unwrap();

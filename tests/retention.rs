@@ -8,14 +8,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Duration as Span, Utc};
+use jitrec_bucket::{BucketAdmin, BucketReader, DirBucket, S3Bucket};
 use jitrec_format::fixtures::{self, StoredSession};
 use jitrec_format::{ObjectKey, SessionHeader, SessionId};
 use jitrec_player::index::Index;
 use jitrec_player::index::sqlite::SqliteIndex;
 use jitrec_player::indexer::{Indexer, IndexerConfig};
 use jitrec_player::retention::{self, Level, RunOptions};
-use jitrec_player::store::{LocalDir, ObjectDeleter, ObjectSource, S3Source};
-use jitrec_tests::{DirBucket, postgres, seaweed};
+use jitrec_tests::{TestBucket, postgres, seaweed};
 
 const PLAYER: &str = env!("CARGO_BIN_EXE_jitrec-test-player");
 const LIMIT: Duration = Duration::from_secs(120);
@@ -37,7 +37,7 @@ fn id(s: &StoredSession) -> SessionId {
 
 const OBJECTS: u64 = 1 + 1 + 3 * 3 + 1;
 
-fn put(b: &DirBucket, s: &StoredSession, close: bool) {
+fn put(b: &TestBucket, s: &StoredSession, close: bool) {
     let id = id(s);
     b.put(&ObjectKey::SessionHeader(id), &s.header).unwrap();
     b.put(&ObjectKey::Init(id, 0), &fixtures::init_bytes(0))
@@ -52,7 +52,7 @@ fn put(b: &DirBucket, s: &StoredSession, close: bool) {
     }
 }
 
-fn index_all(src: &Arc<dyn ObjectSource>, index: &Arc<dyn Index>) {
+pub(crate) fn index_all(src: &Arc<dyn BucketReader>, index: &Arc<dyn Index>) {
     let mut ix =
         Indexer::new(Arc::clone(src), Arc::clone(index), IndexerConfig::default()).unwrap();
     ix.pass().unwrap();
@@ -65,9 +65,9 @@ fn day(d: i64) -> DateTime<Utc> {
 
 fn retention_suite(index: Arc<dyn Index>) {
     let tmp = tempfile::tempdir().unwrap();
-    let b = DirBucket::new(tmp.path());
-    let dir = LocalDir::new(tmp.path());
-    let src: Arc<dyn ObjectSource> = Arc::new(dir.clone());
+    let b = TestBucket::new(tmp.path());
+    let dir = DirBucket::new(tmp.path());
+    let src: Arc<dyn BucketReader> = Arc::new(dir.clone());
     let computer = session(1, "acme", "berlin", "ws-0421");
     let location = session(2, "acme", "berlin", "ws-0007");
     let company = session(3, "acme", "paris", "ws-0008");
@@ -92,7 +92,19 @@ fn retention_suite(index: Arc<dyn Index>) {
     retention::set_policy(idx, Level::Location, "berlin", Some(30), "t").unwrap();
     retention::set_policy(idx, Level::Computer, "ws-0421", Some(7), "t").unwrap();
     assert!(retention::set_policy(idx, Level::Company, "", Some(1), "t").is_err());
-    retention::hold(idx, id(&held), "litigation LIT-7", "legal@example.com").unwrap();
+    let enforced = retention::hold(
+        idx,
+        &dir,
+        id(&held),
+        "litigation LIT-7",
+        "legal@example.com",
+    )
+    .unwrap();
+    assert_eq!(
+        enforced,
+        jitrec_bucket::HoldEnforcement::RetentionJobOnly,
+        "a directory cannot hold objects: the job alone enforces the hold"
+    );
 
     // Day 6: nothing has expired.
     let r = retention::run(idx, &dir, &RunOptions::default(), day(6)).unwrap();
@@ -169,7 +181,8 @@ fn retention_suite(index: Arc<dyn Index>) {
     assert!(!gone(&held) && !gone(&recording));
 
     // Releasing the hold lets the next run delete it; the recording session is never deleted.
-    assert!(retention::release(idx, id(&held)).unwrap());
+    assert!(retention::release(idx, &dir, id(&held)).unwrap().is_some());
+    assert!(retention::release(idx, &dir, id(&held)).unwrap().is_none());
     let r = retention::run(idx, &dir, &RunOptions::default(), day(400)).unwrap();
     assert_eq!(
         r.expired.iter().map(|p| p.session).collect::<Vec<_>>(),
@@ -218,7 +231,7 @@ fn a_retention_job_killed_half_way_leaves_nothing_the_next_run_does_not_finish()
     let tmp = tempfile::tempdir().unwrap();
     let bucket = tmp.path().join("bucket");
     let index_path = tmp.path().join("index.sqlite3");
-    let b = DirBucket::new(&bucket);
+    let b = TestBucket::new(&bucket);
     let sessions: Vec<StoredSession> = (1..=40)
         .map(|n| session(n, "acme", "berlin", "ws-1"))
         .collect();
@@ -226,7 +239,7 @@ fn a_retention_job_killed_half_way_leaves_nothing_the_next_run_does_not_finish()
         put(&b, s, true);
     }
     let index: Arc<dyn Index> = Arc::new(SqliteIndex::open(&index_path).unwrap());
-    let src: Arc<dyn ObjectSource> = Arc::new(LocalDir::new(&bucket));
+    let src: Arc<dyn BucketReader> = Arc::new(DirBucket::new(&bucket));
     index_all(&src, &index);
     retention::init(index.as_ref()).unwrap();
     retention::set_policy(index.as_ref(), Level::Global, "", Some(1), "t").unwrap();
@@ -239,6 +252,7 @@ fn a_retention_job_killed_half_way_leaves_nothing_the_next_run_does_not_finish()
     )
     .stdout(Stdio::null())
     .spawn()
+    .map(jitrec_tests::child::Reaped)
     .unwrap();
     let started = Instant::now();
     let kill_after = 3 + rand::random::<u64>() % 10;
@@ -278,7 +292,7 @@ fn a_retention_job_killed_half_way_leaves_nothing_the_next_run_does_not_finish()
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{text}");
     eprintln!("{text}");
-    let dir = LocalDir::new(&bucket);
+    let dir = DirBucket::new(&bucket);
     assert!(
         dir.list_sessions(None).unwrap().is_empty(),
         "objects left behind"
@@ -299,7 +313,7 @@ async fn expired_sessions_are_deleted_from_seaweedfs() {
     let bucket = seaweed::new_bucket("retention").await.unwrap();
     let srv = seaweed::server();
     let config = seaweed::config(&srv.endpoint, &bucket);
-    let store = jitrec_uploader::S3Store::new(config.clone());
+    let store = S3Bucket::new(config.clone(), tokio::runtime::Handle::current());
     let keep = session(1, "acme", "berlin", "ws-keep");
     let expire = session(2, "acme", "berlin", "ws-old");
     for (s, close) in [(&keep, true), (&expire, true)] {
@@ -317,15 +331,15 @@ async fn expired_sessions_are_deleted_from_seaweedfs() {
             objects.push((ObjectKey::SessionClosed(id), s.close.clone()));
         }
         for (k, v) in objects {
-            use jitrec_uploader::ObjectStore;
+            use jitrec_bucket::BucketWriter;
             store
                 .put(&k.to_string(), v.into(), k.content_type())
                 .await
                 .unwrap();
         }
     }
-    let s3 = Arc::new(S3Source::new(config, tokio::runtime::Handle::current()));
-    let src: Arc<dyn ObjectSource> = s3.clone();
+    let s3 = Arc::new(S3Bucket::new(config, tokio::runtime::Handle::current()));
+    let src: Arc<dyn BucketReader> = s3.clone();
     let tmp = tempfile::tempdir().unwrap();
     let index: Arc<dyn Index> =
         Arc::new(SqliteIndex::open(&tmp.path().join("index.sqlite3")).unwrap());
@@ -336,7 +350,7 @@ async fn expired_sessions_are_deleted_from_seaweedfs() {
         retention::set_policy(index.as_ref(), Level::Computer, "ws-old", Some(3), "t").unwrap();
         let r = retention::run(
             index.as_ref(),
-            s3.as_ref() as &dyn ObjectDeleter,
+            s3.as_ref() as &dyn BucketAdmin,
             &RunOptions {
                 batch: 5,
                 ..RunOptions::default()
@@ -366,11 +380,11 @@ async fn expired_sessions_are_deleted_from_seaweedfs() {
 /// owner's credentials.
 async fn object_lock_bucket(
     prefix: &str,
-) -> (String, jitrec_uploader::S3Config, jitrec_uploader::S3Store) {
+) -> (String, jitrec_bucket::S3Config, jitrec_bucket::S3Bucket) {
     let srv = seaweed::server();
     let name = format!("{prefix}-{}-{}", std::process::id(), rand::random::<u32>());
     let config = seaweed::config(&srv.endpoint, &name);
-    let admin = jitrec_uploader::S3Store::new(config.clone());
+    let admin = S3Bucket::new(config.clone(), tokio::runtime::Handle::current());
     admin
         .client()
         .create_bucket()
@@ -385,15 +399,15 @@ async fn object_lock_bucket(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_object_lock_a_locked_version_cannot_be_deleted_even_by_the_bucket_owner() {
     let (name, mut config, admin) = object_lock_bucket("locked").await;
-    config.object_lock = Some(jitrec_uploader::ObjectLock {
+    config.object_lock = Some(jitrec_bucket::ObjectLock {
         compliance: true,
         days: 1,
     });
-    let store = jitrec_uploader::S3Store::new(config);
+    let store = S3Bucket::new(config, tokio::runtime::Handle::current());
     let s = session(1, "acme", "berlin", "ws-locked");
     let key = ObjectKey::SessionHeader(id(&s)).to_string();
     {
-        use jitrec_uploader::ObjectStore;
+        use jitrec_bucket::BucketWriter;
         store
             .put(&key, s.header.clone().into(), "application/json")
             .await
@@ -442,63 +456,288 @@ async fn with_object_lock_a_locked_version_cannot_be_deleted_even_by_the_bucket_
     assert_eq!(body.as_ref(), s.header.as_slice());
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_legal_hold_also_holds_the_objects_in_an_object_lock_bucket() {
-    let srv = seaweed::server();
-    let (name, config, admin) = object_lock_bucket("held").await;
-    // Uploaded without a retention period: only the legal hold protects it.
-    let s = session(1, "acme", "berlin", "ws-held");
-    let key = ObjectKey::SessionHeader(id(&s)).to_string();
-    {
-        use jitrec_uploader::ObjectStore;
-        admin
-            .put(&key, s.header.clone().into(), "application/json")
+/// Every object of a fixture session, as the uploader would store them.
+fn objects_of(s: &StoredSession) -> Vec<(ObjectKey, Vec<u8>)> {
+    let id = id(s);
+    let mut objects = vec![
+        (ObjectKey::SessionHeader(id), s.header.clone()),
+        (ObjectKey::Init(id, 0), fixtures::init_bytes(0)),
+    ];
+    for (seq, (m, v, e)) in s.chunks.iter().enumerate() {
+        objects.push((ObjectKey::ChunkVideo(id, seq as u64), v.clone()));
+        objects.push((ObjectKey::ChunkEvents(id, seq as u64), e.clone()));
+        objects.push((ObjectKey::ChunkManifest(id, seq as u64), m.clone()));
+    }
+    objects.push((ObjectKey::SessionClosed(id), s.close.clone()));
+    objects
+}
+
+async fn upload(store: &S3Bucket, s: &StoredSession) {
+    use jitrec_bucket::BucketWriter;
+    for (k, v) in objects_of(s) {
+        store
+            .put(&k.to_string(), v.into(), k.content_type())
             .await
             .unwrap();
     }
+}
+
+/// The S3 legal hold status of every object of `s`, read back with GetObjectLegalHold (`None`:
+/// the server reports no hold at all).
+async fn hold_statuses(admin: &S3Bucket, bucket: &str, s: &StoredSession) -> Vec<Option<String>> {
+    let mut out = Vec::new();
+    for (k, _) in objects_of(s) {
+        let r = admin
+            .client()
+            .get_object_legal_hold()
+            .bucket(bucket)
+            .key(k.to_string())
+            .send()
+            .await;
+        out.push(match r {
+            Ok(o) => o
+                .legal_hold()
+                .and_then(|h| h.status())
+                .map(|s| s.as_str().to_owned()),
+            Err(_) => None,
+        });
+    }
+    out
+}
+
+/// A direct DeleteObject of the current version of `key`, with the bucket owner's credentials.
+async fn delete_version(admin: &S3Bucket, bucket: &str, key: &ObjectKey) -> bool {
     let version = admin
         .client()
         .head_object()
-        .bucket(&name)
-        .key(&key)
+        .bucket(bucket)
+        .key(key.to_string())
         .send()
         .await
         .unwrap()
         .version_id()
         .unwrap()
         .to_owned();
-    let s3 = S3Source::new(config, tokio::runtime::Handle::current());
-    let held = tokio::task::block_in_place(|| retention::hold_objects(&s3, id(&s), true)).unwrap();
-    assert!(held, "the bucket has Object Lock: the objects must be held");
-    let delete = || {
-        admin
-            .client()
-            .delete_object()
-            .bucket(&name)
-            .key(&key)
-            .version_id(&version)
-            .send()
-    };
-    assert!(delete().await.is_err(), "a held version was deleted");
-    let released =
-        tokio::task::block_in_place(|| retention::hold_objects(&s3, id(&s), false)).unwrap();
-    assert!(released);
-    delete().await.expect("a released version can be deleted");
+    admin
+        .client()
+        .delete_object()
+        .bucket(bucket)
+        .key(key.to_string())
+        .version_id(version)
+        .send()
+        .await
+        .is_ok()
+}
 
-    // A bucket without Object Lock says so instead of failing: the job alone enforces holds.
-    let plain = seaweed::new_bucket("plain").await.unwrap();
-    let plain_store = jitrec_uploader::S3Store::new(seaweed::config(&srv.endpoint, &plain));
-    {
-        use jitrec_uploader::ObjectStore;
-        plain_store
-            .put(&key, s.header.clone().into(), "application/json")
-            .await
-            .unwrap();
+/// `jitrec-player ARGS --s3-bucket BUCKET --index INDEX` against the test server.
+fn player_s3(args: &[&str], bucket: &str, index: &Path) -> Command {
+    let mut c = Command::new(PLAYER);
+    c.args(args)
+        .args([
+            "--s3-bucket",
+            bucket,
+            "--s3-endpoint",
+            &seaweed::server().endpoint,
+        ])
+        .arg("--index")
+        .arg(index)
+        .env("AWS_ACCESS_KEY_ID", seaweed::ACCESS_KEY)
+        .env("AWS_SECRET_ACCESS_KEY", seaweed::SECRET_KEY)
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null());
+    c
+}
+
+/// `jitrec-player ARGS --index INDEX` (commands that do not read the bucket).
+fn player_index(args: &[&str], index: &Path) -> Command {
+    let mut c = Command::new(PLAYER);
+    c.args(args)
+        .arg("--index")
+        .arg(index)
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null());
+    c
+}
+
+fn ok(mut c: Command) -> String {
+    let out = c.output().unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{c:?}: {text}");
+    text
+}
+
+/// `jitrec-player serve` on the bucket, with a signed-in admin: its address, cookie and CSRF
+/// token. The process is killed when the guard drops.
+fn serve_signed_in(
+    bucket: &str,
+    index: &Path,
+) -> (
+    jitrec_tests::child::Reaped,
+    std::net::SocketAddr,
+    String,
+    String,
+) {
+    use jitrec_tests::http;
+    use std::io::Write;
+    let (user, password) = ("holder", "correct horse battery");
+    let mut add = player_index(&["user", "add", user, "--role", "admin"], index)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    writeln!(add.stdin.take().unwrap(), "{password}").unwrap();
+    assert!(add.wait().unwrap().success());
+    let addr = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let child = player_s3(
+        &[
+            "serve",
+            "--listen",
+            &addr.to_string(),
+            "--retention-every",
+            "0",
+        ],
+        bucket,
+        index,
+    )
+    .stdout(Stdio::null())
+    .stderr(Stdio::null())
+    .spawn()
+    .map(jitrec_tests::child::Reaped)
+    .unwrap();
+    let started = Instant::now();
+    while !http::get(addr, "/login").is_ok_and(|r| r.status == 200) {
+        assert!(started.elapsed() < LIMIT, "the player did not start");
+        std::thread::sleep(Duration::from_millis(50));
     }
-    let s3 = S3Source::new(
-        seaweed::config(&srv.endpoint, &plain),
+    let login = http::request(
+        addr,
+        "POST",
+        "/api/login",
+        &[("Content-Type", "application/json")],
+        serde_json::json!({"user": user, "password": password})
+            .to_string()
+            .as_bytes(),
+    )
+    .unwrap();
+    assert_eq!(login.status, 200, "{}", login.text());
+    let cookie = login
+        .header("set-cookie")
+        .and_then(|c| c.split(';').next())
+        .unwrap()
+        .to_owned();
+    let csrf = login.json().unwrap()["csrf"].as_str().unwrap().to_owned();
+    (child, addr, cookie, csrf)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_legal_hold_from_the_command_line_or_the_report_view_holds_every_object_in_the_bucket() {
+    let (name, _, admin) = object_lock_bucket("held").await;
+    let tmp = tempfile::tempdir().unwrap();
+    let index = tmp.path().join("index.sqlite3");
+    let on = vec![Some("ON".to_owned()); OBJECTS as usize];
+    let off = vec![Some("OFF".to_owned()); OBJECTS as usize];
+
+    // The command line. Uploaded without a retention period: only the legal hold protects it.
+    let by_cli = session(1, "acme", "berlin", "ws-held");
+    upload(&admin, &by_cli).await;
+    let sid = id(&by_cli).to_string();
+    let text = tokio::task::block_in_place(|| {
+        ok(player_s3(
+            &[
+                "retention",
+                "hold",
+                &sid,
+                "--reason",
+                "LIT-7",
+                "--by",
+                "legal",
+            ],
+            &name,
+            &index,
+        ))
+    });
+    assert!(text.contains("under S3 legal hold"), "{text}");
+    assert_eq!(hold_statuses(&admin, &name, &by_cli).await, on);
+    let header = ObjectKey::SessionHeader(id(&by_cli));
+    assert!(
+        !delete_version(&admin, &name, &header).await,
+        "a held version was deleted by the bucket's owner"
+    );
+    let text = tokio::task::block_in_place(|| {
+        ok(player_s3(&["retention", "release", &sid], &name, &index))
+    });
+    assert!(text.contains("released"), "{text}");
+    assert_eq!(hold_statuses(&admin, &name, &by_cli).await, off);
+    assert!(
+        delete_version(&admin, &name, &header).await,
+        "a released version can be deleted"
+    );
+
+    // The report view's admin API, as its page calls it.
+    let by_web = session(2, "acme", "berlin", "ws-held");
+    upload(&admin, &by_web).await;
+    let sid = id(&by_web).to_string();
+    let (_player, addr, cookie, csrf) =
+        tokio::task::block_in_place(|| serve_signed_in(&name, &index));
+    let auth = [
+        ("Cookie", cookie.as_str()),
+        ("X-CSRF-Token", csrf.as_str()),
+        ("Content-Type", "application/json"),
+    ];
+    let path = format!("/api/sessions/{sid}/hold");
+    let r = tokio::task::block_in_place(|| {
+        jitrec_tests::http::request(addr, "POST", &path, &auth, br#"{"reason": "LIT-8"}"#)
+    })
+    .unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json().unwrap()["enforced_by"], "bucket", "{}", r.text());
+    assert_eq!(hold_statuses(&admin, &name, &by_web).await, on);
+    let chunk = ObjectKey::ChunkVideo(id(&by_web), 1);
+    assert!(
+        !delete_version(&admin, &name, &chunk).await,
+        "a held chunk was deleted"
+    );
+    let r = tokio::task::block_in_place(|| {
+        jitrec_tests::http::request(addr, "DELETE", &path, &auth, b"")
+    })
+    .unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json().unwrap()["released"], true, "{}", r.text());
+    assert_eq!(hold_statuses(&admin, &name, &by_web).await, off);
+    assert!(delete_version(&admin, &name, &chunk).await);
+
+    // A bucket without Object Lock: the hold is placed, and the answer says the retention job
+    // alone enforces it.
+    let plain = seaweed::new_bucket("plain").await.unwrap();
+    let plain_store = S3Bucket::new(
+        seaweed::config(&seaweed::server().endpoint, &plain),
         tokio::runtime::Handle::current(),
     );
-    let held = tokio::task::block_in_place(|| retention::hold_objects(&s3, id(&s), true)).unwrap();
-    assert!(!held);
+    let s = session(3, "acme", "berlin", "ws-plain");
+    upload(&plain_store, &s).await;
+    let text = tokio::task::block_in_place(|| {
+        ok(player_s3(
+            &[
+                "retention",
+                "hold",
+                &id(&s).to_string(),
+                "--reason",
+                "LIT-9",
+                "--by",
+                "legal",
+            ],
+            &plain,
+            &index,
+        ))
+    });
+    assert!(text.contains("only the player's retention job"), "{text}");
+    let listed = tokio::task::block_in_place(|| ok(player_index(&["retention", "list"], &index)));
+    assert!(listed.contains("LIT-9"), "{listed}");
 }

@@ -16,8 +16,9 @@ use std::time::{Duration, Instant};
 
 use jitrec_format::{EndReason, ObjectKey, SessionId, Sha256Digest};
 use jitrec_spool::{Entry, SpoolConfig, SpoolError, SpoolReader};
+use jitrec_tests::child::Reaped;
 use jitrec_tests::{
-    CHUNKS_PER_SESSION, CRASH_MAX_VIDEO, DirBucket, WriterLine, count_files, payload,
+    CHUNKS_PER_SESSION, CRASH_MAX_VIDEO, TestBucket, WriterLine, count_files, payload,
 };
 use rand::{Rng, SeedableRng, rngs::StdRng};
 
@@ -26,13 +27,14 @@ const WRITER: &str = env!("CARGO_BIN_EXE_jitrec-test-spool-writer");
 /// Generous: the finishing run uploads at most a few sessions, but CI machines are loaded.
 const FINISH_LIMIT: Duration = Duration::from_secs(120);
 
-fn spawn(mode: &str, spool: &Path, bucket: &Path) -> Child {
+fn spawn(mode: &str, spool: &Path, bucket: &Path) -> Reaped {
     Command::new(WRITER)
         .args([mode, spool.to_str().unwrap(), bucket.to_str().unwrap()])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .expect("start the spool writer")
+        .into()
 }
 
 fn output(child: &mut Child) -> (Vec<WriterLine>, String) {
@@ -97,7 +99,7 @@ fn check_spool(spool: &Path) -> BTreeMap<(SessionId, u64), Sha256Digest> {
     chunks
 }
 
-fn manifest_digest(bucket: &DirBucket, s: SessionId, seq: u64) -> Option<Sha256Digest> {
+fn manifest_digest(bucket: &TestBucket, s: SessionId, seq: u64) -> Option<Sha256Digest> {
     bucket
         .get(&ObjectKey::ChunkManifest(s, seq))
         .unwrap()
@@ -119,7 +121,7 @@ fn sigkill_at_random_points_loses_no_committed_chunk() {
     let tmp = tempfile::tempdir().unwrap();
     let spool = tmp.path().join("spool");
     let bucket_dir = tmp.path().join("bucket");
-    let bucket = DirBucket::new(&bucket_dir);
+    let bucket = TestBucket::new(&bucket_dir);
 
     let mut committed: BTreeMap<(SessionId, u64), Sha256Digest> = BTreeMap::new();
     let mut closed_normally: BTreeMap<SessionId, u64> = BTreeMap::new();

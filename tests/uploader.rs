@@ -3,24 +3,22 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use jitrec_bucket::{Backoff, BucketWriter, DirBucket, ErrorKind, S3Bucket};
 use jitrec_format::{ObjectKey, SessionId, Sha256Digest};
-use jitrec_player::store::LocalDir;
 use jitrec_player::verify::{self, Verdict};
 use jitrec_spool::{SpoolConfig, SpoolInspector, SpoolWriter};
+use jitrec_tests::child::Reaped;
 use jitrec_tests::faultproxy::{FaultProxy, Plan};
 use jitrec_tests::{
-    DirBucket, backlog_entries, close_session, commit_chunk, expected_keys, list_keys, mirror,
+    TestBucket, backlog_entries, close_session, commit_chunk, expected_keys, list_keys, mirror,
     open_session, payload, record_session, seaweed, wait_drained, wait_for,
 };
-use jitrec_uploader::retry::Backoff;
-use jitrec_uploader::{
-    ErrorKind, LocalDirStore, Metrics, ObjectStore, S3Store, Uploader, UploaderConfig,
-};
+use jitrec_uploader::{Metrics, Uploader, UploaderConfig};
 use rand::Rng;
 use tokio_util::sync::CancellationToken;
 
@@ -39,7 +37,7 @@ fn test_config(spool: &Path) -> UploaderConfig {
 }
 
 /// Runs an uploader with the test settings until the spool has nothing pending.
-async fn drain<S: ObjectStore>(store: S, spool: &Path) -> Arc<Metrics> {
+async fn drain<S: BucketWriter>(store: S, spool: &Path) -> Arc<Metrics> {
     match jitrec_tests::drain(store, test_config(spool), DRAIN_LIMIT).await {
         Ok(m) => m,
         Err(e) => panic!(
@@ -65,7 +63,7 @@ fn record(spool: &Path, n: usize, chunks: u64) -> (Vec<SessionId>, SessionId) {
 /// Checks a bucket (as a directory) holds exactly the recorded sessions, intact and
 /// byte-identical.
 fn check_bucket(
-    bucket: &DirBucket,
+    bucket: &TestBucket,
     root: &Path,
     closed: &[SessionId],
     chunks: u64,
@@ -80,7 +78,7 @@ fn check_bucket(
         }
     }
     // The open session is in the bucket up to its last chunk, awaiting its close record.
-    let report = verify::verify_session(&LocalDir::new(root), open).unwrap();
+    let report = verify::verify_session(&DirBucket::new(root), open).unwrap();
     assert_eq!(report.verdict, Verdict::Open, "{report}");
     assert_eq!(report.chunks_verified, 2);
 }
@@ -96,40 +94,43 @@ fn all_expected(closed: &[SessionId], chunks: u64, open: SessionId) -> Vec<Strin
 }
 
 fn local_keys(root: &Path) -> Vec<String> {
-    use jitrec_player::store::ObjectSource;
-    LocalDir::new(root).list("").unwrap()
+    use jitrec_bucket::BucketReader;
+    DirBucket::new(root).list("").unwrap()
 }
 
-/// What both stores must do: create, overwrite, nest, and take large objects.
-async fn store_contract<S: ObjectStore>(store: &S, read: impl AsyncFn(&str) -> Option<Vec<u8>>) {
+/// What both stores must do: create, nest and take large objects, and keep every object
+/// write-once: the same bytes again succeed (a retried put), different bytes fail with a typed
+/// error and leave the first object as it was, for small and multipart objects alike.
+async fn store_contract<S: BucketWriter>(store: &S, read: impl AsyncFn(&str) -> Option<Vec<u8>>) {
     let key = "v1/contract/a/b/object.bin";
-    store
-        .put(
-            key,
-            Bytes::from_static(b"first"),
-            "application/octet-stream",
-        )
-        .await
-        .unwrap();
+    let put = async |key: &str, bytes: Vec<u8>| {
+        store
+            .put(key, Bytes::from(bytes), "application/octet-stream")
+            .await
+    };
+    put(key, b"first".to_vec()).await.unwrap();
     assert_eq!(read(key).await.as_deref(), Some(&b"first"[..]));
-    store
-        .put(
-            key,
-            Bytes::from_static(b"second version"),
-            "application/octet-stream",
-        )
+    put(key, b"first".to_vec())
         .await
-        .unwrap();
+        .expect("the same bytes again are a retried put: success");
+    for other in [&b"second version"[..], b"firsT", b"fir", b""] {
+        let err = put(key, other.to_vec()).await.unwrap_err();
+        assert_eq!(err.kind, ErrorKind::Conflict, "{err}");
+        assert!(!err.is_retryable());
+    }
     assert_eq!(
         read(key).await.as_deref(),
-        Some(&b"second version"[..]),
-        "a put replaces"
+        Some(&b"first"[..]),
+        "a refused put leaves the first object intact"
     );
     let big: Vec<u8> = (0..12 * 1024 * 1024 + 7).map(|i| (i % 251) as u8).collect();
-    store
-        .put("v1/contract/big", Bytes::from(big.clone()), "video/mp4")
-        .await
-        .unwrap();
+    put("v1/contract/big", big.clone()).await.unwrap();
+    assert_eq!(read("v1/contract/big").await.as_ref(), Some(&big));
+    put("v1/contract/big", big.clone()).await.unwrap();
+    let mut altered = big.clone();
+    altered[7 * 1024 * 1024] ^= 1;
+    let err = put("v1/contract/big", altered).await.unwrap_err();
+    assert_eq!(err.kind, ErrorKind::Conflict, "{err}");
     assert_eq!(read("v1/contract/big").await, Some(big));
     assert_eq!(read("v1/contract/missing").await, None);
 }
@@ -137,7 +138,7 @@ async fn store_contract<S: ObjectStore>(store: &S, read: impl AsyncFn(&str) -> O
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn local_store_contract() {
     let tmp = tempfile::tempdir().unwrap();
-    let store = LocalDirStore::new(tmp.path());
+    let store = DirBucket::new(tmp.path());
     let root = tmp.path().to_owned();
     store_contract(&store, async |k| std::fs::read(root.join(k)).ok()).await;
     // No temp file is left behind, and none is visible as an object.
@@ -157,7 +158,7 @@ async fn s3_store_contract() {
     config.multipart_threshold = 6 * 1024 * 1024;
     config.part_size = 5 * 1024 * 1024;
     config.prefix = "tenant-a/".into();
-    let store = S3Store::new(config);
+    let store = S3Bucket::new(config, tokio::runtime::Handle::current());
     let client = store.client().clone();
     let b = bucket.clone();
     store_contract(&store, async |k| {
@@ -187,9 +188,9 @@ async fn uploads_every_session_to_the_local_store() {
     let spool = tmp.path().join("spool");
     let root = tmp.path().join("bucket");
     let (closed, open) = record(&spool, 3, 4);
-    let metrics = drain(LocalDirStore::new(&root), &spool).await;
+    let metrics = drain(DirBucket::new(&root), &spool).await;
     assert_eq!(local_keys(&root), all_expected(&closed, 4, open));
-    check_bucket(&DirBucket::new(&root), &root, &closed, 4, open);
+    check_bucket(&TestBucket::new(&root), &root, &closed, 4, open);
     assert_eq!(
         metrics
             .chunks_acked
@@ -212,7 +213,10 @@ async fn uploads_every_session_to_s3_byte_identical() {
     let spool = tmp.path().join("spool");
     let (closed, open) = record(&spool, 3, 4);
     let bucket = seaweed::new_bucket("e2e").await.unwrap();
-    let store = S3Store::new(seaweed::config(&seaweed::server().endpoint, &bucket));
+    let store = S3Bucket::new(
+        seaweed::config(&seaweed::server().endpoint, &bucket),
+        tokio::runtime::Handle::current(),
+    );
     let client = store.client().clone();
     drain(store, &spool).await;
     assert_eq!(
@@ -233,7 +237,7 @@ async fn wrong_credentials_stop_the_session_clearly_and_lose_nothing() {
     let bucket = seaweed::new_bucket("creds").await.unwrap();
     let mut config = seaweed::config(&seaweed::server().endpoint, &bucket);
     config.credentials.secret_access_key = "not-the-secret".into();
-    let store = S3Store::new(config.clone());
+    let store = S3Bucket::new(config.clone(), tokio::runtime::Handle::current());
 
     let err = store
         .put("v1/probe", Bytes::from_static(b"x"), "text/plain")
@@ -241,9 +245,13 @@ async fn wrong_credentials_stop_the_session_clearly_and_lose_nothing() {
         .unwrap_err();
     assert!(matches!(err.kind, ErrorKind::Auth(403)), "{err}");
     assert!(err.message.contains("SignatureDoesNotMatch"), "{err}");
-    assert!(!jitrec_uploader::retry::is_retryable(&err));
+    assert!(!err.is_retryable());
 
-    let up = Uploader::new(S3Store::new(config), test_config(&spool)).unwrap();
+    let up = Uploader::new(
+        S3Bucket::new(config, tokio::runtime::Handle::current()),
+        test_config(&spool),
+    )
+    .unwrap();
     let metrics = up.metrics();
     let stop = CancellationToken::new();
     let task = tokio::spawn(up.run(stop.clone()));
@@ -273,7 +281,7 @@ async fn a_commit_is_uploaded_on_notification_not_at_the_next_rescan() {
     let mut config = test_config(&spool);
     // Only the first tick (at start) rescans; after that, only notifications can wake it.
     config.rescan_interval = Duration::from_secs(3600);
-    let up = Uploader::new(LocalDirStore::new(&root), config).unwrap();
+    let up = Uploader::new(DirBucket::new(&root), config).unwrap();
     let stop = CancellationToken::new();
     let task = tokio::spawn(up.run(stop.clone()));
     let mut s = open_session(&w).unwrap();
@@ -309,17 +317,17 @@ async fn a_corrupt_chunk_is_quarantined_and_does_not_block_the_session() {
     bytes[n / 2] ^= 0x20;
     std::fs::write(&file, bytes).unwrap();
 
-    let metrics = drain(LocalDirStore::new(&root), &spool).await;
+    let metrics = drain(DirBucket::new(&root), &spool).await;
     assert_eq!(
         metrics
             .quarantined
             .load(std::sync::atomic::Ordering::Relaxed),
         1
     );
-    let dir = DirBucket::new(&root);
+    let dir = TestBucket::new(&root);
     dir.verify_intact(closed[1]).unwrap();
     // The damaged session arrived except for the quarantined chunk, and says so precisely.
-    let report = verify::verify_session(&LocalDir::new(&root), victim).unwrap();
+    let report = verify::verify_session(&DirBucket::new(&root), victim).unwrap();
     assert_eq!(report.verdict, Verdict::Broken);
     assert!(
         report.problems[0].contains("expected chunk 1, found chunk 2"),
@@ -422,7 +430,7 @@ async fn survives_resets_throttling_errors_stalls_and_an_outage() {
     let mut config = seaweed::config(&proxy.endpoint(), &bucket);
     config.attempt_timeout = Duration::from_secs(2);
     config.connect_timeout = Duration::from_secs(2);
-    let store = S3Store::new(config);
+    let store = S3Bucket::new(config, tokio::runtime::Handle::current());
 
     let stop_rec = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let recorder = background_recorder(&spool, Arc::clone(&stop_rec), Duration::from_millis(100));
@@ -478,7 +486,11 @@ async fn survives_resets_throttling_errors_stalls_and_an_outage() {
     assert!(sessions_left.is_empty());
     let root = tmp.path().join("mirror");
     check_committed_in_s3(
-        S3Store::new(seaweed::config(&seaweed::server().endpoint, &bucket)).client(),
+        S3Bucket::new(
+            seaweed::config(&seaweed::server().endpoint, &bucket),
+            tokio::runtime::Handle::current(),
+        )
+        .client(),
         &bucket,
         &root,
         &committed,
@@ -488,7 +500,7 @@ async fn survives_resets_throttling_errors_stalls_and_an_outage() {
 
 const UPLOADER: &str = env!("CARGO_BIN_EXE_jitrec-test-uploader");
 
-fn spawn_uploader(spool: &Path, bucket: &str) -> Child {
+fn spawn_uploader(spool: &Path, bucket: &str) -> Reaped {
     Command::new(UPLOADER)
         .args([
             "run",
@@ -505,6 +517,7 @@ fn spawn_uploader(spool: &Path, bucket: &str) -> Child {
         .stderr(Stdio::null())
         .spawn()
         .expect("start the uploader")
+        .into()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -551,6 +564,9 @@ async fn sigkill_of_the_uploader_loses_nothing() {
     );
     assert!(committed.len() >= 20);
     let root = tmp.path().join("mirror");
-    let store = S3Store::new(seaweed::config(&seaweed::server().endpoint, &bucket));
+    let store = S3Bucket::new(
+        seaweed::config(&seaweed::server().endpoint, &bucket),
+        tokio::runtime::Handle::current(),
+    );
     check_committed_in_s3(store.client(), &bucket, &root, &committed).await;
 }

@@ -33,10 +33,11 @@ use std::time::{Duration, Instant};
 use anyhow::Result;
 use bytes::Bytes;
 use clap::{Args, Parser, Subcommand};
+use jitrec_bucket::{BucketWriter, DirBucket, S3Bucket};
 use jitrec_spool::{SpoolConfig, SpoolReader, SpoolWriter};
 use jitrec_tests::{close_session, commit_chunk, drain, open_session, record_session, seaweed};
 use jitrec_uploader::metrics::quantile;
-use jitrec_uploader::{LocalDirStore, ObjectStore, S3Store, Uploader, UploaderConfig};
+use jitrec_uploader::{Uploader, UploaderConfig};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
@@ -227,7 +228,7 @@ fn objects(spool: &Path) -> Result<Vec<Vec<Object>>> {
 /// The reference: the same objects with plain `PutObject`, sessions in parallel up to
 /// `concurrency`, each session's objects one after another.
 async fn raw_puts(
-    store: Arc<S3Store>,
+    store: Arc<S3Bucket>,
     sessions: Vec<Vec<Object>>,
     concurrency: usize,
 ) -> Result<()> {
@@ -250,7 +251,7 @@ async fn raw_puts(
     Ok(())
 }
 
-async fn timed_drain<S: ObjectStore>(
+async fn timed_drain<S: BucketWriter>(
     store: S,
     spool: &Path,
     concurrency: usize,
@@ -265,7 +266,7 @@ async fn timed_drain<S: ObjectStore>(
 }
 
 /// Commits chunks one by one at a steady pace while an uploader runs; returns the latencies.
-async fn live<S: ObjectStore>(
+async fn live<S: BucketWriter>(
     store: S,
     spool: &Path,
     args: &UploaderArgs,
@@ -326,7 +327,10 @@ async fn uploader(args: UploaderArgs) -> Result<Vec<Line>> {
             .map(|(_, b, _)| b.len() as u64)
             .sum();
         let ref_bucket = seaweed::new_bucket("bench-ref").await?;
-        let ref_store = Arc::new(S3Store::new(seaweed::config(&srv.endpoint, &ref_bucket)));
+        let ref_store = Arc::new(S3Bucket::new(
+            seaweed::config(&srv.endpoint, &ref_bucket),
+            tokio::runtime::Handle::current(),
+        ));
         let t = Instant::now();
         raw_puts(ref_store, sessions, args.concurrency).await?;
         let reference = Row {
@@ -337,7 +341,10 @@ async fn uploader(args: UploaderArgs) -> Result<Vec<Line>> {
         };
         reference.print(None);
         let bucket = seaweed::new_bucket("bench-up").await?;
-        let store = S3Store::new(seaweed::config(&srv.endpoint, &bucket));
+        let store = S3Bucket::new(
+            seaweed::config(&srv.endpoint, &bucket),
+            tokio::runtime::Handle::current(),
+        );
         let (secs, chunks, up_bytes) = timed_drain(store, &spool, args.concurrency).await?;
         let row = Row {
             name: format!("jitrec-uploader -> S3 (round {round})"),
@@ -351,7 +358,7 @@ async fn uploader(args: UploaderArgs) -> Result<Vec<Line>> {
     let spool = tmp.path().join("spool-local");
     fill(&spool, args.chunks, max_video)?;
     let (secs, chunks, bytes) = timed_drain(
-        LocalDirStore::new(tmp.path().join("bucket-local")),
+        DirBucket::new(tmp.path().join("bucket-local")),
         &spool,
         args.concurrency,
     )
@@ -371,13 +378,16 @@ async fn uploader(args: UploaderArgs) -> Result<Vec<Line>> {
     );
     let bucket = seaweed::new_bucket("bench-live").await?;
     let s3 = live(
-        S3Store::new(seaweed::config(&srv.endpoint, &bucket)),
+        S3Bucket::new(
+            seaweed::config(&srv.endpoint, &bucket),
+            tokio::runtime::Handle::current(),
+        ),
         &tmp.path().join("spool-live-s3"),
         &args,
     )
     .await?;
     let local = live(
-        LocalDirStore::new(tmp.path().join("bucket-live")),
+        DirBucket::new(tmp.path().join("bucket-live")),
         &tmp.path().join("spool-live-local"),
         &args,
     )

@@ -136,7 +136,7 @@ pub(crate) fn q(v: &[f64], q: f64) -> f64 {
 
 /// Measures both stores.
 pub(crate) fn measure(args: &PlayableArgs) -> Result<Vec<Figures>> {
-    let local = one_store(Store::LocalDir, "local directory", args)?;
+    let local = one_store(Store::DirBucket, "local directory", args)?;
     let srv = seaweed::server();
     let bucket = tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -34,8 +34,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
+use jitrec_bucket::{BucketReader, DirBucket};
 use jitrec_format::{ObjectKey, SessionHeader, SessionId};
-use jitrec_player::store::{LocalDir, ObjectSource};
 use jitrec_recorder::control::{self, Request};
 use jitrec_recorder::encode::EncoderConfig;
 use jitrec_tests::xvfb::{Xvfb, find_window};
@@ -265,13 +265,16 @@ impl Jitrec {
     fn export(&self, id: SessionId, tmp: &Path) -> Result<(PathBuf, f64)> {
         let bucket = tmp.join("bucket");
         tokio::runtime::Handle::current().block_on(jitrec_tests::drain(
-            jitrec_uploader::LocalDirStore::new(&bucket),
+            jitrec_bucket::DirBucket::new(&bucket),
             jitrec_uploader::UploaderConfig::new(&self.spool),
             Duration::from_secs(600),
         ))?;
-        let src: Arc<dyn ObjectSource> = Arc::new(LocalDir::new(&bucket));
+        let src: Arc<dyn BucketReader> = Arc::new(DirBucket::new(&bucket));
         let header = src
-            .get(&ObjectKey::SessionHeader(id))?
+            .get(
+                &ObjectKey::SessionHeader(id),
+                jitrec_format::MAX_DOCUMENT_BYTES as u64,
+            )?
             .context("the session header is in the bucket")?;
         let started = SessionHeader::from_bytes(&header)?.started_at;
         let out = tmp.join("jitrec.mp4");

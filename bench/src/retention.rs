@@ -11,13 +11,13 @@ use std::time::Instant;
 use crate::summary::Line;
 use anyhow::Result;
 use clap::Args;
+use jitrec_bucket::DirBucket;
 use jitrec_format::fixtures;
 use jitrec_format::{ObjectKey, SessionId};
 use jitrec_player::index::{Batch, ChunkRow, EventRow, Index, SessionRow, sqlite};
 use jitrec_player::retention::{self, Level, RunOptions};
 use jitrec_player::scan::Status;
-use jitrec_player::store::LocalDir;
-use jitrec_tests::DirBucket;
+use jitrec_tests::TestBucket;
 
 #[derive(Args, Clone)]
 pub(crate) struct RetentionArgs {
@@ -28,7 +28,7 @@ pub(crate) struct RetentionArgs {
 
 pub(crate) fn run(args: &RetentionArgs) -> Result<Vec<Line>> {
     let tmp = tempfile::tempdir()?;
-    let bucket = DirBucket::new(tmp.path().join("bucket"));
+    let bucket = TestBucket::new(tmp.path().join("bucket"));
     let index = sqlite::SqliteIndex::open(&tmp.path().join("index.sqlite3"))?;
     let t0 = fixtures::t0();
     let setup = Instant::now();
@@ -89,7 +89,7 @@ pub(crate) fn run(args: &RetentionArgs) -> Result<Vec<Line>> {
     );
     retention::init(&index)?;
     retention::set_policy(&index, Level::Global, "", Some(30), "bench")?;
-    let dir = LocalDir::new(tmp.path().join("bucket"));
+    let dir = DirBucket::new(tmp.path().join("bucket"));
     let now = t0 + chrono::Duration::days(31);
     let started = Instant::now();
     let report = retention::run(&index, &dir, &RunOptions::default(), now)?;

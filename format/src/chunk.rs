@@ -99,7 +99,26 @@ pub(crate) fn verify_payload(
             actual,
         });
     }
-    let actual = Sha256Digest::of(bytes);
+    verify_digest(what, size, sha256, actual, &Sha256Digest::of(bytes))
+}
+
+/// Checks a payload's size and hash, computed by whoever read it (piece by piece), against an
+/// expected size and hash.
+fn verify_digest(
+    what: &'static str,
+    size: u64,
+    sha256: &Sha256Digest,
+    actual_size: u64,
+    actual: &Sha256Digest,
+) -> Result<(), PayloadError> {
+    if actual_size != size {
+        return Err(PayloadError::Size {
+            what,
+            expected: size,
+            actual: actual_size,
+        });
+    }
+    let actual = *actual;
     if actual != *sha256 {
         return Err(PayloadError::Hash {
             what,
@@ -124,6 +143,22 @@ impl ChunkManifest {
     /// Checks the video segment against the manifest.
     pub fn verify_video(&self, bytes: &[u8]) -> Result<(), PayloadError> {
         verify_payload("video segment", self.video.size, &self.video.sha256, bytes)
+    }
+
+    /// Checks the size and SHA-256 of a video segment, as read piece by piece, against the
+    /// manifest.
+    pub fn verify_video_digest(
+        &self,
+        size: u64,
+        sha256: &Sha256Digest,
+    ) -> Result<(), PayloadError> {
+        verify_digest(
+            "video segment",
+            self.video.size,
+            &self.video.sha256,
+            size,
+            sha256,
+        )
     }
 
     /// Checks the (compressed) events payload against the manifest.

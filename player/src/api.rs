@@ -38,16 +38,16 @@ use serde::{Deserialize, Serialize};
 use crate::auth::Login;
 use crate::index::{ChunkRow, EventRow, Index, InitRow, MAX_PAGE, Query, SessionRow};
 use crate::indexer::{IndexerHandle, IndexerStats};
-use crate::store::ObjectSource;
+use jitrec_bucket::BucketReader;
 
 /// What every handler shares.
 #[derive(Clone)]
 pub struct AppState {
     pub index: Arc<dyn Index>,
-    pub src: Arc<dyn ObjectSource>,
+    pub src: Arc<dyn BucketReader>,
     pub indexer: IndexerHandle,
     /// Write access to the bucket for legal holds (`None`: holds are the job's alone).
-    pub bucket_admin: Option<Arc<dyn crate::store::ObjectDeleter>>,
+    pub bucket_admin: Option<Arc<dyn jitrec_bucket::BucketAdmin>>,
 }
 
 /// The API's routes, without sign-in (tests of the API alone; `serve` uses [`crate::web::app`]).
@@ -318,49 +318,98 @@ async fn known(st: &AppState, key: ObjectKey) -> Result<bool, ApiError> {
     blocking(move || index.knows(key).map_err(ApiError::internal)).await
 }
 
-/// Serves an object's bytes, honouring a single `Range` (browsers fetch media by range).
+/// Pieces of a media response waiting to be sent: the reader blocks when the client is slower
+/// than the bucket (full policy: wait), so a response holds at most this many pieces of
+/// [`jitrec_bucket::READ_PIECE`] in memory, whatever the object's size.
+const MEDIA_PIECES_IN_FLIGHT: usize = 2;
+
+/// Maps a bucket error of a media request: an object the bucket refuses for what it is (a link,
+/// a FIFO, a directory) is the endpoint's doing, answered 502 without its target's bytes.
+fn media_error(e: jitrec_bucket::BucketError) -> ApiError {
+    if e.is_refused_object() {
+        tracing::warn!(error = %e, "media request refused: the stored object is not a plain object");
+        ApiError(StatusCode::BAD_GATEWAY, e.to_string())
+    } else {
+        ApiError::internal(e)
+    }
+}
+
+/// Serves an object's bytes, honouring a single `Range` (browsers fetch media by range). The
+/// body streams piece by piece from the bucket: a request costs a few pieces of memory, not the
+/// object.
 async fn serve_object(
     st: AppState,
     key: ObjectKey,
     headers: &HeaderMap,
 ) -> Result<Response, ApiError> {
-    let bytes = blocking(move || st.src.get(&key).map_err(ApiError::internal))
+    let src = Arc::clone(&st.src);
+    let total = blocking(move || src.size(&key).map_err(media_error))
         .await?
         .ok_or_else(|| ApiError::not_found(format!("{key} is missing from the bucket")))?;
     let range = headers
         .get(header::RANGE)
         .and_then(|v| v.to_str().ok())
-        .map(|r| parse_range(r, bytes.len() as u64));
-    let mut resp = match range {
-        None | Some(RangeAnswer::Whole) => Response::new(Body::from(bytes)),
-        Some(RangeAnswer::Part(a, b)) => {
-            let total = bytes.len();
-            let part = bytes[a as usize..=b as usize].to_vec();
-            let mut r = Response::new(Body::from(part));
-            *r.status_mut() = StatusCode::PARTIAL_CONTENT;
-            r.headers_mut().insert(
-                header::CONTENT_RANGE,
-                header_value(&format!("bytes {a}-{b}/{total}")),
-            );
-            r
-        }
+        .map(|r| parse_range(r, total));
+    let (start, end, partial) = match range {
+        None | Some(RangeAnswer::Whole) => (0, total, false),
+        Some(RangeAnswer::Part(a, b)) => (a, b + 1, true),
         Some(RangeAnswer::Unsatisfiable) => {
             let mut r = Response::new(Body::empty());
             *r.status_mut() = StatusCode::RANGE_NOT_SATISFIABLE;
             r.headers_mut().insert(
                 header::CONTENT_RANGE,
-                header_value(&format!("bytes */{}", bytes.len())),
+                header_value(&format!("bytes */{total}")),
             );
-            r
+            return Ok(r);
         }
     };
+    let (tx, rx) =
+        tokio::sync::mpsc::channel::<Result<bytes::Bytes, std::io::Error>>(MEDIA_PIECES_IN_FLIGHT);
+    let src = Arc::clone(&st.src);
+    tokio::task::spawn_blocking(move || {
+        let mut at = start;
+        while at < end {
+            let len = (end - at).min(jitrec_bucket::READ_PIECE);
+            let piece = match src.get_range(&key, at, len) {
+                Ok(Some(r)) if !r.bytes.is_empty() => r.bytes,
+                // Shorter or gone since its size was read: end the body early rather than pad.
+                Ok(_) => break,
+                Err(e) => {
+                    tracing::warn!(error = %e, "media response cut short");
+                    let _ = tx.blocking_send(Err(std::io::Error::other(e.to_string())));
+                    break;
+                }
+            };
+            at += piece.len() as u64;
+            if tx.blocking_send(Ok(piece.into())).is_err() {
+                break; // the client went away
+            }
+        }
+    });
+    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|piece| (piece, rx))
+    });
+    let mut resp = Response::new(Body::from_stream(stream));
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_LENGTH,
+        header_value(&(end - start).to_string()),
+    );
+    if partial {
+        *resp.status_mut() = StatusCode::PARTIAL_CONTENT;
+        resp.headers_mut().insert(
+            header::CONTENT_RANGE,
+            header_value(&format!("bytes {start}-{}/{total}", end - 1)),
+        );
+    }
     let h = resp.headers_mut();
     h.insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static(key.content_type()),
     );
     h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
-    // Objects under a layout key never change (a retried upload writes the same bytes).
+    // Objects under a layout key never change (write-once: a retried upload writes the same
+    // bytes, different bytes are refused).
     h.insert(
         header::CACHE_CONTROL,
         HeaderValue::from_static("private, max-age=3600"),

@@ -19,14 +19,14 @@ use ffmpeg_next as ffmpeg;
 use jitrec_format::{ChunkManifest, Event, EventKind, ObjectKey, SessionId};
 
 use crate::scan::{Found, SessionScan};
-use crate::store::{ObjectSource, StoreError};
 use crate::verify::{Report, Verdict, report};
+use jitrec_bucket::{BucketError, BucketReader};
 
 /// Why an export failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ExportError {
     #[error(transparent)]
-    Store(#[from] StoreError),
+    Store(#[from] BucketError),
     #[error("session {0} has no chunks in the bucket")]
     Empty(SessionId),
     #[error(
@@ -38,6 +38,10 @@ pub enum ExportError {
     },
     #[error("{0} is missing from the bucket")]
     Missing(String),
+    /// A segment is not the size its manifest states (changed since it was verified, or an
+    /// unverified export of a session whose segment was altered): never exported as it is.
+    #[error("{0}")]
+    Changed(String),
     #[error("{path}: {source}")]
     Io {
         path: PathBuf,
@@ -108,7 +112,7 @@ pub fn part_path(out: &Path, n: usize) -> PathBuf {
 
 /// Exports `session` from `src` to `out` (and `out.partN.mp4` after screen-size changes).
 pub fn export(
-    src: &dyn ObjectSource,
+    src: &dyn BucketReader,
     session: SessionId,
     out: &Path,
     opts: &ExportOptions,
@@ -154,9 +158,42 @@ pub fn export(
     })
 }
 
+/// Appends object `key` to `w`, piece by piece, refusing it unless it is exactly the `size` bytes
+/// its manifest states (an export never holds a whole segment in memory, nor copies more than
+/// the manifest vouched for).
+fn copy_object(
+    src: &dyn BucketReader,
+    key: ObjectKey,
+    size: u64,
+    w: &mut impl Write,
+    path: &Path,
+) -> Result<(), ExportError> {
+    let mut at = 0;
+    loop {
+        let piece = src
+            .get_range(&key, at, jitrec_bucket::READ_PIECE)?
+            .ok_or_else(|| ExportError::Missing(key.to_string()))?;
+        if piece.total != size {
+            return Err(ExportError::Changed(format!(
+                "{key}: {} bytes stored, the manifest says {size}",
+                piece.total
+            )));
+        }
+        if piece.bytes.is_empty() {
+            break;
+        }
+        at += piece.bytes.len() as u64;
+        w.write_all(&piece.bytes).map_err(io(path))?;
+        if at >= size {
+            break;
+        }
+    }
+    Ok(())
+}
+
 /// Writes the chunks of one init segment as one MP4.
 fn remux_run(
-    src: &dyn ObjectSource,
+    src: &dyn BucketReader,
     session: SessionId,
     run: &[ChunkManifest],
     out: &Path,
@@ -173,17 +210,21 @@ fn remux_run(
         .map_err(io(dir))?;
     {
         let mut w = BufWriter::new(staged.as_file());
-        let key = ObjectKey::Init(session, first.init.id);
-        let init = src
-            .get(&key)?
-            .ok_or_else(|| ExportError::Missing(key.to_string()))?;
-        w.write_all(&init).map_err(io(staged.path()))?;
+        copy_object(
+            src,
+            ObjectKey::Init(session, first.init.id),
+            first.init.size,
+            &mut w,
+            staged.path(),
+        )?;
         for c in run {
-            let key = ObjectKey::ChunkVideo(session, c.seq);
-            let v = src
-                .get(&key)?
-                .ok_or_else(|| ExportError::Missing(key.to_string()))?;
-            w.write_all(&v).map_err(io(staged.path()))?;
+            copy_object(
+                src,
+                ObjectKey::ChunkVideo(session, c.seq),
+                c.video.size,
+                &mut w,
+                staged.path(),
+            )?;
         }
         w.flush().map_err(io(staged.path()))?;
     }

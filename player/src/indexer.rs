@@ -27,7 +27,7 @@ use serde::Serialize;
 
 use crate::index::{Batch, ChunkRow, EventRow, Index, IndexError, InitRow, SessionRow};
 use crate::scan::{Found, SessionScan};
-use crate::store::{ObjectSource, StoreError};
+use jitrec_bucket::{BucketError, BucketReader};
 
 /// Stale sessions are advanced once every this many passes.
 pub const STALE_EVERY: u64 = 30;
@@ -63,7 +63,7 @@ impl Default for IndexerConfig {
 #[derive(Debug, thiserror::Error)]
 pub enum IndexerError {
     #[error(transparent)]
-    Store(#[from] StoreError),
+    Store(#[from] BucketError),
     #[error(transparent)]
     Index(#[from] IndexError),
 }
@@ -146,7 +146,7 @@ struct Tracked {
 
 /// The indexer stage.
 pub struct Indexer {
-    src: Arc<dyn ObjectSource>,
+    src: Arc<dyn BucketReader>,
     index: Arc<dyn Index>,
     config: IndexerConfig,
     handle: IndexerHandle,
@@ -161,7 +161,7 @@ pub struct Indexer {
 impl Indexer {
     /// An indexer that resumes the sessions the index has not seen closed.
     pub fn new(
-        src: Arc<dyn ObjectSource>,
+        src: Arc<dyn BucketReader>,
         index: Arc<dyn Index>,
         config: IndexerConfig,
     ) -> Result<Self, IndexerError> {

@@ -1,6 +1,7 @@
 //! The player: reads what the uploader put in the bucket, and answers for it.
 //!
-//! - [`store`]: read access to the bucket (S3 or a local directory).
+//! The bucket itself (S3 or a local directory, and what may be trusted of it) is the
+//! `jitrec-bucket` crate; the player holds its reader, and its admin only where retention runs.
 //! - [`scan`]: reads one session incrementally and checks it (hash chain, payload hashes); the
 //!   one definition of a session's status.
 //! - [`verify`]: the command-line verdict built on a full scan.
@@ -14,6 +15,8 @@
 //!
 //! Invariant: the player reads only the bucket (never a spool), and the bucket is the source of
 //! truth: anything the player keeps can be rebuilt from it.
+//! Invariant: every read of the bucket names its limit before it reads (the bucket is written
+//! by the people being recorded).
 
 pub mod api;
 pub mod auth;
@@ -22,6 +25,5 @@ pub mod index;
 pub mod indexer;
 pub mod retention;
 pub mod scan;
-pub mod store;
 pub mod verify;
 pub mod web;

@@ -7,13 +7,13 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
+use jitrec_bucket::S3Args;
+use jitrec_bucket::{BucketAdmin, BucketReader, DirBucket, S3Bucket};
 use jitrec_format::SessionId;
 use jitrec_player::export::{self, ExportOptions};
 use jitrec_player::index::{self, Index};
 use jitrec_player::indexer::{Indexer, IndexerConfig};
-use jitrec_player::store::{LocalDir, ObjectDeleter, ObjectSource, S3Source};
 use jitrec_player::verify::{self, Verdict};
-use jitrec_uploader::S3Args;
 
 /// Indexes recorded JIT sessions in the bucket, serves them over HTTP, verifies and exports them.
 #[derive(Parser)]
@@ -280,16 +280,34 @@ fn retention(command: RetentionCommand, rt: &tokio::runtime::Runtime) -> Result<
             session,
             reason,
             by,
+            bucket,
             ..
         } => {
-            r::hold(idx.as_ref(), session, &reason, &by)?;
-            println!("{session} is under legal hold");
+            let bucket = open_bucket(&bucket, rt)?;
+            let enforced = r::hold(idx.as_ref(), bucket.as_ref(), session, &reason, &by)
+                .with_context(|| {
+                    format!(
+                        "holding {session} (if the hold is listed now, it is recorded and the \
+                         retention job keeps the session; run this again to hold its objects \
+                         in the bucket)"
+                    )
+                })?;
+            println!("{session} is under legal hold: {}", enforced.describe());
         }
-        RetentionCommand::Release { session, .. } => {
-            if !r::release(idx.as_ref(), session)? {
+        RetentionCommand::Release {
+            session, bucket, ..
+        } => {
+            let bucket = open_bucket(&bucket, rt)?;
+            let Some(enforced) = r::release(idx.as_ref(), bucket.as_ref(), session)? else {
                 anyhow::bail!("{session} is not under legal hold");
-            }
-            println!("hold on {session} released");
+            };
+            println!(
+                "hold on {session} released ({})",
+                match enforced {
+                    jitrec_bucket::HoldEnforcement::Bucket => "and its objects in the bucket",
+                    jitrec_bucket::HoldEnforcement::RetentionJobOnly => "the bucket held none",
+                }
+            );
         }
         RetentionCommand::Run {
             dry_run,
@@ -350,16 +368,16 @@ fn retention(command: RetentionCommand, rt: &tokio::runtime::Runtime) -> Result<
     Ok(())
 }
 
-fn open_bucket(b: &BucketArgs, rt: &tokio::runtime::Runtime) -> Result<Arc<dyn ObjectDeleter>> {
+fn open_bucket(b: &BucketArgs, rt: &tokio::runtime::Runtime) -> Result<Arc<dyn BucketAdmin>> {
     Ok(match b.s3.config()? {
-        Some(c) => Arc::new(S3Source::new(c, rt.handle().clone())),
+        Some(c) => Arc::new(S3Bucket::new(c, rt.handle().clone())),
         None => {
             anyhow::ensure!(
                 b.bucket_dir.is_dir(),
                 "bucket directory {} does not exist",
                 b.bucket_dir.display()
             );
-            Arc::new(LocalDir::new(&b.bucket_dir))
+            Arc::new(DirBucket::new(&b.bucket_dir))
         }
     })
 }
@@ -371,6 +389,11 @@ fn open_index(spec: &str) -> Result<Arc<dyn Index>> {
 }
 
 pub(crate) fn main() -> Result<()> {
+    // Everything this program creates (spool entries and folders, logs, the index, bucket
+    // objects, exports) is private to its user: 0600 files, 0700 folders. The recording is
+    // evidence about a person and must not be readable by other local users.
+    #[cfg(unix)]
+    rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -395,7 +418,7 @@ pub(crate) fn main() -> Result<()> {
             retention_every,
         } => {
             let deleter = open_bucket(&bucket, &rt)?;
-            let src: Arc<dyn ObjectSource> = deleter.clone();
+            let src: Arc<dyn BucketReader> = deleter.clone();
             let bucket_admin = deleter.clone();
             let idx = open_index(&index.index)?;
             jitrec_player::auth::init(idx.as_ref()).context("preparing the account tables")?;

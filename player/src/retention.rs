@@ -28,7 +28,7 @@ use serde::Serialize;
 
 use crate::index::{Index, IndexError, SqlValue};
 use crate::scan::Status;
-use crate::store::{ObjectDeleter, StoreError};
+use jitrec_bucket::{BucketAdmin, BucketError, HoldEnforcement};
 
 const SCHEMA: [&str; 3] = [
     "CREATE TABLE IF NOT EXISTS retention_policies (level TEXT NOT NULL, name TEXT NOT NULL, \
@@ -50,7 +50,7 @@ pub enum RetentionError {
     #[error(transparent)]
     Index(#[from] IndexError),
     #[error(transparent)]
-    Store(#[from] StoreError),
+    Store(#[from] BucketError),
     #[error("{0}")]
     Invalid(String),
 }
@@ -229,13 +229,21 @@ pub struct Hold {
     pub set_at: DateTime<Utc>,
 }
 
-/// Puts `session` under legal hold.
+/// Puts `session` under legal hold: recorded in the index (so the retention job skips it from
+/// this moment), then set on every object of the session in the bucket where the bucket can
+/// hold objects (S3 Object Lock), so not even a direct delete in the bucket removes them.
+/// Returns who enforces the hold. Placing it again is harmless (the record is replaced, the
+/// objects held again), so a hold whose bucket part failed is completed by repeating it.
+///
+/// Only this function records a hold, and it needs the bucket's admin handle: a hold cannot be
+/// placed without the bucket being asked to enforce it.
 pub fn hold(
     index: &dyn Index,
+    bucket: &dyn BucketAdmin,
     session: SessionId,
     reason: &str,
     by: &str,
-) -> Result<(), RetentionError> {
+) -> Result<HoldEnforcement, RetentionError> {
     if reason.trim().is_empty() {
         return Err(RetentionError::Invalid(
             "a legal hold needs a reason".into(),
@@ -252,27 +260,38 @@ pub fn hold(
             SqlValue::Int(now_us()),
         ],
     )?;
-    Ok(())
+    hold_objects(bucket, session, true)
 }
 
 /// Sets (or clears) the S3 object legal hold on every object of `session`, where the bucket has
-/// Object Lock, so not even a direct delete in the bucket removes a held recording. Returns
-/// whether the bucket holds the objects (`false`: the hold is enforced by the job alone).
-pub fn hold_objects(
-    bucket: &dyn ObjectDeleter,
+/// Object Lock. Objects uploaded after the hold was placed (a session still recording) are held
+/// by the job alone until the hold is placed again.
+fn hold_objects(
+    bucket: &dyn BucketAdmin,
     session: SessionId,
     on: bool,
-) -> Result<bool, RetentionError> {
+) -> Result<HoldEnforcement, RetentionError> {
     let keys = bucket.list(&ObjectKey::session_prefix(session))?;
     Ok(bucket.set_legal_hold(&keys, on)?)
 }
 
-/// Releases a hold; returns whether there was one.
-pub fn release(index: &dyn Index, session: SessionId) -> Result<bool, RetentionError> {
-    Ok(index.exec(
+/// Releases a hold: first in the bucket (a failure there leaves the session held, recorded and
+/// in the bucket, rather than recorded as released with objects still held), then in the index.
+/// Returns `None` if there was no hold, else who had enforced it.
+pub fn release(
+    index: &dyn Index,
+    bucket: &dyn BucketAdmin,
+    session: SessionId,
+) -> Result<Option<HoldEnforcement>, RetentionError> {
+    if hold_of(index, session)?.is_none() {
+        return Ok(None);
+    }
+    let enforced = hold_objects(bucket, session, false)?;
+    index.exec(
         "DELETE FROM legal_holds WHERE session_id = $1",
         &[text(&session.to_string())],
-    )? > 0)
+    )?;
+    Ok(Some(enforced))
 }
 
 /// The hold on `session`, if any.
@@ -440,7 +459,7 @@ impl RateLimit {
 /// Runs the retention job once.
 pub fn run(
     index: &dyn Index,
-    bucket: &dyn ObjectDeleter,
+    bucket: &dyn BucketAdmin,
     opts: &RunOptions,
     now: DateTime<Utc>,
 ) -> Result<RunReport, RetentionError> {
@@ -579,7 +598,7 @@ fn finish(index: &dyn Index, id: SessionId) -> Result<(), RetentionError> {
 /// loses nor double-counts objects.
 fn delete_session(
     index: &dyn Index,
-    bucket: &dyn ObjectDeleter,
+    bucket: &dyn BucketAdmin,
     id: SessionId,
     batch: usize,
     rate: &mut RateLimit,

@@ -17,12 +17,40 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use jitrec_bucket::{BucketError, BucketReader};
 use jitrec_format::{
-    ChainError, ChainVerifier, ChunkManifest, EndReason, Event, InitRef, ObjectKey, SessionClose,
-    SessionHeader, SessionId, Sha256Digest, decode_events, validate_events,
+    ChainError, ChainVerifier, ChunkManifest, EndReason, Event, InitRef, MAX_DECODED_EVENTS_BYTES,
+    MAX_DOCUMENT_BYTES, ObjectKey, SessionClose, SessionHeader, SessionId, Sha256Digest,
+    decode_events, validate_events,
 };
 
-use crate::store::{ObjectSource, StoreError};
+/// The largest document (header, manifest, close record) read: the format's own bound, so a
+/// larger object is refused before it is read.
+const DOCUMENT_LIMIT: u64 = MAX_DOCUMENT_BYTES as u64;
+
+/// The largest compressed events payload read whole: it may not decode to more than
+/// [`MAX_DECODED_EVENTS_BYTES`], and zstd never makes data larger by more than a few bytes per
+/// block, so a manifest stating a larger payload names one that cannot be valid.
+const EVENTS_LIMIT: u64 = MAX_DECODED_EVENTS_BYTES;
+
+/// What a bounded read of one object found.
+enum Read<T> {
+    Got(T),
+    Missing,
+    /// Not read: over its bound, or not an object (a link, a FIFO, a directory). Evidence about
+    /// this session, not a failure of the bucket, so it never stops the scan of any other.
+    Refused(BucketError),
+}
+
+/// Sorts a read's result into [`Read`]; only a failure to reach the bucket stays an `Err`.
+fn read<T>(r: Result<Option<T>, BucketError>) -> Result<Read<T>, BucketError> {
+    match r {
+        Ok(Some(v)) => Ok(Read::Got(v)),
+        Ok(None) => Ok(Read::Missing),
+        Err(e) if e.is_refused_object() => Ok(Read::Refused(e)),
+        Err(e) => Err(e),
+    }
+}
 
 /// How bad a problem is for the session's status.
 #[derive(
@@ -205,10 +233,10 @@ impl SessionScan {
     /// bucket is an `Err`; the scan can be advanced again after one.
     pub fn advance(
         &mut self,
-        src: &dyn ObjectSource,
+        src: &dyn BucketReader,
         give_up_waiting: bool,
         found: &mut Vec<Found>,
-    ) -> Result<bool, StoreError> {
+    ) -> Result<bool, BucketError> {
         let s = self.session;
         // Keys sort chunk by chunk (`.events.zst` < `.json` < `.m4s`), then `closed.json`,
         // `init/`, `session.json`: resuming after the last read chunk's video re-lists only the
@@ -245,9 +273,13 @@ impl SessionScan {
                 return Ok(found.len() > before);
             }
             self.header_read = true;
-            match src.get(&ObjectKey::SessionHeader(s))? {
-                None => self.tampered("the session header vanished while reading it"),
-                Some(bytes) => match ChainVerifier::new(&bytes) {
+            match read(src.get(&ObjectKey::SessionHeader(s), DOCUMENT_LIMIT))? {
+                Read::Missing => self.tampered("the session header vanished while reading it"),
+                Read::Refused(e) => {
+                    self.tampered(format!("session header: {}", e.kind));
+                    self.broken = true;
+                }
+                Read::Got(bytes) => match ChainVerifier::new(&bytes) {
                     Ok(c) if c.header().session_id != s => {
                         self.tampered(format!(
                             "the session header belongs to session {}",
@@ -287,9 +319,10 @@ impl SessionScan {
         }
 
         if has_close && self.close.is_none() {
-            match src.get(&ObjectKey::SessionClosed(s))? {
-                None => self.tampered("the close record vanished while reading it"),
-                Some(bytes) => self.read_close(&bytes, found),
+            match read(src.get(&ObjectKey::SessionClosed(s), DOCUMENT_LIMIT))? {
+                Read::Missing => self.tampered("the close record vanished while reading it"),
+                Read::Refused(e) => self.tampered(format!("close record: {}", e.kind)),
+                Read::Got(bytes) => self.read_close(&bytes, found),
             }
         }
         Ok(found.len() > before)
@@ -297,15 +330,23 @@ impl SessionScan {
 
     fn read_chunk(
         &mut self,
-        src: &dyn ObjectSource,
+        src: &dyn BucketReader,
         seq: u64,
         after_gap: bool,
         found: &mut Vec<Found>,
-    ) -> Result<(), StoreError> {
+    ) -> Result<(), BucketError> {
         let s = self.session;
-        let Some(bytes) = src.get(&ObjectKey::ChunkManifest(s, seq))? else {
-            self.tampered(format!("chunk {seq}: manifest vanished while reading it"));
-            return Ok(());
+        let bytes = match read(src.get(&ObjectKey::ChunkManifest(s, seq), DOCUMENT_LIMIT))? {
+            Read::Got(b) => b,
+            Read::Missing => {
+                self.tampered(format!("chunk {seq}: manifest vanished while reading it"));
+                return Ok(());
+            }
+            Read::Refused(e) => {
+                self.tampered(format!("chunk {seq}: manifest: {}", e.kind));
+                self.break_chain();
+                return Ok(());
+            }
         };
         let manifest = match ChunkManifest::from_bytes(&bytes) {
             Ok(m) => m,
@@ -338,24 +379,36 @@ impl SessionScan {
         }
 
         let mut events = Vec::new();
-        match src.get(&ObjectKey::ChunkVideo(s, seq))? {
-            None => {
+        // Payloads are bounded by the sizes their (already parsed) manifest states: a larger
+        // object cannot match it, so nothing past that size is read. The video is hashed piece by
+        // piece, never held whole.
+        match read(src.digest(&ObjectKey::ChunkVideo(s, seq), manifest.video.size))? {
+            Read::Missing => {
                 self.tampered(format!("chunk {seq}: video segment is missing"));
                 ok = false;
             }
-            Some(b) => {
-                if let Err(e) = manifest.verify_video(&b) {
+            Read::Refused(e) => {
+                self.tampered(format!("chunk {seq}: video segment: {}", e.kind));
+                ok = false;
+            }
+            Read::Got((size, sha)) => {
+                if let Err(e) = manifest.verify_video_digest(size, &sha) {
                     self.tampered(format!("chunk {seq}: {e}"));
                     ok = false;
                 }
             }
         }
-        match src.get(&ObjectKey::ChunkEvents(s, seq))? {
-            None => {
+        let events_limit = manifest.events.size.min(EVENTS_LIMIT);
+        match read(src.get(&ObjectKey::ChunkEvents(s, seq), events_limit))? {
+            Read::Missing => {
                 self.tampered(format!("chunk {seq}: events are missing"));
                 ok = false;
             }
-            Some(b) => match manifest.verify_events(&b) {
+            Read::Refused(e) => {
+                self.tampered(format!("chunk {seq}: events: {}", e.kind));
+                ok = false;
+            }
+            Read::Got(b) => match manifest.verify_events(&b) {
                 Err(e) => {
                     self.tampered(format!("chunk {seq}: {e}"));
                     ok = false;
@@ -373,8 +426,11 @@ impl SessionScan {
         }
         let init_id = manifest.init.id;
         if let std::collections::btree_map::Entry::Vacant(slot) = self.inits.entry(init_id) {
-            let got = src.get(&ObjectKey::Init(s, init_id))?;
-            let digest = got.map(|b| (b.len() as u64, Sha256Digest::of(&b)));
+            // Over the manifest's size, an init segment cannot match: refused like a missing one.
+            let digest = match read(src.digest(&ObjectKey::Init(s, init_id), manifest.init.size))? {
+                Read::Got(d) => Some(d),
+                Read::Missing | Read::Refused(_) => None,
+            };
             slot.insert(digest);
             if let Some((size, sha)) = digest
                 && size == manifest.init.size

@@ -14,7 +14,7 @@ use std::fmt;
 use jitrec_format::{ObjectKey, SessionClose, SessionId};
 
 use crate::scan::{SessionScan, Status};
-use crate::store::{ObjectSource, StoreError};
+use jitrec_bucket::{BucketError, BucketReader};
 
 /// The overall result for one session.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -69,7 +69,7 @@ impl fmt::Display for Report {
 
 /// Verifies one session. Only a failure to read the bucket is an `Err`; everything wrong with
 /// the session itself is in the report.
-pub fn verify_session(src: &dyn ObjectSource, session: SessionId) -> Result<Report, StoreError> {
+pub fn verify_session(src: &dyn BucketReader, session: SessionId) -> Result<Report, BucketError> {
     let mut scan = SessionScan::new(session);
     scan.advance(src, true, &mut Vec::new())?;
     Ok(report(&scan))
@@ -80,7 +80,7 @@ pub fn verify_session(src: &dyn ObjectSource, session: SessionId) -> Result<Repo
 /// clean loses an earlier tampered or gap status; one still arriving keeps the indexer's view
 /// (recording or interrupted).
 pub fn verify_and_record(
-    src: &dyn ObjectSource,
+    src: &dyn BucketReader,
     index: &dyn crate::index::Index,
     session: SessionId,
 ) -> Result<Report, VerifyError> {
@@ -114,7 +114,7 @@ pub fn verify_and_record(
 #[derive(Debug, thiserror::Error)]
 pub enum VerifyError {
     #[error(transparent)]
-    Store(#[from] StoreError),
+    Store(#[from] BucketError),
     #[error(transparent)]
     Index(#[from] crate::index::IndexError),
 }
@@ -140,7 +140,7 @@ pub fn report(scan: &SessionScan) -> Report {
 }
 
 /// Sessions present in the bucket (by their header or any other object), oldest first.
-pub fn sessions(src: &dyn ObjectSource) -> Result<Vec<SessionId>, StoreError> {
+pub fn sessions(src: &dyn BucketReader) -> Result<Vec<SessionId>, BucketError> {
     let mut out = BTreeSet::new();
     for key in src.list(jitrec_format::LAYOUT_PREFIX)? {
         if let Ok(k) = ObjectKey::parse(&key) {
@@ -157,9 +157,9 @@ mod tests {
     use jitrec_format::fixtures::{self, session_id, stored_session};
 
     use super::*;
-    use crate::store::LocalDir;
+    use jitrec_bucket::DirBucket;
 
-    fn store(n: u64, chunks: u64, closed: bool) -> (tempfile::TempDir, LocalDir, SessionId) {
+    fn store(n: u64, chunks: u64, closed: bool) -> (tempfile::TempDir, DirBucket, SessionId) {
         let tmp = tempfile::tempdir().unwrap();
         let s = session_id(n);
         let stored = stored_session(s, chunks);
@@ -178,7 +178,7 @@ mod tests {
         if closed {
             put(ObjectKey::SessionClosed(s), &stored.close);
         }
-        let dir = LocalDir::new(tmp.path());
+        let dir = DirBucket::new(tmp.path());
         (tmp, dir, s)
     }
 

@@ -427,17 +427,43 @@ async fn set_hold(
     let Ok(session) = id.parse::<jitrec_format::SessionId>() else {
         return bad(format!("session id {id:?}"));
     };
+    let Some(bucket) = st.bucket_admin.clone() else {
+        return no_bucket_admin();
+    };
     let by = login.user.clone();
     admin_op(
         &st,
         &login,
         Some(("hold", id, h.reason.clone())),
         move |idx| {
-            crate::retention::hold(idx, session, &h.reason, &by)?;
-            Ok(serde_json::json!({}))
+            let enforced = crate::retention::hold(idx, bucket.as_ref(), session, &h.reason, &by)?;
+            Ok(hold_answer(enforced))
         },
     )
     .await
+}
+
+/// A hold's answer: who enforces it, in a word and in a sentence.
+fn hold_answer(enforced: jitrec_bucket::HoldEnforcement) -> serde_json::Value {
+    serde_json::json!({
+        "enforced_by": match enforced {
+            jitrec_bucket::HoldEnforcement::Bucket => "bucket",
+            jitrec_bucket::HoldEnforcement::RetentionJobOnly => "retention_job",
+        },
+        "message": enforced.describe(),
+    })
+}
+
+/// Legal holds go through the bucket's admin handle; a player started without one cannot place
+/// or release them.
+fn no_bucket_admin() -> Response {
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        Json(serde_json::json!({
+            "error": "this player has no admin access to the bucket: legal holds cannot be placed or released here"
+        })),
+    )
+        .into_response()
 }
 
 async fn release_hold(
@@ -448,13 +474,23 @@ async fn release_hold(
     let Ok(session) = id.parse::<jitrec_format::SessionId>() else {
         return bad(format!("session id {id:?}"));
     };
+    let Some(bucket) = st.bucket_admin.clone() else {
+        return no_bucket_admin();
+    };
     admin_op(
         &st,
         &login,
         Some(("hold_release", id, String::new())),
         move |idx| {
-            let existed = crate::retention::release(idx, session)?;
-            Ok(serde_json::json!({ "released": existed }))
+            let released = crate::retention::release(idx, bucket.as_ref(), session)?;
+            Ok(match released {
+                None => serde_json::json!({ "released": false }),
+                Some(e) => {
+                    let mut v = hold_answer(e);
+                    v["released"] = serde_json::Value::Bool(true);
+                    v
+                }
+            })
         },
     )
     .await

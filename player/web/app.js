@@ -368,17 +368,23 @@ function drawMarks(detail, duration) {
 
 async function toggleHold(id, held) {
   try {
+    let r;
     if (held) {
-      await apiJson(`/api/sessions/${id}/hold`, { method: "DELETE" });
+      r = await apiJson(`/api/sessions/${id}/hold`, { method: "DELETE" });
     } else {
       const reason = prompt("Reason for the legal hold");
       if (!reason) return;
-      await apiJson(`/api/sessions/${id}/hold`, {
+      r = await apiJson(`/api/sessions/${id}/hold`, {
         method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify({ reason }),
       });
     }
     const d = await apiJson(`/api/sessions/${id}`);
     renderMeta(d.session, d.retention);
+    // Who enforces the hold: the bucket itself (Object Lock) or only the retention job.
+    const button = $("#hold");
+    if (button && r && r.message) {
+      button.after(el("span", { id: "hold-note", class: "note" }, ` ${held ? "Released; " : ""}${r.message}`));
+    }
   } catch (e) {
     showError(e);
   }

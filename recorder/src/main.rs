@@ -100,6 +100,11 @@ enum JitAction {
 }
 
 pub(crate) fn main() -> Result<()> {
+    // Everything this program creates (spool entries and folders, logs, the index, bucket
+    // objects, exports) is private to its user: 0600 files, 0700 folders. The recording is
+    // evidence about a person and must not be readable by other local users.
+    #[cfg(unix)]
+    rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
     let cli = Cli::parse();
     match &cli.command {
         // A Windows service has no console: `service` logs to a file.

@@ -10,7 +10,7 @@
 //! ```
 
 use std::collections::BTreeMap;
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io;
 use std::path::{Path, PathBuf};
 use std::thread;
@@ -54,12 +54,12 @@ impl SpoolDir {
         config: SpoolConfig,
         role: &'static str,
     ) -> Result<(Self, File), SpoolError> {
-        fs::create_dir_all(root).map_err(SpoolError::io("create spool directory", root))?;
+        crate::durable::create_private_dir_all(root)
+            .map_err(SpoolError::io("create spool directory", root))?;
         let lock_path = root.join(format!("{role}.lock"));
-        let lock = OpenOptions::new()
+        let lock = crate::durable::private_file()
             .create(true)
             .truncate(false)
-            .write(true)
             .open(&lock_path)
             .map_err(SpoolError::io("open lock file", &lock_path))?;
         // A flock belongs to the open file description, and a child forked by any thread of
@@ -161,7 +161,8 @@ impl SpoolDir {
                 }
                 for sub in [TMP, SESSIONS, QUARANTINE] {
                     let p = self.root.join(sub);
-                    fs::create_dir_all(&p).map_err(SpoolError::io("create directory", &p))?;
+                    crate::durable::create_private_dir_all(&p)
+                        .map_err(SpoolError::io("create directory", &p))?;
                 }
                 durable::write_file(
                     &self.tmp_dir(),
@@ -179,7 +180,8 @@ impl SpoolDir {
         }
         for sub in [TMP, SESSIONS, QUARANTINE] {
             let p = self.root.join(sub);
-            fs::create_dir_all(&p).map_err(SpoolError::io("create directory", &p))?;
+            crate::durable::create_private_dir_all(&p)
+                .map_err(SpoolError::io("create directory", &p))?;
         }
         durable::sync_dir(&self.root)
     }
@@ -285,7 +287,8 @@ impl SpoolDir {
         reason: &str,
     ) -> Result<(), SpoolError> {
         let qdir = self.quarantine_dir(entry.session);
-        fs::create_dir_all(&qdir).map_err(SpoolError::io("create directory", &qdir))?;
+        crate::durable::create_private_dir_all(&qdir)
+            .map_err(SpoolError::io("create directory", &qdir))?;
         let file = path
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())

@@ -28,8 +28,7 @@ pub(crate) fn write_file(tmp_dir: &Path, dest: &Path, chunks: &[&[u8]]) -> Resul
         TMP_COUNTER.fetch_add(1, Ordering::Relaxed)
     ));
     let result = (|| {
-        let mut f = OpenOptions::new()
-            .write(true)
+        let mut f = private_file()
             .create_new(true)
             .open(&tmp)
             .map_err(SpoolError::io("create temp file", &tmp))?;
@@ -55,6 +54,40 @@ pub(crate) fn write_file(tmp_dir: &Path, dest: &Path, chunks: &[&[u8]]) -> Resul
         let _ = fs::remove_file(&tmp);
     }
     result
+}
+
+/// Options for a file of the spool: writable, and readable by its owner only (0600; the
+/// recorder and uploader run as the same privileged user, and the spool holds the recording).
+pub(crate) fn private_file() -> OpenOptions {
+    let mut o = OpenOptions::new();
+    o.write(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        o.mode(0o600);
+    }
+    o
+}
+
+/// Creates `path` and its missing parents, each folder created 0700.
+pub(crate) fn create_private_dir_all(path: &Path) -> std::io::Result<()> {
+    private_dir_builder(true).create(path)
+}
+
+/// Creates the folder `path` (0700); fails if it exists.
+pub(crate) fn create_private_dir(path: &Path) -> std::io::Result<()> {
+    private_dir_builder(false).create(path)
+}
+
+fn private_dir_builder(recursive: bool) -> fs::DirBuilder {
+    let mut b = fs::DirBuilder::new();
+    b.recursive(recursive);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        b.mode(0o700);
+    }
+    b
 }
 
 /// Makes a rename, creation or removal inside `path`'s parent directory durable.

@@ -141,7 +141,7 @@ impl SpoolWriter {
             resumed: false,
         };
         let dir = self.shared.dir.session_dir(s);
-        match fs::create_dir(&dir) {
+        match crate::durable::create_private_dir(&dir) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
                 return Err(SpoolError::SessionExists(s));

@@ -5,6 +5,12 @@
 //! the request and never answer (a stall past the client's timeout). An outage refuses every new
 //! connection and severs every open one for a while. Every injected fault is counted, so a test
 //! can prove it exercised what it claims to.
+//!
+//! A script ([`FaultProxy::script`]) makes faults exact instead of random: while one is set, the
+//! proxy reads each request before deciding, gives the next scripted fault to the first request
+//! whose request line contains its pattern, and passes every request through with
+//! `Connection: close`, so that each request of the client comes on a connection of its own and
+//! none slips past the script on a kept-alive one.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -30,6 +36,17 @@ pub struct Plan {
     pub lead_with_each: bool,
 }
 
+/// One scripted fault.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// Read the request, then drop the connection unanswered.
+    Reset,
+    /// `503 Slow Down`.
+    SlowDown,
+    /// `500 Internal Error`.
+    ServerError,
+}
+
 /// How many times each fault was injected.
 #[derive(Debug, Default)]
 pub struct Stats {
@@ -46,6 +63,8 @@ pub struct Stats {
 struct Shared {
     upstream: SocketAddr,
     plan: Mutex<Plan>,
+    /// Scripted faults, in order: (request-line pattern, fault). `None`: no script (random plan).
+    script: Mutex<Option<Vec<(String, Fault)>>>,
     outage_until: Mutex<Option<Instant>>,
     stats: Stats,
     /// Connections accepted so far.
@@ -78,6 +97,7 @@ impl FaultProxy {
         let shared = Arc::new(Shared {
             upstream,
             plan: Mutex::new(plan),
+            script: Mutex::new(None),
             outage_until: Mutex::new(None),
             stats: Stats::default(),
             accepted: AtomicU64::new(0),
@@ -112,6 +132,29 @@ impl FaultProxy {
             .lock()
             .unwrap_or_else(PoisonError::into_inner) = Some(Instant::now() + d);
         self.shared.sever.send_modify(|v| *v += 1);
+    }
+
+    /// From now on, faults come from this script alone (see the module's documentation): each
+    /// `(pattern, fault)` goes to the next request whose request line contains `pattern`.
+    pub fn script(&self, faults: &[(&str, Fault)]) {
+        *self
+            .shared
+            .script
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) =
+            Some(faults.iter().map(|(p, f)| ((*p).to_owned(), *f)).collect());
+        // Connections kept alive from before would carry requests past the script.
+        self.shared.sever.send_modify(|v| *v += 1);
+    }
+
+    /// Scripted faults not yet given to a request.
+    pub fn script_left(&self) -> usize {
+        self.shared
+            .script
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
+            .map_or(0, Vec::len)
     }
 
     pub fn stats(&self) -> &Stats {
@@ -165,7 +208,76 @@ async fn respond(conn: &mut TcpStream, status: &str, code: &str) {
     let _ = conn.shutdown().await;
 }
 
+/// A connection under a script: one request, its fault or its pass-through with
+/// `Connection: close`.
+async fn handle_scripted(s: Arc<Shared>, mut conn: TcpStream) {
+    let Ok(request) = read_request(&mut conn).await else {
+        return;
+    };
+    let line_end = request
+        .windows(2)
+        .position(|w| w == b"\r\n")
+        .unwrap_or(request.len());
+    let line = String::from_utf8_lossy(&request[..line_end]).into_owned();
+    let fault = {
+        let mut script = s.script.lock().unwrap_or_else(PoisonError::into_inner);
+        let script = script.get_or_insert_with(Vec::new);
+        script
+            .iter()
+            .position(|(p, _)| line.contains(p.as_str()))
+            .map(|i| script.remove(i).1)
+    };
+    match fault {
+        Some(Fault::Reset) => {
+            count(&s.stats.resets);
+            return;
+        }
+        Some(Fault::SlowDown) => {
+            count(&s.stats.slow_downs);
+            respond(&mut conn, "503 Slow Down", "SlowDown").await;
+            return;
+        }
+        Some(Fault::ServerError) => {
+            count(&s.stats.server_errors);
+            respond(&mut conn, "500 Internal Server Error", "InternalError").await;
+            return;
+        }
+        None => {}
+    }
+    let Ok(mut up) = TcpStream::connect(s.upstream).await else {
+        return;
+    };
+    count(&s.stats.passed);
+    // The request line, our Connection header, the client's other headers, then its body.
+    let head_end = request
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map_or(request.len(), |i| i + 4);
+    let mut forwarded = request[..line_end].to_vec();
+    forwarded.extend_from_slice(b"\r\nConnection: close\r\n");
+    let headers = String::from_utf8_lossy(&request[(line_end + 2).min(head_end)..head_end]);
+    for h in headers.split("\r\n").filter(|h| !h.is_empty()) {
+        if !h.to_ascii_lowercase().starts_with("connection:") {
+            forwarded.extend_from_slice(h.as_bytes());
+            forwarded.extend_from_slice(b"\r\n");
+        }
+    }
+    forwarded.extend_from_slice(b"\r\n");
+    forwarded.extend_from_slice(&request[head_end..]);
+    if up.write_all(&forwarded).await.is_err() {
+        return;
+    }
+    let _ = tokio::io::copy_bidirectional(&mut conn, &mut up).await;
+}
+
 async fn handle(s: Arc<Shared>, mut conn: TcpStream) {
+    if s.script
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .is_some()
+    {
+        return handle_scripted(s, conn).await;
+    }
     let mut sever = s.sever.subscribe();
     let in_outage = s
         .outage_until

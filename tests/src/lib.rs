@@ -5,6 +5,7 @@
 //! to be written, and a directory "bucket" in the format's object layout, so a test can check a
 //! session end to end with the format's own chain verifier.
 
+pub mod child;
 pub mod faultproxy;
 pub mod http;
 pub mod pipeline;
@@ -19,13 +20,13 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
+use jitrec_bucket::{BucketReader, BucketWriter};
 use jitrec_format::{
     EndReason, FORMAT_VERSION, ObjectKey, SessionClose, SessionId, Sha256Digest, fixtures,
 };
-use jitrec_player::store::{LocalDir, ObjectSource};
 use jitrec_player::verify::{self, Verdict};
 use jitrec_spool::{SessionWriter, SpoolInspector, SpoolWriter};
-use jitrec_uploader::{Metrics, ObjectStore, Uploader, UploaderConfig};
+use jitrec_uploader::{Metrics, Uploader, UploaderConfig};
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
@@ -158,8 +159,8 @@ pub async fn list_keys(client: &aws_sdk_s3::Client, bucket: &str) -> Result<Vec<
 
 /// Copies every object of an S3 bucket into a directory bucket, for verification with the
 /// player's code.
-pub async fn mirror(client: &aws_sdk_s3::Client, bucket: &str, into: &Path) -> Result<DirBucket> {
-    let dir = DirBucket::new(into);
+pub async fn mirror(client: &aws_sdk_s3::Client, bucket: &str, into: &Path) -> Result<TestBucket> {
+    let dir = TestBucket::new(into);
     for key in list_keys(client, bucket).await? {
         let obj = client.get_object().bucket(bucket).key(&key).send().await?;
         let bytes = obj.body.collect().await?.into_bytes();
@@ -205,7 +206,7 @@ pub async fn wait_drained(spool: &Path, limit: Duration) -> Result<()> {
 
 /// Runs an uploader until its spool has nothing pending (or `limit` passes), then stops it;
 /// returns its metrics.
-pub async fn drain<S: ObjectStore>(
+pub async fn drain<S: BucketWriter>(
     store: S,
     config: UploaderConfig,
     limit: Duration,
@@ -221,35 +222,48 @@ pub async fn drain<S: ObjectStore>(
     Ok(metrics)
 }
 
-/// A bucket kept as a directory tree of object keys, as the player's local store reads it; this
-/// adds the writing side the tests' stand-in uploaders need.
+/// A directory bucket for tests, built on the bucket crate's own [`jitrec_bucket::DirBucket`]:
+/// writes go through its write-once put, reads through its bounded reader. What a hostile
+/// endpoint would do to the directory (replace an object's bytes) is [`TestBucket::tamper`],
+/// which writes the file directly, as an attacker with access to the folder would.
 #[derive(Debug, Clone)]
-pub struct DirBucket {
-    store: LocalDir,
+pub struct TestBucket {
+    store: jitrec_bucket::DirBucket,
 }
 
-impl DirBucket {
+/// The largest object the tests read back whole.
+const TEST_READ_LIMIT: u64 = 1 << 30;
+
+impl TestBucket {
     pub fn new(root: impl Into<PathBuf>) -> Self {
         Self {
-            store: LocalDir::new(root),
+            store: jitrec_bucket::DirBucket::new(root),
         }
     }
 
-    /// Stores an object atomically (temp file and rename), overwriting any previous version.
+    /// The bucket crate's store under it.
+    pub fn store(&self) -> &jitrec_bucket::DirBucket {
+        &self.store
+    }
+
+    /// Stores an object through the store's write-once put.
     pub fn put(&self, key: &ObjectKey, bytes: &[u8]) -> Result<()> {
+        Ok(self.store.put_blocking(&key.to_string(), bytes)?)
+    }
+
+    /// Replaces (or creates) an object's bytes behind the store's back, as someone with write
+    /// access to the folder would.
+    pub fn tamper(&self, key: &ObjectKey, bytes: &[u8]) -> Result<()> {
         let dest = self.store.root().join(key.to_string());
         let parent = dest.parent().context("object path has a parent")?;
         fs::create_dir_all(parent)?;
-        // A leading dot marks an in-flight temp file for the local store's readers.
-        let tmp = parent.join(format!(".tmp-{}", std::process::id()));
-        fs::write(&tmp, bytes)?;
-        fs::rename(&tmp, &dest)?;
+        fs::write(&dest, bytes)?;
         Ok(())
     }
 
     /// Reads an object, `None` if absent.
     pub fn get(&self, key: &ObjectKey) -> Result<Option<Vec<u8>>> {
-        Ok(self.store.get(key)?)
+        Ok(self.store.get(key, TEST_READ_LIMIT)?)
     }
 
     /// Sessions present, oldest first.

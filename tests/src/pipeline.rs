@@ -38,7 +38,7 @@ pub struct Programs {
 #[derive(Debug, Clone)]
 pub enum Store {
     /// A directory in the pipeline's own directory (the embedded default).
-    LocalDir,
+    DirBucket,
     /// A bucket on an S3-compatible server, with the given credentials.
     S3 {
         endpoint: String,
@@ -161,7 +161,7 @@ impl Pipeline {
             .args(["--listen", &p.player.to_string()])
             .args(["--retention-every", "0"]);
         match &config.store {
-            Store::LocalDir => {
+            Store::DirBucket => {
                 let bucket = p.dir.path().join("bucket");
                 // The player refuses a bucket directory that does not exist (a typo would
                 // otherwise show an empty list); an operator creates it, as here.
@@ -413,7 +413,7 @@ impl Pipeline {
         self.dir.path().join("spool")
     }
 
-    /// The local bucket directory (meaningful with [`Store::LocalDir`]).
+    /// The local bucket directory (meaningful with [`Store::DirBucket`]).
     pub fn bucket_dir(&self) -> PathBuf {
         self.dir.path().join("bucket")
     }

@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use jitrec_uploader::{S3Config, S3Store, StaticCredentials};
+use jitrec_bucket::{S3Bucket, S3Config, StaticCredentials};
 
 pub const ACCESS_KEY: &str = "jitrec-test";
 pub const SECRET_KEY: &str = "jitrec-test-secret-key";
@@ -80,7 +80,10 @@ pub async fn new_bucket(prefix: &str) -> Result<String> {
         std::process::id(),
         BUCKETS.fetch_add(1, Ordering::Relaxed)
     );
-    let store = S3Store::new(config(&srv.endpoint, &name));
+    let store = S3Bucket::new(
+        config(&srv.endpoint, &name),
+        tokio::runtime::Handle::current(),
+    );
     store
         .client()
         .create_bucket()
@@ -156,7 +159,7 @@ fn start() -> Result<Seaweed> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let store = S3Store::new(config(&endpoint, "ready-check"));
+    let store = S3Bucket::new(config(&endpoint, "ready-check"), rt.handle().clone());
     let started = Instant::now();
     loop {
         if rt.block_on(store.client().list_buckets().send()).is_ok() {

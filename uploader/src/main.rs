@@ -9,10 +9,9 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
+use jitrec_bucket::{BucketWriter, DirBucket, ObjectLock, S3Args, S3Bucket};
 use jitrec_spool::SpoolInspector;
-use jitrec_uploader::{
-    DEFAULT_CONCURRENCY, LocalDirStore, ObjectStore, S3Args, S3Store, Uploader, UploaderConfig,
-};
+use jitrec_uploader::{DEFAULT_CONCURRENCY, Uploader, UploaderConfig};
 use tokio_util::sync::CancellationToken;
 
 /// Ships recorded JIT sessions from the local spool to object storage.
@@ -74,6 +73,11 @@ struct RunArgs {
 
 #[tokio::main]
 pub(crate) async fn main() -> Result<()> {
+    // Everything this program creates (spool entries and folders, logs, the index, bucket
+    // objects, exports) is private to its user: 0600 files, 0700 folders. The recording is
+    // evidence about a person and must not be readable by other local users.
+    #[cfg(unix)]
+    rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -94,7 +98,7 @@ pub(crate) async fn main() -> Result<()> {
             Ok(())
         }
         Command::Run(args) => match (&args.local_dir, args.s3.config()?) {
-            (Some(dir), _) => run(LocalDirStore::new(dir), &args).await,
+            (Some(dir), _) => run(DirBucket::new(dir), &args).await,
             (None, Some(mut config)) => {
                 config.attempt_timeout = Duration::from_secs(args.attempt_timeout.max(1));
                 if let Some(days) = args.object_lock_days {
@@ -105,16 +109,20 @@ pub(crate) async fn main() -> Result<()> {
                             anyhow::bail!("--object-lock-mode {m:?}: use compliance or governance")
                         }
                     };
-                    config.object_lock = Some(jitrec_uploader::ObjectLock { compliance, days });
+                    config.object_lock = Some(ObjectLock { compliance, days });
                 }
-                run(S3Store::new(config), &args).await
+                run(
+                    S3Bucket::new(config, tokio::runtime::Handle::current()),
+                    &args,
+                )
+                .await
             }
             (None, None) => anyhow::bail!("give --local-dir or --s3-bucket"),
         },
     }
 }
 
-async fn run<S: ObjectStore>(store: S, args: &RunArgs) -> Result<()> {
+async fn run<S: BucketWriter>(store: S, args: &RunArgs) -> Result<()> {
     let mut config = UploaderConfig::new(&args.spool);
     config.concurrency = args.concurrency;
     config.bandwidth = args.bandwidth_limit;

@@ -171,7 +171,7 @@ impl Metrics {
 
 /// Serves `GET /metrics` (Prometheus text format, counters plus the spool backlog) on `listener`
 /// until `shutdown`. Failures are logged: metrics must never stop uploads.
-pub async fn serve<S: crate::ObjectStore>(
+pub async fn serve<S: jitrec_bucket::BucketWriter>(
     listener: tokio::net::TcpListener,
     uploader: crate::Uploader<S>,
     shutdown: tokio_util::sync::CancellationToken,

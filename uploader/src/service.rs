@@ -21,10 +21,9 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::Metrics;
-use crate::retry::{self, Backoff};
-use crate::store::{ObjectStore, StoreError};
 use crate::throttle::Throttle;
 use crate::watch;
+use jitrec_bucket::{Backoff, BucketError, BucketWriter};
 
 /// Sessions uploaded at once. Within a session, entries go one after another (the layout's
 /// order); across sessions, four keep a backlog after an outage moving without flooding the link.
@@ -77,7 +76,7 @@ pub enum UploadError {
     Watch(#[from] notify::Error),
     /// A put failed in a way retrying will not fix.
     #[error(transparent)]
-    Store(#[from] StoreError),
+    Store(#[from] BucketError),
     #[error("a spool task failed: {0}")]
     Join(String),
     /// Shutdown was requested.
@@ -110,7 +109,7 @@ struct Inner<S> {
     slots: Semaphore,
 }
 
-impl<S: ObjectStore> Uploader<S> {
+impl<S: BucketWriter> Uploader<S> {
     /// Opens the spool (as its one reader) and prepares the service.
     pub fn new(store: S, config: UploaderConfig) -> Result<Self, UploadError> {
         let spool = SpoolReader::open(&config.spool, config.spool_config)?;
@@ -237,8 +236,8 @@ impl<S: ObjectStore> Uploader<S> {
     ) -> Result<(), UploadError> {
         // Removes this task's entry from `active` however the task ends (an error, a panic,
         // cancellation). Only its own entry: a newer task may have been started for the session.
-        struct Active<'a, S: ObjectStore>(&'a Uploader<S>, SessionId, Arc<AtomicBool>);
-        impl<S: ObjectStore> Drop for Active<'_, S> {
+        struct Active<'a, S: BucketWriter>(&'a Uploader<S>, SessionId, Arc<AtomicBool>);
+        impl<S: BucketWriter> Drop for Active<'_, S> {
             fn drop(&mut self) {
                 let mut active = self.0.active();
                 if active.get(&self.1).is_some_and(|f| Arc::ptr_eq(f, &self.2)) {
@@ -396,7 +395,7 @@ impl<S: ObjectStore> Uploader<S> {
                     }
                     return Ok(());
                 }
-                Err(err) if retry::is_retryable(&err) => {
+                Err(err) if err.is_retryable() => {
                     Metrics::add(&m.retries, 1);
                     let wait = self.inner.config.backoff.delay(attempt);
                     // The first failure and every tenth: an hour-long outage should not bury the

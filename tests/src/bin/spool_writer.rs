@@ -19,7 +19,9 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use jitrec_format::EndReason;
 use jitrec_spool::{EntryName, SessionWriter, SpoolConfig, SpoolError, SpoolReader, SpoolWriter};
-use jitrec_tests::{CHUNKS_PER_SESSION, CRASH_MAX_VIDEO, DirBucket, close_session, record_session};
+use jitrec_tests::{
+    CHUNKS_PER_SESSION, CRASH_MAX_VIDEO, TestBucket, close_session, record_session,
+};
 
 /// How often the uploader thread looks at the spool. It polls because this helper is a stand-in
 /// for the uploader; the real one is notified of commits.
@@ -31,7 +33,7 @@ fn main() -> Result<()> {
         bail!("usage: jitrec-test-spool-writer run|finish SPOOL BUCKET");
     };
     let spool = PathBuf::from(spool);
-    let bucket = DirBucket::new(bucket);
+    let bucket = TestBucket::new(bucket);
     let (writer, recovery) = SpoolWriter::open(&spool, SpoolConfig::default())?;
     for s in &recovery.open_sessions {
         close_interrupted(writer.resume_session(*s)?)?;
@@ -82,7 +84,7 @@ fn close_interrupted(w: SessionWriter) -> Result<()> {
 }
 
 /// Uploads every pending entry once; returns how many were acknowledged.
-fn upload_pass(reader: &SpoolReader, bucket: &DirBucket) -> Result<usize> {
+fn upload_pass(reader: &SpoolReader, bucket: &TestBucket) -> Result<usize> {
     let mut acked = 0;
     for s in reader.sessions()? {
         for e in reader.pending(s)? {
