@@ -16,7 +16,7 @@ use jitrec_player::index::Index;
 use jitrec_player::index::sqlite::SqliteIndex;
 use jitrec_tests::child::Reaped;
 use jitrec_tests::faultproxy::{Fault, FaultProxy, Plan};
-use jitrec_tests::{TestBucket, seaweed};
+use jitrec_tests::{TestBucket, seaweed, session_objects};
 
 use crate::player::Player;
 
@@ -32,23 +32,8 @@ fn id(s: &StoredSession) -> SessionId {
     SessionHeader::from_bytes(&s.header).unwrap().session_id
 }
 
-fn objects(s: &StoredSession) -> Vec<(ObjectKey, Vec<u8>)> {
-    let id = id(s);
-    let mut out = vec![
-        (ObjectKey::SessionHeader(id), s.header.clone()),
-        (ObjectKey::Init(id, 0), fixtures::init_bytes(0)),
-    ];
-    for (seq, (m, v, e)) in s.chunks.iter().enumerate() {
-        out.push((ObjectKey::ChunkVideo(id, seq as u64), v.clone()));
-        out.push((ObjectKey::ChunkEvents(id, seq as u64), e.clone()));
-        out.push((ObjectKey::ChunkManifest(id, seq as u64), m.clone()));
-    }
-    out.push((ObjectKey::SessionClosed(id), s.close.clone()));
-    out
-}
-
 fn put_dir(b: &TestBucket, s: &StoredSession) {
-    for (k, v) in objects(s) {
+    for (k, v) in session_objects(s) {
         b.put(&k, &v).unwrap();
     }
 }
@@ -251,7 +236,7 @@ async fn proxied(prefix: &str) -> (String, StoredSession, FaultProxy, S3Bucket) 
         tokio::runtime::Handle::current(),
     );
     let s = session(1);
-    for (k, v) in objects(&s) {
+    for (k, v) in session_objects(&s) {
         use jitrec_bucket::BucketWriter;
         direct
             .put(&k.to_string(), v.into(), k.content_type())

@@ -15,7 +15,7 @@ use jitrec_player::index::Index;
 use jitrec_player::index::sqlite::SqliteIndex;
 use jitrec_player::indexer::{Indexer, IndexerConfig};
 use jitrec_player::retention::{self, Level, RunOptions};
-use jitrec_tests::{TestBucket, postgres, seaweed};
+use jitrec_tests::{TestBucket, postgres, seaweed, session_objects};
 
 const PLAYER: &str = env!("CARGO_BIN_EXE_jitrec-test-player");
 const LIMIT: Duration = Duration::from_secs(120);
@@ -316,27 +316,8 @@ async fn expired_sessions_are_deleted_from_seaweedfs() {
     let store = S3Bucket::new(config.clone(), tokio::runtime::Handle::current());
     let keep = session(1, "acme", "berlin", "ws-keep");
     let expire = session(2, "acme", "berlin", "ws-old");
-    for (s, close) in [(&keep, true), (&expire, true)] {
-        let id = id(s);
-        let mut objects = vec![
-            (ObjectKey::SessionHeader(id), s.header.clone()),
-            (ObjectKey::Init(id, 0), fixtures::init_bytes(0)),
-        ];
-        for (seq, (m, v, e)) in s.chunks.iter().enumerate() {
-            objects.push((ObjectKey::ChunkVideo(id, seq as u64), v.clone()));
-            objects.push((ObjectKey::ChunkEvents(id, seq as u64), e.clone()));
-            objects.push((ObjectKey::ChunkManifest(id, seq as u64), m.clone()));
-        }
-        if close {
-            objects.push((ObjectKey::SessionClosed(id), s.close.clone()));
-        }
-        for (k, v) in objects {
-            use jitrec_bucket::BucketWriter;
-            store
-                .put(&k.to_string(), v.into(), k.content_type())
-                .await
-                .unwrap();
-        }
+    for s in [&keep, &expire] {
+        upload(&store, s).await;
     }
     let s3 = Arc::new(S3Bucket::new(config, tokio::runtime::Handle::current()));
     let src: Arc<dyn BucketReader> = s3.clone();
@@ -456,25 +437,9 @@ async fn with_object_lock_a_locked_version_cannot_be_deleted_even_by_the_bucket_
     assert_eq!(body.as_ref(), s.header.as_slice());
 }
 
-/// Every object of a fixture session, as the uploader would store them.
-fn objects_of(s: &StoredSession) -> Vec<(ObjectKey, Vec<u8>)> {
-    let id = id(s);
-    let mut objects = vec![
-        (ObjectKey::SessionHeader(id), s.header.clone()),
-        (ObjectKey::Init(id, 0), fixtures::init_bytes(0)),
-    ];
-    for (seq, (m, v, e)) in s.chunks.iter().enumerate() {
-        objects.push((ObjectKey::ChunkVideo(id, seq as u64), v.clone()));
-        objects.push((ObjectKey::ChunkEvents(id, seq as u64), e.clone()));
-        objects.push((ObjectKey::ChunkManifest(id, seq as u64), m.clone()));
-    }
-    objects.push((ObjectKey::SessionClosed(id), s.close.clone()));
-    objects
-}
-
 async fn upload(store: &S3Bucket, s: &StoredSession) {
     use jitrec_bucket::BucketWriter;
-    for (k, v) in objects_of(s) {
+    for (k, v) in session_objects(s) {
         store
             .put(&k.to_string(), v.into(), k.content_type())
             .await
@@ -486,7 +451,7 @@ async fn upload(store: &S3Bucket, s: &StoredSession) {
 /// the server reports no hold at all).
 async fn hold_statuses(admin: &S3Bucket, bucket: &str, s: &StoredSession) -> Vec<Option<String>> {
     let mut out = Vec::new();
-    for (k, _) in objects_of(s) {
+    for (k, _) in session_objects(s) {
         let r = admin
             .client()
             .get_object_legal_hold()

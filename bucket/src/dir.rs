@@ -282,6 +282,24 @@ fn open_object(
     Ok(Some((f, m.len())))
 }
 
+/// Whether every folder of `rel` (a relative path of plain components) below `root` is a real
+/// folder, not a link: `Ok(false)` if one is a link or not a folder, `Ok(true)` also when the
+/// path ends early (nothing there to list or delete). Listings and deletions check it first, so
+/// neither ever reaches outside the root through a linked folder an endpoint planted.
+fn folders_are_real(root: &Path, rel: &str) -> io::Result<bool> {
+    let mut path = root.to_path_buf();
+    for part in rel.split('/').filter(|p| !p.is_empty()) {
+        path.push(part);
+        match fs::symlink_metadata(&path) {
+            Ok(m) if m.file_type().is_symlink() || !m.is_dir() => return Ok(false),
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(true),
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(true)
+}
+
 fn too_large(op: &'static str, key: &str, limit: u64, size: Option<u64>) -> BucketError {
     BucketError::new(
         op,
@@ -435,6 +453,17 @@ impl BucketReader for DirBucket {
                 "a path outside the bucket's layout",
             ));
         }
+        if !folders_are_real(&self.root, dir_part)
+            .map_err(|e| BucketError::io("list", prefix, &e))?
+        {
+            // A linked folder (say, a session's) is not walked: it lists as empty, so what it
+            // should hold is reported missing, and nothing behind the link is read or deleted.
+            tracing::warn!(
+                prefix,
+                "a folder of the bucket is a link or not a folder; not listed"
+            );
+            return Ok(Vec::new());
+        }
         let mut out = Vec::new();
         let rel = if dir_part.is_empty() {
             String::new()
@@ -478,6 +507,16 @@ impl BucketAdmin for DirBucket {
             if !is_plain_key(key) {
                 continue;
             }
+            let parent = key.rsplit_once('/').map_or("", |(d, _)| d);
+            if !folders_are_real(&self.root, parent)
+                .map_err(|e| BucketError::io("delete", key, &e))?
+            {
+                tracing::warn!(
+                    key,
+                    "not deleted: a folder on its path is a link or not a folder"
+                );
+                continue;
+            }
             // `remove_file` removes a link itself, never its target.
             let path = self.root.join(key);
             match fs::remove_file(&path) {
@@ -513,14 +552,23 @@ impl BucketAdmin for DirBucket {
                 "a path outside the bucket's layout",
             ));
         }
+        if !folders_are_real(&self.root, trimmed)
+            .map_err(|e| BucketError::io("delete", prefix, &e))?
+        {
+            return Ok(());
+        }
         let dir = self.root.join(trimmed);
         for sub in ["chunks", "init", ""] {
             match fs::remove_dir(dir.join(sub)) {
                 Ok(()) => {}
+                // Not a folder: a link an endpoint put where the session's folder was; it is
+                // left (and reported by the listing), never followed.
                 Err(e)
                     if matches!(
                         e.kind(),
-                        io::ErrorKind::NotFound | io::ErrorKind::DirectoryNotEmpty
+                        io::ErrorKind::NotFound
+                            | io::ErrorKind::DirectoryNotEmpty
+                            | io::ErrorKind::NotADirectory
                     ) => {}
                 Err(e) => return Err(BucketError::io("delete", prefix, &e)),
             }
@@ -650,6 +698,21 @@ mod tests {
         std::os::unix::fs::symlink(&other, &sess).unwrap();
         let e = b.get(&ObjectKey::ChunkVideo(s2, 0), 1 << 20).unwrap_err();
         assert!(matches!(e.kind, ErrorKind::NotAnObject(_)), "{e}");
+        // Listing and deleting do not go through the linked folder either.
+        let prefix = ObjectKey::session_prefix(s2);
+        assert!(b.list(&prefix).unwrap().is_empty());
+        let through = format!("{prefix}chunks/0000000000.m4s");
+        b.delete_many(&[through]).unwrap();
+        fs::create_dir(other.join("init")).unwrap();
+        b.tidy(&prefix).unwrap();
+        assert_eq!(
+            fs::read(other.join("chunks").join("0000000000.m4s")).unwrap(),
+            b"host file"
+        );
+        assert!(
+            other.join("init").is_dir(),
+            "an empty folder behind the link is left alone"
+        );
         // The write side refuses to replace the link with its own object, and the secret is intact.
         assert!(b.put_blocking(&link.to_string(), b"x").is_err());
         assert_eq!(fs::read(&secret).unwrap(), b"host secret");

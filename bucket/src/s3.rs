@@ -608,42 +608,51 @@ impl BucketWriter for S3Bucket {
     }
 }
 
+impl S3Bucket {
+    /// The body of `key`, `None` if there is no such object; refused on its stated size before a
+    /// byte of it is read (a body longer than it said is refused as it streams, by the caller).
+    /// One attempt.
+    async fn body_within(&self, key: &str, limit: u64) -> Result<Option<ByteStream>, BucketError> {
+        let r = self
+            .client
+            .get_object()
+            .bucket(&self.config.bucket)
+            .key(self.full_key(key))
+            .send()
+            .await;
+        let out = match r {
+            Ok(out) => out,
+            Err(SdkError::ServiceError(e)) if e.err().is_no_such_key() => return Ok(None),
+            Err(e) => return Err(classify("read", key, e)),
+        };
+        if let Some(size) = out.content_length().and_then(|l| u64::try_from(l).ok())
+            && size > limit
+        {
+            return Err(BucketError::new(
+                "read",
+                key,
+                ErrorKind::TooLarge {
+                    limit,
+                    size: Some(size),
+                },
+                "refused before reading",
+            ));
+        }
+        Ok(Some(out.body))
+    }
+}
+
 impl BucketReader for S3Bucket {
     fn get(&self, key: &ObjectKey, limit: u64) -> Result<Option<Vec<u8>>, BucketError> {
         let key = key.to_string();
         self.reads.run_blocking(|| {
             self.runtime.block_on(async {
-                let r = self
-                    .client
-                    .get_object()
-                    .bucket(&self.config.bucket)
-                    .key(self.full_key(&key))
-                    .send()
-                    .await;
-                let out = match r {
-                    Ok(out) => out,
-                    Err(SdkError::ServiceError(e)) if e.err().is_no_such_key() => return Ok(None),
-                    Err(e) => return Err(classify("read", &key, e)),
-                };
-                // Refused on its stated size before a byte of the body is read; a body longer
-                // than it said is refused as it streams.
-                let size = out.content_length().and_then(|l| u64::try_from(l).ok());
-                if let Some(s) = size
-                    && s > limit
-                {
-                    return Err(BucketError::new(
-                        "read",
-                        &key,
-                        ErrorKind::TooLarge {
-                            limit,
-                            size: Some(s),
-                        },
-                        "refused before reading",
-                    ));
+                match self.body_within(&key, limit).await? {
+                    None => Ok(None),
+                    Some(body) => collect_bounded("read", &key, body, limit, true)
+                        .await
+                        .map(Some),
                 }
-                collect_bounded("read", &key, out.body, limit, true)
-                    .await
-                    .map(Some)
             })
         })
     }
@@ -660,13 +669,13 @@ impl BucketReader for S3Bucket {
         start: u64,
         len: u64,
     ) -> Result<Option<Range>, BucketError> {
-        let key = key.to_string();
         if len == 0 {
-            return Ok(self.size_of(&key)?.map(|total| Range {
+            return Ok(self.size(key)?.map(|total| Range {
                 bytes: Vec::new(),
                 total,
             }));
         }
+        let key = key.to_string();
         self.reads
             .run_blocking(|| self.runtime.block_on(self.get_range_once(&key, start, len)))
     }
@@ -679,34 +688,12 @@ impl BucketReader for S3Bucket {
         let key = key.to_string();
         self.reads.run_blocking(|| {
             self.runtime.block_on(async {
-                let r = self
-                    .client
-                    .get_object()
-                    .bucket(&self.config.bucket)
-                    .key(self.full_key(&key))
-                    .send()
-                    .await;
-                let mut out = match r {
-                    Ok(out) => out,
-                    Err(SdkError::ServiceError(e)) if e.err().is_no_such_key() => return Ok(None),
-                    Err(e) => return Err(classify("read", &key, e)),
+                let Some(mut body) = self.body_within(&key, limit).await? else {
+                    return Ok(None);
                 };
-                let too_large = |size| {
-                    BucketError::new(
-                        "read",
-                        &key,
-                        ErrorKind::TooLarge { limit, size },
-                        "refused before reading past the limit",
-                    )
-                };
-                if let Some(s) = out.content_length().and_then(|l| u64::try_from(l).ok())
-                    && s > limit
-                {
-                    return Err(too_large(Some(s)));
-                }
                 let mut h = sha2::Sha256::new();
                 let mut n = 0u64;
-                while let Some(piece) = out.body.next().await {
+                while let Some(piece) = body.next().await {
                     let piece = piece.map_err(|e| {
                         BucketError::new(
                             "read",
@@ -717,7 +704,12 @@ impl BucketReader for S3Bucket {
                     })?;
                     n += piece.len() as u64;
                     if n > limit {
-                        return Err(too_large(None));
+                        return Err(BucketError::new(
+                            "read",
+                            &key,
+                            ErrorKind::TooLarge { limit, size: None },
+                            "refused before reading past the limit",
+                        ));
                     }
                     h.update(&piece);
                 }
@@ -755,13 +747,6 @@ impl BucketReader for S3Bucket {
 
     fn describe(&self) -> String {
         format!("s3://{}/{}", self.config.bucket, self.config.prefix)
-    }
-}
-
-impl S3Bucket {
-    fn size_of(&self, key: &str) -> Result<Option<u64>, BucketError> {
-        self.reads
-            .run_blocking(|| self.runtime.block_on(self.head_once(key)))
     }
 }
 

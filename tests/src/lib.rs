@@ -122,6 +122,24 @@ pub fn close_session(w: SessionWriter, reason: EndReason) -> Result<()> {
     Ok(w.close(&close)?)
 }
 
+/// Every object of a closed fixture session, keyed as the uploader stores them, in upload order.
+pub fn session_objects(s: &fixtures::StoredSession) -> Vec<(ObjectKey, Vec<u8>)> {
+    let id = jitrec_format::SessionHeader::from_bytes(&s.header)
+        .expect("fixture headers parse")
+        .session_id;
+    let mut out = vec![
+        (ObjectKey::SessionHeader(id), s.header.clone()),
+        (ObjectKey::Init(id, 0), fixtures::init_bytes(0)),
+    ];
+    for (seq, (m, v, e)) in s.chunks.iter().enumerate() {
+        out.push((ObjectKey::ChunkVideo(id, seq as u64), v.clone()));
+        out.push((ObjectKey::ChunkEvents(id, seq as u64), e.clone()));
+        out.push((ObjectKey::ChunkManifest(id, seq as u64), m.clone()));
+    }
+    out.push((ObjectKey::SessionClosed(id), s.close.clone()));
+    out
+}
+
 /// Every object key a closed session of `chunks` chunks has in the bucket.
 pub fn expected_keys(s: SessionId, chunks: u64, closed: bool) -> Vec<String> {
     let mut keys = vec![
