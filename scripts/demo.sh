@@ -173,6 +173,16 @@ sleep 1
 wait_for "the session in the index" bash -c \
   "'$bin/jitrec-player' status --index '$index' | grep -q 'complete *1'"
 
+# The recorder signed the session with this endpoint's key; the player shows it as verified only
+# once an administrator approves that key for the machine, after comparing the fingerprint with
+# what the endpoint itself prints (here both are on this machine).
+identity=$("$bin/jitrec-recorder" identity --config "$DIR/recorder.toml")
+machine=$(awk '/^machine id:/ {print $3}' <<<"$identity")
+fingerprint=$(awk '/^fingerprint:/ {print $2}' <<<"$identity")
+echo "==> approving this endpoint's key $fingerprint for machine $machine"
+"$bin/jitrec-player" machines approve "$machine" "$fingerprint" --index "$index" \
+  --reason "demo: fingerprint compared with jitrec-recorder identity" >/dev/null
+
 cat <<EOF
 
   jitrec demo is running.
@@ -180,7 +190,8 @@ cat <<EOF
     sign in as:   reviewer / $password
     recordings:   $where_bucket
     index:        $where_index
-  The recorded session is listed as complete; search for "useradd" to jump to the command.
+  The recorded session is listed as complete and verified (signed by this endpoint's approved
+  key); search for "useradd" to jump to the command.
   Ctrl-C stops everything.
 
 EOF

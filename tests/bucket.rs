@@ -341,7 +341,8 @@ async fn listing_reads_and_retention_deletions_ride_over_503s_and_resets() {
         retention::init(index.as_ref()).unwrap();
         retention::set_policy(index.as_ref(), Level::Global, "", Some(1), "t").unwrap();
         proxy.script(&[("delete", Fault::Reset), ("delete", Fault::SlowDown)]);
-        let when = fixtures::t0() + chrono::Duration::days(30);
+        // Counted from when the player first saw the close record, i.e. during this test.
+        let when = chrono::Utc::now() + chrono::Duration::days(30);
         let r = retention::run(
             index.as_ref(),
             &reader as &dyn BucketAdmin,

@@ -132,6 +132,15 @@ fn the_demo_command_prints_a_url_where_the_recording_plays() {
     assert_eq!(rows.len(), 1, "{rows:?}");
     assert_eq!(rows[0].1, "complete", "{rows:?}");
     let id = &rows[0].0;
+    // Signed by the endpoint's key, which the demo approved as an administrator would.
+    let trust = b
+        .wait_for(
+            "(() => { const r = document.querySelector('tr.session'); const t = r && r.querySelectorAll('.badge')[1]; return t ? t.textContent : null; })()",
+            Duration::from_secs(10),
+            "the session's authenticity",
+        )
+        .unwrap();
+    assert_eq!(trust, "verified");
 
     // The search the demo suggests lists it with a hit that opens the player at the moment.
     b.goto(&format!("{url}/?q=useradd")).unwrap();

@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use jitrec_format::{
-    ChunkManifest, EndReason, Event, EventKind, ProcessStart, SessionHeader, SourceState,
-    WindowInfo, validate_events,
+    ChunkManifest, Event, EventKind, ProcessStart, SessionHeader, SourceState, WindowInfo,
+    validate_events,
 };
 use jitrec_recorder::events::process::{ProcessConfig, ProcessSource};
 use jitrec_recorder::events::redact::{RedactionConfig, Redactor};
@@ -136,8 +136,7 @@ pub(crate) fn record_into(
     during();
     jit_tx
         .send(JitEvent::Stop {
-            reason: "test".into(),
-            end: EndReason::ControlStop,
+            cause: jitrec_tests::control_stop("test"),
         })
         .unwrap();
     let done = obs_rx

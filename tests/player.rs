@@ -227,7 +227,7 @@ fn index_suite(open: &dyn Fn() -> Arc<dyn Index>) {
         std::fs::write(&p, serde_json::to_vec(&v).unwrap()).unwrap();
     };
     rewrite(ObjectKey::ChunkManifest(id(&future), 1), &|v| {
-        v["version"] = 2.into()
+        v["version"] = 3.into()
     });
     rewrite(ObjectKey::ChunkManifest(id(&forged), 2), &|v| {
         v["prev"] = "00".repeat(32).into();
@@ -291,7 +291,7 @@ fn index_suite(open: &dyn Fn() -> Arc<dyn Index>) {
     let (st, msg) = problem(&future);
     assert_eq!(st, Status::Tampered);
     assert!(
-        msg.contains("chunk 1: chunk manifest: unknown format version 2"),
+        msg.contains("chunk 1: chunk manifest: unknown format version 3"),
         "{msg}"
     );
     let (st, msg) = problem(&forged);
@@ -479,13 +479,21 @@ fn index_suite(open: &dyn Fn() -> Arc<dyn Index>) {
     let report =
         jitrec_player::verify::verify_and_record(src.as_ref(), index.as_ref(), id(&complete))
             .unwrap();
+    // Named twice: the bytes are not the ones the player witnessed, and not the manifest's.
     assert!(
-        report.problems[0].starts_with("chunk 0: events: SHA-256"),
+        report.problems[0].contains("events.zst: replaced after the player first read it"),
+        "{report}"
+    );
+    assert!(
+        report.problems[1].starts_with("chunk 0: events: SHA-256"),
         "{report}"
     );
     let (st, msg) = problem(&complete);
     assert_eq!(st, Status::Tampered);
-    assert!(msg.starts_with("chunk 0: events: SHA-256"), "{msg}");
+    assert!(
+        msg.contains("replaced after the player first read it"),
+        "{msg}"
+    );
 
     // A session without a close record and nothing new for longer than the timeout is
     // interrupted; one closed as interrupted by the recorder is too.

@@ -471,8 +471,7 @@ fn a_window_drawn_on_a_real_x_server_during_jit_is_in_the_recording_at_the_right
     std::thread::sleep(Duration::from_millis(1500));
     jit_tx
         .send(JitEvent::Stop {
-            reason: "test".into(),
-            end: EndReason::ControlStop,
+            cause: jitrec_tests::control_stop("test"),
         })
         .unwrap();
     let done = done_rx.recv_timeout(Duration::from_secs(30)).unwrap();
@@ -627,8 +626,7 @@ where
     }
     jit_tx
         .send(JitEvent::Stop {
-            reason: "test".into(),
-            end: EndReason::ControlStop,
+            cause: jitrec_tests::control_stop("test"),
         })
         .unwrap();
     match ev_rx.recv_timeout(Duration::from_secs(60)).unwrap() {

@@ -179,6 +179,26 @@ fn the_recorder_program_is_driven_by_its_socket_and_the_admin_group_and_survives
     let close = close.expect("the close record is committed when `jit stop` returns");
     assert_eq!(close.end_reason, EndReason::ControlStop);
     assert_eq!(close.chunk_count, chunks);
+    // Signed (format v2) with the key the recorder created beside its spool, and who stopped
+    // it is part of the record: the `jit stop` client, by account, pid and executable.
+    assert_eq!(header.version, 2);
+    let key = header.endpoint_key.expect("a v2 header announces its key");
+    let (signer, _) =
+        jitrec_recorder::identity::load_or_create(&tmp.path().join("key/endpoint.key")).unwrap();
+    assert_eq!(signer.public(), key);
+    let cause = close
+        .stopped_by
+        .expect("a v2 close record says who stopped it");
+    assert_eq!(cause.by, jitrec_format::StopBy::ControlCommand);
+    let peer = cause.peer.expect("the control client is named");
+    assert_eq!(peer.user.id, "0", "{peer:?}");
+    assert!(
+        peer.exe
+            .as_deref()
+            .is_some_and(|e| e.ends_with("jitrec-test-recorder")),
+        "{peer:?}"
+    );
+    assert_eq!(cause.recorded_user, Some(false), "root is not alice");
     assert_eq!(header.authorization.trigger, Trigger::ControlCommand);
     assert_eq!(
         header.authorization.authorized_by.as_deref(),
@@ -206,6 +226,10 @@ fn the_recorder_program_is_driven_by_its_socket_and_the_admin_group_and_survives
     let close = close.unwrap();
     assert_eq!(h.authorization.trigger, Trigger::GroupMembership);
     assert_eq!(close.end_reason, EndReason::Interrupted);
+    assert_eq!(
+        close.stopped_by.map(|c| c.by),
+        Some(jitrec_format::StopBy::RecorderCrash)
+    );
     assert_eq!(chunks, committed, "every committed chunk survived the kill");
     assert_eq!(close.chunk_count, committed);
     assert!(
@@ -226,10 +250,11 @@ fn the_recorder_program_is_driven_by_its_socket_and_the_admin_group_and_survives
     wait_until("the session to close", || {
         read_session(&spool, resumed).1.is_some()
     });
-    assert_eq!(
-        read_session(&spool, resumed).1.unwrap().end_reason,
-        EndReason::JitEnded
-    );
+    let close = read_session(&spool, resumed).1.unwrap();
+    assert_eq!(close.end_reason, EndReason::JitEnded);
+    let cause = close.stopped_by.expect("who stopped it");
+    assert_eq!(cause.by, jitrec_format::StopBy::GroupChange);
+    assert!(cause.detail.contains("alice left group sudo"), "{cause:?}");
     assert!(
         Command::new("kill")
             .args(["-TERM", &rec.id().to_string()])

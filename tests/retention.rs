@@ -58,9 +58,12 @@ pub(crate) fn index_all(src: &Arc<dyn BucketReader>, index: &Arc<dyn Index>) {
     ix.pass().unwrap();
 }
 
-/// The fixture sessions end 6 s after they start, `n` minutes after t0.
+/// `d` days after the sessions ended, as the retention job counts: from when the player first
+/// saw their close records (its witness record, during this test run), not from the dates the
+/// fixtures carry. The hour covers the time between indexing and the first call.
 fn day(d: i64) -> DateTime<Utc> {
-    fixtures::t0() + Span::days(d) + Span::hours(1)
+    static BASE: std::sync::LazyLock<DateTime<Utc>> = std::sync::LazyLock::new(Utc::now);
+    *BASE + Span::days(d) + Span::hours(1)
 }
 
 fn retention_suite(index: Arc<dyn Index>) {
@@ -242,7 +245,8 @@ fn a_retention_job_killed_half_way_leaves_nothing_the_next_run_does_not_finish()
     let src: Arc<dyn BucketReader> = Arc::new(DirBucket::new(&bucket));
     index_all(&src, &index);
     retention::init(index.as_ref()).unwrap();
-    retention::set_policy(index.as_ref(), Level::Global, "", Some(1), "t").unwrap();
+    // 0 days: expired as soon as the player has seen them closed (the job runs on the real clock).
+    retention::set_policy(index.as_ref(), Level::Global, "", Some(0), "t").unwrap();
 
     // 480 objects at 150 per second: about 3 s of work, killed somewhere in the middle.
     let mut job = player(

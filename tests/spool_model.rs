@@ -10,7 +10,7 @@ use std::fs;
 use std::path::Path;
 
 use jitrec_format::fixtures::{self, session_id};
-use jitrec_format::{EndReason, FORMAT_VERSION, SessionClose, SessionId, Sha256Digest};
+use jitrec_format::{EndReason, FORMAT_V1, SessionClose, SessionId, Sha256Digest};
 use jitrec_spool::{
     DEFAULT_MAX_BYTES, Entry, EntryName, EntryRef, SessionWriter, SpoolConfig, SpoolError,
     SpoolReader, SpoolWriter, framed_len,
@@ -248,7 +248,7 @@ impl Harness {
                 let w = self.writers.remove(&m.id).unwrap();
                 assert_eq!((w.head(), w.next_seq()), (m.head, m.next_seq));
                 let close = SessionClose {
-                    version: FORMAT_VERSION,
+                    version: FORMAT_V1,
                     session_id: m.id,
                     end_reason: if m.resumed {
                         EndReason::Interrupted
@@ -261,6 +261,7 @@ impl Harness {
                     media_end_us: w.last_chunk().map(|c| c.media_end_us).unwrap_or_default(),
                     prev: m.head,
                     note: None,
+                    stopped_by: None,
                 };
                 w.close(&close).unwrap();
                 m.pending

@@ -3,6 +3,7 @@
 // Tests report seeds and figures on stderr, which cargo shows for failing tests.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stderr)]
 
+mod authenticity;
 mod bucket;
 mod demo;
 mod e2e;

@@ -10,13 +10,13 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::parse::{self, Document, check};
-use crate::{FormatError, MediaTime, PayloadError, SessionId, Sha256Digest};
+use crate::{EndpointSigner, FormatError, MediaTime, PayloadError, SessionId, Sha256Digest};
 
 /// Manifest of one chunk (`chunks/<seq>.json`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ChunkManifest {
-    /// Always [`crate::FORMAT_VERSION`].
+    /// 1 or 2; the same as the session header's.
     pub version: u32,
     pub session_id: SessionId,
     /// Position in the session, gapless from 0.
@@ -135,9 +135,19 @@ impl ChunkManifest {
         parse::parse(bytes)
     }
 
-    /// The exact bytes to store; the next chunk's `prev` is their SHA-256.
+    /// The exact bytes to store (version 1); the next chunk's `prev` is their SHA-256.
     pub fn to_bytes(&self) -> Result<Vec<u8>, FormatError> {
         parse::encode(self)
+    }
+
+    /// The exact bytes to store (version 2), signed by `signer`.
+    pub fn to_signed_bytes(&self, signer: &EndpointSigner) -> Result<Vec<u8>, FormatError> {
+        parse::encode_signed(self, signer)
+    }
+
+    /// The stored bytes of this manifest's version: signed by `signer` for version 2.
+    pub fn to_stored_bytes(&self, signer: Option<&EndpointSigner>) -> Result<Vec<u8>, FormatError> {
+        parse::encode_stored(self, signer)
     }
 
     /// Checks the video segment against the manifest.
@@ -174,6 +184,11 @@ impl ChunkManifest {
 
 impl Document for ChunkManifest {
     const WHAT: &'static str = "chunk manifest";
+    const KIND: &'static str = "chunk_manifest";
+
+    fn version(&self) -> u32 {
+        self.version
+    }
 
     fn validate(&self) -> Result<(), String> {
         check(self.seq <= crate::MAX_SEQ, || {

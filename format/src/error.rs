@@ -4,7 +4,8 @@
 
 use crate::Sha256Digest;
 
-/// A document (session header, chunk manifest, close record) is not valid format v1.
+/// A document (session header, chunk manifest, close record) is not a valid document of the
+/// format.
 #[derive(Debug, thiserror::Error)]
 pub enum FormatError {
     /// The document is larger than [`crate::MAX_DOCUMENT_BYTES`].
@@ -18,7 +19,7 @@ pub enum FormatError {
     #[error("{what}: no numeric `version` field")]
     MissingVersion { what: &'static str },
     /// The document declares a version this build does not read.
-    #[error("{what}: unknown format version {found} (this build reads version {supported})")]
+    #[error("{what}: unknown format version {found} (this build reads versions 1 to {supported})")]
     UnknownVersion {
         what: &'static str,
         found: u64,

@@ -65,6 +65,9 @@ pub enum EventKind {
         machine: String,
         #[serde(default)]
         reason: Option<String>,
+        /// Version 2: who or what ended it (boxed: rare, and larger than every other event).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        stopped_by: Option<Box<crate::StopCause>>,
     },
     /// The recorder started capturing.
     RecorderStarted,
@@ -244,6 +247,10 @@ pub fn validate_events(manifest: &ChunkManifest, events: &[Event]) -> Result<(),
     for (index, e) in events.iter().enumerate() {
         let invalid = |reason: String| EventsError::Invalid { index, reason };
         e.event.validate().map_err(invalid)?;
+        if let EventKind::JitStop { stopped_by, .. } = &e.event {
+            crate::parse::check_v2_field(manifest.version, "stopped_by", stopped_by.as_deref())
+                .map_err(invalid)?;
+        }
         if e.media_us < manifest.media_start_us || e.media_us > manifest.media_end_us {
             return Err(invalid(format!(
                 "media time {} is outside the chunk [{}, {}]",
@@ -294,9 +301,13 @@ impl EventKind {
                 user,
                 machine,
                 reason,
+                stopped_by,
             } => {
                 check_text("user", user)?;
                 check_text("machine", machine)?;
+                if let Some(c) = stopped_by {
+                    c.validate("stopped_by")?;
+                }
                 check_optional_text("reason", reason.as_deref())
             }
             EventKind::RecorderStarted | EventKind::RecorderStopped => Ok(()),

@@ -7,9 +7,10 @@
 use chrono::{DateTime, Duration, TimeZone, Utc};
 
 use crate::{
-    Agent, Authorization, ChunkManifest, Codec, CodecParams, EndReason, Event, EventKind,
-    EventsRef, FORMAT_VERSION, InitRef, Labels, Machine, MediaTime, PayloadRef, ProcessStart,
-    SessionClose, SessionHeader, SessionId, Sha256Digest, Trigger, UserRef, encode_events,
+    Agent, Authorization, ChunkManifest, Codec, CodecParams, EndReason, EndpointSigner, Event,
+    EventKind, EventsRef, FORMAT_V1, FORMAT_VERSION, InitRef, Labels, Machine, MediaTime,
+    PayloadRef, ProcessStart, SessionClose, SessionHeader, SessionId, Sha256Digest, StopBy,
+    StopCause, Trigger, UserRef, encode_events,
 };
 
 /// A fixed start time: 2026-01-02 03:04:05 UTC.
@@ -62,6 +63,32 @@ pub fn header(session: SessionId) -> SessionHeader {
             timescale: 90_000,
             b_frames: 0,
         },
+        endpoint_key: None,
+    }
+    .v1()
+}
+
+/// A deterministic endpoint key derived from `n` (tests only: a real key's seed comes from the
+/// operating system's random source).
+pub fn signer(n: u8) -> EndpointSigner {
+    EndpointSigner::from_seed([n.wrapping_add(1); 32])
+}
+
+/// A complete, valid version 2 header announcing `signer`'s key.
+pub fn header_v2(session: SessionId, signer: &EndpointSigner) -> SessionHeader {
+    SessionHeader {
+        version: FORMAT_VERSION,
+        endpoint_key: Some(signer.public()),
+        ..header(session)
+    }
+}
+
+impl SessionHeader {
+    fn v1(self) -> Self {
+        Self {
+            version: FORMAT_V1,
+            ..self
+        }
     }
 }
 
@@ -103,7 +130,7 @@ pub fn manifest(
     let start = seq * 2_000_000;
     let end = start + 2_000_000;
     ChunkManifest {
-        version: FORMAT_VERSION,
+        version: FORMAT_V1,
         session_id: session,
         seq,
         media_start_us: MediaTime::from_micros(start),
@@ -149,32 +176,76 @@ pub fn stored_session_with(
     n: u64,
     events: impl Fn(u64) -> Vec<Event>,
 ) -> StoredSession {
+    build(header, n, events, None)
+}
+
+/// Builds a valid, correctly chained and signed version 2 session of `n` chunks.
+pub fn stored_session_v2(session: SessionId, n: u64, signer: &EndpointSigner) -> StoredSession {
+    build(header_v2(session, signer), n, events, Some(signer))
+}
+
+/// [`stored_session_v2`] from a version 2 `header` (its `endpoint_key` should be `signer`'s for
+/// the session to verify under it).
+pub fn stored_session_v2_from(
+    header: SessionHeader,
+    n: u64,
+    signer: &EndpointSigner,
+) -> StoredSession {
+    build(header, n, events, Some(signer))
+}
+
+/// The jit_stop-free events of [`events`] are valid in both versions.
+fn build(
+    header: SessionHeader,
+    n: u64,
+    events: impl Fn(u64) -> Vec<Event>,
+    signer: Option<&EndpointSigner>,
+) -> StoredSession {
     let session = header.session_id;
-    let header = header.to_bytes().expect("the fixture header is valid");
+    let version = header.version;
+    let started = header.started_at;
+    let header = header
+        .to_stored_bytes(signer)
+        .expect("the fixture header is valid");
     let mut prev = Sha256Digest::of(&header);
     let mut chunks = Vec::new();
     for seq in 0..n {
         let video = format!("moof-mdat-{seq}").into_bytes();
         let ev = events(seq);
         let ev_bytes = encode_events(&ev).expect("fixture events encode");
-        let m = manifest(session, seq, prev, &video, &ev_bytes, ev.len() as u32)
-            .to_bytes()
-            .expect("the fixture manifest is valid");
+        let m = manifest(session, seq, prev, &video, &ev_bytes, ev.len() as u32);
+        // Wall-clock times follow the header's start (tests move sessions in time).
+        let shift = started - t0();
+        let m = ChunkManifest {
+            version,
+            utc_start: m.utc_start + shift,
+            utc_end: m.utc_end + shift,
+            ..m
+        }
+        .to_stored_bytes(signer)
+        .expect("the fixture manifest is valid");
         prev = Sha256Digest::of(&m);
         chunks.push((m, video, ev_bytes));
     }
+    let stopped_by = (version == FORMAT_VERSION).then(|| StopCause {
+        by: StopBy::GroupChange,
+        peer: None,
+        recorded_user: None,
+        detail: "alice left the administrators group".into(),
+    });
     let close = SessionClose {
-        version: FORMAT_VERSION,
+        version,
         session_id: session,
         end_reason: EndReason::JitEnded,
-        ended_at: t0() + Duration::seconds(2 * n as i64),
-        closed_at: t0() + Duration::seconds(2 * n as i64),
+        ended_at: started + Duration::seconds(2 * n as i64),
+        closed_at: started + Duration::seconds(2 * n as i64),
         chunk_count: n,
         media_end_us: MediaTime::from_micros(n * 2_000_000),
         prev,
         note: None,
+        stopped_by,
     }
-    .to_bytes()
+    .to_stored_bytes(signer)
     .expect("the fixture close record is valid");
     StoredSession {
         header,

@@ -1,8 +1,9 @@
-//! The jitrec recording format, version 1: the vocabulary every other crate speaks.
+//! The jitrec recording format, versions 1 and 2: the vocabulary every other crate speaks.
 //!
 //! This crate owns the *shapes* of a recording and nothing else: session ids, the session header,
 //! chunk manifests, the close record, the event schema, and the bucket's object-key layout, plus
-//! the checks that make a recording evidence (payload hashes and the hash chain). It does no I/O
+//! the checks that make a recording evidence (payload hashes, the hash chain and, from version 2,
+//! the endpoint's signature on every document). It does no I/O
 //! and knows nothing of spools, buckets or ffmpeg, so the recorder, uploader and player can all
 //! depend on it without pulling in each other's stacks.
 //!
@@ -23,6 +24,7 @@ mod id;
 mod layout;
 mod parse;
 mod session;
+mod signed;
 mod time;
 
 #[cfg(any(test, feature = "testing"))]
@@ -30,7 +32,7 @@ pub mod fixtures;
 #[cfg(test)]
 mod tests;
 
-pub use chain::{ChainError, ChainVerifier};
+pub use chain::{CLOSE_TIME_TOLERANCE, ChainError, ChainVerifier};
 pub use chunk::{ChunkManifest, EventsRef, InitRef, PayloadRef};
 pub use digest::Sha256Digest;
 pub use error::{FormatError, PayloadError};
@@ -43,16 +45,22 @@ pub use layout::{LAYOUT_PREFIX, LayoutError, MAX_SEQ, ObjectKey};
 pub use parse::MAX_TEXT_CHARS;
 pub use session::{
     Agent, Authorization, Codec, CodecParams, EndReason, Labels, Machine, SessionClose,
-    SessionHeader, Trigger,
+    SessionHeader, StopBy, StopCause, StopPeer, Trigger,
 };
+pub use signed::{EndpointKey, EndpointSigner, SIGNATURE_DOMAIN, signed_message};
 pub use time::MediaTime;
 
-/// The format version this crate writes and the only one it reads.
+/// The format version this crate writes: 2, signed documents.
 ///
-/// Every JSON document (session header, chunk manifest, close record) carries it in `version`.
-/// A reader that meets another value refuses the document with [`FormatError::UnknownVersion`]
-/// rather than guessing at fields it does not know.
-pub const FORMAT_VERSION: u32 = 1;
+/// Every JSON document (session header, chunk manifest, close record) carries its version in
+/// `version`. This crate reads versions 1 (unsigned) and 2; a reader that meets another value
+/// refuses the document with [`FormatError::UnknownVersion`] rather than guessing at fields it
+/// does not know. All documents of one session have the same version.
+pub const FORMAT_VERSION: u32 = 2;
+
+/// Format version 1: the same documents, stored as plain JSON, unsigned. Still read, so sessions
+/// recorded before version 2 stay playable; they are labelled *unsigned* wherever they appear.
+pub const FORMAT_V1: u32 = 1;
 
 /// Upper bound on the size of any JSON document of the format (header, manifest, close record).
 ///

@@ -10,14 +10,14 @@
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::parse::{self, Document, check, check_optional_text, check_text};
-use crate::{FormatError, MediaTime, SessionId, Sha256Digest};
+use crate::parse::{self, Document, check, check_optional_text, check_text, check_v2_field};
+use crate::{EndpointSigner, FormatError, MediaTime, SessionId, Sha256Digest};
 
 /// The first document of a session (`session.json`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SessionHeader {
-    /// Always [`crate::FORMAT_VERSION`].
+    /// 1 or 2 ([`crate::FORMAT_VERSION`] is what this crate writes).
     pub version: u32,
     pub session_id: SessionId,
     pub machine: Machine,
@@ -29,6 +29,10 @@ pub struct SessionHeader {
     pub started_at: DateTime<Utc>,
     pub agent: Agent,
     pub codec: CodecParams,
+    /// Version 2: the endpoint's public key, which signs every document of the session. Whether
+    /// it is the enrolled key of `machine` is for the player to say.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint_key: Option<crate::EndpointKey>,
 }
 
 /// The endpoint a session was recorded on.
@@ -114,7 +118,7 @@ pub enum Codec {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SessionClose {
-    /// Always [`crate::FORMAT_VERSION`].
+    /// 1 or 2 ([`crate::FORMAT_VERSION`] is what this crate writes).
     pub version: u32,
     pub session_id: SessionId,
     pub end_reason: EndReason,
@@ -133,6 +137,83 @@ pub struct SessionClose {
     /// Free text for a reviewer, e.g. why a session was interrupted.
     #[serde(default)]
     pub note: Option<String>,
+    /// Version 2: who or what ended the recording.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stopped_by: Option<StopCause>,
+}
+
+/// Who or what ended a recording (format v2): evidence in its own right, since the person
+/// recorded may be the one who stopped it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StopCause {
+    pub by: StopBy,
+    /// The process that asked, for a control command (from the socket's peer credentials).
+    #[serde(default)]
+    pub peer: Option<StopPeer>,
+    /// Whether the recorded user themselves caused it (their account, or their login session
+    /// behind `sudo`); `None` when the recorder cannot tell.
+    #[serde(default)]
+    pub recorded_user: Option<bool>,
+    /// In words, for a reviewer.
+    pub detail: String,
+}
+
+/// What ended a recording.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StopBy {
+    /// The recorder saw the account leave the administrators group.
+    GroupChange,
+    /// `jit stop` on the recorder's control socket.
+    ControlCommand,
+    /// The recorder service was stopped (service stop, shutdown) during JIT.
+    ServiceStop,
+    /// The recorder died; a later run found the session open and closed it.
+    RecorderCrash,
+}
+
+impl StopBy {
+    /// The end reason this cause goes with.
+    pub fn end_reason(self) -> EndReason {
+        match self {
+            StopBy::GroupChange => EndReason::JitEnded,
+            StopBy::ControlCommand => EndReason::ControlStop,
+            StopBy::ServiceStop => EndReason::RecorderShutdown,
+            StopBy::RecorderCrash => EndReason::Interrupted,
+        }
+    }
+}
+
+/// The local process behind a control command.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StopPeer {
+    /// The account the process ran as.
+    pub user: crate::UserRef,
+    #[serde(default)]
+    pub pid: Option<u32>,
+    /// Its executable, when it could be read.
+    #[serde(default)]
+    pub exe: Option<String>,
+    /// The account that logged in to start the process's session (Linux: the audit login uid,
+    /// which `sudo` and `su` do not change), when known.
+    #[serde(default)]
+    pub login_user: Option<crate::UserRef>,
+}
+
+impl StopCause {
+    pub(crate) fn validate(&self, field: &str) -> Result<(), String> {
+        check_text(&format!("{field}.detail"), &self.detail)?;
+        if let Some(p) = &self.peer {
+            p.user.validate(&format!("{field}.peer.user"))?;
+            check_optional_text(&format!("{field}.peer.exe"), p.exe.as_deref())?;
+            if let Some(u) = &p.login_user {
+                u.validate(&format!("{field}.peer.login_user"))?;
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Why a session ended.
@@ -155,16 +236,32 @@ impl SessionHeader {
         parse::parse(bytes)
     }
 
-    /// The exact bytes to store; the chain's first link is their SHA-256.
+    /// The exact bytes to store (version 1); the chain's first link is their SHA-256.
     pub fn to_bytes(&self) -> Result<Vec<u8>, FormatError> {
         parse::encode(self)
+    }
+
+    /// The exact bytes to store (version 2): the header in an envelope signed by `signer`.
+    pub fn to_signed_bytes(&self, signer: &EndpointSigner) -> Result<Vec<u8>, FormatError> {
+        parse::encode_signed(self, signer)
+    }
+
+    /// The stored bytes of this header's version: signed by `signer` for version 2.
+    pub fn to_stored_bytes(&self, signer: Option<&EndpointSigner>) -> Result<Vec<u8>, FormatError> {
+        parse::encode_stored(self, signer)
     }
 }
 
 impl Document for SessionHeader {
     const WHAT: &'static str = "session header";
+    const KIND: &'static str = "session_header";
+
+    fn version(&self) -> u32 {
+        self.version
+    }
 
     fn validate(&self) -> Result<(), String> {
+        check_v2_field(self.version, "endpoint_key", self.endpoint_key.as_ref())?;
         check_text("machine.id", &self.machine.id)?;
         check_text("machine.hostname", &self.machine.hostname)?;
         self.user.validate("user")?;
@@ -194,7 +291,7 @@ impl Document for SessionHeader {
         check(c.timescale > 0, || "`codec.timescale` is 0".into())?;
         check(c.crf <= 51, || format!("`codec.crf` {} is above 51", c.crf))?;
         check(c.b_frames == 0, || {
-            format!("`codec.b_frames` is {}; format v1 requires 0", c.b_frames)
+            format!("`codec.b_frames` is {}; the format requires 0", c.b_frames)
         })
     }
 }
@@ -205,16 +302,41 @@ impl SessionClose {
         parse::parse(bytes)
     }
 
-    /// The exact bytes to store.
+    /// The exact bytes to store (version 1).
     pub fn to_bytes(&self) -> Result<Vec<u8>, FormatError> {
         parse::encode(self)
+    }
+
+    /// The exact bytes to store (version 2), signed by `signer`.
+    pub fn to_signed_bytes(&self, signer: &EndpointSigner) -> Result<Vec<u8>, FormatError> {
+        parse::encode_signed(self, signer)
+    }
+
+    /// The stored bytes of this record's version: signed by `signer` for version 2.
+    pub fn to_stored_bytes(&self, signer: Option<&EndpointSigner>) -> Result<Vec<u8>, FormatError> {
+        parse::encode_stored(self, signer)
     }
 }
 
 impl Document for SessionClose {
     const WHAT: &'static str = "close record";
+    const KIND: &'static str = "close_record";
+
+    fn version(&self) -> u32 {
+        self.version
+    }
 
     fn validate(&self) -> Result<(), String> {
+        check_v2_field(self.version, "stopped_by", self.stopped_by.as_ref())?;
+        if let Some(c) = &self.stopped_by {
+            c.validate("stopped_by")?;
+            check(c.by.end_reason() == self.end_reason, || {
+                format!(
+                    "`stopped_by.by` {:?} does not go with `end_reason` {:?}",
+                    c.by, self.end_reason
+                )
+            })?;
+        }
         check(self.closed_at >= self.ended_at, || {
             format!(
                 "`closed_at` {} is before `ended_at` {}",

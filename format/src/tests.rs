@@ -33,7 +33,7 @@ fn header_rejections() {
     let cases: Vec<(&str, Vec<u8>)> = vec![
         (
             "future version",
-            json_with(&bytes, |v| v["version"] = 2.into()),
+            json_with(&bytes, |v| v["version"] = 3.into()),
         ),
         (
             "no version",
@@ -86,9 +86,9 @@ fn header_rejections() {
         assert!(err.to_string().contains("session header"), "{name}: {err}");
     }
     let err =
-        SessionHeader::from_bytes(&json_with(&bytes, |v| v["version"] = 2.into())).unwrap_err();
+        SessionHeader::from_bytes(&json_with(&bytes, |v| v["version"] = 3.into())).unwrap_err();
     assert!(
-        matches!(err, FormatError::UnknownVersion { found: 2, .. }),
+        matches!(err, FormatError::UnknownVersion { found: 3, .. }),
         "{err}"
     );
     let err = SessionHeader::from_bytes(&json_with(&bytes, |v| {
@@ -278,6 +278,7 @@ fn every_event_kind() -> Vec<Event> {
             user: "alice".into(),
             machine: "ws-0421".into(),
             reason: Some("expired".into()),
+            stopped_by: None,
         },
         EventKind::RecorderStopped,
     ];
@@ -544,7 +545,7 @@ fn tampered_chains_are_pinpointed() {
 
     // An unknown version inside the chain is a format error, not a pass.
     let mut future = stored_session(session_id(10), 4);
-    future.chunks[0].0 = json_with(&future.chunks[0].0, |v| v["version"] = 2.into());
+    future.chunks[0].0 = json_with(&future.chunks[0].0, |v| v["version"] = 3.into());
     assert!(matches!(
         verify_all(&future),
         Err(ChainError::Format(FormatError::UnknownVersion { .. }))
@@ -565,4 +566,294 @@ fn time_going_backwards_is_rejected() {
         v.push(&m1.to_bytes().unwrap()),
         Err(ChainError::TimeReversed { seq: 1, .. })
     ));
+}
+
+mod v2 {
+    //! Format version 2: signatures, and what an attacker holding the bucket key can and cannot
+    //! make a verifier accept.
+
+    use super::json_with;
+    use crate::fixtures::{self, session_id, signer, stored_session, stored_session_v2};
+    use crate::*;
+    use base64::Engine as _;
+    use base64::engine::general_purpose::STANDARD as B64;
+
+    fn verify_all(s: &fixtures::StoredSession) -> Result<ChainVerifier, ChainError> {
+        let mut v = ChainVerifier::new(&s.header)?;
+        for (m, _, _) in &s.chunks {
+            v.push(m)?;
+        }
+        Ok(v)
+    }
+
+    fn finish(s: &fixtures::StoredSession) -> Result<SessionClose, ChainError> {
+        verify_all(s)?.finish(&s.close)
+    }
+
+    /// The document inside a stored envelope.
+    fn body(stored: &[u8]) -> serde_json::Value {
+        let env: serde_json::Value = serde_json::from_slice(stored).unwrap();
+        serde_json::from_slice(&B64.decode(env["payload"].as_str().unwrap()).unwrap()).unwrap()
+    }
+
+    /// An envelope around `doc`, signed by `key` (what an attacker with a key of their own does).
+    fn reseal(kind: &str, doc: &serde_json::Value, key: &EndpointSigner) -> Vec<u8> {
+        let body = serde_json::to_vec(doc).unwrap();
+        let sig = sign(key, &signed_message(kind, &body));
+        serde_json::to_vec(&serde_json::json!({
+            "version": 2, "document": kind,
+            "payload": B64.encode(&body), "signature": B64.encode(sig),
+        }))
+        .unwrap()
+    }
+
+    fn sign(key: &EndpointSigner, msg: &[u8]) -> [u8; 64] {
+        use ed25519_dalek::Signer as _;
+        ed25519_dalek::SigningKey::from_bytes(&key.seed())
+            .sign(msg)
+            .to_bytes()
+    }
+
+    #[test]
+    fn a_signed_session_verifies_and_names_its_key() {
+        let k = signer(1);
+        let s = stored_session_v2(session_id(1), 3, &k);
+        let v = verify_all(&s).unwrap();
+        assert_eq!(v.key(), Some(&k.public()));
+        assert_eq!(v.header().version, 2);
+        let close = v.finish(&s.close).unwrap();
+        assert_eq!(close.stopped_by.unwrap().by, StopBy::GroupChange);
+        // Every document is an envelope, parseable on its own.
+        assert_eq!(ChunkManifest::from_bytes(&s.chunks[1].0).unwrap().seq, 1);
+        // The announced key's text form round-trips.
+        let text = k.public().to_string();
+        assert!(text.starts_with("ed25519:"), "{text}");
+        assert_eq!(text.parse::<EndpointKey>().unwrap(), k.public());
+    }
+
+    #[test]
+    fn a_rechained_session_does_not_verify_without_the_key() {
+        // The attack of the issue: drop a chunk's events, recompute digests and links. Without
+        // the endpoint's key the attacker can only sign with a key of their own.
+        let k = signer(1);
+        let mallory = signer(9);
+        let mut s = stored_session_v2(session_id(2), 3, &k);
+        let mut m1 = body(&s.chunks[1].0);
+        let empty = encode_events(&[]).unwrap();
+        m1["events"]["size"] = (empty.len() as u64).into();
+        m1["events"]["sha256"] = Sha256Digest::of(&empty).to_string().into();
+        m1["events"]["count"] = 0.into();
+        s.chunks[1].0 = reseal("chunk_manifest", &m1, &mallory);
+        let err = verify_all(&s).unwrap_err();
+        assert!(
+            matches!(&err, ChainError::BadSignature { what, .. } if what == "chunk 1"),
+            "{err}"
+        );
+
+        // Changing the payload bytes but keeping the signature fails too.
+        let mut s = stored_session_v2(session_id(2), 3, &k);
+        let mut env: serde_json::Value = serde_json::from_slice(&s.chunks[2].0).unwrap();
+        let mut m2 = body(&s.chunks[2].0);
+        m2["frames"] = 11.into();
+        env["payload"] = B64.encode(serde_json::to_vec(&m2).unwrap()).into();
+        s.chunks[2].0 = serde_json::to_vec(&env).unwrap();
+        assert!(matches!(
+            verify_all(&s),
+            Err(ChainError::BadSignature { .. })
+        ));
+    }
+
+    #[test]
+    fn a_session_built_from_nothing_verifies_only_under_its_own_key() {
+        // A whole session forged with another key is self-consistent: the chain verifies, but
+        // under the forger's key, which is what the player's enrolment check then refuses.
+        let forged = stored_session_v2(session_id(3), 2, &signer(9));
+        let v = verify_all(&forged).unwrap();
+        assert_ne!(v.key(), Some(&signer(1).public()));
+        assert_eq!(v.key(), Some(&signer(9).public()));
+
+        // Swapping only the announced key in a real header breaks the header's own signature.
+        let s = stored_session_v2(session_id(3), 2, &signer(1));
+        let mut h = body(&s.header);
+        h["endpoint_key"] = signer(9).public().to_string().into();
+        let env: serde_json::Value = serde_json::from_slice(&s.header).unwrap();
+        let mut env = env;
+        env["payload"] = B64.encode(serde_json::to_vec(&h).unwrap()).into();
+        let err = ChainVerifier::new(&serde_json::to_vec(&env).unwrap()).unwrap_err();
+        assert!(matches!(err, ChainError::BadSignature { .. }), "{err}");
+    }
+
+    #[test]
+    fn versions_do_not_mix_within_a_session() {
+        // Downgrading one manifest to unsigned v1 inside a signed session is refused.
+        let k = signer(1);
+        let mut s = stored_session_v2(session_id(4), 3, &k);
+        let mut m1 = body(&s.chunks[1].0);
+        m1["version"] = 1.into();
+        s.chunks[1].0 = serde_json::to_vec(&m1).unwrap();
+        let err = verify_all(&s).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                ChainError::MixedVersion {
+                    found: 1,
+                    header: 2,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        // And a v2 envelope holding a v1 document is not a v2 document.
+        let mut h = body(&s.header);
+        h["version"] = 1.into();
+        h.as_object_mut().unwrap().remove("endpoint_key");
+        let stored = reseal("session_header", &h, &k);
+        let err = SessionHeader::from_bytes(&stored).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("version 2 envelope holds a version 1"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn envelopes_are_strict() {
+        let k = signer(1);
+        let s = stored_session_v2(session_id(5), 1, &k);
+        // A header's envelope stored where a manifest belongs is not a manifest.
+        let err = ChunkManifest::from_bytes(&s.header).unwrap_err();
+        assert!(
+            err.to_string().contains("not a \"chunk_manifest\""),
+            "{err}"
+        );
+        let cases: Vec<(&str, Vec<u8>)> = vec![
+            (
+                "unknown envelope field",
+                json_with(&s.chunks[0].0, |v| v["extra"] = 1.into()),
+            ),
+            (
+                "non-canonical base64",
+                json_with(&s.chunks[0].0, |v| {
+                    let p = v["payload"]
+                        .as_str()
+                        .unwrap()
+                        .trim_end_matches('=')
+                        .to_owned();
+                    v["payload"] = p.into();
+                }),
+            ),
+            (
+                "short signature",
+                json_with(&s.chunks[0].0, |v| {
+                    v["signature"] = B64.encode([0u8; 32]).into()
+                }),
+            ),
+        ];
+        for (name, case) in cases {
+            assert!(ChunkManifest::from_bytes(&case).is_err(), "{name} accepted");
+        }
+        // A weak (small-order) key is not a key: the identity point.
+        let mut weak = [0u8; 32];
+        weak[0] = 1;
+        assert!(EndpointKey::from_bytes(weak).is_err());
+    }
+
+    #[test]
+    fn version_2_fields_are_required_there_and_refused_in_version_1() {
+        let k = signer(1);
+        let h = fixtures::header_v2(session_id(6), &k);
+        let no_key = SessionHeader {
+            endpoint_key: None,
+            ..h.clone()
+        };
+        assert!(no_key.to_signed_bytes(&k).is_err());
+        let v1_with_key = SessionHeader {
+            version: 1,
+            ..h.clone()
+        };
+        assert!(v1_with_key.to_bytes().is_err());
+        assert!(
+            h.to_bytes().is_err(),
+            "a v2 header must not be stored unsigned"
+        );
+
+        // A v1 session's jit_stop may not carry the v2 `stopped_by`.
+        let stop = Event {
+            media_us: MediaTime::from_micros(2_000_000),
+            utc: fixtures::t0(),
+            event: EventKind::JitStop {
+                user: "alice".into(),
+                machine: "ws".into(),
+                reason: None,
+                stopped_by: Some(Box::new(StopCause {
+                    by: StopBy::ControlCommand,
+                    peer: None,
+                    recorded_user: Some(true),
+                    detail: "jit stop".into(),
+                })),
+            },
+        };
+        let ev = encode_events(std::slice::from_ref(&stop)).unwrap();
+        let m = fixtures::manifest(session_id(6), 0, Sha256Digest::of(b"h"), b"v", &ev, 1);
+        let err = validate_events(&m, std::slice::from_ref(&stop)).unwrap_err();
+        assert!(err.to_string().contains("version 2 field"), "{err}");
+        let m2 = ChunkManifest { version: 2, ..m };
+        validate_events(&m2, &[stop]).unwrap();
+
+        // The cause must go with the end reason.
+        let s = stored_session_v2(session_id(6), 1, &k);
+        let mut c = SessionClose::from_bytes(&s.close).unwrap();
+        c.end_reason = EndReason::ControlStop;
+        assert!(c.to_signed_bytes(&k).is_err());
+    }
+
+    #[test]
+    fn a_close_record_that_disagrees_with_its_chain_is_refused() {
+        // Signed or not: a forged end date is caught by the chain, whatever retention would do
+        // with it.
+        let k = signer(1);
+        for signed in [false, true] {
+            let s = if signed {
+                stored_session_v2(session_id(7), 2, &k)
+            } else {
+                stored_session(session_id(7), 2)
+            };
+            let mut close = SessionClose::from_bytes(&s.close).unwrap();
+            let store = |c: &SessionClose| {
+                if signed {
+                    c.to_signed_bytes(&k).unwrap()
+                } else {
+                    c.to_bytes().unwrap()
+                }
+            };
+            let mut forged = fixtures::StoredSession {
+                header: s.header.clone(),
+                chunks: s.chunks.clone(),
+                close: Vec::new(),
+            };
+            close.ended_at = chrono::DateTime::from_timestamp(0, 0).unwrap();
+            forged.close = store(&close);
+            let err = finish(&forged).unwrap_err();
+            assert!(matches!(err, ChainError::CloseInconsistent(_)), "{err}");
+
+            let mut late = SessionClose::from_bytes(&s.close).unwrap();
+            late.ended_at += chrono::Duration::hours(2);
+            late.closed_at = late.ended_at;
+            forged.close = store(&late);
+            assert!(matches!(
+                finish(&forged),
+                Err(ChainError::CloseInconsistent(_))
+            ));
+
+            let mut media = SessionClose::from_bytes(&s.close).unwrap();
+            media.media_end_us = MediaTime::from_micros(1);
+            forged.close = store(&media);
+            assert!(matches!(
+                finish(&forged),
+                Err(ChainError::CloseInconsistent(_))
+            ));
+            forged.close = s.close.clone();
+            finish(&forged).unwrap();
+        }
+    }
 }

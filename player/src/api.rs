@@ -201,12 +201,28 @@ async fn list(
     let q = p.query()?;
     let text = q.text.clone();
     let index = Arc::clone(&st.index);
-    let page = blocking(move || index.list(&q).map_err(ApiError::internal)).await?;
+    let page = blocking(move || {
+        let page = index.list(&q).map_err(ApiError::internal)?;
+        // Each row says how far its signatures vouch for it, beside its status.
+        let labels = page
+            .sessions
+            .iter()
+            .map(|s| trust(index.as_ref(), s.session.id).map(|(a, _)| a))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut v = serde_json::to_value(&page).map_err(ApiError::internal)?;
+        if let Some(rows) = v.get_mut("sessions").and_then(|r| r.as_array_mut()) {
+            for (row, a) in rows.iter_mut().zip(labels) {
+                row["authenticity"] = serde_json::json!(a.label());
+            }
+        }
+        Ok((page.sessions.len(), v))
+    })
+    .await?;
     if let Some(t) = text {
-        let detail = format!("{} sessions on this page", page.sessions.len());
+        let detail = format!("{} sessions on this page", page.0);
         audit(&st, &login, "search", t, detail).await?;
     }
-    Ok(Json(page).into_response())
+    Ok(Json(page.1).into_response())
 }
 
 /// One session, as `GET /api/sessions/{id}` answers.
@@ -218,6 +234,10 @@ pub struct SessionDetail {
     pub inits: Vec<InitRow>,
     pub chunks: Vec<ChunkRow>,
     pub events: Vec<EventRow>,
+    /// Whether the signatures vouch for the session (see `docs/player.md`, "Enrolment").
+    pub authenticity: crate::enroll::Authenticity,
+    /// Who or what ended the recording (format v2), from its close record.
+    pub stopped_by: Option<jitrec_format::StopCause>,
 }
 
 /// The retention view of one session.
@@ -239,9 +259,13 @@ fn retention_info(index: &dyn Index, s: &SessionRow) -> Result<RetentionInfo, Ap
         s.computer.as_deref(),
     );
     let hold = r::hold_of(index, s.id).map_err(ApiError::internal)?;
-    let expires_at = match (p.and_then(|p| p.keep_days), s.closed) {
-        (Some(d), true) => {
-            Some(s.ended_at.unwrap_or(s.started_at) + chrono::Duration::days(i64::from(d)))
+    // As the retention job counts: from when the player first saw the close record.
+    let closed_seen = crate::witness::lookup(index, &ObjectKey::SessionClosed(s.id).to_string())
+        .map_err(ApiError::internal)?
+        .map(|w| w.seen_at);
+    let expires_at = match (p.and_then(|p| p.keep_days), s.closed, closed_seen) {
+        (Some(d), true, Some(seen)) => {
+            chrono::Duration::try_days(i64::from(d)).and_then(|d| seen.checked_add_signed(d))
         }
         _ => None,
     };
@@ -265,7 +289,10 @@ async fn session(
             .session(id)
             .map_err(ApiError::internal)?
             .ok_or_else(|| ApiError::not_found(format!("no session {id} in the index")))?;
+        let (authenticity, stopped_by) = trust(st.index.as_ref(), id)?;
         Ok(SessionDetail {
+            authenticity,
+            stopped_by,
             retention: retention_info(st.index.as_ref(), &session)?,
             session,
             inits: st.index.inits(id).map_err(ApiError::internal)?,
@@ -275,6 +302,27 @@ async fn session(
     })
     .await?;
     Ok(Json(d).into_response())
+}
+
+/// A session's authenticity and stop cause, from the enrolment and witness records.
+fn trust(
+    index: &dyn Index,
+    id: SessionId,
+) -> Result<
+    (
+        crate::enroll::Authenticity,
+        Option<jitrec_format::StopCause>,
+    ),
+    ApiError,
+> {
+    let seen = crate::witness::lookup(index, &ObjectKey::SessionHeader(id).to_string())
+        .map_err(ApiError::internal)?
+        .map(|w| w.seen_at);
+    let a = crate::enroll::authenticity(index, id, seen).map_err(ApiError::internal)?;
+    let stop = crate::enroll::session_key(index, id)
+        .map_err(ApiError::internal)?
+        .and_then(|s| s.stopped_by);
+    Ok((a, stop))
 }
 
 fn number(name: &str, ext: &str) -> Result<u64, ApiError> {
@@ -337,15 +385,65 @@ fn media_error(e: jitrec_bucket::BucketError) -> ApiError {
 /// Serves an object's bytes, honouring a single `Range` (browsers fetch media by range). The
 /// body streams piece by piece from the bucket: a request costs a few pieces of memory, not the
 /// object.
+///
+/// Only bytes the player's witness record vouches for are served: the stored object is hashed
+/// first and compared with what the player recorded when it first read it; other bytes are
+/// refused (409) and the session is verified again, which marks it tampered. While the body
+/// streams it is hashed again, and its last piece is held back until the hash matches, so bytes
+/// swapped between the check and the read never reach the client as a whole object.
 async fn serve_object(
     st: AppState,
     key: ObjectKey,
     headers: &HeaderMap,
 ) -> Result<Response, ApiError> {
-    let src = Arc::clone(&st.src);
-    let total = blocking(move || src.size(&key).map_err(media_error))
-        .await?
-        .ok_or_else(|| ApiError::not_found(format!("{key} is missing from the bucket")))?;
+    let (src, index) = (Arc::clone(&st.src), Arc::clone(&st.index));
+    let witnessed = blocking(move || {
+        let k = key.to_string();
+        let w = crate::witness::lookup(index.as_ref(), &k)
+            .map_err(ApiError::internal)?
+            .ok_or_else(|| {
+                ApiError::not_found(format!(
+                    "{k} is not in the player's witness record (indexed before it existed: run `jitrec-player reindex`)"
+                ))
+            })?;
+        let stored = match src.digest(&key, w.size) {
+            Ok(d) => d,
+            // A store that failed to answer is not evidence of anything: 500, and the client
+            // retries. An object the bucket refuses for what it is (a link, a FIFO, a
+            // directory, larger than witnessed) is, and is checked like other bytes below.
+            Err(e) if !e.is_refused_object() => return Err(media_error(e)),
+            Err(e) => {
+                if let Err(v) =
+                    crate::verify::verify_and_record(src.as_ref(), index.as_ref(), key.session())
+                {
+                    tracing::warn!(error = %v, "re-verifying a session with a refused object failed");
+                }
+                return Err(media_error(e));
+            }
+        };
+        match stored {
+            Some((size, sha)) if size == w.size && sha == w.sha256 => Ok(Ok(w)),
+            None => Err(ApiError::not_found(format!("{k} is missing from the bucket"))),
+            Some(_) => {
+                // Replaced after the player saw it: refuse, and let the session's status say so.
+                tracing::warn!(key = %k, "media refused: the stored bytes are not the ones the player witnessed");
+                if let Err(e) =
+                    crate::verify::verify_and_record(src.as_ref(), index.as_ref(), key.session())
+                {
+                    tracing::warn!(error = %e, "re-verifying a session with replaced media failed");
+                }
+                Ok(Err(ApiError(
+                    StatusCode::CONFLICT,
+                    format!(
+                        "{k}: the stored bytes are not the ones the player first saw at {}; the session is marked tampered",
+                        w.seen_at
+                    ),
+                )))
+            }
+        }
+    })
+    .await??;
+    let total = witnessed.size;
     let range = headers
         .get(header::RANGE)
         .and_then(|v| v.to_str().ok())
@@ -367,23 +465,45 @@ async fn serve_object(
         tokio::sync::mpsc::channel::<Result<bytes::Bytes, std::io::Error>>(MEDIA_PIECES_IN_FLIGHT);
     let src = Arc::clone(&st.src);
     tokio::task::spawn_blocking(move || {
+        use sha2::Digest as _;
+        let whole = start == 0 && end == total;
+        let mut hasher = sha2::Sha256::new();
+        let mut held: Option<Vec<u8>> = None;
         let mut at = start;
         while at < end {
             let len = (end - at).min(jitrec_bucket::READ_PIECE);
             let piece = match src.get_range(&key, at, len) {
                 Ok(Some(r)) if !r.bytes.is_empty() => r.bytes,
                 // Shorter or gone since its size was read: end the body early rather than pad.
-                Ok(_) => break,
+                Ok(_) => return,
                 Err(e) => {
                     tracing::warn!(error = %e, "media response cut short");
                     let _ = tx.blocking_send(Err(std::io::Error::other(e.to_string())));
-                    break;
+                    return;
                 }
             };
             at += piece.len() as u64;
-            if tx.blocking_send(Ok(piece.into())).is_err() {
-                break; // the client went away
+            hasher.update(&piece);
+            if let Some(prev) = held.replace(piece)
+                && tx.blocking_send(Ok(prev.into())).is_err()
+            {
+                return; // the client went away
             }
+        }
+        let same = !whole
+            || jitrec_format::Sha256Digest::from_bytes(hasher.finalize().into())
+                == witnessed.sha256;
+        match held {
+            Some(last) if same => {
+                let _ = tx.blocking_send(Ok(last.into()));
+            }
+            Some(_) => {
+                tracing::warn!(%key, "media response cut: the object changed while it was read");
+                let _ = tx.blocking_send(Err(std::io::Error::other(
+                    "the object changed while it was served",
+                )));
+            }
+            None => {}
         }
     });
     let stream = futures_util::stream::unfold(rx, |mut rx| async move {
@@ -557,6 +677,8 @@ async fn verify(
         "status": report.status,
         "chunks_verified": report.chunks_verified,
         "problems": report.problems,
+        "authenticity": report.authenticity,
+        "verified": report.is_verified(),
         "text": report.to_string(),
     }))
     .into_response())

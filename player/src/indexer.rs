@@ -47,6 +47,8 @@ pub struct IndexerConfig {
     pub stale_after: Duration,
     /// How far before the newest session discovery lists again (endpoint clock skew).
     pub discovery_window: Duration,
+    /// When a machine's key counts (see [`crate::enroll`]).
+    pub enrolment: crate::enroll::Policy,
 }
 
 impl Default for IndexerConfig {
@@ -55,6 +57,7 @@ impl Default for IndexerConfig {
             interval: Duration::from_secs(1),
             stale_after: Duration::from_secs(600),
             discovery_window: Duration::from_secs(3600),
+            enrolment: crate::enroll::Policy::default(),
         }
     }
 }
@@ -180,6 +183,10 @@ impl Indexer {
             crate::retention::RetentionError::Index(e) => IndexerError::Index(e),
             e => IndexerError::Index(IndexError::Other(e.to_string())),
         })?;
+        crate::witness::init(me.index.as_ref())
+            .map_err(|e| IndexerError::Index(IndexError::Other(e.to_string())))?;
+        crate::enroll::init(me.index.as_ref())
+            .map_err(|e| IndexerError::Index(IndexError::Other(e.to_string())))?;
         for id in me.index.unfinished()? {
             me.track(id);
         }
@@ -329,13 +336,31 @@ impl Indexer {
                 continue;
             }
             let mut found = Vec::new();
-            let progressed = t.scan.advance(self.src.as_ref(), stale, &mut found)?;
+            let progressed = t.scan.advance_witnessed(
+                self.src.as_ref(),
+                Some(self.index.as_ref()),
+                stale,
+                &mut found,
+            )?;
             let now = Utc::now();
             let mut last_utc = t.row.started_at;
             let mut batch = Batch::default();
             for f in found {
-                if let Found::Chunk { manifest, .. } = &f {
-                    last_utc = last_utc.max(manifest.utc_end);
+                match &f {
+                    Found::Chunk { manifest, .. } => last_utc = last_utc.max(manifest.utc_end),
+                    Found::Header(h) => crate::enroll::seen_header(
+                        self.index.as_ref(),
+                        id,
+                        h,
+                        self.config.enrolment,
+                        now,
+                    )
+                    .map_err(|e| IndexerError::Index(IndexError::Other(e.to_string())))?,
+                    Found::Close(c) => {
+                        crate::enroll::seen_close(self.index.as_ref(), id, c.stopped_by.as_ref())
+                            .map_err(|e| IndexerError::Index(IndexError::Other(e.to_string())))?
+                    }
+                    Found::Init(_) => {}
                 }
                 apply_found(&mut t.row, f, id, &mut batch);
             }

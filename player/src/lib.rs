@@ -20,6 +20,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod enroll;
 pub mod export;
 pub mod index;
 pub mod indexer;
@@ -27,3 +28,4 @@ pub mod retention;
 pub mod scan;
 pub mod verify;
 pub mod web;
+pub mod witness;

@@ -10,6 +10,7 @@ use clap::{Args, Parser, Subcommand};
 use jitrec_bucket::S3Args;
 use jitrec_bucket::{BucketAdmin, BucketReader, DirBucket, S3Bucket};
 use jitrec_format::SessionId;
+use jitrec_player::enroll::Policy;
 use jitrec_player::export::{self, ExportOptions};
 use jitrec_player::index::{self, Index};
 use jitrec_player::indexer::{Indexer, IndexerConfig};
@@ -76,6 +77,21 @@ enum Command {
         /// `jitrec-player retention run` instead).
         #[arg(long, default_value_t = 3600)]
         retention_every: u64,
+        /// When a machine's signing key counts: `approve` (an administrator approves each
+        /// machine's key) or `tofu` (the first key seen for a machine id is trusted, any other
+        /// is flagged). See docs/player.md, "Enrolment".
+        #[arg(long, value_enum, default_value_t = Policy::Approve)]
+        enrolment: Policy,
+    },
+    /// Machines and their signing keys: list, approve, revoke, replace (all audited).
+    Machines {
+        #[command(subcommand)]
+        command: MachineCommand,
+    },
+    /// The player's witness record of what it read from the bucket.
+    Witness {
+        #[command(subcommand)]
+        command: WitnessCommand,
     },
     /// Manage the report view's local accounts.
     User {
@@ -99,8 +115,11 @@ enum Command {
         #[command(flatten)]
         index: IndexArgs,
     },
-    /// Verify sessions' hash chains and payload hashes. Exits 1 if any session is broken.
-    /// With --record, also updates the sessions' status in the index.
+    /// Verify sessions' hash chains, payload hashes and signatures. Exits 0 only if every
+    /// session is intact and signed by its machine's approved key; 1 if any is broken (altered,
+    /// re-chained, replaced after the player saw it); 3 if none is broken but some are unsigned
+    /// (format v1), open, or signed by a key not approved for their machine. With --record, the
+    /// index's witness and enrolment records are consulted and the sessions' status updated.
     Verify {
         #[command(flatten)]
         bucket: BucketArgs,
@@ -127,6 +146,61 @@ enum Command {
         /// Export even if the session does not verify.
         #[arg(long)]
         allow_unverified: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum MachineCommand {
+    /// Every machine key on record, pending ones first, with fingerprints.
+    List {
+        #[command(flatten)]
+        index: IndexArgs,
+    },
+    /// Approve a pending key as its machine's key (compare the fingerprint with what
+    /// `jitrec-recorder identity` prints on that machine first).
+    Approve {
+        machine: String,
+        fingerprint: String,
+        #[arg(long, default_value = "")]
+        reason: String,
+        #[command(flatten)]
+        index: IndexArgs,
+    },
+    /// Revoke a key (compromised): no session signed by it is verified any more.
+    Revoke {
+        machine: String,
+        fingerprint: String,
+        #[arg(long)]
+        reason: String,
+        #[command(flatten)]
+        index: IndexArgs,
+    },
+    /// Make another key the machine's key (reinstalled machine); the old key is retired and the
+    /// sessions the player saw before now stay verified.
+    Replace {
+        machine: String,
+        fingerprint: String,
+        #[arg(long)]
+        reason: String,
+        #[command(flatten)]
+        index: IndexArgs,
+    },
+}
+
+#[derive(Subcommand)]
+enum WitnessCommand {
+    /// Print the head of the witness chain (entries and hash): record it outside the player.
+    Head {
+        #[command(flatten)]
+        index: IndexArgs,
+    },
+    /// Re-hash the whole witness chain; exits 1 if it is broken. Pass --expect ENTRIES:HASH
+    /// (an anchored head) to also check that the chain still contains that head.
+    Check {
+        #[arg(long, value_name = "ENTRIES:HASH")]
+        expect: Option<String>,
+        #[command(flatten)]
+        index: IndexArgs,
     },
 }
 
@@ -416,6 +490,7 @@ pub(crate) fn main() -> Result<()> {
             interval,
             stale_after,
             retention_every,
+            enrolment,
         } => {
             let deleter = open_bucket(&bucket, &rt)?;
             let src: Arc<dyn BucketReader> = deleter.clone();
@@ -430,6 +505,7 @@ pub(crate) fn main() -> Result<()> {
             let config = IndexerConfig {
                 interval: Duration::from_secs_f64(interval.clamp(0.05, 3600.0)),
                 stale_after: Duration::from_secs(stale_after),
+                enrolment,
                 ..IndexerConfig::default()
             };
             let indexer = Indexer::new(Arc::clone(&src), Arc::clone(&idx), config)
@@ -518,6 +594,8 @@ pub(crate) fn main() -> Result<()> {
             print_counts(idx.as_ref())
         }
         Command::Status { index } => print_counts(open_index(&index.index)?.as_ref()),
+        Command::Machines { command } => machines(command),
+        Command::Witness { command } => witness(command),
         Command::Retention { command } => retention(command, &rt),
         Command::User { command } => {
             let spec = match &command {
@@ -564,7 +642,7 @@ pub(crate) fn main() -> Result<()> {
             } else {
                 sessions
             };
-            let mut broken = 0;
+            let (mut broken, mut unverified) = (0, 0);
             for s in &sessions {
                 let report = match &idx {
                     Some(i) => verify::verify_and_record(src.as_ref(), i.as_ref(), *s)?,
@@ -572,10 +650,19 @@ pub(crate) fn main() -> Result<()> {
                 };
                 println!("{report}");
                 broken += usize::from(report.verdict == Verdict::Broken);
+                unverified +=
+                    usize::from(report.verdict != Verdict::Broken && !report.is_verified());
             }
-            println!("{} sessions verified, {broken} broken", sessions.len());
+            println!(
+                "{} sessions checked: {} verified, {broken} broken, {unverified} intact or open but not vouched for",
+                sessions.len(),
+                sessions.len() - broken - unverified
+            );
             if broken > 0 {
                 std::process::exit(1);
+            }
+            if unverified > 0 {
+                std::process::exit(3);
             }
             Ok(())
         }
@@ -631,6 +718,110 @@ fn print_counts(idx: &dyn Index) -> Result<()> {
     println!("index ({}): {total} sessions", idx.backend());
     for (s, n) in counts {
         println!("  {s:<12} {n}");
+    }
+    Ok(())
+}
+
+fn machines(command: MachineCommand) -> Result<()> {
+    use jitrec_player::enroll;
+    let spec = match &command {
+        MachineCommand::List { index }
+        | MachineCommand::Approve { index, .. }
+        | MachineCommand::Revoke { index, .. }
+        | MachineCommand::Replace { index, .. } => index.index.clone(),
+    };
+    let idx = open_index(&spec)?;
+    let idx = idx.as_ref();
+    jitrec_player::auth::init(idx)?;
+    let actor = "(command line)";
+    match command {
+        MachineCommand::List { .. } => {
+            for k in enroll::list(idx)? {
+                println!(
+                    "{}\t{}\t{:?}\t{}\tfirst seen {} in session {}{}",
+                    k.machine_id,
+                    k.hostname,
+                    k.state,
+                    k.fingerprint,
+                    k.first_seen,
+                    k.first_session,
+                    if k.decided_by.is_empty() {
+                        String::new()
+                    } else {
+                        format!(
+                            "\t{} by {}: {}",
+                            k.decided_at.map(|t| t.to_string()).unwrap_or_default(),
+                            k.decided_by,
+                            k.reason
+                        )
+                    }
+                );
+            }
+        }
+        MachineCommand::Approve {
+            machine,
+            fingerprint,
+            reason,
+            ..
+        } => {
+            enroll::approve(idx, &machine, &fingerprint, actor, &reason)?;
+            println!("machine {machine}: key {fingerprint} approved");
+        }
+        MachineCommand::Revoke {
+            machine,
+            fingerprint,
+            reason,
+            ..
+        } => {
+            enroll::revoke(idx, &machine, &fingerprint, actor, &reason)?;
+            println!("machine {machine}: key {fingerprint} revoked");
+        }
+        MachineCommand::Replace {
+            machine,
+            fingerprint,
+            reason,
+            ..
+        } => {
+            enroll::replace(idx, &machine, &fingerprint, actor, &reason)?;
+            println!("machine {machine}: key {fingerprint} is now its key");
+        }
+    }
+    Ok(())
+}
+
+fn witness(command: WitnessCommand) -> Result<()> {
+    use jitrec_player::witness;
+    match command {
+        WitnessCommand::Head { index } => {
+            let idx = open_index(&index.index)?;
+            let h = witness::head(idx.as_ref())?;
+            println!("{}:{}", h.entries, h.hash);
+        }
+        WitnessCommand::Check { expect, index } => {
+            let idx = open_index(&index.index)?;
+            let h = match witness::check(idx.as_ref()) {
+                Ok(h) => h,
+                Err(e) => {
+                    println!("witness record BROKEN: {e}");
+                    std::process::exit(1);
+                }
+            };
+            if let Some(expect) = expect {
+                let (n, hash) = expect
+                    .split_once(':')
+                    .and_then(|(n, h)| Some((n.parse::<i64>().ok()?, h.to_owned())))
+                    .context("--expect takes ENTRIES:HASH, as `witness head` prints it")?;
+                let found = witness::entry_hash_at(idx.as_ref(), n)?;
+                if found.as_deref() != Some(hash.as_str()) {
+                    println!(
+                        "witness record REWRITTEN: entry {n} hashes to {}, the anchored head says {hash}",
+                        found.as_deref().unwrap_or("(no such entry)")
+                    );
+                    std::process::exit(1);
+                }
+            }
+            println!("witness record intact: {}:{}", h.entries, h.hash);
+        }
     }
     Ok(())
 }

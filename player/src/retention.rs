@@ -433,6 +433,9 @@ pub struct RunReport {
     pub recording: usize,
     /// Sessions no policy matches (never deleted).
     pub unresolved: usize,
+    /// Closed sessions whose close record the player's witness record has not seen (indexed
+    /// before the witness existed; `reindex` records them): never deleted until it has.
+    pub unwitnessed: usize,
     /// Sessions whose deletion failed this time (they stay `deleting` and are retried).
     pub failed: Vec<(SessionId, String)>,
 }
@@ -525,11 +528,29 @@ pub fn run(
         let Some(days) = policy.keep_days else {
             continue;
         };
-        let ended_us = if ended >= 0 { ended } else { started };
-        let Some(ended_at) = DateTime::from_timestamp_micros(ended_us) else {
+        let _ = (started, ended);
+        // The end that counts is when the player itself first saw the close record (its own
+        // clock, from the witness record): never earlier than the real end, whatever date an
+        // endpoint wrote into `ended_at`. A session whose close record the witness has not
+        // seen is not expired on the strength of an endpoint's claim.
+        let close_key = jitrec_format::ObjectKey::SessionClosed(id).to_string();
+        let ended_at = match crate::witness::lookup(index, &close_key) {
+            Ok(Some(w)) => w.seen_at,
+            Ok(None) => {
+                report.unwitnessed += 1;
+                continue;
+            }
+            Err(e) => {
+                report.failed.push((id, e.to_string()));
+                continue;
+            }
+        };
+        let Some(expired_at) = chrono::Duration::try_days(i64::from(days))
+            .and_then(|d| ended_at.checked_add_signed(d))
+        else {
+            // A policy longer than the calendar can hold never expires.
             continue;
         };
-        let expired_at = ended_at + chrono::Duration::days(i64::from(days));
         if expired_at > now {
             continue;
         }

@@ -17,12 +17,16 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use chrono::{DateTime, Utc};
 use jitrec_bucket::{BucketError, BucketReader};
 use jitrec_format::{
-    ChainError, ChainVerifier, ChunkManifest, EndReason, Event, InitRef, MAX_DECODED_EVENTS_BYTES,
-    MAX_DOCUMENT_BYTES, ObjectKey, SessionClose, SessionHeader, SessionId, Sha256Digest,
-    decode_events, validate_events,
+    ChainError, ChainVerifier, ChunkManifest, EndReason, EndpointKey, Event, InitRef,
+    MAX_DECODED_EVENTS_BYTES, MAX_DOCUMENT_BYTES, ObjectKey, SessionClose, SessionHeader,
+    SessionId, Sha256Digest, decode_events, validate_events,
 };
+
+use crate::index::Index;
+use crate::witness::{self, Seen};
 
 /// The largest document (header, manifest, close record) read: the format's own bound, so a
 /// larger object is refused before it is read.
@@ -149,6 +153,12 @@ pub struct SessionScan {
     problems: Vec<Problem>,
     bad_keys: BTreeSet<String>,
     chunks_verified: u64,
+    /// When the player's witness record first saw the header (player clock).
+    header_seen: Option<DateTime<Utc>>,
+    /// When it first saw the close record.
+    close_seen: Option<DateTime<Utc>>,
+    /// The key the session's documents are signed with (version 2), once the header is read.
+    key: Option<EndpointKey>,
 }
 
 impl SessionScan {
@@ -164,6 +174,55 @@ impl SessionScan {
             problems: Vec::new(),
             bad_keys: BTreeSet::new(),
             chunks_verified: 0,
+            header_seen: None,
+            close_seen: None,
+            key: None,
+        }
+    }
+
+    /// When the witness record first saw the header (`None` without a witness, or before).
+    pub fn header_seen(&self) -> Option<DateTime<Utc>> {
+        self.header_seen
+    }
+
+    /// When the witness record first saw the close record.
+    pub fn close_seen(&self) -> Option<DateTime<Utc>> {
+        self.close_seen
+    }
+
+    /// The key the session is signed with; `None` for an unsigned (v1) session or before its
+    /// header was read.
+    pub fn key(&self) -> Option<&EndpointKey> {
+        self.key.as_ref()
+    }
+
+    /// Compares what was just read under `key` with the witness record (recording it at first
+    /// sight). Returns the time it was first seen, and reports bytes that differ from what was
+    /// first seen as tampering: whatever signs the new bytes, they are not what arrived.
+    fn witness(
+        &mut self,
+        w: Option<&dyn Index>,
+        key: ObjectKey,
+        size: u64,
+        sha: &Sha256Digest,
+    ) -> Result<Option<DateTime<Utc>>, BucketError> {
+        let Some(w) = w else { return Ok(None) };
+        let k = key.to_string();
+        match witness::observe(w, &k, size, sha, Utc::now()) {
+            Ok(Seen::New(t) | Seen::Same(t)) => Ok(Some(t)),
+            Ok(Seen::Replaced(was)) => {
+                self.tampered(format!(
+                    "{k}: replaced after the player first read it at {}: then {} bytes with SHA-256 {}, now {size} bytes with {sha}",
+                    was.seen_at, was.size, was.sha256
+                ));
+                Ok(Some(was.seen_at))
+            }
+            Err(e) => Err(BucketError::new(
+                "witness",
+                k,
+                jitrec_bucket::ErrorKind::Io(std::io::ErrorKind::Other),
+                e.to_string(),
+            )),
         }
     }
 
@@ -237,6 +296,18 @@ impl SessionScan {
         give_up_waiting: bool,
         found: &mut Vec<Found>,
     ) -> Result<bool, BucketError> {
+        self.advance_witnessed(src, None, give_up_waiting, found)
+    }
+
+    /// [`SessionScan::advance`], comparing every object read with the witness record kept in
+    /// `witness` (and adding to it what is seen for the first time).
+    pub fn advance_witnessed(
+        &mut self,
+        src: &dyn BucketReader,
+        w: Option<&dyn Index>,
+        give_up_waiting: bool,
+        found: &mut Vec<Found>,
+    ) -> Result<bool, BucketError> {
         let s = self.session;
         // Keys sort chunk by chunk (`.events.zst` < `.json` < `.m4s`), then `closed.json`,
         // `init/`, `session.json`: resuming after the last read chunk's video re-lists only the
@@ -279,23 +350,7 @@ impl SessionScan {
                     self.tampered(format!("session header: {}", e.kind));
                     self.broken = true;
                 }
-                Read::Got(bytes) => match ChainVerifier::new(&bytes) {
-                    Ok(c) if c.header().session_id != s => {
-                        self.tampered(format!(
-                            "the session header belongs to session {}",
-                            c.header().session_id
-                        ));
-                        self.broken = true;
-                    }
-                    Ok(c) => {
-                        found.push(Found::Header(Box::new(c.header().clone())));
-                        self.chain = Some(c);
-                    }
-                    Err(e) => {
-                        self.tampered(format!("session header: {e}"));
-                        self.broken = true;
-                    }
-                },
+                Read::Got(bytes) => self.read_header(w, &bytes, found)?,
             }
         }
 
@@ -314,7 +369,7 @@ impl SessionScan {
                 .to_string();
                 self.problem(ProblemKind::Gap, msg);
             }
-            self.read_chunk(src, seq, gap, found)?;
+            self.read_chunk(src, w, seq, gap, found)?;
             self.next_seq = seq + 1;
         }
 
@@ -322,15 +377,58 @@ impl SessionScan {
             match read(src.get(&ObjectKey::SessionClosed(s), DOCUMENT_LIMIT))? {
                 Read::Missing => self.tampered("the close record vanished while reading it"),
                 Read::Refused(e) => self.tampered(format!("close record: {}", e.kind)),
-                Read::Got(bytes) => self.read_close(&bytes, found),
+                Read::Got(bytes) => {
+                    self.close_seen = self.witness(
+                        w,
+                        ObjectKey::SessionClosed(s),
+                        bytes.len() as u64,
+                        &Sha256Digest::of(&bytes),
+                    )?;
+                    self.read_close(&bytes, found)
+                }
             }
         }
         Ok(found.len() > before)
     }
 
+    fn read_header(
+        &mut self,
+        w: Option<&dyn Index>,
+        bytes: &[u8],
+        found: &mut Vec<Found>,
+    ) -> Result<(), BucketError> {
+        let s = self.session;
+        self.header_seen = self.witness(
+            w,
+            ObjectKey::SessionHeader(s),
+            bytes.len() as u64,
+            &Sha256Digest::of(bytes),
+        )?;
+        match ChainVerifier::new(bytes) {
+            Ok(c) if c.header().session_id != s => {
+                self.tampered(format!(
+                    "the session header belongs to session {}",
+                    c.header().session_id
+                ));
+                self.broken = true;
+            }
+            Ok(c) => {
+                found.push(Found::Header(Box::new(c.header().clone())));
+                self.key = c.key().copied();
+                self.chain = Some(c);
+            }
+            Err(e) => {
+                self.tampered(format!("session header: {e}"));
+                self.broken = true;
+            }
+        }
+        Ok(())
+    }
+
     fn read_chunk(
         &mut self,
         src: &dyn BucketReader,
+        w: Option<&dyn Index>,
         seq: u64,
         after_gap: bool,
         found: &mut Vec<Found>,
@@ -348,6 +446,14 @@ impl SessionScan {
                 return Ok(());
             }
         };
+        let replaced = self.problems.len();
+        self.witness(
+            w,
+            ObjectKey::ChunkManifest(s, seq),
+            bytes.len() as u64,
+            &Sha256Digest::of(&bytes),
+        )?;
+        let manifest_replaced = self.problems.len() > replaced;
         let manifest = match ChunkManifest::from_bytes(&bytes) {
             Ok(m) => m,
             Err(e) => {
@@ -364,7 +470,7 @@ impl SessionScan {
             self.break_chain();
             return Ok(());
         }
-        let mut ok = !self.broken;
+        let mut ok = !self.broken && !manifest_replaced;
         if let Some(chain) = self.chain.as_mut() {
             let linked = if after_gap {
                 chain.resync(&bytes)
@@ -392,6 +498,9 @@ impl SessionScan {
                 ok = false;
             }
             Read::Got((size, sha)) => {
+                let before = self.problems.len();
+                self.witness(w, ObjectKey::ChunkVideo(s, seq), size, &sha)?;
+                ok &= self.problems.len() == before;
                 if let Err(e) = manifest.verify_video_digest(size, &sha) {
                     self.tampered(format!("chunk {seq}: {e}"));
                     ok = false;
@@ -399,7 +508,18 @@ impl SessionScan {
             }
         }
         let events_limit = manifest.events.size.min(EVENTS_LIMIT);
-        match read(src.get(&ObjectKey::ChunkEvents(s, seq), events_limit))? {
+        let got = read(src.get(&ObjectKey::ChunkEvents(s, seq), events_limit))?;
+        if let Read::Got(b) = &got {
+            let before = self.problems.len();
+            self.witness(
+                w,
+                ObjectKey::ChunkEvents(s, seq),
+                b.len() as u64,
+                &Sha256Digest::of(b),
+            )?;
+            ok &= self.problems.len() == before;
+        }
+        match got {
             Read::Missing => {
                 self.tampered(format!("chunk {seq}: events are missing"));
                 ok = false;
@@ -432,6 +552,11 @@ impl SessionScan {
                 Read::Missing | Read::Refused(_) => None,
             };
             slot.insert(digest);
+            if let Some((size, sha)) = digest {
+                let before = self.problems.len();
+                self.witness(w, ObjectKey::Init(s, init_id), size, &sha)?;
+                ok &= self.problems.len() == before;
+            }
             if let Some((size, sha)) = digest
                 && size == manifest.init.size
                 && sha == manifest.init.sha256

@@ -37,6 +37,22 @@ pub struct Report {
     pub close: Option<SessionClose>,
     /// Every problem found, in words.
     pub problems: Vec<String>,
+    /// Whether the signatures vouch for the session (only known with the index: see
+    /// [`verify_and_record`]).
+    pub authenticity: Option<crate::enroll::Authenticity>,
+    /// The key the session is signed with (version 2).
+    pub key: Option<jitrec_format::EndpointKey>,
+}
+
+impl Report {
+    /// Intact, and signed by the approved key of the machine it claims.
+    pub fn is_verified(&self) -> bool {
+        self.verdict == Verdict::Intact
+            && self
+                .authenticity
+                .as_ref()
+                .is_some_and(crate::enroll::Authenticity::is_verified)
+    }
 }
 
 impl fmt::Display for Report {
@@ -59,6 +75,40 @@ impl fmt::Display for Report {
                 self.problems.len(),
                 self.chunks_verified
             )?,
+        }
+        // Authenticity on its own line: an intact chain of an unsigned or unapproved session
+        // proves only that it is consistent, not who wrote it.
+        let signer = |f: &mut fmt::Formatter<'_>| match &self.key {
+            Some(k) => write!(f, " (key {})", k.fingerprint()),
+            None => Ok(()),
+        };
+        match (&self.authenticity, &self.key) {
+            (Some(a @ crate::enroll::Authenticity::Verified { .. }), _) => {
+                write!(f, "\n  authenticity: {}", a.label())?;
+                signer(f)?;
+                write!(f, ": signed by the approved key of its machine")?;
+            }
+            (Some(crate::enroll::Authenticity::Unsigned), _) | (None, None) => write!(
+                f,
+                "\n  authenticity: UNSIGNED (format v1): the chain is consistent, but anyone who could write the bucket could have written it"
+            )?,
+            (Some(crate::enroll::Authenticity::NotEnrolled { why, .. }), _) => {
+                write!(f, "\n  authenticity: NOT VERIFIED")?;
+                signer(f)?;
+                write!(f, ": not the machine's key: {why}")?;
+            }
+            (Some(a), _) => {
+                write!(f, "\n  authenticity: NOT VERIFIED: {}", a.label())?;
+                signer(f)?;
+            }
+            (None, Some(_)) => {
+                write!(f, "\n  authenticity: NOT CHECKED: signed")?;
+                signer(f)?;
+                write!(
+                    f,
+                    "; whether that is the machine's approved key needs the player's index (--record)"
+                )?;
+            }
         }
         for p in &self.problems {
             write!(f, "\n  - {p}")?;
@@ -84,9 +134,15 @@ pub fn verify_and_record(
     index: &dyn crate::index::Index,
     session: SessionId,
 ) -> Result<Report, VerifyError> {
+    crate::witness::init(index).map_err(|e| VerifyError::Evidence(e.to_string()))?;
+    crate::enroll::init(index).map_err(|e| VerifyError::Evidence(e.to_string()))?;
     let mut scan = SessionScan::new(session);
-    scan.advance(src, true, &mut Vec::new())?;
-    let report = report(&scan);
+    scan.advance_witnessed(src, Some(index), true, &mut Vec::new())?;
+    let mut report = report(&scan);
+    report.authenticity = Some(
+        crate::enroll::authenticity(index, session, scan.header_seen())
+            .map_err(|e| VerifyError::Evidence(e.to_string()))?,
+    );
     if let Some(mut row) = index.session(session)? {
         let problems = scan.problems().to_vec();
         let status = if problems.is_empty() {
@@ -117,6 +173,8 @@ pub enum VerifyError {
     Store(#[from] BucketError),
     #[error(transparent)]
     Index(#[from] crate::index::IndexError),
+    #[error("the witness or enrolment record: {0}")]
+    Evidence(String),
 }
 
 /// The report of a finished scan.
@@ -136,6 +194,8 @@ pub fn report(scan: &SessionScan) -> Report {
         chunks_verified: scan.chunks_verified(),
         close: scan.close().cloned(),
         problems,
+        authenticity: None,
+        key: scan.key().copied(),
     }
 }
 

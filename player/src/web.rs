@@ -56,6 +56,8 @@ pub fn app(state: AppState, config: WebConfig) -> Router {
             "/api/sessions/{id}/hold",
             post(set_hold).delete(release_hold),
         )
+        .route("/api/machines", get(machines))
+        .route("/api/machines/decide", post(decide_machine))
         .merge(api::routes())
         .route_layer(middleware::from_fn_with_state(state.clone(), require_login));
     Router::new()
@@ -410,6 +412,52 @@ async fn unset_policy(
             Ok(serde_json::json!({ "removed": existed }))
         },
     )
+    .await
+}
+
+/// Every machine key on record (admins): pending ones first, with fingerprints.
+async fn machines(State(st): State<AppState>, Extension(login): Extension<Login>) -> Response {
+    admin_op(&st, &login, None, |idx| {
+        let keys = crate::enroll::list(idx)
+            .map_err(|e| crate::retention::RetentionError::Invalid(e.to_string()))?;
+        Ok(serde_json::json!({ "keys": keys }))
+    })
+    .await
+}
+
+#[derive(Deserialize)]
+struct DecideBody {
+    /// `approve`, `revoke` or `replace`.
+    action: String,
+    machine: String,
+    fingerprint: String,
+    #[serde(default)]
+    reason: String,
+}
+
+/// An administrator's decision on a machine key (audited by [`crate::enroll`]).
+async fn decide_machine(
+    State(st): State<AppState>,
+    Extension(login): Extension<Login>,
+    Json(b): Json<DecideBody>,
+) -> Response {
+    let by = login.user.clone();
+    admin_op(&st, &login, None, move |idx| {
+        use crate::enroll;
+        let f = match b.action.as_str() {
+            "approve" => enroll::approve,
+            "revoke" => enroll::revoke,
+            "replace" => enroll::replace,
+            other => {
+                return Err(crate::retention::RetentionError::Invalid(format!(
+                    "action {other:?}: use approve, revoke or replace"
+                )));
+            }
+        };
+        f(idx, &b.machine, &b.fingerprint, &by, &b.reason)
+            .map_err(|e| crate::retention::RetentionError::Invalid(e.to_string()))?;
+        Ok(serde_json::json!({ "machine": b.machine, "fingerprint": b.fingerprint, "action": b.action }))
+    })
     .await
 }
 

@@ -60,6 +60,12 @@ function when(iso) {
   return iso ? new Date(iso).toLocaleString() : "";
 }
 
+/** How far the signatures vouch for a session: only "verified" is green. */
+function trustBadge(label) {
+  const cls = label === "verified" ? "verified" : "unverified";
+  return el("span", { class: `badge ${cls}`, title: "authenticity (docs/player.md, Enrolment)" }, label || "unknown");
+}
+
 function badge(status) {
   return el("span", { class: `badge ${status}` }, status);
 }
@@ -134,7 +140,7 @@ async function listPage() {
       body.append(el("tr", { class: "session", "data-id": s.id }, first,
         el("td", {}, s.user_name), el("td", {}, s.hostname), el("td", {}, labels),
         el("td", {}, s.authorized_by || "unknown"), el("td", {}, clock(s.duration_us / 1e6)),
-        el("td", {}, bytes(s.bytes)), el("td", {}, badge(s.status))));
+        el("td", {}, bytes(s.bytes)), el("td", {}, badge(s.status), " ", trustBadge(s.authenticity))));
     }
     const next = $("#next"), prev = $("#prev");
     next.disabled = !page.next;
@@ -309,7 +315,7 @@ class MsePlayer {
 const SHOWN = new Set(["process_start", "window_focus", "window_title", "jit_start", "jit_stop",
   "gap", "capture_error", "frames_dropped", "events_summarised", "recorder_started", "recorder_stopped"]);
 
-function renderMeta(s, retention) {
+function renderMeta(s, retention, trust) {
   const dl = el("dl");
   const item = (k, v) => dl.append(el("div", {}, el("dt", {}, k), el("dd", {}, v)));
   item("User", `${s.user_name} (${s.user_id})`);
@@ -320,6 +326,23 @@ function renderMeta(s, retention) {
   item("Ended", s.ended_at ? `${when(s.ended_at)} (${(s.end_reason || "").replace("_", " ")})` : "still recording");
   item("Duration / size", `${clock(s.duration_us / 1e6)} · ${bytes(s.bytes)} · ${s.chunks} chunks`);
   dl.append(el("div", {}, el("dt", {}, "Status"), el("dd", {}, badge(s.status))));
+  if (trust) {
+    const a = trust.authenticity || {};
+    const words = {
+      verified: `signed by the approved key of ${s.hostname} (${a.fingerprint})`,
+      unsigned: "unsigned (format v1): consistent, but anyone with bucket access could have written it",
+      pending: `signed by a key not yet approved for this machine (${a.fingerprint})`,
+      not_enrolled: `NOT the machine's key (${a.fingerprint}): ${a.why}`,
+      unknown: "unknown",
+    };
+    dl.append(el("div", {}, el("dt", {}, "Authenticity"), el("dd", { id: "authenticity" },
+      trustBadge(a.state === "verified" ? "verified" : a.state), " ", words[a.state] || "")));
+    if (trust.stopped_by) {
+      const c = trust.stopped_by;
+      dl.append(el("div", {}, el("dt", {}, "Stopped by"), el("dd", { id: "stopped-by",
+        class: c.recorded_user ? "error" : "" }, (c.recorded_user ? "the recorded user: " : "") + c.detail)));
+    }
+  }
   if (retention) {
     const r = retention.hold
       ? `legal hold: ${retention.hold.reason} (${retention.hold.set_by})`
@@ -379,7 +402,7 @@ async function toggleHold(id, held) {
       });
     }
     const d = await apiJson(`/api/sessions/${id}`);
-    renderMeta(d.session, d.retention);
+    renderMeta(d.session, d.retention, d);
     // Who enforces the hold: the bucket itself (Object Lock) or only the retention job.
     const button = $("#hold");
     if (button && r && r.message) {
@@ -402,7 +425,7 @@ async function sessionPage() {
     showError(e);
     return;
   }
-  renderMeta(detail.session, detail.retention);
+  renderMeta(detail.session, detail.retention, detail);
   document.title = `${detail.session.user_name} on ${detail.session.hostname} · jitrec`;
   $("#export").href = `/api/sessions/${id}/export.mp4`;
   if (!detail.chunks.length) {
@@ -501,7 +524,7 @@ async function sessionPage() {
       try {
         const d = await apiJson(`/api/sessions/${id}`);
         detail = d;
-        renderMeta(d.session, d.retention);
+        renderMeta(d.session, d.retention, d);
         player.addChunks(d.chunks, d.inits, d.session.closed);
         if (d.chunks.length) showError(null);
         renderEvents();

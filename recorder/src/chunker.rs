@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use jitrec_format::{
-    ChunkManifest, EndReason, Event, EventsRef, FORMAT_VERSION, InitRef, MediaTime, PayloadRef,
-    SessionClose, Sha256Digest, encode_events,
+    ChunkManifest, Event, EventsRef, FORMAT_V1, InitRef, MediaTime, PayloadRef, SessionClose,
+    Sha256Digest, StopCause, encode_events,
 };
 use jitrec_spool::{SessionWriter, SpoolError};
 
@@ -191,7 +191,7 @@ impl Chunker {
         mine.sort_by_key(|e| e.media_us);
         let events = encode_events(&mine)?;
         let manifest = ChunkManifest {
-            version: FORMAT_VERSION,
+            version: self.writer.header().version,
             session_id: self.writer.session_id(),
             seq,
             media_start_us: open.start,
@@ -215,7 +215,9 @@ impl Chunker {
     }
 
     /// Commits the last chunk (ending at `end`) and the close record.
-    pub fn finish(mut self, end: MediaTime, reason: EndReason) -> Result<u64, ChunkError> {
+    /// `cause` says who or what ended the session: its `by` gives the end reason, and a version 2
+    /// close record carries it whole.
+    pub fn finish(mut self, end: MediaTime, cause: &StopCause) -> Result<u64, ChunkError> {
         self.cut(end)?;
         if !self.events.is_empty() {
             tracing::warn!(
@@ -234,16 +236,18 @@ impl Chunker {
         let ended_at =
             w.header().started_at + chrono::Duration::microseconds(media_end.as_micros() as i64);
         let chunks = w.next_seq();
+        let version = w.header().version;
         let close = SessionClose {
-            version: FORMAT_VERSION,
+            version,
             session_id: w.session_id(),
-            end_reason: reason,
+            end_reason: cause.by.end_reason(),
             ended_at,
             closed_at: Utc::now().max(ended_at),
             chunk_count: chunks,
             media_end_us: media_end,
             prev: w.head(),
             note: None,
+            stopped_by: (version != FORMAT_V1).then(|| cause.clone()),
         };
         w.close(&close)?;
         Ok(chunks)

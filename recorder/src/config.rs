@@ -22,6 +22,10 @@ pub struct Config {
     pub spool_max_bytes: u64,
     /// Where the machine's stable id is read from.
     pub machine_id_file: PathBuf,
+    /// The endpoint's signing key (created on first run, mode 0600; see docs/recorder.md).
+    /// Unset: `key/endpoint.key` beside the spool directory (not in it: nothing but the
+    /// recorder reads the key).
+    pub key_file: Option<PathBuf>,
     /// Retention labels stamped on every session.
     pub labels: Labels,
     pub jit: JitConfig,
@@ -116,12 +120,32 @@ pub const DEFAULT_SPOOL: &str = "/var/lib/jitrec/spool";
 #[cfg(windows)]
 pub const DEFAULT_SPOOL: &str = r"C:\ProgramData\jitrec\spool";
 
+/// Where the endpoint key of a spool lives unless configured: `key/endpoint.key` beside it
+/// (`/var/lib/jitrec/key/endpoint.key` for the default spool).
+pub fn default_key_file(spool: &Path) -> PathBuf {
+    spool
+        .parent()
+        .unwrap_or(Path::new("."))
+        .join("key")
+        .join("endpoint.key")
+}
+
+impl Config {
+    /// The endpoint key file in use.
+    pub fn key_path(&self) -> PathBuf {
+        self.key_file
+            .clone()
+            .unwrap_or_else(|| default_key_file(&self.spool))
+    }
+}
+
 impl Default for Config {
     fn default() -> Self {
         Self {
             spool: DEFAULT_SPOOL.into(),
             spool_max_bytes: jitrec_spool::DEFAULT_MAX_BYTES,
             machine_id_file: "/etc/machine-id".into(),
+            key_file: None,
             labels: Labels::default(),
             jit: JitConfig::default(),
             control: ControlConfig::default(),

@@ -25,7 +25,7 @@ use std::sync::mpsc::Sender;
 use std::sync::{Condvar, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use jitrec_format::{EndReason, SessionId, Trigger};
+use jitrec_format::{SessionId, StopBy, StopCause, StopPeer, Trigger, UserRef};
 use serde::{Deserialize, Serialize};
 
 use crate::jit::JitEvent;
@@ -275,12 +275,42 @@ fn handle(mut stream: UnixStream, jit: &Sender<JitEvent>, shared: &Shared, acces
         }
     };
     tracing::info!(uid, pid, request = ?req, "control request");
-    let resp = respond(req, &format!("uid {uid}"), jit, shared);
+    let peer = peer_of(uid, u32::try_from(pid.get()).ok(), &access.passwd_file);
+    let resp = respond(req, peer, jit, shared);
     reply(&mut stream, &resp);
 }
 
-/// Carries out one request from `who` (how the peer is named in logs and end reasons).
-pub fn respond(req: Request, who: &str, jit: &Sender<JitEvent>, shared: &Shared) -> Response {
+/// The process behind a control connection, as evidence: its account, executable and the
+/// account that logged in to its session (the audit login uid, unchanged by `sudo` and `su`, so
+/// a recorded admin who runs `sudo jitrec-recorder jit stop` is still named).
+#[cfg(unix)]
+pub fn peer_of(uid: u32, pid: Option<u32>, passwd_file: &Path) -> StopPeer {
+    let user = |uid: u32| UserRef {
+        name: user_name(passwd_file, uid).unwrap_or_else(|| format!("uid {uid}")),
+        id: uid.to_string(),
+    };
+    let proc_dir = pid.map(|p| PathBuf::from(format!("/proc/{p}")));
+    let exe = proc_dir
+        .as_ref()
+        .and_then(|d| std::fs::read_link(d.join("exe")).ok())
+        .map(|p| p.to_string_lossy().into_owned());
+    // 4294967295 is "no login uid" (a daemon, or a kernel without audit).
+    let login_user = proc_dir
+        .as_ref()
+        .and_then(|d| std::fs::read_to_string(d.join("loginuid")).ok())
+        .and_then(|t| t.trim().parse::<u32>().ok())
+        .filter(|&l| l != u32::MAX)
+        .map(user);
+    StopPeer {
+        user: user(uid),
+        pid,
+        exe,
+        login_user,
+    }
+}
+
+/// Carries out one request from `peer` (named in logs and, for a stop, in the recording).
+pub fn respond(req: Request, peer: StopPeer, jit: &Sender<JitEvent>, shared: &Shared) -> Response {
     match req {
         Request::Status => match shared.current() {
             Some(s) => Response {
@@ -326,9 +356,21 @@ pub fn respond(req: Request, who: &str, jit: &Sender<JitEvent>, shared: &Shared)
             // Sent even when no session exists yet: it also cancels a start still waiting for
             // the screen to become capturable (the idle recorder ignores it otherwise).
             let current = shared.current();
+            let detail = format!(
+                "`jit stop` on the control socket by {} (pid {}, {})",
+                peer.user.name,
+                peer.pid
+                    .map_or_else(|| "unknown".to_owned(), |p| p.to_string()),
+                peer.exe.as_deref().unwrap_or("executable unknown"),
+            );
             let sent = jit.send(JitEvent::Stop {
-                reason: format!("control stop by {who}"),
-                end: EndReason::ControlStop,
+                cause: StopCause {
+                    by: StopBy::ControlCommand,
+                    peer: Some(peer),
+                    // The recorder, which knows the session's user, decides.
+                    recorded_user: None,
+                    detail,
+                },
             });
             match (current, sent) {
                 (_, Err(_)) => answer(false, "the recorder is shutting down"),

@@ -26,11 +26,9 @@ pub enum JitEvent {
         authorized_by: Option<String>,
         reason: Option<String>,
     },
-    Stop {
-        reason: String,
-        /// `JitEnded` when membership ended, `ControlStop` when a JIT controller said so.
-        end: jitrec_format::EndReason,
-    },
+    /// JIT ended, and who or what ended it (recorded in `jit_stop` and the close record; the
+    /// end reason follows from `cause.by`).
+    Stop { cause: jitrec_format::StopCause },
 }
 
 /// Whether `user` is listed as a member of `group` in group-file `text`.
@@ -108,8 +106,14 @@ impl GroupWatcher {
                     }
                 } else {
                     JitEvent::Stop {
-                        reason: format!("{} left group {}", self.user, self.group),
-                        end: jitrec_format::EndReason::JitEnded,
+                        cause: jitrec_format::StopCause {
+                            by: jitrec_format::StopBy::GroupChange,
+                            peer: None,
+                            // Who changed the group is not in the group file; the process
+                            // events of the session show the command, if there was one.
+                            recorded_user: None,
+                            detail: format!("{} left group {}", self.user, self.group),
+                        },
                     }
                 };
                 tracing::info!(user = %self.user, group = %self.group, member, "admin group membership changed");

@@ -15,6 +15,7 @@ pub mod control;
 pub mod encode;
 pub mod events;
 pub mod fmp4;
+pub mod identity;
 pub mod jit;
 pub mod pipeline;
 pub mod recovery;

@@ -77,6 +77,17 @@ enum Command {
         /// The spool directory.
         #[arg(long, value_name = "DIR")]
         spool: PathBuf,
+        /// The endpoint key that signs the close records of signed (format v2) sessions
+        /// [default: key/endpoint.key beside the spool].
+        #[arg(long, value_name = "FILE")]
+        key: Option<PathBuf>,
+    },
+    /// Print this endpoint's identity: machine id, host name, public key and its fingerprint
+    /// (what the player's enrolment page shows for approval). Creates the key if there is none.
+    Identity {
+        /// Configuration file (for `key_file` and `machine_id_file`); defaults apply without it.
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
     },
 }
 
@@ -148,9 +159,25 @@ pub(crate) fn main() -> Result<()> {
             }
             Ok(())
         }
-        Command::Recover { spool } => {
-            let (writer, recovery) = SpoolWriter::open(&spool, SpoolConfig::default())
-                .with_context(|| format!("opening spool {}", spool.display()))?;
+        Command::Identity { config } => {
+            let cfg = match config {
+                Some(path) => Config::load(&path)?,
+                None => Config::default(),
+            };
+            let signer = endpoint_key(&cfg.key_path())?;
+            let m = machine(&cfg.machine_id_file);
+            println!("machine id:  {}", m.id);
+            println!("host name:   {}", m.hostname);
+            println!("public key:  {}", signer.public());
+            println!("fingerprint: {}", signer.public().fingerprint());
+            Ok(())
+        }
+        Command::Recover { spool, key } => {
+            let key = key.unwrap_or_else(|| jitrec_recorder::config::default_key_file(&spool));
+            let signer = endpoint_key(&key)?;
+            let (writer, recovery) =
+                SpoolWriter::open_signed(&spool, SpoolConfig::default(), Some(Arc::new(signer)))
+                    .with_context(|| format!("opening spool {}", spool.display()))?;
             let jitrec_recorder::recovery::Outcome { closed, failed } =
                 jitrec_recorder::recovery::close_interrupted(&writer, chrono::Utc::now())?;
             println!("partial writes removed: {}", recovery.temp_files_removed);
@@ -287,13 +314,27 @@ fn event_sources(cfg: &Config) -> Result<SourceFactory> {
     }))
 }
 
+/// Loads (or, on first run, creates) the endpoint key, and says which key it is.
+fn endpoint_key(path: &Path) -> Result<jitrec_format::EndpointSigner> {
+    let (signer, created) = jitrec_recorder::identity::load_or_create(path)?;
+    let fingerprint = signer.public().fingerprint();
+    if created {
+        tracing::warn!(key = %path.display(), %fingerprint, "created this endpoint's signing key; approve it on the player (`jitrec-player machines approve`) so its sessions show as verified");
+    } else {
+        tracing::info!(key = %path.display(), %fingerprint, "endpoint signing key loaded");
+    }
+    Ok(signer)
+}
+
 /// Opens the spool and closes the sessions a previous run left open.
 fn open_spool(cfg: &Config) -> Result<SpoolWriter> {
-    let (spool, recovery) = SpoolWriter::open(
+    let signer = endpoint_key(&cfg.key_path())?;
+    let (spool, recovery) = SpoolWriter::open_signed(
         &cfg.spool,
         SpoolConfig {
             max_bytes: cfg.spool_max_bytes,
         },
+        Some(Arc::new(signer)),
     )
     .with_context(|| format!("opening spool {}", cfg.spool.display()))?;
     if !recovery.open_sessions.is_empty() {

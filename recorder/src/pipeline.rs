@@ -8,7 +8,7 @@
 
 use std::time::Duration;
 
-use jitrec_format::{EndReason, MediaTime, SessionHeader, SessionId};
+use jitrec_format::{MediaTime, SessionHeader, SessionId};
 use jitrec_spool::SpoolWriter;
 
 use crate::capture::{Frame, SyntheticScreen};
@@ -87,6 +87,12 @@ pub fn record_scripted(
     for f in enc.flush()? {
         chunker.push(f, enc.width(), enc.height())?;
     }
-    r.chunks = chunker.finish(end, EndReason::JitEnded)?;
+    let cause = jitrec_format::StopCause {
+        by: jitrec_format::StopBy::GroupChange,
+        peer: None,
+        recorded_user: None,
+        detail: "the synthetic session ended".into(),
+    };
+    r.chunks = chunker.finish(end, &cause)?;
     Ok(r)
 }

@@ -7,7 +7,7 @@
 //! the stretch nobody recorded is stated in the recording itself.
 
 use chrono::{DateTime, Utc};
-use jitrec_format::{EndReason, FORMAT_VERSION, SessionClose, SessionId};
+use jitrec_format::{EndReason, FORMAT_V1, SessionClose, SessionId, StopBy, StopCause};
 use jitrec_spool::{SpoolError, SpoolWriter};
 
 /// One session closed by [`close_interrupted`].
@@ -59,8 +59,9 @@ fn close_one(
     // A clock that went backwards must not produce an invalid record (closed before ended).
     let closed_at = now.max(ended_at);
     let chunks = w.next_seq();
+    let version = w.header().version;
     let close = SessionClose {
-        version: FORMAT_VERSION,
+        version,
         session_id: session,
         end_reason: EndReason::Interrupted,
         ended_at,
@@ -71,6 +72,14 @@ fn close_one(
         note: Some(format!(
             "the recorder stopped unexpectedly; nothing was recorded after {ended_at}"
         )),
+        stopped_by: (version != FORMAT_V1).then(|| StopCause {
+            by: StopBy::RecorderCrash,
+            peer: None,
+            recorded_user: None,
+            detail: format!(
+                "the recorder died during the session (killed, crashed or the machine lost power); a later run found it open at {now} and closed it"
+            ),
+        }),
     };
     w.close(&close)?;
     tracing::warn!(

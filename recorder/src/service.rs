@@ -24,8 +24,8 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use jitrec_format::{
-    Agent, Authorization, Codec, CodecParams, EndReason, EventKind, FORMAT_VERSION, Labels,
-    Machine, MediaTime, SessionHeader, SessionId, UserRef,
+    Agent, Authorization, Codec, CodecParams, EndReason, EventKind, FORMAT_V1, FORMAT_VERSION,
+    Labels, Machine, MediaTime, SessionHeader, SessionId, StopBy, StopCause, UserRef,
 };
 use jitrec_spool::SpoolWriter;
 
@@ -277,7 +277,13 @@ where
         let clock = SessionClock::start();
         let origin = clock.origin();
         let header = SessionHeader {
-            version: FORMAT_VERSION,
+            // Signed version 2 whenever the spool has the endpoint key (the recorder always
+            // gives it one; only tests write unsigned sessions).
+            version: if self.spool.endpoint_key().is_some() {
+                FORMAT_VERSION
+            } else {
+                FORMAT_V1
+            },
             session_id: SessionId::new(),
             machine: self.config.machine.clone(),
             user: UserRef {
@@ -299,6 +305,7 @@ where
                 timescale: self.config.encoder.timescale,
                 b_frames: 0,
             },
+            endpoint_key: self.spool.endpoint_key(),
         };
         let session = header.session_id;
         let writer = self.spool.create_session(&header)?;
@@ -406,23 +413,32 @@ where
         let mut encoder: Option<Encoder> = None;
         let mut last: Option<Frame> = None;
         let mut outage: Option<Outage> = None;
-        let (reason, end) = loop {
+        let (cause, end) = loop {
             match jit.try_recv() {
-                Ok(JitEvent::Stop { end, .. }) => break (end, origin.elapsed()),
+                Ok(JitEvent::Stop { cause }) => break (cause, origin.elapsed()),
                 Ok(JitEvent::Start { .. }) | Err(TryRecvError::Empty) => {}
                 Err(TryRecvError::Disconnected) => {
-                    break (EndReason::RecorderShutdown, origin.elapsed());
+                    break (
+                        service_stop("the recorder's JIT watcher ended"),
+                        origin.elapsed(),
+                    );
                 }
             }
             if shutdown.load(Ordering::SeqCst) {
-                break (EndReason::RecorderShutdown, origin.elapsed());
+                break (
+                    service_stop("the recorder service was stopped (shutdown or service stop)"),
+                    origin.elapsed(),
+                );
             }
             intake.drain(&mut |e| chunker.push_event(e));
             let (t, tick) = match rx.recv_timeout(STOP_CHECK) {
                 Ok(x) => x,
                 Err(RecvTimeoutError::Timeout) => continue,
                 Err(RecvTimeoutError::Disconnected) => {
-                    break (EndReason::RecorderShutdown, origin.elapsed());
+                    break (
+                        service_stop("the capture thread ended unexpectedly"),
+                        origin.elapsed(),
+                    );
                 }
             };
             let grab = match tick {
@@ -564,16 +580,26 @@ where
                 },
             ));
         }
+        let cause = attribute(cause, user);
+        if cause.recorded_user == Some(true) {
+            tracing::warn!(%session, user, detail = %cause.detail, "the recorded user ended their own recording");
+        }
+        let version = self
+            .spool
+            .endpoint_key()
+            .map_or(FORMAT_V1, |_| FORMAT_VERSION);
         chunker.push_event(event(
             end,
             EventKind::JitStop {
                 user: user.to_owned(),
                 machine: self.config.machine.hostname.clone(),
-                reason: None,
+                reason: Some(cause.detail.clone()),
+                stopped_by: (version == FORMAT_VERSION).then(|| Box::new(cause.clone())),
             },
         ));
         chunker.push_event(event(end, EventKind::RecorderStopped));
-        let chunks = chunker.finish(end, reason)?;
+        let reason = cause.by.end_reason();
+        let chunks = chunker.finish(end, &cause)?;
         Ok(SessionDone {
             session,
             chunks,
@@ -581,6 +607,33 @@ where
             frames_dropped,
         })
     }
+}
+
+/// A stop the recorder itself decided (service stop, a dead watcher or capture thread).
+fn service_stop(detail: &str) -> StopCause {
+    StopCause {
+        by: StopBy::ServiceStop,
+        peer: None,
+        recorded_user: None,
+        detail: detail.into(),
+    }
+}
+
+/// Says whether a control command came from the recorded user: their own account, or a
+/// process of their login session (`sudo` keeps the login uid).
+fn attribute(mut cause: StopCause, user: &str) -> StopCause {
+    if let Some(p) = &cause.peer {
+        let by_user = p.user.name == user
+            || p.user.id == user
+            || p.login_user
+                .as_ref()
+                .is_some_and(|l| l.name == user || l.id == user);
+        cause.recorded_user = Some(by_user);
+        if by_user {
+            cause.detail = format!("{} (the recorded user {user})", cause.detail);
+        }
+    }
+    cause
 }
 
 /// The `gap` event closing outage `o` at `to`.

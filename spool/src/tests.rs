@@ -4,7 +4,7 @@ use std::fs;
 
 use jitrec_format::fixtures::{self, session_id};
 use jitrec_format::{
-    EndReason, FORMAT_VERSION, MediaTime, SessionClose, SessionId, Sha256Digest, encode_events,
+    EndReason, FORMAT_V1, MediaTime, SessionClose, SessionId, Sha256Digest, encode_events,
 };
 
 use crate::*;
@@ -37,7 +37,7 @@ fn commit_chunk(w: &mut SessionWriter, video_len: usize) -> (Vec<u8>, Vec<u8>) {
 
 fn close_record(w: &SessionWriter, reason: EndReason) -> SessionClose {
     SessionClose {
-        version: FORMAT_VERSION,
+        version: FORMAT_V1,
         session_id: w.session_id(),
         end_reason: reason,
         ended_at: fixtures::t0(),
@@ -46,6 +46,7 @@ fn close_record(w: &SessionWriter, reason: EndReason) -> SessionClose {
         media_end_us: w.last_chunk().map_or(MediaTime::ZERO, |m| m.media_end_us),
         prev: w.head(),
         note: None,
+        stopped_by: None,
     }
 }
 

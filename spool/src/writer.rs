@@ -11,7 +11,9 @@ use std::fs::{self, File};
 use std::path::Path;
 use std::sync::{Arc, Mutex, PoisonError};
 
-use jitrec_format::{ChunkManifest, SessionClose, SessionHeader, SessionId, Sha256Digest};
+use jitrec_format::{
+    ChunkManifest, EndpointSigner, SessionClose, SessionHeader, SessionId, Sha256Digest,
+};
 
 use crate::container::{self, Kind};
 use crate::dir::SpoolDir;
@@ -37,6 +39,8 @@ struct Shared {
     used: Mutex<u64>,
     /// Sessions with a live `SessionWriter`, so one session never has two writers.
     active: Mutex<BTreeSet<SessionId>>,
+    /// The endpoint key that signs version 2 documents; `None` writes version 1 only.
+    signer: Option<Arc<EndpointSigner>>,
 }
 
 /// What start-up recovery found and did.
@@ -58,6 +62,17 @@ impl SpoolWriter {
         root: impl AsRef<Path>,
         config: SpoolConfig,
     ) -> Result<(Self, Recovery), SpoolError> {
+        Self::open_signed(root, config, None)
+    }
+
+    /// [`SpoolWriter::open`], with the endpoint key that signs the version 2 documents (header,
+    /// manifests, close record) committed through this writer. The spool stores documents
+    /// exactly as they will be uploaded, so a document is signed once, when it is committed.
+    pub fn open_signed(
+        root: impl AsRef<Path>,
+        config: SpoolConfig,
+        signer: Option<Arc<EndpointSigner>>,
+    ) -> Result<(Self, Recovery), SpoolError> {
         let (dir, lock) = SpoolDir::open(root.as_ref(), config, "writer")?;
         let temp_files_removed = dir.clear_tmp()?;
         let mut empty_sessions_removed = 0;
@@ -76,6 +91,7 @@ impl SpoolWriter {
                 _lock: lock,
                 used: Mutex::new(used),
                 active: Mutex::new(BTreeSet::new()),
+                signer,
             }),
         };
         let open_sessions = writer.open_sessions()?;
@@ -93,6 +109,12 @@ impl SpoolWriter {
             "spool opened for writing"
         );
         Ok((writer, recovery))
+    }
+
+    /// The public key this writer signs with: what a version 2 header announces. `None`: this
+    /// writer writes version 1 documents only.
+    pub fn endpoint_key(&self) -> Option<jitrec_format::EndpointKey> {
+        self.shared.signer.as_ref().map(|s| s.public())
     }
 
     /// The spool's root directory.
@@ -128,7 +150,7 @@ impl SpoolWriter {
     /// Starts a session: creates its directory and commits its header durably.
     pub fn create_session(&self, header: &SessionHeader) -> Result<SessionWriter, SpoolError> {
         let s = header.session_id;
-        let bytes = header.to_bytes()?;
+        let bytes = header.to_stored_bytes(self.shared.signer.as_deref())?;
         self.claim(s)?;
         let mut w = SessionWriter {
             shared: Arc::clone(&self.shared),
@@ -386,6 +408,12 @@ impl SessionWriter {
                 manifest.session_id
             )));
         }
+        if manifest.version != self.header.version {
+            return Err(self.refuse(format!(
+                "manifest is format version {}, the session {}",
+                manifest.version, self.header.version
+            )));
+        }
         if manifest.seq != self.next_seq {
             return Err(self.refuse(format!(
                 "chunk {}, expected {}",
@@ -425,7 +453,7 @@ impl SessionWriter {
             .verify_video(video)
             .and_then(|()| manifest.verify_events(events))
             .map_err(|e| self.refuse(format!("chunk {}: {e}", manifest.seq)))?;
-        let manifest_bytes = manifest.to_bytes()?;
+        let manifest_bytes = manifest.to_stored_bytes(self.shared.signer.as_deref())?;
         self.commit(
             EntryName::Chunk(manifest.seq),
             Kind::Chunk,
@@ -447,6 +475,12 @@ impl SessionWriter {
                 close.session_id
             )));
         }
+        if close.version != self.header.version {
+            return Err(self.refuse(format!(
+                "close record is format version {}, the session {}",
+                close.version, self.header.version
+            )));
+        }
         if close.chunk_count != self.next_seq {
             return Err(self.refuse(format!(
                 "close record counts {} chunks, the session has {}",
@@ -459,7 +493,7 @@ impl SessionWriter {
                 close.prev, self.head
             )));
         }
-        let bytes = close.to_bytes()?;
+        let bytes = close.to_stored_bytes(self.shared.signer.as_deref())?;
         self.commit(
             EntryName::Close,
             Kind::Close,

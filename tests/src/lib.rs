@@ -22,7 +22,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use jitrec_bucket::{BucketReader, BucketWriter};
 use jitrec_format::{
-    EndReason, FORMAT_VERSION, ObjectKey, SessionClose, SessionId, Sha256Digest, fixtures,
+    EndReason, FORMAT_V1, ObjectKey, SessionClose, SessionId, Sha256Digest, fixtures,
 };
 use jitrec_player::verify::{self, Verdict};
 use jitrec_spool::{SessionWriter, SpoolInspector, SpoolWriter};
@@ -109,7 +109,7 @@ pub fn commit_chunk(w: &mut SessionWriter, max_video: usize) -> Result<(u64, Sha
 pub fn close_session(w: SessionWriter, reason: EndReason) -> Result<()> {
     let ended_at = w.last_chunk().map_or(w.header().started_at, |m| m.utc_end);
     let close = SessionClose {
-        version: FORMAT_VERSION,
+        version: FORMAT_V1,
         session_id: w.session_id(),
         end_reason: reason,
         ended_at,
@@ -118,6 +118,7 @@ pub fn close_session(w: SessionWriter, reason: EndReason) -> Result<()> {
         media_end_us: w.last_chunk().map(|m| m.media_end_us).unwrap_or_default(),
         prev: w.head(),
         note: None,
+        stopped_by: None,
     };
     Ok(w.close(&close)?)
 }
@@ -339,4 +340,14 @@ impl WriterLine {
 /// Counts files in a directory (0 if it does not exist).
 pub fn count_files(dir: &Path) -> usize {
     fs::read_dir(dir).map(|d| d.count()).unwrap_or(0)
+}
+
+/// The cause a test's `JitEvent::Stop` carries: a control command from this test process.
+pub fn control_stop(detail: &str) -> jitrec_format::StopCause {
+    jitrec_format::StopCause {
+        by: jitrec_format::StopBy::ControlCommand,
+        peer: None,
+        recorded_user: None,
+        detail: detail.into(),
+    }
 }

@@ -193,11 +193,17 @@ pub fn describe(e: &EventKind) -> (&'static str, String) {
             user,
             machine,
             reason,
+            stopped_by,
         } => (
             "jit_stop",
-            match reason.as_deref().filter(|r| !r.is_empty()) {
-                Some(r) => format!("JIT stop: {user} on {machine}: {r}"),
-                None => format!("JIT stop: {user} on {machine}"),
+            match (stopped_by, reason.as_deref().filter(|r| !r.is_empty())) {
+                (Some(c), _) if c.recorded_user == Some(true) => format!(
+                    "JIT stop: {user} on {machine}: STOPPED BY THE RECORDED USER: {}",
+                    c.detail
+                ),
+                (Some(c), _) => format!("JIT stop: {user} on {machine}: {}", c.detail),
+                (None, Some(r)) => format!("JIT stop: {user} on {machine}: {r}"),
+                (None, None) => format!("JIT stop: {user} on {machine}"),
             },
         ),
         EventKind::RecorderStarted => ("recorder_started", "recorder started".into()),
@@ -345,13 +351,16 @@ pub trait Index: Send + Sync {
 
 /// Opens the index `spec` names: a `postgres://` or `postgresql://` URL, or a SQLite file path.
 pub fn open(spec: &str) -> Result<Box<dyn Index>, IndexError> {
-    if spec.starts_with("postgres://") || spec.starts_with("postgresql://") {
-        Ok(Box::new(postgres::PgIndex::connect(spec)?))
-    } else {
-        Ok(Box::new(sqlite::SqliteIndex::open(std::path::Path::new(
-            spec,
-        ))?))
-    }
+    let index: Box<dyn Index> =
+        if spec.starts_with("postgres://") || spec.starts_with("postgresql://") {
+            Box::new(postgres::PgIndex::connect(spec)?)
+        } else {
+            Box::new(sqlite::SqliteIndex::open(std::path::Path::new(spec))?)
+        };
+    // The evidence kept beside the index: what the player witnessed, and which key is whose.
+    crate::witness::init(index.as_ref()).map_err(|e| IndexError::Other(e.to_string()))?;
+    crate::enroll::init(index.as_ref()).map_err(|e| IndexError::Other(e.to_string()))?;
+    Ok(index)
 }
 
 /// A value passed to or read from [`Index::exec`] and [`Index::query`]. Booleans are integers,

@@ -86,8 +86,12 @@ impl AdminTrigger {
                 None => format!("{} left Administrators or signed out", was.name),
             };
             out.push(JitEvent::Stop {
-                reason,
-                end: jitrec_format::EndReason::JitEnded,
+                cause: jitrec_format::StopCause {
+                    by: jitrec_format::StopBy::GroupChange,
+                    peer: None,
+                    recorded_user: None,
+                    detail: reason,
+                },
             });
         }
         if let Some(is) = now {
@@ -403,8 +407,10 @@ mod tests {
         assert!(matches!(
             &evs[0],
             JitEvent::Stop {
-                end: jitrec_format::EndReason::JitEnded,
-                ..
+                cause: jitrec_format::StopCause {
+                    by: jitrec_format::StopBy::GroupChange,
+                    ..
+                },
             }
         ));
         assert_eq!(t.elevated(), None);

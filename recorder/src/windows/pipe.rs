@@ -168,7 +168,18 @@ fn handle(mut pipe: File, jit: &Sender<JitEvent>, shared: &Shared) {
         }
     };
     tracing::info!(client_pid = pid, request = ?req, "control request");
-    let resp = control::respond(req, &format!("process {pid}"), jit, shared);
+    // The pipe admits only administrators and SYSTEM; which account the client runs as is not
+    // looked up yet (its token), so the peer is named by process id alone.
+    let peer = jitrec_format::StopPeer {
+        user: jitrec_format::UserRef {
+            name: "an administrator or SYSTEM (account not identified)".into(),
+            id: "unknown".into(),
+        },
+        pid: (pid != 0).then_some(pid),
+        exe: None,
+        login_user: None,
+    };
+    let resp = control::respond(req, peer, jit, shared);
     control::reply(&mut pipe, &resp);
     let _ = pipe.sync_all(); // FlushFileBuffers: the client has read the answer
 }
