@@ -86,7 +86,7 @@ fn verify_recorded(p: &Pipeline, id: SessionId) -> (i32, String) {
 /// A session's stored documents, as an attacker reads them from the bucket.
 struct Stored {
     root: PathBuf,
-    id: SessionId,
+    at: jitrec_format::SessionKey,
 }
 
 impl Stored {
@@ -103,10 +103,10 @@ impl Stored {
     }
     fn manifests(&self) -> Vec<ChunkManifest> {
         let close =
-            SessionClose::from_bytes(&self.read(ObjectKey::SessionClosed(self.id))).unwrap();
+            SessionClose::from_bytes(&self.read(ObjectKey::SessionClosed(self.at))).unwrap();
         (0..close.chunk_count)
             .map(|seq| {
-                ChunkManifest::from_bytes(&self.read(ObjectKey::ChunkManifest(self.id, seq)))
+                ChunkManifest::from_bytes(&self.read(ObjectKey::ChunkManifest(self.at, seq)))
                     .unwrap()
             })
             .collect()
@@ -116,27 +116,27 @@ impl Stored {
     /// signing each with `key`: the attacker's "recompute the digests and `prev` links".
     fn rechain(&self, from: u64, key: &EndpointSigner) {
         let mut prev = if from == 0 {
-            Sha256Digest::of(&self.read(ObjectKey::SessionHeader(self.id)))
+            Sha256Digest::of(&self.read(ObjectKey::SessionHeader(self.at)))
         } else {
-            Sha256Digest::of(&self.read(ObjectKey::ChunkManifest(self.id, from - 1)))
+            Sha256Digest::of(&self.read(ObjectKey::ChunkManifest(self.at, from - 1)))
         };
         let mut seq = from;
-        while self.path(ObjectKey::ChunkManifest(self.id, seq)).exists() {
+        while self.path(ObjectKey::ChunkManifest(self.at, seq)).exists() {
             let mut m =
-                ChunkManifest::from_bytes(&self.read(ObjectKey::ChunkManifest(self.id, seq)))
+                ChunkManifest::from_bytes(&self.read(ObjectKey::ChunkManifest(self.at, seq)))
                     .unwrap();
             m.prev = prev;
             let bytes = m.to_signed_bytes(key).unwrap();
             prev = Sha256Digest::of(&bytes);
-            self.write(ObjectKey::ChunkManifest(self.id, seq), &bytes);
+            self.write(ObjectKey::ChunkManifest(self.at, seq), &bytes);
             seq += 1;
         }
         let mut c =
-            SessionClose::from_bytes(&self.read(ObjectKey::SessionClosed(self.id))).unwrap();
+            SessionClose::from_bytes(&self.read(ObjectKey::SessionClosed(self.at))).unwrap();
         c.prev = prev;
         c.chunk_count = seq;
         self.write(
-            ObjectKey::SessionClosed(self.id),
+            ObjectKey::SessionClosed(self.at),
             &c.to_signed_bytes(key).unwrap(),
         );
     }
@@ -147,7 +147,7 @@ impl Stored {
         let mut dropped = 0;
         let mut first = None;
         for m in self.manifests() {
-            let ek = ObjectKey::ChunkEvents(self.id, m.seq);
+            let ek = ObjectKey::ChunkEvents(self.at, m.seq);
             let events = decode_events(&self.read(ek)).unwrap();
             let kept: Vec<Event> = events
                 .iter()
@@ -165,7 +165,7 @@ impl Stored {
             m.events.sha256 = Sha256Digest::of(&bytes);
             m.events.count = kept.len() as u32;
             self.write(
-                ObjectKey::ChunkManifest(self.id, m.seq),
+                ObjectKey::ChunkManifest(self.at, m.seq),
                 &m.to_signed_bytes(key).unwrap(),
             );
             first.get_or_insert(m.seq);
@@ -181,9 +181,9 @@ impl Stored {
         let n = self.manifests().len() as u64;
         for s in seq..n {
             for k in [
-                ObjectKey::ChunkVideo(self.id, s),
-                ObjectKey::ChunkEvents(self.id, s),
-                ObjectKey::ChunkManifest(self.id, s),
+                ObjectKey::ChunkVideo(self.at, s),
+                ObjectKey::ChunkEvents(self.at, s),
+                ObjectKey::ChunkManifest(self.at, s),
             ] {
                 if s == seq {
                     std::fs::remove_file(self.path(k)).unwrap();
@@ -202,7 +202,7 @@ impl Stored {
                 let to = match k {
                     ObjectKey::ChunkVideo(i, _) => ObjectKey::ChunkVideo(i, s - 1),
                     ObjectKey::ChunkEvents(i, _) => ObjectKey::ChunkEvents(i, s - 1),
-                    _ => ObjectKey::ChunkManifest(self.id, s - 1),
+                    _ => ObjectKey::ChunkManifest(self.at, s - 1),
                 };
                 self.write(to, &moved);
             }
@@ -211,12 +211,12 @@ impl Stored {
         // The media end must match the new last chunk, or the close record gives it away.
         let last = self.manifests().pop().unwrap();
         let mut c =
-            SessionClose::from_bytes(&self.read(ObjectKey::SessionClosed(self.id))).unwrap();
+            SessionClose::from_bytes(&self.read(ObjectKey::SessionClosed(self.at))).unwrap();
         c.media_end_us = last.media_end_us;
         c.ended_at = last.utc_end;
         c.closed_at = c.closed_at.max(c.ended_at);
         self.write(
-            ObjectKey::SessionClosed(self.id),
+            ObjectKey::SessionClosed(self.at),
             &c.to_signed_bytes(key).unwrap(),
         );
     }
@@ -311,6 +311,15 @@ fn recorded_sessions_are_verified_only_under_the_approved_key_and_every_forgery_
     // The enrolment list shows the machine's key pending, with the fingerprint the recorder's
     // own `identity` command prints on the endpoint.
     let machine = d["session"]["machine_id"].as_str().unwrap().to_owned();
+    // Signed sessions are uploaded under their machine's prefix (layout v2).
+    let at = jitrec_format::SessionKey::v2(machine.parse().unwrap(), id);
+    assert!(
+        p.bucket_dir()
+            .join(at.prefix())
+            .join("closed.json")
+            .exists(),
+        "the session is under its machine's prefix"
+    );
     let (code, list) = player(&p, &["machines", "list"], false);
     assert_eq!(code, 0);
     assert!(
@@ -354,7 +363,7 @@ fn recorded_sessions_are_verified_only_under_the_approved_key_and_every_forgery_
     copy_dir(&p.bucket_dir(), &copy.path().join("b"));
     let attacked = Stored {
         root: copy.path().join("b"),
-        id,
+        at,
     };
     assert!(
         attacked.drop_events(&marker, &mallory) > 0,
@@ -369,7 +378,7 @@ fn recorded_sessions_are_verified_only_under_the_approved_key_and_every_forgery_
     copy_dir(&p.bucket_dir(), &copy2.path().join("b"));
     let attacked = Stored {
         root: copy2.path().join("b"),
-        id,
+        at,
     };
     attacked.drop_chunk(1, &mallory);
     let (code, out) = verify_alone(&attacked.root, id);
@@ -412,7 +421,7 @@ fn recorded_sessions_are_verified_only_under_the_approved_key_and_every_forgery_
     //    stolen key: everything verifies by signature, but not against the witness record.
     let live = Stored {
         root: p.bucket_dir(),
-        id,
+        at,
     };
     assert!(live.drop_events(&marker, &stolen) > 0);
     let (code, out) = verify_recorded(&p, id);
@@ -429,14 +438,14 @@ fn recorded_sessions_are_verified_only_under_the_approved_key_and_every_forgery_
     // 5. A chunk's video replaced after indexing (re-signed manifest with the stolen key): the
     //    media route refuses the altered bytes; untouched chunks still play.
     let mut manifest =
-        ChunkManifest::from_bytes(&live.read(ObjectKey::ChunkManifest(id, 1))).unwrap();
-    let mut video = live.read(ObjectKey::ChunkVideo(id, 1));
+        ChunkManifest::from_bytes(&live.read(ObjectKey::ChunkManifest(at, 1))).unwrap();
+    let mut video = live.read(ObjectKey::ChunkVideo(at, 1));
     let last = video.len() - 1;
     video[last] ^= 0x55;
     manifest.video.sha256 = Sha256Digest::of(&video);
-    live.write(ObjectKey::ChunkVideo(id, 1), &video);
+    live.write(ObjectKey::ChunkVideo(at, 1), &video);
     live.write(
-        ObjectKey::ChunkManifest(id, 1),
+        ObjectKey::ChunkManifest(at, 1),
         &manifest.to_signed_bytes(&stolen).unwrap(),
     );
     let r = p.get(&format!("/api/sessions/{id}/chunks/1.m4s")).unwrap();
@@ -467,4 +476,258 @@ fn recorded_sessions_are_verified_only_under_the_approved_key_and_every_forgery_
     assert!(audit.contains("machine_revoke"), "{audit}");
     // An approval of an unknown key is refused with the reason, not a 500.
     assert_eq!(decide(&p, "approve", &machine, &"0".repeat(64), ""), 400);
+}
+
+/// The layout v2 bucket policy (`docs/bucket.md`), on SeaweedFS with two endpoint identities:
+/// each endpoint's key writes only under its own machine's prefix. Endpoint A's uploader ships
+/// A's session; a session A's root fabricates for machine B is refused (403) and stays in A's
+/// spool; the player, with its own key, finds A's session under A's prefix, intact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_endpoint_key_writes_only_under_its_own_machine_prefix_on_seaweedfs() {
+    use jitrec_bucket::{BucketReader as _, BucketWriter as _, ErrorKind, S3Bucket};
+    use jitrec_tests::{backlog_entries, record_v2_session, seaweed, wait_for};
+
+    let (machine_a, key_a, secret_a) = seaweed::ENDPOINTS[0];
+    let (machine_b, ..) = seaweed::ENDPOINTS[1];
+    let bucket = seaweed::new_bucket("machines").await.unwrap();
+    seaweed::scope_to_machines(&bucket).await.unwrap();
+    let endpoint = seaweed::server().endpoint.clone();
+    let tmp = tempfile::tempdir().unwrap();
+    let spool_a = tmp.path().join("a").join("spool");
+    let own = record_v2_session(&spool_a, machine_a, fixtures::signer(1), 2).unwrap();
+    let spool_f = tmp.path().join("f").join("spool");
+    let forged = record_v2_session(&spool_f, machine_b, fixtures::signer(1), 2).unwrap();
+
+    // Endpoint A's uploader program, with A's key, ships A's session.
+    let uploader = |spool: &Path| -> jitrec_tests::child::Reaped {
+        Command::new(env!("CARGO_BIN_EXE_jitrec-test-uploader"))
+            .args(["run", "--spool"])
+            .arg(spool)
+            .args(["--s3-bucket", &bucket, "--s3-endpoint", &endpoint])
+            .env("AWS_ACCESS_KEY_ID", key_a)
+            .env("AWS_SECRET_ACCESS_KEY", secret_a)
+            .env("RUST_LOG", "warn")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap()
+            .into()
+    };
+    let up = uploader(&spool_a);
+    let s = spool_a.clone();
+    wait_for(LIMIT, "A's session uploaded", || {
+        let s = s.clone();
+        async move { backlog_entries(&s) == 0 }
+    })
+    .await
+    .unwrap();
+    drop(up);
+    let admin = S3Bucket::new(
+        seaweed::config(&endpoint, &bucket),
+        tokio::runtime::Handle::current(),
+    );
+    let at_a = jitrec_format::SessionKey::v2(machine_a.parse().unwrap(), own);
+    let keys = tokio::task::block_in_place(|| admin.list(&at_a.prefix())).unwrap();
+    assert_eq!(keys.len(), 1 + 1 + 2 * 3 + 1, "{keys:?}");
+
+    // Under B's prefix, A's key is refused: 403 from the store itself...
+    let mut config_a = seaweed::config(&endpoint, &bucket);
+    config_a.credentials = jitrec_bucket::StaticCredentials {
+        access_key_id: key_a.into(),
+        secret_access_key: secret_a.into(),
+        session_token: None,
+    };
+    let store_a = S3Bucket::new(config_a, tokio::runtime::Handle::current());
+    let at_b = jitrec_format::SessionKey::v2(machine_b.parse().unwrap(), forged);
+    let err = store_a
+        .put(
+            &ObjectKey::SessionHeader(at_b).to_string(),
+            bytes::Bytes::from_static(b"{}"),
+            "application/json",
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(err.kind, ErrorKind::Auth(403)), "{err}");
+    // ... also for A's own key outside any machine prefix (layout v1) ...
+    let err = store_a
+        .put(
+            &ObjectKey::SessionHeader(forged.into()).to_string(),
+            bytes::Bytes::from_static(b"{}"),
+            "application/json",
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(err.kind, ErrorKind::Auth(403)), "{err}");
+    // Under its own prefix, A's key repeats an upload (a retry whose answer was lost) and is
+    // refused different bytes: write-once holds with nothing but PutObject.
+    let header_key = ObjectKey::SessionHeader(at_a).to_string();
+    let stored =
+        tokio::task::block_in_place(|| admin.get(&ObjectKey::SessionHeader(at_a), 1 << 16))
+            .unwrap()
+            .unwrap();
+    store_a
+        .put(&header_key, bytes::Bytes::from(stored), "application/json")
+        .await
+        .unwrap();
+    let err = store_a
+        .put(
+            &header_key,
+            bytes::Bytes::from_static(b"{}"),
+            "application/json",
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(err.kind, ErrorKind::Conflict), "{err}");
+    // ... and the uploader, given the fabricated session with A's key, loses nothing and writes
+    // nothing: refused (not retried: 403 does not pass), the session stays in its spool, and
+    // B's prefix stays empty.
+    let before = backlog_entries(&spool_f);
+    let up =
+        jitrec_uploader::Uploader::new(store_a, jitrec_uploader::UploaderConfig::new(&spool_f))
+            .unwrap();
+    let metrics = up.metrics();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let task = tokio::spawn(up.run(stop.clone()));
+    let m = std::sync::Arc::clone(&metrics);
+    wait_for(LIMIT, "the refusal", || {
+        let m = std::sync::Arc::clone(&m);
+        async move { m.failures.load(std::sync::atomic::Ordering::Relaxed) >= 1 }
+    })
+    .await
+    .unwrap();
+    stop.cancel();
+    task.await.unwrap().unwrap();
+    assert_eq!(backlog_entries(&spool_f), before, "nothing left the spool");
+    let keys = tokio::task::block_in_place(|| admin.list(&at_b.prefix())).unwrap();
+    assert!(keys.is_empty(), "{keys:?}");
+
+    // The player (its own key) finds A's session under A's prefix, intact and signed.
+    let out = Command::new(PLAYER)
+        .args(["verify", "--s3-bucket", &bucket, "--s3-endpoint", &endpoint])
+        .arg(own.to_string())
+        .env("AWS_ACCESS_KEY_ID", seaweed::ACCESS_KEY)
+        .env("AWS_SECRET_ACCESS_KEY", seaweed::SECRET_KEY)
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains(": intact:"), "{text}");
+    assert!(text.contains("NOT CHECKED: signed"), "{text}");
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "signed, enrolment not checked: {text}"
+    );
+}
+
+/// Layout v2 in the player: a session is read only under the prefix of the machine its header
+/// names; one moved under another machine's prefix, an unsigned one under a machine's prefix,
+/// or a signed one outside it, is tampered; a copy of a session id under a second machine's
+/// prefix is reported and never indexed over the first; and each machine's sessions are
+/// discovered with a cursor of their own.
+#[test]
+fn sessions_are_read_only_under_their_own_machine_prefix() {
+    use jitrec_format::{MachineId, SessionKey};
+    use jitrec_player::index::{Index, sqlite::SqliteIndex};
+    use jitrec_player::indexer::{Indexer, IndexerConfig};
+    use jitrec_player::scan::Status;
+    use std::sync::Arc;
+
+    let tmp = tempfile::tempdir().unwrap();
+    let b = jitrec_tests::TestBucket::new(tmp.path().join("bucket"));
+    let (ka, kb) = (fixtures::signer(1), fixtures::signer(2));
+    let ma: MachineId = "aaaa0000aaaa0000aaaa0000aaaa0000".parse().unwrap();
+    let mb: MachineId = "bbbb0000bbbb0000bbbb0000bbbb0000".parse().unwrap();
+    let session_of = |n: u64, m: MachineId, key: &EndpointSigner| {
+        let mut h = fixtures::header_v2(fixtures::session_id(n), key);
+        h.machine.id = m.to_string();
+        fixtures::stored_session_v2_from(h, 2, key)
+    };
+    let put_at = |s: &fixtures::StoredSession, at: SessionKey| {
+        for (k, bytes) in jitrec_tests::session_objects_at(s, at) {
+            b.put(&k, &bytes).unwrap();
+        }
+    };
+    // At home: A's session under A's prefix.
+    let home = session_of(1, ma, &ka);
+    put_at(&home, SessionKey::v2(ma, fixtures::session_id(1)));
+    // Moved: A's session under B's prefix (A's root hiding it among B's, say).
+    let moved = session_of(2, ma, &ka);
+    put_at(&moved, SessionKey::v2(mb, fixtures::session_id(2)));
+    // Unsigned (v1) under a machine's prefix, and signed under layout v1.
+    let unsigned = fixtures::stored_session(fixtures::session_id(3), 2);
+    put_at(&unsigned, SessionKey::v2(mb, fixtures::session_id(3)));
+    let outside = session_of(4, ma, &ka);
+    put_at(&outside, fixtures::session_id(4).into());
+    // A copy of A's session id under B's prefix, re-made as B's and signed by B's key.
+    let copy = session_of(1, mb, &kb);
+    put_at(&copy, SessionKey::v2(mb, fixtures::session_id(1)));
+
+    let index: Arc<dyn Index> =
+        Arc::new(SqliteIndex::open(&tmp.path().join("index.sqlite3")).unwrap());
+    let src: Arc<dyn jitrec_bucket::BucketReader> =
+        Arc::new(jitrec_bucket::DirBucket::new(tmp.path().join("bucket")));
+    let mut ix = Indexer::new(
+        Arc::clone(&src),
+        Arc::clone(&index),
+        IndexerConfig::default(),
+    )
+    .unwrap();
+    ix.pass().unwrap();
+    let row = |n: u64| index.session(fixtures::session_id(n)).unwrap().unwrap();
+
+    let r = row(1);
+    assert_eq!(r.status, Status::Complete, "{r:?}");
+    assert_eq!(
+        r.machine_id,
+        ma.to_string(),
+        "the first copy found is the session"
+    );
+    for n in [2, 3, 4] {
+        let r = row(n);
+        assert_eq!(r.status, Status::Tampered, "session {n}: {r:?}");
+        assert!(
+            r.problems[0].message.contains("does not belong under"),
+            "session {n}: {r:?}"
+        );
+    }
+    let anomalies = ix.handle().stats().anomalies;
+    assert!(
+        anomalies
+            .iter()
+            .any(|a| a.contains("second copy of a session id") && a.contains(&mb.to_string())),
+        "{anomalies:?}"
+    );
+    // The first location stays the session's, through a reindex too.
+    ix.reindex().unwrap();
+    assert_eq!(row(1).machine_id, ma.to_string());
+    assert_eq!(
+        jitrec_player::locate::key_of(index.as_ref(), fixtures::session_id(1)).unwrap(),
+        SessionKey::v2(ma, fixtures::session_id(1))
+    );
+
+    // Each machine has its own discovery cursor: a session dated far ahead on B does not hide
+    // a later real-time session of A.
+    let mut future = fixtures::header_v2(
+        jitrec_format::SessionId::from_parts(
+            (chrono::Utc::now() + chrono::Duration::days(3)).timestamp_millis() as u64,
+            [7; 10],
+        ),
+        &kb,
+    );
+    future.machine.id = mb.to_string();
+    let future_id = future.session_id;
+    let f = fixtures::stored_session_v2_from(future, 1, &kb);
+    put_at(&f, SessionKey::v2(mb, future_id));
+    ix.pass().unwrap();
+    let now_id = jitrec_format::SessionId::new();
+    let mut h = fixtures::header_v2(now_id, &ka);
+    h.machine.id = ma.to_string();
+    let s = fixtures::stored_session_v2_from(h, 1, &ka);
+    put_at(&s, SessionKey::v2(ma, now_id));
+    ix.pass().unwrap();
+    assert!(
+        index.session(now_id).unwrap().is_some(),
+        "A's new session was discovered"
+    );
 }

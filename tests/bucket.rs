@@ -83,15 +83,15 @@ fn links_fifos_and_directories_where_chunks_belong_are_refused_not_served() {
         std::fs::remove_file(path(k)).unwrap();
         path(k)
     };
-    symlink(&secret, swap(ObjectKey::ChunkVideo(v, 0))).unwrap();
-    symlink("/proc/self/environ", swap(ObjectKey::Init(v, 0))).unwrap();
+    symlink(&secret, swap(ObjectKey::ChunkVideo(v.into(), 0))).unwrap();
+    symlink("/proc/self/environ", swap(ObjectKey::Init(v.into(), 0))).unwrap();
     rustix::fs::mkfifoat(
         rustix::fs::CWD,
-        swap(ObjectKey::ChunkVideo(v, 1)),
+        swap(ObjectKey::ChunkVideo(v.into(), 1)),
         rustix::fs::Mode::from_raw_mode(0o600),
     )
     .unwrap();
-    std::fs::create_dir(swap(ObjectKey::ChunkVideo(v, 2))).unwrap();
+    std::fs::create_dir(swap(ObjectKey::ChunkVideo(v.into(), 2))).unwrap();
 
     for (what, url) in [
         (
@@ -164,7 +164,7 @@ fn a_one_gib_object_where_a_manifest_belongs_is_refused_unread() {
     put_dir(&b, &bystander);
     // 1 GiB where chunk 1's manifest belongs (sparse: it costs no disk, only reading it would
     // cost memory).
-    let manifest = root.join(ObjectKey::ChunkManifest(id(&poisoned), 1).to_string());
+    let manifest = root.join(ObjectKey::ChunkManifest((id(&poisoned)).into(), 1).to_string());
     std::fs::File::create(&manifest)
         .unwrap()
         .set_len(1 << 30)

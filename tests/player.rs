@@ -68,17 +68,19 @@ fn build(spec: &Spec) -> StoredSession {
 /// Writes `s` to the bucket: header, init, the chunks `chunks`, and the close record if asked.
 fn put(b: &TestBucket, s: &StoredSession, chunks: std::ops::Range<u64>, close: bool) {
     let id = SessionHeader::from_bytes(&s.header).unwrap().session_id;
-    b.put(&ObjectKey::SessionHeader(id), &s.header).unwrap();
-    b.put(&ObjectKey::Init(id, 0), &fixtures::init_bytes(0))
+    b.put(&ObjectKey::SessionHeader(id.into()), &s.header)
+        .unwrap();
+    b.put(&ObjectKey::Init(id.into(), 0), &fixtures::init_bytes(0))
         .unwrap();
     for seq in chunks {
         let (m, v, e) = &s.chunks[seq as usize];
-        b.put(&ObjectKey::ChunkVideo(id, seq), v).unwrap();
-        b.put(&ObjectKey::ChunkEvents(id, seq), e).unwrap();
-        b.put(&ObjectKey::ChunkManifest(id, seq), m).unwrap();
+        b.put(&ObjectKey::ChunkVideo(id.into(), seq), v).unwrap();
+        b.put(&ObjectKey::ChunkEvents(id.into(), seq), e).unwrap();
+        b.put(&ObjectKey::ChunkManifest(id.into(), seq), m).unwrap();
     }
     if close {
-        b.put(&ObjectKey::SessionClosed(id), &s.close).unwrap();
+        b.put(&ObjectKey::SessionClosed(id.into()), &s.close)
+            .unwrap();
     }
 }
 
@@ -179,20 +181,20 @@ fn index_suite(open: &dyn Fn() -> Arc<dyn Index>) {
     put(&b, &recording, 0..2, false);
     let id = |s: &StoredSession| SessionHeader::from_bytes(&s.header).unwrap().session_id;
     // Tampering and damage, each in its own session.
-    let v = path(root, ObjectKey::ChunkVideo(id(&flipped), 1));
+    let v = path(root, ObjectKey::ChunkVideo((id(&flipped)).into(), 1));
     let mut bytes = std::fs::read(&v).unwrap();
     bytes[3] ^= 0x20;
     std::fs::write(&v, bytes).unwrap();
     for k in [
-        ObjectKey::ChunkVideo(id(&missing), 2),
-        ObjectKey::ChunkEvents(id(&missing), 2),
-        ObjectKey::ChunkManifest(id(&missing), 2),
+        ObjectKey::ChunkVideo((id(&missing)).into(), 2),
+        ObjectKey::ChunkEvents((id(&missing)).into(), 2),
+        ObjectKey::ChunkManifest((id(&missing)).into(), 2),
     ] {
         std::fs::remove_file(path(root, k)).unwrap();
     }
     let (m0, m1) = (
-        path(root, ObjectKey::ChunkManifest(id(&reordered), 0)),
-        path(root, ObjectKey::ChunkManifest(id(&reordered), 1)),
+        path(root, ObjectKey::ChunkManifest((id(&reordered)).into(), 0)),
+        path(root, ObjectKey::ChunkManifest((id(&reordered)).into(), 1)),
     );
     let (a, c) = (std::fs::read(&m0).unwrap(), std::fs::read(&m1).unwrap());
     std::fs::write(&m0, c).unwrap();
@@ -206,7 +208,7 @@ fn index_suite(open: &dyn Fn() -> Arc<dyn Index>) {
     )
     .unwrap();
     std::fs::write(
-        path(root, ObjectKey::ChunkManifest(id(&garbage), 1)),
+        path(root, ObjectKey::ChunkManifest((id(&garbage)).into(), 1)),
         b"{\"version\": 1, \"garbage",
     )
     .unwrap();
@@ -226,10 +228,10 @@ fn index_suite(open: &dyn Fn() -> Arc<dyn Index>) {
         edit(&mut v);
         std::fs::write(&p, serde_json::to_vec(&v).unwrap()).unwrap();
     };
-    rewrite(ObjectKey::ChunkManifest(id(&future), 1), &|v| {
+    rewrite(ObjectKey::ChunkManifest((id(&future)).into(), 1), &|v| {
         v["version"] = 3.into()
     });
-    rewrite(ObjectKey::ChunkManifest(id(&forged), 2), &|v| {
+    rewrite(ObjectKey::ChunkManifest((id(&forged)).into(), 2), &|v| {
         v["prev"] = "00".repeat(32).into();
     });
     std::fs::create_dir_all(root.join("v1/sessions/not-a-session")).unwrap();
@@ -282,7 +284,7 @@ fn index_suite(open: &dyn Fn() -> Arc<dyn Index>) {
     let (st, msg) = problem(&foreign);
     assert_eq!(st, Status::Tampered);
     assert!(
-        msg.contains("notes.txt") && msg.contains("outside bucket layout"),
+        msg.contains("notes.txt") && msg.contains("outside the bucket layout"),
         "{msg}"
     );
     let (st, msg) = problem(&garbage);
@@ -438,11 +440,11 @@ fn index_suite(open: &dyn Fn() -> Arc<dyn Index>) {
         [true, false, true]
     );
     let knows = |k| index.knows(k).unwrap();
-    assert!(knows(ObjectKey::ChunkVideo(id(&complete), 2)));
-    assert!(knows(ObjectKey::Init(id(&complete), 0)));
-    assert!(!knows(ObjectKey::ChunkVideo(id(&complete), 3)));
-    assert!(!knows(ObjectKey::Init(id(&complete), 1)));
-    assert!(!knows(ObjectKey::SessionHeader(id(&complete))));
+    assert!(knows(ObjectKey::ChunkVideo((id(&complete)).into(), 2)));
+    assert!(knows(ObjectKey::Init((id(&complete)).into(), 0)));
+    assert!(!knows(ObjectKey::ChunkVideo((id(&complete)).into(), 3)));
+    assert!(!knows(ObjectKey::Init((id(&complete)).into(), 1)));
+    assert!(!knows(ObjectKey::SessionHeader((id(&complete)).into())));
     let inits = index.inits(id(&complete)).unwrap();
     assert_eq!(
         (inits.len(), inits[0].width, inits[0].codec.as_str()),
@@ -471,7 +473,7 @@ fn index_suite(open: &dyn Fn() -> Arc<dyn Index>) {
     );
 
     // Tampering after indexing is found by verify, which records it.
-    let v = path(root, ObjectKey::ChunkEvents(id(&complete), 0));
+    let v = path(root, ObjectKey::ChunkEvents((id(&complete)).into(), 0));
     let mut bytes = std::fs::read(&v).unwrap();
     let last = bytes.len() - 1;
     bytes[last] ^= 1;
@@ -794,7 +796,7 @@ fn check_served(
 
     // Media: whole, and by range, byte-identical to the bucket.
     let init = src
-        .get(&ObjectKey::Init(rec.id, 0), 1 << 30)
+        .get(&ObjectKey::Init((rec.id).into(), 0), 1 << 30)
         .unwrap()
         .unwrap();
     let r = player.get(&format!("{path}/init/0.mp4"));
@@ -812,7 +814,7 @@ fn check_served(
     )
     .unwrap();
     let chunk1 = src
-        .get(&ObjectKey::ChunkVideo(rec.id, 1), 1 << 30)
+        .get(&ObjectKey::ChunkVideo((rec.id).into(), 1), 1 << 30)
         .unwrap()
         .unwrap();
     assert_eq!(r.status, 206);
@@ -888,7 +890,9 @@ fn check_served(
     let out = work.join("export.mp4");
     let done = jitrec_player::export::export(
         src.as_ref(),
-        rec.id,
+        jitrec_player::locate::find(src.as_ref(), rec.id)
+            .unwrap()
+            .unwrap(),
         &out,
         &jitrec_player::export::ExportOptions::default(),
     )

@@ -39,16 +39,21 @@ const OBJECTS: u64 = 1 + 1 + 3 * 3 + 1;
 
 fn put(b: &TestBucket, s: &StoredSession, close: bool) {
     let id = id(s);
-    b.put(&ObjectKey::SessionHeader(id), &s.header).unwrap();
-    b.put(&ObjectKey::Init(id, 0), &fixtures::init_bytes(0))
+    b.put(&ObjectKey::SessionHeader(id.into()), &s.header)
+        .unwrap();
+    b.put(&ObjectKey::Init(id.into(), 0), &fixtures::init_bytes(0))
         .unwrap();
     for (seq, (m, v, e)) in s.chunks.iter().enumerate() {
-        b.put(&ObjectKey::ChunkVideo(id, seq as u64), v).unwrap();
-        b.put(&ObjectKey::ChunkEvents(id, seq as u64), e).unwrap();
-        b.put(&ObjectKey::ChunkManifest(id, seq as u64), m).unwrap();
+        b.put(&ObjectKey::ChunkVideo(id.into(), seq as u64), v)
+            .unwrap();
+        b.put(&ObjectKey::ChunkEvents(id.into(), seq as u64), e)
+            .unwrap();
+        b.put(&ObjectKey::ChunkManifest(id.into(), seq as u64), m)
+            .unwrap();
     }
     if close {
-        b.put(&ObjectKey::SessionClosed(id), &s.close).unwrap();
+        b.put(&ObjectKey::SessionClosed(id.into()), &s.close)
+            .unwrap();
     }
 }
 
@@ -390,7 +395,7 @@ async fn with_object_lock_a_locked_version_cannot_be_deleted_even_by_the_bucket_
     });
     let store = S3Bucket::new(config, tokio::runtime::Handle::current());
     let s = session(1, "acme", "berlin", "ws-locked");
-    let key = ObjectKey::SessionHeader(id(&s)).to_string();
+    let key = ObjectKey::SessionHeader((id(&s)).into()).to_string();
     {
         use jitrec_bucket::BucketWriter;
         store
@@ -634,7 +639,7 @@ async fn a_legal_hold_from_the_command_line_or_the_report_view_holds_every_objec
     });
     assert!(text.contains("under S3 legal hold"), "{text}");
     assert_eq!(hold_statuses(&admin, &name, &by_cli).await, on);
-    let header = ObjectKey::SessionHeader(id(&by_cli));
+    let header = ObjectKey::SessionHeader((id(&by_cli)).into());
     assert!(
         !delete_version(&admin, &name, &header).await,
         "a held version was deleted by the bucket's owner"
@@ -668,7 +673,7 @@ async fn a_legal_hold_from_the_command_line_or_the_report_view_holds_every_objec
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.json().unwrap()["enforced_by"], "bucket", "{}", r.text());
     assert_eq!(hold_statuses(&admin, &name, &by_web).await, on);
-    let chunk = ObjectKey::ChunkVideo(id(&by_web), 1);
+    let chunk = ObjectKey::ChunkVideo((id(&by_web)).into(), 1);
     assert!(
         !delete_version(&admin, &name, &chunk).await,
         "a held chunk was deleted"

@@ -101,7 +101,7 @@ fn check_spool(spool: &Path) -> BTreeMap<(SessionId, u64), Sha256Digest> {
 
 fn manifest_digest(bucket: &TestBucket, s: SessionId, seq: u64) -> Option<Sha256Digest> {
     bucket
-        .get(&ObjectKey::ChunkManifest(s, seq))
+        .get(&ObjectKey::ChunkManifest(s.into(), seq))
         .unwrap()
         .map(|b| Sha256Digest::of(&b))
 }
@@ -207,7 +207,7 @@ fn sigkill_at_random_points_loses_no_committed_chunk() {
             .verify_intact(s)
             .unwrap_or_else(|e| panic!("session {s}: {e:#}"));
         for seq in 0..close.chunk_count {
-            let video = bucket.get(&ObjectKey::ChunkVideo(s, seq)).unwrap();
+            let video = bucket.get(&ObjectKey::ChunkVideo(s.into(), seq)).unwrap();
             assert_eq!(
                 video,
                 Some(payload(s, seq, 0, CRASH_MAX_VIDEO)),

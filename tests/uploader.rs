@@ -73,7 +73,7 @@ fn check_bucket(
         let c = bucket.verify_intact(s).unwrap();
         assert_eq!(c.chunk_count, chunks);
         for seq in 0..chunks {
-            let video = bucket.get(&ObjectKey::ChunkVideo(s, seq)).unwrap();
+            let video = bucket.get(&ObjectKey::ChunkVideo(s.into(), seq)).unwrap();
             assert_eq!(video, Some(payload(s, seq, 0, MAX_VIDEO)));
         }
     }
@@ -287,7 +287,7 @@ async fn a_commit_is_uploaded_on_notification_not_at_the_next_rescan() {
     let mut s = open_session(&w).unwrap();
     for _ in 0..3 {
         let (seq, _) = commit_chunk(&mut s, MAX_VIDEO).unwrap();
-        let key = root.join(ObjectKey::ChunkManifest(s.session_id(), seq).to_string());
+        let key = root.join(ObjectKey::ChunkManifest((s.session_id()).into(), seq).to_string());
         wait_for(Duration::from_secs(60), "the chunk to be uploaded", || {
             let key = key.clone();
             async move { key.exists() }
@@ -334,7 +334,7 @@ async fn a_corrupt_chunk_is_quarantined_and_does_not_block_the_session() {
         "{report}"
     );
     assert!(
-        dir.get(&ObjectKey::SessionClosed(victim))
+        dir.get(&ObjectKey::SessionClosed(victim.into()))
             .unwrap()
             .is_some()
     );
@@ -395,12 +395,12 @@ async fn check_committed_in_s3(
     }
     for (&(s, seq), &digest) in committed {
         let m = dir
-            .get(&ObjectKey::ChunkManifest(s, seq))
+            .get(&ObjectKey::ChunkManifest(s.into(), seq))
             .unwrap()
             .expect("manifest stored");
         assert_eq!(Sha256Digest::of(&m), digest, "{s} chunk {seq}");
         assert_eq!(
-            dir.get(&ObjectKey::ChunkVideo(s, seq)).unwrap(),
+            dir.get(&ObjectKey::ChunkVideo(s.into(), seq)).unwrap(),
             Some(payload(s, seq, 0, MAX_VIDEO))
         );
     }

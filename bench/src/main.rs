@@ -215,8 +215,9 @@ fn objects(spool: &Path) -> Result<Vec<Vec<Object>>> {
     let mut out = Vec::new();
     for s in r.sessions()? {
         let mut objs = Vec::new();
+        let at = r.session_key(s)?;
         for e in r.pending(s)? {
-            for (k, b) in r.read(&e)?.into_objects(&e) {
+            for (k, b) in r.read(&e)?.into_objects(&e, at) {
                 objs.push((k.to_string(), Bytes::from(b), k.content_type()));
             }
         }

@@ -270,9 +270,11 @@ impl Jitrec {
             Duration::from_secs(600),
         ))?;
         let src: Arc<dyn BucketReader> = Arc::new(DirBucket::new(&bucket));
+        let at = jitrec_player::locate::find(src.as_ref(), id)?
+            .context("the session is in the bucket")?;
         let header = src
             .get(
-                &ObjectKey::SessionHeader(id),
+                &ObjectKey::SessionHeader(at),
                 jitrec_format::MAX_DOCUMENT_BYTES as u64,
             )?
             .context("the session header is in the bucket")?;
@@ -280,7 +282,7 @@ impl Jitrec {
         let out = tmp.join("jitrec.mp4");
         let exported = jitrec_player::export::export(
             src.as_ref(),
-            id,
+            at,
             &out,
             &jitrec_player::export::ExportOptions::default(),
         )?;

@@ -36,13 +36,13 @@ pub(crate) fn run(args: &RetentionArgs) -> Result<Vec<Line>> {
     for n in 0..args.sessions {
         let id = SessionId::from_parts(t0.timestamp_millis() as u64 + n, [7; 10]);
         let stored = fixtures::stored_session(id, 1);
-        bucket.put(&ObjectKey::SessionHeader(id), &stored.header)?;
-        bucket.put(&ObjectKey::Init(id, 0), &fixtures::init_bytes(0))?;
+        bucket.put(&ObjectKey::SessionHeader(id.into()), &stored.header)?;
+        bucket.put(&ObjectKey::Init(id.into(), 0), &fixtures::init_bytes(0))?;
         let (m, v, e) = &stored.chunks[0];
-        bucket.put(&ObjectKey::ChunkVideo(id, 0), v)?;
-        bucket.put(&ObjectKey::ChunkEvents(id, 0), e)?;
-        bucket.put(&ObjectKey::ChunkManifest(id, 0), m)?;
-        bucket.put(&ObjectKey::SessionClosed(id), &stored.close)?;
+        bucket.put(&ObjectKey::ChunkVideo(id.into(), 0), v)?;
+        bucket.put(&ObjectKey::ChunkEvents(id.into(), 0), e)?;
+        bucket.put(&ObjectKey::ChunkManifest(id.into(), 0), m)?;
+        bucket.put(&ObjectKey::SessionClosed(id.into()), &stored.close)?;
         let mut row = SessionRow::unknown(id, t0);
         row.started_at = t0;
         row.ended_at = Some(t0);

@@ -22,7 +22,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
-use jitrec_format::{LAYOUT_PREFIX, ObjectKey, Sha256Digest};
+use jitrec_format::{ObjectKey, Sha256Digest};
 use sha2::Digest as _;
 
 use crate::{
@@ -476,16 +476,33 @@ impl BucketReader for DirBucket {
         Ok(out)
     }
 
-    fn list_sessions(&self, start_after: Option<&str>) -> Result<Vec<String>, BucketError> {
-        let dir = self.root.join(LAYOUT_PREFIX);
+    fn list_names(
+        &self,
+        prefix: &str,
+        start_after: Option<&str>,
+    ) -> Result<Vec<String>, BucketError> {
+        let rel = prefix.trim_end_matches('/');
+        if !is_plain_key(rel)
+            || !folders_are_real(&self.root, rel)
+                .map_err(|e| BucketError::io("list", prefix, &e))?
+        {
+            // A link (or a file) where a folder of the layout belongs is never walked into.
+            return Err(BucketError::new(
+                "list",
+                prefix,
+                ErrorKind::NotAnObject("a link or a file where a folder belongs"),
+                "refused",
+            ));
+        }
+        let dir = self.root.join(rel);
         let entries = match fs::read_dir(&dir) {
             Ok(e) => e,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(e) => return Err(BucketError::io("list", LAYOUT_PREFIX, &e)),
+            Err(e) => return Err(BucketError::io("list", prefix, &e)),
         };
         let mut out = Vec::new();
         for e in entries {
-            let e = e.map_err(|e| BucketError::io("list", LAYOUT_PREFIX, &e))?;
+            let e = e.map_err(|e| BucketError::io("list", prefix, &e))?;
             let name = e.file_name().to_string_lossy().into_owned();
             if !name.starts_with('.') && start_after.is_none_or(|a| name.as_str() > a) {
                 out.push(name);
@@ -586,7 +603,7 @@ mod tests {
     use super::*;
 
     fn key() -> ObjectKey {
-        ObjectKey::ChunkVideo(SessionId::new(), 0)
+        ObjectKey::ChunkVideo((SessionId::new()).into(), 0)
     }
 
     #[test]
@@ -666,7 +683,7 @@ mod tests {
         fs::write(&secret, b"host secret").unwrap();
         let s = SessionId::new();
         let place = |seq: u64| {
-            let k = ObjectKey::ChunkVideo(s, seq);
+            let k = ObjectKey::ChunkVideo(s.into(), seq);
             let p = root.join(k.to_string());
             fs::create_dir_all(p.parent().unwrap()).unwrap();
             (k, p)
@@ -696,7 +713,9 @@ mod tests {
         let s2 = SessionId::new();
         let sess = root.join(ObjectKey::session_prefix(s2).trim_end_matches('/'));
         std::os::unix::fs::symlink(&other, &sess).unwrap();
-        let e = b.get(&ObjectKey::ChunkVideo(s2, 0), 1 << 20).unwrap_err();
+        let e = b
+            .get(&ObjectKey::ChunkVideo(s2.into(), 0), 1 << 20)
+            .unwrap_err();
         assert!(matches!(e.kind, ErrorKind::NotAnObject(_)), "{e}");
         // Listing and deleting do not go through the linked folder either.
         let prefix = ObjectKey::session_prefix(s2);

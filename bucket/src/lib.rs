@@ -100,10 +100,21 @@ pub trait BucketReader: Send + Sync {
         start_after: Option<&str>,
     ) -> Result<Vec<String>, BucketError>;
 
-    /// The names one level below [`jitrec_format::LAYOUT_PREFIX`] (one per session, normally a
-    /// session id) that sort after `start_after`, sorted. One entry per session, not per object,
-    /// so discovering new sessions costs one listing entry each.
-    fn list_sessions(&self, start_after: Option<&str>) -> Result<Vec<String>, BucketError>;
+    /// The names one level below `prefix` (which ends in `/`) that sort after `start_after`,
+    /// sorted: one entry per "folder" (a session, a machine), not per object, so discovering new
+    /// sessions costs one listing entry each. An object directly under `prefix` is listed by its
+    /// name too, so what does not belong there is seen.
+    fn list_names(
+        &self,
+        prefix: &str,
+        start_after: Option<&str>,
+    ) -> Result<Vec<String>, BucketError>;
+
+    /// The names one level below [`jitrec_format::LAYOUT_PREFIX`] (one per layout v1 session,
+    /// normally a session id) that sort after `start_after`, sorted.
+    fn list_sessions(&self, start_after: Option<&str>) -> Result<Vec<String>, BucketError> {
+        self.list_names(jitrec_format::LAYOUT_PREFIX, start_after)
+    }
 
     /// Where the objects come from, for logs.
     fn describe(&self) -> String;

@@ -28,7 +28,7 @@ use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
 use bytes::Bytes;
-use jitrec_format::{LAYOUT_PREFIX, ObjectKey, Sha256Digest};
+use jitrec_format::{ObjectKey, Sha256Digest};
 use sha2::Digest as _;
 
 use crate::{
@@ -726,17 +726,21 @@ impl BucketReader for S3Bucket {
         Ok(self.list_v2(prefix, start_after, None)?.0)
     }
 
-    fn list_sessions(&self, start_after: Option<&str>) -> Result<Vec<String>, BucketError> {
-        // `~` sorts after every character of the layout's object names, so this skips every
-        // object of the session named `start_after` itself.
-        let after = start_after.map(|a| format!("{LAYOUT_PREFIX}{a}/~"));
-        let (keys, prefixes) = self.list_v2(LAYOUT_PREFIX, after.as_deref(), Some("/"))?;
+    fn list_names(
+        &self,
+        prefix: &str,
+        start_after: Option<&str>,
+    ) -> Result<Vec<String>, BucketError> {
+        // `~` sorts after every character of the layout's names, so this skips every object
+        // below the name `start_after` itself.
+        let after = start_after.map(|a| format!("{prefix}{a}/~"));
+        let (keys, prefixes) = self.list_v2(prefix, after.as_deref(), Some("/"))?;
         let mut out: Vec<String> = prefixes
             .iter()
-            .filter_map(|p| p.strip_prefix(LAYOUT_PREFIX)?.strip_suffix('/'))
-            // Objects directly under the layout prefix (not in a session) are reported by their
-            // name, as a session name would be, so the indexer flags them as outside the layout.
-            .chain(keys.iter().filter_map(|k| k.strip_prefix(LAYOUT_PREFIX)))
+            .filter_map(|p| p.strip_prefix(prefix)?.strip_suffix('/'))
+            // Objects directly under the prefix (not in a folder) are reported by their name, as
+            // a folder's would be, so the indexer flags them as outside the layout.
+            .chain(keys.iter().filter_map(|k| k.strip_prefix(prefix)))
             .filter(|n| start_after.is_none_or(|a| *n > a))
             .map(str::to_owned)
             .collect();

@@ -235,6 +235,23 @@ impl ChainVerifier {
         self.accept(m, manifest_bytes)
     }
 
+    /// Checks only that a close record is this session's and signed by its key (for a close
+    /// record that cannot be linked yet, e.g. one counting chunks that never arrived): a close
+    /// record anyone could write must not end the session.
+    pub fn check_close(&self, close_bytes: &[u8]) -> Result<SessionClose, ChainError> {
+        let (c, opened) = parse::parse_stored::<SessionClose>(close_bytes)?;
+        if c.session_id != self.header.session_id {
+            return Err(ChainError::WrongSession {
+                what: "close record".into(),
+                expected: self.header.session_id,
+                found: c.session_id,
+            });
+        }
+        self.check_version("close record", c.version)?;
+        self.check_signature("close record", opened.as_ref())?;
+        Ok(c)
+    }
+
     /// Ends the chain at the stored close record's bytes.
     ///
     /// Besides the count and the link, the close record must agree with the chain it closes:

@@ -41,7 +41,10 @@ pub use events::{
     SourceState, UserRef, WindowInfo, decode_events, encode_events, validate_events,
 };
 pub use id::{IdError, SessionId};
-pub use layout::{LAYOUT_PREFIX, LayoutError, MAX_SEQ, ObjectKey};
+pub use layout::{
+    LAYOUT_PREFIX, LayoutError, MACHINES_PREFIX, MAX_MACHINE_ID, MAX_SEQ, MachineId, ObjectKey,
+    SessionKey, machine_sessions_prefix,
+};
 pub use parse::MAX_TEXT_CHARS;
 pub use session::{
     Agent, Authorization, Codec, CodecParams, EndReason, Labels, Machine, SessionClose,

@@ -231,6 +231,15 @@ pub enum EndReason {
 }
 
 impl SessionHeader {
+    /// Where the session lives in the bucket: layout v1 for a version 1 header, its machine's
+    /// prefix (layout v2) for a version 2 one.
+    pub fn session_key(&self) -> crate::SessionKey {
+        match (self.version, self.machine.id.parse::<crate::MachineId>()) {
+            (2, Ok(m)) => crate::SessionKey::v2(m, self.session_id),
+            _ => self.session_id.into(),
+        }
+    }
+
     /// Parses and validates a stored header.
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, FormatError> {
         parse::parse(bytes)
@@ -262,6 +271,13 @@ impl Document for SessionHeader {
 
     fn validate(&self) -> Result<(), String> {
         check_v2_field(self.version, "endpoint_key", self.endpoint_key.as_ref())?;
+        if self.version == 2 {
+            // Version 2 sessions live under their machine's prefix: the id must be one.
+            self.machine
+                .id
+                .parse::<crate::MachineId>()
+                .map_err(|e| format!("`machine.id`: {e}"))?;
+        }
         check_text("machine.id", &self.machine.id)?;
         check_text("machine.hostname", &self.machine.hostname)?;
         self.user.validate("user")?;

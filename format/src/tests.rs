@@ -399,13 +399,13 @@ fn events_rejections() {
 fn object_keys_round_trip() {
     let s = session_id(6);
     let keys = [
-        ObjectKey::SessionHeader(s),
-        ObjectKey::Init(s, 0),
-        ObjectKey::Init(s, 12),
-        ObjectKey::ChunkVideo(s, 0),
-        ObjectKey::ChunkEvents(s, 41),
-        ObjectKey::ChunkManifest(s, MAX_SEQ),
-        ObjectKey::SessionClosed(s),
+        ObjectKey::SessionHeader(s.into()),
+        ObjectKey::Init(s.into(), 0),
+        ObjectKey::Init(s.into(), 12),
+        ObjectKey::ChunkVideo(s.into(), 0),
+        ObjectKey::ChunkEvents(s.into(), 41),
+        ObjectKey::ChunkManifest(s.into(), MAX_SEQ),
+        ObjectKey::SessionClosed(s.into()),
     ];
     for k in keys {
         let text = k.to_string();
@@ -414,12 +414,13 @@ fn object_keys_round_trip() {
         assert_eq!(k.session(), s);
     }
     assert_eq!(
-        ObjectKey::ChunkManifest(s, 7).to_string(),
+        ObjectKey::ChunkManifest(s.into(), 7).to_string(),
         format!("v1/sessions/{s}/chunks/0000000007.json")
     );
     // Within a session, keys sort by sequence number.
     assert!(
-        ObjectKey::ChunkManifest(s, 9).to_string() < ObjectKey::ChunkManifest(s, 10).to_string()
+        ObjectKey::ChunkManifest(s.into(), 9).to_string()
+            < ObjectKey::ChunkManifest(s.into(), 10).to_string()
     );
 }
 

@@ -207,7 +207,7 @@ async fn list(
         let labels = page
             .sessions
             .iter()
-            .map(|s| trust(index.as_ref(), s.session.id).map(|(a, _)| a))
+            .map(|s| trust(index.as_ref(), s.session.id, s.session.status).map(|(a, _)| a))
             .collect::<Result<Vec<_>, _>>()?;
         let mut v = serde_json::to_value(&page).map_err(ApiError::internal)?;
         if let Some(rows) = v.get_mut("sessions").and_then(|r| r.as_array_mut()) {
@@ -260,7 +260,8 @@ fn retention_info(index: &dyn Index, s: &SessionRow) -> Result<RetentionInfo, Ap
     );
     let hold = r::hold_of(index, s.id).map_err(ApiError::internal)?;
     // As the retention job counts: from when the player first saw the close record.
-    let closed_seen = crate::witness::lookup(index, &ObjectKey::SessionClosed(s.id).to_string())
+    let at = crate::locate::key_of(index, s.id).map_err(ApiError::internal)?;
+    let closed_seen = crate::witness::lookup(index, &ObjectKey::SessionClosed(at).to_string())
         .map_err(ApiError::internal)?
         .map(|w| w.seen_at);
     let expires_at = match (p.and_then(|p| p.keep_days), s.closed, closed_seen) {
@@ -289,7 +290,7 @@ async fn session(
             .session(id)
             .map_err(ApiError::internal)?
             .ok_or_else(|| ApiError::not_found(format!("no session {id} in the index")))?;
-        let (authenticity, stopped_by) = trust(st.index.as_ref(), id)?;
+        let (authenticity, stopped_by) = trust(st.index.as_ref(), id, session.status)?;
         Ok(SessionDetail {
             authenticity,
             stopped_by,
@@ -308,6 +309,7 @@ async fn session(
 fn trust(
     index: &dyn Index,
     id: SessionId,
+    status: crate::scan::Status,
 ) -> Result<
     (
         crate::enroll::Authenticity,
@@ -315,10 +317,19 @@ fn trust(
     ),
     ApiError,
 > {
-    let seen = crate::witness::lookup(index, &ObjectKey::SessionHeader(id).to_string())
+    let at = crate::locate::key_of(index, id).map_err(ApiError::internal)?;
+    let first_seen = |k: ObjectKey| {
+        crate::witness::lookup(index, &k.to_string())
+            .map(|w| w.map(|w| w.seen_at))
+            .map_err(ApiError::internal)
+    };
+    let seen = crate::enroll::Seen {
+        header: first_seen(ObjectKey::SessionHeader(at))?,
+        close: first_seen(ObjectKey::SessionClosed(at))?,
+    };
+    let a = crate::enroll::authenticity(index, id, seen)
         .map_err(ApiError::internal)?
-        .map(|w| w.seen_at);
-    let a = crate::enroll::authenticity(index, id, seen).map_err(ApiError::internal)?;
+        .given(status);
     let stop = crate::enroll::session_key(index, id)
         .map_err(ApiError::internal)?
         .and_then(|s| s.stopped_by);
@@ -338,12 +349,13 @@ async fn init_segment(
 ) -> Result<Response, ApiError> {
     let id = session_id(&id)?;
     let n = number(&name, ".mp4")?;
-    if !known(&st, ObjectKey::Init(id, n)).await? {
+    let at = located(&st, id).await?;
+    if !known(&st, ObjectKey::Init(at, n)).await? {
         return Err(ApiError::not_found(format!(
             "session {id} has no init segment {n}"
         )));
     }
-    serve_object(st, ObjectKey::Init(id, n), &headers).await
+    serve_object(st, ObjectKey::Init(at, n), &headers).await
 }
 
 async fn media_segment(
@@ -353,12 +365,19 @@ async fn media_segment(
 ) -> Result<Response, ApiError> {
     let id = session_id(&id)?;
     let n = number(&name, ".m4s")?;
-    if !known(&st, ObjectKey::ChunkVideo(id, n)).await? {
+    let at = located(&st, id).await?;
+    if !known(&st, ObjectKey::ChunkVideo(at, n)).await? {
         return Err(ApiError::not_found(format!(
             "session {id} has no chunk {n}"
         )));
     }
-    serve_object(st, ObjectKey::ChunkVideo(id, n), &headers).await
+    serve_object(st, ObjectKey::ChunkVideo(at, n), &headers).await
+}
+
+/// Where the session lives in the bucket (see [`crate::locate`]).
+async fn located(st: &AppState, id: SessionId) -> Result<jitrec_format::SessionKey, ApiError> {
+    let index = Arc::clone(&st.index);
+    blocking(move || crate::locate::key_of(index.as_ref(), id).map_err(ApiError::internal)).await
 }
 
 async fn known(st: &AppState, key: ObjectKey) -> Result<bool, ApiError> {
@@ -366,10 +385,10 @@ async fn known(st: &AppState, key: ObjectKey) -> Result<bool, ApiError> {
     blocking(move || index.knows(key).map_err(ApiError::internal)).await
 }
 
-/// Pieces of a media response waiting to be sent: the reader blocks when the client is slower
-/// than the bucket (full policy: wait), so a response holds at most this many pieces of
-/// [`jitrec_bucket::READ_PIECE`] in memory, whatever the object's size.
-const MEDIA_PIECES_IN_FLIGHT: usize = 2;
+/// The largest media object served. A response is verified whole before a byte of it is sent,
+/// so it is held in memory: real segments are well under 1 MiB (2 s of screen), init segments a
+/// few hundred bytes.
+pub const MAX_SERVED_OBJECT: u64 = 64 * 1024 * 1024;
 
 /// Maps a bucket error of a media request: an object the bucket refuses for what it is (a link,
 /// a FIFO, a directory) is the endpoint's doing, answered 502 without its target's bytes.
@@ -382,22 +401,20 @@ fn media_error(e: jitrec_bucket::BucketError) -> ApiError {
     }
 }
 
-/// Serves an object's bytes, honouring a single `Range` (browsers fetch media by range). The
-/// body streams piece by piece from the bucket: a request costs a few pieces of memory, not the
-/// object.
+/// Serves an object's bytes, honouring a single `Range` (browsers fetch media by range).
 ///
-/// Only bytes the player's witness record vouches for are served: the stored object is hashed
-/// first and compared with what the player recorded when it first read it; other bytes are
-/// refused (409) and the session is verified again, which marks it tampered. While the body
-/// streams it is hashed again, and its last piece is held back until the hash matches, so bytes
-/// swapped between the check and the read never reach the client as a whole object.
+/// Only bytes the player's witness record vouches for are served: the object is read once,
+/// whole (bounded by the size the witness recorded), hashed, and compared with what the player
+/// recorded when it first read it; the response (whole or the requested range) is cut from those
+/// very bytes, so nothing read separately from what was checked reaches the client. Other bytes
+/// are refused (409) and the session is verified again, which marks it tampered.
 async fn serve_object(
     st: AppState,
     key: ObjectKey,
     headers: &HeaderMap,
 ) -> Result<Response, ApiError> {
     let (src, index) = (Arc::clone(&st.src), Arc::clone(&st.index));
-    let witnessed = blocking(move || {
+    let bytes = blocking(move || {
         let k = key.to_string();
         let w = crate::witness::lookup(index.as_ref(), &k)
             .map_err(ApiError::internal)?
@@ -406,44 +423,58 @@ async fn serve_object(
                     "{k} is not in the player's witness record (indexed before it existed: run `jitrec-player reindex`)"
                 ))
             })?;
-        let stored = match src.digest(&key, w.size) {
+        if w.size > MAX_SERVED_OBJECT {
+            return Err(ApiError(
+                StatusCode::BAD_GATEWAY,
+                format!("{k} is {} bytes, more than the {MAX_SERVED_OBJECT} the player serves", w.size),
+            ));
+        }
+        let reverify = || {
+            // Once marked tampered, a session is not read whole again for every request of
+            // its replaced media.
+            let marked = index
+                .session(key.session())
+                .ok()
+                .flatten()
+                .is_some_and(|r| r.status == crate::scan::Status::Tampered);
+            if marked {
+                return;
+            }
+            if let Err(v) =
+                crate::verify::verify_and_record(src.as_ref(), index.as_ref(), key.session())
+            {
+                tracing::warn!(error = %v, "re-verifying a session with refused media failed");
+            }
+        };
+        let stored = match src.get(&key, w.size) {
             Ok(d) => d,
             // A store that failed to answer is not evidence of anything: 500, and the client
             // retries. An object the bucket refuses for what it is (a link, a FIFO, a
-            // directory, larger than witnessed) is, and is checked like other bytes below.
+            // directory, larger than witnessed) is.
             Err(e) if !e.is_refused_object() => return Err(media_error(e)),
             Err(e) => {
-                if let Err(v) =
-                    crate::verify::verify_and_record(src.as_ref(), index.as_ref(), key.session())
-                {
-                    tracing::warn!(error = %v, "re-verifying a session with a refused object failed");
-                }
+                reverify();
                 return Err(media_error(e));
             }
         };
         match stored {
-            Some((size, sha)) if size == w.size && sha == w.sha256 => Ok(Ok(w)),
+            Some(b) if b.len() as u64 == w.size && jitrec_format::Sha256Digest::of(&b) == w.sha256 => Ok(b),
             None => Err(ApiError::not_found(format!("{k} is missing from the bucket"))),
             Some(_) => {
-                // Replaced after the player saw it: refuse, and let the session's status say so.
                 tracing::warn!(key = %k, "media refused: the stored bytes are not the ones the player witnessed");
-                if let Err(e) =
-                    crate::verify::verify_and_record(src.as_ref(), index.as_ref(), key.session())
-                {
-                    tracing::warn!(error = %e, "re-verifying a session with replaced media failed");
-                }
-                Ok(Err(ApiError(
+                reverify();
+                Err(ApiError(
                     StatusCode::CONFLICT,
                     format!(
                         "{k}: the stored bytes are not the ones the player first saw at {}; the session is marked tampered",
                         w.seen_at
                     ),
-                )))
+                ))
             }
         }
     })
-    .await??;
-    let total = witnessed.size;
+    .await?;
+    let total = bytes.len() as u64;
     let range = headers
         .get(header::RANGE)
         .and_then(|v| v.to_str().ok())
@@ -461,60 +492,8 @@ async fn serve_object(
             return Ok(r);
         }
     };
-    let (tx, rx) =
-        tokio::sync::mpsc::channel::<Result<bytes::Bytes, std::io::Error>>(MEDIA_PIECES_IN_FLIGHT);
-    let src = Arc::clone(&st.src);
-    tokio::task::spawn_blocking(move || {
-        use sha2::Digest as _;
-        let whole = start == 0 && end == total;
-        let mut hasher = sha2::Sha256::new();
-        let mut held: Option<Vec<u8>> = None;
-        let mut at = start;
-        while at < end {
-            let len = (end - at).min(jitrec_bucket::READ_PIECE);
-            let piece = match src.get_range(&key, at, len) {
-                Ok(Some(r)) if !r.bytes.is_empty() => r.bytes,
-                // Shorter or gone since its size was read: end the body early rather than pad.
-                Ok(_) => return,
-                Err(e) => {
-                    tracing::warn!(error = %e, "media response cut short");
-                    let _ = tx.blocking_send(Err(std::io::Error::other(e.to_string())));
-                    return;
-                }
-            };
-            at += piece.len() as u64;
-            hasher.update(&piece);
-            if let Some(prev) = held.replace(piece)
-                && tx.blocking_send(Ok(prev.into())).is_err()
-            {
-                return; // the client went away
-            }
-        }
-        let same = !whole
-            || jitrec_format::Sha256Digest::from_bytes(hasher.finalize().into())
-                == witnessed.sha256;
-        match held {
-            Some(last) if same => {
-                let _ = tx.blocking_send(Ok(last.into()));
-            }
-            Some(_) => {
-                tracing::warn!(%key, "media response cut: the object changed while it was read");
-                let _ = tx.blocking_send(Err(std::io::Error::other(
-                    "the object changed while it was served",
-                )));
-            }
-            None => {}
-        }
-    });
-    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
-        rx.recv().await.map(|piece| (piece, rx))
-    });
-    let mut resp = Response::new(Body::from_stream(stream));
-    let h = resp.headers_mut();
-    h.insert(
-        header::CONTENT_LENGTH,
-        header_value(&(end - start).to_string()),
-    );
+    let body = bytes::Bytes::from(bytes).slice(start as usize..end as usize);
+    let mut resp = Response::new(Body::from(body));
     if partial {
         *resp.status_mut() = StatusCode::PARTIAL_CONTENT;
         resp.headers_mut().insert(
@@ -524,12 +503,16 @@ async fn serve_object(
     }
     let h = resp.headers_mut();
     h.insert(
+        header::CONTENT_LENGTH,
+        header_value(&(end - start).to_string()),
+    );
+    h.insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static(key.content_type()),
     );
     h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
-    // Objects under a layout key never change (write-once: a retried upload writes the same
-    // bytes, different bytes are refused).
+    // Served only after it matched the witness; kept by the browser for the sign-in's
+    // lifetime at most (a cache that outlives sign-out is issue 17's).
     h.insert(
         header::CACHE_CONTROL,
         HeaderValue::from_static("private, max-age=3600"),
@@ -707,13 +690,16 @@ async fn export_mp4(
     );
     audit(&st, &login, "export", id.to_string(), detail).await?;
     let src = Arc::clone(&st.src);
+    let at = located(&st, id).await?;
+    let index = Arc::clone(&st.index);
     let (file, len) = blocking(move || {
         let dir = tempfile::tempdir().map_err(ApiError::internal)?;
         let out = dir.path().join("export.mp4");
         let opts = crate::export::ExportOptions {
             allow_unverified: p.unverified,
+            witness: Some(Arc::clone(&index)),
         };
-        let done = crate::export::export(src.as_ref(), id, &out, &opts).map_err(|e| match e {
+        let done = crate::export::export(src.as_ref(), at, &out, &opts).map_err(|e| match e {
             crate::export::ExportError::NotIntact { .. } => {
                 ApiError(StatusCode::CONFLICT, e.to_string())
             }

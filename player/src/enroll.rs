@@ -30,8 +30,8 @@ const SCHEMA: [&str; 2] = [
     // bucket (rebuilt by reindex), kept beside the index so a decision on a key applies to
     // every session at once, without rewriting session rows.
     "CREATE TABLE IF NOT EXISTS session_keys (session_id TEXT PRIMARY KEY, \
-     format_version BIGINT NOT NULL, machine_id TEXT NOT NULL, endpoint_key TEXT NOT NULL, \
-     stopped_by TEXT NOT NULL)",
+     format_version BIGINT NOT NULL, machine_id TEXT NOT NULL, hostname TEXT NOT NULL, \
+     endpoint_key TEXT NOT NULL, stopped_by TEXT NOT NULL)",
 ];
 
 /// Why an enrolment request failed.
@@ -54,6 +54,13 @@ pub enum EnrolError {
     NoReason,
     #[error("the key on record is revoked; a revoked key cannot be approved again")]
     Revoked,
+    #[error(
+        "machine {machine}, key {fingerprint}: refused (revoked, or another key of the machine was approved meanwhile); list the keys again"
+    )]
+    Raced {
+        machine: String,
+        fingerprint: String,
+    },
 }
 
 /// The operator's choice of when a key counts.
@@ -129,6 +136,9 @@ pub enum Authenticity {
     /// Signed by a key that is not (or no longer) the machine's: another machine's, a forger's,
     /// a revoked or retired one.
     NotEnrolled { fingerprint: String, why: String },
+    /// Signed by the machine's key, but the session is broken (tampered, or chunks missing):
+    /// a signature vouches for nothing once the chain does not hold.
+    Broken { fingerprint: String },
     /// The header could not be read, so nothing is known.
     Unknown,
 }
@@ -141,12 +151,26 @@ impl Authenticity {
             Authenticity::Verified { .. } => "verified",
             Authenticity::Pending { .. } => "key pending approval",
             Authenticity::NotEnrolled { .. } => "not the machine's key",
+            Authenticity::Broken { .. } => "signed, but broken",
             Authenticity::Unknown => "unknown",
         }
     }
 
     pub fn is_verified(&self) -> bool {
         matches!(self, Authenticity::Verified { .. })
+    }
+
+    /// What may be shown for a session of `status`: "verified" only while the chain holds.
+    pub fn given(self, status: crate::scan::Status) -> Self {
+        use crate::scan::Status;
+        match self {
+            Authenticity::Verified { fingerprint }
+                if matches!(status, Status::Tampered | Status::Gap) =>
+            {
+                Authenticity::Broken { fingerprint }
+            }
+            other => other,
+        }
     }
 }
 
@@ -174,14 +198,16 @@ pub fn seen_header(
     let (machine_id, hostname) = (header.machine.id.as_str(), header.machine.hostname.as_str());
     let (version, key) = (header.version, header.endpoint_key.as_ref());
     index.exec(
-        "INSERT INTO session_keys (session_id, format_version, machine_id, endpoint_key, \
-         stopped_by) VALUES ($1, $2, $3, $4, '') ON CONFLICT (session_id) DO UPDATE SET \
-         format_version = excluded.format_version, machine_id = excluded.machine_id, \
+        "INSERT INTO session_keys (session_id, format_version, machine_id, hostname, \
+         endpoint_key, stopped_by) VALUES ($1, $2, $3, $4, $5, '') ON CONFLICT (session_id) \
+         DO UPDATE SET format_version = excluded.format_version, \
+         machine_id = excluded.machine_id, hostname = excluded.hostname, \
          endpoint_key = excluded.endpoint_key",
         &[
             text(&session.to_string()),
             SqlValue::Int(i64::from(version)),
             text(machine_id),
+            text(hostname),
             text(&key.map(|k| k.to_string()).unwrap_or_default()),
         ],
     )?;
@@ -255,9 +281,37 @@ pub fn seen_close(
 pub struct SessionSigning {
     pub version: u32,
     pub machine_id: String,
+    pub hostname: String,
     /// The key's text form; empty for version 1.
     pub endpoint_key: String,
     pub stopped_by: Option<jitrec_format::StopCause>,
+}
+
+/// What a session claims about its origin (its header), to judge against the enrolment record.
+#[derive(Debug, Clone)]
+pub struct Claim {
+    pub version: u32,
+    pub machine_id: String,
+    pub hostname: String,
+    pub key: Option<EndpointKey>,
+}
+
+impl Claim {
+    pub fn of(h: &jitrec_format::SessionHeader) -> Self {
+        Self {
+            version: h.version,
+            machine_id: h.machine.id.clone(),
+            hostname: h.machine.hostname.clone(),
+            key: h.endpoint_key,
+        }
+    }
+}
+
+/// When the player first saw a session's header and close record (its witness record).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Seen {
+    pub header: Option<DateTime<Utc>>,
+    pub close: Option<DateTime<Utc>>,
 }
 
 /// What the index noted about a session's signing, if its header was read.
@@ -266,7 +320,7 @@ pub fn session_key(
     session: SessionId,
 ) -> Result<Option<SessionSigning>, EnrolError> {
     let rows = index.query(
-        "SELECT format_version, machine_id, endpoint_key, stopped_by FROM session_keys \
+        "SELECT format_version, machine_id, hostname, endpoint_key, stopped_by FROM session_keys \
          WHERE session_id = $1",
         &[text(&session.to_string())],
     )?;
@@ -280,60 +334,99 @@ pub fn session_key(
         SessionSigning {
             version: r.first().and_then(SqlValue::int).unwrap_or(0) as u32,
             machine_id: t(1),
-            endpoint_key: t(2),
-            stopped_by: serde_json::from_str(&t(3)).ok(),
+            hostname: t(2),
+            endpoint_key: t(3),
+            stopped_by: serde_json::from_str(&t(4)).ok(),
         }
     }))
 }
 
-/// How far `session` can be trusted, given when the player first saw its header.
+/// How far `session` can be trusted, from what the indexer noted of its header.
 pub fn authenticity(
     index: &dyn Index,
     session: SessionId,
-    header_seen: Option<DateTime<Utc>>,
+    seen: Seen,
 ) -> Result<Authenticity, EnrolError> {
-    let Some(SessionSigning {
-        version,
-        machine_id: machine,
-        endpoint_key: key,
-        ..
-    }) = session_key(index, session)?
-    else {
+    let Some(s) = session_key(index, session)? else {
         return Ok(Authenticity::Unknown);
     };
-    if version == 1 || key.is_empty() {
-        return Ok(Authenticity::Unsigned);
-    }
-    let Ok(key) = key.parse::<EndpointKey>() else {
-        return Ok(Authenticity::Unknown);
+    let key = if s.endpoint_key.is_empty() {
+        None
+    } else {
+        match s.endpoint_key.parse::<EndpointKey>() {
+            Ok(k) => Some(k),
+            Err(_) => return Ok(Authenticity::Unknown),
+        }
+    };
+    let claim = Claim {
+        version: s.version,
+        machine_id: s.machine_id,
+        hostname: s.hostname,
+        key,
+    };
+    judge(index, &claim, seen)
+}
+
+/// How far a session claiming `claim` can be trusted, given when the player saw it.
+pub fn judge(index: &dyn Index, claim: &Claim, seen: Seen) -> Result<Authenticity, EnrolError> {
+    let keys = keys_of(index, &claim.machine_id)?;
+    let approved = keys.iter().find(|k| k.state == KeyState::Approved);
+    let Some(key) = claim.key.filter(|_| claim.version >= 2) else {
+        // Unsigned. From a machine that has a key, it is a downgrade, not an old recording.
+        return Ok(match approved {
+            Some(a) => Authenticity::NotEnrolled {
+                fingerprint: String::new(),
+                why: format!(
+                    "the session is unsigned (format v1), but machine {} signs its sessions with key {}",
+                    claim.machine_id, a.fingerprint
+                ),
+            },
+            None => Authenticity::Unsigned,
+        });
     };
     let fingerprint = key.fingerprint().to_string();
-    let keys = keys_of(index, &machine)?;
     let Some(k) = keys.iter().find(|k| k.fingerprint == fingerprint) else {
         return Ok(Authenticity::Pending { fingerprint });
     };
+    // The key is the machine's, and so is the host it was approved for: an enrolled endpoint
+    // cannot sign sessions in another host's name.
+    let host_differs = |k: &MachineKey| {
+        (k.hostname != claim.hostname).then(|| {
+            format!(
+                "the key was approved for host {:?}; this session names host {:?}",
+                k.hostname, claim.hostname
+            )
+        })
+    };
     Ok(match k.state {
-        KeyState::Approved => Authenticity::Verified { fingerprint },
-        KeyState::Pending => {
-            let why = keys
-                .iter()
-                .find(|o| o.state == KeyState::Approved)
-                .map(|o| format!("machine {machine}'s approved key is {}", o.fingerprint));
-            match why {
-                Some(why) => Authenticity::NotEnrolled { fingerprint, why },
-                None => Authenticity::Pending { fingerprint },
-            }
-        }
+        KeyState::Approved => match host_differs(k) {
+            Some(why) => Authenticity::NotEnrolled { fingerprint, why },
+            None => Authenticity::Verified { fingerprint },
+        },
+        KeyState::Pending => match approved {
+            Some(o) => Authenticity::NotEnrolled {
+                fingerprint,
+                why: format!(
+                    "machine {}'s approved key is {}",
+                    claim.machine_id, o.fingerprint
+                ),
+            },
+            None => Authenticity::Pending { fingerprint },
+        },
         KeyState::Revoked => Authenticity::NotEnrolled {
             fingerprint,
             why: format!("the key was revoked: {}", k.reason),
         },
-        KeyState::Retired => match (header_seen, k.decided_at) {
-            (Some(seen), Some(retired)) if seen < retired => Authenticity::Verified { fingerprint },
+        // A retired key vouches only for what the player saw whole before the replacement: the
+        // close record (every object of the session is seen before it) first seen before then.
+        KeyState::Retired => match (seen.close, k.decided_at, host_differs(k)) {
+            (Some(closed), Some(retired), None) if closed < retired => {
+                Authenticity::Verified { fingerprint }
+            }
             _ => Authenticity::NotEnrolled {
                 fingerprint,
                 why: format!(
-                    "the key was replaced{}; this session was not seen before that",
+                    "the key was replaced{}; this session was not seen closed before that",
                     k.decided_at.map(|t| format!(" at {t}")).unwrap_or_default()
                 ),
             },
@@ -402,9 +495,14 @@ fn set_state(
     actor: &str,
     reason: &str,
 ) -> Result<(), EnrolError> {
-    index.exec(
+    // One statement that re-checks what the caller checked: a revocation (or another
+    // approval) landing between the caller's read and this write is not overwritten. Nothing
+    // leaves `revoked`, and a key becomes approved only while no other key of the machine is.
+    let changed = index.exec(
         "UPDATE machine_keys SET state = $3, decided_by = $4, decided_at = $5, reason = $6 \
-         WHERE machine_id = $1 AND fingerprint = $2",
+         WHERE machine_id = $1 AND fingerprint = $2 AND state <> 'revoked' \
+         AND ($3 <> 'approved' OR NOT EXISTS (SELECT 1 FROM machine_keys o \
+         WHERE o.machine_id = $1 AND o.fingerprint <> $2 AND o.state = 'approved'))",
         &[
             text(machine),
             text(fingerprint),
@@ -414,6 +512,12 @@ fn set_state(
             text(reason),
         ],
     )?;
+    if changed == 0 {
+        return Err(EnrolError::Raced {
+            machine: machine.into(),
+            fingerprint: fingerprint.into(),
+        });
+    }
     Ok(())
 }
 

@@ -16,7 +16,7 @@ use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
 use ffmpeg_next as ffmpeg;
-use jitrec_format::{ChunkManifest, Event, EventKind, ObjectKey, SessionId};
+use jitrec_format::{ChunkManifest, Event, EventKind, ObjectKey, SessionId, SessionKey};
 
 use crate::scan::{Found, SessionScan};
 use crate::verify::{Report, Verdict, report};
@@ -79,10 +79,24 @@ pub struct Exported {
 }
 
 /// Options of an export.
-#[derive(Debug, Clone, Default)]
+#[derive(Clone, Default)]
 pub struct ExportOptions {
     /// Export even if the session does not verify.
     pub allow_unverified: bool,
+    /// The player's index, whose witness record the session is checked against (bytes
+    /// replaced after the player saw them are then a break) and whose enrolment record says
+    /// whether its key is the machine's. Without it the export is checked against the chain
+    /// and signatures only, and its report says so.
+    pub witness: Option<std::sync::Arc<dyn crate::index::Index>>,
+}
+
+impl std::fmt::Debug for ExportOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ExportOptions")
+            .field("allow_unverified", &self.allow_unverified)
+            .field("witness", &self.witness.as_ref().map(|i| i.backend()))
+            .finish()
+    }
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> ExportError + '_ {
@@ -113,14 +127,22 @@ pub fn part_path(out: &Path, n: usize) -> PathBuf {
 /// Exports `session` from `src` to `out` (and `out.partN.mp4` after screen-size changes).
 pub fn export(
     src: &dyn BucketReader,
-    session: SessionId,
+    at: SessionKey,
     out: &Path,
     opts: &ExportOptions,
 ) -> Result<Exported, ExportError> {
-    let mut scan = SessionScan::new(session);
+    let session = at.id;
+    let mut scan = SessionScan::new(at);
     let mut found = Vec::new();
-    scan.advance(src, true, &mut found)?;
-    let report = report(&scan);
+    let witness = opts.witness.as_deref();
+    scan.advance_witnessed(src, witness, true, &mut found)?;
+    let mut report = report(&scan);
+    if let Some(index) = witness {
+        report.authenticity = scan
+            .claim()
+            .and_then(|c| crate::enroll::judge(index, &c, scan.seen()).ok())
+            .map(|a| a.given(report.status));
+    }
     if report.verdict == Verdict::Broken && !opts.allow_unverified {
         return Err(ExportError::NotIntact {
             session,
@@ -149,7 +171,7 @@ pub fn export(
     let mut parts = Vec::new();
     for run in chunks.chunk_by(|a, b| a.init.id == b.init.id) {
         let path = part_path(out, parts.len() + 1);
-        parts.push(remux_run(src, session, run, &path)?);
+        parts.push(remux_run(src, at, run, &path)?);
     }
     Ok(Exported {
         parts,
@@ -165,9 +187,14 @@ fn copy_object(
     src: &dyn BucketReader,
     key: ObjectKey,
     size: u64,
+    sha256: &jitrec_format::Sha256Digest,
     w: &mut impl Write,
     path: &Path,
 ) -> Result<(), ExportError> {
+    use sha2::Digest as _;
+    // Hashed as it is copied: the bytes written are the ones the manifest (checked by the scan,
+    // and against the witness) vouches for, even if the object changed since the scan read it.
+    let mut hasher = sha2::Sha256::new();
     let mut at = 0;
     loop {
         let piece = src
@@ -183,10 +210,16 @@ fn copy_object(
             break;
         }
         at += piece.bytes.len() as u64;
+        hasher.update(&piece.bytes);
         w.write_all(&piece.bytes).map_err(io(path))?;
         if at >= size {
             break;
         }
+    }
+    if jitrec_format::Sha256Digest::from_bytes(hasher.finalize().into()) != *sha256 {
+        return Err(ExportError::Changed(format!(
+            "{key}: the bytes read for the export are not the ones the manifest names"
+        )));
     }
     Ok(())
 }
@@ -194,7 +227,7 @@ fn copy_object(
 /// Writes the chunks of one init segment as one MP4.
 fn remux_run(
     src: &dyn BucketReader,
-    session: SessionId,
+    at: SessionKey,
     run: &[ChunkManifest],
     out: &Path,
 ) -> Result<Part, ExportError> {
@@ -212,16 +245,18 @@ fn remux_run(
         let mut w = BufWriter::new(staged.as_file());
         copy_object(
             src,
-            ObjectKey::Init(session, first.init.id),
+            ObjectKey::Init(at, first.init.id),
             first.init.size,
+            &first.init.sha256,
             &mut w,
             staged.path(),
         )?;
         for c in run {
             copy_object(
                 src,
-                ObjectKey::ChunkVideo(session, c.seq),
+                ObjectKey::ChunkVideo(at, c.seq),
                 c.video.size,
+                &c.video.sha256,
                 &mut w,
                 staged.path(),
             )?;

@@ -5,8 +5,12 @@
 //! 1. **Discovers** sessions by listing session prefixes (one entry per session, not per object)
 //!    after a cursor: the newest session id seen, moved back by a window (default 1 h) because
 //!    session ids carry the *endpoint's* clock and a skewed endpoint's session can sort before
-//!    one already seen. A notify (HTTP fast path, naming a session or not) triggers a pass at once
-//!    and catches sessions of any age.
+//!    one already seen. Layout v1 has one list of sessions; layout v2 one per machine
+//!    (`v2/machines/<machine>/sessions/`), each with its own cursor, so one endpoint's clock
+//!    cannot hide another's sessions; the machines are listed every pass and their sessions up to
+//!    [`IndexerConfig::machines_per_pass`] machines a pass, in turn. A session id found under a
+//!    second prefix is reported and not indexed ([`crate::locate`]). A notify (HTTP fast path,
+//!    naming a session or not) triggers a pass at once and catches sessions of any age.
 //! 2. **Advances** every session whose close record has not been read: lists its objects after
 //!    its last indexed chunk (`start-after`, no rescans), checks what is new with the same
 //!    [`SessionScan`] `verify` uses, and writes sessions, chunks and events in one transaction.
@@ -22,7 +26,9 @@ use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use jitrec_format::{LAYOUT_PREFIX, SessionId};
+use jitrec_format::{
+    LAYOUT_PREFIX, MACHINES_PREFIX, MachineId, SessionId, SessionKey, machine_sessions_prefix,
+};
 use serde::Serialize;
 
 use crate::index::{Batch, ChunkRow, EventRow, Index, IndexError, InitRow, SessionRow};
@@ -49,6 +55,10 @@ pub struct IndexerConfig {
     pub discovery_window: Duration,
     /// When a machine's key counts (see [`crate::enroll`]).
     pub enrolment: crate::enroll::Policy,
+    /// How many machines of layout v2 have their sessions listed per pass (in turn): with more
+    /// machines than this, a machine's new session is found within
+    /// `machines / machines_per_pass` passes (a notify finds it at once).
+    pub machines_per_pass: usize,
 }
 
 impl Default for IndexerConfig {
@@ -58,6 +68,7 @@ impl Default for IndexerConfig {
             stale_after: Duration::from_secs(600),
             discovery_window: Duration::from_secs(3600),
             enrolment: crate::enroll::Policy::default(),
+            machines_per_pass: 200,
         }
     }
 }
@@ -157,8 +168,21 @@ pub struct Indexer {
     /// Names discovery has already handled, so each pass only looks at new ones.
     seen: BTreeSet<String>,
     newest: Option<SessionId>,
+    /// Layout v2: per machine, the names handled and the newest session id seen.
+    machines: BTreeMap<MachineId, MachineCursor>,
+    /// Where the turn of machines to list resumes.
+    next_machine: Option<MachineId>,
+    /// Names under the machines prefix that are not machine ids, reported once.
+    bad_machines: BTreeSet<String>,
     passes: u64,
     maintained: Option<Instant>,
+}
+
+/// Discovery's state for one machine of layout v2.
+#[derive(Debug, Default)]
+struct MachineCursor {
+    seen: BTreeSet<String>,
+    newest: Option<SessionId>,
 }
 
 impl Indexer {
@@ -176,6 +200,9 @@ impl Indexer {
             handle: IndexerHandle::default(),
             open: BTreeMap::new(),
             seen: BTreeSet::new(),
+            machines: BTreeMap::new(),
+            next_machine: None,
+            bad_machines: BTreeSet::new(),
             passes: 0,
             maintained: None,
         };
@@ -187,8 +214,13 @@ impl Indexer {
             .map_err(|e| IndexerError::Index(IndexError::Other(e.to_string())))?;
         crate::enroll::init(me.index.as_ref())
             .map_err(|e| IndexerError::Index(IndexError::Other(e.to_string())))?;
+        crate::locate::init(me.index.as_ref())?;
+        for (m, newest) in crate::locate::newest_per_machine(me.index.as_ref())? {
+            me.machines.entry(m).or_default().newest = Some(newest);
+        }
         for id in me.index.unfinished()? {
-            me.track(id);
+            let key = crate::locate::key_of(me.index.as_ref(), id)?;
+            me.track(key);
         }
         Ok(me)
     }
@@ -203,7 +235,9 @@ impl Indexer {
         self.open.clear();
         self.seen.clear();
         self.newest = None;
-        let n = self.discover()?;
+        self.machines.clear();
+        self.next_machine = None;
+        let n = self.discover_all()?;
         self.advance_all(true)?;
         self.index.maintain()?;
         self.maintained = Some(Instant::now());
@@ -230,9 +264,15 @@ impl Indexer {
             }
             for id in named {
                 if !self.open.contains_key(&id) {
-                    match self.index.session(id) {
-                        Ok(Some(r)) if r.closed => {}
-                        _ => self.track(id),
+                    match (
+                        self.index.session(id),
+                        crate::locate::key_of(self.index.as_ref(), id),
+                    ) {
+                        (Ok(Some(r)), _) if r.closed => {}
+                        (_, Ok(key)) => self.track(key),
+                        (_, Err(e)) => {
+                            tracing::warn!(session = %id, error = %e, "a notified session could not be located")
+                        }
                     }
                 }
             }
@@ -264,21 +304,42 @@ impl Indexer {
         Ok(())
     }
 
-    fn track(&mut self, id: SessionId) {
+    fn track(&mut self, key: SessionKey) {
+        let id = key.id;
         self.open.entry(id).or_insert_with(|| Tracked {
-            scan: SessionScan::new(id),
+            scan: SessionScan::new(key),
             row: SessionRow::unknown(id, Utc::now()),
             last_change: Instant::now(),
             fresh: true,
         });
     }
 
-    /// Lists session names after the cursor; starts tracking the new ones. Returns how many.
+    /// Discovers in both layouts (machines in turn); returns how many sessions are new.
     fn discover(&mut self) -> Result<usize, IndexerError> {
-        let cursor = self.newest.map(|id| {
-            let window = self.config.discovery_window.as_millis() as u64;
-            cursor_before(id.unix_ms().saturating_sub(window))
-        });
+        let limit = self.config.machines_per_pass.max(1);
+        Ok(self.discover_v1()? + self.discover_v2(limit)?)
+    }
+
+    /// Discovers in both layouts, every machine.
+    fn discover_all(&mut self) -> Result<usize, IndexerError> {
+        Ok(self.discover_v1()? + self.discover_v2(usize::MAX)?)
+    }
+
+    fn anomaly(&self, what: String) {
+        tracing::warn!(what, "object outside the bucket layout");
+        let mut st = self
+            .handle
+            .stats
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if st.anomalies.len() < MAX_ANOMALIES {
+            st.anomalies.push(what);
+        }
+    }
+
+    /// Lists layout v1's session names after the cursor; starts tracking the new ones.
+    fn discover_v1(&mut self) -> Result<usize, IndexerError> {
+        let cursor = self.newest.map(|id| self.cursor(id));
         let names = self.src.list_sessions(cursor.as_deref())?;
         let mut new = 0;
         for name in names {
@@ -290,31 +351,9 @@ impl Indexer {
                     if self.newest.is_none_or(|n| id > n) {
                         self.newest = Some(id);
                     }
-                    // A session the retention job is deleting (or deleted) must not come back
-                    // from objects a crashed deletion left behind.
-                    let deleted = crate::retention::is_deleted(self.index.as_ref(), id)
-                        .map_err(|e| IndexerError::Index(IndexError::Other(e.to_string())))?;
-                    match self.index.session(id)? {
-                        Some(r) if r.closed => {}
-                        _ if deleted => {}
-                        _ => {
-                            self.track(id);
-                            new += 1;
-                        }
-                    }
+                    new += usize::from(self.found(id.into())?);
                 }
-                Err(e) => {
-                    tracing::warn!(name, error = %e, "object outside the bucket layout (not a session id)");
-                    let mut st = self
-                        .handle
-                        .stats
-                        .lock()
-                        .unwrap_or_else(PoisonError::into_inner);
-                    if st.anomalies.len() < MAX_ANOMALIES {
-                        st.anomalies
-                            .push(format!("{LAYOUT_PREFIX}{name}: not a session id ({e})"));
-                    }
-                }
+                Err(e) => self.anomaly(format!("{LAYOUT_PREFIX}{name}: not a session id ({e})")),
             }
             self.seen.insert(name);
         }
@@ -325,8 +364,103 @@ impl Indexer {
         Ok(new)
     }
 
+    /// Lists the machines of layout v2, then the sessions of up to `limit` of them (in turn,
+    /// from where the last pass stopped), each after its own cursor.
+    fn discover_v2(&mut self, limit: usize) -> Result<usize, IndexerError> {
+        for name in self.src.list_names(MACHINES_PREFIX, None)? {
+            match name.parse::<MachineId>() {
+                Ok(m) => {
+                    self.machines.entry(m).or_default();
+                }
+                Err(e) => {
+                    if self.bad_machines.insert(name.clone()) {
+                        self.anomaly(format!("{MACHINES_PREFIX}{name}: not a machine id ({e})"));
+                    }
+                }
+            }
+        }
+        let all: Vec<MachineId> = self.machines.keys().copied().collect();
+        let start = self
+            .next_machine
+            .and_then(|m| all.iter().position(|x| *x >= m))
+            .unwrap_or(0);
+        let n = all.len().min(limit);
+        let turn: Vec<MachineId> = (0..n).map(|i| all[(start + i) % all.len()]).collect();
+        self.next_machine = (n < all.len()).then(|| all[(start + n) % all.len()]);
+        let mut new = 0;
+        for m in turn {
+            new += self.discover_machine(m)?;
+        }
+        Ok(new)
+    }
+
+    fn discover_machine(&mut self, m: MachineId) -> Result<usize, IndexerError> {
+        let newest = self.machines.get(&m).and_then(|c| c.newest);
+        let cursor = newest.map(|id| self.cursor(id));
+        let prefix = machine_sessions_prefix(m);
+        let names = self.src.list_names(&prefix, cursor.as_deref())?;
+        let mut new = 0;
+        for name in names {
+            if self
+                .machines
+                .get(&m)
+                .is_some_and(|c| c.seen.contains(&name))
+            {
+                continue;
+            }
+            match name.parse::<SessionId>() {
+                Ok(id) => {
+                    let c = self.machines.entry(m).or_default();
+                    if c.newest.is_none_or(|n| id > n) {
+                        c.newest = Some(id);
+                    }
+                    new += usize::from(self.found(SessionKey::v2(m, id))?);
+                }
+                Err(e) => self.anomaly(format!("{prefix}{name}: not a session id ({e})")),
+            }
+            self.machines.entry(m).or_default().seen.insert(name);
+        }
+        if let (Some(c), Some(cur)) = (self.machines.get_mut(&m), &cursor) {
+            c.seen = c.seen.split_off(cur);
+        }
+        Ok(new)
+    }
+
+    /// Where listing resumes for a cursor at session `id`: the discovery window before it.
+    fn cursor(&self, id: SessionId) -> String {
+        let window = self.config.discovery_window.as_millis() as u64;
+        cursor_before(id.unix_ms().saturating_sub(window))
+    }
+
+    /// A session discovery found at `key`: tracked unless it is closed in the index, being
+    /// deleted, or a copy of a session id already found under another prefix.
+    fn found(&mut self, key: SessionKey) -> Result<bool, IndexerError> {
+        let id = key.id;
+        if let Some(first) = crate::locate::record(self.index.as_ref(), key)? {
+            self.anomaly(format!(
+                "session {id} under {} is a second copy of a session id first found under {}; not indexed",
+                key.prefix(),
+                first.prefix()
+            ));
+            return Ok(false);
+        }
+        // A session the retention job is deleting (or deleted) must not come back from objects
+        // a crashed deletion left behind.
+        let deleted = crate::retention::is_deleted(self.index.as_ref(), id)
+            .map_err(|e| IndexerError::Index(IndexError::Other(e.to_string())))?;
+        match self.index.session(id)? {
+            Some(r) if r.closed => Ok(false),
+            _ if deleted => Ok(false),
+            _ => {
+                self.track(key);
+                Ok(true)
+            }
+        }
+    }
+
     fn advance_all(&mut self, everything: bool) -> Result<(), IndexerError> {
         let ids: Vec<SessionId> = self.open.keys().copied().collect();
+        let mut failed = None;
         for id in ids {
             let Some(t) = self.open.get_mut(&id) else {
                 continue;
@@ -336,12 +470,22 @@ impl Indexer {
                 continue;
             }
             let mut found = Vec::new();
-            let progressed = t.scan.advance_witnessed(
+            // One session's failure (an object the store will not serve, a witness write that
+            // failed) is that session's: what it read before the failure is still written, the
+            // rest is retried next pass, and every other session is still advanced in this one.
+            let progressed = match t.scan.advance_witnessed(
                 self.src.as_ref(),
                 Some(self.index.as_ref()),
                 stale,
                 &mut found,
-            )?;
+            ) {
+                Ok(p) => p,
+                Err(e) => {
+                    tracing::warn!(session = %id, error = %e, "advancing a session failed; retrying it next pass");
+                    failed.get_or_insert(IndexerError::Store(e));
+                    !found.is_empty()
+                }
+            };
             let now = Utc::now();
             let mut last_utc = t.row.started_at;
             let mut batch = Batch::default();
@@ -390,7 +534,7 @@ impl Indexer {
                 self.open.remove(&id);
             }
         }
-        Ok(())
+        failed.map_or(Ok(()), Err)
     }
 }
 

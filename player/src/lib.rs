@@ -24,6 +24,7 @@ pub mod enroll;
 pub mod export;
 pub mod index;
 pub mod indexer;
+pub mod locate;
 pub mod retention;
 pub mod scan;
 pub mod verify;

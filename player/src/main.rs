@@ -146,6 +146,11 @@ enum Command {
         /// Export even if the session does not verify.
         #[arg(long)]
         allow_unverified: bool,
+        /// The player's index (SQLite path or PostgreSQL URL): check the session against its
+        /// witness record (bytes replaced after the player saw them refuse the export) and say
+        /// whether its key is the machine's. Without it, the chain and signatures only.
+        #[arg(long, value_name = "PATH|URL")]
+        index: Option<String>,
     },
 }
 
@@ -640,12 +645,22 @@ pub(crate) fn main() -> Result<()> {
             let sessions = if sessions.is_empty() {
                 verify::sessions(src.as_ref()).context("listing the bucket")?
             } else {
-                sessions
+                let mut keys = Vec::new();
+                for id in sessions {
+                    // Not found in either layout: checked as a v1 session, which reports its
+                    // missing header.
+                    keys.push(
+                        jitrec_player::locate::find(src.as_ref(), id)
+                            .context("looking for the session in the bucket")?
+                            .unwrap_or_else(|| id.into()),
+                    );
+                }
+                keys
             };
             let (mut broken, mut unverified) = (0, 0);
             for s in &sessions {
                 let report = match &idx {
-                    Some(i) => verify::verify_and_record(src.as_ref(), i.as_ref(), *s)?,
+                    Some(i) => verify::verify_and_record(src.as_ref(), i.as_ref(), s.id)?,
                     None => verify::verify_session(src.as_ref(), *s)?,
                 };
                 println!("{report}");
@@ -673,13 +688,21 @@ pub(crate) fn main() -> Result<()> {
             events,
             chapters,
             allow_unverified,
+            index,
         } => {
             let src = open_bucket(&bucket, &rt)?;
+            let witness = index.as_deref().map(open_index).transpose()?;
+            let at = jitrec_player::locate::find(src.as_ref(), session)
+                .context("looking for the session in the bucket")?
+                .with_context(|| format!("session {session} is not in the bucket"))?;
             let done = export::export(
                 src.as_ref(),
-                session,
+                at,
                 &output,
-                &ExportOptions { allow_unverified },
+                &ExportOptions {
+                    allow_unverified,
+                    witness,
+                },
             )?;
             println!("{}", done.report);
             for p in &done.parts {

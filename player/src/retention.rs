@@ -533,7 +533,8 @@ pub fn run(
         // clock, from the witness record): never earlier than the real end, whatever date an
         // endpoint wrote into `ended_at`. A session whose close record the witness has not
         // seen is not expired on the strength of an endpoint's claim.
-        let close_key = jitrec_format::ObjectKey::SessionClosed(id).to_string();
+        let at = crate::locate::key_of(index, id)?;
+        let close_key = jitrec_format::ObjectKey::SessionClosed(at).to_string();
         let ended_at = match crate::witness::lookup(index, &close_key) {
             Ok(Some(w)) => w.seen_at,
             Ok(None) => {
@@ -624,7 +625,7 @@ fn delete_session(
     batch: usize,
     rate: &mut RateLimit,
 ) -> Result<u64, RetentionError> {
-    let prefix = ObjectKey::session_prefix(id);
+    let prefix = crate::locate::key_of(index, id)?.prefix();
     let keys = bucket.list(&prefix)?;
     index.exec(
         "UPDATE deletions SET objects = $2 WHERE session_id = $1 AND objects < 0",

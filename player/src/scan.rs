@@ -22,7 +22,7 @@ use jitrec_bucket::{BucketError, BucketReader};
 use jitrec_format::{
     ChainError, ChainVerifier, ChunkManifest, EndReason, EndpointKey, Event, InitRef,
     MAX_DECODED_EVENTS_BYTES, MAX_DOCUMENT_BYTES, ObjectKey, SessionClose, SessionHeader,
-    SessionId, Sha256Digest, decode_events, validate_events,
+    SessionId, SessionKey, Sha256Digest, decode_events, validate_events,
 };
 
 use crate::index::Index;
@@ -140,7 +140,7 @@ pub enum Found {
 /// The incremental check of one session.
 #[derive(Debug)]
 pub struct SessionScan {
-    session: SessionId,
+    session: SessionKey,
     /// `None` before the header has been read, and after the chain broke.
     chain: Option<ChainVerifier>,
     header_read: bool,
@@ -159,12 +159,15 @@ pub struct SessionScan {
     close_seen: Option<DateTime<Utc>>,
     /// The key the session's documents are signed with (version 2), once the header is read.
     key: Option<EndpointKey>,
+    /// The header, once read and accepted.
+    header: Option<Box<SessionHeader>>,
 }
 
 impl SessionScan {
-    pub fn new(session: SessionId) -> Self {
+    /// A scan of the session at `session` (a bare id is a layout v1 session).
+    pub fn new(session: impl Into<SessionKey>) -> Self {
         Self {
-            session,
+            session: session.into(),
             chain: None,
             header_read: false,
             broken: false,
@@ -177,6 +180,20 @@ impl SessionScan {
             header_seen: None,
             close_seen: None,
             key: None,
+            header: None,
+        }
+    }
+
+    /// What the session's header claims about its origin, once read and accepted.
+    pub fn claim(&self) -> Option<crate::enroll::Claim> {
+        self.header.as_deref().map(crate::enroll::Claim::of)
+    }
+
+    /// When the witness record first saw the header and the close record.
+    pub fn seen(&self) -> crate::enroll::Seen {
+        crate::enroll::Seen {
+            header: self.header_seen,
+            close: self.close_seen,
         }
     }
 
@@ -208,7 +225,7 @@ impl SessionScan {
     ) -> Result<Option<DateTime<Utc>>, BucketError> {
         let Some(w) = w else { return Ok(None) };
         let k = key.to_string();
-        match witness::observe(w, &k, size, sha, Utc::now()) {
+        match witness::observe(w, key, size, sha, Utc::now()) {
             Ok(Seen::New(t) | Seen::Same(t)) => Ok(Some(t)),
             Ok(Seen::Replaced(was)) => {
                 self.tampered(format!(
@@ -227,6 +244,11 @@ impl SessionScan {
     }
 
     pub fn session(&self) -> SessionId {
+        self.session.id
+    }
+
+    /// Where the session lives in the bucket.
+    pub fn session_key(&self) -> SessionKey {
         self.session
     }
 
@@ -318,7 +340,31 @@ impl SessionScan {
             .map(|seq| ObjectKey::ChunkVideo(s, seq).to_string());
         let mut manifests = BTreeSet::new();
         let (mut has_header, mut has_close) = (false, false);
-        for key in src.list_after(&ObjectKey::session_prefix(s), resume.as_deref())? {
+        let listed = src.list_after(&ObjectKey::session_prefix(s), resume.as_deref())?;
+        if resume.is_none()
+            && let Some(w) = w
+        {
+            // A full listing: everything the player ever saw of this session must still be
+            // there. Deleting chunks (and re-closing the session before them) leaves a chain
+            // that links, signed by the machine's key; only the witness knows what was there.
+            let have: BTreeSet<&str> = listed.iter().map(String::as_str).collect();
+            let was = witness::keys_of(w, s.id).map_err(|e| {
+                BucketError::new(
+                    "witness",
+                    s.prefix(),
+                    jitrec_bucket::ErrorKind::Io(std::io::ErrorKind::Other),
+                    e.to_string(),
+                )
+            })?;
+            for (k, seen) in was {
+                if !have.contains(k.as_str()) {
+                    self.tampered(format!(
+                        "{k}: deleted after the player first read it at {seen}"
+                    ));
+                }
+            }
+        }
+        for key in listed {
             match ObjectKey::parse(&key) {
                 Ok(ObjectKey::ChunkManifest(_, n)) => {
                     manifests.insert(n);
@@ -343,7 +389,8 @@ impl SessionScan {
                 }
                 return Ok(found.len() > before);
             }
-            self.header_read = true;
+            // Marked read only once it was: a failed read (the store, the witness) is tried
+            // again at the next advance, never skipped with the chain unchecked.
             match read(src.get(&ObjectKey::SessionHeader(s), DOCUMENT_LIMIT))? {
                 Read::Missing => self.tampered("the session header vanished while reading it"),
                 Read::Refused(e) => {
@@ -352,6 +399,7 @@ impl SessionScan {
                 }
                 Read::Got(bytes) => self.read_header(w, &bytes, found)?,
             }
+            self.header_read = true;
         }
 
         let from = self.next_seq;
@@ -405,16 +453,30 @@ impl SessionScan {
             &Sha256Digest::of(bytes),
         )?;
         match ChainVerifier::new(bytes) {
-            Ok(c) if c.header().session_id != s => {
+            Ok(c) if c.header().session_id != s.id => {
                 self.tampered(format!(
                     "the session header belongs to session {}",
                     c.header().session_id
                 ));
                 self.broken = true;
             }
+            // Each layout holds its own version, and a machine's prefix only that machine's
+            // sessions: a session copied under another machine's prefix, or a signed session
+            // moved out of its machine's prefix, is not what its endpoint uploaded.
+            Ok(c) if c.header().session_key() != s => {
+                let h = c.header();
+                self.tampered(format!(
+                    "the session header (format version {}, machine {:?}) does not belong under {}",
+                    h.version,
+                    h.machine.id,
+                    s.prefix()
+                ));
+                self.broken = true;
+            }
             Ok(c) => {
                 found.push(Found::Header(Box::new(c.header().clone())));
                 self.key = c.key().copied();
+                self.header = Some(Box::new(c.header().clone()));
                 self.chain = Some(c);
             }
             Err(e) => {
@@ -462,7 +524,7 @@ impl SessionScan {
                 return Ok(());
             }
         };
-        if manifest.seq != seq || manifest.session_id != s {
+        if manifest.seq != seq || manifest.session_id != s.id {
             self.tampered(format!(
                 "chunk {seq}: the manifest stored for it is chunk {} of session {} (moved, reordered or copied)",
                 manifest.seq, manifest.session_id
@@ -471,19 +533,6 @@ impl SessionScan {
             return Ok(());
         }
         let mut ok = !self.broken && !manifest_replaced;
-        if let Some(chain) = self.chain.as_mut() {
-            let linked = if after_gap {
-                chain.resync(&bytes)
-            } else {
-                chain.push(&bytes)
-            };
-            if let Err(e) = linked {
-                self.tampered(e.to_string());
-                self.break_chain();
-                ok = false;
-            }
-        }
-
         let mut events = Vec::new();
         // Payloads are bounded by the sizes their (already parsed) manifest states: a larger
         // object cannot match it, so nothing past that size is read. The video is hashed piece by
@@ -579,6 +628,21 @@ impl SessionScan {
                 }
             }
         }
+        // Linked last: a read above that failed (the store, the witness) leaves the chain where
+        // it was, so the retry at the next advance links this manifest again instead of
+        // finding it "already linked" and reporting a break that is not there.
+        if let Some(chain) = self.chain.as_mut() {
+            let linked = if after_gap {
+                chain.resync(&bytes)
+            } else {
+                chain.push(&bytes)
+            };
+            if let Err(e) = linked {
+                self.tampered(e.to_string());
+                self.break_chain();
+                ok = false;
+            }
+        }
         if ok {
             self.chunks_verified += 1;
         }
@@ -598,6 +662,14 @@ impl SessionScan {
                 return;
             }
         };
+        // A close record that is not the session key's (or not the session's) does not end the
+        // session: it is reported, and what arrives after it is still read.
+        if let Some(chain) = &self.chain
+            && let Err(e) = chain.check_close(bytes)
+        {
+            self.tampered(e.to_string());
+            return;
+        }
         if close.chunk_count > self.next_seq {
             let msg = ChainError::SeqGap {
                 expected: self.next_seq,

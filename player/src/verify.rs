@@ -11,7 +11,7 @@
 use std::collections::BTreeSet;
 use std::fmt;
 
-use jitrec_format::{ObjectKey, SessionClose, SessionId};
+use jitrec_format::{ObjectKey, SessionClose, SessionId, SessionKey};
 
 use crate::scan::{SessionScan, Status};
 use jitrec_bucket::{BucketError, BucketReader};
@@ -119,7 +119,10 @@ impl fmt::Display for Report {
 
 /// Verifies one session. Only a failure to read the bucket is an `Err`; everything wrong with
 /// the session itself is in the report.
-pub fn verify_session(src: &dyn BucketReader, session: SessionId) -> Result<Report, BucketError> {
+pub fn verify_session(
+    src: &dyn BucketReader,
+    session: impl Into<SessionKey>,
+) -> Result<Report, BucketError> {
     let mut scan = SessionScan::new(session);
     scan.advance(src, true, &mut Vec::new())?;
     Ok(report(&scan))
@@ -136,12 +139,22 @@ pub fn verify_and_record(
 ) -> Result<Report, VerifyError> {
     crate::witness::init(index).map_err(|e| VerifyError::Evidence(e.to_string()))?;
     crate::enroll::init(index).map_err(|e| VerifyError::Evidence(e.to_string()))?;
-    let mut scan = SessionScan::new(session);
+    crate::locate::init(index)?;
+    // Where the index found it; or, for a session it has not discovered, wherever it is.
+    let at = match crate::locate::lookup(index, session)? {
+        Some(at) => at,
+        None => crate::locate::find(src, session)?.unwrap_or_else(|| session.into()),
+    };
+    let mut scan = SessionScan::new(at);
     scan.advance_witnessed(src, Some(index), true, &mut Vec::new())?;
     let mut report = report(&scan);
     report.authenticity = Some(
-        crate::enroll::authenticity(index, session, scan.header_seen())
-            .map_err(|e| VerifyError::Evidence(e.to_string()))?,
+        match scan.claim() {
+            Some(c) => crate::enroll::judge(index, &c, scan.seen()),
+            None => Ok(crate::enroll::Authenticity::Unknown),
+        }
+        .map(|a| a.given(report.status))
+        .map_err(|e| VerifyError::Evidence(e.to_string()))?,
     );
     if let Some(mut row) = index.session(session)? {
         let problems = scan.problems().to_vec();
@@ -199,15 +212,18 @@ pub fn report(scan: &SessionScan) -> Report {
     }
 }
 
-/// Sessions present in the bucket (by their header or any other object), oldest first.
-pub fn sessions(src: &dyn BucketReader) -> Result<Vec<SessionId>, BucketError> {
+/// Sessions present in the bucket, in both layouts (by their header or any other object),
+/// oldest first.
+pub fn sessions(src: &dyn BucketReader) -> Result<Vec<SessionKey>, BucketError> {
     let mut out = BTreeSet::new();
-    for key in src.list(jitrec_format::LAYOUT_PREFIX)? {
-        if let Ok(k) = ObjectKey::parse(&key) {
-            out.insert(k.session());
+    for prefix in [jitrec_format::LAYOUT_PREFIX, jitrec_format::MACHINES_PREFIX] {
+        for key in src.list(prefix)? {
+            if let Ok(k) = ObjectKey::parse(&key) {
+                out.insert((k.session(), k.session_key()));
+            }
         }
     }
-    Ok(out.into_iter().collect())
+    Ok(out.into_iter().map(|(_, k)| k).collect())
 }
 
 #[cfg(test)]
@@ -228,15 +244,15 @@ mod tests {
             fs::create_dir_all(p.parent().unwrap()).unwrap();
             fs::write(p, b).unwrap();
         };
-        put(ObjectKey::SessionHeader(s), &stored.header);
-        put(ObjectKey::Init(s, 0), &fixtures::init_bytes(0));
+        put(ObjectKey::SessionHeader(s.into()), &stored.header);
+        put(ObjectKey::Init(s.into(), 0), &fixtures::init_bytes(0));
         for (seq, (m, v, e)) in stored.chunks.iter().enumerate() {
-            put(ObjectKey::ChunkManifest(s, seq as u64), m);
-            put(ObjectKey::ChunkVideo(s, seq as u64), v);
-            put(ObjectKey::ChunkEvents(s, seq as u64), e);
+            put(ObjectKey::ChunkManifest(s.into(), seq as u64), m);
+            put(ObjectKey::ChunkVideo(s.into(), seq as u64), v);
+            put(ObjectKey::ChunkEvents(s.into(), seq as u64), e);
         }
         if closed {
-            put(ObjectKey::SessionClosed(s), &stored.close);
+            put(ObjectKey::SessionClosed(s.into()), &stored.close);
         }
         let dir = DirBucket::new(tmp.path());
         (tmp, dir, s)
@@ -248,7 +264,7 @@ mod tests {
         let r = verify_session(&dir, s).unwrap();
         assert_eq!(r.verdict, Verdict::Intact, "{r}");
         assert_eq!(r.chunks_verified, 3);
-        assert_eq!(sessions(&dir).unwrap(), vec![s]);
+        assert_eq!(sessions(&dir).unwrap(), vec![SessionKey::from(s)]);
         // A dot-file is a store's in-flight temp file, not an object.
         fs::write(
             dir.root().join(ObjectKey::session_prefix(s)).join(".tmp-1"),
@@ -266,7 +282,9 @@ mod tests {
     #[test]
     fn flipped_byte_missing_chunk_and_reordered_manifests_are_pinpointed() {
         let (t, dir, s) = store(3, 4, true);
-        let video = t.path().join(ObjectKey::ChunkVideo(s, 1).to_string());
+        let video = t
+            .path()
+            .join(ObjectKey::ChunkVideo(s.into(), 1).to_string());
         let mut b = fs::read(&video).unwrap();
         b[0] ^= 1;
         fs::write(&video, b).unwrap();
@@ -280,7 +298,11 @@ mod tests {
         assert_eq!(r.chunks_verified, 3);
 
         let (t, dir, s) = store(4, 4, true);
-        fs::remove_file(t.path().join(ObjectKey::ChunkManifest(s, 2).to_string())).unwrap();
+        fs::remove_file(
+            t.path()
+                .join(ObjectKey::ChunkManifest(s.into(), 2).to_string()),
+        )
+        .unwrap();
         let r = verify_session(&dir, s).unwrap();
         assert_eq!(r.verdict, Verdict::Broken);
         assert!(
@@ -294,8 +316,12 @@ mod tests {
         assert_eq!(r.chunks_verified, 3);
 
         let (t, dir, s) = store(5, 4, true);
-        let a = t.path().join(ObjectKey::ChunkManifest(s, 1).to_string());
-        let c = t.path().join(ObjectKey::ChunkManifest(s, 2).to_string());
+        let a = t
+            .path()
+            .join(ObjectKey::ChunkManifest(s.into(), 1).to_string());
+        let c = t
+            .path()
+            .join(ObjectKey::ChunkManifest(s.into(), 2).to_string());
         let (ab, cb) = (fs::read(&a).unwrap(), fs::read(&c).unwrap());
         fs::write(&a, cb).unwrap();
         fs::write(&c, ab).unwrap();
@@ -316,6 +342,6 @@ mod tests {
         .unwrap();
         let r = verify_session(&dir, s).unwrap();
         assert_eq!(r.verdict, Verdict::Broken);
-        assert!(r.problems[0].contains("outside bucket layout"), "{r}");
+        assert!(r.problems[0].contains("outside the bucket layout"), "{r}");
     }
 }

@@ -17,13 +17,16 @@
 //! by `reindex`: the index is a cache of the bucket, the witness is evidence about it.
 
 use chrono::{DateTime, Utc};
-use jitrec_format::Sha256Digest;
+use jitrec_format::{ObjectKey, SessionId, Sha256Digest};
 
 use crate::index::{Index, IndexError, SqlValue};
 
-const SCHEMA: [&str; 1] = ["CREATE TABLE IF NOT EXISTS witness (n BIGINT PRIMARY KEY, \
-     object_key TEXT NOT NULL UNIQUE, size BIGINT NOT NULL, sha256 TEXT NOT NULL, \
-     seen_at BIGINT NOT NULL, prev TEXT NOT NULL, entry TEXT NOT NULL)"];
+const SCHEMA: [&str; 2] = [
+    "CREATE TABLE IF NOT EXISTS witness (n BIGINT PRIMARY KEY, \
+     object_key TEXT NOT NULL UNIQUE, session_id TEXT NOT NULL, size BIGINT NOT NULL, \
+     sha256 TEXT NOT NULL, seen_at BIGINT NOT NULL, prev TEXT NOT NULL, entry TEXT NOT NULL)",
+    "CREATE INDEX IF NOT EXISTS witness_session ON witness (session_id, object_key)",
+];
 
 /// The chain's start: the `prev` of entry 1.
 const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
@@ -107,14 +110,36 @@ pub fn lookup(index: &dyn Index, key: &str) -> Result<Option<Witnessed>, Witness
     }))
 }
 
+/// Every object key witnessed for `session`, with when it was first seen: what a full listing
+/// of the session must still show (a witnessed object that is gone was deleted).
+pub fn keys_of(
+    index: &dyn Index,
+    session: SessionId,
+) -> Result<Vec<(String, DateTime<Utc>)>, WitnessError> {
+    Ok(index
+        .query(
+            "SELECT object_key, seen_at FROM witness WHERE session_id = $1 ORDER BY object_key",
+            &[SqlValue::Text(session.to_string())],
+        )?
+        .iter()
+        .filter_map(|r| {
+            Some((
+                r.first()?.text()?.to_owned(),
+                DateTime::from_timestamp_micros(r.get(1)?.int()?)?,
+            ))
+        })
+        .collect())
+}
+
 /// Records `key` with `size` and `sha256` at first sight, or compares with the record.
 pub fn observe(
     index: &dyn Index,
-    key: &str,
+    object: ObjectKey,
     size: u64,
     sha256: &Sha256Digest,
     now: DateTime<Utc>,
 ) -> Result<Seen, WitnessError> {
+    let key = &object.to_string();
     // Two writers (the indexer and a `verify --record`) may append at once: the loser of the
     // race on `n` or `object_key` looks again.
     for _ in 0..5 {
@@ -131,11 +156,12 @@ pub fn observe(
         let sha = sha256.to_string();
         let entry = entry_hash(n, key, size, &sha, seen_us, &head.hash);
         let inserted = index.exec(
-            "INSERT INTO witness (n, object_key, size, sha256, seen_at, prev, entry) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING",
+            "INSERT INTO witness (n, object_key, session_id, size, sha256, seen_at, prev, entry) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT DO NOTHING",
             &[
                 SqlValue::Int(n),
                 SqlValue::Text(key.to_owned()),
+                SqlValue::Text(object.session().to_string()),
                 SqlValue::Int(size as i64),
                 SqlValue::Text(sha),
                 SqlValue::Int(seen_us),
@@ -243,11 +269,14 @@ mod tests {
         let t0 = DateTime::from_timestamp(1_700_000_000, 0).unwrap();
         let a = Sha256Digest::of(b"a");
         let b = Sha256Digest::of(b"b");
-        assert_eq!(observe(&idx, "k1", 1, &a, t0).unwrap(), Seen::New(t0));
+        let s = jitrec_format::fixtures::session_id(1);
+        let k1 = ObjectKey::ChunkVideo(s.into(), 0);
+        let k2 = ObjectKey::ChunkVideo(s.into(), 1);
+        assert_eq!(observe(&idx, k1, 1, &a, t0).unwrap(), Seen::New(t0));
         let later = t0 + chrono::Duration::hours(1);
-        assert_eq!(observe(&idx, "k1", 1, &a, later).unwrap(), Seen::Same(t0));
-        assert_eq!(observe(&idx, "k2", 1, &b, later).unwrap(), Seen::New(later));
-        match observe(&idx, "k1", 1, &b, later).unwrap() {
+        assert_eq!(observe(&idx, k1, 1, &a, later).unwrap(), Seen::Same(t0));
+        assert_eq!(observe(&idx, k2, 1, &b, later).unwrap(), Seen::New(later));
+        match observe(&idx, k1, 1, &b, later).unwrap() {
             Seen::Replaced(w) => {
                 assert_eq!(w.sha256, a);
                 assert_eq!(w.seen_at, t0);
@@ -256,6 +285,12 @@ mod tests {
         }
         let h = check(&idx).unwrap();
         assert_eq!(h, head(&idx).unwrap());
+        let keys: Vec<String> = keys_of(&idx, s)
+            .unwrap()
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect();
+        assert_eq!(keys, [k1.to_string(), k2.to_string()]);
         assert_eq!(h.entries, 2);
 
         // Someone with the database rewrites the first entry's digest to match new bytes.

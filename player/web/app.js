@@ -333,6 +333,7 @@ function renderMeta(s, retention, trust) {
       unsigned: "unsigned (format v1): consistent, but anyone with bucket access could have written it",
       pending: `signed by a key not yet approved for this machine (${a.fingerprint})`,
       not_enrolled: `NOT the machine's key (${a.fingerprint}): ${a.why}`,
+      broken: `signed by the machine's key (${a.fingerprint}), but the session is broken: nothing is vouched for`,
       unknown: "unknown",
     };
     dl.append(el("div", {}, el("dt", {}, "Authenticity"), el("dd", { id: "authenticity" },

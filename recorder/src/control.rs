@@ -25,7 +25,7 @@ use std::sync::mpsc::Sender;
 use std::sync::{Condvar, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use jitrec_format::{SessionId, StopBy, StopCause, StopPeer, Trigger, UserRef};
+use jitrec_format::{SessionId, StopBy, StopCause, StopPeer, Trigger};
 use serde::{Deserialize, Serialize};
 
 use crate::jit::JitEvent;
@@ -285,7 +285,7 @@ fn handle(mut stream: UnixStream, jit: &Sender<JitEvent>, shared: &Shared, acces
 /// a recorded admin who runs `sudo jitrec-recorder jit stop` is still named).
 #[cfg(unix)]
 pub fn peer_of(uid: u32, pid: Option<u32>, passwd_file: &Path) -> StopPeer {
-    let user = |uid: u32| UserRef {
+    let user = |uid: u32| jitrec_format::UserRef {
         name: user_name(passwd_file, uid).unwrap_or_else(|| format!("uid {uid}")),
         id: uid.to_string(),
     };

@@ -30,7 +30,7 @@ mod writer;
 #[cfg(test)]
 mod tests;
 
-use jitrec_format::{ChunkManifest, ObjectKey, SessionClose, SessionHeader};
+use jitrec_format::{ChunkManifest, ObjectKey, SessionClose, SessionHeader, SessionKey};
 
 pub use container::framed_len;
 pub use error::SpoolError;
@@ -92,8 +92,8 @@ impl Entry {
     /// Turns the entry into the objects it becomes in the bucket, in upload order (a chunk's
     /// payloads before the manifest that commits them). Consumes the entry so the bytes move
     /// rather than copy.
-    pub fn into_objects(self, entry: &EntryRef) -> Vec<(ObjectKey, Vec<u8>)> {
-        let keys = entry.object_keys();
+    pub fn into_objects(self, entry: &EntryRef, at: SessionKey) -> Vec<(ObjectKey, Vec<u8>)> {
+        let keys = entry.object_keys(at.machine);
         let bodies = match self {
             Entry::Header { bytes, .. }
             | Entry::Init { bytes, .. }

@@ -6,7 +6,7 @@
 
 use std::fmt;
 
-use jitrec_format::{ObjectKey, SessionId};
+use jitrec_format::{MachineId, ObjectKey, SessionId, SessionKey};
 
 use crate::container::Kind;
 
@@ -90,9 +90,13 @@ impl EntryName {
 
 impl EntryRef {
     /// The bucket objects this entry becomes, in the order they must be uploaded (payloads before
-    /// the manifest that commits them).
-    pub fn object_keys(&self) -> Vec<ObjectKey> {
-        let s = self.session;
+    /// the manifest that commits them), for a session living under `machine`'s prefix (layout
+    /// v2; `None`: layout v1). [`crate::SpoolReader::session_key`] says which.
+    pub fn object_keys(&self, machine: Option<MachineId>) -> Vec<ObjectKey> {
+        let s = SessionKey {
+            machine,
+            id: self.session,
+        };
         match self.name {
             EntryName::Header => vec![ObjectKey::SessionHeader(s)],
             EntryName::Init(n) => vec![ObjectKey::Init(s, n)],

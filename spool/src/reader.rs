@@ -11,7 +11,7 @@ use std::fs::{self, File};
 use std::path::Path;
 use std::time::SystemTime;
 
-use jitrec_format::SessionId;
+use jitrec_format::{SessionId, SessionKey};
 
 use crate::dir::SpoolDir;
 use crate::durable;
@@ -84,6 +84,27 @@ impl SpoolReader {
     pub fn read(&self, entry: &EntryRef) -> Result<Entry, SpoolError> {
         self.dir
             .read(entry, &self.dir.entry_path(entry, State::Pending))
+    }
+
+    /// Where the session's objects go in the bucket (its header says: layout v1, or its
+    /// machine's prefix for a version 2 session). The header stays in the spool, pending or
+    /// sent, until the whole session is acknowledged, so this answers for every entry still to
+    /// upload.
+    pub fn session_key(&self, session: SessionId) -> Result<SessionKey, SpoolError> {
+        let e = EntryRef {
+            session,
+            name: EntryName::Header,
+        };
+        let read = match self.dir.read(&e, &self.dir.entry_path(&e, State::Pending)) {
+            Err(SpoolError::NotFound(_)) => {
+                self.dir.read(&e, &self.dir.entry_path(&e, State::Sent))
+            }
+            other => other,
+        };
+        match read? {
+            Entry::Header { header, .. } => Ok(header.session_key()),
+            _ => Err(SpoolError::NoHeader(session)),
+        }
     }
 
     /// Records that the bucket confirmed `entry`. Idempotent: acknowledging an entry that is

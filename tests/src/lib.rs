@@ -123,37 +123,46 @@ pub fn close_session(w: SessionWriter, reason: EndReason) -> Result<()> {
     Ok(w.close(&close)?)
 }
 
-/// Every object of a closed fixture session, keyed as the uploader stores them, in upload order.
+/// Every object of a closed fixture session, keyed as the uploader stores them (its header says
+/// where: layout v1, or its machine's prefix for a version 2 session), in upload order.
 pub fn session_objects(s: &fixtures::StoredSession) -> Vec<(ObjectKey, Vec<u8>)> {
-    let id = jitrec_format::SessionHeader::from_bytes(&s.header)
+    let at = jitrec_format::SessionHeader::from_bytes(&s.header)
         .expect("fixture headers parse")
-        .session_id;
+        .session_key();
+    session_objects_at(s, at)
+}
+
+/// Every object of a closed fixture session, keyed under `at` (wherever an attacker puts it).
+pub fn session_objects_at(
+    s: &fixtures::StoredSession,
+    at: jitrec_format::SessionKey,
+) -> Vec<(ObjectKey, Vec<u8>)> {
     let mut out = vec![
-        (ObjectKey::SessionHeader(id), s.header.clone()),
-        (ObjectKey::Init(id, 0), fixtures::init_bytes(0)),
+        (ObjectKey::SessionHeader(at), s.header.clone()),
+        (ObjectKey::Init(at, 0), fixtures::init_bytes(0)),
     ];
     for (seq, (m, v, e)) in s.chunks.iter().enumerate() {
-        out.push((ObjectKey::ChunkVideo(id, seq as u64), v.clone()));
-        out.push((ObjectKey::ChunkEvents(id, seq as u64), e.clone()));
-        out.push((ObjectKey::ChunkManifest(id, seq as u64), m.clone()));
+        out.push((ObjectKey::ChunkVideo(at, seq as u64), v.clone()));
+        out.push((ObjectKey::ChunkEvents(at, seq as u64), e.clone()));
+        out.push((ObjectKey::ChunkManifest(at, seq as u64), m.clone()));
     }
-    out.push((ObjectKey::SessionClosed(id), s.close.clone()));
+    out.push((ObjectKey::SessionClosed(at), s.close.clone()));
     out
 }
 
 /// Every object key a closed session of `chunks` chunks has in the bucket.
 pub fn expected_keys(s: SessionId, chunks: u64, closed: bool) -> Vec<String> {
     let mut keys = vec![
-        ObjectKey::SessionHeader(s).to_string(),
-        ObjectKey::Init(s, 0).to_string(),
+        ObjectKey::SessionHeader(s.into()).to_string(),
+        ObjectKey::Init(s.into(), 0).to_string(),
     ];
     for seq in 0..chunks {
-        keys.push(ObjectKey::ChunkVideo(s, seq).to_string());
-        keys.push(ObjectKey::ChunkEvents(s, seq).to_string());
-        keys.push(ObjectKey::ChunkManifest(s, seq).to_string());
+        keys.push(ObjectKey::ChunkVideo(s.into(), seq).to_string());
+        keys.push(ObjectKey::ChunkEvents(s.into(), seq).to_string());
+        keys.push(ObjectKey::ChunkManifest(s.into(), seq).to_string());
     }
     if closed {
-        keys.push(ObjectKey::SessionClosed(s).to_string());
+        keys.push(ObjectKey::SessionClosed(s.into()).to_string());
     }
     keys.sort();
     keys
@@ -287,7 +296,15 @@ impl TestBucket {
 
     /// Sessions present, oldest first.
     pub fn sessions(&self) -> Result<Vec<SessionId>> {
-        Ok(verify::sessions(&self.store)?)
+        Ok(verify::sessions(&self.store)?
+            .into_iter()
+            .map(|k| k.id)
+            .collect())
+    }
+
+    /// Where the session with `id` is in the bucket (either layout).
+    pub fn locate(&self, id: SessionId) -> Result<jitrec_format::SessionKey> {
+        jitrec_player::locate::find(&self.store, id)?.context("the session is in the bucket")
     }
 
     /// Verifies a whole session with the player's verifier and requires it intact.
@@ -350,4 +367,59 @@ pub fn control_stop(detail: &str) -> jitrec_format::StopCause {
         recorded_user: None,
         detail: detail.into(),
     }
+}
+
+/// Records a closed, signed (format v2) session of machine `machine` into the spool at `spool`,
+/// as the recorder would with that endpoint's key `signer`: header, init segment, `chunks`
+/// chunks, close record. Returns its id.
+pub fn record_v2_session(
+    spool: &Path,
+    machine: &str,
+    signer: jitrec_format::EndpointSigner,
+    chunks: u64,
+) -> Result<SessionId> {
+    let (writer, _) = SpoolWriter::open_signed(
+        spool,
+        jitrec_spool::SpoolConfig::default(),
+        Some(std::sync::Arc::new(signer)),
+    )?;
+    let key = writer.endpoint_key().context("the writer signs")?;
+    let sid = SessionId::new();
+    let mut header = fixtures::header(sid);
+    header.version = jitrec_format::FORMAT_VERSION;
+    header.endpoint_key = Some(key);
+    header.machine.id = machine.into();
+    let mut w = writer.create_session(&header)?;
+    w.commit_init(0, &fixtures::init_bytes(0))?;
+    for _ in 0..chunks {
+        let seq = w.next_seq();
+        let video = payload(sid, seq, 0, 4096);
+        let (events, count) = chunk_events(seq);
+        let m = jitrec_format::ChunkManifest {
+            version: jitrec_format::FORMAT_VERSION,
+            ..fixtures::manifest(sid, seq, w.head(), &video, &events, count)
+        };
+        w.commit_chunk(&m, &video, &events)?;
+    }
+    let last = w.last_chunk().cloned();
+    let ended_at = last.as_ref().map_or(header.started_at, |m| m.utc_end);
+    let close = SessionClose {
+        version: jitrec_format::FORMAT_VERSION,
+        session_id: sid,
+        end_reason: EndReason::JitEnded,
+        ended_at,
+        closed_at: chrono::Utc::now().max(ended_at),
+        chunk_count: w.next_seq(),
+        media_end_us: last.map(|m| m.media_end_us).unwrap_or_default(),
+        prev: w.head(),
+        note: None,
+        stopped_by: Some(jitrec_format::StopCause {
+            by: jitrec_format::StopBy::GroupChange,
+            peer: None,
+            recorded_user: None,
+            detail: "alice left group sudo".into(),
+        }),
+    };
+    w.close(&close)?;
+    Ok(sid)
 }

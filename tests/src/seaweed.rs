@@ -56,6 +56,63 @@ pub fn log_tail() -> String {
     lines[lines.len().saturating_sub(40)..].join("\n")
 }
 
+/// Two endpoint identities, each named after its machine id and with no permission of its own:
+/// a bucket policy naming `${aws:username}` ([`scope_to_machines`]) lets each write only under
+/// its machine's prefix, as `docs/bucket.md` tells operators to set it up.
+pub const ENDPOINTS: [(&str, &str, &str); 2] = [
+    (
+        "a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1",
+        "endpoint-a",
+        "endpoint-a-secret-key",
+    ),
+    (
+        "b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2",
+        "endpoint-b",
+        "endpoint-b-secret-key",
+    ),
+];
+
+/// Credentials of endpoint identity `i` of [`ENDPOINTS`].
+pub fn endpoint_credentials(i: usize) -> StaticCredentials {
+    StaticCredentials {
+        access_key_id: ENDPOINTS[i].1.into(),
+        secret_access_key: ENDPOINTS[i].2.into(),
+        session_token: None,
+    }
+}
+
+/// The bucket policy of `docs/bucket.md`: every endpoint identity may write (and abort its own
+/// multipart uploads) only under `v2/machines/<its name>/`; nothing else.
+pub fn machine_policy(bucket: &str) -> String {
+    serde_json::json!({
+        "Version": "2012-10-17",
+        "Statement": [{
+            "Effect": "Allow",
+            "Principal": "*",
+            "Action": ["s3:PutObject", "s3:AbortMultipartUpload"],
+            "Resource": [format!("arn:aws:s3:::{bucket}/v2/machines/${{aws:username}}/*")],
+        }],
+    })
+    .to_string()
+}
+
+/// Puts [`machine_policy`] on `bucket` (as the admin).
+pub async fn scope_to_machines(bucket: &str) -> Result<()> {
+    let store = S3Bucket::new(
+        config(&server().endpoint, bucket),
+        tokio::runtime::Handle::current(),
+    );
+    store
+        .client()
+        .put_bucket_policy()
+        .bucket(bucket)
+        .policy(machine_policy(bucket))
+        .send()
+        .await
+        .with_context(|| format!("put the machine policy on {bucket}"))?;
+    Ok(())
+}
+
 /// Credentials of the server's admin identity.
 pub fn credentials() -> StaticCredentials {
     StaticCredentials {
@@ -115,8 +172,25 @@ fn start() -> Result<Seaweed> {
     let dir = tempfile::tempdir()?;
     let base = free_base_port()?;
     let s3_addr: SocketAddr = ([127, 0, 0, 1], base).into();
+    // The endpoint identities; the admin comes from the environment, as before.
+    let identities: Vec<serde_json::Value> = ENDPOINTS
+        .iter()
+        .map(|(name, key, secret)| {
+            serde_json::json!({
+                "name": name,
+                "credentials": [{"accessKey": key, "secretKey": secret}],
+                "actions": [],
+            })
+        })
+        .collect();
+    let s3_json = dir.path().join("s3.json");
+    std::fs::write(
+        &s3_json,
+        serde_json::json!({ "identities": identities }).to_string(),
+    )?;
     let args = vec![
         "mini".to_string(),
+        format!("-s3.config={}", s3_json.display()),
         format!("-dir={}", dir.path().join("data").display()),
         "-ip=127.0.0.1".into(),
         "-ip.bind=127.0.0.1".into(),

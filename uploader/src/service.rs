@@ -338,8 +338,36 @@ impl<S: BucketWriter> Uploader<S> {
         committed_at: SystemTime,
         token: &CancellationToken,
     ) -> Result<(), UploadError> {
+        // Where the session's objects go: its machine's prefix for a version 2 session (the
+        // bucket key of this endpoint may write nowhere else), layout v1 for an older one.
+        let at = match &entry {
+            Entry::Header { header, .. } => header.session_key(),
+            _ => {
+                let s = e.session;
+                match self.blocking(move |sp| sp.session_key(s)).await {
+                    Ok(at) => at,
+                    // The header leaves the spool only while the close record is acknowledged,
+                    // which happens only once the close record is stored: a close record still
+                    // pending without its header is one a crash interrupted there, already in
+                    // the bucket, and is acknowledged again.
+                    Err(UploadError::Spool(SpoolError::NotFound(_) | SpoolError::NoHeader(_)))
+                        if e.name == EntryName::Close =>
+                    {
+                        self.blocking(move |sp| sp.ack(&e)).await?;
+                        return Ok(());
+                    }
+                    // Another task finished this session meanwhile, and this entry with it.
+                    Err(UploadError::Spool(SpoolError::NotFound(_) | SpoolError::NoHeader(_)))
+                        if self.blocking(move |sp| sp.pending(s)).await?.is_empty() =>
+                    {
+                        return Ok(());
+                    }
+                    Err(err) => return Err(err),
+                }
+            }
+        };
         let objects: Vec<(ObjectKey, Bytes)> = entry
-            .into_objects(&e)
+            .into_objects(&e, at)
             .into_iter()
             .map(|(k, b)| (k, Bytes::from(b)))
             .collect();

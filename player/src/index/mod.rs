@@ -360,6 +360,7 @@ pub fn open(spec: &str) -> Result<Box<dyn Index>, IndexError> {
     // The evidence kept beside the index: what the player witnessed, and which key is whose.
     crate::witness::init(index.as_ref()).map_err(|e| IndexError::Other(e.to_string()))?;
     crate::enroll::init(index.as_ref()).map_err(|e| IndexError::Other(e.to_string()))?;
+    crate::locate::init(index.as_ref())?;
     Ok(index)
 }
 
@@ -555,8 +556,8 @@ pub(crate) fn list_sql(
 /// never serves.
 pub(crate) fn knows_sql(key: ObjectKey) -> Option<(&'static str, String, i64)> {
     match key {
-        ObjectKey::Init(s, n) => Some((sql::KNOWS_INIT, s.to_string(), to_i64(n))),
-        ObjectKey::ChunkVideo(s, n) => Some((sql::KNOWS_CHUNK, s.to_string(), to_i64(n))),
+        ObjectKey::Init(s, n) => Some((sql::KNOWS_INIT, s.id.to_string(), to_i64(n))),
+        ObjectKey::ChunkVideo(s, n) => Some((sql::KNOWS_CHUNK, s.id.to_string(), to_i64(n))),
         _ => None,
     }
 }

@@ -98,7 +98,24 @@ fn upload_pass(reader: &SpoolReader, bucket: &TestBucket) -> Result<usize> {
                 Err(SpoolError::NotFound(_)) => continue,
                 Err(err) => return Err(err).context(format!("reading {e}")),
             };
-            for (key, bytes) in entry.into_objects(&e) {
+            // The header is committed first and removed last, so a session with an entry to
+            // ship has one; a session whose directory was just created may not yet.
+            let at = match reader.session_key(s) {
+                Ok(at) => at,
+                // A close record left pending by a crash inside its own acknowledgement (which
+                // removes the header first) is already stored: acknowledged again, as the
+                // uploader does.
+                Err(SpoolError::NotFound(_) | SpoolError::NoHeader(_))
+                    if e.name == EntryName::Close =>
+                {
+                    reader.ack(&e)?;
+                    acked += 1;
+                    continue;
+                }
+                Err(SpoolError::NotFound(_) | SpoolError::NoHeader(_)) => continue,
+                Err(err) => return Err(err).context(format!("locating {e}")),
+            };
+            for (key, bytes) in entry.into_objects(&e, at) {
                 bucket.put(&key, &bytes)?;
             }
             reader.ack(&e)?;
