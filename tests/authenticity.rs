@@ -350,6 +350,8 @@ fn recorded_sessions_are_verified_only_under_the_approved_key_and_every_forgery_
         "{audit}"
     );
 
+    check_bundle(&p, id);
+
     // The key the recorded admin can read on the endpoint (root can).
     let (stolen, created) =
         jitrec_recorder::identity::load_or_create(&p.path().join("key/endpoint.key")).unwrap();
@@ -730,4 +732,202 @@ fn sessions_are_read_only_under_their_own_machine_prefix() {
         index.session(now_id).unwrap().is_some(),
         "A's new session was discovered"
     );
+}
+
+const VERIFY: &str = env!("CARGO_BIN_EXE_jitrec-test-verify");
+
+fn run_verify(bundle: &Path) -> (i32, String) {
+    let out = Command::new(VERIFY).arg(bundle).output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+/// The evidence bundle of a verified session: `jitrec-verify` says verified; a copy with any one
+/// byte flipped (spread over the whole archive: headers, padding, every kind of file) is
+/// reported; and the README's own by-hand check (OpenSSL, jq, coreutils) passes on the unpacked
+/// bundle and catches a forged document.
+fn check_bundle(p: &Pipeline, id: SessionId) {
+    let tmp = tempfile::tempdir().unwrap();
+    let bundle = tmp.path().join("evidence.tar");
+    let out = Command::new(PLAYER)
+        .args(["export", "--bundle"])
+        .arg(&bundle)
+        .arg("--bucket-dir")
+        .arg(p.bucket_dir())
+        .arg("--index")
+        .arg(p.path().join("index.sqlite3"))
+        .arg(id.to_string())
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (code, text) = run_verify(&bundle);
+    assert_eq!(code, 0, "{text}");
+    assert!(
+        text.contains("VERIFIED") && text.contains("approved for machine"),
+        "{text}"
+    );
+
+    let original = std::fs::read(&bundle).unwrap();
+    let mut positions: Vec<usize> = (0..96).map(|i| i * (original.len() - 1) / 95).collect();
+    positions.extend((0..16).map(|_| rand::random::<u32>() as usize % original.len()));
+    let flipped = tmp.path().join("flipped.tar");
+    for pos in positions {
+        let mut bytes = original.clone();
+        bytes[pos] ^= 0x01;
+        std::fs::write(&flipped, &bytes).unwrap();
+        let (code, text) = run_verify(&flipped);
+        assert!(
+            code == 1 || code == 2,
+            "byte {pos} of {} flipped and not reported (exit {code}):\n{text}",
+            original.len()
+        );
+    }
+
+    // The README's by-hand signature check, as shipped in the bundle.
+    let dir = tmp.path().join("unpacked");
+    std::fs::create_dir(&dir).unwrap();
+    assert!(
+        Command::new("tar")
+            .arg("xf")
+            .arg(&bundle)
+            .arg("-C")
+            .arg(&dir)
+            .status()
+            .unwrap()
+            .success()
+    );
+    let root = dir.join("jitrec-bundle");
+    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+    let script = readme
+        .split("```sh")
+        .map(|b| b.split("```").next().unwrap_or_default())
+        .find(|b| b.contains("openssl pkeyutl"))
+        .expect("the README shows the signature check")
+        .to_owned();
+    let out = Command::new("bash")
+        .arg("-c")
+        .arg(format!("set -e; sha256sum --quiet -c SHA256SUMS; {script}"))
+        .current_dir(&root)
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success() && !text.contains("BAD SIGNATURE"),
+        "{text}"
+    );
+    // A manifest whose document was edited (re-encoded, the old signature kept): the README's
+    // check names it.
+    let m = root.join("session/chunks/0000000000.json");
+    let stored = std::fs::read(&m).unwrap();
+    let mut env: serde_json::Value = serde_json::from_slice(&stored).unwrap();
+    let body = ChunkManifest::from_bytes(&stored).unwrap();
+    let edited = ChunkManifest {
+        frames: body.frames + 1,
+        ..body
+    };
+    let forged: serde_json::Value =
+        serde_json::from_slice(&edited.to_signed_bytes(&fixtures::signer(77)).unwrap()).unwrap();
+    env["payload"] = forged["payload"].clone();
+    std::fs::write(&m, serde_json::to_vec(&env).unwrap()).unwrap();
+    let out = Command::new("bash")
+        .arg("-c")
+        .arg(&script)
+        .current_dir(&root)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("BAD SIGNATURE: session/chunks/0000000000.json"),
+        "{text}"
+    );
+}
+
+/// `POST /api/notify` naming a session that is not in the bucket makes nothing appear (it used
+/// to create a phantom "recording" session that turned "tampered"); naming one that is there, in
+/// either layout and outside discovery's window, gets it indexed.
+#[test]
+fn a_notify_makes_only_sessions_in_the_bucket_appear() {
+    use jitrec_format::{MachineId, SessionKey};
+    use jitrec_player::index::{Index, sqlite::SqliteIndex};
+    use std::sync::Arc;
+
+    let tmp = tempfile::tempdir().unwrap();
+    let b = jitrec_tests::TestBucket::new(tmp.path().join("bucket"));
+    let index: Arc<dyn Index> =
+        Arc::new(SqliteIndex::open(&tmp.path().join("index.sqlite3")).unwrap());
+    let src: Arc<dyn jitrec_bucket::BucketReader> =
+        Arc::new(jitrec_bucket::DirBucket::new(tmp.path().join("bucket")));
+    // A newer session, so discovery's window starts well after the old one below.
+    let key = fixtures::signer(5);
+    let m: MachineId = "cccc0000cccc0000cccc0000cccc0000".parse().unwrap();
+    let newer = jitrec_format::SessionId::new();
+    let mut h = fixtures::header_v2(newer, &key);
+    h.machine.id = m.to_string();
+    for (k, bytes) in jitrec_tests::session_objects(&fixtures::stored_session_v2_from(h, 1, &key)) {
+        b.put(&k, &bytes).unwrap();
+    }
+    let player = crate::player::Player::start(Arc::clone(&src), Arc::clone(&index));
+    let passes = |p: &crate::player::Player| {
+        p.get("/api/status").json().unwrap()["indexer"]["passes"]
+            .as_u64()
+            .unwrap()
+    };
+    let wait_passes = |p: &crate::player::Player, n: u64| {
+        let start = passes(p);
+        let t = std::time::Instant::now();
+        while passes(p) < start + n {
+            assert!(t.elapsed() < LIMIT, "the indexer made no passes");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    wait_passes(&player, 1);
+    assert_eq!(player.get(&format!("/api/sessions/{newer}")).status, 200);
+
+    let notify = |id: jitrec_format::SessionId| {
+        let body = format!("{{\"session\": \"{id}\"}}");
+        let r = http::request(player.addr, "POST", "/api/notify", &[], body.as_bytes()).unwrap();
+        assert_eq!(r.status, 202, "{}", r.text());
+    };
+    let phantom = jitrec_format::SessionId::new();
+    notify(phantom);
+    wait_passes(&player, 2);
+    assert_eq!(
+        player.get(&format!("/api/sessions/{phantom}")).status,
+        404,
+        "a notified id that is not in the bucket stays unknown"
+    );
+
+    // An old session (a day before the newest: outside discovery's window) under its machine's
+    // prefix is found by a notify naming it.
+    let old = jitrec_format::SessionId::from_parts(
+        (chrono::Utc::now() - chrono::Duration::days(1)).timestamp_millis() as u64,
+        [9; 10],
+    );
+    let mut h = fixtures::header_v2(old, &key);
+    h.machine.id = m.to_string();
+    let s = fixtures::stored_session_v2_from(h, 1, &key);
+    for (k, bytes) in jitrec_tests::session_objects_at(&s, SessionKey::v2(m, old)) {
+        b.put(&k, &bytes).unwrap();
+    }
+    wait_passes(&player, 2);
+    assert_eq!(
+        player.get(&format!("/api/sessions/{old}")).status,
+        404,
+        "discovery alone does not look a day back"
+    );
+    notify(old);
+    wait_passes(&player, 2);
+    assert_eq!(player.get(&format!("/api/sessions/{old}")).status, 200);
 }

@@ -15,6 +15,7 @@
 //! unknown version, a missing or unknown field, or a value outside its range is a typed
 //! [`FormatError`], never a panic and never a default.
 
+pub mod bundle;
 mod chain;
 mod chunk;
 mod digest;

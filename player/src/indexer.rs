@@ -263,20 +263,34 @@ impl Indexer {
                 return;
             }
             for id in named {
-                if !self.open.contains_key(&id) {
-                    match (
-                        self.index.session(id),
-                        crate::locate::key_of(self.index.as_ref(), id),
-                    ) {
-                        (Ok(Some(r)), _) if r.closed => {}
-                        (_, Ok(key)) => self.track(key),
-                        (_, Err(e)) => {
-                            tracing::warn!(session = %id, error = %e, "a notified session could not be located")
-                        }
-                    }
+                if !self.open.contains_key(&id)
+                    && let Err(e) = self.notified(id)
+                {
+                    tracing::warn!(session = %id, error = %e, "a notified session could not be looked at");
                 }
             }
         }
+    }
+
+    /// A session someone said has news (`POST /api/notify`): looked at only if it is in the
+    /// bucket (wherever discovery would not reach it, e.g. dated far in the past), so a notify
+    /// naming any id cannot make a session appear that does not exist.
+    fn notified(&mut self, id: SessionId) -> Result<(), IndexerError> {
+        if self.index.session(id)?.is_some_and(|r| r.closed) {
+            return Ok(());
+        }
+        let key = match crate::locate::lookup(self.index.as_ref(), id)? {
+            Some(k) => k,
+            None => match crate::locate::find(self.src.as_ref(), id)? {
+                Some(k) => k,
+                None => {
+                    tracing::debug!(session = %id, "a notify named a session that is not in the bucket");
+                    return Ok(());
+                }
+            },
+        };
+        self.found(key)?;
+        Ok(())
     }
 
     /// One pass: discover, then advance open sessions.

@@ -20,6 +20,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod bundle;
 pub mod enroll;
 pub mod export;
 pub mod index;

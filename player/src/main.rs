@@ -135,8 +135,14 @@ enum Command {
         bucket: BucketArgs,
         session: SessionId,
         /// The MP4 to write; a screen-size change continues in NAME.part2.mp4, ...
-        #[arg(short, long, value_name = "FILE")]
-        output: PathBuf,
+        #[arg(short, long, value_name = "FILE", required_unless_present = "bundle")]
+        output: Option<PathBuf>,
+        /// Write an evidence bundle instead (a tar: the stored objects, MP4, events as JSON and
+        /// WebVTT, the machine's key, enrolment and witness records, checksums, a README);
+        /// `jitrec-verify FILE` checks it without the player. Give --index so it carries the
+        /// player's records.
+        #[arg(long, value_name = "FILE", conflicts_with_all = ["output", "events", "chapters"])]
+        bundle: Option<PathBuf>,
         /// Also write the events as JSON.
         #[arg(long, value_name = "FILE")]
         events: Option<PathBuf>,
@@ -689,21 +695,31 @@ pub(crate) fn main() -> Result<()> {
             chapters,
             allow_unverified,
             index,
+            bundle,
         } => {
             let src = open_bucket(&bucket, &rt)?;
             let witness = index.as_deref().map(open_index).transpose()?;
             let at = jitrec_player::locate::find(src.as_ref(), session)
                 .context("looking for the session in the bucket")?
                 .with_context(|| format!("session {session} is not in the bucket"))?;
-            let done = export::export(
-                src.as_ref(),
-                at,
-                &output,
-                &ExportOptions {
-                    allow_unverified,
-                    witness,
-                },
-            )?;
+            let opts = ExportOptions {
+                allow_unverified,
+                witness,
+            };
+            if let Some(path) = bundle {
+                let b = jitrec_player::bundle::bundle(src.as_ref(), at, &path, &opts)?;
+                println!("{}", b.export.report);
+                println!(
+                    "wrote {}: {} files, {} bytes; check it with `jitrec-verify {}`",
+                    path.display(),
+                    b.files,
+                    b.bytes,
+                    path.display()
+                );
+                return Ok(());
+            }
+            let output = output.context("--output (or --bundle) is required")?;
+            let done = export::export(src.as_ref(), at, &output, &opts)?;
             println!("{}", done.report);
             for p in &done.parts {
                 println!(

@@ -42,6 +42,8 @@ pub struct Report {
     pub authenticity: Option<crate::enroll::Authenticity>,
     /// The key the session is signed with (version 2).
     pub key: Option<jitrec_format::EndpointKey>,
+    /// The machine id and host name the header names, once it was read.
+    pub origin: Option<(String, String)>,
 }
 
 impl Report {
@@ -209,6 +211,7 @@ pub fn report(scan: &SessionScan) -> Report {
         problems,
         authenticity: None,
         key: scan.key().copied(),
+        origin: scan.claim().map(|c| (c.machine_id, c.hostname)),
     }
 }
 
