@@ -931,3 +931,85 @@ fn a_notify_makes_only_sessions_in_the_bucket_appear() {
     wait_passes(&player, 2);
     assert_eq!(player.get(&format!("/api/sessions/{old}")).status, 200);
 }
+
+/// The report view's Machines page: an administrator sees the pending key with its fingerprint,
+/// approves it with a reason, and the session it signed is then listed as verified; the decision
+/// is in the audit log under the administrator's name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_admin_approves_a_machine_key_on_the_machines_page() {
+    use jitrec_player::auth::{self, Role};
+    use jitrec_player::index::{Index, sqlite::SqliteIndex};
+    use jitrec_tests::webdriver::Browser;
+    use std::sync::Arc;
+
+    let tmp = tempfile::tempdir().unwrap();
+    let b = jitrec_tests::TestBucket::new(tmp.path().join("bucket"));
+    let key = fixtures::signer(4);
+    let id = jitrec_format::SessionId::new();
+    let mut h = fixtures::header_v2(id, &key);
+    h.started_at = chrono::Utc::now();
+    let s = fixtures::stored_session_v2_from(h, 2, &key);
+    for (k, bytes) in jitrec_tests::session_objects(&s) {
+        b.put(&k, &bytes).unwrap();
+    }
+    let index: Arc<dyn Index> =
+        Arc::new(SqliteIndex::open(&tmp.path().join("index.sqlite3")).unwrap());
+    auth::init(index.as_ref()).unwrap();
+    let admin = ("machines-admin", "machines admin password");
+    auth::add_user(index.as_ref(), admin.0, Role::Admin, admin.1).unwrap();
+    let src: Arc<dyn jitrec_bucket::BucketAdmin> =
+        Arc::new(jitrec_bucket::DirBucket::new(tmp.path().join("bucket")));
+    let player = tokio::task::block_in_place(|| {
+        crate::player::Player::start_with(Arc::clone(&src), Arc::clone(&index), true)
+    });
+    let base = format!("http://{}", player.addr);
+    let fp = key.public().fingerprint().to_string();
+    tokio::task::block_in_place(|| {
+        let browser = Browser::start(1280, 900).unwrap();
+        crate::report_view::sign_in(&browser, &base, admin);
+        browser.goto(&format!("{base}/machines")).unwrap();
+        let row = format!("tr.machine-key.pending[data-fingerprint='{fp}']");
+        browser
+            .wait_for(
+                &format!("document.querySelector(\"{row}\")"),
+                LIMIT,
+                "the pending key",
+            )
+            .unwrap();
+        let reason = browser.find(&format!("{row} input.reason")).unwrap();
+        browser.type_into(&reason, "compared on the desk").unwrap();
+        browser
+            .click(
+                &browser
+                    .find(&format!("{row} button[data-action='approve']"))
+                    .unwrap(),
+            )
+            .unwrap();
+        browser
+            .wait_for(
+                &format!(
+                    "document.querySelector(\"tr.machine-key.approved[data-fingerprint='{fp}']\")"
+                ),
+                LIMIT,
+                "the key approved",
+            )
+            .unwrap();
+        browser.goto(&format!("{base}/")).unwrap();
+        let trust = browser
+            .wait_for(
+                &format!("(() => {{ const r = document.querySelector(\"tr.session[data-id='{id}']\"); const t = r && r.querySelectorAll('.badge')[1]; return t ? t.textContent : null; }})()"),
+                LIMIT,
+                "the session's authenticity in the list",
+            )
+            .unwrap();
+        assert_eq!(trust, "verified");
+    });
+    let log = auth::audit_log(index.as_ref(), 50).unwrap();
+    assert!(
+        log.iter().any(|e| e.user == admin.0
+            && e.action == "machine_approve"
+            && e.detail.contains(&fp)
+            && e.detail.contains("compared on the desk")),
+        "{log:?}"
+    );
+}

@@ -26,6 +26,7 @@ const LIST_HTML: &str = include_str!("../web/list.html");
 const SESSION_HTML: &str = include_str!("../web/session.html");
 const AUDIT_HTML: &str = include_str!("../web/audit.html");
 const RETENTION_HTML: &str = include_str!("../web/retention.html");
+const MACHINES_HTML: &str = include_str!("../web/machines.html");
 const APP_JS: &str = include_str!("../web/app.js");
 const APP_CSS: &str = include_str!("../web/app.css");
 
@@ -56,6 +57,7 @@ pub fn app(state: AppState, config: WebConfig) -> Router {
             "/api/sessions/{id}/hold",
             post(set_hold).delete(release_hold),
         )
+        .route("/machines", get(|| page(MACHINES_HTML)))
         .route("/api/machines", get(machines))
         .route("/api/machines/decide", post(decide_machine))
         .merge(api::routes())

@@ -76,6 +76,8 @@ async function header() {
   if (me.role === "admin") {
     $("#audit-link").hidden = false;
     $("#retention-link").hidden = false;
+    const m = $("#machines-link");
+    if (m) m.hidden = false;
   }
   $("#logout").addEventListener("click", async () => {
     await api("/api/logout", { method: "POST" });
@@ -610,7 +612,44 @@ async function retentionPage() {
   await load().catch(showError);
 }
 
-const pages = { login: loginPage, list: listPage, session: sessionPage, audit: auditPage, retention: retentionPage };
+// ---- machines and their keys (admins) -------------------------------------------------------
+
+async function machinesPage() {
+  await header();
+  const decide = async (action, k, why) => {
+    try {
+      await apiJson("/api/machines/decide", {
+        method: "POST", headers: { "Content-Type": "application/json" },
+        body: JSON.stringify({ action, machine: k.machine_id, fingerprint: k.fingerprint, reason: why }),
+      });
+      showError(null);
+    } catch (e) {
+      showError(e);
+    }
+    load();
+  };
+  const load = async () => {
+    const { keys } = await apiJson("/api/machines");
+    $("#machines tbody").replaceChildren(...keys.map((k) => {
+      const actions = el("td", {});
+      const reason = el("input", { class: "reason", placeholder: "reason", "aria-label": "Reason" });
+      const button = (action, label) => el("button", { class: "link", "data-action": action,
+        onclick: () => decide(action, k, reason.value) }, label);
+      if (k.state !== "revoked") actions.append(reason, " ");
+      if (k.state === "pending") actions.append(button("approve", "Approve"), " ", button("replace", "Replace current key"), " ");
+      if (k.state !== "revoked") actions.append(button("revoke", "Revoke"));
+      return el("tr", { class: `machine-key ${k.state}`, "data-fingerprint": k.fingerprint },
+        el("td", {}, k.machine_id), el("td", {}, k.hostname), el("td", { class: "mono" }, k.fingerprint),
+        el("td", {}, el("span", { class: `badge ${k.state === "approved" ? "verified" : "unverified"}` }, k.state)),
+        el("td", {}, `${when(k.first_seen)} (session ${k.first_session})`),
+        el("td", {}, k.decided_by ? `${k.decided_by}${k.decided_at ? ", " + when(k.decided_at) : ""}${k.reason ? ": " + k.reason : ""}` : ""),
+        actions);
+    }));
+  };
+  await load().catch(showError);
+}
+
+const pages = { login: loginPage, list: listPage, session: sessionPage, audit: auditPage, retention: retentionPage, machines: machinesPage };
 document.addEventListener("DOMContentLoaded", () => {
   const page = pages[document.body.dataset.page];
   if (page) page().catch(showError);
