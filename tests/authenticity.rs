@@ -736,8 +736,12 @@ fn sessions_are_read_only_under_their_own_machine_prefix() {
 
 const VERIFY: &str = env!("CARGO_BIN_EXE_jitrec-test-verify");
 
-fn run_verify(bundle: &Path) -> (i32, String) {
-    let out = Command::new(VERIFY).arg(bundle).output().unwrap();
+fn run_verify(bundle: &Path, pin: Option<&str>) -> (i32, String) {
+    let mut c = Command::new(VERIFY);
+    if let Some(p) = pin {
+        c.args(["--player-key", p]);
+    }
+    let out = c.arg(bundle).output().unwrap();
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -768,12 +772,28 @@ fn check_bundle(p: &Pipeline, id: SessionId) {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    let (code, text) = run_verify(&bundle);
+    // The auditor pins the player's key, as its operators state it.
+    let out = Command::new(PLAYER)
+        .args(["bundle-key", "--index"])
+        .arg(p.path().join("index.sqlite3"))
+        .output()
+        .unwrap();
+    let key_text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let pin = key_text
+        .lines()
+        .find_map(|l| l.strip_prefix("fingerprint: "))
+        .expect("bundle-key prints the fingerprint")
+        .to_owned();
+    let (code, text) = run_verify(&bundle, Some(&pin));
     assert_eq!(code, 0, "{text}");
     assert!(
         text.contains("VERIFIED") && text.contains("approved for machine"),
         "{text}"
     );
+    // Without a pinned player key nothing in a bundle is anchored: never "verified".
+    let (code, text) = run_verify(&bundle, None);
+    assert_eq!(code, 3, "{text}");
+    assert!(text.contains("UNANCHORED"), "{text}");
 
     let original = std::fs::read(&bundle).unwrap();
     let mut positions: Vec<usize> = (0..96).map(|i| i * (original.len() - 1) / 95).collect();
@@ -783,7 +803,7 @@ fn check_bundle(p: &Pipeline, id: SessionId) {
         let mut bytes = original.clone();
         bytes[pos] ^= 0x01;
         std::fs::write(&flipped, &bytes).unwrap();
-        let (code, text) = run_verify(&flipped);
+        let (code, text) = run_verify(&flipped, Some(&pin));
         assert!(
             code == 1 || code == 2,
             "byte {pos} of {} flipped and not reported (exit {code}):\n{text}",
@@ -806,15 +826,21 @@ fn check_bundle(p: &Pipeline, id: SessionId) {
     );
     let root = dir.join("jitrec-bundle");
     let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
-    let script = readme
-        .split("```sh")
-        .map(|b| b.split("```").next().unwrap_or_default())
-        .find(|b| b.contains("openssl pkeyutl"))
-        .expect("the README shows the signature check")
-        .to_owned();
+    let block = |marker: &str| {
+        readme
+            .split("```sh")
+            .map(|b| b.split("```").next().unwrap_or_default())
+            .find(|b| b.contains(marker))
+            .unwrap_or_else(|| panic!("the README shows a check with {marker}"))
+            .to_owned()
+    };
+    let anchor = block("bundle_sums");
+    let script = block("for d in session");
     let out = Command::new("bash")
         .arg("-c")
-        .arg(format!("set -e; sha256sum --quiet -c SHA256SUMS; {script}"))
+        .arg(format!(
+            "set -e\n{anchor}\nsha256sum --quiet -c SHA256SUMS\n{script}"
+        ))
         .current_dir(&root)
         .output()
         .unwrap();
@@ -826,6 +852,10 @@ fn check_bundle(p: &Pipeline, id: SessionId) {
     assert!(
         out.status.success() && !text.contains("BAD SIGNATURE"),
         "{text}"
+    );
+    assert!(
+        text.contains(&pin),
+        "the README prints the player key's fingerprint: {text}"
     );
     // A manifest whose document was edited (re-encoded, the old signature kept): the README's
     // check names it.
@@ -852,6 +882,49 @@ fn check_bundle(p: &Pipeline, id: SessionId) {
         text.contains("BAD SIGNATURE: session/chunks/0000000000.json"),
         "{text}"
     );
+
+    // A bundle rebuilt from scratch by someone else (here: the real one with a chunk's
+    // manifest re-signed by the endpoint's stolen key, SHA256SUMS recomputed and signed by a
+    // player key of the forger's own, a smuggled extra file): refused against the pinned key.
+    let (stolen, _) =
+        jitrec_recorder::identity::load_or_create(&p.path().join("key/endpoint.key")).unwrap();
+    let resigned = edited.to_signed_bytes(&stolen).unwrap();
+    std::fs::write(&m, &resigned).unwrap();
+    let forger = fixtures::signer(78);
+    std::fs::write(
+        root.join("player/public-key.pem"),
+        jitrec_format::bundle::key_to_pem(&forger.public()),
+    )
+    .unwrap();
+    let sums = Command::new("bash")
+        .arg("-c")
+        .arg("find . -type f ! -name SHA256SUMS ! -name SHA256SUMS.sig | sed 's|^\\./||' | sort | xargs sha256sum")
+        .current_dir(&root)
+        .output()
+        .unwrap();
+    assert!(sums.status.success());
+    std::fs::write(root.join("SHA256SUMS"), &sums.stdout).unwrap();
+    let sig = forger.sign_as(jitrec_format::bundle::BUNDLE_SIGNED_KIND, &sums.stdout);
+    let sig = {
+        use base64::Engine as _;
+        base64::engine::general_purpose::STANDARD.encode(sig)
+    };
+    std::fs::write(root.join("SHA256SUMS.sig"), format!("{sig}\n")).unwrap();
+    let forged = tmp.path().join("forged.tar");
+    assert!(
+        Command::new("tar")
+            .arg("cf")
+            .arg(&forged)
+            .arg("-C")
+            .arg(&dir)
+            .arg("jitrec-bundle")
+            .status()
+            .unwrap()
+            .success()
+    );
+    let (code, text) = run_verify(&forged, Some(&pin));
+    assert_eq!(code, 1, "{text}");
+    assert!(text.contains("not by the pinned key"), "{text}");
 }
 
 /// `POST /api/notify` naming a session that is not in the bucket makes nothing appear (it used

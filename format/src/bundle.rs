@@ -15,15 +15,18 @@
 //! jitrec-bundle/machine/public-key.pem    the endpoint key the documents are signed with
 //! jitrec-bundle/machine/enrolment.json    the player's enrolment record of that machine's keys
 //! jitrec-bundle/witness.json              the player's witness entries for the session's objects
+//! jitrec-bundle/player/public-key.pem     the exporting player's key
 //! jitrec-bundle/SHA256SUMS                SHA-256 of every other file (`sha256sum -c` reads it)
+//! jitrec-bundle/SHA256SUMS.sig            the player's signature of SHA256SUMS (base64)
 //! ```
 //!
-//! What proves what: the signed documents and the payloads they name are the evidence (the
-//! endpoint's key signed them; the chain commits every payload). `session.mp4`, `events.json`
-//! and `events.vtt` are derived for convenience; the verifier re-derives `events.json` and checks
-//! the MP4 only through `SHA256SUMS`. `SHA256SUMS` makes any flipped byte anywhere visible;
-//! someone rewriting the bundle on purpose must still forge the endpoint's signatures, and the
-//! enrolment and witness records say what the player knew.
+//! What proves what: the endpoint's signatures on the documents (which commit every payload)
+//! prove the recording is unchanged since the endpoint made it, and nothing more: the endpoint's
+//! root holds that key. That the key is the machine's, and that nothing was replaced or deleted
+//! after the player received it, is the player's word (`enrolment.json`, `witness.json`), and
+//! the player's signature of `SHA256SUMS` is what binds that word, and every other file, to the
+//! player. An auditor pins the player's key from outside the bundle; without that, a bundle is
+//! only self-consistent, which anyone can make.
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -47,6 +50,53 @@ pub const BUNDLE_KEY: &str = "jitrec-bundle/machine/public-key.pem";
 pub const BUNDLE_ENROLMENT: &str = "jitrec-bundle/machine/enrolment.json";
 /// The witness entries.
 pub const BUNDLE_WITNESS: &str = "jitrec-bundle/witness.json";
+/// The player's own public key, PEM: the key an auditor pins (`jitrec-verify --player-key`).
+pub const BUNDLE_PLAYER_KEY: &str = "jitrec-bundle/player/public-key.pem";
+/// The player's Ed25519 signature of `SHA256SUMS`, base64: what anchors every file of the
+/// bundle, the player's own records (enrolment, witness, verdict) included, to the player.
+pub const BUNDLE_SIG: &str = "jitrec-bundle/SHA256SUMS.sig";
+/// The document kind of the signed message over `SHA256SUMS` (`signed_message`).
+pub const BUNDLE_SIGNED_KIND: &str = "bundle_sums";
+
+/// Whether `path` is a file a bundle may hold: the fixed files, `session.mp4` and its
+/// `session.partN.mp4`, and under `session/` exactly the canonical names of the bucket layout.
+/// Anything else (another name, `.` or `..`, an absolute path, a second spelling of a name) is
+/// not part of a bundle.
+pub fn allowed_name(path: &str) -> bool {
+    const FIXED: [&str; 10] = [
+        "jitrec-bundle/README.md",
+        BUNDLE_INFO,
+        BUNDLE_SUMS,
+        BUNDLE_SIG,
+        BUNDLE_EVENTS,
+        "jitrec-bundle/events.vtt",
+        BUNDLE_KEY,
+        BUNDLE_ENROLMENT,
+        BUNDLE_WITNESS,
+        BUNDLE_PLAYER_KEY,
+    ];
+    if FIXED.contains(&path) || path == "jitrec-bundle/session.mp4" {
+        return true;
+    }
+    if let Some(n) = path
+        .strip_prefix("jitrec-bundle/session.part")
+        .and_then(|r| r.strip_suffix(".mp4"))
+    {
+        return !n.is_empty()
+            && !n.starts_with('0')
+            && n.len() <= 6
+            && n.bytes().all(|b| b.is_ascii_digit());
+    }
+    let Some(rel) = path.strip_prefix(BUNDLE_SESSION) else {
+        return false;
+    };
+    // The layout's own parser decides, on a stand-in session prefix: one spelling per object.
+    let probe = format!(
+        "{}{rel}",
+        crate::SessionKey::from(SessionId::from_parts(0, [0; 10])).prefix()
+    );
+    crate::ObjectKey::parse(&probe).is_ok()
+}
 
 /// `BUNDLE.json`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -161,5 +211,34 @@ mod tests {
             "{pem}"
         );
         assert_eq!(key_from_pem(&pem).unwrap(), k);
+    }
+}
+
+#[cfg(test)]
+mod names {
+    use super::allowed_name;
+
+    #[test]
+    fn only_the_layouts_names_are_allowed() {
+        for ok in [
+            "jitrec-bundle/session/session.json",
+            "jitrec-bundle/session/chunks/0000000001.m4s",
+            "jitrec-bundle/session/init/0000000000.mp4",
+            "jitrec-bundle/session.part2.mp4",
+            "jitrec-bundle/SHA256SUMS.sig",
+        ] {
+            assert!(allowed_name(ok), "{ok}");
+        }
+        for bad in [
+            "jitrec-bundle/session/./chunks/0000000001.m4s",
+            "jitrec-bundle/session/chunks/1.m4s",
+            "jitrec-bundle/../../evil",
+            "/etc/passwd",
+            "jitrec-bundle/session/notes.txt",
+            "jitrec-bundle/session.part02.mp4",
+            "jitrec-bundle/extra",
+        ] {
+            assert!(!allowed_name(bad), "{bad}");
+        }
     }
 }

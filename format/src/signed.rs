@@ -134,6 +134,12 @@ impl EndpointSigner {
     fn sign(&self, message: &[u8]) -> [u8; 64] {
         self.0.sign(message).to_bytes()
     }
+
+    /// Signs `body` as a document of `kind` (the message is [`signed_message`]'s, so a
+    /// signature of one kind is never one of another).
+    pub fn sign_as(&self, kind: &str, body: &[u8]) -> [u8; 64] {
+        self.sign(&signed_message(kind, body))
+    }
 }
 
 impl fmt::Debug for EndpointSigner {

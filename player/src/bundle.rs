@@ -14,9 +14,9 @@ use std::path::Path;
 use chrono::Utc;
 use jitrec_bucket::BucketReader;
 use jitrec_format::bundle::{
-    BUNDLE_ENROLMENT, BUNDLE_EVENTS, BUNDLE_INFO, BUNDLE_KEY, BUNDLE_ROOT, BUNDLE_SESSION,
-    BUNDLE_SUMS, BUNDLE_WITNESS, BundleInfo, EnrolmentEntry, WitnessEntry, WitnessFile, key_to_pem,
-    sums_line,
+    BUNDLE_ENROLMENT, BUNDLE_EVENTS, BUNDLE_INFO, BUNDLE_KEY, BUNDLE_PLAYER_KEY, BUNDLE_ROOT,
+    BUNDLE_SESSION, BUNDLE_SIG, BUNDLE_SIGNED_KIND, BUNDLE_SUMS, BUNDLE_WITNESS, BundleInfo,
+    EnrolmentEntry, WitnessEntry, WitnessFile, key_to_pem, sums_line,
 };
 use jitrec_format::{Event, EventKind, ObjectKey, SessionKey, Sha256Digest};
 
@@ -61,7 +61,7 @@ pub fn bundle(
 
     // The stored objects, as they are in the bucket.
     let prefix = at.prefix();
-    let mut witnessed = Vec::new();
+    let mut witnessed: Vec<WitnessEntry> = Vec::new();
     for key in src.list(&prefix)? {
         let Ok(k) = ObjectKey::parse(&key) else {
             continue;
@@ -77,15 +77,22 @@ pub fn bundle(
             .ok_or_else(|| ExportError::Missing(key.clone()))?;
         let rel = key.strip_prefix(&prefix).unwrap_or(&key);
         files.push((format!("{BUNDLE_SESSION}{rel}"), Content::Bytes(bytes)));
-        if let Some(index) = opts.witness.as_deref()
-            && let Ok(Some(w)) = crate::witness::lookup(index, &key)
-        {
-            witnessed.push(WitnessEntry {
-                key: key.clone(),
-                size: w.size,
-                sha256: w.sha256,
-                seen_at: w.seen_at,
-            });
+    }
+    // Everything the player ever saw of the session, gone or not: an object witnessed and
+    // then deleted is missing from `session/`, and the verifier says so.
+    if let Some(index) = opts.witness.as_deref() {
+        for (key, _) in crate::witness::keys_of(index, at.id).map_err(other)? {
+            if !key.starts_with(&prefix) {
+                continue;
+            }
+            if let Some(w) = crate::witness::lookup(index, &key).map_err(other)? {
+                witnessed.push(WitnessEntry {
+                    key,
+                    size: w.size,
+                    sha256: w.sha256,
+                    seen_at: w.seen_at,
+                });
+            }
         }
     }
 
@@ -174,12 +181,37 @@ pub fn bundle(
         Content::Bytes(serde_json::to_vec_pretty(&info).map_err(other)?),
     ));
 
-    // SHA256SUMS last, over everything above.
+    // The player's key, which signs SHA256SUMS: what an auditor pins.
+    let player = opts
+        .witness
+        .as_deref()
+        .map(player_key)
+        .transpose()?
+        .ok_or_else(|| {
+            ExportError::Changed(
+                "a bundle is signed by the player: give its index (--index)".into(),
+            )
+        })?;
+    files.push((
+        BUNDLE_PLAYER_KEY.into(),
+        Content::Bytes(key_to_pem(&player.public()).into_bytes()),
+    ));
+
+    // SHA256SUMS last, over everything above, and the player's signature of it.
     let mut sums = String::new();
     for (path, c) in &files {
         sums.push_str(&sums_line(path, &c.sha256()?));
     }
+    let sig = {
+        use base64::Engine as _;
+        base64::engine::general_purpose::STANDARD
+            .encode(player.sign_as(BUNDLE_SIGNED_KIND, sums.as_bytes()))
+    };
     files.push((BUNDLE_SUMS.into(), Content::Bytes(sums.into_bytes())));
+    files.push((
+        BUNDLE_SIG.into(),
+        Content::Bytes(format!("{sig}\n").into_bytes()),
+    ));
 
     let staged = tempfile::Builder::new()
         .prefix(".jitrec-bundle-")
@@ -224,6 +256,57 @@ pub fn bundle(
         files: files.len(),
         bytes,
     })
+}
+
+/// The player's bundle-signing key, kept beside the index (created at first use). Whoever can
+/// write the index's database can sign bundles, as they could rewrite its witness record: the
+/// database is the player's trust boundary. Auditors pin the key's fingerprint
+/// (`jitrec-player bundle-key`).
+pub fn player_key(
+    index: &dyn crate::index::Index,
+) -> Result<jitrec_format::EndpointSigner, ExportError> {
+    use crate::index::SqlValue;
+    index
+        .exec(
+            "CREATE TABLE IF NOT EXISTS player_keys (name TEXT PRIMARY KEY, seed TEXT NOT NULL, \
+             created_at BIGINT NOT NULL)",
+            &[],
+        )
+        .map_err(other)?;
+    let read = || -> Result<Option<jitrec_format::EndpointSigner>, ExportError> {
+        let rows = index
+            .query("SELECT seed FROM player_keys WHERE name = 'bundle'", &[])
+            .map_err(other)?;
+        let Some(seed) = rows
+            .first()
+            .and_then(|r| r.first())
+            .and_then(SqlValue::text)
+        else {
+            return Ok(None);
+        };
+        let seed: [u8; 32] = hex::decode(seed)
+            .ok()
+            .and_then(|b| b.try_into().ok())
+            .ok_or_else(|| other("the player's key in the index is not 32 bytes of hex"))?;
+        Ok(Some(jitrec_format::EndpointSigner::from_seed(seed)))
+    };
+    if let Some(k) = read()? {
+        return Ok(k);
+    }
+    let mut seed = [0u8; 32];
+    rand::TryRngCore::try_fill_bytes(&mut rand::rngs::OsRng, &mut seed).map_err(other)?;
+    // Two players creating it at once: the first write wins, both then read it.
+    index
+        .exec(
+            "INSERT INTO player_keys (name, seed, created_at) VALUES ('bundle', $1, $2) \
+             ON CONFLICT (name) DO NOTHING",
+            &[
+                SqlValue::Text(hex::encode(seed)),
+                SqlValue::Int(Utc::now().timestamp_micros()),
+            ],
+        )
+        .map_err(other)?;
+    read()?.ok_or_else(|| other("the player's key could not be stored"))
 }
 
 enum Content {

@@ -441,9 +441,14 @@ impl Indexer {
     }
 
     /// Where listing resumes for a cursor at session `id`: the discovery window before it.
+    ///
+    /// Ids carry the endpoint's clock: an id dated in the future (a fast clock, or on purpose)
+    /// must not move the cursor past the sessions that come after it in real time, so the
+    /// cursor never goes beyond the player's own now.
     fn cursor(&self, id: SessionId) -> String {
         let window = self.config.discovery_window.as_millis() as u64;
-        cursor_before(id.unix_ms().saturating_sub(window))
+        let now = Utc::now().timestamp_millis().max(0) as u64;
+        cursor_before(id.unix_ms().min(now).saturating_sub(window))
     }
 
     /// A session discovery found at `key`: tracked unless it is closed in the index, being

@@ -93,6 +93,12 @@ enum Command {
         #[command(subcommand)]
         command: WitnessCommand,
     },
+    /// Print the key this player signs evidence bundles with (created at first use): give its
+    /// fingerprint to auditors, who pin it (`jitrec-verify --player-key FINGERPRINT`).
+    BundleKey {
+        #[command(flatten)]
+        index: IndexArgs,
+    },
     /// Manage the report view's local accounts.
     User {
         #[command(subcommand)]
@@ -607,6 +613,13 @@ pub(crate) fn main() -> Result<()> {
         Command::Status { index } => print_counts(open_index(&index.index)?.as_ref()),
         Command::Machines { command } => machines(command),
         Command::Witness { command } => witness(command),
+        Command::BundleKey { index } => {
+            let idx = open_index(&index.index)?;
+            let key = jitrec_player::bundle::player_key(idx.as_ref())?.public();
+            println!("fingerprint: {}", key.fingerprint());
+            print!("{}", jitrec_format::bundle::key_to_pem(&key));
+            Ok(())
+        }
         Command::Retention { command } => retention(command, &rt),
         Command::User { command } => {
             let spec = match &command {

@@ -356,7 +356,10 @@ impl SessionScan {
                     e.to_string(),
                 )
             })?;
-            for (k, seen) in was {
+            // Only what was seen under this prefix: a copy of the id elsewhere is another
+            // object, not this session's.
+            let prefix = s.prefix();
+            for (k, seen) in was.into_iter().filter(|(k, _)| k.starts_with(&prefix)) {
                 if !have.contains(k.as_str()) {
                     self.tampered(format!(
                         "{k}: deleted after the player first read it at {seen}"
@@ -446,13 +449,22 @@ impl SessionScan {
         found: &mut Vec<Found>,
     ) -> Result<(), BucketError> {
         let s = self.session;
-        self.header_seen = self.witness(
-            w,
-            ObjectKey::SessionHeader(s),
-            bytes.len() as u64,
-            &Sha256Digest::of(bytes),
-        )?;
-        match ChainVerifier::new(bytes) {
+        let chain = ChainVerifier::new(bytes);
+        // Witnessed only as this session's header if it is one: a header planted under a
+        // prefix it does not belong to is reported below, and recorded nowhere as this
+        // session's.
+        if chain
+            .as_ref()
+            .is_ok_and(|c| c.header().session_key() == s && c.header().session_id == s.id)
+        {
+            self.header_seen = self.witness(
+                w,
+                ObjectKey::SessionHeader(s),
+                bytes.len() as u64,
+                &Sha256Digest::of(bytes),
+            )?;
+        }
+        match chain {
             Ok(c) if c.header().session_id != s.id => {
                 self.tampered(format!(
                     "the session header belongs to session {}",

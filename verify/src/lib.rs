@@ -23,8 +23,9 @@ use std::fmt;
 use std::io::Read;
 
 use jitrec_format::bundle::{
-    BUNDLE_ENROLMENT, BUNDLE_EVENTS, BUNDLE_INFO, BUNDLE_KEY, BUNDLE_ROOT, BUNDLE_SESSION,
-    BUNDLE_SUMS, BUNDLE_WITNESS, BundleInfo, EnrolmentEntry, WitnessFile, key_from_pem,
+    BUNDLE_ENROLMENT, BUNDLE_EVENTS, BUNDLE_INFO, BUNDLE_KEY, BUNDLE_PLAYER_KEY, BUNDLE_ROOT,
+    BUNDLE_SESSION, BUNDLE_SIG, BUNDLE_SIGNED_KIND, BUNDLE_SUMS, BUNDLE_WITNESS, BundleInfo,
+    EnrolmentEntry, WitnessFile, allowed_name, key_from_pem,
 };
 use jitrec_format::{
     ChainVerifier, ChunkManifest, EndpointKey, Event, MAX_DOCUMENT_BYTES, Sha256Digest,
@@ -57,8 +58,14 @@ pub struct Report {
     pub chunks: u64,
     /// The key the documents are signed with (version 2).
     pub key: Option<EndpointKey>,
-    /// The enrolment record shows the key approved for the machine.
+    /// The enrolment record shows the key approved for the machine and host the header names.
     pub approved: Option<String>,
+    /// The bundle is signed by the player whose key the auditor pinned (its fingerprint).
+    pub anchored: Option<String>,
+    /// The player judged the session verified when it exported it.
+    pub player_verified: bool,
+    /// The machine id and host name the header names.
+    origin: Option<(String, String)>,
     pub problems: Vec<String>,
     /// Facts a reader should know that are not problems (e.g. unsigned).
     pub notes: Vec<String>,
@@ -69,24 +76,37 @@ impl Report {
         self.problems.is_empty()
     }
 
+    /// Intact, signed by an approved key, anchored to the pinned player, and judged verified
+    /// by that player: only then is what the player's records say worth anything.
     pub fn verified(&self) -> bool {
-        self.intact() && self.key.is_some() && self.approved.is_some()
+        self.intact()
+            && self.key.is_some()
+            && self.approved.is_some()
+            && self.anchored.is_some()
+            && self.player_verified
     }
 }
 
 impl fmt::Display for Report {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let s = self.session.as_deref().unwrap_or("(unknown session)");
+        // Everything printed from the bundle is escaped: its names and records are the bundle
+        // writer's text, and must not be able to rewrite the terminal.
+        let s = self
+            .session
+            .as_deref()
+            .unwrap_or("(unknown session)")
+            .escape_debug();
         if self.verified() {
             writeln!(
                 f,
-                "{s}: VERIFIED: {} files, {} chunks; signed by key {}; {}",
+                "{s}: VERIFIED: {} files, {} chunks; signed by key {}; {}; bundle signed by the pinned player key {}",
                 self.files,
                 self.chunks,
                 self.key
                     .map(|k| k.fingerprint().to_string())
                     .unwrap_or_default(),
-                self.approved.as_deref().unwrap_or_default()
+                self.approved.as_deref().unwrap_or_default().escape_debug(),
+                self.anchored.as_deref().unwrap_or_default()
             )?;
         } else if self.intact() {
             writeln!(
@@ -98,10 +118,10 @@ impl fmt::Display for Report {
             writeln!(f, "{s}: BROKEN: {} problem(s)", self.problems.len())?;
         }
         for p in &self.problems {
-            writeln!(f, "  - {p}")?;
+            writeln!(f, "  - {}", p.escape_debug())?;
         }
         for n in &self.notes {
-            writeln!(f, "  note: {n}")?;
+            writeln!(f, "  note: {}", n.escape_debug())?;
         }
         Ok(())
     }
@@ -110,17 +130,25 @@ impl fmt::Display for Report {
 /// Reads and checks the bundle in file `path`, including the archive's own framing: every byte
 /// that is neither a file's header nor its content (block padding, the end-of-archive blocks)
 /// must be zero, so no byte of the file can change unnoticed.
-pub fn check_file(path: &std::path::Path) -> Result<Report, BundleError> {
+///
+/// `player_key` is the fingerprint (SHA-256 of the public key, hex) of the player the auditor
+/// trusts, obtained from its operators (`jitrec-player bundle-key`), not from the bundle: without
+/// it nothing in the bundle is anchored (anyone can make a self-consistent bundle), and the
+/// verdict is at best "not vouched for".
+pub fn check_file(path: &std::path::Path, player_key: Option<&str>) -> Result<Report, BundleError> {
     let f = std::fs::File::open(path)?;
     let mut spans = Vec::new();
-    let mut r = check_spans(std::io::BufReader::new(f), Some(&mut spans))?;
+    let mut r = check_spans(std::io::BufReader::new(f), Some(&mut spans), player_key)?;
     check_framing(path, &mut spans, &mut r)?;
     Ok(r)
 }
 
 /// Reads and checks a bundle from a stream (its framing is not checked: see [`check_file`]).
-pub fn check(archive: impl Read) -> Result<Report, BundleError> {
-    check_spans(archive, None)
+pub fn check(archive: impl Read, player_key: Option<&str>) -> Result<Report, BundleError> {
+    let mut r = check_spans(archive, None, player_key)?;
+    r.notes
+        .push("read from a stream: the archive's framing was not checked".into());
+    Ok(r)
 }
 
 fn check_framing(
@@ -159,13 +187,13 @@ fn check_framing(
 fn check_spans(
     archive: impl Read,
     spans: Option<&mut Vec<(u64, u64)>>,
+    player_key: Option<&str>,
 ) -> Result<Report, BundleError> {
-    let files = read_all(archive, spans)?;
-    let mut r = Report {
-        files: files.len(),
-        ..Report::default()
-    };
+    let mut r = Report::default();
+    let files = read_all(archive, spans, &mut r)?;
+    r.files = files.len();
     check_sums(&files, &mut r);
+    check_anchor(&files, player_key, &mut r);
     let info: Option<BundleInfo> = text_of(&files, BUNDLE_INFO, &mut r).and_then(|b| {
         serde_json::from_slice(b)
             .map_err(|e| r.problems.push(format!("BUNDLE.json: {e}")))
@@ -183,6 +211,7 @@ fn check_spans(
 fn read_all(
     archive: impl Read,
     mut spans: Option<&mut Vec<(u64, u64)>>,
+    r: &mut Report,
 ) -> Result<BTreeMap<String, File>, BundleError> {
     let mut out = BTreeMap::new();
     let mut tar = tar::Archive::new(archive);
@@ -195,10 +224,35 @@ fn read_all(
             let c = entry.raw_file_position();
             s.push((c, c + entry.size()));
         }
-        if !entry.header().entry_type().is_file() {
+        // Only plain files under exactly the names a bundle has: what `tar xf` writes must be
+        // what was checked (no links, no other entry types, no second spelling of a name, no
+        // extended headers renaming an entry).
+        let path = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
+        let kind = entry.header().entry_type();
+        if kind != tar::EntryType::Regular {
+            r.problems.push(format!(
+                "{path:?}: a tar entry of type {:?}; a bundle holds only regular files",
+                kind.as_byte() as char
+            ));
             continue;
         }
-        let path = entry.path()?.to_string_lossy().into_owned();
+        if entry.path_bytes().as_ref() != entry.header().path_bytes().as_ref()
+            || entry.link_name_bytes().is_some_and(|l| !l.is_empty())
+        {
+            r.problems.push(format!(
+                "{path:?}: an entry with an extended name or a link"
+            ));
+            continue;
+        }
+        if !allowed_name(&path) {
+            r.problems
+                .push(format!("{path:?} is not a file of a bundle"));
+            continue;
+        }
+        if out.contains_key(&path) {
+            r.problems.push(format!("{path:?} is in the archive twice"));
+            continue;
+        }
         let size = entry.size();
         let keep = size <= KEEP_LIMIT && !path.ends_with(".mp4") && !path.ends_with(".m4s");
         let mut hasher = sha2::Sha256::new();
@@ -238,6 +292,61 @@ fn text_of<'a>(files: &'a BTreeMap<String, File>, path: &str, r: &mut Report) ->
     }
 }
 
+/// The player's signature over `SHA256SUMS`, by the key the auditor pinned.
+fn check_anchor(files: &BTreeMap<String, File>, pinned: Option<&str>, r: &mut Report) {
+    let (Some(pem), Some(sig), Some(sums)) = (
+        files
+            .get(BUNDLE_PLAYER_KEY)
+            .and_then(|f| f.bytes.as_deref()),
+        files.get(BUNDLE_SIG).and_then(|f| f.bytes.as_deref()),
+        files.get(BUNDLE_SUMS).and_then(|f| f.bytes.as_deref()),
+    ) else {
+        r.problems
+            .push("the player's key or its signature is missing".into());
+        return;
+    };
+    let key = match std::str::from_utf8(pem)
+        .map_err(|e| e.to_string())
+        .and_then(key_from_pem)
+    {
+        Ok(k) => k,
+        Err(e) => {
+            r.problems.push(format!("player/public-key.pem: {e}"));
+            return;
+        }
+    };
+    let sig: Option<[u8; 64]> = std::str::from_utf8(sig)
+        .ok()
+        .and_then(|t| {
+            use base64::Engine as _;
+            base64::engine::general_purpose::STANDARD
+                .decode(t.trim())
+                .ok()
+        })
+        .and_then(|b| b.try_into().ok());
+    let message = jitrec_format::signed_message(BUNDLE_SIGNED_KIND, sums);
+    if !sig.is_some_and(|s| key.verifies(&message, &s)) {
+        r.problems.push(
+            "SHA256SUMS is not signed by the player key in the bundle (altered after export)"
+                .into(),
+        );
+        return;
+    }
+    let fp = key.fingerprint().to_string();
+    match pinned {
+        Some(p) if p.eq_ignore_ascii_case(&fp) => r.anchored = Some(fp),
+        Some(p) => r.problems.push(format!(
+            "the bundle is signed by player key {fp}, not by the pinned key {:?}",
+            p
+        )),
+        None => r.notes.push(format!(
+            "UNANCHORED: the bundle is signed by player key {fp}; pin the player key you trust \
+             (--player-key, from `jitrec-player bundle-key` on that player): without it anyone \
+             could have made this bundle"
+        )),
+    }
+}
+
 fn check_sums(files: &BTreeMap<String, File>, r: &mut Report) {
     let Some(sums) = text_of(files, BUNDLE_SUMS, r) else {
         return;
@@ -256,7 +365,7 @@ fn check_sums(files: &BTreeMap<String, File>, r: &mut Report) {
         listed.insert(format!("{BUNDLE_ROOT}{rel}"), sha.to_owned());
     }
     for (path, f) in files {
-        if path == BUNDLE_SUMS {
+        if path == BUNDLE_SUMS || path == BUNDLE_SIG {
             continue;
         }
         match listed.get(path) {
@@ -303,6 +412,7 @@ fn check_session(
     };
     let h = chain.header().clone();
     r.session.get_or_insert_with(|| h.session_id.to_string());
+    r.origin = Some((h.machine.id.clone(), h.machine.hostname.clone()));
     r.key = chain.key().copied();
     if r.key.is_none() {
         r.notes.push(
@@ -320,6 +430,26 @@ fn check_session(
         if i.endpoint_key != h.endpoint_key {
             r.problems
                 .push("BUNDLE.json names another key than the session header".into());
+        }
+        if i.source_prefix != h.session_key().prefix() {
+            r.problems.push(format!(
+                "BUNDLE.json says the session came from {:?}, where a session with this header does not belong",
+                i.source_prefix
+            ));
+        }
+        r.player_verified = i
+            .authenticity
+            .as_ref()
+            .and_then(|a| a.get("state"))
+            .and_then(|s| s.as_str())
+            == Some("verified");
+        if !r.player_verified {
+            r.notes.push(format!(
+                "the player did not judge the session verified at export: {}",
+                i.authenticity
+                    .as_ref()
+                    .map_or_else(|| "no judgement".to_owned(), ToString::to_string)
+            ));
         }
     }
     match (
@@ -452,7 +582,12 @@ fn check_records(files: &BTreeMap<String, File>, info: Option<&BundleInfo>, r: &
         None => r.problems.push(format!("{BUNDLE_ENROLMENT} is missing")),
         Some(b) => match serde_json::from_slice::<Vec<EnrolmentEntry>>(b) {
             Err(e) => r.problems.push(format!("enrolment.json: {e}")),
-            Ok(keys) => match keys.iter().find(|k| k.fingerprint == fp) {
+            Ok(keys) => match keys.iter().find(|k| {
+                k.fingerprint == fp
+                    && r.origin
+                        .as_ref()
+                        .is_some_and(|(m, h)| *m == k.machine_id && *h == k.hostname)
+            }) {
                 Some(k) if k.state == "approved" => {
                     r.approved = Some(format!(
                         "approved for machine {} ({}) by {} at {}",
@@ -466,9 +601,11 @@ fn check_records(files: &BTreeMap<String, File>, info: Option<&BundleInfo>, r: &
                     "the enrolment record has the key as {} for machine {}",
                     k.state, k.machine_id
                 )),
-                None => r
-                    .notes
-                    .push("the enrolment record does not have this key".into()),
+                None => r.notes.push(
+                    "the enrolment record does not have this key for the machine and host the \
+                     header names"
+                        .into(),
+                ),
             },
         },
     }

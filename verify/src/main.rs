@@ -1,6 +1,7 @@
-//! `jitrec-verify BUNDLE.tar`: checks an evidence bundle on its own (see the library). Exits 0
-//! when it is verified, 1 when anything in it is broken, 3 when it is intact but not vouched
-//! for (unsigned, or its key not approved in the enrolment record), 2 when it cannot be read.
+//! `jitrec-verify --player-key FP BUNDLE.tar`: checks an evidence bundle on its own (see the
+//! library). Exits 0 when it is verified, 1 when anything in it is broken, 3 when it is intact
+//! but not vouched for (no pinned player key, unsigned, its key not approved for the machine, or
+//! the player did not judge it verified), 2 when it cannot be read.
 
 use std::path::PathBuf;
 
@@ -13,14 +14,19 @@ use clap::Parser;
 struct Cli {
     /// The bundle (a tar file; `-` reads standard input).
     bundle: PathBuf,
+    /// The fingerprint of the player you trust (`jitrec-player bundle-key` on that player, got
+    /// from its operators, not from the bundle). Without it nothing in the bundle is anchored
+    /// and the verdict is at best "not vouched for".
+    #[arg(long, value_name = "SHA256")]
+    player_key: Option<String>,
 }
 
 pub(crate) fn main() -> Result<()> {
     let cli = Cli::parse();
     let report = if cli.bundle.as_os_str() == "-" {
-        jitrec_verify::check(std::io::stdin().lock())
+        jitrec_verify::check(std::io::stdin().lock(), cli.player_key.as_deref())
     } else {
-        jitrec_verify::check_file(&cli.bundle)
+        jitrec_verify::check_file(&cli.bundle, cli.player_key.as_deref())
     }
     .with_context(|| format!("reading {}", cli.bundle.display()))
     .unwrap_or_else(|e| {
