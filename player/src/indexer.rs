@@ -44,6 +44,9 @@ pub const MAINTAIN_EVERY: Duration = Duration::from_secs(600);
 /// Bad names under the layout prefix remembered for the status page.
 const MAX_ANOMALIES: usize = 100;
 
+/// Sessions a notify may name for one pass.
+const MAX_NOTIFIED: usize = 100;
+
 /// Settings of the indexer.
 #[derive(Debug, Clone)]
 pub struct IndexerConfig {
@@ -116,7 +119,11 @@ impl IndexerHandle {
         let (m, cv) = &*self.wake;
         let mut w = m.lock().unwrap_or_else(PoisonError::into_inner);
         w.pending = true;
-        w.sessions.extend(session);
+        // Bounded: a flood of notifies names at most this many sessions per pass (the rest are
+        // found by discovery, or by a later notify).
+        if w.sessions.len() < MAX_NOTIFIED {
+            w.sessions.extend(session);
+        }
         cv.notify_all();
     }
 

@@ -9,7 +9,7 @@
 
 use chrono::Utc;
 use jitrec_bucket::{BucketError, BucketReader};
-use jitrec_format::{MACHINES_PREFIX, MachineId, ObjectKey, SessionId, SessionKey};
+use jitrec_format::{MACHINES_PREFIX, MachineId, SessionId, SessionKey};
 
 use crate::index::{Index, IndexError, SqlValue};
 
@@ -86,11 +86,14 @@ pub fn newest_per_machine(index: &dyn Index) -> Result<Vec<(MachineId, SessionId
         .collect())
 }
 
-/// Finds a session in the bucket by its id alone (the command line, where there is no index):
-/// layout v1 first, then every machine's prefix.
-pub fn find(src: &dyn BucketReader, id: SessionId) -> Result<Option<SessionKey>, BucketError> {
-    if src.size(&ObjectKey::SessionHeader(id.into()))?.is_some() {
-        return Ok(Some(id.into()));
+/// Every prefix of the bucket that holds objects of a session with `id`: layout v1 and every
+/// machine's. More than one is a copy planted somewhere (or a collision), for the caller to
+/// report rather than to pick from.
+pub fn find_all(src: &dyn BucketReader, id: SessionId) -> Result<Vec<SessionKey>, BucketError> {
+    let mut out = Vec::new();
+    let v1 = SessionKey::from(id);
+    if !src.list(&v1.prefix())?.is_empty() {
+        out.push(v1);
     }
     for name in src.list_names(MACHINES_PREFIX, None)? {
         let Ok(m) = name.parse::<MachineId>() else {
@@ -98,8 +101,19 @@ pub fn find(src: &dyn BucketReader, id: SessionId) -> Result<Option<SessionKey>,
         };
         let key = SessionKey::v2(m, id);
         if !src.list(&key.prefix())?.is_empty() {
-            return Ok(Some(key));
+            out.push(key);
         }
     }
-    Ok(None)
+    Ok(out)
+}
+
+/// Finds a session in the bucket by its id alone (where there is no location on record): its
+/// only prefix; `None` when it is nowhere, or under several (see [`find_all`]).
+pub fn find(src: &dyn BucketReader, id: SessionId) -> Result<Option<SessionKey>, BucketError> {
+    let all = find_all(src, id)?;
+    if all.len() > 1 {
+        tracing::warn!(session = %id, prefixes = ?all.iter().map(SessionKey::prefix).collect::<Vec<_>>(), "a session id is under several prefixes; not picking one");
+        return Ok(None);
+    }
+    Ok(all.into_iter().next())
 }

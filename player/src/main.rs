@@ -666,13 +666,15 @@ pub(crate) fn main() -> Result<()> {
             } else {
                 let mut keys = Vec::new();
                 for id in sessions {
-                    // Not found in either layout: checked as a v1 session, which reports its
-                    // missing header.
-                    keys.push(
-                        jitrec_player::locate::find(src.as_ref(), id)
-                            .context("looking for the session in the bucket")?
-                            .unwrap_or_else(|| id.into()),
-                    );
+                    // Every copy of the id is checked (a copy under another machine's prefix
+                    // is then reported as not belonging there); none found: checked as a v1
+                    // session, which reports its missing header.
+                    let found = jitrec_player::locate::find_all(src.as_ref(), id)
+                        .context("looking for the session in the bucket")?;
+                    if found.is_empty() {
+                        keys.push(id.into());
+                    }
+                    keys.extend(found);
                 }
                 keys
             };
@@ -712,9 +714,29 @@ pub(crate) fn main() -> Result<()> {
         } => {
             let src = open_bucket(&bucket, &rt)?;
             let witness = index.as_deref().map(open_index).transpose()?;
-            let at = jitrec_player::locate::find(src.as_ref(), session)
-                .context("looking for the session in the bucket")?
-                .with_context(|| format!("session {session} is not in the bucket"))?;
+            let at = match &witness {
+                // Where the player found it first, when its index knows.
+                Some(i) => jitrec_player::locate::lookup(i.as_ref(), session)?,
+                None => None,
+            };
+            let at = match at {
+                Some(at) => at,
+                None => {
+                    let found = jitrec_player::locate::find_all(src.as_ref(), session)
+                        .context("looking for the session in the bucket")?;
+                    match found.as_slice() {
+                        [] => anyhow::bail!("session {session} is not in the bucket"),
+                        [one] => *one,
+                        many => anyhow::bail!(
+                            "session {session} is under several prefixes ({}): a copy was planted; give the player's index (--index) to export the one it found first",
+                            many.iter()
+                                .map(|k| k.prefix())
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        ),
+                    }
+                }
+            };
             let opts = ExportOptions {
                 allow_unverified,
                 witness,

@@ -43,6 +43,10 @@ pub enum BundleError {
 /// Files kept in memory: the documents and small records (the rest are only hashed).
 const KEEP_LIMIT: u64 = 64 * 1024 * 1024;
 
+/// What all kept files may add up to: a bundle of many large documents is refused, not read
+/// into the auditor's memory.
+const KEEP_TOTAL: u64 = 512 * 1024 * 1024;
+
 /// One file of the archive.
 struct File {
     size: u64,
@@ -214,6 +218,7 @@ fn read_all(
     r: &mut Report,
 ) -> Result<BTreeMap<String, File>, BundleError> {
     let mut out = BTreeMap::new();
+    let mut kept_total = 0u64;
     let mut tar = tar::Archive::new(archive);
     for entry in tar.entries()? {
         let mut entry = entry?;
@@ -255,6 +260,15 @@ fn read_all(
         }
         let size = entry.size();
         let keep = size <= KEEP_LIMIT && !path.ends_with(".mp4") && !path.ends_with(".m4s");
+        if keep {
+            kept_total += size;
+            if kept_total > KEEP_TOTAL {
+                r.problems.push(format!(
+                    "the bundle's documents add up to more than {KEEP_TOTAL} bytes: not a bundle this verifier reads"
+                ));
+                return Ok(out);
+            }
+        }
         let mut hasher = sha2::Sha256::new();
         let mut kept = keep.then(|| Vec::with_capacity(size as usize));
         let mut buf = vec![0u8; 1 << 20];
