@@ -26,7 +26,7 @@ cd "$(dirname "$0")/.."
 # (mingw-w64, nasm, wine) are installed in the same apt run: one update, one install.
 PACKAGES=(gcc libc6-dev pkg-config clang libclang-dev libavcodec-dev libavformat-dev
   libavutil-dev libswscale-dev libavfilter-dev libavdevice-dev ffmpeg xvfb python3-pip
-  postgresql-15 chromium chromium-driver xterm fonts-dejavu-core jq openssl)
+  postgresql-15 chromium chromium-driver xterm fonts-dejavu-core jq openssl zstd)
 WINDOWS_PACKAGES=(gcc-mingw-w64-x86-64-posix binutils-mingw-w64-x86-64 nasm wine64 wine xz-utils
   libzstd-dev)
 

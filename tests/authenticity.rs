@@ -32,6 +32,7 @@ fn config() -> PipelineConfig {
         fps: 5,
         chunk_ms: 1000,
         index: None,
+        encrypt: false,
     }
 }
 
@@ -1085,4 +1086,108 @@ async fn an_admin_approves_a_machine_key_on_the_machines_page() {
             && e.detail.contains("compared on the desk")),
         "{log:?}"
     );
+}
+
+/// Client-side encryption: with an age recipient configured on the endpoint, the bucket holds
+/// only ciphertext (ffprobe reads no segment, zstd no events payload), while the player, given
+/// the identity, indexes the events (search finds the command), serves playable media, and the
+/// report view plays the session in Chromium.
+#[test]
+fn an_encrypted_session_is_ciphertext_in_the_bucket_and_plays_with_the_players_identity() {
+    use jitrec_tests::pipeline::REVIEWER;
+    use jitrec_tests::webdriver::Browser;
+
+    let mut p = Pipeline::start(&PipelineConfig {
+        encrypt: true,
+        ..config()
+    })
+    .unwrap();
+    let marker = format!("encrypted-jitrec-{}", std::process::id());
+    let id = record(&mut p, &marker, |p| p.jit_stop().unwrap());
+    let d = p.detail(id).unwrap().unwrap();
+    let machine = d["session"]["machine_id"].as_str().unwrap().to_owned();
+    let at = jitrec_format::SessionKey::v2(machine.parse().unwrap(), id);
+    let root = p.bucket_dir().join(at.prefix());
+
+    // In the bucket: nothing a tool can read.
+    let mut segments = 0;
+    for dir in ["chunks", "init"] {
+        for e in std::fs::read_dir(root.join(dir)).unwrap() {
+            let path = e.unwrap().path();
+            let name = path.to_string_lossy().into_owned();
+            if name.ends_with(".m4s") || name.ends_with(".mp4") {
+                segments += 1;
+                let out = Command::new("ffprobe")
+                    .args(["-v", "error", "-show_streams"])
+                    .arg(&path)
+                    .output()
+                    .unwrap();
+                assert!(!out.status.success(), "ffprobe read {name}");
+            }
+            if name.ends_with(".events.zst") {
+                let out = Command::new("zstd")
+                    .args(["-d", "-c"])
+                    .arg(&path)
+                    .output()
+                    .unwrap();
+                assert!(!out.status.success(), "zstd read {name}");
+                assert!(!String::from_utf8_lossy(&out.stdout).contains(&marker));
+            }
+        }
+    }
+    assert!(segments >= 3, "init and chunks were stored");
+    let header = std::fs::read(root.join("session.json")).unwrap();
+    let header = jitrec_format::SessionHeader::from_bytes(&header).unwrap();
+    assert!(
+        header.encryption.is_some(),
+        "the signed header names the recipients"
+    );
+    // Verified as ciphertext, without any identity: intact (its key merely not approved yet).
+    let (code, out) = verify_recorded(&p, id);
+    assert_eq!(code, 3, "{out}");
+    assert!(out.contains(": intact:"), "{out}");
+
+    // The player, with the identity: search finds the command...
+    let hits = p.get_json(&format!("/api/sessions?q={marker}")).unwrap();
+    assert!(
+        hits["sessions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|h| h["id"] == id.to_string()),
+        "{hits}"
+    );
+    // ... media comes out decrypted and decodable ...
+    let init = p.get(&format!("/api/sessions/{id}/init/0.mp4")).unwrap();
+    let chunk = p.get(&format!("/api/sessions/{id}/chunks/0.m4s")).unwrap();
+    assert_eq!((init.status, chunk.status), (200, 200));
+    let tmp = tempfile::tempdir().unwrap();
+    let joined = tmp.path().join("joined.mp4");
+    std::fs::write(&joined, [init.body.clone(), chunk.body.clone()].concat()).unwrap();
+    let out = Command::new("ffprobe")
+        .args([
+            "-v",
+            "error",
+            "-show_entries",
+            "stream=codec_name",
+            "-of",
+            "csv=p=0",
+        ])
+        .arg(&joined)
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "h264");
+    // ... and the report view plays it.
+    let b = Browser::start(1280, 1000).unwrap();
+    crate::report_view::sign_in(&b, &p.base(), REVIEWER);
+    b.goto(&format!("{}/session/{id}", p.base())).unwrap();
+    let st =
+        crate::report_view::state_when(&b, "s.readyState >= 2 && s.chunks > 0", "the first frame");
+    assert!(st["error"].is_null(), "{st}");
+    b.eval(
+        "document.querySelector('#video').play();",
+        serde_json::json!([]),
+    )
+    .unwrap();
+    crate::report_view::state_when(&b, "s.currentTime > 0.5", "playback to advance");
 }

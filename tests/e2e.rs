@@ -45,6 +45,7 @@ fn config(store: Store) -> PipelineConfig {
         fps: 10,
         chunk_ms: 1000,
         index: None,
+        encrypt: false,
     }
 }
 

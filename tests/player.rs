@@ -653,6 +653,7 @@ impl Player {
             src,
             indexer: handle.clone(),
             bucket_admin,
+            keyring: None,
         };
         let app = if web {
             jitrec_player::auth::init(state.index.as_ref()).unwrap();

@@ -67,6 +67,7 @@ fn one_store(store: Store, name: &'static str, args: &PlayableArgs) -> Result<Fi
         fps: 5,
         chunk_ms: 2000,
         index: None,
+        encrypt: false,
     })?;
     let mut f = Figures {
         store: name,

@@ -64,6 +64,7 @@ pub fn header(session: SessionId) -> SessionHeader {
             b_frames: 0,
         },
         endpoint_key: None,
+        encryption: None,
     }
     .v1()
 }

@@ -48,8 +48,8 @@ pub use layout::{
 };
 pub use parse::MAX_TEXT_CHARS;
 pub use session::{
-    Agent, Authorization, Codec, CodecParams, EndReason, Labels, Machine, SessionClose,
-    SessionHeader, StopBy, StopCause, StopPeer, Trigger,
+    Agent, Authorization, Codec, CodecParams, Encryption, EncryptionScheme, EndReason, Labels,
+    MAX_RECIPIENTS, Machine, SessionClose, SessionHeader, StopBy, StopCause, StopPeer, Trigger,
 };
 pub use signed::{EndpointKey, EndpointSigner, SIGNATURE_DOMAIN, signed_message};
 pub use time::MediaTime;

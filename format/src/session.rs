@@ -33,7 +33,31 @@ pub struct SessionHeader {
     /// it is the enrolled key of `machine` is for the player to say.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub endpoint_key: Option<crate::EndpointKey>,
+    /// Version 2, optional: the payloads (init segments, video segments, events) are encrypted
+    /// to these recipients, and the manifests' sizes and digests are of the ciphertext.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encryption: Option<Encryption>,
 }
+
+/// How a session's payloads are encrypted.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Encryption {
+    pub scheme: EncryptionScheme,
+    /// The recipients' public keys (`age1...`), each able to decrypt every payload.
+    pub recipients: Vec<String>,
+}
+
+/// Encryption schemes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EncryptionScheme {
+    /// One age file (age-encryption.org/v1, X25519 recipients) per payload.
+    Age,
+}
+
+/// The most recipients a session may name.
+pub const MAX_RECIPIENTS: usize = 16;
 
 /// The endpoint a session was recorded on.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -271,6 +295,24 @@ impl Document for SessionHeader {
 
     fn validate(&self) -> Result<(), String> {
         check_v2_field(self.version, "endpoint_key", self.endpoint_key.as_ref())?;
+        if let Some(e) = &self.encryption {
+            check(self.version >= 2, || {
+                "`encryption` is a version 2 field, in a version 1 document".into()
+            })?;
+            check(
+                !e.recipients.is_empty() && e.recipients.len() <= MAX_RECIPIENTS,
+                || format!("`encryption.recipients` must name 1 to {MAX_RECIPIENTS} recipients"),
+            )?;
+            for r in &e.recipients {
+                check(
+                    r.starts_with("age1")
+                        && r.len() <= 128
+                        && r.bytes()
+                            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit()),
+                    || format!("`encryption.recipients`: {r:?} is not an age recipient"),
+                )?;
+            }
+        }
         if self.version == 2 {
             // Version 2 sessions live under their machine's prefix: the id must be one.
             self.machine

@@ -48,6 +48,8 @@ pub struct AppState {
     pub indexer: IndexerHandle,
     /// Write access to the bucket for legal holds (`None`: holds are the job's alone).
     pub bucket_admin: Option<Arc<dyn jitrec_bucket::BucketAdmin>>,
+    /// The player's age identities, to serve and export encrypted sessions.
+    pub keyring: Option<Arc<crate::unseal::Keyring>>,
 }
 
 /// The API's routes, without sign-in (tests of the API alone; `serve` uses [`crate::web::app`]).
@@ -374,6 +376,34 @@ async fn media_segment(
     serve_object(st, ObjectKey::ChunkVideo(at, n), &headers).await
 }
 
+/// The bytes a reviewer is served: decrypted for an encrypted session (once they were checked,
+/// as ciphertext, against the witness record).
+fn plaintext(
+    index: &dyn Index,
+    keyring: Option<&crate::unseal::Keyring>,
+    key: ObjectKey,
+    stored: Vec<u8>,
+) -> Result<Vec<u8>, ApiError> {
+    let encrypted = crate::enroll::session_key(index, key.session())
+        .map_err(ApiError::internal)?
+        .is_some_and(|s| s.encrypted);
+    if !encrypted {
+        return Ok(stored);
+    }
+    let k = keyring.ok_or_else(|| {
+        ApiError(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the session is encrypted and this player has no age identity (--age-identity)".into(),
+        )
+    })?;
+    k.open(&stored).map_err(|e| {
+        ApiError(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("{key}: cannot be decrypted with this player's identities: {e}"),
+        )
+    })
+}
+
 /// Where the session lives in the bucket (see [`crate::locate`]).
 async fn located(st: &AppState, id: SessionId) -> Result<jitrec_format::SessionKey, ApiError> {
     let index = Arc::clone(&st.index);
@@ -414,6 +444,7 @@ async fn serve_object(
     headers: &HeaderMap,
 ) -> Result<Response, ApiError> {
     let (src, index) = (Arc::clone(&st.src), Arc::clone(&st.index));
+    let keyring = st.keyring.clone();
     let bytes = blocking(move || {
         let k = key.to_string();
         let w = crate::witness::lookup(index.as_ref(), &k)
@@ -458,7 +489,9 @@ async fn serve_object(
             }
         };
         match stored {
-            Some(b) if b.len() as u64 == w.size && jitrec_format::Sha256Digest::of(&b) == w.sha256 => Ok(b),
+            Some(b) if b.len() as u64 == w.size && jitrec_format::Sha256Digest::of(&b) == w.sha256 => {
+                plaintext(index.as_ref(), keyring.as_deref(), key, b)
+            }
             None => Err(ApiError::not_found(format!("{k} is missing from the bucket"))),
             Some(_) => {
                 tracing::warn!(key = %k, "media refused: the stored bytes are not the ones the player witnessed");
@@ -692,12 +725,14 @@ async fn export_mp4(
     let src = Arc::clone(&st.src);
     let at = located(&st, id).await?;
     let index = Arc::clone(&st.index);
+    let keyring = st.keyring.clone();
     let (file, len) = blocking(move || {
         let dir = tempfile::tempdir().map_err(ApiError::internal)?;
         let out = dir.path().join("export.mp4");
         let opts = crate::export::ExportOptions {
             allow_unverified: p.unverified,
             witness: Some(Arc::clone(&index)),
+            keyring: keyring.clone(),
         };
         let done = crate::export::export(src.as_ref(), at, &out, &opts).map_err(|e| match e {
             crate::export::ExportError::NotIntact { .. } => {

@@ -31,7 +31,7 @@ const SCHEMA: [&str; 2] = [
     // every session at once, without rewriting session rows.
     "CREATE TABLE IF NOT EXISTS session_keys (session_id TEXT PRIMARY KEY, \
      format_version BIGINT NOT NULL, machine_id TEXT NOT NULL, hostname TEXT NOT NULL, \
-     endpoint_key TEXT NOT NULL, stopped_by TEXT NOT NULL)",
+     endpoint_key TEXT NOT NULL, stopped_by TEXT NOT NULL, encrypted BIGINT NOT NULL)",
 ];
 
 /// Why an enrolment request failed.
@@ -199,16 +199,17 @@ pub fn seen_header(
     let (version, key) = (header.version, header.endpoint_key.as_ref());
     index.exec(
         "INSERT INTO session_keys (session_id, format_version, machine_id, hostname, \
-         endpoint_key, stopped_by) VALUES ($1, $2, $3, $4, $5, '') ON CONFLICT (session_id) \
-         DO UPDATE SET format_version = excluded.format_version, \
+         endpoint_key, stopped_by, encrypted) VALUES ($1, $2, $3, $4, $5, '', $6) \
+         ON CONFLICT (session_id) DO UPDATE SET format_version = excluded.format_version, \
          machine_id = excluded.machine_id, hostname = excluded.hostname, \
-         endpoint_key = excluded.endpoint_key",
+         endpoint_key = excluded.endpoint_key, encrypted = excluded.encrypted",
         &[
             text(&session.to_string()),
             SqlValue::Int(i64::from(version)),
             text(machine_id),
             text(hostname),
             text(&key.map(|k| k.to_string()).unwrap_or_default()),
+            SqlValue::Int(i64::from(header.encryption.is_some())),
         ],
     )?;
     let Some(key) = key else { return Ok(()) };
@@ -285,6 +286,8 @@ pub struct SessionSigning {
     /// The key's text form; empty for version 1.
     pub endpoint_key: String,
     pub stopped_by: Option<jitrec_format::StopCause>,
+    /// The payloads are encrypted (the header names recipients).
+    pub encrypted: bool,
 }
 
 /// What a session claims about its origin (its header), to judge against the enrolment record.
@@ -320,8 +323,8 @@ pub fn session_key(
     session: SessionId,
 ) -> Result<Option<SessionSigning>, EnrolError> {
     let rows = index.query(
-        "SELECT format_version, machine_id, hostname, endpoint_key, stopped_by FROM session_keys \
-         WHERE session_id = $1",
+        "SELECT format_version, machine_id, hostname, endpoint_key, stopped_by, encrypted \
+         FROM session_keys WHERE session_id = $1",
         &[text(&session.to_string())],
     )?;
     Ok(rows.first().map(|r| {
@@ -337,6 +340,7 @@ pub fn session_key(
             hostname: t(2),
             endpoint_key: t(3),
             stopped_by: serde_json::from_str(&t(4)).ok(),
+            encrypted: r.get(5).and_then(SqlValue::int).unwrap_or(0) != 0,
         }
     }))
 }

@@ -88,6 +88,8 @@ pub struct ExportOptions {
     /// whether its key is the machine's. Without it the export is checked against the chain
     /// and signatures only, and its report says so.
     pub witness: Option<std::sync::Arc<dyn crate::index::Index>>,
+    /// The player's age identities, for an encrypted session.
+    pub keyring: Option<std::sync::Arc<crate::unseal::Keyring>>,
 }
 
 impl std::fmt::Debug for ExportOptions {
@@ -132,7 +134,7 @@ pub fn export(
     opts: &ExportOptions,
 ) -> Result<Exported, ExportError> {
     let session = at.id;
-    let mut scan = SessionScan::new(at);
+    let mut scan = SessionScan::new(at).with_keyring(opts.keyring.clone());
     let mut found = Vec::new();
     let witness = opts.witness.as_deref();
     scan.advance_witnessed(src, witness, true, &mut found)?;
@@ -168,10 +170,21 @@ pub fn export(
     ffmpeg::init().map_err(ff("initialising libav"))?;
     ffmpeg::util::log::set_level(ffmpeg::util::log::Level::Error);
 
+    // An encrypted session's payloads are decrypted as they are copied (after their digests,
+    // of the ciphertext, were checked).
+    let unseal = if scan.encrypted() {
+        Some(opts.keyring.as_deref().ok_or_else(|| {
+            ExportError::Changed(
+                "the session is encrypted: give the player's age identity (--age-identity)".into(),
+            )
+        })?)
+    } else {
+        None
+    };
     let mut parts = Vec::new();
     for run in chunks.chunk_by(|a, b| a.init.id == b.init.id) {
         let path = part_path(out, parts.len() + 1);
-        parts.push(remux_run(src, at, run, &path)?);
+        parts.push(remux_run(src, at, run, unseal, &path)?);
     }
     Ok(Exported {
         parts,
@@ -188,9 +201,26 @@ fn copy_object(
     key: ObjectKey,
     size: u64,
     sha256: &jitrec_format::Sha256Digest,
+    unseal: Option<&crate::unseal::Keyring>,
     w: &mut impl Write,
     path: &Path,
 ) -> Result<(), ExportError> {
+    if let Some(k) = unseal {
+        // An age file is decrypted whole: read within the manifest's size, checked, then
+        // decrypted (segments are small; the stored size bounds the plaintext).
+        let sealed = src
+            .get(&key, size)?
+            .ok_or_else(|| ExportError::Missing(key.to_string()))?;
+        if jitrec_format::Sha256Digest::of(&sealed) != *sha256 {
+            return Err(ExportError::Changed(format!(
+                "{key}: the bytes read for the export are not the ones the manifest names"
+            )));
+        }
+        let plain = k
+            .open(&sealed)
+            .map_err(|e| ExportError::Changed(format!("{key}: cannot be decrypted: {e}")))?;
+        return w.write_all(&plain).map_err(io(path));
+    }
     use sha2::Digest as _;
     // Hashed as it is copied: the bytes written are the ones the manifest (checked by the scan,
     // and against the witness) vouches for, even if the object changed since the scan read it.
@@ -229,6 +259,7 @@ fn remux_run(
     src: &dyn BucketReader,
     at: SessionKey,
     run: &[ChunkManifest],
+    unseal: Option<&crate::unseal::Keyring>,
     out: &Path,
 ) -> Result<Part, ExportError> {
     let first = &run[0];
@@ -248,6 +279,7 @@ fn remux_run(
             ObjectKey::Init(at, first.init.id),
             first.init.size,
             &first.init.sha256,
+            unseal,
             &mut w,
             staged.path(),
         )?;
@@ -257,6 +289,7 @@ fn remux_run(
                 ObjectKey::ChunkVideo(at, c.seq),
                 c.video.size,
                 &c.video.sha256,
+                unseal,
                 &mut w,
                 staged.path(),
             )?;

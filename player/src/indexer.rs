@@ -58,6 +58,8 @@ pub struct IndexerConfig {
     pub discovery_window: Duration,
     /// When a machine's key counts (see [`crate::enroll`]).
     pub enrolment: crate::enroll::Policy,
+    /// The player's age identities, to index the events of encrypted sessions.
+    pub keyring: Option<Arc<crate::unseal::Keyring>>,
     /// How many machines of layout v2 have their sessions listed per pass (in turn): with more
     /// machines than this, a machine's new session is found within
     /// `machines / machines_per_pass` passes (a notify finds it at once).
@@ -72,6 +74,7 @@ impl Default for IndexerConfig {
             discovery_window: Duration::from_secs(3600),
             enrolment: crate::enroll::Policy::default(),
             machines_per_pass: 200,
+            keyring: None,
         }
     }
 }
@@ -328,7 +331,7 @@ impl Indexer {
     fn track(&mut self, key: SessionKey) {
         let id = key.id;
         self.open.entry(id).or_insert_with(|| Tracked {
-            scan: SessionScan::new(key),
+            scan: SessionScan::new(key).with_keyring(self.config.keyring.clone()),
             row: SessionRow::unknown(id, Utc::now()),
             last_change: Instant::now(),
             fresh: true,

@@ -28,6 +28,7 @@ pub mod indexer;
 pub mod locate;
 pub mod retention;
 pub mod scan;
+pub mod unseal;
 pub mod verify;
 pub mod web;
 pub mod witness;

@@ -82,6 +82,8 @@ enum Command {
         /// is flagged). See docs/player.md, "Enrolment".
         #[arg(long, value_enum, default_value_t = Policy::Approve)]
         enrolment: Policy,
+        #[command(flatten)]
+        keys: KeyArgs,
     },
     /// Machines and their signing keys: list, approve, revoke, replace (all audited).
     Machines {
@@ -115,6 +117,8 @@ enum Command {
         bucket: BucketArgs,
         #[command(flatten)]
         index: IndexArgs,
+        #[command(flatten)]
+        keys: KeyArgs,
     },
     /// Show sessions per status in the index.
     Status {
@@ -149,6 +153,8 @@ enum Command {
         /// player's records.
         #[arg(long, value_name = "FILE", conflicts_with_all = ["output", "events", "chapters"])]
         bundle: Option<PathBuf>,
+        #[command(flatten)]
+        keys: KeyArgs,
         /// Also write the events as JSON.
         #[arg(long, value_name = "FILE")]
         events: Option<PathBuf>,
@@ -164,6 +170,25 @@ enum Command {
         #[arg(long, value_name = "PATH|URL")]
         index: Option<String>,
     },
+}
+
+/// The player's age identities, for sessions whose endpoint encrypts payloads.
+#[derive(Args)]
+struct KeyArgs {
+    /// An age identity file (`AGE-SECRET-KEY-1...` lines; several for rotated recipients).
+    /// Needed to index, play and export encrypted sessions; never stored in the bucket or index.
+    #[arg(long, value_name = "FILE")]
+    age_identity: Option<PathBuf>,
+}
+
+impl KeyArgs {
+    fn keyring(&self) -> Result<Option<Arc<jitrec_player::unseal::Keyring>>> {
+        self.age_identity
+            .as_deref()
+            .map(|p| jitrec_player::unseal::Keyring::from_file(p).map(Arc::new))
+            .transpose()
+            .map_err(anyhow::Error::msg)
+    }
 }
 
 #[derive(Subcommand)]
@@ -508,7 +533,9 @@ pub(crate) fn main() -> Result<()> {
             stale_after,
             retention_every,
             enrolment,
+            keys,
         } => {
+            let keyring = keys.keyring()?;
             let deleter = open_bucket(&bucket, &rt)?;
             let src: Arc<dyn BucketReader> = deleter.clone();
             let bucket_admin = deleter.clone();
@@ -523,6 +550,7 @@ pub(crate) fn main() -> Result<()> {
                 interval: Duration::from_secs_f64(interval.clamp(0.05, 3600.0)),
                 stale_after: Duration::from_secs(stale_after),
                 enrolment,
+                keyring: keyring.clone(),
                 ..IndexerConfig::default()
             };
             let indexer = Indexer::new(Arc::clone(&src), Arc::clone(&idx), config)
@@ -574,6 +602,7 @@ pub(crate) fn main() -> Result<()> {
                     src: Arc::clone(&src),
                     indexer: handle.clone(),
                     bucket_admin: Some(bucket_admin),
+                    keyring,
                 },
                 jitrec_player::web::WebConfig {
                     secure_cookies: cookie_secure,
@@ -602,10 +631,18 @@ pub(crate) fn main() -> Result<()> {
             }
             Ok(())
         }
-        Command::Reindex { bucket, index } => {
+        Command::Reindex {
+            bucket,
+            index,
+            keys,
+        } => {
             let src = open_bucket(&bucket, &rt)?;
             let idx = open_index(&index.index)?;
-            let mut indexer = Indexer::new(src, Arc::clone(&idx), IndexerConfig::default())?;
+            let config = IndexerConfig {
+                keyring: keys.keyring()?,
+                ..IndexerConfig::default()
+            };
+            let mut indexer = Indexer::new(src, Arc::clone(&idx), config)?;
             let n = indexer.reindex().context("reindexing")?;
             println!("{n} sessions indexed");
             print_counts(idx.as_ref())
@@ -711,6 +748,7 @@ pub(crate) fn main() -> Result<()> {
             allow_unverified,
             index,
             bundle,
+            keys,
         } => {
             let src = open_bucket(&bucket, &rt)?;
             let witness = index.as_deref().map(open_index).transpose()?;
@@ -740,6 +778,7 @@ pub(crate) fn main() -> Result<()> {
             let opts = ExportOptions {
                 allow_unverified,
                 witness,
+                keyring: keys.keyring()?,
             };
             if let Some(path) = bundle {
                 let b = jitrec_player::bundle::bundle(src.as_ref(), at, &path, &opts)?;

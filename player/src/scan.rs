@@ -161,6 +161,8 @@ pub struct SessionScan {
     key: Option<EndpointKey>,
     /// The header, once read and accepted.
     header: Option<Box<SessionHeader>>,
+    /// Decrypts the events of an encrypted session, to index them.
+    keyring: Option<std::sync::Arc<crate::unseal::Keyring>>,
 }
 
 impl SessionScan {
@@ -181,7 +183,40 @@ impl SessionScan {
             close_seen: None,
             key: None,
             header: None,
+            keyring: None,
         }
+    }
+
+    /// Decrypts an encrypted session's events with `keyring` (without one, an encrypted
+    /// session's chain and payloads are still checked, but its events are not read).
+    pub fn with_keyring(mut self, keyring: Option<std::sync::Arc<crate::unseal::Keyring>>) -> Self {
+        self.keyring = keyring;
+        self
+    }
+
+    /// The events payload as plaintext: decrypted for an encrypted session; `None` when it cannot
+    /// be (no identity, or not one of the session's recipients), which is not tampering.
+    fn events_plaintext(&self, stored: Vec<u8>, seq: u64) -> Option<Vec<u8>> {
+        let encrypted = self.header.as_ref().is_some_and(|h| h.encryption.is_some());
+        if !encrypted {
+            return Some(stored);
+        }
+        let Some(k) = &self.keyring else {
+            tracing::debug!(session = %self.session, seq, "encrypted events not read: this player has no age identity");
+            return None;
+        };
+        match k.open(&stored) {
+            Ok(p) => Some(p),
+            Err(e) => {
+                tracing::warn!(session = %self.session, seq, error = %e, "encrypted events could not be decrypted with this player's identities");
+                None
+            }
+        }
+    }
+
+    /// Whether the header says the payloads are encrypted.
+    pub fn encrypted(&self) -> bool {
+        self.header.as_ref().is_some_and(|h| h.encryption.is_some())
     }
 
     /// What the session's header claims about its origin, once read and accepted.
@@ -594,14 +629,17 @@ impl SessionScan {
                     self.tampered(format!("chunk {seq}: {e}"));
                     ok = false;
                 }
-                Ok(()) => match decode_events(&b)
-                    .and_then(|ev| validate_events(&manifest, &ev).map(|()| ev))
-                {
-                    Ok(ev) => events = ev,
-                    Err(e) => {
-                        self.tampered(format!("chunk {seq}: events: {e}"));
-                        ok = false;
-                    }
+                Ok(()) => match self.events_plaintext(b, seq) {
+                    None => {}
+                    Some(plain) => match decode_events(&plain)
+                        .and_then(|ev| validate_events(&manifest, &ev).map(|()| ev))
+                    {
+                        Ok(ev) => events = ev,
+                        Err(e) => {
+                            self.tampered(format!("chunk {seq}: events: {e}"));
+                            ok = false;
+                        }
+                    },
                 },
             },
         }

@@ -29,6 +29,8 @@ pub enum ChunkError {
     Events(#[from] jitrec_format::EventsError),
     #[error("the encoder produced a frame before any keyframe with parameter sets")]
     NoInit,
+    #[error(transparent)]
+    Seal(#[from] crate::seal::SealError),
 }
 
 #[derive(Debug, Clone)]
@@ -57,6 +59,8 @@ pub struct Chunker {
     events: Vec<Event>,
     /// Events that arrived after their chunk was committed (placed at the next chunk's start).
     late_events: u64,
+    /// Encrypts every payload before it is committed (the session header names the recipients).
+    sealer: Option<std::sync::Arc<crate::seal::Sealer>>,
 }
 
 impl Chunker {
@@ -69,6 +73,21 @@ impl Chunker {
             open: None,
             events: Vec::new(),
             late_events: 0,
+            sealer: None,
+        }
+    }
+
+    /// Encrypts every payload with `sealer` (its recipients must be in the session's header).
+    pub fn with_sealer(mut self, sealer: Option<std::sync::Arc<crate::seal::Sealer>>) -> Self {
+        self.sealer = sealer;
+        self
+    }
+
+    /// The payload as stored: encrypted when the session is.
+    fn stored(&self, plain: Vec<u8>) -> Result<Vec<u8>, ChunkError> {
+        match &self.sealer {
+            Some(s) => Ok(s.seal(&plain)?),
+            None => Ok(plain),
         }
     }
 
@@ -139,6 +158,7 @@ impl Chunker {
     ) -> Result<(), ChunkError> {
         let bytes = fmp4::init_segment(&ps, width as u16, height as u16, self.timescale);
         let id = self.writer.next_init();
+        let bytes = self.stored(bytes)?;
         self.writer.commit_init(id, &bytes)?;
         self.init = Some(Init {
             r#ref: InitRef {
@@ -189,7 +209,8 @@ impl Chunker {
             }
         }
         mine.sort_by_key(|e| e.media_us);
-        let events = encode_events(&mine)?;
+        let events = self.stored(encode_events(&mine)?)?;
+        let segment = self.stored(segment)?;
         let manifest = ChunkManifest {
             version: self.writer.header().version,
             session_id: self.writer.session_id(),

@@ -33,6 +33,15 @@ pub struct Config {
     pub capture: CaptureConfig,
     pub encoder: EncoderToml,
     pub events: EventsToml,
+    pub encryption: EncryptionToml,
+}
+
+/// Client-side encryption of payloads (off unless recipients are given; docs/recorder.md).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EncryptionToml {
+    /// age X25519 public keys (`age1...`) to encrypt every payload to.
+    pub recipients: Vec<String>,
 }
 
 /// Process and window events (docs/recorder.md).
@@ -152,6 +161,7 @@ impl Default for Config {
             capture: CaptureConfig::default(),
             encoder: EncoderToml::default(),
             events: EventsToml::default(),
+            encryption: EncryptionToml::default(),
         }
     }
 }

@@ -19,6 +19,7 @@ pub mod identity;
 pub mod jit;
 pub mod pipeline;
 pub mod recovery;
+pub mod seal;
 pub mod service;
 pub mod windows;
 #[cfg(unix)]

@@ -314,6 +314,17 @@ fn event_sources(cfg: &Config) -> Result<SourceFactory> {
     }))
 }
 
+/// The payload encryption the configuration asks for (none by default).
+fn sealer(cfg: &Config) -> Result<Option<Arc<jitrec_recorder::seal::Sealer>>> {
+    let s = jitrec_recorder::seal::Sealer::new(&cfg.encryption.recipients)
+        .map_err(anyhow::Error::msg)
+        .context("[encryption] recipients")?;
+    if let Some(s) = &s {
+        tracing::info!(recipients = ?s.header_field().recipients, "payloads are encrypted to these age recipients");
+    }
+    Ok(s.map(Arc::new))
+}
+
 /// Loads (or, on first run, creates) the endpoint key, and says which key it is.
 fn endpoint_key(path: &Path) -> Result<jitrec_format::EndpointSigner> {
     let (signer, created) = jitrec_recorder::identity::load_or_create(path)?;
@@ -409,6 +420,7 @@ fn run(path: &Path) -> Result<()> {
     let display = cfg.capture.display.clone();
     let result = Recorder::new(spool, config, move || X11Source::open(display.as_deref()))
         .with_event_sources(sources)
+        .with_sealer(sealer(&cfg)?)
         .run(jit_rx, shutdown, |ev| shared.observe(ev));
     let _ = std::fs::remove_file(&cfg.control.socket);
     tracing::info!("recorder stopped");
@@ -456,6 +468,7 @@ fn run(path: &Path) -> Result<()> {
     tracing::info!(spool = %cfg.spool.display(), pipe = pipe::DEFAULT_PIPE, "recorder started; waiting for JIT");
     let result = Recorder::new(spool, config, screen::open)
         .with_event_sources(sources)
+        .with_sealer(sealer(&cfg)?)
         .run(jit_rx, shutdown, |ev| shared.observe(ev));
     tracing::info!("recorder stopped");
     Ok(result?)

@@ -196,6 +196,8 @@ pub struct Recorder<F> {
     open_source: Arc<Mutex<F>>,
     /// Makes the event sources of each session (none: video and JIT events only).
     event_sources: Option<SourceFactory>,
+    /// Encrypts the payloads of signed sessions (`None`: stored in the clear, the default).
+    sealer: Option<Arc<crate::seal::Sealer>>,
 }
 
 impl<F> std::fmt::Debug for Recorder<F> {
@@ -225,7 +227,14 @@ where
             config,
             open_source: Arc::new(Mutex::new(open_source)),
             event_sources: None,
+            sealer: None,
         }
+    }
+
+    /// Encrypts the payloads of every (signed, format v2) session to `sealer`'s recipients.
+    pub fn with_sealer(mut self, sealer: Option<Arc<crate::seal::Sealer>>) -> Self {
+        self.sealer = sealer;
+        self
     }
 
     /// Records events from the sources `factory` makes at each session start.
@@ -306,6 +315,12 @@ where
                 b_frames: 0,
             },
             endpoint_key: self.spool.endpoint_key(),
+            // Encryption is a version 2 feature: its recipients are named in the signed header.
+            encryption: self
+                .sealer
+                .as_ref()
+                .filter(|_| self.spool.endpoint_key().is_some())
+                .map(|s| s.header_field()),
         };
         let session = header.session_id;
         let writer = self.spool.create_session(&header)?;
@@ -315,8 +330,10 @@ where
         let sources = self.event_sources.as_mut().map(|f| f()).unwrap_or_default();
         let mut intake = Intake::start(clock, sources, self.config.events);
         observe(RecorderEvent::Started(session));
+        let sealer = header.encryption.as_ref().and_then(|_| self.sealer.clone());
         let mut chunker =
-            Chunker::new(writer, self.config.chunk_len, self.config.encoder.timescale);
+            Chunker::new(writer, self.config.chunk_len, self.config.encoder.timescale)
+                .with_sealer(sealer);
         let event = |t: MediaTime, e: EventKind| clock.event(t, e);
         chunker.push_event(event(
             MediaTime::ZERO,

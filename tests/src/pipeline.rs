@@ -61,6 +61,9 @@ pub struct PipelineConfig {
     pub chunk_ms: u64,
     /// The index: `None` for a SQLite file in the pipeline's directory, or a PostgreSQL URL.
     pub index: Option<String>,
+    /// Encrypt payloads: the recorder gets an age recipient, the player its identity
+    /// (`age.key` in the pipeline's directory).
+    pub encrypt: bool,
 }
 
 /// The running programs.
@@ -115,6 +118,23 @@ impl Pipeline {
             dir.path().join("machine-id"),
             "e2e0e2e0e2e0e2e0e2e0e2e0e2e0e2e0\n",
         )?;
+        let encryption = if config.encrypt {
+            let id = age::x25519::Identity::generate();
+            use age::secrecy::ExposeSecret as _;
+            std::fs::write(
+                dir.path().join("age.key"),
+                format!(
+                    "# the player's identity\n{}\n",
+                    id.to_string().expose_secret()
+                ),
+            )?;
+            format!(
+                "\n[encryption]\nrecipients = [{:?}]\n",
+                id.to_public().to_string()
+            )
+        } else {
+            String::new()
+        };
         let recorder_toml = format!(
             "spool = {spool:?}\nmachine_id_file = {mid:?}\n\n\
              [labels]\ncompany = \"e2e-company\"\nlocation = \"e2e-location\"\ncomputer = \"e2e-computer\"\n\n\
@@ -127,7 +147,7 @@ impl Pipeline {
             display = x.display,
             fps = config.fps,
             chunk_ms = config.chunk_ms,
-        );
+        ) + &encryption;
         let recorder_config = dir.path().join("recorder.toml");
         std::fs::write(&recorder_config, recorder_toml)?;
         let mut p = Self {
@@ -160,6 +180,11 @@ impl Pipeline {
             .args(["--index", &index])
             .args(["--listen", &p.player.to_string()])
             .args(["--retention-every", "0"]);
+        if config.encrypt {
+            player
+                .arg("--age-identity")
+                .arg(p.dir.path().join("age.key"));
+        }
         match &config.store {
             Store::DirBucket => {
                 let bucket = p.dir.path().join("bucket");
