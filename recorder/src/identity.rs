@@ -93,6 +93,18 @@ fn parse(path: &Path, text: &str) -> Result<EndpointSigner, IdentityError> {
     Ok(EndpointSigner::from_seed(seed))
 }
 
+/// The machine id a signed session names: the platform's id (`/etc/machine-id`, MachineGuid),
+/// lowercased, when it is a valid layout v2 machine id (it is the machine's bucket prefix);
+/// otherwise (a host name fallback with dots or capitals, say) 32 hex digits of its SHA-256,
+/// which is stable and valid.
+pub fn machine_id(raw: &str) -> String {
+    let lower = raw.trim().to_ascii_lowercase();
+    if lower.parse::<jitrec_format::MachineId>().is_ok() {
+        return lower;
+    }
+    jitrec_format::Sha256Digest::of(raw.trim().as_bytes()).to_string()[..32].to_owned()
+}
+
 #[cfg(unix)]
 fn check_private(path: &Path) -> Result<(), IdentityError> {
     use std::os::unix::fs::MetadataExt as _;
@@ -154,6 +166,18 @@ fn create_private_dir(dir: &Path) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn machine_ids_are_valid_bucket_prefixes() {
+        assert_eq!(
+            machine_id("E2E0E2E0E2E0E2E0E2E0E2E0E2E0E2E0\n"),
+            "e2e0e2e0e2e0e2e0e2e0e2e0e2e0e2e0"
+        );
+        let fallback = machine_id("WS-0421.corp.example");
+        assert_eq!(fallback.len(), 32);
+        assert!(fallback.parse::<jitrec_format::MachineId>().is_ok());
+        assert_eq!(fallback, machine_id("WS-0421.corp.example"), "stable");
+    }
 
     #[test]
     fn a_key_is_created_once_and_then_reloaded() {

@@ -246,6 +246,7 @@ fn machine(id_file: &Path) -> Machine {
             tracing::warn!(path = %id_file.display(), "no machine id; using the hostname");
             hostname.clone()
         });
+    let id = jitrec_recorder::identity::machine_id(&id);
     Machine { id, hostname }
 }
 
@@ -257,6 +258,7 @@ fn machine(_id_file: &Path) -> Machine {
         tracing::warn!("no MachineGuid in the registry; using the computer name");
         hostname.clone()
     });
+    let id = jitrec_recorder::identity::machine_id(&id);
     Machine { id, hostname }
 }
 
