@@ -280,9 +280,18 @@ drained() { [ -z "$(ls -A "$smoke/spool/sessions")" ]; }
 wait_for 120 "the spool drained into the bucket" drained
 kill $uploader
 player=${JITREC_PLAYER:-$root/target/release/jitrec-player}
-"$player" verify --bucket-dir "$smoke/bucket"
-session=$(ls "$smoke/bucket/v1/sessions")
-"$player" export --bucket-dir "$smoke/bucket" -o "$smoke/session.mp4" "$session"
+# The Windows recorder signed the session with the key it created (format v2, under its
+# machine's prefix): the player indexes it, the key is approved as an administrator would
+# (after comparing fingerprints), and only then does it verify as verified (exit 0).
+index="$smoke/index.sqlite3"
+"$player" reindex --bucket-dir "$smoke/bucket" --index "$index"
+key=$("$player" machines list --index "$index" | head -1)
+machine=$(cut -f1 <<<"$key")
+fingerprint=$(cut -f4 <<<"$key")
+"$player" machines approve "$machine" "$fingerprint" --reason "smoke test" --index "$index"
+"$player" verify --bucket-dir "$smoke/bucket" --record "$index"
+session=$(ls "$smoke/bucket/v2/machines/$machine/sessions")
+"$player" export --bucket-dir "$smoke/bucket" --index "$index" -o "$smoke/session.mp4" "$session"
 pixel() { # pixel X Y: the last frame's colour at (X, Y), as hex RGB
   ffmpeg -v error -i "$smoke/session.mp4" -vf "crop=2:2:$1:$2" -f rawvideo -pix_fmt rgb24 - |
     tail -c 3 | od -An -tx1 | tr -d ' \n'
