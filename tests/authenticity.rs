@@ -53,11 +53,15 @@ fn player(p: &Pipeline, args: &[&str], with_bucket: bool) -> (i32, String) {
     )
 }
 
-/// `jitrec-player verify` of one session in `bucket`, without the index (signatures only).
-fn verify_alone(bucket: &Path, id: SessionId) -> (i32, String) {
-    let out = Command::new(PLAYER)
-        .args(["verify", "--bucket-dir"])
-        .arg(bucket)
+/// `jitrec-player verify` of one session in `bucket`, recorded in `index` when given: (exit
+/// code, stdout).
+fn verify_in(bucket: &Path, index: Option<&Path>, id: SessionId) -> (i32, String) {
+    let mut c = Command::new(PLAYER);
+    c.args(["verify", "--bucket-dir"]).arg(bucket);
+    if let Some(i) = index {
+        c.arg("--record").arg(i);
+    }
+    let out = c
         .arg(id.to_string())
         .env("RUST_LOG", "warn")
         .output()
@@ -68,20 +72,14 @@ fn verify_alone(bucket: &Path, id: SessionId) -> (i32, String) {
     )
 }
 
+/// Without the index: chain and signatures only.
+fn verify_alone(bucket: &Path, id: SessionId) -> (i32, String) {
+    verify_in(bucket, None, id)
+}
+
+/// With the pipeline's index: witness and enrolment too, and the result recorded.
 fn verify_recorded(p: &Pipeline, id: SessionId) -> (i32, String) {
-    let out = Command::new(PLAYER)
-        .args(["verify", "--bucket-dir"])
-        .arg(p.bucket_dir())
-        .arg("--record")
-        .arg(p.path().join("index.sqlite3"))
-        .arg(id.to_string())
-        .env("RUST_LOG", "warn")
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-    )
+    verify_in(&p.bucket_dir(), Some(&p.path().join("index.sqlite3")), id)
 }
 
 /// A session's stored documents, as an attacker reads them from the bucket.

@@ -258,16 +258,7 @@ impl ChainVerifier {
     /// its media end is the last chunk's, it ends after the session started, and `ended_at` is
     /// within [`CLOSE_TIME_TOLERANCE`] of the last chunk's `utc_end`.
     pub fn finish(self, close_bytes: &[u8]) -> Result<SessionClose, ChainError> {
-        let (c, opened) = parse::parse_stored::<SessionClose>(close_bytes)?;
-        if c.session_id != self.header.session_id {
-            return Err(ChainError::WrongSession {
-                what: "close record".into(),
-                expected: self.header.session_id,
-                found: c.session_id,
-            });
-        }
-        self.check_version("close record", c.version)?;
-        self.check_signature("close record", opened.as_ref())?;
+        let c = self.check_close(close_bytes)?;
         if c.chunk_count != self.next_seq {
             return Err(ChainError::CloseCount {
                 claimed: c.chunk_count,

@@ -366,16 +366,7 @@ pub fn activity_vtt(events: &[Event]) -> String {
             }
         })
         .collect();
-    let stamp = |us: u64| {
-        let ms = us / 1000;
-        format!(
-            "{:02}:{:02}:{:02}.{:03}",
-            ms / 3_600_000,
-            ms / 60_000 % 60,
-            ms / 1000 % 60,
-            ms % 1000
-        )
-    };
+    let stamp = crate::export::vtt_time;
     let mut out = String::from("WEBVTT\n");
     for (i, (t, text)) in cues.iter().enumerate() {
         let until = cues

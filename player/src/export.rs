@@ -390,6 +390,18 @@ pub fn write_events_json(events: &[Event], path: &Path) -> Result<(), ExportErro
     w.flush().map_err(io(path))
 }
 
+/// A WebVTT cue time (`HH:MM:SS.mmm`) for `us` microseconds.
+pub fn vtt_time(us: u64) -> String {
+    let ms = us / 1000;
+    format!(
+        "{:02}:{:02}:{:02}.{:03}",
+        ms / 3_600_000,
+        ms / 60_000 % 60,
+        ms / 1000 % 60,
+        ms % 1000
+    )
+}
+
 /// WebVTT chapters from window focus and title events: each cue runs until the next one (the
 /// last until `end_us`). Times are session media time minus `offset_us` (the part's start).
 pub fn webvtt_chapters(events: &[Event], offset_us: u64, end_us: u64) -> String {
@@ -403,17 +415,7 @@ pub fn webvtt_chapters(events: &[Event], offset_us: u64, end_us: u64) -> String 
         })
         .filter(|(t, _)| *t >= offset_us && *t < end_us)
         .collect();
-    let stamp = |us: u64| {
-        let us = us - offset_us;
-        let ms = us / 1000;
-        format!(
-            "{:02}:{:02}:{:02}.{:03}",
-            ms / 3_600_000,
-            ms / 60_000 % 60,
-            ms / 1000 % 60,
-            ms % 1000
-        )
-    };
+    let stamp = |us: u64| vtt_time(us - offset_us);
     let mut out = String::from("WEBVTT\n");
     for (i, (t, title)) in titles.iter().enumerate() {
         let until = titles.get(i + 1).map_or(end_us, |n| n.0);
