@@ -149,7 +149,7 @@ pids+=($!)
 password="demo-$(head -c 9 /dev/urandom | od -An -tx1 | tr -d ' \n')"
 printf '%s\n' "$password" | "$bin/jitrec-player" user add reviewer --role admin --index "$index" >/dev/null
 "$bin/jitrec-player" serve "${player_bucket_args[@]}" --index "$index" \
-  --listen "$LISTEN" --retention-every 0 >"$DIR/logs/player.log" 2>&1 &
+  --listen "$LISTEN" --plain-http-cookies --retention-every 0 >"$DIR/logs/player.log" 2>&1 &
 pids+=($!)
 wait_for "the player" bash -c "exec 3<>/dev/tcp/${LISTEN%:*}/${LISTEN#*:}"
 

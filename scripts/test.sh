@@ -20,13 +20,15 @@ cd "$(dirname "$0")/.."
 # Python's pip for SeaweedFS; PostgreSQL's server, which the player's index suite runs against
 # (the harness starts its own cluster on 127.0.0.1; the package's own cluster is not used);
 # Chromium and its WebDriver, which the report view's tests drive headless; xterm and a font
-# for the terminal of the end-to-end tests' admin session; jq and openssl, with which the
-# evidence bundle's README checks a bundle by hand (a test runs those very commands). The
+# for the terminal of the end-to-end tests' admin session; openbox, the real EWMH window manager
+# under which the redaction tests set secret window titles; jq and openssl, with which the
+# evidence bundle's README checks a bundle by hand (a test runs those very commands), and with
+# which the TLS test makes its PostgreSQL's certificates; g++ for libFuzzer (fuzz/). The
 # Windows part's own packages
 # (mingw-w64, nasm, wine) are installed in the same apt run: one update, one install.
-PACKAGES=(gcc libc6-dev pkg-config clang libclang-dev libavcodec-dev libavformat-dev
+PACKAGES=(gcc g++ libc6-dev pkg-config clang libclang-dev libavcodec-dev libavformat-dev
   libavutil-dev libswscale-dev libavfilter-dev libavdevice-dev ffmpeg xvfb python3-pip
-  postgresql-15 chromium chromium-driver xterm fonts-dejavu-core jq openssl zstd)
+  postgresql-15 chromium chromium-driver xterm fonts-dejavu-core openbox jq openssl zstd)
 WINDOWS_PACKAGES=(gcc-mingw-w64-x86-64-posix binutils-mingw-w64-x86-64 nasm wine64 wine xz-utils
   libzstd-dev)
 
@@ -131,6 +133,13 @@ part "Linux tests"
 # cargo prints one "test result" line per test binary (the last is often an empty doc-test run);
 # the total is what tells whether the suite ran.
 disk "after the tests"
+# Last, on the machine alone: every parser of bucket bytes fuzzed for a bounded time (an
+# instrumented build of its own; removed afterwards, it is 0.7 GB).
+echo "==> fuzzing (scripts/fuzz.sh), ${FUZZ_SECONDS:-60} s per target"
+bash scripts/fuzz.sh || status=1
+part "fuzzing: cargo-fuzz, build, 4 targets x ${FUZZ_SECONDS:-60} s"
+rm -rf "$target/fuzz"
+disk "after fuzzing"
 times
 timed=true
 awk '/^test result:/ { p += $4; f += $6 } END { printf "tests: %d passed, %d failed\n", p, f }' "$log"

@@ -343,6 +343,13 @@ fn recorded_sessions_are_verified_only_under_the_approved_key_and_every_forgery_
     let (code, out) = verify_recorded(&p, id);
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("authenticity: verified"), "{out}");
+    // Its export carries the plain name; only what the player cannot vouch for is marked.
+    let export = p.get(&format!("/api/sessions/{id}/export.mp4")).unwrap();
+    assert_eq!(export.status, 200);
+    assert_eq!(
+        export.header("content-disposition"),
+        Some(format!("attachment; filename=\"jitrec-{id}.mp4\"").as_str())
+    );
     let audit = p.get_json("/api/audit").unwrap().to_string();
     assert!(
         audit.contains("machine_approve") && audit.contains(&fingerprint),
@@ -1076,7 +1083,7 @@ async fn an_admin_approves_a_machine_key_on_the_machines_page() {
             .unwrap();
         assert_eq!(trust, "verified");
     });
-    let log = auth::audit_log(index.as_ref(), 50).unwrap();
+    let log = auth::audit_log(index.as_ref(), 50, None).unwrap();
     assert!(
         log.iter().any(|e| e.user == admin.0
             && e.action == "machine_approve"

@@ -28,13 +28,13 @@ use jitrec_tests::xvfb::{FakeWm, Xvfb};
 const LIMIT: Duration = Duration::from_secs(60);
 
 /// What one recorded session holds.
-struct Recorded {
-    header: SessionHeader,
-    events: Vec<Event>,
+pub(crate) struct Recorded {
+    pub(crate) header: SessionHeader,
+    pub(crate) events: Vec<Event>,
 }
 
 impl Recorded {
-    fn starts(&self) -> impl Iterator<Item = (&Event, &ProcessStart)> {
+    pub(crate) fn starts(&self) -> impl Iterator<Item = (&Event, &ProcessStart)> {
         self.events.iter().filter_map(|e| match &e.event {
             EventKind::ProcessStart(p) => Some((e, p)),
             _ => None,
@@ -42,7 +42,7 @@ impl Recorded {
     }
 
     /// The first focus (`focus`) or title event of window `hex`.
-    fn window_event(&self, hex: &str, focus: bool) -> (&Event, &WindowInfo) {
+    pub(crate) fn window_event(&self, hex: &str, focus: bool) -> (&Event, &WindowInfo) {
         self.events
             .iter()
             .find_map(|e| match &e.event {
@@ -58,7 +58,7 @@ impl Recorded {
             })
     }
 
-    fn source_state(&self, source: &str) -> Vec<SourceState> {
+    pub(crate) fn source_state(&self, source: &str) -> Vec<SourceState> {
         self.events
             .iter()
             .filter_map(|e| match &e.event {
@@ -150,7 +150,10 @@ pub(crate) fn record_into(
     done.session
 }
 
-fn read_recorded(spool_dir: &std::path::Path, session: jitrec_format::SessionId) -> Recorded {
+pub(crate) fn read_recorded(
+    spool_dir: &std::path::Path,
+    session: jitrec_format::SessionId,
+) -> Recorded {
     let reader = SpoolReader::open(spool_dir, SpoolConfig::default()).unwrap();
     let mut header = None;
     let mut events = Vec::new();

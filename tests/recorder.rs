@@ -39,7 +39,7 @@ fn decode(file: &Path) -> Vec<(f64, Vec<u8>)> {
 }
 
 /// Decoded frames of a `width` x `height` recording.
-fn decode_sized(file: &Path, width: u32, height: u32) -> Vec<(f64, Vec<u8>)> {
+pub(crate) fn decode_sized(file: &Path, width: u32, height: u32) -> Vec<(f64, Vec<u8>)> {
     let probe = Command::new("ffprobe")
         .args([
             "-v",
@@ -635,7 +635,15 @@ where
     }
     stop.store(true, Ordering::SeqCst);
     recorder.join().unwrap().unwrap();
+    read_recording(tmp, &reader, started)
+}
 
+/// Reads session `started` back from the spool (chain verified through its close record).
+fn read_recording(
+    tmp: tempfile::TempDir,
+    reader: &SpoolReader,
+    started: SessionId,
+) -> ServiceRecording {
     let mut events = Vec::new();
     let mut segments: Vec<(u32, u32, Vec<u8>)> = Vec::new();
     let mut chain = None;
@@ -937,4 +945,413 @@ fn x11_capture_copies_only_what_changed_and_reports_an_idle_screen_as_unchanged(
         "the frame patched from damage differs from a full copy"
     );
     assert_eq!(src.grab().unwrap(), Grab::Unchanged);
+}
+
+/// The recorder service on its own thread, driven session by session as a JIT controller would.
+struct Driver {
+    /// Holds the spool.
+    _tmp: tempfile::TempDir,
+    reader: SpoolReader,
+    jit: std::sync::mpsc::Sender<jitrec_recorder::jit::JitEvent>,
+    events: std::sync::mpsc::Receiver<jitrec_recorder::service::RecorderEvent>,
+    shutdown: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    recorder: std::thread::JoinHandle<Result<(), jitrec_recorder::pipeline::RecordError>>,
+}
+
+impl Driver {
+    /// Starts `recorder` (made from a spool writer opened with `config`, which the test may
+    /// also use) on a fresh spool.
+    fn new<F, S>(
+        config: SpoolConfig,
+        make: impl FnOnce(SpoolWriter) -> jitrec_recorder::service::Recorder<F>,
+    ) -> (Self, SpoolWriter)
+    where
+        F: FnMut() -> Result<S, jitrec_recorder::service::CaptureError> + Send + 'static,
+        S: jitrec_recorder::service::CaptureSource,
+    {
+        let tmp = tempfile::tempdir().unwrap();
+        let spool = tmp.path().join("spool");
+        let (writer, _) = SpoolWriter::open(&spool, config).unwrap();
+        let recorder = make(writer.clone());
+        let (jit, jit_rx) = std::sync::mpsc::channel();
+        let (ev_tx, events) = std::sync::mpsc::channel();
+        let shutdown = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let recorder = {
+            let shutdown = std::sync::Arc::clone(&shutdown);
+            std::thread::spawn(move || {
+                recorder.run(jit_rx, shutdown, move |ev| ev_tx.send(ev).unwrap())
+            })
+        };
+        let reader = SpoolReader::open(&spool, config).unwrap();
+        let d = Driver {
+            _tmp: tmp,
+            reader,
+            jit,
+            events,
+            shutdown,
+            recorder,
+        };
+        (d, writer)
+    }
+
+    fn start(&self) -> SessionId {
+        use jitrec_recorder::service::RecorderEvent;
+        self.jit
+            .send(jitrec_recorder::jit::JitEvent::Start {
+                user: "alice".into(),
+                trigger: jitrec_format::Trigger::ControlCommand,
+                authorized_by: None,
+                reason: None,
+            })
+            .unwrap();
+        match self.events.recv_timeout(Duration::from_secs(60)).unwrap() {
+            RecorderEvent::Started(s) => s,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// The committed chunks of `s` still in the spool.
+    fn manifests(&self, s: SessionId) -> Vec<ChunkManifest> {
+        self.reader
+            .pending(s)
+            .unwrap()
+            .iter()
+            .filter_map(|e| match self.reader.read(e) {
+                Ok(Entry::Chunk { manifest, .. }) => Some(manifest),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Waits (at most a minute) until `done` holds for the committed chunks of `s`.
+    fn wait_chunks(&self, s: SessionId, done: impl Fn(&[ChunkManifest]) -> bool) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while !done(&self.manifests(s)) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{:#?}",
+                self.manifests(s)
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Stops JIT and returns how long until the session was closed on disk.
+    fn stop(&self, s: SessionId) -> Duration {
+        use jitrec_recorder::service::RecorderEvent;
+        let asked = std::time::Instant::now();
+        self.jit
+            .send(jitrec_recorder::jit::JitEvent::Stop {
+                cause: jitrec_tests::control_stop("test"),
+            })
+            .unwrap();
+        match self.events.recv_timeout(Duration::from_secs(60)).unwrap() {
+            RecorderEvent::Done(d) => assert_eq!(d.session, s),
+            other => panic!("{other:?}"),
+        }
+        asked.elapsed()
+    }
+
+    /// Ends the service (which must not have failed) and reads back every session.
+    fn finish(self, sessions: &[SessionId]) -> Vec<ServiceRecording> {
+        self.shutdown
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        self.recorder.join().unwrap().unwrap();
+        sessions
+            .iter()
+            .map(|s| {
+                let tmp = tempfile::tempdir().unwrap();
+                read_recording(tmp, &self.reader, *s)
+            })
+            .collect()
+    }
+}
+
+/// Grabs like `inner` until `stick_from`, then blocks inside the grab, as an X request to a
+/// frozen server does, until the test releases it; says when it is dropped (its capture
+/// thread ended).
+struct SticksFrom {
+    inner: jitrec_recorder::service::ScriptedSource,
+    stick_from: Duration,
+    release: std::sync::mpsc::Receiver<()>,
+    dropped: std::sync::mpsc::Sender<()>,
+}
+
+impl jitrec_recorder::service::CaptureSource for SticksFrom {
+    fn grab(
+        &mut self,
+    ) -> Result<jitrec_recorder::service::Grab, jitrec_recorder::service::CaptureError> {
+        if self.inner.origin.elapsed() >= self.stick_from {
+            let _ = self.release.recv();
+            return Err(jitrec_recorder::service::CaptureError(
+                "the stuck request returned".into(),
+            ));
+        }
+        self.inner.grab()
+    }
+}
+
+impl Drop for SticksFrom {
+    fn drop(&mut self) {
+        let _ = self.dropped.send(());
+    }
+}
+
+/// Either a capture that sticks or a plain scripted screen (one opener makes both).
+enum StuckOrNot {
+    Stuck(SticksFrom),
+    Plain(jitrec_recorder::service::ScriptedSource),
+}
+
+impl jitrec_recorder::service::CaptureSource for StuckOrNot {
+    fn grab(
+        &mut self,
+    ) -> Result<jitrec_recorder::service::Grab, jitrec_recorder::service::CaptureError> {
+        match self {
+            StuckOrNot::Stuck(s) => s.grab(),
+            StuckOrNot::Plain(s) => s.grab(),
+        }
+    }
+}
+
+/// Issue 18: a grab that never returns neither holds the stop nor stops the chunks: the
+/// session gets the placeholder, a `capture_error` and a `gap` as a failing capture does, `jit
+/// stop` returns within the stated bound, and the next session records normally with a new
+/// capture thread while the stuck one is still stuck; released, the old thread just ends.
+#[test]
+fn a_capture_stuck_in_a_grab_that_never_returns_cannot_hold_the_stop_or_the_next_session() {
+    use std::time::Instant;
+
+    use jitrec_recorder::service::{Recorder, STALL_AFTER, STOP_BOUND, ScriptedSource};
+
+    let _ = tracing_subscriber::fmt()
+        .with_test_writer()
+        .with_env_filter("info")
+        .try_init();
+    let (release, stuck) = std::sync::mpsc::channel::<()>();
+    let (dropped_tx, dropped) = std::sync::mpsc::channel::<()>();
+    let screen = |background| SyntheticScreen {
+        width: W,
+        height: H,
+        background,
+        paints: vec![],
+    };
+    let mut stuck = Some(stuck);
+    let open = move || {
+        let inner = ScriptedSource {
+            screen: screen(if stuck.is_some() { GRAY } else { GREEN }),
+            origin: Instant::now(),
+        };
+        Ok(match stuck.take() {
+            Some(release) => StuckOrNot::Stuck(SticksFrom {
+                inner,
+                stick_from: Duration::from_millis(1500),
+                release,
+                dropped: dropped_tx.clone(),
+            }),
+            None => StuckOrNot::Plain(inner),
+        })
+    };
+    let (d, _) = Driver::new(SpoolConfig::default(), |w| {
+        Recorder::new(w, recorder_config(), open)
+    });
+
+    let first = d.start();
+    // Chunks keep being cut on the placeholder while the grab is stuck.
+    d.wait_chunks(first, |m| {
+        m.iter().any(|m| m.media_start_us.as_micros() >= 5_000_000)
+    });
+    let took = d.stop(first);
+    assert!(took < STOP_BOUND, "jit stop took {took:?}");
+    assert!(
+        dropped.try_recv().is_err(),
+        "the stuck grab has not returned: its thread was detached, not joined"
+    );
+
+    // A new session while the old grab is still stuck: a new capture thread, a new screen.
+    let second = d.start();
+    d.wait_chunks(second, |m| !m.is_empty());
+    // The stuck request returns: the dead session's thread ends without touching this one.
+    release.send(()).unwrap();
+    dropped
+        .recv_timeout(Duration::from_secs(30))
+        .expect("the released capture thread ends");
+    d.wait_chunks(second, |m| {
+        m.iter().any(|m| m.media_start_us.as_micros() >= 2_000_000)
+    });
+    let took = d.stop(second);
+    assert!(took < STOP_BOUND, "jit stop took {took:?}");
+
+    let recs = d.finish(&[first, second]);
+    let rec = &recs[0];
+    let (error_at, message) = rec.capture_error();
+    assert!(
+        (1.4..2.0).contains(&error_at),
+        "capture error at {error_at}"
+    );
+    assert!(message.contains("delivered nothing"), "{message}");
+    let (from, to, reason) = rec.gap();
+    assert_eq!(from, error_at);
+    assert_eq!(to, secs(rec.end), "the gap runs to JIT stop");
+    assert!(reason.contains("delivered nothing"), "{reason}");
+    assert_eq!(rec.segments.len(), 1);
+    let frames = decode(&rec.segments[0].2);
+    assert!(is_colour(
+        shown_at(&frames, from - 0.2, 10, 10),
+        [64, 64, 64]
+    ));
+    // The placeholder from the tick that did not come (recorded once the stall was noticed,
+    // STALL_AFTER later, but stamped where it began), never the frozen last picture.
+    assert!(is_colour(shown_at(&frames, from + 0.05, 10, 10), NAVY));
+    let noticed = from + STALL_AFTER.as_secs_f64() + 0.5;
+    assert!(is_colour(shown_at(&frames, noticed, 10, 10), NAVY));
+    assert!(is_colour(
+        shown_at(&frames, secs(rec.end) - 0.05, 10, 10),
+        NAVY
+    ));
+
+    let rec = &recs[1];
+    assert!(rec.kinds("capture_error").is_empty(), "{:#?}", rec.events);
+    assert!(rec.kinds("gap").is_empty(), "{:#?}", rec.events);
+    let frames = decode(&rec.segments[0].2);
+    assert!(is_colour(shown_at(&frames, 0.5, 10, 10), [0, 255, 0]));
+}
+
+/// Issue 18: a spool that fills mid-session is an outage, not the end of the recorder. The
+/// session stays open, its video of the stretch is dropped and its events kept; once the
+/// uploader frees space, the next chunk carries a `gap` over the stretch and the events at
+/// their own times, starts with a keyframe, and everything committed verifies and plays.
+#[test]
+fn a_spool_that_fills_mid_session_records_a_gap_and_resumes_once_space_is_freed() {
+    use std::time::Instant;
+
+    use jitrec_format::{EventKind, ProcessStart, UserRef};
+    use jitrec_recorder::events::ScriptedEvents;
+    use jitrec_recorder::service::{Recorder, ScriptedSource};
+
+    let _ = tracing_subscriber::fmt()
+        .with_test_writer()
+        .with_env_filter("info")
+        .try_init();
+    let process = |pid: u32| {
+        EventKind::ProcessStart(ProcessStart {
+            pid,
+            ppid: 1,
+            user: UserRef {
+                name: "root".into(),
+                id: "0".into(),
+            },
+            exe: "/usr/bin/true".into(),
+            command_line: format!("true {pid}"),
+            elevated: true,
+        })
+    };
+    let screen = SyntheticScreen {
+        width: W,
+        height: H,
+        background: GRAY,
+        paints: vec![(6_500_000, 40, 40, 120, 80, RED)],
+    };
+    let origin = Instant::now();
+    let config = SpoolConfig { max_bytes: 8 << 20 };
+    let (d, filler) = Driver::new(config, |w| {
+        Recorder::new(w, recorder_config(), move || {
+            Ok(ScriptedSource {
+                screen: screen.clone(),
+                origin,
+            })
+        })
+        .with_event_sources(Box::new(move || {
+            vec![Box::new(ScriptedEvents {
+                name: "processes",
+                // Both fall in the stretch the spool is full.
+                events: vec![
+                    (Duration::from_millis(3_500), process(4001)),
+                    (Duration::from_millis(4_000), process(4002)),
+                ],
+            })]
+        }))
+    });
+    let s = d.start();
+    let started = Instant::now();
+    d.wait_chunks(s, |m| !m.is_empty());
+
+    // Something else fills the spool to the last byte, as a long network outage would: init
+    // segments of another session, halving in size until not even one byte fits.
+    let mut other = filler
+        .create_session(&fixtures::header(SessionId::new()))
+        .unwrap();
+    let mut size = 1usize << 20;
+    while size > 0 {
+        match other.commit_init(other.next_init(), &vec![7u8; size]) {
+            Ok(()) => {}
+            Err(jitrec_spool::SpoolError::Full { .. }) => size /= 2,
+            Err(e) => panic!("{e}"),
+        }
+    }
+    let committed_before = d.manifests(s).len();
+    // The outage lasts until 5.5 s into the session (the length of the activity, not a
+    // synchronisation): chunk boundaries pass, each a refused commit.
+    std::thread::sleep(Duration::from_millis(5_500).saturating_sub(started.elapsed()));
+    assert_eq!(
+        d.manifests(s).len(),
+        committed_before,
+        "nothing fits in a full spool"
+    );
+    assert!(!d.recorder.is_finished(), "the recorder keeps running");
+
+    // The uploader ships and acknowledges the other session's entries: space returns.
+    for e in d.reader.pending(other.session_id()).unwrap() {
+        if matches!(e.name, jitrec_spool::EntryName::Init(_)) {
+            d.reader.ack(&e).unwrap();
+        }
+    }
+    d.wait_chunks(s, |m| {
+        m.iter().any(|m| m.media_start_us.as_micros() >= 7_000_000)
+    });
+    d.stop(s);
+    let manifests = d.manifests(s);
+    let rec = d.finish(&[s]).remove(0);
+
+    let (from, to, reason) = rec.gap();
+    assert!(reason.contains("spool was full"), "{reason}");
+    assert!(from <= 3.5 && (4.0..6.5).contains(&to), "gap {from}..{to}");
+    // The resumed chunk starts where the last committed one ended, with a keyframe.
+    let resumed = manifests
+        .iter()
+        .find(|m| secs(m.media_start_us) == from)
+        .expect("a chunk starts at the gap");
+    assert!(
+        resumed.seq > 0 && resumed.starts_with_keyframe,
+        "{resumed:?}"
+    );
+    for pair in manifests.windows(2) {
+        assert_eq!(pair[0].media_end_us, pair[1].media_start_us);
+    }
+    // The events of the stretch were kept, at their own times.
+    let starts: Vec<f64> = rec
+        .kinds("process_start")
+        .iter()
+        .map(|e| secs(e.media_us))
+        .collect();
+    assert_eq!(starts.len(), 2, "{starts:?}");
+    assert!(
+        (3.5..3.8).contains(&starts[0]) && (4.0..4.3).contains(&starts[1]),
+        "{starts:?}"
+    );
+    // The video plays through: the grey screen before, then from the gap's end, the red paint.
+    let frames = decode(&rec.segments[0].2);
+    let times: Vec<f64> = frames.iter().map(|(t, _)| *t).collect();
+    assert!(
+        // Within a tick of the 90 kHz timescale.
+        times.iter().all(|t| *t < from + 1e-4 || *t >= to - 1e-4),
+        "frames in the gap {from}..{to}: {times:?}\n{manifests:#?}"
+    );
+    assert!(is_colour(
+        shown_at(&frames, to + 0.05, 10, 10),
+        [64, 64, 64]
+    ));
+    assert!(is_colour(shown_at(&frames, 6.9, 100, 80), [255, 0, 0]));
+    // Nothing committed was lost: the other session's header is still there.
+    assert!(rec.sessions.contains(&other.session_id()));
 }

@@ -15,7 +15,7 @@ use jitrec_tests::xvfb::Xvfb;
 const RECORDER: &str = env!("CARGO_BIN_EXE_jitrec-test-recorder");
 const LIMIT: Duration = Duration::from_secs(60);
 
-fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+pub(crate) fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
     let start = Instant::now();
     while !cond() {
         assert!(start.elapsed() < LIMIT, "timed out waiting for {what}");
@@ -40,7 +40,7 @@ fn start_recorder(config: &Path) -> Reaped {
         .into()
 }
 
-fn jit(socket: &Path, args: &[&str]) -> Output {
+pub(crate) fn jit(socket: &Path, args: &[&str]) -> Output {
     Command::new(RECORDER)
         .args(["jit", "--socket", socket.to_str().unwrap()])
         .args(args)
@@ -70,7 +70,7 @@ fn read_session(spool: &Path, s: SessionId) -> (SessionHeader, Option<SessionClo
     (header.unwrap(), close, chunks)
 }
 
-fn sessions(spool: &Path) -> Vec<SessionId> {
+pub(crate) fn sessions(spool: &Path) -> Vec<SessionId> {
     SpoolReader::open(spool, SpoolConfig::default())
         .and_then(|r| r.sessions())
         .unwrap_or_default()
@@ -230,8 +230,14 @@ fn the_recorder_program_is_driven_by_its_socket_and_the_admin_group_and_survives
         close.stopped_by.map(|c| c.by),
         Some(jitrec_format::StopBy::RecorderCrash)
     );
-    assert_eq!(chunks, committed, "every committed chunk survived the kill");
-    assert_eq!(close.chunk_count, committed);
+    // Every committed chunk survived the kill, and one more holds what the journal kept and
+    // the `gap` over the hole.
+    assert_eq!(
+        chunks,
+        committed + 1,
+        "every committed chunk survived the kill"
+    );
+    assert_eq!(close.chunk_count, committed + 1);
     assert!(
         close.closed_at > close.ended_at,
         "the unrecorded stretch is stated"
@@ -244,6 +250,11 @@ fn the_recorder_program_is_driven_by_its_socket_and_the_admin_group_and_survives
         .find(|s| **s != sid && **s != killed)
         .unwrap();
     wait_until("a chunk of it", || chunk_count(&spool, resumed) >= 1);
+    assert_eq!(
+        read_session(&spool, resumed).0.continues,
+        Some(killed),
+        "the new session names the one it continues"
+    );
 
     // JIT ends: the session closes; SIGTERM then stops the service cleanly.
     write_group(&group, "bob");
@@ -265,4 +276,111 @@ fn the_recorder_program_is_driven_by_its_socket_and_the_admin_group_and_survives
     let status = rec.wait().unwrap();
     assert!(status.success(), "{status}");
     assert!(!socket.exists(), "the socket is removed on exit");
+}
+
+/// The events of a session still in the spool, in order.
+fn session_events(spool: &Path, s: SessionId) -> Vec<jitrec_format::Event> {
+    let r = SpoolReader::open(spool, SpoolConfig::default()).unwrap();
+    let mut out = Vec::new();
+    for e in r.pending(s).unwrap() {
+        if let Entry::Chunk { events, .. } = r.read(&e).unwrap() {
+            out.extend(jitrec_format::decode_events(&events).unwrap());
+        }
+    }
+    out
+}
+
+/// Issue 18: an X server that stops answering (SIGSTOP: every X request of the capture and
+/// of the window source blocks) neither holds `jit stop` nor stops the chunks. The session is
+/// closed with a `capture_error` and a `gap`; once the server runs again, the next session
+/// records normally.
+#[test]
+fn a_frozen_x_server_cannot_hold_jit_stop() {
+    let x = Xvfb::start(320, 240).unwrap();
+    let tmp = tempfile::Builder::new().tempdir_in("/tmp").unwrap();
+    let spool = tmp.path().join("spool");
+    let group = tmp.path().join("group");
+    let socket = tmp.path().join("recorder.sock");
+    write_group(&group, "bob");
+    let config = tmp.path().join("recorder.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "spool = {spool:?}\n\n[jit]\ngroup = \"sudo\"\ngroup_file = {group:?}\n\n\
+             [control]\nsocket = {socket:?}\n\n[capture]\ndisplay = \"{}\"\nfps = 10\n\n\
+             [encoder]\nchunk_ms = 1000\n",
+            x.display
+        ),
+    )
+    .unwrap();
+    let mut rec = start_recorder(&config);
+    wait_until("the control socket", || socket.exists());
+    let out = jit(&socket, &["start", "--user", "alice"]);
+    assert!(out.status.success(), "{out:?}");
+    let sid = sessions(&spool)[0];
+    wait_until("a first chunk", || chunk_count(&spool, sid) >= 1);
+
+    let signal = |sig: &str| {
+        assert!(
+            Command::new("kill")
+                .args([sig, &x.pid().to_string()])
+                .status()
+                .unwrap()
+                .success()
+        );
+    };
+    signal("-STOP");
+    // Chunks keep being cut on the placeholder once the stall is noticed.
+    let frozen_at = chunk_count(&spool, sid);
+    wait_until("chunks while the X server is frozen", || {
+        chunk_count(&spool, sid) >= frozen_at + 3
+    });
+    let asked = Instant::now();
+    let out = jit(&socket, &["stop"]);
+    let took = asked.elapsed();
+    signal("-CONT");
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        took < jitrec_recorder::service::STOP_BOUND,
+        "jit stop took {took:?}"
+    );
+    let (_, close, chunks) = read_session(&spool, sid);
+    let close = close.expect("closed when `jit stop` returned");
+    assert_eq!(close.chunk_count, chunks);
+    let events = session_events(&spool, sid);
+    let kind = |k: &str| {
+        events
+            .iter()
+            .filter(|e| serde_json::to_value(&e.event).unwrap()["type"] == k)
+            .count()
+    };
+    assert_eq!(kind("capture_error"), 1, "{events:#?}");
+    assert_eq!(kind("gap"), 1, "{events:#?}");
+
+    // The server answers again: a new session records its screen, with no gap.
+    let out = jit(&socket, &["start", "--user", "alice"]);
+    assert!(out.status.success(), "{out:?}");
+    let next = *sessions(&spool).iter().find(|s| **s != sid).unwrap();
+    wait_until("chunks of the next session", || {
+        chunk_count(&spool, next) >= 2
+    });
+    let out = jit(&socket, &["stop"]);
+    assert!(out.status.success(), "{out:?}");
+    let (_, close, _) = read_session(&spool, next);
+    assert!(close.is_some());
+    let events = session_events(&spool, next);
+    assert!(
+        !events
+            .iter()
+            .any(|e| serde_json::to_value(&e.event).unwrap()["type"] == "gap"),
+        "{events:#?}"
+    );
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &rec.id().to_string()])
+            .status()
+            .unwrap()
+            .success()
+    );
+    assert!(rec.wait().unwrap().success());
 }

@@ -327,12 +327,22 @@ async fn a_reviewer_signs_in_plays_seeks_searches_and_is_audited() {
                 "const r = await fetch(document.querySelector('#export').href);\
                  const b = new Uint8Array(await r.arrayBuffer());\
                  return {status: r.status, type: r.headers.get('content-type'), len: b.length,\
-                         ftyp: String.fromCharCode(...b.slice(4, 8))};",
+                         ftyp: String.fromCharCode(...b.slice(4, 8)),\
+                         disposition: r.headers.get('content-disposition'),\
+                         cache: r.headers.get('cache-control')};",
             )
             .unwrap();
         assert_eq!(exported["status"], 200, "{exported}");
         assert_eq!(exported["type"], "video/mp4");
         assert_eq!(exported["ftyp"], "ftyp");
+        assert_eq!(exported["cache"], "no-store");
+        // The recording is unsigned (format v1): its export is named as not vouched for.
+        assert!(
+            exported["disposition"]
+                .as_str()
+                .is_some_and(|d| d.ends_with(&format!("jitrec-{id}-UNVERIFIED.mp4\""))),
+            "{exported}"
+        );
 
         // An admin sees the reviewer's views, search and export in the audit log.
         b.eval_async("await fetch('/api/logout', {method: 'POST', headers: {'X-CSRF-Token': (await (await fetch('/api/me')).json()).csrf}});")
@@ -354,6 +364,8 @@ async fn a_reviewer_signs_in_plays_seeks_searches_and_is_audited() {
         assert!(has("view", &id), "{rows:?}");
         assert!(has("search", &rec.marker), "{rows:?}");
         assert!(has("export", &id), "{rows:?}");
+        // The page's player fetched media: one play record for this sign-in.
+        assert!(has("play", &id), "{rows:?}");
         assert!(has("sign_in", ""), "{rows:?}");
         assert!(rows.iter().any(|r| r[2] == "sign_in_failed"), "{rows:?}");
 
@@ -401,7 +413,7 @@ async fn a_reviewer_signs_in_plays_seeks_searches_and_is_audited() {
             .unwrap();
         // A directory bucket cannot hold objects: the answer says the job alone enforces it.
         assert_eq!(held, json!([200, "case 7", "retention_job"]));
-        let audit = auth::audit_log(index.as_ref(), 50).unwrap();
+        let audit = auth::audit_log(index.as_ref(), 50, None).unwrap();
         assert!(
             audit
                 .iter()

@@ -533,7 +533,8 @@ fn player_index(args: &[&str], index: &Path) -> Command {
     c
 }
 
-fn ok(mut c: Command) -> String {
+/// Runs `c`; its output, which must be a success.
+pub(crate) fn ok(mut c: Command) -> String {
     let out = c.output().unwrap();
     let text = format!(
         "{}{}",
@@ -714,4 +715,344 @@ async fn a_legal_hold_from_the_command_line_or_the_report_view_holds_every_objec
     assert!(text.contains("only the player's retention job"), "{text}");
     let listed = tokio::task::block_in_place(|| ok(player_index(&["retention", "list"], &index)));
     assert!(listed.contains("LIT-9"), "{listed}");
+}
+
+/// `jitrec-player ARGS --bucket-dir BUCKET --index SPEC` (SPEC: a SQLite path or a URL).
+fn player_at(args: &[&str], bucket: &Path, index: &str) -> Command {
+    let mut c = Command::new(PLAYER);
+    c.args(args)
+        .arg("--bucket-dir")
+        .arg(bucket)
+        .args(["--index", index])
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null());
+    c
+}
+
+/// Under a 0-day policy, through the real program: a clean session goes at the first run; a
+/// tampered one, one with a gap and one whose close record claims it ended in 1970 stay until an
+/// admin acknowledges each (audited), and a policy longer than the calendar is refused.
+fn flagged_sessions_wait_for_review(index: &str) {
+    let tmp = tempfile::tempdir().unwrap();
+    let b = TestBucket::new(tmp.path());
+    let clean = session(11, "acme", "berlin", "ws-1");
+    let tampered = session(12, "acme", "berlin", "ws-1");
+    let gapped = session(13, "acme", "berlin", "ws-1");
+    let mut forged = session(14, "acme", "berlin", "ws-1");
+    let mut close: serde_json::Value = serde_json::from_slice(&forged.close).unwrap();
+    close["ended_at"] = serde_json::json!("1970-01-01T00:00:00Z");
+    forged.close = serde_json::to_vec(&close).unwrap();
+    for s in [&clean, &tampered, &forged] {
+        put(&b, s, true);
+    }
+    b.tamper(&ObjectKey::ChunkVideo(id(&tampered).into(), 1), b"replaced")
+        .unwrap();
+    put(&b, &gapped, true);
+    for k in [
+        ObjectKey::ChunkVideo(id(&gapped).into(), 1),
+        ObjectKey::ChunkEvents(id(&gapped).into(), 1),
+        ObjectKey::ChunkManifest(id(&gapped).into(), 1),
+    ] {
+        std::fs::remove_file(tmp.path().join(k.to_string())).unwrap();
+    }
+    let bucket = tmp.path();
+    ok(player_at(&["reindex"], bucket, index));
+    let status = ok(crate::door::player(&["status"], index));
+    assert!(
+        status.contains("tampered") && status.contains("gap"),
+        "{status}"
+    );
+
+    // 4294967295 days is refused with a reason; "forever" is how to say it.
+    let out = crate::door::player(
+        &[
+            "retention",
+            "set",
+            "--level",
+            "global",
+            "--keep-days",
+            "4294967295",
+        ],
+        index,
+    )
+    .output()
+    .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("more than 36500") && err.contains("forever"),
+        "{err}"
+    );
+
+    ok(crate::door::player(
+        &["retention", "set", "--level", "global", "--keep-days", "0"],
+        index,
+    ));
+    let run = ok(player_at(&["retention", "run"], bucket, index));
+    assert!(run.contains(&format!("deleted {}", id(&clean))), "{run}");
+    assert!(run.contains("3 awaiting review"), "{run}");
+    for s in [&tampered, &gapped, &forged] {
+        assert!(!run.contains(&id(s).to_string()), "{run}");
+        assert!(
+            tmp.path()
+                .join(ObjectKey::SessionHeader(id(s).into()).to_string())
+                .exists()
+        );
+    }
+    let review = ok(crate::door::player(&["retention", "review"], index));
+    for s in [&tampered, &gapped, &forged] {
+        assert!(review.contains(&id(s).to_string()), "{review}");
+    }
+    // A clean session has nothing to acknowledge.
+    let out = crate::door::player(
+        &[
+            "retention",
+            "ack",
+            &id(&clean).to_string(),
+            "--status",
+            "tampered",
+            "--note",
+            "n",
+            "--by",
+            "x",
+        ],
+        index,
+    )
+    .output()
+    .unwrap();
+    assert!(!out.status.success());
+    // An acknowledgement names the status reviewed: a look at a "gap" does not cover a session
+    // that is tampered, nor the other way round.
+    let out = crate::door::player(
+        &[
+            "retention",
+            "ack",
+            &id(&gapped).to_string(),
+            "--status",
+            "tampered",
+            "--note",
+            "n",
+            "--by",
+            "x",
+        ],
+        index,
+    )
+    .output()
+    .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("look at it again"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // Acknowledged, the tampered one may go; the others stay.
+    ok(crate::door::player(
+        &[
+            "retention",
+            "ack",
+            &id(&tampered).to_string(),
+            "--status",
+            "tampered",
+            "--note",
+            "INC-9 closed, copy kept in the case file",
+            "--by",
+            "alice",
+        ],
+        index,
+    ));
+    let run = ok(player_at(&["retention", "run"], bucket, index));
+    assert!(run.contains(&format!("deleted {}", id(&tampered))), "{run}");
+    assert!(run.contains("2 awaiting review"), "{run}");
+    let review = ok(crate::door::player(&["retention", "review"], index));
+    assert!(!review.contains(&id(&tampered).to_string()), "{review}");
+    // The other two, acknowledged as what they are, go at the next run.
+    for (s, status) in [(&gapped, "gap"), (&forged, "tampered")] {
+        ok(crate::door::player(
+            &[
+                "retention",
+                "ack",
+                &id(s).to_string(),
+                "--status",
+                status,
+                "--note",
+                "reviewed",
+                "--by",
+                "alice",
+            ],
+            index,
+        ));
+    }
+    let run = ok(player_at(&["retention", "run"], bucket, index));
+    assert!(run.contains("0 awaiting review"), "{run}");
+    for s in [&gapped, &forged] {
+        assert!(run.contains(&format!("deleted {}", id(s))), "{run}");
+    }
+    let idx = jitrec_player::index::open(index).unwrap();
+    let audit = jitrec_player::auth::audit_log(idx.as_ref(), 50, None).unwrap();
+    assert!(
+        audit.iter().any(|e| e.action == "retention_ack"
+            && e.user == "alice"
+            && e.target == id(&tampered).to_string()),
+        "{audit:?}"
+    );
+}
+
+#[test]
+fn flagged_sessions_wait_for_review_on_sqlite() {
+    let tmp = tempfile::tempdir().unwrap();
+    flagged_sessions_wait_for_review(&tmp.path().join("index.sqlite3").display().to_string());
+}
+
+#[test]
+fn flagged_sessions_wait_for_review_on_postgresql() {
+    flagged_sessions_wait_for_review(&postgres::new_database("jitrec_review").unwrap());
+}
+
+/// `serve`'s retention schedule under supervision: a policy row the program cannot read stops
+/// the job (nothing is deleted under a broader policy instead), the failure is in `/api/status`,
+/// and the schedule goes on: once the policy is set again, the next run succeeds.
+#[test]
+fn the_retention_schedule_reports_its_failures_and_goes_on() {
+    use jitrec_tests::http;
+    let tmp = tempfile::tempdir().unwrap();
+    let bucket = tmp.path().join("bucket");
+    std::fs::create_dir_all(&bucket).unwrap();
+    let index = tmp.path().join("index.sqlite3").display().to_string();
+    let b = TestBucket::new(&bucket);
+    let s = session(21, "acme", "berlin", "ws-2");
+    put(&b, &s, true);
+    ok(player_at(&["reindex"], &bucket, &index));
+    ok(crate::door::player(
+        &["retention", "set", "--level", "global", "--keep-days", "0"],
+        &index,
+    ));
+    ok(crate::door::player(
+        &[
+            "retention",
+            "set",
+            "--level",
+            "computer",
+            "--name",
+            "ws-2",
+            "--keep-days",
+            "3650",
+        ],
+        &index,
+    ));
+    // The computer's policy row is damaged (as a bad restore or a hand edit might): read as
+    // missing, the global 0-day policy would delete the session.
+    jitrec_player::index::open(&index)
+        .unwrap()
+        .exec(
+            "UPDATE retention_policies SET keep_days = 99999999999 WHERE level = 'computer'",
+            &[],
+        )
+        .unwrap();
+    let mut add = crate::door::player(&["user", "add", "ops", "--role", "admin"], &index)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        writeln!(add.stdin.take().unwrap(), "correct horse battery").unwrap();
+    }
+    assert!(add.wait().unwrap().success());
+    let addr = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let _child = player_at(
+        &[
+            "serve",
+            "--listen",
+            &addr.to_string(),
+            "--retention-every",
+            "1",
+        ],
+        &bucket,
+        &index,
+    )
+    .stdout(Stdio::null())
+    .stderr(Stdio::null())
+    .spawn()
+    .map(jitrec_tests::child::Reaped)
+    .unwrap();
+    let started = Instant::now();
+    while !http::get(addr, "/login").is_ok_and(|r| r.status == 200) {
+        assert!(started.elapsed() < LIMIT, "the player did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let login = http::request(
+        addr,
+        "POST",
+        "/api/login",
+        &[("Content-Type", "application/json")],
+        br#"{"user": "ops", "password": "correct horse battery"}"#,
+    )
+    .unwrap();
+    assert_eq!(login.status, 200);
+    let cookie = login
+        .header("set-cookie")
+        .and_then(|c| c.split(';').next())
+        .unwrap()
+        .to_owned();
+    let job = || {
+        let r = http::request(addr, "GET", "/api/status", &[("Cookie", &cookie)], &[]).unwrap();
+        r.json().unwrap()["retention"].clone()
+    };
+    let started = Instant::now();
+    let failed = loop {
+        let j = job();
+        if j["last_error"].is_string() {
+            break j;
+        }
+        assert!(started.elapsed() < LIMIT, "no failed run reported: {j}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(
+        failed["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("unreadable"),
+        "{failed}"
+    );
+    assert!(
+        bucket
+            .join(ObjectKey::SessionHeader(id(&s).into()).to_string())
+            .exists(),
+        "nothing is deleted while a policy cannot be read"
+    );
+    // Set again, the schedule's next run succeeds (and the 10-year policy keeps the session).
+    ok(crate::door::player(
+        &[
+            "retention",
+            "set",
+            "--level",
+            "computer",
+            "--name",
+            "ws-2",
+            "--keep-days",
+            "3650",
+        ],
+        &index,
+    ));
+    let started = Instant::now();
+    loop {
+        let j = job();
+        if j["last_error"].is_null() && j["runs"].as_u64() > failed["runs"].as_u64() {
+            break;
+        }
+        assert!(
+            started.elapsed() < LIMIT,
+            "the schedule did not recover: {j}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        bucket
+            .join(ObjectKey::SessionHeader(id(&s).into()).to_string())
+            .exists()
+    );
 }

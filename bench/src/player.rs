@@ -112,7 +112,10 @@ fn session(
                 COMMANDS[rng.random_range(0..COMMANDS.len())],
                 rng.random_range(0..RARE)
             );
-            let data = serde_json::json!({"type": "process_start", "command_line": command});
+            let data = jitrec_player::index::EventData::from_json(
+                serde_json::json!({"type": "process_start", "command_line": command}).to_string(),
+            )
+            .expect("serde_json writes JSON");
             EventRow {
                 seq: 0,
                 idx: i,

@@ -84,7 +84,7 @@ pub enum ChainError {
 pub const CLOSE_TIME_TOLERANCE: chrono::Duration = chrono::Duration::seconds(60);
 
 /// Incremental hash-chain check of one session.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct ChainVerifier {
     header: SessionHeader,
     head: Sha256Digest,

@@ -23,6 +23,21 @@ use crate::{ChunkManifest, MediaTime};
 /// recorder configured with long chunks while still bounding memory.
 pub const MAX_DECODED_EVENTS_BYTES: u64 = 64 * 1024 * 1024;
 
+/// The most events a chunk may hold, whatever its length: a sound recorder at its default
+/// limits writes at most about 2 x (20,000 + 2,000 per second) in a chunk (two sources, each a
+/// burst and a sustained rate), 48,000 in a 2 s chunk. A reader refuses more before decoding.
+pub const MAX_EVENTS_PER_CHUNK: u32 = 100_000;
+
+/// The most events a chunk of `duration_us` may hold: each of the recorder's two event sources
+/// writes a burst of at most 20,000 and then at most 2,000 per second; twice that, plus a few
+/// dozen of the recorder's own (JIT start and stop, gaps, source states), and never more than
+/// [`MAX_EVENTS_PER_CHUNK`]. More is not a recording a sound recorder makes.
+pub fn max_events(duration_us: u64) -> u32 {
+    let secs = duration_us.div_ceil(1_000_000);
+    let bound = 2 * 2 * (20_000 + 2_000u64.saturating_mul(secs)) + 64;
+    u32::try_from(bound.min(u64::from(MAX_EVENTS_PER_CHUNK))).unwrap_or(MAX_EVENTS_PER_CHUNK)
+}
+
 /// zstd level for events: level 3 is zstd's default and compresses JSON lines ~8-10x at a cost
 /// that is negligible next to video encoding.
 const ZSTD_LEVEL: i32 = 3;
@@ -96,6 +111,27 @@ pub enum EventKind {
         to_us: MediaTime,
         reason: String,
     },
+    /// The recording notice is on the screen being recorded (stamped once the screen holds it,
+    /// so the picture from this time on shows it).
+    NoticeShown {
+        /// The notice as configured, with the session's user and authoriser filled in.
+        text: String,
+        /// Where it is shown: the X display (`:0`), or `console` on Windows.
+        display: String,
+        /// Whether it stays until the user acknowledges it.
+        require_ack: bool,
+        /// Without `require_ack`: how long it stays unless clicked away earlier.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        display_seconds: Option<u32>,
+    },
+    /// The user clicked the recording notice (it is gone from the screen from here on).
+    NoticeAcknowledged,
+    /// The recording notice could not be shown; `message` says why. The session is recorded
+    /// regardless.
+    NoticeFailed { message: String },
+    /// Recording could not run (`reason`), and the endpoint is configured to fail closed: the
+    /// recorder ended the elevation itself (`action`: what it did, and what it could not).
+    FailClosed { reason: String, action: String },
 }
 
 /// How completely an event source records what it watches.
@@ -184,6 +220,9 @@ pub enum EventsError {
     /// An event breaks a rule of the format (bad text, out of order, outside the chunk).
     #[error("event {index}: {reason}")]
     Invalid { index: usize, reason: String },
+    /// More event lines than the reader allowed.
+    #[error("events payload holds more than the {max} events allowed")]
+    TooMany { max: usize },
     /// The number of events differs from the manifest's `events.count`.
     #[error("events payload holds {actual} events, manifest says {expected}")]
     Count { expected: u32, actual: usize },
@@ -204,6 +243,13 @@ pub fn encode_events(events: &[Event]) -> Result<Vec<u8>, EventsError> {
 
 /// Decodes an events payload, bounded by [`MAX_DECODED_EVENTS_BYTES`].
 pub fn decode_events(payload: &[u8]) -> Result<Vec<Event>, EventsError> {
+    decode_events_bounded(payload, usize::MAX).map(|(events, _)| events)
+}
+
+/// [`decode_events`], stopping with [`EventsError::TooMany`] at the first line past `max`
+/// events (a reader passes the manifest's count: nothing past it is parsed or held). Also
+/// returns how many bytes the payload decompressed to, for readers that budget memory.
+pub fn decode_events_bounded(payload: &[u8], max: usize) -> Result<(Vec<Event>, u64), EventsError> {
     let decoder = zstd::stream::read::Decoder::new(payload).map_err(EventsError::Zstd)?;
     let mut limited = BufReader::new(decoder.take(MAX_DECODED_EVENTS_BYTES + 1));
     let mut events = Vec::new();
@@ -223,17 +269,31 @@ pub fn decode_events(payload: &[u8]) -> Result<Vec<Event>, EventsError> {
             return Err(EventsError::TooLarge);
         }
         line += 1;
+        if line > max {
+            return Err(EventsError::TooMany { max });
+        }
         let text = buf.strip_suffix(b"\n").unwrap_or(&buf);
         let event: Event =
             serde_json::from_slice(text).map_err(|source| EventsError::Line { line, source })?;
         events.push(event);
     }
-    Ok(events)
+    Ok((events, total))
 }
 
 /// Checks decoded events against their chunk: count, text rules, sorted by media time, and every
 /// event inside `[media_start_us, media_end_us]`.
 ///
+/// Whether `e` may be stored in a chunk of a session of format `version`: its kind's own checks
+/// (text bounds, no control characters, a gap that ends after it starts) and the fields its
+/// version allows. Where it lies in time is the chunk's business ([`validate_events`]).
+pub fn check_event(version: u32, e: &Event) -> Result<(), String> {
+    e.event.validate()?;
+    if let EventKind::JitStop { stopped_by, .. } = &e.event {
+        crate::parse::check_v2_field(version, "stopped_by", stopped_by.as_deref())?;
+    }
+    Ok(())
+}
+
 /// The end is inclusive: JIT stop and the recorder's final status are stamped at the instant the
 /// last chunk ends.
 pub fn validate_events(manifest: &ChunkManifest, events: &[Event]) -> Result<(), EventsError> {
@@ -327,6 +387,16 @@ impl EventKind {
                     format!("gap ends ({to_us}) before it starts ({from_us})")
                 })?;
                 check_text("reason", reason)
+            }
+            EventKind::NoticeShown { text, display, .. } => {
+                check_text("text", text)?;
+                check_text("display", display)
+            }
+            EventKind::NoticeAcknowledged => Ok(()),
+            EventKind::NoticeFailed { message } => check_text("message", message),
+            EventKind::FailClosed { reason, action } => {
+                check_text("reason", reason)?;
+                check_text("action", action)
             }
         }
     }

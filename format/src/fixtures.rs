@@ -65,6 +65,7 @@ pub fn header(session: SessionId) -> SessionHeader {
         },
         endpoint_key: None,
         encryption: None,
+        continues: None,
     }
     .v1()
 }
@@ -177,12 +178,28 @@ pub fn stored_session_with(
     n: u64,
     events: impl Fn(u64) -> Vec<Event>,
 ) -> StoredSession {
-    build(header, n, events, None)
+    build(header, n, events, None, &default_video)
+}
+
+/// Builds a valid, correctly chained session of one chunk whose video segment is `video` (to
+/// try large objects).
+pub fn stored_session_with_video(header: SessionHeader, video: Vec<u8>) -> StoredSession {
+    build(header, 1, events, None, &move |_| video.clone())
+}
+
+fn default_video(seq: u64) -> Vec<u8> {
+    format!("moof-mdat-{seq}").into_bytes()
 }
 
 /// Builds a valid, correctly chained and signed version 2 session of `n` chunks.
 pub fn stored_session_v2(session: SessionId, n: u64, signer: &EndpointSigner) -> StoredSession {
-    build(header_v2(session, signer), n, events, Some(signer))
+    build(
+        header_v2(session, signer),
+        n,
+        events,
+        Some(signer),
+        &default_video,
+    )
 }
 
 /// [`stored_session_v2`] from a version 2 `header` (its `endpoint_key` should be `signer`'s for
@@ -192,7 +209,7 @@ pub fn stored_session_v2_from(
     n: u64,
     signer: &EndpointSigner,
 ) -> StoredSession {
-    build(header, n, events, Some(signer))
+    build(header, n, events, Some(signer), &default_video)
 }
 
 /// The jit_stop-free events of [`events`] are valid in both versions.
@@ -201,6 +218,7 @@ fn build(
     n: u64,
     events: impl Fn(u64) -> Vec<Event>,
     signer: Option<&EndpointSigner>,
+    video_of: &dyn Fn(u64) -> Vec<u8>,
 ) -> StoredSession {
     let session = header.session_id;
     let version = header.version;
@@ -211,7 +229,7 @@ fn build(
     let mut prev = Sha256Digest::of(&header);
     let mut chunks = Vec::new();
     for seq in 0..n {
-        let video = format!("moof-mdat-{seq}").into_bytes();
+        let video = video_of(seq);
         let ev = events(seq);
         let ev_bytes = encode_events(&ev).expect("fixture events encode");
         let m = manifest(session, seq, prev, &video, &ev_bytes, ev.len() as u32);

@@ -38,8 +38,9 @@ pub use chunk::{ChunkManifest, EventsRef, InitRef, PayloadRef};
 pub use digest::Sha256Digest;
 pub use error::{FormatError, PayloadError};
 pub use events::{
-    Event, EventKind, EventsError, MAX_DECODED_EVENTS_BYTES, ProcessExit, ProcessStart,
-    SourceState, UserRef, WindowInfo, decode_events, encode_events, validate_events,
+    Event, EventKind, EventsError, MAX_DECODED_EVENTS_BYTES, MAX_EVENTS_PER_CHUNK, ProcessExit,
+    ProcessStart, SourceState, UserRef, WindowInfo, check_event, decode_events,
+    decode_events_bounded, encode_events, max_events, validate_events,
 };
 pub use id::{IdError, SessionId};
 pub use layout::{

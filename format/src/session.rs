@@ -37,6 +37,11 @@ pub struct SessionHeader {
     /// to these recipients, and the manifests' sizes and digests are of the ciphertext.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub encryption: Option<Encryption>,
+    /// Version 2, optional: the session that recorded the same elevation before the recorder
+    /// died and was restarted (it ended `interrupted`). The two are one elevation with a hole,
+    /// which the player shows as such.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub continues: Option<SessionId>,
 }
 
 /// How a session's payloads are encrypted.
@@ -295,6 +300,12 @@ impl Document for SessionHeader {
 
     fn validate(&self) -> Result<(), String> {
         check_v2_field(self.version, "endpoint_key", self.endpoint_key.as_ref())?;
+        check(self.version >= 2 || self.continues.is_none(), || {
+            "`continues` is a version 2 field, in a version 1 document".into()
+        })?;
+        check(self.continues != Some(self.session_id), || {
+            "`continues` names the session itself".into()
+        })?;
         if let Some(e) = &self.encryption {
             check(self.version >= 2, || {
                 "`encryption` is a version 2 field, in a version 1 document".into()

@@ -274,6 +274,20 @@ fn every_event_kind() -> Vec<Event> {
             to_us: MediaTime::from_micros(200),
             reason: "spool full".into(),
         },
+        EventKind::NoticeShown {
+            text: "This session is being recorded for security review.".into(),
+            display: ":0".into(),
+            require_ack: false,
+            display_seconds: Some(10),
+        },
+        EventKind::NoticeAcknowledged,
+        EventKind::NoticeFailed {
+            message: "X11 connect: no display".into(),
+        },
+        EventKind::FailClosed {
+            reason: "the spool was full for 10 s".into(),
+            action: "removed alice from group sudo in /etc/group".into(),
+        },
         EventKind::JitStop {
             user: "alice".into(),
             machine: "ws-0421".into(),
@@ -392,6 +406,24 @@ fn events_rejections() {
     assert!(matches!(
         validate_events(&m, &bad_gap),
         Err(EventsError::Invalid { index: 9, .. })
+    ));
+}
+
+#[test]
+fn more_events_than_a_recorder_writes_are_refused_before_they_are_held() {
+    // Two sources, each a 20,000 burst and 2,000/s, twice over, plus the recorder's own.
+    assert_eq!(max_events(2_000_000), 96_064);
+    assert_eq!(max_events(1), 88_064);
+    assert_eq!(max_events(3_600_000_000), MAX_EVENTS_PER_CHUNK);
+    assert_eq!(max_events(u64::MAX), MAX_EVENTS_PER_CHUNK);
+    let events: Vec<Event> = (0..10).map(|seq| fixtures::events(seq).remove(0)).collect();
+    let payload = encode_events(&events).unwrap();
+    let (all, bytes) = decode_events_bounded(&payload, 10).unwrap();
+    assert_eq!(all.len(), 10);
+    assert!(bytes > 10 * 50, "{bytes}");
+    assert!(matches!(
+        decode_events_bounded(&payload, 9),
+        Err(EventsError::TooMany { max: 9 })
     ));
 }
 

@@ -3,7 +3,8 @@
 //! ```text
 //! GET  /api/sessions                    list: user, machine, company, location, computer,
 //!                                       from, to (RFC 3339), status, q (text), order, after, limit
-//! GET  /api/sessions/{id}               one session with its init segments, chunks, events
+//! GET  /api/sessions/{id}               one session with its init segments, chunks, first events
+//! GET  /api/sessions/{id}/events        more events: after_seq, after_idx, limit (pages)
 //! GET  /api/sessions/{id}/init/{n}.mp4  init segment        (Range supported)
 //! GET  /api/sessions/{id}/chunks/{n}.m4s media segment      (Range supported)
 //! GET  /api/sessions/{id}/playlist.m3u8 HLS (fMP4) playlist
@@ -38,6 +39,7 @@ use serde::{Deserialize, Serialize};
 use crate::auth::Login;
 use crate::index::{ChunkRow, EventRow, Index, InitRow, MAX_PAGE, Query, SessionRow};
 use crate::indexer::{IndexerHandle, IndexerStats};
+use crate::range::{RangeAnswer, parse_range};
 use jitrec_bucket::BucketReader;
 
 /// What every handler shares.
@@ -50,6 +52,70 @@ pub struct AppState {
     pub bucket_admin: Option<Arc<dyn jitrec_bucket::BucketAdmin>>,
     /// The player's age identities, to serve and export encrypted sessions.
     pub keyring: Option<Arc<crate::unseal::Keyring>>,
+    /// The retention schedule's supervisor, when `serve` runs the job.
+    pub retention: Option<Arc<crate::retention::Supervisor>>,
+}
+
+/// Which sign-ins have already been recorded watching which sessions, so that the first media
+/// or playlist request of a session per sign-in writes a `play` audit record and the hundreds
+/// after it (a chunk every two seconds) do not. In memory and bounded: when full it starts
+/// again, which records a watcher twice, never not at all.
+#[derive(Debug, Default)]
+pub struct PlayLog(std::sync::Mutex<std::collections::HashSet<(String, SessionId)>>);
+
+/// Sessions remembered by [`PlayLog`] before it starts again.
+const PLAY_LOG_MAX: usize = 100_000;
+
+impl PlayLog {
+    fn seen(&self) -> std::sync::MutexGuard<'_, std::collections::HashSet<(String, SessionId)>> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Whether this sign-in (named by its CSRF token, unique per sign-in) has a `play` record
+    /// of the session already.
+    fn recorded(&self, login: &Login, id: SessionId) -> bool {
+        self.seen().contains(&(login.csrf.clone(), id))
+    }
+
+    /// Notes the `play` record as written.
+    fn mark(&self, login: &Login, id: SessionId) {
+        let mut seen = self.seen();
+        if seen.len() >= PLAY_LOG_MAX {
+            seen.clear();
+        }
+        seen.insert((login.csrf.clone(), id));
+    }
+}
+
+/// Writes the `play` record of a session's media or playlist, the first time this sign-in
+/// fetches any of it. Media is not served unrecorded: the record is noted only once written,
+/// so requests racing the first one each write their own (a record too many, never one too
+/// few), and a failed write refuses the request.
+async fn audit_play(
+    st: &AppState,
+    login: &Option<Extension<Login>>,
+    plays: &Option<Extension<Arc<PlayLog>>>,
+    id: SessionId,
+    what: String,
+) -> Result<(), ApiError> {
+    let (Some(Extension(l)), Some(Extension(plays))) = (login, plays) else {
+        return Ok(());
+    };
+    if plays.recorded(l, id) {
+        return Ok(());
+    }
+    audit(
+        st,
+        login,
+        "play",
+        id.to_string(),
+        format!("first fetch: {what}"),
+    )
+    .await?;
+    plays.mark(l, id);
+    Ok(())
 }
 
 /// The API's routes, without sign-in (tests of the API alone; `serve` uses [`crate::web::app`]).
@@ -62,6 +128,7 @@ pub fn routes() -> Router<AppState> {
     Router::new()
         .route("/api/sessions", get(list))
         .route("/api/sessions/{id}", get(session))
+        .route("/api/sessions/{id}/events", get(events_page))
         .route("/api/sessions/{id}/init/{name}", get(init_segment))
         .route("/api/sessions/{id}/chunks/{name}", get(media_segment))
         .route("/api/sessions/{id}/playlist.m3u8", get(playlist))
@@ -147,6 +214,29 @@ pub struct ListParams {
 }
 
 impl ListParams {
+    /// The filters set, in words, for the audit log (empty if none).
+    fn described(&self) -> String {
+        let fields = [
+            ("user", &self.user),
+            ("machine", &self.machine),
+            ("company", &self.company),
+            ("location", &self.location),
+            ("computer", &self.computer),
+            ("from", &self.from),
+            ("to", &self.to),
+            ("status", &self.status),
+        ];
+        fields
+            .iter()
+            .filter_map(|(n, v)| {
+                v.as_deref()
+                    .filter(|v| !v.is_empty())
+                    .map(|v| format!("{n}={v:?}"))
+            })
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+
     fn query(self) -> Result<Query, ApiError> {
         let time = |name: &str, v: Option<String>| -> Result<Option<DateTime<Utc>>, ApiError> {
             v.filter(|s| !s.is_empty())
@@ -174,7 +264,7 @@ impl ListParams {
                 .map(|s| {
                     crate::scan::Status::parse(&s).ok_or_else(|| {
                         ApiError::bad_request(format!(
-                            "status {s:?}: expected recording, complete, gap, interrupted or tampered"
+                            "status {s:?}: expected recording, silent, complete, gap, interrupted or tampered"
                         ))
                     })
                 })
@@ -200,6 +290,7 @@ async fn list(
     login: Option<Extension<Login>>,
     QueryParams(p): QueryParams<ListParams>,
 ) -> Result<Response, ApiError> {
+    let filters = p.described();
     let q = p.query()?;
     let text = q.text.clone();
     let index = Arc::clone(&st.index);
@@ -220,9 +311,20 @@ async fn list(
         Ok((page.sessions.len(), v))
     })
     .await?;
-    if let Some(t) = text {
-        let detail = format!("{} sessions on this page", page.0);
-        audit(&st, &login, "search", t, detail).await?;
+    // A text search and a filtered listing say what a reviewer was looking for: both are
+    // audited (the plain first page of everything is not).
+    let detail = format!("{} sessions on this page", page.0);
+    match (text, filters) {
+        (Some(t), f) => {
+            let detail = if f.is_empty() {
+                detail
+            } else {
+                format!("{detail}; {f}")
+            };
+            audit(&st, &login, "search", t, detail).await?;
+        }
+        (None, f) if !f.is_empty() => audit(&st, &login, "list", f, detail).await?,
+        _ => {}
     }
     Ok(Json(page.1).into_response())
 }
@@ -235,11 +337,66 @@ pub struct SessionDetail {
     pub retention: RetentionInfo,
     pub inits: Vec<InitRow>,
     pub chunks: Vec<ChunkRow>,
+    /// The first [`crate::index::MAX_EVENTS_PAGE`] events; more through
+    /// `GET /api/sessions/{id}/events` when `events_more` says so.
     pub events: Vec<EventRow>,
+    /// More events follow the ones here.
+    pub events_more: bool,
     /// Whether the signatures vouch for the session (see `docs/player.md`, "Enrolment").
     pub authenticity: crate::enroll::Authenticity,
     /// Who or what ended the recording (format v2), from its close record.
     pub stopped_by: Option<jitrec_format::StopCause>,
+    /// The same elevation's sessions, when the recorder died and was restarted during it: the
+    /// one this session continues and the ones that continue it. Only sessions of the same
+    /// machine are linked (the claim is the endpoint's).
+    pub elevation: Elevation,
+}
+
+/// Sessions of one elevation split by recorder restarts.
+#[derive(Debug, Default, Serialize)]
+pub struct Elevation {
+    pub continues: Option<SessionId>,
+    pub continued_by: Vec<SessionId>,
+}
+
+fn elevation(index: &dyn Index, s: &SessionRow) -> Result<Elevation, ApiError> {
+    use crate::index::SqlValue;
+    let continues = match s.continues {
+        Some(c) => index
+            .session(c)
+            .map_err(ApiError::internal)?
+            // The claim is the endpoint's: linked only to an earlier session of the same
+            // machine and user.
+            .filter(|p| {
+                p.machine_id == s.machine_id
+                    && !s.machine_id.is_empty()
+                    && p.user_name == s.user_name
+                    && p.started_at <= s.started_at
+            })
+            .map(|p| p.id),
+        None => None,
+    };
+    let rows = index
+        .query(
+            "SELECT id FROM sessions WHERE continues = $1 AND machine_id = $2 AND user_name = $3 \
+             AND started_at >= $4 ORDER BY id LIMIT 100",
+            &[
+                SqlValue::Text(s.id.to_string()),
+                SqlValue::Text(s.machine_id.clone()),
+                SqlValue::Text(s.user_name.clone()),
+                SqlValue::Int(s.started_at.timestamp_micros()),
+            ],
+        )
+        .map_err(ApiError::internal)?;
+    let continued_by = rows
+        .iter()
+        .filter_map(|r| r.first().and_then(SqlValue::text))
+        .filter_map(|t| t.parse().ok())
+        .collect();
+    Ok(Elevation {
+        continues,
+        continued_by,
+    })
 }
 
 /// The retention view of one session.
@@ -296,15 +453,64 @@ async fn session(
         Ok(SessionDetail {
             authenticity,
             stopped_by,
+            elevation: elevation(st.index.as_ref(), &session)?,
             retention: retention_info(st.index.as_ref(), &session)?,
             session,
             inits: st.index.inits(id).map_err(ApiError::internal)?,
             chunks: st.index.chunks(id).map_err(ApiError::internal)?,
-            events: st.index.events(id).map_err(ApiError::internal)?,
+            events_more: false,
+            events: st
+                .index
+                .events_page(id, None, crate::index::MAX_EVENTS_PAGE)
+                .map_err(ApiError::internal)?,
+        })
+        .map(|mut d| {
+            d.events_more = d.events.len() >= crate::index::MAX_EVENTS_PAGE as usize;
+            d
         })
     })
     .await?;
     Ok(Json(d).into_response())
+}
+
+/// Query parameters of an events page.
+#[derive(Debug, Default, Deserialize)]
+struct EventsParams {
+    after_seq: Option<u64>,
+    after_idx: Option<u32>,
+    limit: Option<u32>,
+}
+
+/// `GET /api/sessions/{id}/events`: the next page of a session's events, so that no answer of
+/// the player carries more than a page of them. Audited as watching.
+async fn events_page(
+    State(st): State<AppState>,
+    login: Option<Extension<Login>>,
+    plays: Option<Extension<Arc<PlayLog>>>,
+    Path(id): Path<String>,
+    QueryParams(p): QueryParams<EventsParams>,
+) -> Result<Response, ApiError> {
+    let id = session_id(&id)?;
+    audit_play(&st, &login, &plays, id, "events".into()).await?;
+    let after = p.after_seq.map(|s| (s, p.after_idx.unwrap_or(u32::MAX)));
+    let limit = p
+        .limit
+        .unwrap_or(crate::index::MAX_EVENTS_PAGE)
+        .clamp(1, crate::index::MAX_EVENTS_PAGE);
+    let events = blocking(move || {
+        st.index
+            .events_page(id, after, limit)
+            .map_err(ApiError::internal)
+    })
+    .await?;
+    // Serialised as a struct: the events' data stays the JSON text it is, never a parsed tree.
+    #[derive(Serialize)]
+    struct EventsAnswer {
+        more: bool,
+        events: Vec<EventRow>,
+    }
+    let more = events.len() >= limit as usize;
+    Ok(Json(EventsAnswer { more, events }).into_response())
 }
 
 /// A session's authenticity and stop cause, from the enrolment and witness records.
@@ -346,11 +552,14 @@ fn number(name: &str, ext: &str) -> Result<u64, ApiError> {
 
 async fn init_segment(
     State(st): State<AppState>,
+    login: Option<Extension<Login>>,
+    plays: Option<Extension<Arc<PlayLog>>>,
     Path((id, name)): Path<(String, String)>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let id = session_id(&id)?;
     let n = number(&name, ".mp4")?;
+    audit_play(&st, &login, &plays, id, format!("init segment {n}")).await?;
     let at = located(&st, id).await?;
     if !known(&st, ObjectKey::Init(at, n)).await? {
         return Err(ApiError::not_found(format!(
@@ -362,11 +571,14 @@ async fn init_segment(
 
 async fn media_segment(
     State(st): State<AppState>,
+    login: Option<Extension<Login>>,
+    plays: Option<Extension<Arc<PlayLog>>>,
     Path((id, name)): Path<(String, String)>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let id = session_id(&id)?;
     let n = number(&name, ".m4s")?;
+    audit_play(&st, &login, &plays, id, format!("chunk {n}")).await?;
     let at = located(&st, id).await?;
     if !known(&st, ObjectKey::ChunkVideo(at, n)).await? {
         return Err(ApiError::not_found(format!(
@@ -420,6 +632,48 @@ async fn known(st: &AppState, key: ObjectKey) -> Result<bool, ApiError> {
 /// few hundred bytes.
 pub const MAX_SERVED_OBJECT: u64 = 64 * 1024 * 1024;
 
+/// The most bytes of media held for checking at once, across all requests, in MiB: one object
+/// of the largest size served, or many real segments (well under 1 MiB each) side by side.
+pub const MEDIA_BUDGET_MIB: u32 = 64;
+
+/// The media budget, one per process (the memory it bounds is the process's).
+static MEDIA_BUDGET: std::sync::LazyLock<Arc<tokio::sync::Semaphore>> =
+    std::sync::LazyLock::new(|| Arc::new(tokio::sync::Semaphore::new(MEDIA_BUDGET_MIB as usize)));
+
+/// A response body that keeps its share of the media budget until it has been sent (or the
+/// client went away): the bytes are in memory that long, however slowly the client reads.
+struct Budgeted {
+    data: Option<bytes::Bytes>,
+    _permit: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl http_body::Body for Budgeted {
+    type Data = bytes::Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        std::task::Poll::Ready(self.data.take().map(|d| Ok(http_body::Frame::data(d))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.data.is_none()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        http_body::SizeHint::with_exact(self.data.as_ref().map_or(0, |d| d.len() as u64))
+    }
+}
+
+/// Budget permits for an object of `size` bytes: whole MiB, at least one.
+fn media_permits(size: u64) -> u32 {
+    u32::try_from(size.div_ceil(1024 * 1024).max(1))
+        .unwrap_or(MEDIA_BUDGET_MIB)
+        .min(MEDIA_BUDGET_MIB)
+}
+
 /// Maps a bucket error of a media request: an object the bucket refuses for what it is (a link,
 /// a FIFO, a directory) is the endpoint's doing, answered 502 without its target's bytes.
 fn media_error(e: jitrec_bucket::BucketError) -> ApiError {
@@ -445,21 +699,41 @@ async fn serve_object(
 ) -> Result<Response, ApiError> {
     let (src, index) = (Arc::clone(&st.src), Arc::clone(&st.index));
     let keyring = st.keyring.clone();
-    let bytes = blocking(move || {
+    let w = {
+        let index = Arc::clone(&index);
+        blocking(move || {
+            let k = key.to_string();
+            let w = crate::witness::lookup(index.as_ref(), &k)
+                .map_err(ApiError::internal)?
+                .ok_or_else(|| {
+                    ApiError::not_found(format!(
+                        "{k} is not in the player's witness record (indexed before it existed: run `jitrec-player reindex`)"
+                    ))
+                })?;
+            if w.size > MAX_SERVED_OBJECT {
+                return Err(ApiError(
+                    StatusCode::BAD_GATEWAY,
+                    format!("{k} is {} bytes, more than the {MAX_SERVED_OBJECT} the player serves", w.size),
+                ));
+            }
+            Ok(w)
+        })
+        .await?
+    };
+    // Every object served is held whole while it is checked: their sum is bounded, so many
+    // requests for large objects wait their turn instead of exhausting the player's memory.
+    // An encrypted object is held twice while it is decrypted: budgeted for both.
+    let encrypted_copy = st.keyring.is_some();
+    let permits = media_permits(w.size.saturating_mul(if encrypted_copy { 2 } else { 1 }));
+    let budget = Arc::clone(&MEDIA_BUDGET)
+        .acquire_many_owned(permits)
+        .await
+        .map_err(ApiError::internal)?;
+    // The budget goes with the read onto its blocking thread (a cancelled request must not free
+    // it while the read still holds the bytes), and comes back with them for the body.
+    let (bytes, budget) = blocking(move || {
+        let held = budget;
         let k = key.to_string();
-        let w = crate::witness::lookup(index.as_ref(), &k)
-            .map_err(ApiError::internal)?
-            .ok_or_else(|| {
-                ApiError::not_found(format!(
-                    "{k} is not in the player's witness record (indexed before it existed: run `jitrec-player reindex`)"
-                ))
-            })?;
-        if w.size > MAX_SERVED_OBJECT {
-            return Err(ApiError(
-                StatusCode::BAD_GATEWAY,
-                format!("{k} is {} bytes, more than the {MAX_SERVED_OBJECT} the player serves", w.size),
-            ));
-        }
         let reverify = || {
             // Once marked tampered, a session is not read whole again for every request of
             // its replaced media.
@@ -490,7 +764,7 @@ async fn serve_object(
         };
         match stored {
             Some(b) if b.len() as u64 == w.size && jitrec_format::Sha256Digest::of(&b) == w.sha256 => {
-                plaintext(index.as_ref(), keyring.as_deref(), key, b)
+                plaintext(index.as_ref(), keyring.as_deref(), key, b).map(|b| (b, held))
             }
             None => Err(ApiError::not_found(format!("{k} is missing from the bucket"))),
             Some(_) => {
@@ -526,7 +800,10 @@ async fn serve_object(
         }
     };
     let body = bytes::Bytes::from(bytes).slice(start as usize..end as usize);
-    let mut resp = Response::new(Body::from(body));
+    let mut resp = Response::new(Body::new(Budgeted {
+        data: Some(body),
+        _permit: budget,
+    }));
     if partial {
         *resp.status_mut() = StatusCode::PARTIAL_CONTENT;
         resp.headers_mut().insert(
@@ -544,12 +821,9 @@ async fn serve_object(
         HeaderValue::from_static(key.content_type()),
     );
     h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
-    // Served only after it matched the witness; kept by the browser for the sign-in's
-    // lifetime at most (a cache that outlives sign-out is issue 17's).
-    h.insert(
-        header::CACHE_CONTROL,
-        HeaderValue::from_static("private, max-age=3600"),
-    );
+    // Recorded screens stay on no disk but the bucket's: nothing is cached, so nothing is
+    // readable from the browser's cache after sign-out.
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     Ok(resp)
 }
 
@@ -557,63 +831,14 @@ fn header_value(s: &str) -> HeaderValue {
     HeaderValue::from_str(s).unwrap_or_else(|_| HeaderValue::from_static(""))
 }
 
-/// How to answer a `Range` header for an object of `len` bytes.
-#[derive(Debug, PartialEq, Eq)]
-pub enum RangeAnswer {
-    /// Send everything (no usable range, or several ranges: allowed by RFC 9110).
-    Whole,
-    /// Send bytes `a..=b`.
-    Part(u64, u64),
-    /// 416.
-    Unsatisfiable,
-}
-
-/// Parses a single-range `Range` header (`bytes=a-b`, `bytes=a-`, `bytes=-n`).
-pub fn parse_range(h: &str, len: u64) -> RangeAnswer {
-    let Some(spec) = h.trim().strip_prefix("bytes=") else {
-        return RangeAnswer::Whole;
-    };
-    if spec.contains(',') {
-        return RangeAnswer::Whole;
-    }
-    let Some((a, b)) = spec.trim().split_once('-') else {
-        return RangeAnswer::Whole;
-    };
-    let (a, b) = (a.trim(), b.trim());
-    let parsed = match (a.is_empty(), b.is_empty()) {
-        (true, true) => return RangeAnswer::Whole,
-        (true, false) => match b.parse::<u64>() {
-            Ok(0) => return RangeAnswer::Unsatisfiable,
-            Ok(n) => (len.saturating_sub(n), len.saturating_sub(1)),
-            Err(_) => return RangeAnswer::Whole,
-        },
-        (false, _) => {
-            let Ok(start) = a.parse::<u64>() else {
-                return RangeAnswer::Whole;
-            };
-            let end = if b.is_empty() {
-                len.saturating_sub(1)
-            } else {
-                match b.parse::<u64>() {
-                    Ok(e) if e >= start => e.min(len.saturating_sub(1)),
-                    _ => return RangeAnswer::Whole,
-                }
-            };
-            (start, end)
-        }
-    };
-    if len == 0 || parsed.0 >= len {
-        RangeAnswer::Unsatisfiable
-    } else {
-        RangeAnswer::Part(parsed.0, parsed.1)
-    }
-}
-
 async fn playlist(
     State(st): State<AppState>,
+    login: Option<Extension<Login>>,
+    plays: Option<Extension<Arc<PlayLog>>>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     let id = session_id(&id)?;
+    audit_play(&st, &login, &plays, id, "playlist".into()).await?;
     let (row, chunks) = blocking(move || {
         let row = st
             .index
@@ -627,7 +852,7 @@ async fn playlist(
     Ok((
         [
             (header::CONTENT_TYPE, "application/vnd.apple.mpegurl"),
-            (header::CACHE_CONTROL, "no-cache"),
+            (header::CACHE_CONTROL, "no-store"),
         ],
         body,
     )
@@ -726,7 +951,7 @@ async fn export_mp4(
     let at = located(&st, id).await?;
     let index = Arc::clone(&st.index);
     let keyring = st.keyring.clone();
-    let (file, len) = blocking(move || {
+    let (file, len, verified) = blocking(move || {
         let dir = tempfile::tempdir().map_err(ApiError::internal)?;
         let out = dir.path().join("export.mp4");
         let opts = crate::export::ExportOptions {
@@ -751,22 +976,16 @@ async fn export_mp4(
         // Open, then let the directory go: the open file stays readable until streamed.
         let f = std::fs::File::open(&path).map_err(ApiError::internal)?;
         let len = f.metadata().map_err(ApiError::internal)?.len();
-        Ok((f, len))
+        Ok((f, len, done.report.is_verified()))
     })
     .await?;
     let stream = tokio_util::io::ReaderStream::new(tokio::fs::File::from_std(file));
-    let name = format!(
-        "jitrec-{id}{}.mp4",
-        if part > 1 {
-            format!("-part{part}")
-        } else {
-            String::new()
-        }
-    );
+    let name = crate::export::file_name(id, part, verified);
     Ok((
         [
             (header::CONTENT_TYPE, "video/mp4".to_owned()),
             (header::CONTENT_LENGTH, len.to_string()),
+            (header::CACHE_CONTROL, "no-store".to_owned()),
             (
                 header::CONTENT_DISPOSITION,
                 format!("attachment; filename=\"{name}\""),
@@ -801,6 +1020,8 @@ pub struct ServiceStatus {
     pub bucket: String,
     pub indexer: IndexerStats,
     pub sessions: std::collections::BTreeMap<String, u64>,
+    /// The retention schedule's runs and last error; `None` when `serve` does not run it.
+    pub retention: Option<crate::retention::JobState>,
 }
 
 async fn status(State(st): State<AppState>) -> Result<Response, ApiError> {
@@ -811,6 +1032,7 @@ async fn status(State(st): State<AppState>) -> Result<Response, ApiError> {
             index: st.index.backend(),
             bucket: st.src.describe(),
             indexer: stats,
+            retention: st.retention.as_ref().map(|r| r.state()),
             sessions: counts
                 .into_iter()
                 .map(|(s, n)| (s.as_str().to_owned(), n))
@@ -824,21 +1046,6 @@ async fn status(State(st): State<AppState>) -> Result<Response, ApiError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn ranges() {
-        assert_eq!(parse_range("bytes=0-9", 100), RangeAnswer::Part(0, 9));
-        assert_eq!(parse_range("bytes=90-", 100), RangeAnswer::Part(90, 99));
-        assert_eq!(parse_range("bytes=-10", 100), RangeAnswer::Part(90, 99));
-        assert_eq!(parse_range("bytes=-500", 100), RangeAnswer::Part(0, 99));
-        assert_eq!(parse_range("bytes=50-500", 100), RangeAnswer::Part(50, 99));
-        assert_eq!(parse_range("bytes=100-", 100), RangeAnswer::Unsatisfiable);
-        assert_eq!(parse_range("bytes=-0", 100), RangeAnswer::Unsatisfiable);
-        assert_eq!(parse_range("bytes=0-1,5-6", 100), RangeAnswer::Whole);
-        assert_eq!(parse_range("bytes=9-3", 100), RangeAnswer::Whole);
-        assert_eq!(parse_range("items=0-1", 100), RangeAnswer::Whole);
-        assert_eq!(parse_range("bytes=0-0", 0), RangeAnswer::Unsatisfiable);
-    }
 
     fn chunk(seq: u64, init_id: u64, start_s: u64) -> ChunkRow {
         let t = chrono::DateTime::from_timestamp(1_700_000_000, 0).unwrap_or_default();

@@ -11,7 +11,14 @@
 //! Room for OIDC later: a [`Login`] only says who and which role, not how they proved it.
 //!
 //! The tables use the index's portable SQL ([`Index::exec`]), so they live in SQLite or
-//! PostgreSQL alike.
+//! PostgreSQL alike. They are records, not cache: their schema carries a version
+//! (`record_schema`, see [`crate::record`]) and changes only by the forward migrations in
+//! [`MIGRATIONS`].
+//!
+//! Everything a client sends is bounded before it costs anything: a user name is checked as
+//! [`valid_user_name`] accepts it before a password is hashed or a line is audited, and every
+//! audit field is cut to [`AUDIT_FIELD_MAX`] characters. Throttling of sign-in attempts lives
+//! in [`crate::throttle`].
 
 use std::time::Duration;
 
@@ -29,7 +36,21 @@ pub const LOGIN_TTL: Duration = Duration::from_secs(12 * 3600);
 /// The cookie holding the sign-in token.
 pub const COOKIE: &str = "jitrec_session";
 
-const SCHEMA: [&str; 4] = [
+/// The longest audit field kept; longer text is cut and says how long it was.
+pub const AUDIT_FIELD_MAX: usize = 512;
+
+/// The longest password considered (longer ones are refused before hashing).
+pub const PASSWORD_MAX: usize = 1024;
+
+/// The account tables' forward migrations, in order: version N is reached by running
+/// `MIGRATIONS[N - 1]`. Never edit a released step; append one.
+const MIGRATIONS: &[&[&str]] = &[
+    &SCHEMA_V1,
+    // v2: accounts can be disabled (sign-ins end, the account stays for the audit log).
+    &["ALTER TABLE users ADD COLUMN disabled_at BIGINT"],
+];
+
+const SCHEMA_V1: [&str; 4] = [
     "CREATE TABLE IF NOT EXISTS users (name TEXT PRIMARY KEY, role TEXT NOT NULL, \
      password_hash TEXT NOT NULL, created_at BIGINT NOT NULL)",
     "CREATE TABLE IF NOT EXISTS logins (token_sha256 TEXT PRIMARY KEY, user_name TEXT NOT NULL, \
@@ -99,12 +120,42 @@ pub struct AuditEntry {
     pub detail: String,
 }
 
-/// Creates the tables (idempotent).
+/// Creates the tables, or brings them to the current version (idempotent).
 pub fn init(index: &dyn Index) -> Result<(), AuthError> {
-    for s in SCHEMA {
-        index.exec(s, &[])?;
+    crate::record::migrate(index, "accounts", "users", MIGRATIONS).map_err(|e| match e {
+        crate::record::RecordError::Index(e) => AuthError::Index(e),
+        e => AuthError::Invalid(e.to_string()),
+    })
+}
+
+/// Whether `name` is a user name `user add` accepts: 1-64 letters, digits, `.`, `_`, `-`, `@`.
+pub fn valid_user_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .all(|c| c.is_alphanumeric() || matches!(c, '.' | '_' | '-' | '@'))
+}
+
+/// `s` cut to about `max` characters, keeping its start and its end (what an attacker would
+/// hide behind padding is at one of them, where search still finds it), saying how long it was.
+pub fn bounded_ends(s: &str, max: usize) -> String {
+    let n = s.chars().count();
+    if n <= max {
+        return s.to_owned();
     }
-    Ok(())
+    let half = max / 2;
+    let head: String = s.chars().take(half).collect();
+    let tail: String = s.chars().skip(n - half).collect();
+    format!("{head} ... ({} bytes in all) ... {tail}", s.len())
+}
+
+/// `s` cut to `max` characters, saying how long it was when cut.
+pub fn bounded(s: &str, max: usize) -> String {
+    match s.char_indices().nth(max) {
+        None => s.to_owned(),
+        Some((at, _)) => format!("{}... ({} bytes in all)", &s[..at], s.len()),
+    }
 }
 
 fn hash_password(password: &str) -> Result<String, AuthError> {
@@ -146,26 +197,22 @@ pub fn add_user(
     role: Role,
     password: &str,
 ) -> Result<(), AuthError> {
-    let valid = !name.is_empty()
-        && name.len() <= 64
-        && name
-            .chars()
-            .all(|c| c.is_alphanumeric() || matches!(c, '.' | '_' | '-' | '@'));
-    if !valid {
+    if !valid_user_name(name) {
         return Err(AuthError::Invalid(format!(
             "user name {name:?}: use 1-64 letters, digits, '.', '_', '-' or '@'"
         )));
     }
-    if password.chars().count() < 12 {
-        return Err(AuthError::Invalid(
-            "the password must have at least 12 characters".into(),
-        ));
+    if password.chars().count() < 12 || password.len() > PASSWORD_MAX {
+        return Err(AuthError::Invalid(format!(
+            "the password must have at least 12 characters and at most {PASSWORD_MAX} bytes"
+        )));
     }
     let hash = hash_password(password)?;
+    // Saving an account also enables it again.
     index.exec(
         "INSERT INTO users (name, role, password_hash, created_at) VALUES ($1, $2, $3, $4) \
          ON CONFLICT (name) DO UPDATE SET role = excluded.role, \
-         password_hash = excluded.password_hash",
+         password_hash = excluded.password_hash, disabled_at = NULL",
         &[
             text(name),
             text(role.as_str()),
@@ -178,18 +225,80 @@ pub fn add_user(
     Ok(())
 }
 
-/// Accounts and their roles.
+/// Accounts and their roles (disabled ones too: see [`accounts`]).
 pub fn users(index: &dyn Index) -> Result<Vec<(String, Role)>, AuthError> {
-    Ok(index
-        .query("SELECT name, role FROM users ORDER BY name", &[])?
+    Ok(accounts(index)?
         .into_iter()
-        .filter_map(|r| {
-            Some((
-                r.first()?.text()?.to_owned(),
-                Role::parse(r.get(1)?.text()?)?,
-            ))
-        })
+        .map(|a| (a.name, a.role))
         .collect())
+}
+
+/// One account as `user list` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Account {
+    pub name: String,
+    pub role: Role,
+    /// Since when sign-in is refused, if it is.
+    pub disabled_at: Option<DateTime<Utc>>,
+}
+
+/// Every account. A row this program cannot read is an error, not left out: an account list
+/// that hides an account would mislead the admin reading it.
+pub fn accounts(index: &dyn Index) -> Result<Vec<Account>, AuthError> {
+    index
+        .query(
+            "SELECT name, role, disabled_at FROM users ORDER BY name",
+            &[],
+        )?
+        .into_iter()
+        .map(|r| {
+            let name = r.first().and_then(SqlValue::text);
+            let role = r.get(1).and_then(SqlValue::text).and_then(Role::parse);
+            let disabled_at = match r.get(2) {
+                Some(SqlValue::Int(t)) => DateTime::from_timestamp_micros(*t).map(Some),
+                Some(SqlValue::Null) | None => Some(None),
+                _ => None,
+            };
+            match (name, role, disabled_at) {
+                (Some(n), Some(role), Some(disabled_at)) => Ok(Account {
+                    name: n.to_owned(),
+                    role,
+                    disabled_at,
+                }),
+                _ => Err(AuthError::Invalid(format!(
+                    "an account row is unreadable: {r:?}"
+                ))),
+            }
+        })
+        .collect()
+}
+
+/// Refuses the account's sign-in from now on and ends its sign-ins at once; `false` if there is
+/// no such account.
+pub fn disable_user(index: &dyn Index, name: &str) -> Result<bool, AuthError> {
+    let n = index.exec(
+        "UPDATE users SET disabled_at = $2 WHERE name = $1",
+        &[text(name), SqlValue::Int(Utc::now().timestamp_micros())],
+    )?;
+    index.exec("DELETE FROM logins WHERE user_name = $1", &[text(name)])?;
+    Ok(n > 0)
+}
+
+/// Lets a disabled account sign in again; `false` if there is no such account.
+pub fn enable_user(index: &dyn Index, name: &str) -> Result<bool, AuthError> {
+    let n = index.exec(
+        "UPDATE users SET disabled_at = NULL WHERE name = $1",
+        &[text(name)],
+    )?;
+    Ok(n > 0)
+}
+
+/// Removes the account and ends its sign-ins (its audit records stay); `false` if there was
+/// no such account.
+pub fn remove_user(index: &dyn Index, name: &str) -> Result<bool, AuthError> {
+    index.exec("DELETE FROM logins WHERE user_name = $1", &[text(name)])?;
+    let n = index.exec("DELETE FROM users WHERE name = $1", &[text(name)])?;
+    Ok(n > 0)
 }
 
 /// Checks a password; on success starts a sign-in and returns its token and [`Login`].
@@ -199,8 +308,12 @@ pub fn sign_in(
     name: &str,
     password: &str,
 ) -> Result<Option<(String, Login)>, AuthError> {
+    if !valid_user_name(name) || password.len() > PASSWORD_MAX {
+        // No account can have this name or password: nothing to hash.
+        return Ok(None);
+    }
     let row = index.query(
-        "SELECT role, password_hash FROM users WHERE name = $1",
+        "SELECT role, password_hash FROM users WHERE name = $1 AND disabled_at IS NULL",
         &[text(name)],
     )?;
     let stored = row.first().and_then(|r| {
@@ -251,8 +364,12 @@ fn dummy_hash() -> &'static str {
 
 /// The sign-in a token belongs to, if it exists and has not expired.
 pub fn login(index: &dyn Index, token: &str) -> Result<Option<Login>, AuthError> {
+    // Only while the account exists and is enabled: a sign-in that raced a `user disable` or
+    // `user remove` (its insert landing after their delete) is not honoured either.
     let rows = index.query(
-        "SELECT user_name, role, csrf, expires_at FROM logins WHERE token_sha256 = $1",
+        "SELECT l.user_name, l.role, l.csrf, l.expires_at FROM logins l \
+         JOIN users u ON u.name = l.user_name \
+         WHERE l.token_sha256 = $1 AND u.disabled_at IS NULL",
         &[SqlValue::Text(token_digest(token))],
     )?;
     let Some(r) = rows.first() else {
@@ -278,7 +395,7 @@ pub fn sign_out(index: &dyn Index, token: &str) -> Result<(), AuthError> {
     Ok(())
 }
 
-/// Appends to the audit log.
+/// Appends to the audit log, each field cut to [`AUDIT_FIELD_MAX`] characters.
 pub fn audit(
     index: &dyn Index,
     user: &str,
@@ -290,33 +407,49 @@ pub fn audit(
         "INSERT INTO audit (at, user_name, action, target, detail) VALUES ($1, $2, $3, $4, $5)",
         &[
             SqlValue::Int(Utc::now().timestamp_micros()),
-            text(user),
-            text(action),
-            text(target),
-            text(detail),
+            SqlValue::Text(bounded(user, AUDIT_FIELD_MAX)),
+            SqlValue::Text(bounded(action, AUDIT_FIELD_MAX)),
+            SqlValue::Text(bounded(target, AUDIT_FIELD_MAX)),
+            SqlValue::Text(bounded(detail, AUDIT_FIELD_MAX)),
         ],
     )?;
     Ok(())
 }
 
-/// The newest `limit` audit records, newest first.
-pub fn audit_log(index: &dyn Index, limit: u32) -> Result<Vec<AuditEntry>, AuthError> {
-    Ok(index
+/// The largest page of the audit log.
+pub const AUDIT_PAGE_MAX: u32 = 500;
+
+/// Up to `limit` (at most [`AUDIT_PAGE_MAX`]) audit records, newest first, older than `before`
+/// when given (the `at` of the last record of the previous page).
+pub fn audit_log(
+    index: &dyn Index,
+    limit: u32,
+    before: Option<DateTime<Utc>>,
+) -> Result<Vec<AuditEntry>, AuthError> {
+    let before = before.map_or(i64::MAX, |t| t.timestamp_micros());
+    index
         .query(
-            "SELECT at, user_name, action, target, detail FROM audit ORDER BY at DESC LIMIT $1",
-            &[SqlValue::Int(i64::from(limit))],
+            "SELECT at, user_name, action, target, detail FROM audit WHERE at < $1 \
+             ORDER BY at DESC LIMIT $2",
+            &[
+                SqlValue::Int(before),
+                SqlValue::Int(i64::from(limit.clamp(1, AUDIT_PAGE_MAX))),
+            ],
         )?
         .into_iter()
-        .filter_map(|r| {
-            Some(AuditEntry {
-                at: DateTime::from_timestamp_micros(r.first()?.int()?)?,
-                user: r.get(1)?.text()?.to_owned(),
-                action: r.get(2)?.text()?.to_owned(),
-                target: r.get(3)?.text()?.to_owned(),
-                detail: r.get(4)?.text()?.to_owned(),
-            })
+        .map(|r| {
+            (|| {
+                Some(AuditEntry {
+                    at: DateTime::from_timestamp_micros(r.first()?.int()?)?,
+                    user: r.get(1)?.text()?.to_owned(),
+                    action: r.get(2)?.text()?.to_owned(),
+                    target: r.get(3)?.text()?.to_owned(),
+                    detail: r.get(4)?.text()?.to_owned(),
+                })
+            })()
+            .ok_or_else(|| AuthError::Invalid(format!("an audit row is unreadable: {r:?}")))
         })
-        .collect())
+        .collect()
 }
 
 #[cfg(test)]
@@ -363,7 +496,7 @@ mod tests {
         assert!(login(&idx, &token).unwrap().is_none());
         audit(&idx, "eve", "view", "s1", "").unwrap();
         audit(&idx, "eve", "search", "useradd", "3 sessions").unwrap();
-        let log = audit_log(&idx, 10).unwrap();
+        let log = audit_log(&idx, 10, None).unwrap();
         assert_eq!(log.len(), 2);
         assert_eq!(users(&idx).unwrap(), [("eve".to_owned(), Role::Admin)]);
     }

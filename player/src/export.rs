@@ -126,6 +126,36 @@ pub fn part_path(out: &Path, n: usize) -> PathBuf {
     out.with_file_name(format!("{stem}.part{n}.mp4"))
 }
 
+/// The name an export of `session` (part `part`, from 1) is handed out under. One the player
+/// cannot vouch for (broken, or not signed by the machine's approved key) says so in its
+/// name, so that a copy passed on without its report is not mistaken for verified evidence.
+pub fn file_name(session: SessionId, part: usize, verified: bool) -> String {
+    format!(
+        "jitrec-{session}{}{}.mp4",
+        if part > 1 {
+            format!("-part{part}")
+        } else {
+            String::new()
+        },
+        if verified { "" } else { "-UNVERIFIED" }
+    )
+}
+
+/// `path` with `-UNVERIFIED` before its extension, unless its name already says so.
+pub fn unverified_path(path: &Path) -> PathBuf {
+    let name = path
+        .file_name()
+        .map_or_else(|| "export.mp4".into(), |n| n.to_string_lossy().into_owned());
+    if name.contains("UNVERIFIED") {
+        return path.to_owned();
+    }
+    let marked = match name.rsplit_once('.') {
+        Some((stem, ext)) => format!("{stem}-UNVERIFIED.{ext}"),
+        None => format!("{name}-UNVERIFIED"),
+    };
+    path.with_file_name(marked)
+}
+
 /// Exports `session` from `src` to `out` (and `out.partN.mp4` after screen-size changes).
 pub fn export(
     src: &dyn BucketReader,
@@ -440,6 +470,27 @@ mod tests {
     use jitrec_format::{MediaTime, WindowInfo};
 
     use super::*;
+
+    #[test]
+    fn unverified_exports_say_so_in_their_names() {
+        let id: SessionId = "0190a0b0-0000-7000-8000-000000000001".parse().unwrap();
+        assert_eq!(
+            file_name(id, 1, true),
+            "jitrec-0190a0b0-0000-7000-8000-000000000001.mp4"
+        );
+        assert_eq!(
+            file_name(id, 2, false),
+            "jitrec-0190a0b0-0000-7000-8000-000000000001-part2-UNVERIFIED.mp4"
+        );
+        assert_eq!(
+            unverified_path(Path::new("/x/s.part2.mp4")),
+            Path::new("/x/s.part2-UNVERIFIED.mp4")
+        );
+        assert_eq!(
+            unverified_path(Path::new("/x/s-UNVERIFIED.mp4")),
+            Path::new("/x/s-UNVERIFIED.mp4")
+        );
+    }
 
     #[test]
     fn part_names() {

@@ -16,10 +16,21 @@
 //!    [`SessionScan`] `verify` uses, and writes sessions, chunks and events in one transaction.
 //!    A closed session is final and dropped from the pass. Sessions with nothing new for
 //!    `stale_after` are *interrupted* (chunks still missing then count as a gap) and are
-//!    looked at only every [`STALE_EVERY`] passes.
+//!    looked at only every [`STALE_EVERY`] passes. Before that, an open session with nothing
+//!    new for three chunk lengths and a slack is *silent* ([`crate::silence`]): judged every
+//!    pass from the scan's last arrival (a time comparison, no extra read), and the indexer
+//!    wakes for the earliest such deadline rather than waiting out its interval.
 //!
 //! On start-up the unfinished sessions are read again from the start (the upserts converge);
-//! `reindex` empties the index and discovers from the beginning of the bucket.
+//! `reindex` reads every session again from the beginning of the bucket, over the rows it finds.
+//!
+//! A session's failure is its own: a read or write that fails is logged when it starts (not
+//! every pass), written to the session's row as an `unindexed` problem, and retried, every pass
+//! up to [`MAX_QUICK_RETRIES`] and then every [`STALE_EVERY`] passes; every other session goes on.
+//! What one advance read is committed to the scan state only with the index write: a failed
+//! write puts the scan back, so the next pass reads it again (nothing is marked indexed that is
+//! not). An advance reads at most [`CHUNKS_PER_BATCH`] chunks and writes them in one
+//! transaction, so neither memory nor a transaction grows with a session's length.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
@@ -47,6 +58,9 @@ const MAX_ANOMALIES: usize = 100;
 /// Sessions a notify may name for one pass.
 const MAX_NOTIFIED: usize = 100;
 
+/// The shortest time between the starts of two passes, however many notifies arrive.
+pub const MIN_PASS_GAP: Duration = Duration::from_millis(100);
+
 /// Settings of the indexer.
 #[derive(Debug, Clone)]
 pub struct IndexerConfig {
@@ -54,6 +68,9 @@ pub struct IndexerConfig {
     pub interval: Duration,
     /// An unclosed session with nothing new for this long is shown as interrupted.
     pub stale_after: Duration,
+    /// Added to three chunk lengths: an open session with nothing new for that long is silent
+    /// ([`crate::silence::silent_after`]).
+    pub silent_slack: Duration,
     /// How far before the newest session discovery lists again (endpoint clock skew).
     pub discovery_window: Duration,
     /// When a machine's key counts (see [`crate::enroll`]).
@@ -71,6 +88,7 @@ impl Default for IndexerConfig {
         Self {
             interval: Duration::from_secs(1),
             stale_after: Duration::from_secs(600),
+            silent_slack: crate::silence::DEFAULT_SLACK,
             discovery_window: Duration::from_secs(3600),
             enrolment: crate::enroll::Policy::default(),
             machines_per_pass: 200,
@@ -166,6 +184,38 @@ struct Tracked {
     last_change: Instant,
     /// Not advanced yet.
     fresh: bool,
+    /// Consecutive failed advances.
+    failures: u32,
+    last_error: Option<String>,
+    /// Read again by a reindex over the row the index has: the row is written only once the
+    /// whole session has been read, so a reindex stopped half-way leaves it as it was.
+    rebuilding: bool,
+}
+
+/// What an advance changes of a [`Tracked`], to put back when its write failed.
+struct Saved {
+    scan: SessionScan,
+    row: SessionRow,
+    last_change: Instant,
+    fresh: bool,
+}
+
+impl Tracked {
+    fn clone_state(&self) -> Saved {
+        Saved {
+            scan: self.scan.clone(),
+            row: self.row.clone(),
+            last_change: self.last_change,
+            fresh: self.fresh,
+        }
+    }
+
+    fn restore(&mut self, s: Saved) {
+        self.scan = s.scan;
+        self.row = s.row;
+        self.last_change = s.last_change;
+        self.fresh = s.fresh;
+    }
 }
 
 /// The indexer stage.
@@ -186,6 +236,20 @@ pub struct Indexer {
     bad_machines: BTreeSet<String>,
     passes: u64,
     maintained: Option<Instant>,
+    /// A reindex is reading every session again, closed ones too.
+    rebuilding: bool,
+}
+
+/// What a reindex did.
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct ReindexReport {
+    /// Sessions found in the bucket and read again.
+    pub sessions: usize,
+    /// Sessions that could not be read or written completely (kept as they were, or as far
+    /// as they were read), with the last error.
+    pub failed: Vec<(SessionId, String)>,
+    /// Sessions the index had that the bucket no longer lists: marked tampered.
+    pub missing: Vec<SessionId>,
 }
 
 /// Discovery's state for one machine of layout v2.
@@ -215,6 +279,7 @@ impl Indexer {
             bad_machines: BTreeSet::new(),
             passes: 0,
             maintained: None,
+            rebuilding: false,
         };
         crate::retention::init(me.index.as_ref()).map_err(|e| match e {
             crate::retention::RetentionError::Index(e) => IndexerError::Index(e),
@@ -239,25 +304,91 @@ impl Indexer {
         self.handle.clone()
     }
 
-    /// Empties the index and reads the whole bucket again; returns the sessions indexed.
-    pub fn reindex(&mut self) -> Result<usize, IndexerError> {
-        self.index.clear()?;
+    /// Reads the whole bucket again, every session from its start, over the index it finds:
+    /// each session's rows are replaced as its new reading is written (chunk by chunk, in
+    /// transactions), so a reindex that fails or is stopped half-way leaves every session as
+    /// complete as it was or more, never less. A session that cannot be read or written is
+    /// reported and passed over. A session the index has and the bucket no longer lists (and
+    /// retention did not delete) is marked tampered: it was there, and is not now.
+    pub fn reindex(&mut self) -> Result<ReindexReport, IndexerError> {
         self.open.clear();
         self.seen.clear();
         self.newest = None;
         self.machines.clear();
         self.next_machine = None;
-        let n = self.discover_all()?;
-        self.advance_all(true)?;
+        self.rebuilding = true;
+        let discovered = self.discover_all();
+        let sessions: BTreeSet<SessionId> = self.open.keys().copied().collect();
+        let advanced = discovered.and_then(|_| self.advance_all(true));
+        self.rebuilding = false;
+        let mut report = ReindexReport {
+            sessions: sessions.len(),
+            ..ReindexReport::default()
+        };
+        for (id, t) in &self.open {
+            if let Some(e) = &t.last_error {
+                report.failed.push((*id, e.clone()));
+            }
+        }
+        if let Err(e) = advanced {
+            // A listing that failed leaves the rest unread: say so rather than report a full
+            // reindex. Sessions already read stay written.
+            if report.failed.is_empty() {
+                return Err(e);
+            }
+        }
+        for id in self.index_ids()? {
+            if sessions.contains(&id)
+                || crate::retention::is_deleted(self.index.as_ref(), id)
+                    .map_err(|e| IndexerError::Index(IndexError::Other(e.to_string())))?
+            {
+                continue;
+            }
+            if let Some(mut row) = self.index.session(id)? {
+                let message =
+                    "no longer in the bucket: the player indexed it before, the bucket does not list it now"
+                        .to_owned();
+                if !row.problems.iter().any(|p| p.message == message) {
+                    row.problems.push(crate::scan::Problem {
+                        kind: crate::scan::ProblemKind::Tampered,
+                        message,
+                        silence: None,
+                    });
+                }
+                row.status = crate::scan::Status::Tampered;
+                self.index.apply(&Batch {
+                    sessions: vec![row],
+                    ..Batch::default()
+                })?;
+                report.missing.push(id);
+            }
+        }
         self.index.maintain()?;
         self.maintained = Some(Instant::now());
-        Ok(n)
+        Ok(report)
+    }
+
+    /// Every session id the index holds.
+    fn index_ids(&self) -> Result<Vec<SessionId>, IndexerError> {
+        Ok(self
+            .index
+            .query("SELECT id FROM sessions", &[])?
+            .into_iter()
+            .filter_map(|r| r.first()?.text()?.parse().ok())
+            .collect())
     }
 
     /// Runs passes until [`IndexerHandle::stop`]. A failed pass is logged and retried at the
     /// next interval: the bucket or the database being away must not stop the service.
     pub fn run(mut self) {
+        let mut last_pass: Option<Instant> = None;
         loop {
+            // Notifies start passes at once, but no faster than this: a flood of them (any
+            // signed-in client can send one) costs at most ten passes a second.
+            if let Some(gap) = last_pass.and_then(|t| MIN_PASS_GAP.checked_sub(t.elapsed())) {
+                std::thread::sleep(gap);
+            }
+            last_pass = Some(Instant::now());
             if let Err(e) = self.pass() {
                 tracing::warn!(error = %e, "index pass failed; retrying");
                 let mut st = self
@@ -268,7 +399,7 @@ impl Indexer {
                 st.failed_passes += 1;
                 st.last_error = Some(e.to_string());
             }
-            let (stop, named) = self.handle.wait(self.config.interval);
+            let (stop, named) = self.handle.wait(self.next_wait());
             if stop {
                 return;
             }
@@ -280,6 +411,24 @@ impl Indexer {
                 }
             }
         }
+    }
+
+    /// How long to wait for the next pass: the interval, or less when an open session's silence
+    /// deadline comes sooner, so that silence is shown when it begins and not up to an interval
+    /// later. (The passes are still at least [`MIN_PASS_GAP`] apart.)
+    fn next_wait(&self) -> Duration {
+        let now = Utc::now();
+        // Only deadlines still ahead: one already past was judged by the pass just run, or
+        // belongs to a session that pass skipped (failing, stale), and must not make the loop
+        // spin.
+        self.open
+            .values()
+            .filter(|t| t.row.status == crate::scan::Status::Recording)
+            .filter_map(|t| t.scan.silent_at(self.config.silent_slack))
+            .filter_map(|at| (at - now).to_std().ok())
+            .filter(|d| !d.is_zero())
+            .min()
+            .map_or(self.config.interval, |d| d.min(self.config.interval))
     }
 
     /// A session someone said has news (`POST /api/notify`): looked at only if it is in the
@@ -331,10 +480,15 @@ impl Indexer {
     fn track(&mut self, key: SessionKey) {
         let id = key.id;
         self.open.entry(id).or_insert_with(|| Tracked {
-            scan: SessionScan::new(key).with_keyring(self.config.keyring.clone()),
+            scan: SessionScan::new(key)
+                .with_keyring(self.config.keyring.clone())
+                .with_chunk_budget(CHUNKS_PER_BATCH),
             row: SessionRow::unknown(id, Utc::now()),
             last_change: Instant::now(),
             fresh: true,
+            failures: 0,
+            last_error: None,
+            rebuilding: self.rebuilding,
         });
     }
 
@@ -478,7 +632,7 @@ impl Indexer {
         let deleted = crate::retention::is_deleted(self.index.as_ref(), id)
             .map_err(|e| IndexerError::Index(IndexError::Other(e.to_string())))?;
         match self.index.session(id)? {
-            Some(r) if r.closed => Ok(false),
+            Some(r) if r.closed && !self.rebuilding => Ok(false),
             _ if deleted => Ok(false),
             _ => {
                 self.track(key);
@@ -495,75 +649,197 @@ impl Indexer {
                 continue;
             };
             let stale = t.last_change.elapsed() >= self.config.stale_after;
-            if stale && !everything && !self.passes.is_multiple_of(STALE_EVERY) {
+            let rare = self.passes.is_multiple_of(STALE_EVERY);
+            if !everything && !rare && (stale || t.failures >= MAX_QUICK_RETRIES) {
                 continue;
             }
-            let mut found = Vec::new();
-            // One session's failure (an object the store will not serve, a witness write that
-            // failed) is that session's: what it read before the failure is still written, the
-            // rest is retried next pass, and every other session is still advanced in this one.
-            let progressed = match t.scan.advance_witnessed(
-                self.src.as_ref(),
-                Some(self.index.as_ref()),
-                stale,
-                &mut found,
-            ) {
-                Ok(p) => p,
-                Err(e) => {
-                    tracing::warn!(session = %id, error = %e, "advancing a session failed; retrying it next pass");
-                    failed.get_or_insert(IndexerError::Store(e));
-                    !found.is_empty()
-                }
-            };
-            let now = Utc::now();
-            let mut last_utc = t.row.started_at;
-            let mut batch = Batch::default();
-            for f in found {
-                match &f {
-                    Found::Chunk { manifest, .. } => last_utc = last_utc.max(manifest.utc_end),
-                    Found::Header(h) => crate::enroll::seen_header(
-                        self.index.as_ref(),
-                        id,
-                        h,
-                        self.config.enrolment,
-                        now,
-                    )
-                    .map_err(|e| IndexerError::Index(IndexError::Other(e.to_string())))?,
-                    Found::Close(c) => {
-                        crate::enroll::seen_close(self.index.as_ref(), id, c.stopped_by.as_ref())
-                            .map_err(|e| IndexerError::Index(IndexError::Other(e.to_string())))?
+            // One session's failure is that session's: every other session is still advanced in
+            // this pass. Each advance reads at most CHUNKS_PER_BATCH chunks and writes them in one
+            // transaction; a session with more goes on, up to BATCHES_PER_PASS batches a pass
+            // (a reindex reads it to its end), so one long session does not hold up the others.
+            let mut batches = 0;
+            loop {
+                batches += 1;
+                let before = t.clone_state();
+                match advance_session(
+                    self.src.as_ref(),
+                    self.index.as_ref(),
+                    &self.config,
+                    id,
+                    t,
+                    stale,
+                ) {
+                    Ok(()) => {
+                        if t.failures > 0 {
+                            tracing::info!(session = %id, after = t.failures, "a session that failed to index is indexed again");
+                            t.failures = 0;
+                            t.last_error = None;
+                        }
+                        if !t.scan.has_more() || (!everything && batches >= BATCHES_PER_PASS) {
+                            break;
+                        }
                     }
-                    Found::Init(_) => {}
+                    Err((e, wrote)) => {
+                        if !wrote {
+                            // Nothing of this advance reached the index: the scan goes back to
+                            // where the index is, and the next pass reads it all again.
+                            t.restore(before);
+                        }
+                        note_failure(self.index.as_ref(), id, t, &e);
+                        failed.get_or_insert(e);
+                        break;
+                    }
                 }
-                apply_found(&mut t.row, f, id, &mut batch);
             }
-            if t.fresh {
-                // First look at a session just discovered or restored from the index: judge
-                // staleness by the recording's own clock, not by when we started watching it.
-                t.fresh = false;
-                let age = (now - last_utc).to_std().unwrap_or_default();
-                t.last_change = Instant::now().checked_sub(age).unwrap_or_else(Instant::now);
-            } else if progressed {
-                t.last_change = Instant::now();
-            }
-            if progressed {
-                t.row.last_change = now;
-            }
-            let stale = t.last_change.elapsed() >= self.config.stale_after;
-            let status = t.scan.status(stale);
-            let problems = t.scan.problems().to_vec();
-            if progressed || status != t.row.status || problems != t.row.problems {
-                t.row.status = status;
-                t.row.problems = problems;
-                batch.sessions.push(t.row.clone());
-            }
-            self.index.apply(&batch)?;
             if t.scan.is_closed() {
                 tracing::info!(session = %id, status = %t.row.status, chunks = t.row.chunks, "session indexed");
                 self.open.remove(&id);
             }
         }
         failed.map_or(Ok(()), Err)
+    }
+}
+
+/// Consecutive failed advances after which a session is retried only every [`STALE_EVERY`]
+/// passes (a session that cannot be read or written must not cost every pass).
+pub const MAX_QUICK_RETRIES: u32 = 5;
+
+/// Chunks read and written per index transaction.
+pub const CHUNKS_PER_BATCH: u64 = 64;
+
+/// Batches one session may take in one pass of `serve`'s indexer (the rest waits for the next).
+pub const BATCHES_PER_PASS: u32 = 16;
+
+/// Records a session's failure: logged when it first fails and when it reaches the retry bound
+/// (not every pass), and written to the session's row as an `unindexed` problem where the index
+/// takes that much.
+fn note_failure(index: &dyn Index, id: SessionId, t: &mut Tracked, e: &IndexerError) {
+    t.failures += 1;
+    let text = e.to_string();
+    let changed = t.last_error.as_deref() != Some(text.as_str());
+    t.last_error = Some(text.clone());
+    if t.failures == MAX_QUICK_RETRIES {
+        tracing::error!(session = %id, error = %text, attempts = t.failures, "a session cannot be indexed; retrying it only every {STALE_EVERY} passes until it can");
+    } else if changed {
+        tracing::warn!(session = %id, error = %text, "indexing a session failed; retrying it");
+    }
+    let message = format!(
+        "the player could not index all of this session yet ({} attempts): {}",
+        t.failures,
+        crate::auth::bounded(&text, 300)
+    );
+    // Marked on the row the index has, if it has one: a session read again from the start (a
+    // reindex, a restart) must not be replaced by the little this attempt knew of it.
+    let mut row = match index.session(id) {
+        Ok(Some(r)) => r,
+        _ => t.row.clone(),
+    };
+    row.problems
+        .retain(|p| p.kind != crate::scan::ProblemKind::Unindexed);
+    row.problems.push(crate::scan::Problem {
+        kind: crate::scan::ProblemKind::Unindexed,
+        message,
+        silence: None,
+    });
+    let batch = Batch {
+        sessions: vec![row],
+        ..Batch::default()
+    };
+    // Best effort: when the index itself is what fails, this fails too, and the log has it.
+    let _ = index.apply(&batch);
+}
+
+/// One advance of one session: reads what is new (at most a batch of chunks), then writes it in
+/// one transaction. On failure, says whether what was read reached the index (a read that failed
+/// half-way still writes what it read before the failure).
+fn advance_session(
+    src: &dyn BucketReader,
+    index: &dyn Index,
+    config: &IndexerConfig,
+    id: SessionId,
+    t: &mut Tracked,
+    stale: bool,
+) -> Result<(), (IndexerError, bool)> {
+    let mut found = Vec::new();
+    let (progressed, read_error) =
+        match t
+            .scan
+            .advance_witnessed(src, Some(index), stale, &mut found)
+        {
+            Ok(p) => (p, None),
+            Err(e) => (!found.is_empty(), Some(IndexerError::Store(e))),
+        };
+    let write = |t: &mut Tracked| -> Result<(), IndexerError> {
+        let now = Utc::now();
+        let mut last_utc = t.row.started_at;
+        let mut batch = Batch::default();
+        for f in found {
+            match &f {
+                Found::Chunk { manifest, .. } => last_utc = last_utc.max(manifest.utc_end),
+                Found::Header(h) => crate::enroll::seen_header(index, id, h, config.enrolment, now)
+                    .map_err(|e| IndexerError::Index(IndexError::Other(e.to_string())))?,
+                Found::Close(c) => crate::enroll::seen_close(index, id, c.stopped_by.as_ref())
+                    .map_err(|e| IndexerError::Index(IndexError::Other(e.to_string())))?,
+                Found::Init(_) => {}
+            }
+            apply_found(&mut t.row, f, id, &mut batch);
+        }
+        if t.fresh {
+            // First look at a session just discovered or restored from the index: judge
+            // staleness by the recording's own clock, not by when we started watching it.
+            t.fresh = false;
+            let age = (now - last_utc).to_std().unwrap_or_default();
+            t.last_change = Instant::now().checked_sub(age).unwrap_or_else(Instant::now);
+        } else if progressed {
+            t.last_change = Instant::now();
+        }
+        if progressed {
+            t.row.last_change = now;
+        }
+        let stale = t.last_change.elapsed() >= config.stale_after;
+        // Silence is judged on the player's clock against the scan's last arrival (the witness
+        // record's first sight), never on the endpoint's times; a stale session is interrupted
+        // instead.
+        let silence = (!stale)
+            .then(|| t.scan.silence(now, config.silent_slack))
+            .flatten();
+        let status = t.scan.status_with(stale, silence.is_some());
+        let mut problems = t.scan.problems().to_vec();
+        problems.extend(silence.map(crate::scan::Problem::silent));
+        // A read failure being retried stays on the row until an advance succeeds.
+        if read_error.is_some() {
+            problems.extend(
+                t.row
+                    .problems
+                    .iter()
+                    .filter(|p| p.kind == crate::scan::ProblemKind::Unindexed)
+                    .cloned(),
+            );
+        }
+        // After failures the index row carries an `unindexed` problem this row does not: written
+        // again, so a success clears it.
+        // A reindex writes the session's row once it has read all of it (chunks and events
+        // are written batch by batch, as upserts over what the index has).
+        let unfinished = t.rebuilding && t.scan.has_more();
+        if !unfinished
+            && (progressed
+                || status != t.row.status
+                || problems != t.row.problems
+                || t.failures > 0)
+        {
+            t.row.status = status;
+            t.row.problems = problems;
+            batch.sessions.push(t.row.clone());
+        }
+        index.apply(&batch)?;
+        Ok(())
+    };
+    match write(t) {
+        Err(e) => Err((e, false)),
+        Ok(()) => match read_error {
+            Some(e) => Err((e, true)),
+            None => Ok(()),
+        },
     }
 }
 
@@ -588,6 +864,7 @@ fn apply_found(row: &mut SessionRow, f: Found, id: SessionId, batch: &mut Batch)
             row.computer = h.labels.computer;
             row.authorized_by = h.authorization.authorized_by;
             row.reason = h.authorization.reason;
+            row.continues = h.continues;
             row.trigger = serde_json::to_value(h.authorization.trigger)
                 .ok()
                 .and_then(|v| v.as_str().map(str::to_owned))

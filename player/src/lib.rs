@@ -4,17 +4,24 @@
 //! `jitrec-bucket` crate; the player holds its reader, and its admin only where retention runs.
 //! - [`scan`]: reads one session incrementally and checks it (hash chain, payload hashes); the
 //!   one definition of a session's status.
+//! - [`silence`]: when an open session's recorder has gone quiet (the `silent` status).
 //! - [`verify`]: the command-line verdict built on a full scan.
 //! - [`index`]: the index (SQLite or PostgreSQL behind one trait) and its queries.
 //! - [`indexer`]: keeps the index up to date with the bucket.
 //! - [`api`]: the HTTP API (JSON, media with Range, HLS playlists).
+//! - [`range`]: the `Range` header of media responses (self-contained: the fuzz crate includes
+//!   it by path).
 //! - [`export`]: one MP4 per session, remuxed without re-encoding.
 //! - [`auth`]: local accounts, sign-ins, roles and the audit log.
 //! - [`web`]: the report view's pages and sign-in around the API.
 //! - [`retention`]: policies, legal holds, the deletion job and its log.
+//! - [`record`]: what is record and what is cache, and the records' schema migrations.
+//! - [`throttle`]: sign-in back-off and the bound on password checks.
 //!
-//! Invariant: the player reads only the bucket (never a spool), and the bucket is the source of
-//! truth: anything the player keeps can be rebuilt from it.
+//! Invariant: the player reads only the bucket (never a spool). The bucket is the source of the
+//! recordings: the index's session, chunk and event tables are a cache rebuilt from it. The
+//! player's own records (accounts, audit, retention, enrolment, witness; see [`record`]) are
+//! not in the bucket and cannot be rebuilt from it.
 //! Invariant: every read of the bucket names its limit before it reads (the bucket is written
 //! by the people being recorded).
 
@@ -26,8 +33,12 @@ pub mod export;
 pub mod index;
 pub mod indexer;
 pub mod locate;
+pub mod range;
+pub mod record;
 pub mod retention;
 pub mod scan;
+pub mod silence;
+pub mod throttle;
 pub mod unseal;
 pub mod verify;
 pub mod web;

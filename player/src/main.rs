@@ -10,6 +10,7 @@ use clap::{Args, Parser, Subcommand};
 use jitrec_bucket::S3Args;
 use jitrec_bucket::{BucketAdmin, BucketReader, DirBucket, S3Bucket};
 use jitrec_format::SessionId;
+use jitrec_player::auth;
 use jitrec_player::enroll::Policy;
 use jitrec_player::export::{self, ExportOptions};
 use jitrec_player::index::{self, Index};
@@ -61,18 +62,32 @@ enum Command {
         #[command(flatten)]
         index: IndexArgs,
         /// Address to listen on. Serve plain HTTP only on loopback; put a TLS-terminating proxy in
-        /// front (and pass --cookie-secure) for anything else.
+        /// front for anything else.
         #[arg(long, default_value = "127.0.0.1:8480")]
         listen: SocketAddr,
-        /// Mark the sign-in cookie Secure (when reached over HTTPS).
+        /// Leave Secure off the sign-in cookie, for browsers reaching the player over plain HTTP
+        /// on a loopback address (the demo; a browser keeps Secure cookies only from HTTPS and
+        /// localhost). Refused unless --listen is a loopback address.
         #[arg(long)]
-        cookie_secure: bool,
+        plain_http_cookies: bool,
+        /// A reverse proxy in front of the player (repeatable): sign-in throttling counts the
+        /// client address it appends to X-Forwarded-For instead of the proxy's own, so that one
+        /// client's failures do not hold up everyone behind it.
+        #[arg(long, value_name = "IP")]
+        trusted_proxy: Vec<std::net::IpAddr>,
         /// Seconds between index passes (a POST to /api/notify starts one at once).
         #[arg(long, default_value_t = 1.0)]
         interval: f64,
-        /// An unclosed session with nothing new for this many seconds is interrupted.
+        /// An unclosed session with nothing new for this many seconds is interrupted (for
+        /// endpoints offline by design: silence is flagged long before, see
+        /// --silent-after-slack).
         #[arg(long, default_value_t = 600)]
         stale_after: u64,
+        /// Seconds added to three chunk lengths (the header's, bounded to 0.25-60 s): an open
+        /// session with nothing new for that long is shown `silent` (docs/player.md). Covers
+        /// the upload latency and the pass interval; at most 3600.
+        #[arg(long, default_value_t = jitrec_player::silence::DEFAULT_SLACK.as_secs_f64())]
+        silent_after_slack: f64,
         /// Run the retention job every this many seconds (0: never; run it with
         /// `jitrec-player retention run` instead).
         #[arg(long, default_value_t = 3600)]
@@ -100,6 +115,24 @@ enum Command {
     BundleKey {
         #[command(flatten)]
         index: IndexArgs,
+    },
+    /// Write the player's records (accounts, audit log, retention, enrolment, witness record,
+    /// bundle key: what `reindex` cannot rebuild) to a file, as JSON lines. It holds password
+    /// hashes and the bundle signing key: keep it as secret as the database.
+    Backup {
+        #[command(flatten)]
+        index: IndexArgs,
+        /// The file to write (created 0600; refused if it exists).
+        #[arg(short, long, value_name = "FILE")]
+        output: PathBuf,
+    },
+    /// Restore a backup into a new, empty database (records are never merged or overwritten);
+    /// then `reindex` rebuilds the sessions from the bucket.
+    Restore {
+        #[command(flatten)]
+        index: IndexArgs,
+        /// A file `jitrec-player backup` wrote.
+        backup: PathBuf,
     },
     /// Manage the report view's local accounts.
     User {
@@ -258,8 +291,26 @@ enum UserCommand {
         #[command(flatten)]
         index: IndexArgs,
     },
-    /// List accounts and roles.
+    /// List accounts, roles and whether they are disabled.
     List {
+        #[command(flatten)]
+        index: IndexArgs,
+    },
+    /// Refuse the account's sign-in from now on; its sign-ins end at once (audited).
+    Disable {
+        name: String,
+        #[command(flatten)]
+        index: IndexArgs,
+    },
+    /// Let a disabled account sign in again (audited).
+    Enable {
+        name: String,
+        #[command(flatten)]
+        index: IndexArgs,
+    },
+    /// Remove the account; its sign-ins end at once, its audit records stay (audited).
+    Remove {
+        name: String,
         #[command(flatten)]
         index: IndexArgs,
     },
@@ -340,6 +391,28 @@ enum RetentionCommand {
         #[command(flatten)]
         index: IndexArgs,
     },
+    /// Acknowledge a tampered, gapped or interrupted session (audited), so that its policy may
+    /// expire it; until then retention keeps it whatever its policy says.
+    Ack {
+        session: SessionId,
+        /// The status reviewed (tampered, gap or interrupted): refused if the session's is
+        /// another now.
+        #[arg(long)]
+        status: String,
+        /// Why it may go (kept with the acknowledgement and in the audit log).
+        #[arg(long)]
+        note: String,
+        /// Who acknowledges it.
+        #[arg(long)]
+        by: String,
+        #[command(flatten)]
+        index: IndexArgs,
+    },
+    /// Sessions retention keeps for their trouble until acknowledged.
+    Review {
+        #[command(flatten)]
+        index: IndexArgs,
+    },
 }
 
 fn level(s: &str) -> Result<jitrec_player::retention::Level> {
@@ -356,7 +429,9 @@ fn retention(command: RetentionCommand, rt: &tokio::runtime::Runtime) -> Result<
         | RetentionCommand::Hold { index, .. }
         | RetentionCommand::Release { index, .. }
         | RetentionCommand::Run { index, .. }
-        | RetentionCommand::Log { index } => index.index.clone(),
+        | RetentionCommand::Log { index }
+        | RetentionCommand::Ack { index, .. }
+        | RetentionCommand::Review { index } => index.index.clone(),
     };
     let idx = open_index(&spec)?;
     r::init(idx.as_ref())?;
@@ -370,6 +445,39 @@ fn retention(command: RetentionCommand, rt: &tokio::runtime::Runtime) -> Result<
             let l = level(&l)?;
             r::set_policy(idx.as_ref(), l, &name, keep_days, "(command line)")?;
             println!("policy set");
+        }
+        RetentionCommand::Ack {
+            session,
+            status,
+            note,
+            by,
+            ..
+        } => {
+            let reviewed = jitrec_player::scan::Status::parse(&status)
+                .with_context(|| format!("status {status:?}: tampered, gap or interrupted"))?;
+            auth::init(idx.as_ref())?;
+            // On record before it takes effect.
+            auth::audit(
+                idx.as_ref(),
+                &by,
+                "retention_ack",
+                &session.to_string(),
+                &format!("{note} ({status})"),
+            )?;
+            let ack = r::acknowledge(idx.as_ref(), session, reviewed, &note, &by)?;
+            println!(
+                "{session} ({}) acknowledged by {by}: its policy may expire it now",
+                ack.status.as_str()
+            );
+        }
+        RetentionCommand::Review { .. } => {
+            let waiting = r::awaiting_review(idx.as_ref(), 10_000)?;
+            if waiting.is_empty() {
+                println!("no session is kept for review");
+            }
+            for (id, status) in waiting {
+                println!("{id}\t{}", status.as_str());
+            }
         }
         RetentionCommand::Unset { level: l, name, .. } => {
             if !r::unset_policy(idx.as_ref(), level(&l)?, &name)? {
@@ -448,11 +556,12 @@ fn retention(command: RetentionCommand, rt: &tokio::runtime::Runtime) -> Result<
                 );
             }
             println!(
-                "{} sessions {verb}, {} objects; {} unfinished deletions resumed; kept: {} under legal hold, {} still recording, {} without a policy",
+                "{} sessions {verb}, {} objects; {} unfinished deletions resumed; kept: {} under legal hold, {} awaiting review (tampered, gap or interrupted: `retention review`), {} still recording, {} without a policy",
                 report.expired.len(),
                 report.objects_deleted,
                 report.resumed,
                 report.held,
+                report.awaiting_review,
                 report.recording,
                 report.unresolved
             );
@@ -528,13 +637,21 @@ pub(crate) fn main() -> Result<()> {
             bucket,
             index,
             listen,
-            cookie_secure,
+            plain_http_cookies,
+            trusted_proxy,
             interval,
             stale_after,
+            silent_after_slack,
             retention_every,
             enrolment,
             keys,
         } => {
+            if plain_http_cookies && !listen.ip().is_loopback() {
+                anyhow::bail!(
+                    "--plain-http-cookies is for a loopback --listen address only ({listen} is not): \
+                     reach the player over HTTPS (a TLS-terminating proxy) from other machines"
+                );
+            }
             let keyring = keys.keyring()?;
             let deleter = open_bucket(&bucket, &rt)?;
             let src: Arc<dyn BucketReader> = deleter.clone();
@@ -549,6 +666,12 @@ pub(crate) fn main() -> Result<()> {
             let config = IndexerConfig {
                 interval: Duration::from_secs_f64(interval.clamp(0.05, 3600.0)),
                 stale_after: Duration::from_secs(stale_after),
+                // NaN and negatives read as no slack, anything past an hour as an hour.
+                silent_slack: Duration::from_secs_f64(if silent_after_slack.is_nan() {
+                    0.0
+                } else {
+                    silent_after_slack.clamp(0.0, 3600.0)
+                }),
                 enrolment,
                 keyring: keyring.clone(),
                 ..IndexerConfig::default()
@@ -563,9 +686,11 @@ pub(crate) fn main() -> Result<()> {
             // The retention schedule: a plain thread (the job blocks on the bucket and index),
             // stopped through its channel.
             let (stop_retention, stopped) = std::sync::mpsc::channel::<()>();
+            let supervisor = Arc::new(jitrec_player::retention::Supervisor::default());
             let retention_thread = (retention_every > 0)
                 .then(|| {
                     let idx = Arc::clone(&idx);
+                    let supervisor = Arc::clone(&supervisor);
                     std::thread::Builder::new()
                         .name("retention".into())
                         .spawn(move || {
@@ -574,7 +699,9 @@ pub(crate) fn main() -> Result<()> {
                                 stopped.recv_timeout(every)
                             {
                                 let opts = jitrec_player::retention::RunOptions::default();
-                                match jitrec_player::retention::run(
+                                // Errors and panics alike are caught and kept in the
+                                // supervisor's state (/api/status); the schedule goes on.
+                                match supervisor.run_once(
                                     idx.as_ref(),
                                     deleter.as_ref(),
                                     &opts,
@@ -584,6 +711,7 @@ pub(crate) fn main() -> Result<()> {
                                         deleted = r.expired.len(),
                                         objects = r.objects_deleted,
                                         held = r.held,
+                                        awaiting_review = r.awaiting_review,
                                         failed = r.failed.len(),
                                         "retention job ran"
                                     ),
@@ -603,9 +731,11 @@ pub(crate) fn main() -> Result<()> {
                     indexer: handle.clone(),
                     bucket_admin: Some(bucket_admin),
                     keyring,
+                    retention: (retention_every > 0).then_some(supervisor),
                 },
                 jitrec_player::web::WebConfig {
-                    secure_cookies: cookie_secure,
+                    plain_http_cookies,
+                    trusted_proxies: trusted_proxy,
                 },
             );
             rt.block_on(async {
@@ -613,6 +743,8 @@ pub(crate) fn main() -> Result<()> {
                     .await
                     .with_context(|| format!("listening on {listen}"))?;
                 tracing::info!(%listen, bucket = %src.describe(), "serving");
+                // The peer's address is what sign-in throttling counts failures by.
+                let app = app.into_make_service_with_connect_info::<SocketAddr>();
                 axum::serve(listener, app)
                     .with_graceful_shutdown(async {
                         let _ = tokio::signal::ctrl_c().await;
@@ -643,9 +775,23 @@ pub(crate) fn main() -> Result<()> {
                 ..IndexerConfig::default()
             };
             let mut indexer = Indexer::new(src, Arc::clone(&idx), config)?;
-            let n = indexer.reindex().context("reindexing")?;
-            println!("{n} sessions indexed");
-            print_counts(idx.as_ref())
+            let report = indexer.reindex().context("reindexing")?;
+            println!("{} sessions read again", report.sessions);
+            for (id, e) in &report.failed {
+                println!("  {id}: not read completely ({e}); kept as far as it was read");
+            }
+            for id in &report.missing {
+                println!("  {id}: no longer in the bucket; marked tampered");
+            }
+            print_counts(idx.as_ref())?;
+            if !report.failed.is_empty() {
+                anyhow::bail!(
+                    "{} sessions could not be read completely (see above); run reindex again once \
+                     the cause is fixed",
+                    report.failed.len()
+                );
+            }
+            Ok(())
         }
         Command::Status { index } => print_counts(open_index(&index.index)?.as_ref()),
         Command::Machines { command } => machines(command),
@@ -658,9 +804,53 @@ pub(crate) fn main() -> Result<()> {
             Ok(())
         }
         Command::Retention { command } => retention(command, &rt),
+        Command::Backup { index, output } => {
+            let idx = open_index(&index.index)?;
+            let mut file = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&output)
+                .with_context(|| format!("creating {}", output.display()))?;
+            let copied = jitrec_player::record::backup(idx.as_ref(), &mut file)
+                .with_context(|| format!("writing {}", output.display()))?;
+            file.sync_all()
+                .with_context(|| format!("writing {}", output.display()))?;
+            println!(
+                "wrote {}: {} rows of {} record tables",
+                output.display(),
+                copied.rows,
+                copied.tables
+            );
+            Ok(())
+        }
+        Command::Restore { index, backup } => {
+            let idx = open_index(&index.index)?;
+            let file = std::fs::File::open(&backup)
+                .with_context(|| format!("opening {}", backup.display()))?;
+            let copied =
+                jitrec_player::record::restore(idx.as_ref(), std::io::BufReader::new(file))
+                    .with_context(|| format!("restoring {}", backup.display()))?;
+            auth::audit(
+                idx.as_ref(),
+                "(command line)",
+                "restore",
+                &backup.display().to_string(),
+                &format!("{} rows", copied.rows),
+            )?;
+            println!(
+                "restored {} rows from {}; run `jitrec-player reindex` to rebuild the sessions from the bucket",
+                copied.rows,
+                backup.display()
+            );
+            Ok(())
+        }
         Command::User { command } => {
             let spec = match &command {
-                UserCommand::Add { index, .. } | UserCommand::List { index } => index.index.clone(),
+                UserCommand::Add { index, .. }
+                | UserCommand::List { index }
+                | UserCommand::Disable { index, .. }
+                | UserCommand::Enable { index, .. }
+                | UserCommand::Remove { index, .. } => index.index.clone(),
             };
             let idx = open_index(&spec)?;
             jitrec_player::auth::init(idx.as_ref())?;
@@ -684,9 +874,24 @@ pub(crate) fn main() -> Result<()> {
                     println!("account {name} ({}) saved", role.as_str());
                 }
                 UserCommand::List { .. } => {
-                    for (name, role) in jitrec_player::auth::users(idx.as_ref())? {
-                        println!("{name}\t{}", role.as_str());
+                    for a in jitrec_player::auth::accounts(idx.as_ref())? {
+                        let state = a
+                            .disabled_at
+                            .map_or_else(String::new, |t| format!("\tdisabled since {t}"));
+                        println!("{}\t{}{state}", a.name, a.role.as_str());
                     }
+                }
+                UserCommand::Disable { name, .. } => {
+                    account_change(idx.as_ref(), &name, "user_disable", auth::disable_user)?;
+                    println!("account {name} disabled; its sign-ins have ended");
+                }
+                UserCommand::Enable { name, .. } => {
+                    account_change(idx.as_ref(), &name, "user_enable", auth::enable_user)?;
+                    println!("account {name} enabled");
+                }
+                UserCommand::Remove { name, .. } => {
+                    account_change(idx.as_ref(), &name, "user_remove", auth::remove_user)?;
+                    println!("account {name} removed; its sign-ins have ended");
                 }
             }
             Ok(())
@@ -793,8 +998,26 @@ pub(crate) fn main() -> Result<()> {
                 return Ok(());
             }
             let output = output.context("--output (or --bundle) is required")?;
-            let done = export::export(src.as_ref(), at, &output, &opts)?;
+            let mut done = export::export(src.as_ref(), at, &output, &opts)?;
             println!("{}", done.report);
+            if !done.report.is_verified() {
+                // Named so that a copy passed on without this report cannot pass for verified.
+                for p in &mut done.parts {
+                    let marked = export::unverified_path(&p.path);
+                    std::fs::rename(&p.path, &marked).with_context(|| {
+                        format!("renaming {} to {}", p.path.display(), marked.display())
+                    })?;
+                    p.path = marked;
+                }
+                println!(
+                    "not verified{}: the file names say UNVERIFIED",
+                    if opts.witness.is_none() {
+                        " (no --index: the player cannot say whether the key is the machine's)"
+                    } else {
+                        ""
+                    }
+                );
+            }
             for p in &done.parts {
                 println!(
                     "wrote {}: {}x{}, {} frames, {:.3} s, from session time {:.3} s",
@@ -823,6 +1046,22 @@ pub(crate) fn main() -> Result<()> {
             Ok(())
         }
     }
+}
+
+/// An account change from the command line: audited first (a change is made only once it is
+/// on record), then made; an unknown account is an error.
+fn account_change(
+    idx: &dyn Index,
+    name: &str,
+    action: &str,
+    change: fn(&dyn Index, &str) -> Result<bool, auth::AuthError>,
+) -> Result<()> {
+    if !auth::accounts(idx)?.iter().any(|a| a.name == name) {
+        anyhow::bail!("there is no account {name:?} (see `jitrec-player user list`)");
+    }
+    auth::audit(idx, "(command line)", action, name, "")?;
+    change(idx, name)?;
+    Ok(())
 }
 
 fn print_counts(idx: &dyn Index) -> Result<()> {

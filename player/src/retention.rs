@@ -7,6 +7,17 @@
 //!
 //! **Legal hold** on a session overrides every deletion until it is released.
 //!
+//! **Evidence of trouble is kept.** A session the player found tampered, gapped or interrupted
+//! is never deleted on schedule: it waits until an administrator acknowledges it
+//! ([`acknowledge`], audited), for the status it has then. If it gets worse afterwards (a gap
+//! later found tampered) the acknowledgement no longer covers it.
+//!
+//! **Only what the player witnessed counts.** Expiry runs from when the player itself first saw
+//! the close record (its witness record), never from an `ended_at` the endpoint wrote. A policy
+//! keeps at most [`MAX_KEEP_DAYS`] (longer is refused when set: "forever" says it), all date
+//! arithmetic is checked, and a policy row this program cannot read stops the job rather than
+//! letting a broader, possibly shorter policy govern.
+//!
 //! **The job** ([`run`]) deletes every object of each expired session from the bucket, then its
 //! index rows, and logs the deletion. It never touches a session that is still recording (no
 //! close record), under hold, or whose policy cannot be resolved. It is resumable: a session's
@@ -30,7 +41,20 @@ use crate::index::{Index, IndexError, SqlValue};
 use crate::scan::Status;
 use jitrec_bucket::{BucketAdmin, BucketError, HoldEnforcement};
 
-const SCHEMA: [&str; 3] = [
+/// The longest policy, in days (100 years); keeping longer is "forever".
+pub const MAX_KEEP_DAYS: u32 = 36_500;
+
+/// The retention tables' forward migrations (see [`crate::record`]).
+const MIGRATIONS: &[&[&str]] = &[
+    &SCHEMA_V1,
+    // v2: acknowledgements of sessions kept for their trouble.
+    &[
+        "CREATE TABLE IF NOT EXISTS retention_acks (session_id TEXT PRIMARY KEY, \
+       status TEXT NOT NULL, note TEXT NOT NULL, acked_by TEXT NOT NULL, acked_at BIGINT NOT NULL)",
+    ],
+];
+
+const SCHEMA_V1: [&str; 3] = [
     "CREATE TABLE IF NOT EXISTS retention_policies (level TEXT NOT NULL, name TEXT NOT NULL, \
      keep_days BIGINT NOT NULL, set_by TEXT NOT NULL, set_at BIGINT NOT NULL, \
      PRIMARY KEY (level, name))",
@@ -152,12 +176,14 @@ impl Policies {
     }
 }
 
-/// Creates the tables (idempotent).
+/// Creates the tables, or brings them to the current version (idempotent).
 pub fn init(index: &dyn Index) -> Result<(), RetentionError> {
-    for s in SCHEMA {
-        index.exec(s, &[])?;
-    }
-    Ok(())
+    crate::record::migrate(index, "retention", "retention_policies", MIGRATIONS).map_err(
+        |e| match e {
+            crate::record::RecordError::Index(e) => RetentionError::Index(e),
+            e => RetentionError::Invalid(e.to_string()),
+        },
+    )
 }
 
 fn text(s: &str) -> SqlValue {
@@ -180,6 +206,12 @@ pub fn set_policy(
         return Err(RetentionError::Invalid(
             "a global policy has no name; a company, location or computer policy needs one".into(),
         ));
+    }
+    if let Some(d) = keep_days.filter(|d| *d > MAX_KEEP_DAYS) {
+        return Err(RetentionError::Invalid(format!(
+            "keep_days {d} is more than {MAX_KEEP_DAYS} (100 years): to keep sessions forever, \
+             say so (--forever, or keep_days null)"
+        )));
     }
     index.exec(
         "INSERT INTO retention_policies (level, name, keep_days, set_by, set_at) \
@@ -204,20 +236,145 @@ pub fn unset_policy(index: &dyn Index, level: Level, name: &str) -> Result<bool,
     )? > 0)
 }
 
-/// Every policy.
+/// Every policy. A row this program cannot read is an error: left out, it would let a broader
+/// (possibly shorter) policy govern the sessions it was set for.
 pub fn policies(index: &dyn Index) -> Result<Policies, RetentionError> {
     let rows = index.query(
         "SELECT level, name, keep_days, set_by FROM retention_policies",
         &[],
     )?;
-    Ok(Policies::new(rows.into_iter().filter_map(|r| {
-        Some(Policy {
-            level: Level::parse(r.first()?.text()?)?,
-            name: r.get(1)?.text()?.to_owned(),
-            keep_days: u32::try_from(r.get(2)?.int()?).ok(),
-            set_by: r.get(3)?.text()?.to_owned(),
+    let list = rows
+        .into_iter()
+        .map(|r| {
+            (|| {
+                let days = r.get(2)?.int()?;
+                Some(Policy {
+                    level: Level::parse(r.first()?.text()?)?,
+                    name: r.get(1)?.text()?.to_owned(),
+                    // -1 is "forever"; anything else must be a bound this program accepts.
+                    keep_days: match days {
+                        -1 => None,
+                        d => Some(u32::try_from(d).ok().filter(|d| *d <= MAX_KEEP_DAYS)?),
+                    },
+                    set_by: r.get(3)?.text()?.to_owned(),
+                })
+            })()
+            .ok_or_else(|| {
+                RetentionError::Invalid(format!(
+                    "a retention policy row is unreadable ({r:?}): the job deletes nothing until \
+                     it is set again"
+                ))
+            })
         })
-    })))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Policies::new(list))
+}
+
+/// Statuses that keep a session until an administrator acknowledges it.
+pub fn needs_review(status: Status) -> bool {
+    matches!(status, Status::Tampered | Status::Gap | Status::Interrupted)
+}
+
+/// An administrator's acknowledgement of a session kept for its trouble.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Ack {
+    pub session: SessionId,
+    /// The status acknowledged; a worse one later is not covered.
+    pub status: Status,
+    pub note: String,
+    pub acked_by: String,
+    pub acked_at: DateTime<Utc>,
+}
+
+/// Acknowledges the session's current trouble, so that its policy may expire it. Refused for a
+/// session with no trouble to acknowledge.
+pub fn acknowledge(
+    index: &dyn Index,
+    session: SessionId,
+    reviewed: Status,
+    note: &str,
+    by: &str,
+) -> Result<Ack, RetentionError> {
+    init(index)?;
+    let row = index
+        .session(session)?
+        .ok_or_else(|| RetentionError::Invalid(format!("no session {session} in the index")))?;
+    // What the admin saw is what is acknowledged: a session that got worse since (a gap found
+    // tampered) is not covered by a look at the gap.
+    if row.status != reviewed {
+        return Err(RetentionError::Invalid(format!(
+            "{session} is {} now, not {}: look at it again",
+            row.status.as_str(),
+            reviewed.as_str()
+        )));
+    }
+    if !needs_review(row.status) {
+        return Err(RetentionError::Invalid(format!(
+            "{session} is {}: only tampered, gap and interrupted sessions are kept for review",
+            row.status.as_str()
+        )));
+    }
+    let ack = Ack {
+        session,
+        status: row.status,
+        note: crate::auth::bounded(note, crate::auth::AUDIT_FIELD_MAX),
+        acked_by: by.to_owned(),
+        acked_at: Utc::now(),
+    };
+    index.exec(
+        "INSERT INTO retention_acks (session_id, status, note, acked_by, acked_at) \
+         VALUES ($1, $2, $3, $4, $5) ON CONFLICT (session_id) DO UPDATE SET \
+         status = excluded.status, note = excluded.note, acked_by = excluded.acked_by, \
+         acked_at = excluded.acked_at",
+        &[
+            text(&session.to_string()),
+            text(ack.status.as_str()),
+            text(&ack.note),
+            text(by),
+            SqlValue::Int(ack.acked_at.timestamp_micros()),
+        ],
+    )?;
+    Ok(ack)
+}
+
+/// The status a session's trouble was acknowledged at, if it was.
+fn acked_status(index: &dyn Index, session: SessionId) -> Result<Option<Status>, RetentionError> {
+    let rows = index.query(
+        "SELECT status FROM retention_acks WHERE session_id = $1",
+        &[text(&session.to_string())],
+    )?;
+    Ok(rows
+        .first()
+        .and_then(|r| r.first())
+        .and_then(SqlValue::text)
+        .and_then(Status::parse))
+}
+
+/// Sessions kept for their trouble and not (or no longer) acknowledged, oldest first, at most
+/// `limit`.
+pub fn awaiting_review(
+    index: &dyn Index,
+    limit: usize,
+) -> Result<Vec<(SessionId, Status)>, RetentionError> {
+    init(index)?;
+    // One query, bounded: the sessions with trouble that no acknowledgement of their current
+    // status covers.
+    let rows = index.query(
+        "SELECT s.id, s.status FROM sessions s \
+         LEFT JOIN retention_acks a ON a.session_id = s.id AND a.status = s.status \
+         WHERE s.status IN ('tampered', 'gap', 'interrupted') AND a.session_id IS NULL \
+         ORDER BY s.id LIMIT $1",
+        &[SqlValue::Int(i64::try_from(limit).unwrap_or(i64::MAX))],
+    )?;
+    Ok(rows
+        .into_iter()
+        .filter_map(|r| {
+            Some((
+                r.first()?.text()?.parse::<SessionId>().ok()?,
+                Status::parse(r.get(1)?.text()?)?,
+            ))
+        })
+        .collect())
 }
 
 /// A legal hold.
@@ -433,6 +590,9 @@ pub struct RunReport {
     pub recording: usize,
     /// Sessions no policy matches (never deleted).
     pub unresolved: usize,
+    /// Expired sessions kept because they are tampered, gapped or interrupted and no
+    /// administrator has acknowledged it.
+    pub awaiting_review: usize,
     /// Closed sessions whose close record the player's witness record has not seen (indexed
     /// before the witness existed; `reindex` records them): never deleted until it has.
     pub unwitnessed: usize,
@@ -559,6 +719,10 @@ pub fn run(
             report.held += 1;
             continue;
         }
+        if needs_review(status) && acked_status(index, id)? != Some(status) {
+            report.awaiting_review += 1;
+            continue;
+        }
         if opts.max_sessions > 0 && report.expired.len() >= opts.max_sessions {
             break;
         }
@@ -584,6 +748,96 @@ pub fn run(
         report.expired.push(planned);
     }
     Ok(report)
+}
+
+/// What `serve`'s retention schedule has done, for `/api/status` and the Retention page.
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct JobState {
+    /// Runs started since the player started.
+    pub runs: u64,
+    pub last_started: Option<DateTime<Utc>>,
+    pub last_finished: Option<DateTime<Utc>>,
+    /// The last run's outcome in words: what it deleted and kept, or why it failed.
+    pub last_outcome: Option<String>,
+    /// The last failure (an error or a panic), kept until a run succeeds.
+    pub last_error: Option<String>,
+    /// Runs that panicked (each caught; the schedule goes on).
+    pub panics: u64,
+}
+
+/// The retention schedule's supervisor: runs the job, catches its failures (errors and panics
+/// alike) so the schedule outlives any one run, and keeps their record.
+#[derive(Debug, Default)]
+pub struct Supervisor(std::sync::Mutex<JobState>);
+
+impl Supervisor {
+    pub fn state(&self) -> JobState {
+        self.lock().clone()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, JobState> {
+        // The state is a record of outcomes; one a panicking run left is still worth showing.
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Runs the job once under supervision.
+    pub fn run_once(
+        &self,
+        index: &dyn Index,
+        bucket: &dyn BucketAdmin,
+        opts: &RunOptions,
+        now: DateTime<Utc>,
+    ) -> Result<RunReport, String> {
+        {
+            let mut st = self.lock();
+            st.runs += 1;
+            st.last_started = Some(Utc::now());
+        }
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            run(index, bucket, opts, now)
+        }));
+        let mut st = self.lock();
+        st.last_finished = Some(Utc::now());
+        match outcome {
+            Ok(Ok(r)) => {
+                st.last_outcome = Some(format!(
+                    "deleted {} sessions ({} objects); kept {} under legal hold, {} awaiting review; {} failed",
+                    r.expired.len(),
+                    r.objects_deleted,
+                    r.held,
+                    r.awaiting_review,
+                    r.failed.len()
+                ));
+                if r.failed.is_empty() {
+                    st.last_error = None;
+                } else {
+                    st.last_error = Some(format!(
+                        "{} deletions failed (retried next run)",
+                        r.failed.len()
+                    ));
+                }
+                Ok(r)
+            }
+            Ok(Err(e)) => {
+                st.last_outcome = Some(format!("failed: {e}"));
+                st.last_error = Some(e.to_string());
+                Err(e.to_string())
+            }
+            Err(panic) => {
+                st.panics += 1;
+                let what = panic
+                    .downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+                    .unwrap_or_else(|| "a panic".into());
+                st.last_outcome = Some(format!("panicked: {what}"));
+                st.last_error = Some(format!("panicked: {what}"));
+                Err(format!("the retention job panicked: {what}"))
+            }
+        }
+    }
 }
 
 fn begin(

@@ -22,10 +22,11 @@ use jitrec_bucket::{BucketError, BucketReader};
 use jitrec_format::{
     ChainError, ChainVerifier, ChunkManifest, EndReason, EndpointKey, Event, InitRef,
     MAX_DECODED_EVENTS_BYTES, MAX_DOCUMENT_BYTES, ObjectKey, SessionClose, SessionHeader,
-    SessionId, SessionKey, Sha256Digest, decode_events, validate_events,
+    SessionId, SessionKey, Sha256Digest, decode_events_bounded, max_events, validate_events,
 };
 
 use crate::index::Index;
+use crate::silence::{LastChunk, Silence};
 use crate::witness::{self, Seen};
 
 /// The largest document (header, manifest, close record) read: the format's own bound, so a
@@ -66,6 +67,13 @@ pub enum ProblemKind {
     Gap,
     /// Something stored does not match what the chain vouches for.
     Tampered,
+    /// The player could not read part of the session from the store or write it to the index
+    /// (it retries); says nothing of the recording itself, so it does not change the status.
+    Unindexed,
+    /// Nothing new has arrived of an open session for longer than its chunk length allows
+    /// ([`crate::silence`]): a flag for reviewers, never evidence of tampering or an end. Put on
+    /// the row by the indexer, never by a scan, and gone as soon as something arrives.
+    Silent,
 }
 
 /// One problem, in words a reviewer can act on.
@@ -73,6 +81,21 @@ pub enum ProblemKind {
 pub struct Problem {
     pub kind: ProblemKind,
     pub message: String,
+    /// For [`ProblemKind::Silent`]: what arrived last and the rule applied, for the API and the
+    /// report view. Absent from every other kind (and from rows written before it existed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub silence: Option<Silence>,
+}
+
+impl Problem {
+    /// The problem of a silent session.
+    pub fn silent(s: Silence) -> Self {
+        Self {
+            kind: ProblemKind::Silent,
+            message: s.message(),
+            silence: Some(s),
+        }
+    }
 }
 
 /// The status of a session, derived from its scan (see `docs/player.md`).
@@ -81,6 +104,10 @@ pub struct Problem {
 pub enum Status {
     /// No close record yet and objects still arriving.
     Recording,
+    /// No close record yet, and nothing new for three chunk lengths and a slack
+    /// ([`crate::silence`]): the recorder, its uploader or its network has gone quiet. A flag,
+    /// not an end: back to recording when chunks arrive, interrupted after the stale timeout.
+    Silent,
     /// Closed, chain intact, gapless.
     Complete,
     /// Chunks are missing.
@@ -93,8 +120,9 @@ pub enum Status {
 }
 
 impl Status {
-    pub const ALL: [Status; 5] = [
+    pub const ALL: [Status; 6] = [
         Status::Recording,
+        Status::Silent,
         Status::Complete,
         Status::Gap,
         Status::Interrupted,
@@ -104,6 +132,7 @@ impl Status {
     pub fn as_str(self) -> &'static str {
         match self {
             Status::Recording => "recording",
+            Status::Silent => "silent",
             Status::Complete => "complete",
             Status::Gap => "gap",
             Status::Interrupted => "interrupted",
@@ -137,8 +166,9 @@ pub enum Found {
     Close(SessionClose),
 }
 
-/// The incremental check of one session.
-#[derive(Debug)]
+/// The incremental check of one session. Cloned by the indexer before each advance, so that a
+/// failed index write puts the scan back where the index is and the next pass reads again.
+#[derive(Debug, Clone)]
 pub struct SessionScan {
     session: SessionKey,
     /// `None` before the header has been read, and after the chain broke.
@@ -163,7 +193,26 @@ pub struct SessionScan {
     header: Option<Box<SessionHeader>>,
     /// Decrypts the events of an encrypted session, to index them.
     keyring: Option<std::sync::Arc<crate::unseal::Keyring>>,
+    /// Chunks read per advance at most (the indexer writes each advance's in one batch).
+    chunk_budget: u64,
+    /// The last advance stopped at its budget with chunks left to read.
+    more: bool,
+    /// Decoded event bytes read by the current advance.
+    batch_bytes: u64,
+    /// When the player last saw anything new of this session, on its own clock: the latest
+    /// first-seen time of an object in the witness record, or when a chunk it cannot read yet
+    /// (waiting for an earlier one) was first listed. Decides silence; `None` without a witness.
+    last_arrival: Option<DateTime<Utc>>,
+    /// The newest chunk read, and when its manifest was first seen.
+    last_chunk: Option<LastChunk>,
+    /// The highest chunk listed but not read yet (waiting for a missing one): a higher one
+    /// listed later is something new arriving.
+    pending_seq: Option<u64>,
 }
+
+/// Decoded event bytes after which an advance stops before its next chunk (with one chunk at
+/// most [`jitrec_format::MAX_DECODED_EVENTS_BYTES`] beyond it): what one advance holds.
+pub const EVENT_BYTES_PER_ADVANCE: u64 = 32 * 1024 * 1024;
 
 impl SessionScan {
     /// A scan of the session at `session` (a bare id is a layout v1 session).
@@ -184,7 +233,25 @@ impl SessionScan {
             key: None,
             header: None,
             keyring: None,
+            chunk_budget: u64::MAX,
+            more: false,
+            batch_bytes: 0,
+            last_arrival: None,
+            last_chunk: None,
+            pending_seq: None,
         }
+    }
+
+    /// Reads at most `chunks` chunks per advance; [`SessionScan::has_more`] says when an advance
+    /// stopped there. Bounds what one advance holds in memory and one index write carries.
+    pub fn with_chunk_budget(mut self, chunks: u64) -> Self {
+        self.chunk_budget = chunks.max(1);
+        self
+    }
+
+    /// Whether the last advance stopped at its chunk budget with chunks left to read.
+    pub fn has_more(&self) -> bool {
+        self.more
     }
 
     /// Decrypts an encrypted session's events with `keyring` (without one, an encrypted
@@ -260,7 +327,11 @@ impl SessionScan {
     ) -> Result<Option<DateTime<Utc>>, BucketError> {
         let Some(w) = w else { return Ok(None) };
         let k = key.to_string();
-        match witness::observe(w, key, size, sha, Utc::now()) {
+        let seen = witness::observe(w, key, size, sha, Utc::now());
+        if let Ok(Seen::New(t) | Seen::Same(t)) = &seen {
+            self.arrived(*t);
+        }
+        match seen {
             Ok(Seen::New(t) | Seen::Same(t)) => Ok(Some(t)),
             Ok(Seen::Replaced(was)) => {
                 self.tampered(format!(
@@ -310,8 +381,67 @@ impl SessionScan {
         self.close.is_some()
     }
 
+    /// Something of this session was first seen at `t` (player clock).
+    fn arrived(&mut self, t: DateTime<Utc>) {
+        if self.last_arrival.is_none_or(|a| t > a) {
+            self.last_arrival = Some(t);
+        }
+    }
+
+    /// When the player last saw anything new of this session (its own clock; `None` when it
+    /// read it without a witness record).
+    pub fn last_arrival(&self) -> Option<DateTime<Utc>> {
+        self.last_arrival
+    }
+
+    /// The newest chunk read and when it arrived.
+    pub fn last_chunk(&self) -> Option<&LastChunk> {
+        self.last_chunk.as_ref()
+    }
+
+    /// The chunk length the header claims (unbounded: [`crate::silence`] bounds it).
+    pub fn chunk_target_ms(&self) -> Option<u32> {
+        self.header.as_ref().map(|h| h.codec.chunk_target_ms)
+    }
+
+    /// Whether silence can apply at all: open, caught up with what is listed (a scan still
+    /// reading a backlog is behind, not silent), and seen through the witness record.
+    fn may_be_silent(&self) -> bool {
+        self.close.is_none() && !self.more && self.last_arrival.is_some()
+    }
+
+    /// When this session becomes silent if nothing new arrives (`None`: it cannot now).
+    pub fn silent_at(&self, slack: std::time::Duration) -> Option<DateTime<Utc>> {
+        if !self.may_be_silent() {
+            return None;
+        }
+        crate::silence::silent_at(self.last_arrival, self.chunk_target_ms(), slack)
+    }
+
+    /// The session's silence at `now` (player clock), or `None` while it is still heard from
+    /// or cannot be silent (closed, behind, never witnessed).
+    pub fn silence(&self, now: DateTime<Utc>, slack: std::time::Duration) -> Option<Silence> {
+        if !self.may_be_silent() {
+            return None;
+        }
+        crate::silence::judge(
+            now,
+            self.last_arrival,
+            self.last_chunk.as_ref(),
+            self.chunk_target_ms(),
+            slack,
+        )
+    }
+
     /// The status; `stale` says nothing new has arrived for longer than the indexer waits.
+    /// Without a clock (a one-shot `verify`) an open session is never silent.
     pub fn status(&self, stale: bool) -> Status {
+        self.status_with(stale, false)
+    }
+
+    /// The status, with `silent` from [`SessionScan::silence`]: it only ever replaces
+    /// `recording` (a closed, tampered, gapped or stale session shows that instead).
+    pub fn status_with(&self, stale: bool, silent: bool) -> Status {
         if self
             .problems
             .iter()
@@ -325,6 +455,7 @@ impl SessionScan {
                 Some(c) if c.end_reason == EndReason::Interrupted => Status::Interrupted,
                 Some(_) => Status::Complete,
                 None if stale => Status::Interrupted,
+                None if silent => Status::Silent,
                 None => Status::Recording,
             }
         }
@@ -333,7 +464,11 @@ impl SessionScan {
     fn problem(&mut self, kind: ProblemKind, message: impl Into<String>) {
         let message = message.into();
         if !self.problems.iter().any(|p| p.message == message) {
-            self.problems.push(Problem { kind, message });
+            self.problems.push(Problem {
+                kind,
+                message,
+                silence: None,
+            });
         }
     }
 
@@ -441,11 +576,24 @@ impl SessionScan {
         }
 
         let from = self.next_seq;
-        for seq in manifests.into_iter().filter(|&n| n >= from) {
+        self.more = false;
+        self.batch_bytes = 0;
+        let newest_listed = manifests.last().copied();
+        let mut waiting = false;
+        for (read_now, seq) in manifests.into_iter().filter(|&n| n >= from).enumerate() {
+            // A budget of chunks and of decoded events per advance, when one is set: the caller
+            // writes each advance's reading before asking for more.
+            if read_now as u64 >= self.chunk_budget
+                || (self.chunk_budget != u64::MAX && self.batch_bytes >= EVENT_BYTES_PER_ADVANCE)
+            {
+                self.more = true;
+                break;
+            }
             let gap = seq != self.next_seq;
             if gap {
                 if !give_up {
                     // Chunks of one session may land out of order; wait for the missing ones.
+                    waiting = true;
                     break;
                 }
                 let msg = ChainError::SeqGap {
@@ -458,8 +606,22 @@ impl SessionScan {
             self.read_chunk(src, w, seq, gap, found)?;
             self.next_seq = seq + 1;
         }
+        // A chunk listed but not read because it waits for an earlier one has arrived all the
+        // same: without this, a session whose chunk 5 is lost would look silent while 6, 7, 8
+        // land. (Not a chunk left for the next batch: that is a backlog, already witnessed or
+        // about to be, and must not make a dead session look alive.)
+        if waiting
+            && let Some(newest) = newest_listed
+            && w.is_some()
+            && self.pending_seq.is_none_or(|p| newest > p)
+        {
+            self.pending_seq = Some(newest);
+            self.arrived(Utc::now());
+        }
 
-        if has_close && self.close.is_none() {
+        // The close record only once every chunk before it is read (it is checked against the
+        // last one).
+        if has_close && self.close.is_none() && !self.more {
             match read(src.get(&ObjectKey::SessionClosed(s), DOCUMENT_LIMIT))? {
                 Read::Missing => self.tampered("the close record vanished while reading it"),
                 Read::Refused(e) => self.tampered(format!("close record: {}", e.kind)),
@@ -556,7 +718,7 @@ impl SessionScan {
             }
         };
         let replaced = self.problems.len();
-        self.witness(
+        let manifest_seen = self.witness(
             w,
             ObjectKey::ChunkManifest(s, seq),
             bytes.len() as u64,
@@ -578,6 +740,15 @@ impl SessionScan {
             ));
             self.break_chain();
             return Ok(());
+        }
+        if let Some(arrived_at) = manifest_seen {
+            self.last_chunk = Some(LastChunk {
+                seq,
+                media_end_us: manifest.media_end_us.as_micros(),
+                // To the microsecond, as the index keeps the chunk's: one value in both places.
+                utc_end: chrono::SubsecRound::trunc_subsecs(manifest.utc_end, 6),
+                arrived_at,
+            });
         }
         let mut ok = !self.broken && !manifest_replaced;
         let mut events = Vec::new();
@@ -603,9 +774,29 @@ impl SessionScan {
                 }
             }
         }
+        // More events than a recorder can write in the chunk's time is refused before a byte of
+        // the payload is decompressed (a 5 KB payload can hold 700,000 tiny events).
+        let duration = manifest
+            .media_end_us
+            .as_micros()
+            .saturating_sub(manifest.media_start_us.as_micros());
+        let allowed = max_events(duration);
         let events_limit = manifest.events.size.min(EVENTS_LIMIT);
-        let got = read(src.get(&ObjectKey::ChunkEvents(s, seq), events_limit))?;
-        if let Read::Got(b) = &got {
+        let got = if manifest.events.count > allowed {
+            self.tampered(format!(
+                "chunk {seq}: its manifest claims {} events in {:.1} s, more than a recorder writes \
+                 (at most {allowed}); the events are not read",
+                manifest.events.count,
+                duration as f64 / 1e6
+            ));
+            ok = false;
+            None
+        } else {
+            Some(read(
+                src.get(&ObjectKey::ChunkEvents(s, seq), events_limit),
+            )?)
+        };
+        if let Some(Read::Got(b)) = &got {
             let before = self.problems.len();
             self.witness(
                 w,
@@ -616,30 +807,36 @@ impl SessionScan {
             ok &= self.problems.len() == before;
         }
         match got {
-            Read::Missing => {
+            None => {}
+            Some(Read::Missing) => {
                 self.tampered(format!("chunk {seq}: events are missing"));
                 ok = false;
             }
-            Read::Refused(e) => {
+            Some(Read::Refused(e)) => {
                 self.tampered(format!("chunk {seq}: events: {}", e.kind));
                 ok = false;
             }
-            Read::Got(b) => match manifest.verify_events(&b) {
+            Some(Read::Got(b)) => match manifest.verify_events(&b) {
                 Err(e) => {
                     self.tampered(format!("chunk {seq}: {e}"));
                     ok = false;
                 }
                 Ok(()) => match self.events_plaintext(b, seq) {
                     None => {}
-                    Some(plain) => match decode_events(&plain)
-                        .and_then(|ev| validate_events(&manifest, &ev).map(|()| ev))
-                    {
-                        Ok(ev) => events = ev,
-                        Err(e) => {
-                            self.tampered(format!("chunk {seq}: events: {e}"));
-                            ok = false;
+                    Some(plain) => {
+                        match decode_events_bounded(&plain, manifest.events.count as usize)
+                            .and_then(|(ev, n)| validate_events(&manifest, &ev).map(|()| (ev, n)))
+                        {
+                            Ok((ev, n)) => {
+                                self.batch_bytes = self.batch_bytes.saturating_add(n);
+                                events = ev
+                            }
+                            Err(e) => {
+                                self.tampered(format!("chunk {seq}: events: {e}"));
+                                ok = false;
+                            }
                         }
-                    },
+                    }
                 },
             },
         }

@@ -168,6 +168,18 @@ pub fn verify_and_record(
         } else {
             report.status
         };
+        // The indexer's silence flag is its clock's judgement, which a one-shot scan has not:
+        // kept while the session is open and nothing worse was found (the next pass renews or
+        // clears it).
+        let mut problems = problems;
+        if !scan.is_closed() && status == Status::Silent {
+            problems.extend(
+                row.problems
+                    .iter()
+                    .filter(|p| p.kind == crate::scan::ProblemKind::Silent)
+                    .cloned(),
+            );
+        }
         if status != row.status || problems != row.problems {
             tracing::info!(%session, from = %row.status, to = %status, "verify changed the session's status");
             row.status = status;

@@ -8,9 +8,11 @@
 //! CSRF token in `X-CSRF-Token`); an API request without one gets 401, a page request is sent
 //! to the sign-in page.
 
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
+use std::time::Instant;
 
-use axum::extract::{Request, State};
+use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Redirect, Response};
@@ -20,6 +22,7 @@ use serde::Deserialize;
 
 use crate::api::{self, AppState};
 use crate::auth::{self, COOKIE, Login, Role};
+use crate::throttle::{Refusal, SignInGuard};
 
 const LOGIN_HTML: &str = include_str!("../web/login.html");
 const LIST_HTML: &str = include_str!("../web/list.html");
@@ -30,11 +33,32 @@ const MACHINES_HTML: &str = include_str!("../web/machines.html");
 const APP_JS: &str = include_str!("../web/app.js");
 const APP_CSS: &str = include_str!("../web/app.css");
 
+/// The address a sign-in is counted under: the TCP peer's, or, when the peer is one of the
+/// trusted reverse proxies, the client address that proxy appended last to `X-Forwarded-For`
+/// (what a client sends itself comes before it, and is not believed).
+fn client_address(config: &WebConfig, peer: IpAddr, headers: &HeaderMap) -> IpAddr {
+    if !config.trusted_proxies.contains(&peer) {
+        return peer;
+    }
+    headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .next_back()
+        .and_then(|a| a.trim().parse::<IpAddr>().ok())
+        .unwrap_or(peer)
+}
+
 /// Settings of the report view.
 #[derive(Debug, Clone, Default)]
 pub struct WebConfig {
-    /// Mark the cookie `Secure` (when served over HTTPS, e.g. behind a TLS-terminating proxy).
-    pub secure_cookies: bool,
+    /// Reverse proxies whose `X-Forwarded-For` names the client (`serve --trusted-proxy`).
+    pub trusted_proxies: Vec<IpAddr>,
+    /// Leave `Secure` off the sign-in cookie, for a player reached over plain HTTP on loopback
+    /// (`serve --plain-http-cookies`, refused on other addresses). By default the cookie is
+    /// `Secure`: a browser sends it only over HTTPS (and to `localhost`).
+    pub plain_http_cookies: bool,
 }
 
 /// The whole service: pages, sign-in and the API, everything but the sign-in page and its
@@ -57,6 +81,7 @@ pub fn app(state: AppState, config: WebConfig) -> Router {
             "/api/sessions/{id}/hold",
             post(set_hold).delete(release_hold),
         )
+        .route("/api/sessions/{id}/ack", post(acknowledge))
         .route("/machines", get(|| page(MACHINES_HTML)))
         .route("/api/machines", get(machines))
         .route("/api/machines/decide", post(decide_machine))
@@ -69,6 +94,8 @@ pub fn app(state: AppState, config: WebConfig) -> Router {
         .route("/assets/app.css", get(|| asset(APP_CSS, "text/css")))
         .merge(protected)
         .layer(Extension(Arc::new(config)))
+        .layer(Extension(Arc::new(SignInGuard::default())))
+        .layer(Extension(Arc::new(api::PlayLog::default())))
         .with_state(state)
 }
 
@@ -158,7 +185,14 @@ pub async fn require_login(State(st): State<AppState>, mut req: Request, next: N
             .headers()
             .get("x-csrf-token")
             .and_then(|v| v.to_str().ok());
-        if sent != Some(login.csrf.as_str()) {
+        // Compared in constant time: how long a wrong guess takes says nothing of the token.
+        let matches = sent.is_some_and(|t| {
+            bool::from(subtle::ConstantTimeEq::ct_eq(
+                t.as_bytes(),
+                login.csrf.as_bytes(),
+            ))
+        });
+        if !matches {
             return (
                 StatusCode::FORBIDDEN,
                 Json(serde_json::json!({ "error": "missing or wrong X-CSRF-Token" })),
@@ -178,45 +212,116 @@ struct Credentials {
     password: String,
 }
 
+/// The largest sign-in request read: a user name and a password of the longest allowed, as JSON.
+const LOGIN_BODY_MAX: usize = 8 * 1024;
+
+fn too_many(r: Refusal) -> Response {
+    let why = match r {
+        Refusal::BackOff(_) => "too many failed sign-ins: wait before trying again",
+        Refusal::Busy => "too many sign-ins at once: try again in a moment",
+    };
+    let mut resp = (
+        StatusCode::TOO_MANY_REQUESTS,
+        Json(serde_json::json!({ "error": why, "retry_after": r.retry_after_secs() })),
+    )
+        .into_response();
+    resp.headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from(r.retry_after_secs()));
+    resp
+}
+
+/// Sign-in. In this order, so that what an attacker sends costs as little as it can: the
+/// address and name are checked against the back-off ([`crate::throttle`]), the body is read
+/// within [`LOGIN_BODY_MAX`], the password is checked when a hashing turn is free, and the
+/// outcome audited (the name as sent, cut to the audit bound).
 async fn login(
     State(st): State<AppState>,
     Extension(config): Extension<Arc<WebConfig>>,
-    headers: HeaderMap,
-    body: axum::body::Bytes,
+    Extension(guard): Extension<Arc<SignInGuard>>,
+    peer: Option<Extension<ConnectInfo<SocketAddr>>>,
+    req: Request,
 ) -> Response {
-    // JSON only: a cross-site form cannot send it without a CORS preflight we never answer.
-    let json = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("application/json"));
-    let creds: Option<Credentials> = json.then(|| serde_json::from_slice(&body).ok()).flatten();
-    let Some(c) = creds else {
+    let Some(Extension(ConnectInfo(peer))) = peer else {
+        // Without the peer's address every client would share one throttle key.
+        tracing::error!("sign-in refused: the server was started without peer addresses");
         return (
-            StatusCode::BAD_REQUEST,
-            Json(serde_json::json!({ "error": "send {\"user\", \"password\"} as JSON" })),
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "sign-in is not available",
         )
             .into_response();
     };
+    let from = client_address(&config, peer.ip(), req.headers());
+    // JSON only: a cross-site form cannot send it without a CORS preflight we never answer.
+    let json = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    let body = axum::body::to_bytes(req.into_body(), LOGIN_BODY_MAX).await;
+    let creds: Option<Credentials> = match (json, body) {
+        (true, Ok(b)) => serde_json::from_slice(&b).ok(),
+        _ => None,
+    };
+    let Some(c) = creds else {
+        return (
+            StatusCode::BAD_REQUEST,
+            Json(serde_json::json!({
+                "error": format!("send {{\"user\", \"password\"}} as JSON, at most {LOGIN_BODY_MAX} bytes")
+            })),
+        )
+            .into_response();
+    };
+    let wait = match guard.attempt(&c.user, from, Instant::now()) {
+        Ok(w) => w,
+        Err(r) => return too_many(r),
+    };
+    let turn = match guard.hashing_turn().await {
+        Ok(t) => t,
+        Err(r) => return too_many(r),
+    };
     let index = Arc::clone(&st.index);
+    let user = c.user.clone();
+    // The turn goes with the check: released when the hash has run, even if this request is
+    // cancelled (the client hung up) meanwhile.
     let result = tokio::task::spawn_blocking(move || {
-        let r = auth::sign_in(index.as_ref(), &c.user, &c.password);
-        let action = match &r {
-            Ok(Some(_)) => "sign_in",
-            _ => "sign_in_failed",
-        };
-        let _ = auth::audit(index.as_ref(), &c.user, action, "", "");
+        let r = auth::sign_in(index.as_ref(), &user, &c.password);
+        drop(turn);
         r
     })
     .await;
+    let outcome = match &result {
+        Ok(Ok(Some(_))) => {
+            guard.succeeded(&c.user, from);
+            ("sign_in", String::new())
+        }
+        Ok(Ok(None)) => {
+            let detail = match wait {
+                Some(w) => format!("from {from}; next attempt refused for {} s", w.as_secs()),
+                None => format!("from {from}"),
+            };
+            ("sign_in_failed", detail)
+        }
+        _ => ("sign_in_error", format!("from {from}")),
+    };
+    let index = Arc::clone(&st.index);
+    let audited = tokio::task::spawn_blocking(move || {
+        auth::audit(index.as_ref(), &c.user, outcome.0, "", &outcome.1)
+    })
+    .await;
+    if !matches!(audited, Ok(Ok(()))) {
+        // A sign-in that cannot be recorded is not given.
+        tracing::warn!("the audit record of a sign-in could not be written");
+        return (StatusCode::INTERNAL_SERVER_ERROR, "sign-in failed").into_response();
+    }
     match result {
         Ok(Ok(Some((token, login)))) => {
             let cookie = format!(
                 "{COOKIE}={token}; Path=/; HttpOnly; SameSite=Strict; Max-Age={}{}",
                 auth::LOGIN_TTL.as_secs(),
-                if config.secure_cookies {
-                    "; Secure"
-                } else {
+                if config.plain_http_cookies {
                     ""
+                } else {
+                    "; Secure"
                 }
             );
             let mut r = Json(&login).into_response();
@@ -242,10 +347,19 @@ async fn me(Extension(login): Extension<Login>) -> Response {
     Json(login).into_response()
 }
 
-async fn logout(State(st): State<AppState>, headers: HeaderMap) -> Response {
+async fn logout(
+    State(st): State<AppState>,
+    Extension(login): Extension<Login>,
+    headers: HeaderMap,
+) -> Response {
     if let Some(token) = cookie_token(&headers) {
         let index = Arc::clone(&st.index);
-        let _ = tokio::task::spawn_blocking(move || auth::sign_out(index.as_ref(), &token)).await;
+        let user = login.user.clone();
+        let _ = tokio::task::spawn_blocking(move || {
+            auth::sign_out(index.as_ref(), &token)?;
+            auth::audit(index.as_ref(), &user, "sign_out", "", "")
+        })
+        .await;
     }
     let mut r = StatusCode::NO_CONTENT.into_response();
     r.headers_mut().insert(
@@ -255,7 +369,18 @@ async fn logout(State(st): State<AppState>, headers: HeaderMap) -> Response {
     r
 }
 
-async fn audit_log(State(st): State<AppState>, Extension(login): Extension<Login>) -> Response {
+#[derive(Deserialize)]
+struct AuditParams {
+    /// RFC 3339: records older than this (the previous page's `next_before`).
+    before: Option<String>,
+    limit: Option<u32>,
+}
+
+async fn audit_log(
+    State(st): State<AppState>,
+    Extension(login): Extension<Login>,
+    axum::extract::Query(p): axum::extract::Query<AuditParams>,
+) -> Response {
     if login.role != Role::Admin {
         return (
             StatusCode::FORBIDDEN,
@@ -263,9 +388,28 @@ async fn audit_log(State(st): State<AppState>, Extension(login): Extension<Login
         )
             .into_response();
     }
+    let before = match p.before.as_deref().filter(|b| !b.is_empty()) {
+        None => None,
+        Some(b) => match chrono::DateTime::parse_from_rfc3339(b) {
+            Ok(t) => Some(t.with_timezone(&chrono::Utc)),
+            Err(e) => return bad(format!("before {b:?} is not an RFC 3339 time: {e}")),
+        },
+    };
+    let limit = p.limit.unwrap_or(auth::AUDIT_PAGE_MAX);
     let index = Arc::clone(&st.index);
-    match tokio::task::spawn_blocking(move || auth::audit_log(index.as_ref(), 500)).await {
-        Ok(Ok(entries)) => Json(serde_json::json!({ "entries": entries })).into_response(),
+    match tokio::task::spawn_blocking(move || auth::audit_log(index.as_ref(), limit, before)).await
+    {
+        Ok(Ok(entries)) => {
+            // A full page may have more behind it.
+            let next = (entries.len() as u32 >= limit.clamp(1, auth::AUDIT_PAGE_MAX))
+                .then(|| {
+                    entries
+                        .last()
+                        .map(|e| e.at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true))
+                })
+                .flatten();
+            Json(serde_json::json!({ "entries": entries, "next_before": next })).into_response()
+        }
         _ => (
             StatusCode::INTERNAL_SERVER_ERROR,
             "reading the audit log failed",
@@ -339,12 +483,19 @@ async fn retention_overview(
     State(st): State<AppState>,
     Extension(login): Extension<Login>,
 ) -> Response {
-    admin_op(&st, &login, None, |idx| {
+    let job = st.retention.as_ref().map(|s| s.state());
+    admin_op(&st, &login, None, move |idx| {
         use crate::retention as r;
+        let review: Vec<_> = r::awaiting_review(idx, 500)?
+            .into_iter()
+            .map(|(session, status)| serde_json::json!({ "session": session, "status": status }))
+            .collect();
         Ok(serde_json::json!({
             "policies": r::policies(idx)?.list(),
             "holds": r::holds(idx)?,
             "deletions": r::deletion_log(idx, 500)?,
+            "awaiting_review": review,
+            "job": job,
         }))
     })
     .await
@@ -460,6 +611,43 @@ async fn decide_machine(
             .map_err(|e| crate::retention::RetentionError::Invalid(e.to_string()))?;
         Ok(serde_json::json!({ "machine": b.machine, "fingerprint": b.fingerprint, "action": b.action }))
     })
+    .await
+}
+
+#[derive(Deserialize)]
+struct AckBody {
+    #[serde(default)]
+    note: String,
+    /// The status the admin reviewed; refused if the session's is another now.
+    status: String,
+}
+
+/// An admin acknowledges a session kept for its trouble (audited before it takes effect).
+async fn acknowledge(
+    State(st): State<AppState>,
+    Extension(login): Extension<Login>,
+    axum::extract::Path(id): axum::extract::Path<String>,
+    Json(b): Json<AckBody>,
+) -> Response {
+    let Ok(session) = id.parse::<jitrec_format::SessionId>() else {
+        return bad(format!("session id {id:?}"));
+    };
+    let Some(reviewed) = crate::scan::Status::parse(&b.status) else {
+        return bad(format!(
+            "status {:?}: tampered, gap or interrupted",
+            b.status
+        ));
+    };
+    let by = login.user.clone();
+    admin_op(
+        &st,
+        &login,
+        Some(("retention_ack", id, format!("{} ({})", b.note, b.status))),
+        move |idx| {
+            let ack = crate::retention::acknowledge(idx, session, reviewed, &b.note, &by)?;
+            Ok(serde_json::json!(ack))
+        },
+    )
     .await
 }
 

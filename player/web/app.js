@@ -315,7 +315,8 @@ class MsePlayer {
 }
 
 const SHOWN = new Set(["process_start", "window_focus", "window_title", "jit_start", "jit_stop",
-  "gap", "capture_error", "frames_dropped", "events_summarised", "recorder_started", "recorder_stopped"]);
+  "gap", "capture_error", "frames_dropped", "events_summarised", "recorder_started", "recorder_stopped",
+  "notice_shown", "notice_acknowledged", "notice_failed", "fail_closed"]);
 
 function renderMeta(s, retention, trust) {
   const dl = el("dl");
@@ -328,6 +329,16 @@ function renderMeta(s, retention, trust) {
   item("Ended", s.ended_at ? `${when(s.ended_at)} (${(s.end_reason || "").replace("_", " ")})` : "still recording");
   item("Duration / size", `${clock(s.duration_us / 1e6)} · ${bytes(s.bytes)} · ${s.chunks} chunks`);
   dl.append(el("div", {}, el("dt", {}, "Status"), el("dd", {}, badge(s.status))));
+  // Silent: what arrived last, on the player's clock (docs/player.md, Session status).
+  const quiet = s.problems.find((p) => p.kind === "silent" && p.silence);
+  if (quiet) {
+    const q = quiet.silence, c = q.last_chunk;
+    const last = c
+      ? `chunk ${c.seq}, up to ${clock(c.media_end_us / 1e6)} of the recording, arrived ${when(c.arrived_at)}`
+      : `only the header, arrived ${when(q.last_arrival)}`;
+    dl.append(el("div", {}, el("dt", {}, "Last arrived"), el("dd", { id: "last-arrived", class: "error" },
+      `${last} · nothing since; silent since ${when(q.since)} (a chunk every ${(q.chunk_ms / 1e3).toFixed(1)} s expected)`)));
+  }
   if (trust) {
     const a = trust.authenticity || {};
     const words = {
@@ -340,6 +351,17 @@ function renderMeta(s, retention, trust) {
     };
     dl.append(el("div", {}, el("dt", {}, "Authenticity"), el("dd", { id: "authenticity" },
       trustBadge(a.state === "verified" ? "verified" : a.state), " ", words[a.state] || "")));
+    const e = trust.elevation || {};
+    if (e.continues || (e.continued_by || []).length) {
+      // One elevation, split where the recorder died and was restarted.
+      const dd = el("dd", { id: "elevation", class: "error" });
+      if (e.continues) dd.append("continues ", el("a", { href: `/session/${e.continues}` }, e.continues), " (the recorder died and was restarted)");
+      for (const c of e.continued_by || []) {
+        if (dd.childNodes.length) dd.append("; ");
+        dd.append("continued in ", el("a", { href: `/session/${c}` }, c), " (the recorder died and was restarted)");
+      }
+      dl.append(el("div", {}, el("dt", {}, "Same elevation"), dd));
+    }
     if (trust.stopped_by) {
       const c = trust.stopped_by;
       dl.append(el("div", {}, el("dt", {}, "Stopped by"), el("dd", { id: "stopped-by",
@@ -387,9 +409,17 @@ function drawMarks(detail, duration) {
       marks.append(el("span", { class: "event", style: `left:${pct(e.media_us)}` }));
     }
   }
-  if (detail.session.status === "interrupted") {
-    marks.append(el("span", { class: "interrupted", title: "interrupted", style: "right:0;width:4px" }));
+  if (detail.session.status === "interrupted" || detail.session.status === "silent") {
+    const st = detail.session.status;
+    marks.append(el("span", { class: st, title: st, style: "right:0;width:4px" }));
   }
+}
+
+/** Open but nothing arriving: say so where LIVE is, until chunks come again. */
+function liveBadge(status) {
+  const live = $("#live"), silent = status === "silent";
+  live.textContent = silent ? "SILENT" : "LIVE";
+  live.className = `badge ${silent ? "silent" : "recording"}`;
 }
 
 async function toggleHold(id, held) {
@@ -448,6 +478,30 @@ async function sessionPage() {
     }, el("span", { class: "t" }, clock(e.media_us / 1e6)), el("span", { class: "k" }, e.kind.replace("_", " ")), e.text)));
   };
   renderEvents();
+  // The detail call brings the first page of events; the rest come page by page behind it,
+  // while the video plays (a session can hold more events than one answer should carry).
+  let loading = false;
+  const moreEvents = async () => {
+    if (loading) return;
+    loading = true;
+    try {
+      for (;;) {
+        const last = detail.events[detail.events.length - 1];
+        if (!last) return;
+        const r = await apiJson(`/api/sessions/${id}/events?after_seq=${last.seq}&after_idx=${last.idx}`);
+        if (!r.events.length) return;
+        detail.events.push(...r.events);
+        renderEvents();
+        drawMarks(detail, player.end());
+        if (!r.more) return;
+      }
+    } catch (e) {
+      showError(e);
+    } finally {
+      loading = false;
+    }
+  };
+  if (detail.events_more) moreEvents();
   let current = -1;
   const highlight = () => {
     const us = video.currentTime * 1e6 + 1;
@@ -523,15 +577,21 @@ async function sessionPage() {
   // Live sessions: poll for new chunks and events until the close record arrives.
   if (!detail.session.closed) {
     $("#live").hidden = false;
+    liveBadge(detail.session.status);
     const poll = async () => {
       try {
         const d = await apiJson(`/api/sessions/${id}`);
+        // Keep the events already paged in beyond the detail's first page.
+        const held = detail.events;
         detail = d;
+        if (held.length > d.events.length) detail.events = held;
+        if (d.events_more || held.length >= d.events.length) moreEvents();
         renderMeta(d.session, d.retention, d);
         player.addChunks(d.chunks, d.inits, d.session.closed);
         if (d.chunks.length) showError(null);
         renderEvents();
         drawMarks(d, player.end());
+        liveBadge(d.session.status);
         if (d.session.closed) { $("#live").hidden = true; return; }
       } catch (e) { showError(e); }
       setTimeout(poll, POLL_MS);
@@ -565,11 +625,21 @@ async function sessionPage() {
 
 async function auditPage() {
   await header();
-  try {
-    const { entries } = await apiJson("/api/audit");
-    $("#audit tbody").replaceChildren(...entries.map((e) => el("tr", { class: "entry" },
+  // Pages of the log, newest first: "Older" asks for the records before the last one shown.
+  let before = null;
+  const more = $("#audit-more");
+  const load = async () => {
+    const q = before ? `?before=${encodeURIComponent(before)}` : "";
+    const { entries, next_before } = await apiJson(`/api/audit${q}`);
+    $("#audit tbody").append(...entries.map((e) => el("tr", { class: "entry" },
       el("td", {}, when(e.at)), el("td", {}, e.user), el("td", {}, e.action),
       el("td", {}, e.target), el("td", {}, e.detail))));
+    before = next_before;
+    more.hidden = !next_before;
+  };
+  more.addEventListener("click", () => load().catch(showError));
+  try {
+    await load();
   } catch (e) {
     showError(e);
   }
@@ -587,6 +657,28 @@ async function retentionPage() {
         await apiJson(`/api/retention/policies?level=${encodeURIComponent(p.level)}&name=${encodeURIComponent(p.name)}`, { method: "DELETE" }).catch(showError);
         load();
       } }, "Remove")))));
+    $("#review tbody").replaceChildren(...r.awaiting_review.map((s) => {
+      const note = el("input", { placeholder: "Why it may go", "aria-label": "Note" });
+      return el("tr", { class: "review" },
+        el("td", {}, el("a", { href: `/session/${s.session}` }, s.session)), el("td", {}, s.status),
+        el("td", {}, note), el("td", {}, el("button", { class: "link", onclick: async () => {
+          try {
+            await apiJson(`/api/sessions/${s.session}/ack`, {
+              method: "POST", headers: { "Content-Type": "application/json" },
+              body: JSON.stringify({ note: note.value, status: s.status }),
+            });
+            showError(null);
+          } catch (e) {
+            showError(e);
+          }
+          load();
+        } }, "Acknowledge")));
+    }));
+    const j = r.job;
+    $("#job").textContent = !j ? "This player does not run the job on a schedule (serve --retention-every 0); run `jitrec-player retention run`."
+      : `${j.runs} runs since the player started; last ${j.last_finished ? when(j.last_finished) : "not yet finished"}: ${j.last_outcome ?? "none yet"}`
+        + (j.last_error ? `. Last error: ${j.last_error}` : "") + (j.panics ? ` (${j.panics} runs panicked)` : "");
+    $("#job").className = j && j.last_error ? "error" : "muted";
     $("#holds tbody").replaceChildren(...r.holds.map((h) => el("tr", {},
       el("td", {}, el("a", { href: `/session/${h.session}` }, h.session)), el("td", {}, h.reason),
       el("td", {}, h.set_by), el("td", {}, when(h.set_at)), el("td", {}))));

@@ -5,13 +5,20 @@
 //! frame shown for ten idle seconds is one sample ten seconds long, and the next chunk's `tfdt`
 //! is exactly where this one stopped. A new init segment (first keyframe, or a screen-size
 //! change) always starts a new chunk, because a chunk names exactly one init segment.
+//!
+//! A full spool (its size bound, or the disk itself) is an outage, not the end of the session
+//! ([`SpoolOutage`]): the frames of a chunk that cannot be committed are dropped, its events are
+//! kept in memory (at most [`MAX_KEPT_EVENTS`] process and window events; the rest counted), and
+//! the commit is tried again at each chunk boundary with a chunk that starts with a keyframe.
+//! The first chunk that fits starts where the last committed one ended, so its events keep
+//! their own times, and carries a `gap` from there to its first frame, with the reason.
 
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use jitrec_format::{
-    ChunkManifest, Event, EventsRef, FORMAT_V1, InitRef, MediaTime, PayloadRef, SessionClose,
-    Sha256Digest, StopCause, encode_events,
+    ChunkManifest, Event, EventKind, EventsRef, FORMAT_V1, InitRef, MediaTime, PayloadRef,
+    SessionClose, Sha256Digest, StopCause, encode_events,
 };
 use jitrec_spool::{SessionWriter, SpoolError};
 
@@ -41,6 +48,26 @@ struct Init {
     r#ref: InitRef,
 }
 
+/// Process and window events kept in memory while the spool is full, beyond which they are only
+/// counted (in an `events_summarised` event of the first chunk that fits). At the default
+/// rate bound (2,000 a second) this is at least 25 s of a flood and hours of ordinary use, at
+/// a few hundred bytes each: tens of MB at most.
+pub const MAX_KEPT_EVENTS: usize = 50_000;
+
+/// A stretch the spool had no room for, while it lasts.
+#[derive(Debug)]
+struct SpoolOutage {
+    /// The first media time not committed (the end of the last committed chunk): where the
+    /// `gap` begins, and where the first chunk that fits starts.
+    from: MediaTime,
+    /// The spool's error, for the gap's reason.
+    error: String,
+    /// Encoded frames not kept.
+    frames_dropped: u64,
+    /// Process and window events beyond [`MAX_KEPT_EVENTS`], counted only.
+    events_dropped: u64,
+}
+
 #[derive(Debug)]
 struct OpenChunk {
     start: MediaTime,
@@ -55,17 +82,26 @@ pub struct Chunker {
     timescale: u32,
     init: Option<Init>,
     open: Option<OpenChunk>,
-    /// Events waiting for the chunk whose interval contains them.
-    events: Vec<Event>,
+    /// Events waiting for the chunk whose interval contains them, with their journal ids.
+    events: Vec<(Option<u64>, Event)>,
+    /// The session's events journal (`None`: a resumed session, or no journal).
+    journal: Option<std::sync::Arc<jitrec_spool::Journal>>,
     /// Events that arrived after their chunk was committed (placed at the next chunk's start).
     late_events: u64,
     /// Encrypts every payload before it is committed (the session header names the recipients).
     sealer: Option<std::sync::Arc<crate::seal::Sealer>>,
+    /// Set while the spool has no room (`None`: every chunk so far was committed).
+    outage: Option<SpoolOutage>,
+    /// Frames were dropped: the next chunk must start with a keyframe, and frames before one
+    /// are dropped too (they depend on the dropped ones).
+    want_keyframe: bool,
 }
 
 impl Chunker {
     pub fn new(writer: SessionWriter, chunk_len: Duration, timescale: u32) -> Self {
+        let journal = writer.journal();
         Self {
+            journal,
             writer,
             chunk_len_us: chunk_len.as_micros().max(1) as u64,
             timescale,
@@ -74,6 +110,8 @@ impl Chunker {
             events: Vec::new(),
             late_events: 0,
             sealer: None,
+            outage: None,
+            want_keyframe: false,
         }
     }
 
@@ -111,9 +149,102 @@ impl Chunker {
             .is_some_and(|o| t.as_micros() >= o.start.as_micros() + self.chunk_len_us)
     }
 
-    /// Queues an event for the chunk that contains its media time.
+    /// Whether `e` is beyond what a full spool lets this session keep in memory (and is
+    /// counted instead). Status events (capture errors, gaps, JIT stop) are few and always kept.
+    fn over_outage_bound(&mut self, e: &Event) -> bool {
+        if let Some(o) = &mut self.outage
+            && self.events.len() >= MAX_KEPT_EVENTS
+            && matches!(
+                e.event,
+                EventKind::ProcessStart(_)
+                    | EventKind::ProcessExit(_)
+                    | EventKind::WindowFocus(_)
+                    | EventKind::WindowTitle(_)
+            )
+        {
+            o.events_dropped += 1;
+            return true;
+        }
+        false
+    }
+
+    /// Queues an event for the chunk that contains its media time, journalling it first.
     pub fn push_event(&mut self, e: Event) {
-        self.events.push(e);
+        if self.over_outage_bound(&e) {
+            return;
+        }
+        let id = self.journal.as_ref().and_then(|j| match j.append(&e) {
+            Ok(id) => Some(id),
+            Err(err) => {
+                tracing::warn!(error = %err, "could not journal an event");
+                None
+            }
+        });
+        self.events.push((id, e));
+    }
+
+    /// Queues an event a source has already journalled (bounded like [`Chunker::push_event`]).
+    pub fn push_seen(&mut self, s: crate::events::Seen) {
+        if self.over_outage_bound(&s.event) {
+            return;
+        }
+        self.events.push((s.journal_id, s.event));
+    }
+
+    /// Syncs the journal to the disk when its interval is due (see `jitrec_spool::Journal`).
+    pub fn sync_journal(&self) {
+        if let Some(j) = &self.journal
+            && let Err(e) = j.sync(false)
+        {
+            tracing::warn!(error = %e, "could not sync the events journal");
+        }
+    }
+
+    /// Whether frames were dropped (a full spool) and the encoder must make the next frame a
+    /// keyframe; until one comes, frames are dropped. The caller also encodes a frame at the
+    /// next tick even if the screen is idle, so the retry does not wait for a change.
+    pub fn wants_keyframe(&self) -> bool {
+        self.want_keyframe
+    }
+
+    /// Whether the spool is full and video is not being kept.
+    pub fn spool_full(&self) -> bool {
+        self.outage.is_some()
+    }
+
+    /// Since when (media time) nothing could be committed, while the spool is full.
+    pub fn spool_full_since(&self) -> Option<MediaTime> {
+        self.outage.as_ref().map(|o| o.from)
+    }
+
+    /// Starts (or continues) an outage after `e`, a commit the spool had no room for, which
+    /// dropped `frames`.
+    fn spool_refused(&mut self, e: &SpoolError, frames: u64) {
+        self.want_keyframe = true;
+        match &mut self.outage {
+            Some(o) => {
+                o.frames_dropped += frames;
+                tracing::debug!(session = %self.writer.session_id(), error = %e, "the spool is still full");
+            }
+            None => {
+                let from = self
+                    .writer
+                    .last_chunk()
+                    .map_or(MediaTime::ZERO, |m| m.media_end_us);
+                tracing::error!(
+                    session = %self.writer.session_id(),
+                    error = %e,
+                    from_us = from.as_micros(),
+                    "spool full: video is not kept until space returns (events are kept in memory); retrying at each chunk boundary"
+                );
+                self.outage = Some(SpoolOutage {
+                    from,
+                    error: e.to_string(),
+                    frames_dropped: frames,
+                    events_dropped: 0,
+                });
+            }
+        }
     }
 
     /// Adds an encoded frame of a `width` x `height` stream.
@@ -127,8 +258,24 @@ impl Chunker {
         if self.boundary_due(f.pts) || (new_init.is_some() && self.open.is_some()) {
             self.cut(f.pts)?;
         }
+        if self.open.is_none() && self.want_keyframe {
+            if !f.keyframe {
+                // Depends on frames that were dropped: it would not decode.
+                if let Some(o) = &mut self.outage {
+                    o.frames_dropped += 1;
+                }
+                return Ok(());
+            }
+            self.want_keyframe = false;
+        }
         if let Some(ps) = new_init {
-            self.commit_init(ps, width, height)?;
+            match self.commit_init(ps, width, height) {
+                Err(ChunkError::Spool(e)) if e.is_out_of_space() => {
+                    self.spool_refused(&e, 1);
+                    return Ok(());
+                }
+                other => other?,
+            }
         }
         if self.init.is_none() {
             return Err(ChunkError::NoInit);
@@ -184,6 +331,9 @@ impl Chunker {
         let Some(init) = &self.init else {
             return Err(ChunkError::NoInit);
         };
+        // After a full spool, the chunk that fits starts where the last committed one ended, so
+        // the events of the stretch keep their times (its video starts at its first frame).
+        let start = self.outage.as_ref().map_or(open.start, |o| o.from);
         let end = end.max(open.frames.last().map_or(open.start, |f| f.0));
         let mut samples = Vec::with_capacity(open.frames.len());
         for (i, (pts, keyframe, data)) in open.frames.iter().enumerate() {
@@ -199,25 +349,36 @@ impl Chunker {
         let first_pts = open.frames.first().map_or(open.start, |f| f.0);
         let segment = fmp4::media_segment(seq as u32 + 1, self.ticks(first_pts), &samples);
         // Events of this interval; older ones missed their chunk and are placed at its start.
-        let (mut mine, rest): (Vec<Event>, Vec<Event>) =
-            self.events.drain(..).partition(|e| e.media_us <= end);
+        let (taken, rest): (Vec<_>, Vec<_>) =
+            self.events.drain(..).partition(|(_, e)| e.media_us <= end);
         self.events = rest;
+        let ids: Vec<u64> = taken.iter().filter_map(|(id, _)| *id).collect();
+        let mut mine: Vec<Event> = taken.iter().map(|(_, e)| e.clone()).collect();
         for e in &mut mine {
-            if e.media_us < open.start {
+            if e.media_us < start {
                 self.late_events += 1;
-                e.media_us = open.start;
+                e.media_us = start;
             }
         }
         mine.sort_by_key(|e| e.media_us);
-        let events = self.stored(encode_events(&mine)?)?;
+        let (plain, count) = match &self.outage {
+            None => (encode_events(&mine)?, mine.len()),
+            Some(o) => {
+                let mut all = mine.clone();
+                all.extend(self.outage_events(o, first_pts));
+                all.sort_by_key(|e| e.media_us);
+                (encode_events(&all)?, all.len())
+            }
+        };
+        let events = self.stored(plain)?;
         let segment = self.stored(segment)?;
         let manifest = ChunkManifest {
             version: self.writer.header().version,
             session_id: self.writer.session_id(),
             seq,
-            media_start_us: open.start,
+            media_start_us: start,
             media_end_us: end,
-            utc_start: self.utc(open.start),
+            utc_start: self.utc(start),
             utc_end: self.utc(end),
             starts_with_keyframe: samples.first().is_some_and(|s| s.keyframe),
             frames: samples.len() as u32,
@@ -226,20 +387,124 @@ impl Chunker {
             events: EventsRef {
                 size: events.len() as u64,
                 sha256: Sha256Digest::of(&events),
-                count: mine.len() as u32,
+                count: count as u32,
             },
             prev: self.writer.head(),
         };
-        self.writer.commit_chunk(&manifest, &segment, &events)?;
+        // The marker goes first: a crash between it and the commit leaves a marker the next
+        // run ignores, never a committed chunk whose events it would fold a second time. The
+        // journal is scratch: when it cannot be written (a full disk), the recording goes on
+        // and a crash could only fold some events twice.
+        if let Some(j) = &self.journal
+            && let Err(e) = j.mark_chunk(seq, &ids)
+        {
+            tracing::warn!(error = %e, "could not mark a chunk in the events journal");
+        }
+        match self.writer.commit_chunk(&manifest, &segment, &events) {
+            Ok(_) => {}
+            Err(e) if e.is_out_of_space() => {
+                // Nothing was written and the chain head is unchanged (the spool's contract):
+                // the frames go, the events (with their journal ids) wait for the next chunk
+                // that fits, whose marker names them again.
+                let mut back = taken;
+                back.append(&mut self.events);
+                self.events = back;
+                self.spool_refused(&e, samples.len() as u64);
+                return Ok(());
+            }
+            Err(e) => return Err(e.into()),
+        }
+        if let Some(j) = &self.journal
+            && let Err(e) = j.chunk_committed(seq)
+        {
+            tracing::warn!(error = %e, "could not compact the events journal");
+        }
+        if let Some(o) = self.outage.take() {
+            tracing::warn!(
+                session = %manifest.session_id,
+                seconds = (first_pts.as_micros() - o.from.as_micros()) as f64 / 1e6,
+                frames_dropped = o.frames_dropped,
+                events_dropped = o.events_dropped,
+                "the spool has room again; recording resumed (a gap covers the stretch)"
+            );
+        }
         tracing::debug!(session = %manifest.session_id, seq, frames = samples.len(), bytes = segment.len(), "chunk committed");
         Ok(())
+    }
+
+    /// The events the first chunk after a full spool carries: the `gap` from the first
+    /// uncommitted time to its first frame, and the count of events not kept.
+    fn outage_events(&self, o: &SpoolOutage, resume: MediaTime) -> Vec<Event> {
+        let at = |t: MediaTime, event| Event {
+            media_us: t,
+            utc: self.utc(t),
+            event,
+        };
+        let mut out = vec![at(
+            resume,
+            EventKind::Gap {
+                from_us: o.from,
+                to_us: resume,
+                reason: format!(
+                    "the spool was full ({}): {} frames of video were not kept; the events of the stretch were",
+                    o.error, o.frames_dropped
+                ),
+            },
+        )];
+        if o.events_dropped > 0 {
+            out.push(at(
+                resume,
+                EventKind::EventsSummarised {
+                    count: o.events_dropped,
+                    what: format!(
+                        "recorder: {} process and window events while the spool was full exceeded the {MAX_KEPT_EVENTS} kept in memory and are only counted",
+                        o.events_dropped
+                    ),
+                },
+            ));
+        }
+        out
     }
 
     /// Commits the last chunk (ending at `end`) and the close record.
     /// `cause` says who or what ended the session: its `by` gives the end reason, and a version 2
     /// close record carries it whole.
-    pub fn finish(mut self, end: MediaTime, cause: &StopCause) -> Result<u64, ChunkError> {
+    pub fn finish(self, end: MediaTime, cause: &StopCause) -> Result<u64, ChunkError> {
+        self.finish_with_note(end, cause, None)
+    }
+
+    /// [`Chunker::finish`], with the close record's `note`.
+    pub fn finish_with_note(
+        mut self,
+        end: MediaTime,
+        cause: &StopCause,
+        note: Option<String>,
+    ) -> Result<u64, ChunkError> {
         self.cut(end)?;
+        // Still full at the stop: the close record (which may use the spool's reserve) says
+        // what was lost, since no chunk can carry the gap.
+        let outage_note = self.outage.as_ref().map(|o| {
+            tracing::error!(
+                session = %self.writer.session_id(),
+                frames_dropped = o.frames_dropped,
+                events = self.events.len() as u64 + o.events_dropped,
+                "JIT ended while the spool was full: the end of the session was not recorded"
+            );
+            format!(
+                "the spool was full from {:.3} s to the end ({}): {} frames and {} events were not recorded",
+                o.from.as_micros() as f64 / 1e6,
+                o.error,
+                o.frames_dropped,
+                self.events.len() as u64 + o.events_dropped
+            )
+        });
+        if outage_note.is_some() {
+            self.events.clear();
+        }
+        let note = match (note, outage_note) {
+            (Some(a), Some(b)) => Some(format!("{a}; {b}")),
+            (a, b) => a.or(b),
+        };
         if !self.events.is_empty() {
             tracing::warn!(
                 count = self.events.len(),
@@ -252,6 +517,9 @@ impl Chunker {
                 "events arrived after their chunk was committed and were placed at the next chunk's start"
             );
         }
+        // The journal's handle goes before the close removes the file (Windows removes no file
+        // that is open).
+        self.journal = None;
         let w = self.writer;
         let media_end = w.last_chunk().map(|m| m.media_end_us).unwrap_or_default();
         let ended_at =
@@ -267,7 +535,7 @@ impl Chunker {
             chunk_count: chunks,
             media_end_us: media_end,
             prev: w.head(),
-            note: None,
+            note,
             stopped_by: (version != FORMAT_V1).then(|| cause.clone()),
         };
         w.close(&close)?;

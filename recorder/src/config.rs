@@ -34,6 +34,59 @@ pub struct Config {
     pub encoder: EncoderToml,
     pub events: EventsToml,
     pub encryption: EncryptionToml,
+    pub notice: NoticeToml,
+    pub fail_closed: FailClosedToml,
+}
+
+/// `[fail_closed]`: end the elevation when recording cannot run (docs/recorder.md, "Failing
+/// closed"). Off by default.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FailClosedToml {
+    pub enabled: bool,
+    /// Seconds the spool may stay full.
+    pub spool_full_seconds: u64,
+    /// Seconds the screen may stay unreadable.
+    pub capture_lost_seconds: u64,
+    /// A command to run as well (program and arguments), e.g. `["loginctl", "lock-sessions"]`.
+    pub lock_command: Vec<String>,
+}
+
+impl Default for FailClosedToml {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            spool_full_seconds: 30,
+            capture_lost_seconds: 60,
+            lock_command: Vec::new(),
+        }
+    }
+}
+
+/// The recording notice shown to the user at JIT start (docs/recorder.md, "Recording notice").
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NoticeToml {
+    /// Show it. On by default: telling people they are recorded is a legal duty in many places,
+    /// and a notice nobody configured is better than none.
+    pub enabled: bool,
+    /// The text; `{user}`, `{machine}`, `{authorized_by}` and `{reason}` are filled in.
+    pub text: String,
+    /// Keep it on the screen until the user clicks it (else it goes after `display_seconds`).
+    pub require_ack: bool,
+    /// How long it stays without `require_ack` (a click dismisses it earlier).
+    pub display_seconds: u32,
+}
+
+impl Default for NoticeToml {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            text: crate::notice::DEFAULT_TEXT.into(),
+            require_ack: false,
+            display_seconds: crate::notice::DEFAULT_DISPLAY_SECONDS,
+        }
+    }
 }
 
 /// Client-side encryption of payloads (off unless recipients are given; docs/recorder.md).
@@ -162,6 +215,8 @@ impl Default for Config {
             encoder: EncoderToml::default(),
             events: EventsToml::default(),
             encryption: EncryptionToml::default(),
+            notice: NoticeToml::default(),
+            fail_closed: FailClosedToml::default(),
         }
     }
 }
@@ -291,7 +346,37 @@ impl Config {
             return bad("events.rate and events.burst must be at least 1".into());
         }
         Redactor::new(&c.events.redaction).map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        if !(1..=3600).contains(&c.notice.display_seconds) {
+            return bad(format!(
+                "notice.display_seconds = {} is outside 1..=3600",
+                c.notice.display_seconds
+            ));
+        }
+        crate::notice::check_text(&c.notice.text)
+            .map_err(|e| ConfigError::Invalid(format!("notice.text: {e}")))?;
         Ok(c)
+    }
+
+    /// The recording notice to show at each JIT start (`None`: none).
+    /// The fail-closed settings when `[fail_closed] enabled`.
+    pub fn fail_closed(&self) -> Option<crate::failclosed::FailClosed> {
+        let f = &self.fail_closed;
+        f.enabled.then(|| crate::failclosed::FailClosed {
+            spool_full: std::time::Duration::from_secs(f.spool_full_seconds),
+            capture_lost: std::time::Duration::from_secs(f.capture_lost_seconds),
+            group_file: self.jit.group_file.clone(),
+            group: self.jit.group.clone(),
+            lock_command: f.lock_command.clone(),
+        })
+    }
+
+    pub fn notice(&self) -> Option<crate::notice::NoticeConfig> {
+        self.notice.enabled.then(|| crate::notice::NoticeConfig {
+            text: self.notice.text.clone(),
+            require_ack: self.notice.require_ack,
+            display_for: std::time::Duration::from_secs(u64::from(self.notice.display_seconds)),
+            display: self.capture.display.clone(),
+        })
     }
 
     /// The bounds on events.
@@ -367,5 +452,36 @@ mod tests {
         assert_eq!(e.events.redaction.programs[0].names, ["acme"]);
         let l = Config::parse("[labels]\ncompany = \"acme\"\n").unwrap();
         assert_eq!(l.labels.company.as_deref(), Some("acme"));
+    }
+
+    #[test]
+    fn the_notice_is_on_by_default_and_its_settings_are_checked() {
+        let n = Config::parse("").unwrap().notice().expect("on by default");
+        assert!(!n.require_ack);
+        assert_eq!(n.display_for, Duration::from_secs(10));
+        assert!(n.text.contains("{user}"), "{}", n.text);
+        assert!(
+            Config::parse("[notice]\nenabled = false\n")
+                .unwrap()
+                .notice()
+                .is_none()
+        );
+        let n = Config::parse("[notice]\ntext = \"Recorded, {user}.\"\nrequire_ack = true\n")
+            .unwrap()
+            .notice()
+            .unwrap();
+        assert!(n.require_ack);
+        assert_eq!(n.text, "Recorded, {user}.");
+        for bad in [
+            "[notice]\ndisplay_seconds = 0\n",
+            "[notice]\ntext = \"\"\n",
+            "[notice]\ntext = \"hello {usr}\"\n",
+            "[notice]\ntext = \"bell \\u0007\"\n",
+        ] {
+            assert!(
+                matches!(Config::parse(bad), Err(ConfigError::Invalid(_))),
+                "{bad}"
+            );
+        }
     }
 }

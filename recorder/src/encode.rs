@@ -340,6 +340,12 @@ impl Encoder {
         self.submit(pts, self.config.idle_keyframe_interval())
     }
 
+    /// Makes the next frame a keyframe (an IDR picture), whatever the interval says: after
+    /// frames were dropped (a full spool), the next committed chunk must decode on its own.
+    pub fn force_keyframe(&mut self) {
+        self.last_key = None;
+    }
+
     fn submit(
         &mut self,
         pts: MediaTime,

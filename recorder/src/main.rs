@@ -26,6 +26,7 @@ use jitrec_recorder::events::window::WindowSource;
 use jitrec_recorder::events::{EventSource, SourceFactory};
 #[cfg(unix)]
 use jitrec_recorder::jit::GroupWatcher;
+use jitrec_recorder::resume::Resume;
 use jitrec_recorder::service::{DEFAULT_QUEUE, Recorder, RecorderConfig};
 #[cfg(unix)]
 use jitrec_recorder::x11::X11Source;
@@ -81,6 +82,15 @@ enum Command {
         /// [default: key/endpoint.key beside the spool].
         #[arg(long, value_name = "FILE")]
         key: Option<PathBuf>,
+    },
+    /// Record why the last run ended, as the service manager saw it (systemd runs this as the
+    /// unit's ExecStopPost, with $SERVICE_RESULT, $EXIT_CODE and $EXIT_STATUS set). The next
+    /// run puts it into the session the dead run left open. A signal no process can catch
+    /// (SIGKILL) leaves no other trace of its own.
+    NoteExit {
+        /// Configuration file (for the spool directory).
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
     },
     /// Print this endpoint's identity: machine id, host name, public key and its fingerprint
     /// (what the player's enrolment page shows for approval). Creates the key if there is none.
@@ -172,6 +182,36 @@ pub(crate) fn main() -> Result<()> {
             println!("fingerprint: {}", signer.public().fingerprint());
             Ok(())
         }
+        Command::NoteExit { config } => {
+            let cfg = Config::load(&config)?;
+            let var = |n: &str| std::env::var(n).ok().filter(|v| !v.is_empty());
+            let (result, code, status) =
+                (var("SERVICE_RESULT"), var("EXIT_CODE"), var("EXIT_STATUS"));
+            if result.is_none() && code.is_none() {
+                anyhow::bail!(
+                    "SERVICE_RESULT and EXIT_CODE are not set: note-exit is meant to run as the service's ExecStopPost"
+                );
+            }
+            let note = format!(
+                "at {}: result {}, {} {}",
+                chrono::Utc::now(),
+                result.as_deref().unwrap_or("unknown"),
+                code.as_deref().unwrap_or("exit"),
+                status.as_deref().unwrap_or("unknown"),
+            );
+            let (writer, _) = SpoolWriter::open(
+                &cfg.spool,
+                SpoolConfig {
+                    max_bytes: cfg.spool_max_bytes,
+                },
+            )
+            .with_context(|| format!("opening spool {}", cfg.spool.display()))?;
+            writer
+                .save_state(jitrec_spool::StateRecord::Exit, note.as_bytes())
+                .context("saving the exit note")?;
+            println!("noted: {note}");
+            Ok(())
+        }
         Command::Recover { spool, key } => {
             let key = key.unwrap_or_else(|| jitrec_recorder::config::default_key_file(&spool));
             let signer = endpoint_key(&key)?;
@@ -179,7 +219,7 @@ pub(crate) fn main() -> Result<()> {
                 SpoolWriter::open_signed(&spool, SpoolConfig::default(), Some(Arc::new(signer)))
                     .with_context(|| format!("opening spool {}", spool.display()))?;
             let jitrec_recorder::recovery::Outcome { closed, failed } =
-                jitrec_recorder::recovery::close_interrupted(&writer, chrono::Utc::now())?;
+                jitrec_recorder::recovery::close_interrupted(&writer, chrono::Utc::now(), None)?;
             println!("partial writes removed: {}", recovery.temp_files_removed);
             println!("sessions closed as interrupted: {}", closed.len());
             for c in &closed {
@@ -339,8 +379,10 @@ fn endpoint_key(path: &Path) -> Result<jitrec_format::EndpointSigner> {
     Ok(signer)
 }
 
-/// Opens the spool and closes the sessions a previous run left open.
-fn open_spool(cfg: &Config) -> Result<SpoolWriter> {
+/// Opens the spool, closes the sessions a previous run left open (folding in their journals and
+/// what the service manager said about the death), and says which elevation to resume.
+fn open_spool(cfg: &Config) -> Result<(SpoolWriter, Option<Resume>)> {
+    let since = std::time::Instant::now();
     let signer = endpoint_key(&cfg.key_path())?;
     let (spool, recovery) = SpoolWriter::open_signed(
         &cfg.spool,
@@ -350,15 +392,91 @@ fn open_spool(cfg: &Config) -> Result<SpoolWriter> {
         Some(Arc::new(signer)),
     )
     .with_context(|| format!("opening spool {}", cfg.spool.display()))?;
+    let exit = match spool.load_state(jitrec_spool::StateRecord::Exit) {
+        // Written by note-exit, but in a directory root can write: bounded like any event text.
+        Ok(note) => {
+            note.map(|b| jitrec_recorder::events::truncate_text(String::from_utf8_lossy(&b).trim()))
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the last run's exit note");
+            None
+        }
+    };
     if !recovery.open_sessions.is_empty() {
-        let out = jitrec_recorder::recovery::close_interrupted(&spool, chrono::Utc::now())?;
+        let out = jitrec_recorder::recovery::close_interrupted(
+            &spool,
+            chrono::Utc::now(),
+            exit.as_deref(),
+        )?;
         tracing::warn!(
             closed = out.closed.len(),
             failed = out.failed.len(),
+            folded_events = out.closed.iter().map(|c| c.folded_events).sum::<usize>(),
+            exit = ?exit,
             "closed sessions a previous run left open as interrupted"
         );
     }
-    Ok(spool)
+    if exit.is_some()
+        && let Err(e) = spool.clear_state(jitrec_spool::StateRecord::Exit)
+    {
+        tracing::warn!(error = %e, "cannot remove the last run's exit note");
+    }
+    let resume = jitrec_recorder::resume::load(&spool).map(|saved| Resume { saved, since });
+    Ok((spool, resume))
+}
+
+/// Who sent a stop signal, as the stop cause of the session it ends.
+#[cfg(unix)]
+fn signal_cause(
+    origin: &signal_hook::low_level::siginfo::Origin,
+    passwd_file: &Path,
+    redactor: &Redactor,
+) -> jitrec_format::StopCause {
+    let name = match origin.signal {
+        signal_hook::consts::SIGTERM => "SIGTERM",
+        signal_hook::consts::SIGINT => "SIGINT",
+        _ => "a stop signal",
+    };
+    let (peer, detail) = match &origin.process {
+        Some(p) => {
+            let pid = u32::try_from(p.pid).ok();
+            let peer = control::peer_of(p.uid, pid, passwd_file);
+            let cmdline = pid
+                .and_then(|pid| std::fs::read(format!("/proc/{pid}/cmdline")).ok())
+                .map(|b| {
+                    // A command line like any other: through the redaction rules (`pkill -f
+                    // 'mysql -pSECRET'`), bounded.
+                    let argv: Vec<String> = b
+                        .split(|c| *c == 0)
+                        .filter(|w| !w.is_empty())
+                        .take(4096)
+                        .map(|w| String::from_utf8_lossy(w).into_owned())
+                        .collect();
+                    redactor.command_line(&argv)
+                })
+                .filter(|c| !c.is_empty());
+            let detail = format!(
+                "the recorder received {name} from pid {} ({}, uid {}{})",
+                p.pid,
+                peer.exe.as_deref().unwrap_or("executable unknown"),
+                p.uid,
+                cmdline
+                    .map(|c| format!(", `{}`", jitrec_recorder::events::truncate_text(&c)))
+                    .unwrap_or_default()
+            );
+            (Some(peer), detail)
+        }
+        None => (
+            None,
+            format!("the recorder received {name} (sender unknown)"),
+        ),
+    };
+    jitrec_format::StopCause {
+        by: jitrec_format::StopBy::ServiceStop,
+        peer,
+        recorded_user: None,
+        detail,
+    }
 }
 
 fn recorder_config(cfg: &Config) -> RecorderConfig {
@@ -376,10 +494,31 @@ fn recorder_config(cfg: &Config) -> RecorderConfig {
 #[cfg(unix)]
 fn run(path: &Path) -> Result<()> {
     let cfg = Config::load(path)?;
-    let spool = open_spool(&cfg)?;
+    let (spool, resume) = open_spool(&cfg)?;
     let shutdown = Arc::new(AtomicBool::new(false));
-    for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
-        signal_hook::flag::register(sig, Arc::clone(&shutdown)).context("signal handler")?;
+    let shutdown_cause = Arc::new(std::sync::Mutex::new(None));
+    {
+        use signal_hook::iterator::{SignalsInfo, exfiltrator::WithOrigin};
+        let mut signals = SignalsInfo::<WithOrigin>::new([
+            signal_hook::consts::SIGTERM,
+            signal_hook::consts::SIGINT,
+        ])
+        .context("signal handler")?;
+        let (shutdown, cause) = (Arc::clone(&shutdown), Arc::clone(&shutdown_cause));
+        let redactor = Redactor::new(&cfg.events.redaction)?;
+        // Detached: it waits for signals for the life of the process.
+        std::thread::Builder::new()
+            .name("jitrec-signals".into())
+            .spawn(move || {
+                for origin in signals.forever() {
+                    let c = signal_cause(&origin, Path::new("/etc/passwd"), &redactor);
+                    tracing::warn!(detail = %c.detail, "stopping on a signal");
+                    *cause
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(c);
+                    shutdown.store(true, std::sync::atomic::Ordering::SeqCst);
+                }
+            })?;
     }
     let (jit_tx, jit_rx) = mpsc::channel();
     if let Some(user) = &cfg.jit.user {
@@ -423,6 +562,10 @@ fn run(path: &Path) -> Result<()> {
     let result = Recorder::new(spool, config, move || X11Source::open(display.as_deref()))
         .with_event_sources(sources)
         .with_sealer(sealer(&cfg)?)
+        .with_resume(resume)
+        .with_shutdown_cause(shutdown_cause)
+        .with_notice(cfg.notice())
+        .with_fail_closed(cfg.fail_closed())
         .run(jit_rx, shutdown, |ev| shared.observe(ev));
     let _ = std::fs::remove_file(&cfg.control.socket);
     tracing::info!("recorder stopped");
@@ -436,7 +579,7 @@ fn run(path: &Path) -> Result<()> {
 fn run(path: &Path) -> Result<()> {
     use jitrec_recorder::windows::{admin::AdminWatcher, pipe, screen};
     let cfg = Config::load(path)?;
-    let spool = open_spool(&cfg)?;
+    let (spool, resume) = open_spool(&cfg)?;
     let shutdown = Arc::new(AtomicBool::new(false));
     {
         let shutdown = Arc::clone(&shutdown);
@@ -471,6 +614,9 @@ fn run(path: &Path) -> Result<()> {
     let result = Recorder::new(spool, config, screen::open)
         .with_event_sources(sources)
         .with_sealer(sealer(&cfg)?)
+        .with_resume(resume)
+        .with_notice(cfg.notice())
+        .with_fail_closed(cfg.fail_closed())
         .run(jit_rx, shutdown, |ev| shared.observe(ev));
     tracing::info!("recorder stopped");
     Ok(result?)

@@ -16,10 +16,17 @@
 //! `capture_error` event marks where that began and a `gap` event covers the whole stretch, so a
 //! reviewer never mistakes a frozen or missing picture for an idle screen. Events keep being
 //! recorded throughout.
+//!
+//! Nothing here waits without a bound ([`STOP_BOUND`]): a capture that delivers no tick for
+//! [`STALL_AFTER`] (a grab or open stuck in the display) is the same outage, with ticks of the
+//! encoding side's own so chunks keep being cut, and the capture thread is joined with a
+//! deadline and detached if stuck (`crate::join` says why that is safe). A full spool is an
+//! outage too, handled by the chunker: video of the stretch dropped, events kept, a `gap` once
+//! there is room.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, TryRecvError, TrySendError};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError, TryLockError};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -86,6 +93,22 @@ pub const REOPEN_INTERVAL: Duration = Duration::from_secs(1);
 /// connection or a Graphics Capture session ended by a display change do not come back by
 /// themselves).
 pub const REOPEN_AFTER: Duration = Duration::from_secs(2);
+
+/// How long the capture may deliver no tick at all before the encoding side treats it as an
+/// outage (placeholder, `capture_error`, `gap`). Aligned with [`REOPEN_AFTER`]: a source failing
+/// for that long is reopened; one stuck for that long cannot even fail.
+pub const STALL_AFTER: Duration = REOPEN_AFTER;
+
+/// How long a stop waits for the capture thread to end before detaching it (`crate::join`).
+/// A healthy one ends within one capture period.
+pub const CAPTURE_STOP_LIMIT: Duration = Duration::from_secs(1);
+
+/// What a JIT stop takes at most, whatever the X server does (given a disk that answers):
+/// noticing it (`STOP_CHECK`), the capture thread's join ([`CAPTURE_STOP_LIMIT`]), the event
+/// sources' catch-up (`CATCH_UP_LIMIT`) and join ([`crate::events::SOURCE_STOP_LIMIT`]), and
+/// the last chunk's encode and commit. Stated in `docs/recorder.md`; tested with a grab that
+/// never returns and with a suspended Xvfb.
+pub const STOP_BOUND: Duration = Duration::from_secs(5);
 
 /// The picture recorded while the screen cannot be captured: plain navy (RGB 0, 0, 128), which
 /// no idle desktop is mistaken for. Same size as the last picture, or [`PLACEHOLDER_SIZE`] when
@@ -198,6 +221,15 @@ pub struct Recorder<F> {
     event_sources: Option<SourceFactory>,
     /// Encrypts the payloads of signed sessions (`None`: stored in the clear, the default).
     sealer: Option<Arc<crate::seal::Sealer>>,
+    /// The elevation a previous run was recording when it died (`crate::resume`).
+    resume: Option<crate::resume::Resume>,
+    /// Who asked for the shutdown, when the signal said (its sender), for the stop cause.
+    shutdown_cause: Arc<Mutex<Option<StopCause>>>,
+    /// The recording notice shown at each JIT start (`None`: none), an event source of the
+    /// session beside the others.
+    notice: Option<crate::notice::NoticeConfig>,
+    /// End the elevation when recording cannot run (`None`: never, the default).
+    fail_closed: Option<crate::failclosed::FailClosed>,
 }
 
 impl<F> std::fmt::Debug for Recorder<F> {
@@ -228,7 +260,38 @@ where
             open_source: Arc::new(Mutex::new(open_source)),
             event_sources: None,
             sealer: None,
+            resume: None,
+            shutdown_cause: Arc::default(),
+            notice: None,
+            fail_closed: None,
         }
+    }
+
+    /// Continues the elevation a dead run was recording: a control-socket JIT is started again
+    /// at once, and the first session of the same user (by either trigger) names the
+    /// interrupted one as the session it continues.
+    pub fn with_resume(mut self, resume: Option<crate::resume::Resume>) -> Self {
+        self.resume = resume;
+        self
+    }
+
+    /// Where the shutdown's requester is written (by the signal handler) before `shutdown` is
+    /// set, so the close record names who stopped the recorder.
+    pub fn with_shutdown_cause(mut self, cause: Arc<Mutex<Option<StopCause>>>) -> Self {
+        self.shutdown_cause = cause;
+        self
+    }
+
+    /// Ends the elevation when recording cannot run (docs/recorder.md, "Failing closed").
+    pub fn with_fail_closed(mut self, f: Option<crate::failclosed::FailClosed>) -> Self {
+        self.fail_closed = f;
+        self
+    }
+
+    /// Shows `notice` to the user at each JIT start (docs/recorder.md, "Recording notice").
+    pub fn with_notice(mut self, notice: Option<crate::notice::NoticeConfig>) -> Self {
+        self.notice = notice;
+        self
     }
 
     /// Encrypts the payloads of every (signed, format v2) session to `sealer`'s recipients.
@@ -251,6 +314,26 @@ where
         shutdown: Arc<AtomicBool>,
         mut observe: impl FnMut(RecorderEvent),
     ) -> Result<(), RecordError> {
+        // A JIT controller's elevation outlives the recorder: start it again without waiting
+        // for a `jit start` that will not come.
+        if let Some(r) = &self.resume
+            && r.saved.trigger == jitrec_format::Trigger::ControlCommand
+        {
+            tracing::warn!(user = %r.saved.user, interrupted = %r.saved.session, "resuming the JIT a JIT controller started before the recorder died");
+            let auth = Authorization {
+                trigger: r.saved.trigger,
+                authorized_by: r.saved.authorized_by.clone(),
+                reason: r.saved.reason.clone(),
+            };
+            let user = r.saved.user.clone();
+            match self.record(&user, auth, &jit, &shutdown, &mut observe) {
+                Ok(done) => observe(RecorderEvent::Done(done)),
+                // Not the end of the service: the triggers may still start a session.
+                Err(e) => {
+                    tracing::error!(error = %e, "could not resume the saved JIT; waiting for the next start")
+                }
+            }
+        }
         while !shutdown.load(Ordering::SeqCst) {
             match jit.recv_timeout(STOP_CHECK * 4) {
                 Ok(JitEvent::Start {
@@ -285,6 +368,11 @@ where
     ) -> Result<SessionDone, RecordError> {
         let clock = SessionClock::start();
         let origin = clock.origin();
+        let continues = self
+            .resume
+            .take()
+            .filter(|r| r.continues(user))
+            .map(|r| r.saved.session);
         let header = SessionHeader {
             // Signed version 2 whenever the spool has the endpoint key (the recorder always
             // gives it one; only tests write unsigned sessions).
@@ -321,14 +409,39 @@ where
                 .as_ref()
                 .filter(|_| self.spool.endpoint_key().is_some())
                 .map(|s| s.header_field()),
+            // A version 2 field: who continues what is signed.
+            continues: continues.filter(|_| self.spool.endpoint_key().is_some()),
         };
         let session = header.session_id;
         let writer = self.spool.create_session(&header)?;
+        crate::resume::save(
+            &self.spool,
+            &crate::resume::SavedJit {
+                user: user.to_owned(),
+                trigger: authorization.trigger,
+                authorized_by: authorization.authorized_by.clone(),
+                reason: authorization.reason.clone(),
+                session,
+                boot_id: crate::resume::boot_id(),
+            },
+        );
+        if let Some(c) = continues {
+            tracing::warn!(%session, interrupted = %c, "recording again after the recorder restarted; this session continues the interrupted one");
+        }
         tracing::info!(%session, user, "JIT started; recording");
         // Sources subscribe as they are made, so once `Started` is reported (and `jit start`
         // returns) every process and window change is seen.
-        let sources = self.event_sources.as_mut().map(|f| f()).unwrap_or_default();
-        let mut intake = Intake::start(clock, sources, self.config.events);
+        let mut sources = self.event_sources.as_mut().map(|f| f()).unwrap_or_default();
+        if let Some(notice) = &self.notice {
+            // On its own thread like the other sources: it never holds up start or capture.
+            sources.push(notice.source(&crate::notice::Elevation {
+                user,
+                machine: &self.config.machine.hostname,
+                authorized_by: authorization.authorized_by.as_deref(),
+                reason: authorization.reason.as_deref(),
+            }));
+        }
+        let mut intake = Intake::start(clock, sources, self.config.events, writer.journal());
         observe(RecorderEvent::Started(session));
         let sealer = header.encryption.as_ref().and_then(|_| self.sealer.clone());
         let mut chunker =
@@ -357,9 +470,7 @@ where
             let stop = Arc::clone(&stop_capture);
             let dropped = Arc::clone(&dropped);
             let open = Arc::clone(&self.open_source);
-            thread::Builder::new()
-                .name("jitrec-capture".into())
-                .spawn(move || {
+            crate::join::spawn("jitrec-capture", move || {
                     let mut source: Option<S> = None;
                     // Why there is no source (an open that failed), for the `capture_error` event.
                     let mut why = String::from("the screen has not been opened yet");
@@ -374,12 +485,28 @@ where
                             && last_open.is_none_or(|at| at.elapsed() >= REOPEN_INTERVAL)
                         {
                             last_open = Some(Instant::now());
-                            match (open.lock().unwrap_or_else(PoisonError::into_inner))() {
+                            // Never wait for the opener: a capture thread of an earlier session
+                            // may be stuck inside it (an open to a frozen X server), and this
+                            // session must not hang behind it. It is tried again in a second.
+                            let opened = match open.try_lock() {
+                                Ok(mut f) => f(),
+                                Err(TryLockError::Poisoned(p)) => (p.into_inner())(),
+                                Err(TryLockError::WouldBlock) => Err(CaptureError(
+                                    "the screen cannot be opened: an earlier session's capture is still stuck opening it".into(),
+                                )),
+                            };
+                            match opened {
                                 Ok(s) => source = Some(s),
                                 Err(e) => why = e.to_string(),
                             }
                         }
-                        let tick = match source.as_mut().map(CaptureSource::grab) {
+                        let grabbed = source.as_mut().map(CaptureSource::grab);
+                        // A call that was stuck may return long after its session ended: this
+                        // thread then belongs to a dead session and only ends.
+                        if stop.load(Ordering::SeqCst) {
+                            break;
+                        }
+                        let tick = match grabbed {
                             Some(Ok(grab)) => {
                                 failing_since = None;
                                 reopens = 0;
@@ -423,13 +550,19 @@ where
                             next = Instant::now();
                         }
                     }
-                })
-                .map_err(|e| RecordError::Capture(e.to_string()))?
+            })
+            .map_err(|e| RecordError::Capture(e.to_string()))?
         };
 
         let mut encoder: Option<Encoder> = None;
         let mut last: Option<Frame> = None;
         let mut outage: Option<Outage> = None;
+        // When a tick last arrived, and the media time of the last one handled: a capture that
+        // delivers nothing for STALL_AFTER is stuck, and this side keeps the timeline itself.
+        let mut tick_at = Instant::now();
+        let mut last_t: Option<MediaTime> = None;
+        // What fail-closed did, once it did (at most once per session).
+        let mut failed_closed: Option<String> = None;
         let (cause, end) = loop {
             match jit.try_recv() {
                 Ok(JitEvent::Stop { cause }) => break (cause, origin.elapsed()),
@@ -442,14 +575,78 @@ where
                 }
             }
             if shutdown.load(Ordering::SeqCst) {
-                break (
-                    service_stop("the recorder service was stopped (shutdown or service stop)"),
-                    origin.elapsed(),
-                );
+                let cause = self
+                    .shutdown_cause
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .take()
+                    .unwrap_or_else(|| {
+                        service_stop("the recorder service was stopped (shutdown or service stop)")
+                    });
+                break (cause, origin.elapsed());
             }
-            intake.drain(&mut |e| chunker.push_event(e));
+            intake.drain(&mut |e| chunker.push_seen(e));
+            chunker.sync_journal();
+            if failed_closed.is_none()
+                && let Some(fc) = &self.fail_closed
+            {
+                let now = MediaTime::from_duration(origin.elapsed());
+                let over = |from: MediaTime, bound: Duration| {
+                    u128::from(now.as_micros().saturating_sub(from.as_micros()))
+                        >= bound.as_micros()
+                };
+                let why = match (chunker.spool_full_since(), outage.as_ref()) {
+                    (Some(f), _) if over(f, fc.spool_full) => Some(format!(
+                        "the spool was full for more than {} s",
+                        fc.spool_full.as_secs()
+                    )),
+                    (_, Some(o)) if over(o.from, fc.capture_lost) => Some(format!(
+                        "the screen could not be captured for more than {} s ({})",
+                        fc.capture_lost.as_secs(),
+                        o.message
+                    )),
+                    _ => None,
+                };
+                if let Some(reason) = why {
+                    let action = fc.end_elevation(user);
+                    tracing::error!(%session, reason, action, "recording cannot run: the elevation was ended (fail closed)");
+                    chunker.push_event(event(
+                        now,
+                        EventKind::FailClosed {
+                            reason: crate::events::truncate_text(&reason),
+                            action: crate::events::truncate_text(&action),
+                        },
+                    ));
+                    failed_closed = Some(format!("{reason}: {action}"));
+                }
+            }
             let (t, tick) = match rx.recv_timeout(STOP_CHECK) {
-                Ok(x) => x,
+                Ok((t, tick)) => {
+                    tick_at = Instant::now();
+                    if last_t.is_some_and(|l| t <= l) {
+                        // A grab that was stuck has returned: it is stamped when it began,
+                        // before the placeholder this side recorded meanwhile.
+                        continue;
+                    }
+                    (t, tick)
+                }
+                Err(RecvTimeoutError::Timeout) if tick_at.elapsed() >= STALL_AFTER => {
+                    // Capture is stuck (a grab or an open that does not return): the same
+                    // outage as a failing capture, from the tick that did not come, and ticks
+                    // of our own so chunks keep being cut on the placeholder.
+                    let t = match (&outage, last_t) {
+                        (None, Some(l)) => {
+                            MediaTime::from_micros(l.as_micros() + period.as_micros() as u64)
+                        }
+                        (None, None) => MediaTime::ZERO,
+                        (Some(_), _) => MediaTime::from_duration(origin.elapsed()),
+                    };
+                    let message = format!(
+                        "screen capture delivered nothing for {} s (a call to the display does not return)",
+                        STALL_AFTER.as_secs_f64()
+                    );
+                    (t, Tick::Failed(message))
+                }
                 Err(RecvTimeoutError::Timeout) => continue,
                 Err(RecvTimeoutError::Disconnected) => {
                     break (
@@ -458,6 +655,7 @@ where
                     );
                 }
             };
+            last_t = Some(t);
             let grab = match tick {
                 Tick::Failed(_) if outage.is_some() => Grab::Unchanged,
                 Tick::Failed(message) => {
@@ -515,6 +713,11 @@ where
             let Some(enc) = encoder.as_mut() else {
                 continue;
             };
+            if chunker.wants_keyframe() {
+                // The spool refused a chunk and its frames were dropped: what is committed
+                // next must decode on its own.
+                enc.force_keyframe();
+            }
             let out = match (frame, changed) {
                 // Damage says what changed: convert only that, and skip the full compare.
                 (Some(frame), Some(rects)) if last.is_some() => {
@@ -527,23 +730,23 @@ where
                     last = Some(frame);
                     out
                 }
-                // Idle: one repeated frame at a chunk boundary, so no chunk is empty.
-                _ if chunker.boundary_due(t) => enc.repeat(t)?,
+                // Idle: one repeated frame at a chunk boundary, so no chunk is empty; and the
+                // keyframe a retry after a full spool needs, without waiting for a change.
+                _ if chunker.boundary_due(t) || chunker.wants_keyframe() => enc.repeat(t)?,
                 _ => Vec::new(),
             };
             for f in out {
                 if chunker.boundary_due(f.pts) {
                     // Events up to the cut belong to the chunk being cut.
-                    intake.catch_up(f.pts, CATCH_UP_LIMIT, &mut |e| chunker.push_event(e));
+                    intake.catch_up(f.pts, CATCH_UP_LIMIT, &mut |e| chunker.push_seen(e));
                 }
                 chunker.push(f, enc.width(), enc.height())?;
             }
         };
         stop_capture.store(true, Ordering::SeqCst);
         drop(rx);
-        if capture.join().is_err() {
-            tracing::error!("the capture thread panicked");
-        }
+        // Bounded: a capture stuck in the display must not hold the stop (`crate::join`).
+        capture.join_within(CAPTURE_STOP_LIMIT);
         let end = MediaTime::from_duration(end);
         if let Some(o) = outage.take() {
             tracing::warn!(%session, "JIT ended while the screen could not be captured");
@@ -569,16 +772,16 @@ where
         }
         // Everything up to JIT stop is recorded; nothing after it.
         let mut after_end = 0u64;
-        let mut keep = |e: jitrec_format::Event| {
-            if e.media_us <= end {
-                chunker.push_event(e);
+        let mut keep = |seen: crate::events::Seen| {
+            if seen.event.media_us <= end {
+                chunker.push_seen(seen);
             } else if let EventKind::EventsSummarised { .. } | EventKind::EventSource { .. } =
-                e.event
+                seen.event.event
             {
                 // A count or a loss notice stamped after the stop may still cover events
                 // before it (a flood whose summary also took in events of the first moments
                 // after the stop): kept at the stop rather than lost.
-                chunker.push_event(event(end, e.event));
+                chunker.push_event(event(end, seen.event.event));
             } else {
                 after_end += 1;
             }
@@ -597,7 +800,14 @@ where
                 },
             ));
         }
-        let cause = attribute(cause, user);
+        let mut cause = attribute(cause, user);
+        if let Some(f) = &failed_closed {
+            // The close record may be all that a full spool lets through: it says why.
+            cause.detail = crate::events::truncate_text(&format!(
+                "{}; the recorder had ended the elevation itself (fail closed): {f}",
+                cause.detail
+            ));
+        }
         if cause.recorded_user == Some(true) {
             tracing::warn!(%session, user, detail = %cause.detail, "the recorded user ended their own recording");
         }
@@ -617,6 +827,11 @@ where
         chunker.push_event(event(end, EventKind::RecorderStopped));
         let reason = cause.by.end_reason();
         let chunks = chunker.finish(end, &cause)?;
+        // The elevation ended (JIT stop, group change): nothing to resume. A service stop is
+        // not the end of the elevation; a restarted recorder takes it up again.
+        if cause.by != StopBy::ServiceStop {
+            crate::resume::clear(&self.spool);
+        }
         Ok(SessionDone {
             session,
             chunks,

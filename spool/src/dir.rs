@@ -392,7 +392,8 @@ impl SpoolDir {
         }
         Ok(walk(&self.sessions_dir(), 1)?
             + walk(&self.root.join(QUARANTINE), 1)?
-            + walk(&self.tmp_dir(), 0)?)
+            + walk(&self.tmp_dir(), 0)?
+            + walk(&self.root.join(crate::journal::JOURNAL_DIR), 0)?)
     }
 
     /// Removes everything in `tmp/`: leftovers of commits that a crash interrupted. Only the writer

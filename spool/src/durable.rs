@@ -2,7 +2,10 @@
 //!
 //! After `write_entry` returns `Ok`, the entry survives a process crash and (on a disk that honours
 //! fsync) a power cut, and it is never visible half-written: readers only ever see names that a
-//! rename published. On any error the temp file is removed and the destination is untouched.
+//! rename published. On any error the temp file is removed and the destination is left absent,
+//! so a failed commit (a full disk: `ENOSPC` can come from the write, the fsync or even the
+//! rename, which may need a new directory block) leaves nothing the writer's chain does not
+//! know, and the same entry can be committed again later.
 
 #[cfg(unix)]
 use std::fs::File;
@@ -14,6 +17,51 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use crate::SpoolError;
 
 static TMP_COUNTER: AtomicU64 = AtomicU64::new(0);
+
+/// The steps of a durable write, for tests that make one of them fail.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Step {
+    Create,
+    Write,
+    Fsync,
+    Rename,
+    SyncDir,
+}
+
+/// The step the next durable write of the named thread fails at, with "no space left on
+/// device" (a plain static with the thread's id rather than a `thread_local!`, which clippy
+/// versions disagree about).
+#[cfg(test)]
+pub(crate) static FAIL_AT: std::sync::Mutex<Option<(std::thread::ThreadId, Step)>> =
+    std::sync::Mutex::new(None);
+
+/// Makes the calling thread's next durable write fail at `step`.
+#[cfg(test)]
+pub(crate) fn fail_at(step: Step) {
+    *FAIL_AT
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner) =
+        Some((std::thread::current().id(), step));
+}
+
+/// Fails like a full disk if a test asked for it at `step` (never outside tests).
+#[cfg(test)]
+fn injected(step: Step) -> io::Result<()> {
+    let mut f = FAIL_AT
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if *f == Some((std::thread::current().id(), step)) {
+        *f = None;
+        return Err(io::Error::from(io::ErrorKind::StorageFull));
+    }
+    Ok(())
+}
+
+#[cfg(not(test))]
+#[inline]
+fn injected(_step: Step) -> io::Result<()> {
+    Ok(())
+}
 
 /// Writes `chunks` (concatenated) durably to `dest`, staging in `tmp_dir`, which must be on the
 /// same filesystem.
@@ -27,18 +75,28 @@ pub(crate) fn write_file(tmp_dir: &Path, dest: &Path, chunks: &[&[u8]]) -> Resul
         std::process::id(),
         TMP_COUNTER.fetch_add(1, Ordering::Relaxed)
     ));
+    let mut renamed = false;
     let result = (|| {
-        let mut f = private_file()
-            .create_new(true)
-            .open(&tmp)
+        let mut f = injected(Step::Create)
+            .and_then(|()| private_file().create_new(true).open(&tmp))
             .map_err(SpoolError::io("create temp file", &tmp))?;
         for c in chunks {
-            f.write_all(c).map_err(SpoolError::io("write", &tmp))?;
+            injected(Step::Write)
+                .and_then(|()| f.write_all(c))
+                .map_err(SpoolError::io("write", &tmp))?;
         }
-        f.sync_all().map_err(SpoolError::io("fsync", &tmp))?;
+        injected(Step::Fsync)
+            .and_then(|()| f.sync_all())
+            .map_err(SpoolError::io("fsync", &tmp))?;
         drop(f);
-        rename(&tmp, dest).map_err(SpoolError::io("rename into place", dest))?;
-        match sync_parent(dest) {
+        injected(Step::Rename)
+            .and_then(|()| rename(&tmp, dest))
+            .map_err(SpoolError::io("rename into place", dest))?;
+        renamed = true;
+        let synced = injected(Step::SyncDir)
+            .map_err(SpoolError::io("fsync directory", dest))
+            .and_then(|()| sync_parent(dest));
+        match synced {
             // The directory vanished between our rename and its fsync: the reader uploaded,
             // acknowledged and removed the entry (a close record removes its whole session
             // directory) in that instant. There is nothing left to make durable.
@@ -52,6 +110,15 @@ pub(crate) fn write_file(tmp_dir: &Path, dest: &Path, chunks: &[&[u8]]) -> Resul
         // Best effort: the temp name is ours alone; if this fails too, the next writer start-up
         // removes it.
         let _ = fs::remove_file(&tmp);
+        if renamed {
+            // Published but not known durable: withdrawn, so the name never denotes an entry
+            // the caller was told failed (its chain head did not advance, and it may commit
+            // this name again with other bytes). A reader that copied it in this instant
+            // would hold an entry that is committed again later with other bytes; that needs a
+            // directory fsync failing, i.e. a disk failing, not merely full.
+            let _ = fs::remove_file(dest);
+            let _ = sync_parent(dest);
+        }
     }
     result
 }

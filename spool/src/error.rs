@@ -69,6 +69,23 @@ pub enum SpoolError {
 }
 
 impl SpoolError {
+    /// Whether the spool or its disk has no room for the commit: the size bound (`Full`) or the
+    /// operating system's "no space" or "quota exceeded". Nothing was committed and the writer
+    /// is unchanged, so the same commit may succeed once space is freed (docs/spool.md, "Size
+    /// bound"). The one place that decides it, for the recorder's outage handling.
+    pub fn is_out_of_space(&self) -> bool {
+        match self {
+            SpoolError::Full { .. } => true,
+            SpoolError::Io { source, .. } => {
+                matches!(
+                    source.kind(),
+                    io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded
+                )
+            }
+            _ => false,
+        }
+    }
+
     pub(crate) fn io(op: &'static str, path: impl Into<PathBuf>) -> impl FnOnce(io::Error) -> Self {
         let path = path.into();
         move |source| SpoolError::Io { op, path, source }

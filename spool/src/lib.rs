@@ -23,6 +23,7 @@ mod container;
 mod dir;
 mod durable;
 mod error;
+mod journal;
 mod names;
 mod reader;
 mod writer;
@@ -34,9 +35,12 @@ use jitrec_format::{ChunkManifest, ObjectKey, SessionClose, SessionHeader, Sessi
 
 pub use container::framed_len;
 pub use error::SpoolError;
+pub use journal::{
+    Journal, Journalled, MAX_READ as JOURNAL_MAX_READ, SYNC_EVERY as JOURNAL_SYNC_EVERY,
+};
 pub use names::{EntryName, EntryRef};
 pub use reader::{Backlog, SpoolInspector, SpoolReader};
-pub use writer::{Recovery, SessionWriter, SpoolWriter};
+pub use writer::{Recovery, SessionWriter, SpoolWriter, StateRecord};
 
 /// Default size bound: 2 GiB.
 ///

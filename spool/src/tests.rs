@@ -312,6 +312,61 @@ fn full_spool_refuses_chunks_but_can_still_close_and_recovers_space() {
     s.close(&close).unwrap();
 }
 
+/// A commit the disk fails at any step (as ENOSPC does: the write, the fsync, the rename, even
+/// the directory fsync) leaves no temp file and no entry, keeps the chain head and sequence
+/// number, counts no bytes, and the writer commits the same chunk once the disk allows.
+#[test]
+fn a_commit_that_fails_half_way_leaves_the_session_writer_usable() {
+    use crate::durable::{Step, fail_at};
+    let tmp = tempfile::tempdir().unwrap();
+    let (w, r) = open(tmp.path());
+    let mut s = start(&w, 6);
+    let sid = s.session_id();
+    commit_chunk(&mut s, 500);
+    let video = vec![9u8; 700];
+    let events = encode_events(&fixtures::events(1)).unwrap();
+    for step in [
+        Step::Create,
+        Step::Write,
+        Step::Fsync,
+        Step::Rename,
+        Step::SyncDir,
+    ] {
+        let (head, seq, used) = (s.head(), s.next_seq(), w.usage().unwrap());
+        let m = fixtures::manifest(sid, seq, head, &video, &events, 10);
+        fail_at(step);
+        let err = s.commit_chunk(&m, &video, &events).unwrap_err();
+        assert!(err.is_out_of_space(), "{step:?}: {err}");
+        assert_eq!((s.head(), s.next_seq()), (head, seq), "{step:?}");
+        assert_eq!(w.usage().unwrap(), used, "{step:?}: bytes left behind");
+        assert_eq!(
+            fs::read_dir(tmp.path().join("tmp")).unwrap().count(),
+            0,
+            "{step:?}: temp file left behind"
+        );
+        let names: Vec<_> = r
+            .pending(sid)
+            .unwrap()
+            .into_iter()
+            .map(|e| e.name)
+            .collect();
+        assert!(
+            !names.contains(&EntryName::Chunk(seq)),
+            "{step:?}: {names:?}"
+        );
+    }
+    // The disk has room again: the same chunk commits, and the session reads back whole.
+    let m = fixtures::manifest(sid, 1, s.head(), &video, &events, 10);
+    s.commit_chunk(&m, &video, &events).unwrap();
+    let close = close_record(&s, EndReason::JitEnded);
+    s.close(&close).unwrap();
+    let pending = r.pending(sid).unwrap();
+    assert_eq!(pending.len(), 5, "{pending:?}");
+    for e in &pending {
+        r.read(e).unwrap();
+    }
+}
+
 #[test]
 fn corrupt_entries_are_quarantined_without_blocking_others() {
     let tmp = tempfile::tempdir().unwrap();

@@ -18,6 +18,7 @@ use jitrec_format::{
 use crate::container::{self, Kind};
 use crate::dir::SpoolDir;
 use crate::durable;
+use crate::journal::{self, Journal, Journalled};
 use crate::names::{EntryName, EntryRef, State};
 use crate::{CONTROL_RESERVE_BYTES, Entry, SpoolConfig, SpoolError};
 
@@ -95,6 +96,9 @@ impl SpoolWriter {
             }),
         };
         let open_sessions = writer.open_sessions()?;
+        // Best effort: leftovers the spool cannot remove must not keep the recorder from
+        // starting (and recording).
+        journal::remove_all_but(&writer.shared.dir.root, &open_sessions);
         let recovery = Recovery {
             temp_files_removed,
             empty_sessions_removed,
@@ -136,6 +140,61 @@ impl SpoolWriter {
         Ok(out)
     }
 
+    /// Saves a small record the recorder keeps across its own restarts (durably, replacing the
+    /// last one).
+    pub fn save_state(&self, record: StateRecord, bytes: &[u8]) -> Result<(), SpoolError> {
+        if bytes.len() > MAX_STATE_BYTES {
+            return Err(SpoolError::Io {
+                op: "save",
+                path: record.path(&self.shared.dir.root),
+                source: std::io::Error::other(format!(
+                    "a state record of {} bytes (at most {MAX_STATE_BYTES})",
+                    bytes.len()
+                )),
+            });
+        }
+        let dir = self.shared.dir.root.join(STATE_DIR);
+        durable::create_private_dir_all(&dir).map_err(SpoolError::io("create", &dir))?;
+        durable::write_file(
+            &self.shared.dir.tmp_dir(),
+            &record.path(&self.shared.dir.root),
+            &[bytes],
+        )
+    }
+
+    /// The record last saved, if any (a larger file than any record is refused unread).
+    pub fn load_state(&self, record: StateRecord) -> Result<Option<Vec<u8>>, SpoolError> {
+        use std::io::Read;
+        let path = record.path(&self.shared.dir.root);
+        if !journal::is_plain_file(&path) {
+            return Ok(None);
+        }
+        let f = match File::open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(SpoolError::io("open", &path)(e)),
+        };
+        let mut bytes = Vec::new();
+        f.take(MAX_STATE_BYTES as u64 + 1)
+            .read_to_end(&mut bytes)
+            .map_err(SpoolError::io("read", &path))?;
+        if bytes.len() > MAX_STATE_BYTES {
+            tracing::warn!(path = %path.display(), "ignoring an oversized state record");
+            return Ok(None);
+        }
+        Ok(Some(bytes))
+    }
+
+    /// Removes a saved record (no error if there is none).
+    pub fn clear_state(&self, record: StateRecord) -> Result<(), SpoolError> {
+        let path = record.path(&self.shared.dir.root);
+        match fs::remove_file(&path) {
+            Ok(()) => durable::sync_dir(&self.shared.dir.root.join(STATE_DIR)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(SpoolError::io("remove", &path)(e)),
+        }
+    }
+
     /// Bytes the spool uses now (a fresh scan).
     pub fn usage(&self) -> Result<u64, SpoolError> {
         let used = self.shared.dir.scan_usage()?;
@@ -161,6 +220,7 @@ impl SpoolWriter {
             inits: BTreeMap::new(),
             last: None,
             resumed: false,
+            journal: None,
         };
         let dir = self.shared.dir.session_dir(s);
         match crate::durable::create_private_dir(&dir) {
@@ -177,6 +237,15 @@ impl SpoolWriter {
             }
         }
         durable::sync_dir(&self.shared.dir.sessions_dir())?;
+        // The journal is scratch: a session records without one (then a crash loses the
+        // seconds since the last chunk, as before journals).
+        w.journal = match Journal::create(&self.shared.dir.root, s) {
+            Ok(j) => Some(Arc::new(j)),
+            Err(e) => {
+                tracing::error!(session = %s, error = %e, "cannot create the session's events journal; recording without it (a crash would lose the events since the last chunk)");
+                None
+            }
+        };
         w.commit(
             EntryName::Header,
             Kind::Header,
@@ -187,7 +256,9 @@ impl SpoolWriter {
     }
 
     /// Reopens a session a previous run left open, so it can be closed with the chain head and
-    /// sequence number the spool still holds. A resumed session can only be closed: a recorder
+    /// sequence number the spool still holds. A resumed session is only folded and closed: what
+    /// its journal kept ([`SessionWriter::journalled`]) may be committed as a last chunk, and
+    /// then the close record; a recorder
     /// that died must not continue a session as if nothing had happened.
     ///
     /// If the newest chunk is unreadable (quarantined), the head is the newest readable chunk and
@@ -268,15 +339,40 @@ impl SpoolWriter {
                 "the newest chunks of an interrupted session are unreadable; its close record cannot link to them"
             );
         }
+        // Init numbers already used: those still here, the last chunk's, and what the
+        // journal says (uploaded ones are gone from the spool); a new one must not reuse them.
+        let journal_init = match journal::read(&dir.root, s, next_seq) {
+            Ok(j) => j.max_init,
+            Err(e) => {
+                tracing::warn!(session = %s, error = %e, "cannot read the session's journal for its init numbers");
+                None
+            }
+        };
+        let known = listed
+            .iter()
+            .filter_map(|l| match l.name {
+                EntryName::Init(n) => Some(n),
+                _ => None,
+            })
+            .chain(last.as_ref().map(|m: &ChunkManifest| m.init.id))
+            .max();
+        let mut next_init = known.map_or(0, |n| n.saturating_add(1));
+        // Only the init segment right after the known ones can be gone from the spool (each is
+        // followed by its chunk; one committed and uploaded just before a crash is not): the
+        // journal is believed about that one, and nothing else it says about numbers.
+        if journal_init == Some(next_init) {
+            next_init = next_init.saturating_add(1);
+        }
         Ok(SessionWriter {
             shared: Arc::clone(&self.shared),
             header,
             head,
             next_seq,
-            next_init: 0,
+            next_init,
             inits: BTreeMap::new(),
             last,
             resumed: true,
+            journal: None,
         })
     }
 
@@ -319,6 +415,32 @@ impl Shared {
     }
 }
 
+/// Where the recorder's state records live: `<root>/state/`.
+const STATE_DIR: &str = "state";
+
+/// A state record is a few hundred bytes; this bounds what a damaged one can cost to read.
+const MAX_STATE_BYTES: usize = 64 * 1024;
+
+/// Small records the recorder keeps across its own restarts, beside the sessions (never
+/// uploaded).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StateRecord {
+    /// The JIT a controller started over the control socket and has not stopped, so a
+    /// restarted recorder records again at once.
+    Jit,
+    /// What the service manager said about the last run's end (`jitrec-recorder note-exit`).
+    Exit,
+}
+
+impl StateRecord {
+    fn path(self, root: &Path) -> std::path::PathBuf {
+        root.join(STATE_DIR).join(match self {
+            StateRecord::Jit => "jit.json",
+            StateRecord::Exit => "exit.json",
+        })
+    }
+}
+
 /// Writes one session. Obtained from [`SpoolWriter::create_session`] or
 /// [`SpoolWriter::resume_session`].
 #[derive(Debug)]
@@ -332,6 +454,9 @@ pub struct SessionWriter {
     inits: BTreeMap<u64, Sha256Digest>,
     last: Option<ChunkManifest>,
     resumed: bool,
+    /// The events journal of a session this run records (`None` once resumed: a dead
+    /// recorder's journal is only read, by [`SessionWriter::journalled`]).
+    journal: Option<Arc<Journal>>,
 }
 
 impl SessionWriter {
@@ -368,6 +493,17 @@ impl SessionWriter {
         self.resumed
     }
 
+    /// The events journal of a session this run records (`None` for a resumed one).
+    pub fn journal(&self) -> Option<Arc<Journal>> {
+        self.journal.clone()
+    }
+
+    /// What the journal holds that no committed chunk does: for a resumed session, the events
+    /// its dead recorder saw after its last chunk.
+    pub fn journalled(&self) -> Result<Journalled, SpoolError> {
+        journal::read(&self.shared.dir.root, self.session_id(), self.next_seq)
+    }
+
     fn refuse(&self, reason: String) -> SpoolError {
         SpoolError::InvalidCommit {
             session: self.session_id(),
@@ -377,18 +513,22 @@ impl SessionWriter {
 
     /// Commits init segment `id` (which must be [`Self::next_init`]).
     pub fn commit_init(&mut self, id: u64, bytes: &[u8]) -> Result<(), SpoolError> {
-        if self.resumed {
-            return Err(self.refuse("a resumed session can only be closed".into()));
-        }
         if id != self.next_init {
             return Err(self.refuse(format!("init segment {id}, expected {}", self.next_init)));
         }
         if bytes.is_empty() {
             return Err(self.refuse("init segment is empty".into()));
         }
+        // Init segments leave the spool once uploaded; the journal remembers which numbers
+        // are taken, for a recorder that resumes this session after a crash.
+        if let Some(j) = &self.journal
+            && let Err(e) = j.mark_init(id)
+        {
+            tracing::warn!(session = %self.session_id(), error = %e, "could not note an init segment in the journal");
+        }
         self.commit(EntryName::Init(id), Kind::Init, &[bytes], 0)?;
         self.inits.insert(id, Sha256Digest::of(bytes));
-        self.next_init += 1;
+        self.next_init = self.next_init.saturating_add(1);
         Ok(())
     }
 
@@ -399,9 +539,6 @@ impl SessionWriter {
         video: &[u8],
         events: &[u8],
     ) -> Result<Sha256Digest, SpoolError> {
-        if self.resumed {
-            return Err(self.refuse("a resumed session can only be closed".into()));
-        }
         if manifest.session_id != self.session_id() {
             return Err(self.refuse(format!(
                 "manifest belongs to session {}",
@@ -499,7 +636,13 @@ impl SessionWriter {
             Kind::Close,
             &[&bytes],
             CONTROL_RESERVE_BYTES,
-        )
+        )?;
+        // Every event the session kept is in a committed chunk now; the journal was scratch.
+        self.journal = None;
+        if let Err(e) = journal::remove(&self.shared.dir.root, self.session_id()) {
+            tracing::warn!(session = %self.session_id(), error = %e, "could not remove a closed session's journal");
+        }
+        Ok(())
     }
 
     /// Frames `parts` and writes them durably under the session, within the size bound (plus

@@ -59,7 +59,16 @@ pub fn request(
     }
     req.push_str("\r\n");
     s.write_all(req.as_bytes())?;
-    s.write_all(body)?;
+    // A server may answer and close before taking a body it refuses (a body over its limit):
+    // the write then fails, but the answer may already be here, so read it before giving up.
+    if let Err(write) = s.write_all(body) {
+        return read_response(&mut s, method)
+            .with_context(|| format!("the server closed the connection mid-body ({write})"));
+    }
+    read_response(&mut s, method)
+}
+
+fn read_response(s: &mut TcpStream, method: &str) -> Result<Response> {
     // Read the head, then exactly the body it announces: some servers (chromedriver) keep the
     // connection open despite `Connection: close`.
     let mut raw = Vec::new();

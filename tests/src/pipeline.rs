@@ -78,6 +78,7 @@ pub struct Pipeline {
     csrf: String,
     // Stopped in reverse order of start on drop.
     children: Vec<(&'static str, Child)>,
+    programs: Programs,
 }
 
 impl Drop for Pipeline {
@@ -135,12 +136,15 @@ impl Pipeline {
         } else {
             String::new()
         };
+        // The recording notice is off: these tests and the benchmarks judge the picture (and
+        // its cost) where the notice would cover it; tests/notice.rs tests the notice itself.
         let recorder_toml = format!(
             "spool = {spool:?}\nmachine_id_file = {mid:?}\n\n\
              [labels]\ncompany = \"e2e-company\"\nlocation = \"e2e-location\"\ncomputer = \"e2e-computer\"\n\n\
              [control]\nsocket = {socket:?}\n\n\
              [capture]\ndisplay = {display:?}\nfps = {fps}\n\n\
-             [encoder]\nchunk_ms = {chunk_ms}\n",
+             [encoder]\nchunk_ms = {chunk_ms}\n\n\
+             [notice]\nenabled = false\n",
             spool = spool.display().to_string(),
             mid = dir.path().join("machine-id").display().to_string(),
             socket = socket.display().to_string(),
@@ -158,6 +162,7 @@ impl Pipeline {
             cookie: String::new(),
             csrf: String::new(),
             children: Vec::new(),
+            programs: config.programs.clone(),
         };
 
         p.spawn(
@@ -179,6 +184,8 @@ impl Pipeline {
             .arg("serve")
             .args(["--index", &index])
             .args(["--listen", &p.player.to_string()])
+            // Chromium reaches it over plain HTTP on loopback.
+            .arg("--plain-http-cookies")
             .args(["--retention-every", "0"]);
         if config.encrypt {
             player
@@ -334,6 +341,44 @@ impl Pipeline {
         }
     }
 
+    /// The recorder's process id.
+    pub fn recorder_pid(&self) -> Option<u32> {
+        self.children
+            .iter()
+            .find(|(n, _)| *n == "recorder")
+            .map(|(_, c)| c.id())
+    }
+
+    /// Reaps a recorder that was killed (by the test, as an administrator would) and starts it
+    /// again with the same configuration, as the service manager would (`Restart=always`).
+    /// Returns the killed recorder's exit status.
+    pub fn restart_recorder(&mut self) -> Result<std::process::ExitStatus> {
+        let i = self
+            .children
+            .iter()
+            .position(|(n, _)| *n == "recorder")
+            .context("no recorder")?;
+        let (_, mut old) = self.children.remove(i);
+        let status = old.wait()?;
+        let config = self.dir.path().join("recorder.toml");
+        let log = std::fs::OpenOptions::new()
+            .append(true)
+            .open(self.log_path("recorder"))?;
+        let child = Command::new(&self.programs.recorder)
+            .arg("run")
+            .arg("--config")
+            .arg(&config)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("restart the recorder")?;
+        // First in the list: stopped last on drop, as it was started first.
+        self.children.insert(0, ("recorder", child));
+        Ok(status)
+    }
+
     /// JIT begins for `user` (the control socket, as a JIT controller would): returns the new
     /// session's id once it exists.
     pub fn jit_start(&self, user: &str, authorized_by: &str, reason: &str) -> Result<SessionId> {
@@ -392,11 +437,33 @@ impl Pipeline {
     /// The session's detail from the API, once it is listed; `None` before.
     pub fn detail(&self, id: SessionId) -> Result<Option<serde_json::Value>> {
         let r = self.get(&format!("/api/sessions/{id}"))?;
-        match r.status {
-            200 => Ok(Some(r.json()?)),
-            404 => Ok(None),
+        let mut d: serde_json::Value = match r.status {
+            200 => r.json()?,
+            404 => return Ok(None),
             s => bail!("GET /api/sessions/{id}: {s} {}", r.text()),
+        };
+        // The detail carries the first page of events; the rest are paged in here, as the
+        // report view does, so tests see the whole session (a busy machine's processes can
+        // fill a page in seconds).
+        let mut more = d["events_more"] == true;
+        while more {
+            let Some(last) = d["events"].as_array().and_then(|e| e.last()).cloned() else {
+                break;
+            };
+            let page = self.get_json(&format!(
+                "/api/sessions/{id}/events?after_seq={}&after_idx={}",
+                last["seq"], last["idx"]
+            ))?;
+            more = page["more"] == true;
+            let next = page["events"].as_array().cloned().unwrap_or_default();
+            if next.is_empty() {
+                break;
+            }
+            if let Some(events) = d["events"].as_array_mut() {
+                events.extend(next);
+            }
         }
+        Ok(Some(d))
     }
 
     /// Whether the session is complete in the player and its last chunk can be fetched (the

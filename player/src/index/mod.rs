@@ -26,12 +26,21 @@ use crate::scan::{Problem, Status};
 pub enum IndexError {
     #[error("SQLite index: {0}")]
     Sqlite(#[from] rusqlite::Error),
-    #[error("PostgreSQL index: {0}")]
+    #[error("PostgreSQL index: {}", pg_text(.0))]
     Postgres(#[from] ::postgres::Error),
     #[error("index holds a value it cannot read: {0}")]
     Corrupt(String),
     #[error("index: {0}")]
     Other(String),
+}
+
+/// A PostgreSQL error in words: the server's own message (the client's `Display` says only
+/// "db error"), so the operator reading the log sees what failed.
+fn pg_text(e: &::postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!("{}: {} ({})", db.severity(), db.message(), db.code().code()),
+        None => e.to_string(),
+    }
 }
 
 /// One session as the index lists it.
@@ -65,6 +74,9 @@ pub struct SessionRow {
     pub last_change: DateTime<Utc>,
     /// The close record has been read: nothing more will arrive.
     pub closed: bool,
+    /// The interrupted session of the same elevation that this one continues (the header's
+    /// `continues`: the recorder died and was restarted).
+    pub continues: Option<SessionId>,
 }
 
 impl SessionRow {
@@ -93,6 +105,7 @@ impl SessionRow {
             problems: Vec::new(),
             last_change: now,
             closed: false,
+            continues: None,
         }
     }
 }
@@ -139,14 +152,61 @@ pub struct EventRow {
     pub kind: String,
     /// What a reviewer reads and searches: the command line, the window title, ...
     pub text: String,
-    /// The whole event as stored.
-    pub data: serde_json::Value,
+    /// The whole event as stored (JSON).
+    pub data: EventData,
 }
+
+/// An event as JSON text, sent as JSON as it is: not a parsed tree, which costs several times
+/// its size per event.
+#[derive(Debug, Clone, Serialize)]
+#[serde(transparent)]
+pub struct EventData(Box<serde_json::value::RawValue>);
+
+impl PartialEq for EventData {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.get() == other.0.get()
+    }
+}
+
+impl EventData {
+    /// From JSON text; refused if it is not JSON.
+    pub fn from_json(text: String) -> Result<Self, serde_json::Error> {
+        serde_json::value::RawValue::from_string(text).map(EventData)
+    }
+
+    pub fn as_str(&self) -> &str {
+        self.0.get()
+    }
+
+    /// Parsed, for callers that look inside.
+    pub fn value(&self) -> serde_json::Value {
+        serde_json::from_str(self.0.get()).unwrap_or(serde_json::Value::Null)
+    }
+}
+
+/// The most characters of an event's text the index keeps and searches (a command line or a
+/// window title longer than this is cut, and says how long it was). Both backends: PostgreSQL's
+/// `tsvector` refuses more than 1 MB, and a reviewer's page must not carry megabytes per event.
+/// The whole event stays in the bucket (and in an export's `events.json`).
+pub const EVENT_TEXT_MAX: usize = 8 * 1024;
+
+/// The largest event the index keeps whole as `data`; a larger one is kept as its kind and
+/// size only (its text, bounded, still says what it was).
+pub const EVENT_DATA_MAX: usize = 8 * 1024;
 
 impl EventRow {
     /// The row of event `idx` of chunk `seq`.
     pub fn new(seq: u64, idx: u32, e: &Event) -> Self {
         let (kind, text) = describe(&e.event);
+        let text = crate::auth::bounded(&text, EVENT_TEXT_MAX);
+        let json = serde_json::to_string(&e.event).unwrap_or_else(|_| "null".into());
+        let json = if json.len() > EVENT_DATA_MAX {
+            serde_json::json!({ "kind": kind, "truncated": true, "bytes": json.len() }).to_string()
+        } else {
+            json
+        };
+        // Serialised by serde_json just above: JSON by construction.
+        let data = EventData::from_json(json).expect("serde_json writes JSON");
         Self {
             seq,
             idx,
@@ -154,7 +214,7 @@ impl EventRow {
             utc: e.utc,
             kind: kind.to_owned(),
             text,
-            data: serde_json::to_value(&e.event).unwrap_or(serde_json::Value::Null),
+            data,
         }
     }
 }
@@ -164,7 +224,14 @@ pub fn describe(e: &EventKind) -> (&'static str, String) {
     match e {
         EventKind::ProcessStart(p) => (
             "process_start",
-            format!("{} (user {}, pid {})", p.command_line, p.user.name, p.pid),
+            format!(
+                "{} (user {}, pid {})",
+                // Room left for the rest, so the whole text stays within the bound; start and
+                // end kept, so a command behind padding is still found.
+                crate::auth::bounded_ends(&p.command_line, EVENT_TEXT_MAX - 256),
+                p.user.name,
+                p.pid
+            ),
         ),
         EventKind::ProcessExit(p) => (
             "process_exit",
@@ -230,6 +297,35 @@ pub fn describe(e: &EventKind) -> (&'static str, String) {
             "gap",
             format!("no screen picture from {from_us} to {to_us}: {reason}"),
         ),
+        EventKind::NoticeShown {
+            text,
+            display,
+            require_ack,
+            display_seconds,
+        } => (
+            "notice_shown",
+            match (require_ack, display_seconds) {
+                (true, _) => {
+                    format!("recording notice shown on {display}, to be acknowledged: {text}")
+                }
+                (false, Some(s)) => {
+                    format!("recording notice shown on {display} for {s} s: {text}")
+                }
+                (false, None) => format!("recording notice shown on {display}: {text}"),
+            },
+        ),
+        EventKind::NoticeAcknowledged => (
+            "notice_acknowledged",
+            "the user acknowledged the recording notice".into(),
+        ),
+        EventKind::NoticeFailed { message } => (
+            "notice_failed",
+            format!("the recording notice could not be shown: {message}"),
+        ),
+        EventKind::FailClosed { reason, action } => (
+            "fail_closed",
+            format!("the recorder ended the elevation ({reason}): {action}"),
+        ),
     }
 }
 
@@ -241,6 +337,16 @@ pub fn words(text: &str) -> Vec<String> {
         .filter(|w| !w.is_empty())
         .map(str::to_lowercase)
         .collect()
+}
+
+/// The largest page of events one request reads: with each event's text and data bounded
+/// ([`EVENT_TEXT_MAX`], [`EVENT_DATA_MAX`]), a page is at most about 16 MiB.
+pub const MAX_EVENTS_PAGE: u32 = 1_000;
+
+/// The bind values of an events page: session, after (chunk, position), limit.
+pub(crate) fn events_page_bounds(after: Option<(u64, u32)>, limit: u32) -> (i64, i64, i64) {
+    let (seq, idx) = after.map_or((-1, -1), |(s, i)| (to_i64(s), i64::from(i)));
+    (seq, idx, i64::from(limit.clamp(1, MAX_EVENTS_PAGE)))
 }
 
 /// Writes applied together in one transaction.
@@ -325,7 +431,27 @@ pub trait Index: Send + Sync {
     fn session(&self, id: SessionId) -> Result<Option<SessionRow>, IndexError>;
     fn chunks(&self, id: SessionId) -> Result<Vec<ChunkRow>, IndexError>;
     fn inits(&self, id: SessionId) -> Result<Vec<InitRow>, IndexError>;
-    fn events(&self, id: SessionId) -> Result<Vec<EventRow>, IndexError>;
+    /// Up to `limit` events of the session in order, after event `after` (chunk, position)
+    /// when given: one page.
+    fn events_page(
+        &self,
+        id: SessionId,
+        after: Option<(u64, u32)>,
+        limit: u32,
+    ) -> Result<Vec<EventRow>, IndexError>;
+    /// Every event of the session, in order (page by page; for callers that need them all).
+    fn events(&self, id: SessionId) -> Result<Vec<EventRow>, IndexError> {
+        let mut all: Vec<EventRow> = Vec::new();
+        loop {
+            let after = all.last().map(|e| (e.seq, e.idx));
+            let page = self.events_page(id, after, MAX_EVENTS_PAGE)?;
+            let done = page.len() < MAX_EVENTS_PAGE as usize;
+            all.extend(page);
+            if done {
+                return Ok(all);
+            }
+        }
+    }
     /// Whether the index knows this init segment or media segment (the API serves no others).
     fn knows(&self, key: ObjectKey) -> Result<bool, IndexError>;
     fn list(&self, q: &Query) -> Result<Page, IndexError>;
@@ -401,7 +527,7 @@ pub(crate) enum Param {
 pub(crate) mod sql {
     pub(crate) const SESSION_COLUMNS: &str = "id, started_at, ended_at, user_name, user_id, machine_id, \
         hostname, company, location, computer, authorized_by, reason, trigger_kind, end_reason, \
-        chunks, bytes, duration_us, status, problems, last_change, closed";
+        chunks, bytes, duration_us, status, problems, last_change, closed, continues";
 
     /// Indexes both backends create after their tables: one per list filter, each ending in
     /// `id` so a filtered page is read in order without a sort.
@@ -416,13 +542,18 @@ CREATE INDEX IF NOT EXISTS sessions_computer ON sessions (computer, id);
 CREATE INDEX IF NOT EXISTS sessions_started ON sessions (started_at);
 CREATE INDEX IF NOT EXISTS sessions_open ON sessions (closed, id);
 CREATE UNIQUE INDEX IF NOT EXISTS events_key ON events (session_id, seq, idx);
+CREATE INDEX IF NOT EXISTS sessions_continues ON sessions (continues);
 ";
+
+    /// The column sessions gained with `continues` (an older SQLite index gets it added).
+    pub(crate) const ADD_CONTINUES: &str =
+        "ALTER TABLE sessions ADD COLUMN continues TEXT NOT NULL DEFAULT ''";
 
     pub(crate) const UPSERT_SESSION: &str = "INSERT INTO sessions (id, started_at, ended_at, user_name, \
         user_id, machine_id, hostname, company, location, computer, authorized_by, reason, \
         trigger_kind, end_reason, chunks, bytes, duration_us, status, problems, last_change, \
-        closed) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, \
-        $17, $18, $19, $20, $21) ON CONFLICT (id) DO UPDATE SET started_at = excluded.started_at, \
+        closed, continues) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, \
+        $15, $16, $17, $18, $19, $20, $21, $22) ON CONFLICT (id) DO UPDATE SET started_at = excluded.started_at, \
         ended_at = excluded.ended_at, user_name = excluded.user_name, user_id = excluded.user_id, \
         machine_id = excluded.machine_id, hostname = excluded.hostname, \
         company = excluded.company, location = excluded.location, computer = excluded.computer, \
@@ -430,7 +561,8 @@ CREATE UNIQUE INDEX IF NOT EXISTS events_key ON events (session_id, seq, idx);
         trigger_kind = excluded.trigger_kind, end_reason = excluded.end_reason, \
         chunks = excluded.chunks, bytes = excluded.bytes, duration_us = excluded.duration_us, \
         status = excluded.status, problems = excluded.problems, \
-        last_change = excluded.last_change, closed = excluded.closed";
+        last_change = excluded.last_change, closed = excluded.closed, \
+        continues = excluded.continues";
 
     pub(crate) const UPSERT_INIT: &str = "INSERT INTO inits (session_id, id, width, height, codec, \
         bytes) VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (session_id, id) DO UPDATE SET \
@@ -460,7 +592,7 @@ CREATE UNIQUE INDEX IF NOT EXISTS events_key ON events (session_id, seq, idx);
         WHERE session_id = $1 ORDER BY id";
 
     pub(crate) const SELECT_EVENTS: &str = "SELECT seq, idx, media_us, utc, kind, text, data FROM events \
-        WHERE session_id = $1 ORDER BY seq, idx";
+        WHERE session_id = $1 AND (seq > $2 OR (seq = $2 AND idx > $3)) ORDER BY seq, idx LIMIT $4";
 
     pub(crate) const KNOWS_INIT: &str = "SELECT 1 FROM inits WHERE session_id = $1 AND id = $2";
 
@@ -607,8 +739,8 @@ pub(crate) fn parse_problems(s: &str) -> Result<Vec<Problem>, IndexError> {
     serde_json::from_str(s).map_err(|e| IndexError::Corrupt(format!("problems: {e}")))
 }
 
-pub(crate) fn parse_event_data(s: &str) -> Result<serde_json::Value, IndexError> {
-    serde_json::from_str(s).map_err(|e| IndexError::Corrupt(format!("event data: {e}")))
+pub(crate) fn parse_event_data(s: &str) -> Result<EventData, IndexError> {
+    EventData::from_json(s.to_owned()).map_err(|e| IndexError::Corrupt(format!("event data: {e}")))
 }
 
 pub(crate) fn problems_json(p: &[Problem]) -> String {
@@ -639,6 +771,7 @@ pub(crate) fn session_params(r: &SessionRow) -> Vec<Param> {
         Param::Text(problems_json(&r.problems)),
         Param::Int(micros(r.last_change)),
         Param::Int(i64::from(r.closed)),
+        Param::Text(r.continues.map(|c| c.to_string()).unwrap_or_default()),
     ]
 }
 
@@ -664,6 +797,7 @@ pub(crate) fn read_session<E>(
             text(13)?,
             text(17)?,
             text(18)?,
+            text(21)?,
         ],
         ints: [int(1)?, int(2)?, int(14)?, int(15)?, int(16)?, int(19)?],
     };
@@ -673,13 +807,13 @@ pub(crate) fn read_session<E>(
 
 /// Raw column values of a session row, read by a backend, turned into a [`SessionRow`].
 pub(crate) struct RawSession {
-    pub(crate) texts: [String; 14],
+    pub(crate) texts: [String; 15],
     pub(crate) ints: [i64; 6],
 }
 
 impl RawSession {
     /// `texts`: id, user_name, user_id, machine_id, hostname, company, location, computer,
-    /// authorized_by, reason, trigger_kind, end_reason, status, problems;
+    /// authorized_by, reason, trigger_kind, end_reason, status, problems, continues;
     /// `ints`: started_at, ended_at, chunks, bytes, duration_us, last_change. Empty optional
     /// texts and an `ended_at` of -1 mean "none".
     pub(crate) fn into_row(self, closed: bool) -> Result<SessionRow, IndexError> {
@@ -698,6 +832,7 @@ impl RawSession {
             end_reason,
             status,
             problems,
+            continues,
         ] = self.texts;
         let [
             started_at,
@@ -734,6 +869,7 @@ impl RawSession {
             problems: parse_problems(&problems)?,
             last_change: from_micros(last_change)?,
             closed,
+            continues: opt(continues).map(|c| parse_id(&c)).transpose()?,
         })
     }
 }

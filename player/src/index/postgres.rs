@@ -4,10 +4,19 @@
 //!
 //! Uses the synchronous `postgres` client: the index is driven from the indexer's thread and
 //! from `spawn_blocking`, like the SQLite backend, so one trait serves both.
+//!
+//! **Credentials and transport.** The password comes from the file named by
+//! `JITREC_INDEX_PASSWORD_FILE` (first line) or from `PGPASSWORD`, not the command line, where
+//! every local user can read it in the process list (a password in the URL still works, with a
+//! warning). `sslmode` in the URL decides TLS (rustls): `require` refuses a server without TLS,
+//! `prefer` (the default) uses TLS where the server offers it, `disable` never does. The server's
+//! certificate is checked against the CA in `JITREC_INDEX_CA_FILE` (PEM) or, without it, the
+//! system's roots; a certificate that does not check is a failed connection, never a plain one.
 
 use jitrec_format::{ObjectKey, SessionId};
+use postgres::config::SslMode;
 use postgres::types::ToSql;
-use postgres::{Client, NoTls, Row};
+use postgres::{Client, Config, NoTls, Row};
 
 use super::{
     Batch, ChunkRow, EventRow, Hit, Index, IndexError, InitRow, Listed, Page, Param, Pool, Query,
@@ -26,7 +35,8 @@ CREATE TABLE IF NOT EXISTS sessions (
     computer TEXT NOT NULL, authorized_by TEXT NOT NULL, reason TEXT NOT NULL,
     trigger_kind TEXT NOT NULL, end_reason TEXT NOT NULL, chunks BIGINT NOT NULL,
     bytes BIGINT NOT NULL, duration_us BIGINT NOT NULL, status TEXT NOT NULL,
-    problems TEXT NOT NULL, last_change BIGINT NOT NULL, closed BIGINT NOT NULL
+    problems TEXT NOT NULL, last_change BIGINT NOT NULL, closed BIGINT NOT NULL,
+    continues TEXT NOT NULL DEFAULT ''
 );
 CREATE TABLE IF NOT EXISTS inits (
     session_id TEXT NOT NULL, id BIGINT NOT NULL, width BIGINT NOT NULL,
@@ -50,6 +60,27 @@ CREATE TABLE IF NOT EXISTS events (
 CREATE INDEX IF NOT EXISTS events_tsv ON events USING GIN (tsv);
 ";
 
+/// SQL NULL for a parameter of any type (a `None` of one Rust type binds only to columns of
+/// that type).
+#[derive(Debug)]
+struct Null;
+
+impl ToSql for Null {
+    fn to_sql(
+        &self,
+        _: &postgres::types::Type,
+        _: &mut bytes::BytesMut,
+    ) -> Result<postgres::types::IsNull, Box<dyn std::error::Error + Sync + Send>> {
+        Ok(postgres::types::IsNull::Yes)
+    }
+
+    fn accepts(_: &postgres::types::Type) -> bool {
+        true
+    }
+
+    postgres::types::to_sql_checked!();
+}
+
 /// The PostgreSQL index.
 pub struct PgIndex {
     pool: Pool<Client>,
@@ -72,7 +103,7 @@ fn bind_values(params: &[SqlValue]) -> Vec<Box<dyn ToSql + Sync>> {
         .iter()
         .map(|p| -> Box<dyn ToSql + Sync> {
             match p {
-                SqlValue::Null => Box::new(None::<String>),
+                SqlValue::Null => Box::new(Null),
                 SqlValue::Int(i) => Box::new(*i),
                 SqlValue::Text(s) => Box::new(s.clone()),
             }
@@ -97,15 +128,25 @@ fn ts_words(text: &str) -> Option<String> {
 impl PgIndex {
     /// Connects to `url` (`postgresql://user:password@host:port/db`) and creates the schema.
     pub fn connect(url: &str) -> Result<Self, IndexError> {
+        let (config, tls) = connection(url)?;
         let mut conns = Vec::new();
         for i in 0..CONNECTIONS {
-            let mut c = Client::connect(url, NoTls)?;
+            let mut c = match &tls {
+                Some(t) => config.connect(t.clone())?,
+                None => config.connect(NoTls)?,
+            };
             if i == 0 {
                 // Two players starting at once would race on CREATE ... IF NOT EXISTS; an
                 // advisory lock serialises them.
                 c.batch_execute("SELECT pg_advisory_lock(7413)")?;
                 let r = c
                     .batch_execute(SCHEMA)
+                    .and_then(|()| {
+                        // An index made before sessions could continue one another.
+                        c.batch_execute(
+                            "ALTER TABLE sessions ADD COLUMN IF NOT EXISTS continues TEXT NOT NULL DEFAULT ''",
+                        )
+                    })
                     .and_then(|()| c.batch_execute(sql::INDEXES));
                 c.batch_execute("SELECT pg_advisory_unlock(7413)")?;
                 r?;
@@ -116,6 +157,91 @@ impl PgIndex {
             pool: Pool::new(conns),
         })
     }
+}
+
+/// The connection settings of `url` with the password and TLS settings from the environment
+/// (see the module's documentation).
+fn connection(
+    url: &str,
+) -> Result<(Config, Option<tokio_postgres_rustls::MakeRustlsConnect>), IndexError> {
+    let mut config: Config = url
+        .parse()
+        .map_err(|e| IndexError::Other(format!("the PostgreSQL URL: {e}")))?;
+    if config.get_password().is_some() {
+        tracing::warn!(
+            "the PostgreSQL password is in the index URL, which other local users can read in \
+             the process list: put it in a file named by JITREC_INDEX_PASSWORD_FILE instead"
+        );
+    } else if let Some(file) = std::env::var_os("JITREC_INDEX_PASSWORD_FILE") {
+        let text = std::fs::read_to_string(&file).map_err(|e| {
+            IndexError::Other(format!(
+                "reading the PostgreSQL password from {}: {e}",
+                std::path::Path::new(&file).display()
+            ))
+        })?;
+        config.password(text.lines().next().unwrap_or_default());
+    } else if let Some(p) = std::env::var_os("PGPASSWORD") {
+        config.password(p.to_string_lossy().as_bytes());
+    }
+    let loopback = config.get_hosts().iter().all(|h| match h {
+        postgres::config::Host::Tcp(name) => {
+            name == "localhost"
+                || name
+                    .parse::<std::net::IpAddr>()
+                    .is_ok_and(|ip| ip.is_loopback())
+        }
+        #[cfg(unix)]
+        postgres::config::Host::Unix(_) => true,
+    });
+    if !loopback && config.get_ssl_mode() != SslMode::Require {
+        tracing::warn!(
+            "the index is reached over the network without sslmode=require: a server without \
+             TLS would be accepted"
+        );
+    }
+    if config.get_ssl_mode() == SslMode::Disable {
+        return Ok((config, None));
+    }
+    Ok((config, Some(tls_connector()?)))
+}
+
+/// rustls, trusting the CA in `JITREC_INDEX_CA_FILE` or else the system's roots.
+fn tls_connector() -> Result<tokio_postgres_rustls::MakeRustlsConnect, IndexError> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let tls_err = |what: String| IndexError::Other(format!("PostgreSQL TLS: {what}"));
+    let mut roots = rustls::RootCertStore::empty();
+    match std::env::var_os("JITREC_INDEX_CA_FILE") {
+        Some(file) => {
+            let path = std::path::PathBuf::from(file);
+            let certs = CertificateDer::pem_file_iter(&path)
+                .map_err(|e| tls_err(format!("{}: {e}", path.display())))?
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| tls_err(format!("{}: {e}", path.display())))?;
+            if certs.is_empty() {
+                return Err(tls_err(format!("{} holds no certificate", path.display())));
+            }
+            for c in certs {
+                roots
+                    .add(c)
+                    .map_err(|e| tls_err(format!("{}: {e}", path.display())))?;
+            }
+        }
+        None => {
+            let found = rustls_native_certs::load_native_certs();
+            for c in found.certs {
+                // A system root this rustls cannot use is skipped, as the system's own tools do.
+                let _ = roots.add(c);
+            }
+        }
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| tls_err(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(tokio_postgres_rustls::MakeRustlsConnect::new(config))
 }
 
 impl Index for PgIndex {
@@ -186,7 +312,7 @@ impl Index for PgIndex {
                             &micros(e.utc),
                             &e.kind,
                             &e.text,
-                            &e.data.to_string(),
+                            &e.data.as_str(),
                             &words(&e.text).join(" "),
                         ],
                     )?;
@@ -247,10 +373,16 @@ impl Index for PgIndex {
         })
     }
 
-    fn events(&self, id: SessionId) -> Result<Vec<EventRow>, IndexError> {
+    fn events_page(
+        &self,
+        id: SessionId,
+        after: Option<(u64, u32)>,
+        limit: u32,
+    ) -> Result<Vec<EventRow>, IndexError> {
+        let (seq, idx, limit) = super::events_page_bounds(after, limit);
         self.pool.with(|c| {
             let mut out = Vec::new();
-            for r in c.query(sql::SELECT_EVENTS, &[&id.to_string()])? {
+            for r in c.query(sql::SELECT_EVENTS, &[&id.to_string(), &seq, &idx, &limit])? {
                 let i = |n: usize| r.try_get::<_, i64>(n);
                 let data: String = r.try_get(6)?;
                 out.push(EventRow {

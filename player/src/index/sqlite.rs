@@ -29,7 +29,8 @@ CREATE TABLE IF NOT EXISTS sessions (
     computer TEXT NOT NULL, authorized_by TEXT NOT NULL, reason TEXT NOT NULL,
     trigger_kind TEXT NOT NULL, end_reason TEXT NOT NULL, chunks INTEGER NOT NULL,
     bytes INTEGER NOT NULL, duration_us INTEGER NOT NULL, status TEXT NOT NULL,
-    problems TEXT NOT NULL, last_change INTEGER NOT NULL, closed INTEGER NOT NULL
+    problems TEXT NOT NULL, last_change INTEGER NOT NULL, closed INTEGER NOT NULL,
+    continues TEXT NOT NULL DEFAULT ''
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS inits (
     session_id TEXT NOT NULL, id INTEGER NOT NULL, width INTEGER NOT NULL,
@@ -122,6 +123,10 @@ impl SqliteIndex {
             c.pragma_update(None, "foreign_keys", "OFF")?;
             if i == 0 {
                 c.execute_batch(SCHEMA)?;
+                // An index made before sessions could continue one another.
+                if c.prepare("SELECT continues FROM sessions LIMIT 0").is_err() {
+                    c.execute_batch(sql::ADD_CONTINUES)?;
+                }
                 c.execute_batch(sql::INDEXES)?;
             }
             conns.push(c);
@@ -238,7 +243,7 @@ impl Index for SqliteIndex {
                             micros(e.utc),
                             e.kind,
                             e.text,
-                            e.data.to_string()
+                            e.data.as_str()
                         ])?;
                     }
                 }
@@ -317,10 +322,16 @@ impl Index for SqliteIndex {
         })
     }
 
-    fn events(&self, id: SessionId) -> Result<Vec<EventRow>, IndexError> {
+    fn events_page(
+        &self,
+        id: SessionId,
+        after: Option<(u64, u32)>,
+        limit: u32,
+    ) -> Result<Vec<EventRow>, IndexError> {
+        let (seq, idx, limit) = super::events_page_bounds(after, limit);
         self.pool.with(|c| {
             let mut st = c.prepare_cached(&sqlite_sql(sql::SELECT_EVENTS))?;
-            let rows = st.query_map([id.to_string()], |r| {
+            let rows = st.query_map(rusqlite::params![id.to_string(), seq, idx, limit], |r| {
                 Ok((
                     r.get::<_, i64>(0)?,
                     r.get::<_, u32>(1)?,

@@ -17,6 +17,11 @@
 //!   second after that, and the queue to the intake is bounded; whatever is not passed is counted
 //!   and written as one `events_summarised` event naming what was summarised (per executable), as
 //!   soon as there is room again. A fork bomb costs a line per flush, not the recorder.
+//! - **Journalled at once.** A sink appends every event it passes to the session's spool journal
+//!   (`jitrec_spool::Journal`, one `write(2)`) before it sends it on, so a recorder killed
+//!   seconds before its next chunk still leaves those events behind for the next run to fold
+//!   into the session. The journal id travels with the event ([`Seen`]) so the chunker can say
+//!   which chunk holds it.
 
 pub mod redact;
 
@@ -137,10 +142,18 @@ impl SessionClock {
     }
 }
 
+/// An event as the intake hands it over: with its id in the session's journal (`None`: it could
+/// not be journalled, or there is no journal).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Seen {
+    pub event: Event,
+    pub journal_id: Option<u64>,
+}
+
 /// What a source sends to the intake.
 #[derive(Debug)]
 pub enum SourceMsg {
-    Event(Event),
+    Event(Seen),
     /// Source `source` has delivered every event up to `upto`.
     Caught {
         source: usize,
@@ -321,9 +334,27 @@ pub struct EventSink {
     tokens: f64,
     refilled: Instant,
     summary: Summary,
+    journal: Option<Arc<jitrec_spool::Journal>>,
+    /// Whether a failed journal append was already logged (once per sink, not per event).
+    journal_failed: bool,
 }
 
 impl EventSink {
+    /// Journals `event` (see the module's doc) and wraps it for the intake.
+    fn seen(&mut self, event: Event) -> SourceMsg {
+        let journal_id = self.journal.as_ref().and_then(|j| match j.append(&event) {
+            Ok(id) => Some(id),
+            Err(e) => {
+                if !self.journal_failed {
+                    self.journal_failed = true;
+                    tracing::error!(source = self.name, error = %e, "cannot journal events; those of the last seconds before a crash would be lost");
+                }
+                None
+            }
+        });
+        SourceMsg::Event(Seen { event, journal_id })
+    }
+
     pub fn clock(&self) -> &SessionClock {
         &self.clock
     }
@@ -360,10 +391,11 @@ impl EventSink {
             return;
         }
         let event = self.clock.event(t, kind);
-        if let Err(TrySendError::Full(SourceMsg::Event(e))) =
-            self.tx.try_send(SourceMsg::Event(event))
-        {
-            self.summary.add(e.media_us, &e.event);
+        let msg = self.seen(event);
+        if let Err(TrySendError::Full(SourceMsg::Event(e))) = self.tx.try_send(msg) {
+            // Journalled but not passed: after a crash in the next seconds it is both counted
+            // and folded, which errs on the side of showing it.
+            self.summary.add(e.event.media_us, &e.event.event);
         }
     }
 
@@ -371,7 +403,8 @@ impl EventSink {
     /// the queue is full; the intake drains it continuously.
     pub fn status(&mut self, t: MediaTime, kind: EventKind) {
         self.flush_summary();
-        let _ = self.tx.send(SourceMsg::Event(self.clock.event(t, kind)));
+        let msg = self.seen(self.clock.event(t, kind));
+        let _ = self.tx.send(msg);
     }
 
     fn flush_summary(&mut self) {
@@ -391,11 +424,8 @@ impl EventSink {
             count: self.summary.count,
             what: self.summary.describe(self.name),
         };
-        if self
-            .tx
-            .try_send(SourceMsg::Event(self.clock.event(at, kind)))
-            .is_ok()
-        {
+        let msg = self.seen(self.clock.event(at, kind));
+        if self.tx.try_send(msg).is_ok() {
             tracing::warn!(
                 source = self.name,
                 count = self.summary.count,
@@ -433,11 +463,17 @@ impl Drop for EventSink {
                 count: self.summary.count,
                 what: self.summary.describe(self.name),
             };
-            let _ = self.tx.send(SourceMsg::Event(self.clock.event(at, kind)));
+            let msg = self.seen(self.clock.event(at, kind));
+            let _ = self.tx.send(msg);
         }
         let _ = self.tx.send(SourceMsg::Ended { source: self.index });
     }
 }
+
+/// How long [`Intake::stop`] waits for all sources to end: part of the bound on a JIT stop
+/// (`docs/recorder.md`). A source wakes within milliseconds of being told, so only a stuck one
+/// takes this long.
+pub const SOURCE_STOP_LIMIT: Duration = Duration::from_secs(1);
 
 /// The encoding thread's side: events in order of arrival, and how far each source has got.
 #[derive(Debug)]
@@ -447,7 +483,7 @@ pub struct Intake {
     marks: Vec<Option<MediaTime>>,
     /// Per source, aligned with `marks`.
     wakes: Vec<Option<Arc<Wake>>>,
-    threads: Vec<std::thread::JoinHandle<()>>,
+    threads: Vec<(&'static str, std::thread::JoinHandle<()>)>,
     stop: Arc<AtomicBool>,
 }
 
@@ -458,6 +494,7 @@ impl Intake {
         clock: SessionClock,
         sources: Vec<Box<dyn EventSource>>,
         limits: EventLimits,
+        journal: Option<Arc<jitrec_spool::Journal>>,
     ) -> Self {
         // Full policy of this queue: a sink never blocks on it for ordinary events; what does
         // not fit is counted into its summary (EventSink::emit).
@@ -488,6 +525,8 @@ impl Intake {
                 tokens: f64::from(limits.burst),
                 refilled: Instant::now(),
                 summary: Summary::default(),
+                journal: journal.clone(),
+                journal_failed: false,
             };
             let stop = Arc::clone(&stop);
             match std::thread::Builder::new()
@@ -495,7 +534,7 @@ impl Intake {
                 .spawn(move || source.run(sink, stop))
             {
                 Ok(h) => {
-                    threads.push(h);
+                    threads.push((name, h));
                     marks.push(Some(MediaTime::ZERO));
                 }
                 Err(e) => {
@@ -519,7 +558,7 @@ impl Intake {
         }
     }
 
-    fn accept(&mut self, msg: SourceMsg, out: &mut dyn FnMut(Event)) {
+    fn accept(&mut self, msg: SourceMsg, out: &mut dyn FnMut(Seen)) {
         match msg {
             SourceMsg::Event(e) => out(e),
             SourceMsg::Caught { source, upto } => {
@@ -536,7 +575,7 @@ impl Intake {
     }
 
     /// Takes whatever has arrived, without waiting.
-    pub fn drain(&mut self, out: &mut dyn FnMut(Event)) {
+    pub fn drain(&mut self, out: &mut dyn FnMut(Seen)) {
         loop {
             match self.rx.try_recv() {
                 Ok(msg) => self.accept(msg, out),
@@ -551,7 +590,7 @@ impl Intake {
 
     /// Takes events until every running source has caught up to `t`, waiting at most `limit`.
     /// Returns whether they all did.
-    pub fn catch_up(&mut self, t: MediaTime, limit: Duration, out: &mut dyn FnMut(Event)) -> bool {
+    pub fn catch_up(&mut self, t: MediaTime, limit: Duration, out: &mut dyn FnMut(Seen)) -> bool {
         /// Sources still behind are asked again this often (a report may predate `t`).
         const ASK_AGAIN: Duration = Duration::from_millis(20);
         let deadline = Instant::now() + limit;
@@ -587,16 +626,27 @@ impl Intake {
         }
     }
 
-    /// Stops the sources and takes everything they sent before they ended.
-    pub fn stop(mut self, out: &mut dyn FnMut(Event)) {
+    /// Stops the sources and takes everything they sent before they ended. Waits at most
+    /// [`SOURCE_STOP_LIMIT`] for all of them: a source stuck in a call that does not return (an
+    /// X request to a frozen server) is logged at ERROR and detached, which is safe for the
+    /// reasons `crate::join` gives (it holds only its own source and a sender whose receiver
+    /// this drops; when its call returns it sees the stop flag and ends).
+    pub fn stop(mut self, out: &mut dyn FnMut(Seen)) {
         self.stop.store(true, Ordering::SeqCst);
         self.wake_all();
-        for h in std::mem::take(&mut self.threads) {
+        let deadline = Instant::now() + SOURCE_STOP_LIMIT;
+        for (name, h) in std::mem::take(&mut self.threads) {
             // Drain while joining so a source blocked on a full queue can finish.
-            while !h.is_finished() {
+            while !h.is_finished() && Instant::now() < deadline {
                 if let Ok(msg) = self.rx.recv_timeout(Duration::from_millis(20)) {
                     self.accept(msg, out);
                 }
+            }
+            if !h.is_finished() {
+                // Dropping the handle detaches the thread; whatever it sends later is
+                // after the stop and would not be recorded anyway.
+                tracing::error!(source = name, limit = ?SOURCE_STOP_LIMIT, "an event source did not stop in time; left behind");
+                continue;
             }
             if h.join().is_err() {
                 tracing::error!("an event source panicked; its later events are lost");
@@ -697,9 +747,14 @@ mod tests {
     }
 
     fn collect(limits: EventLimits, n: u32) -> Vec<Event> {
-        let intake = Intake::start(SessionClock::start(), vec![Box::new(Flood(n))], limits);
+        let intake = Intake::start(
+            SessionClock::start(),
+            vec![Box::new(Flood(n))],
+            limits,
+            None,
+        );
         let mut got = Vec::new();
-        intake.stop(&mut |e| got.push(e));
+        intake.stop(&mut |e| got.push(e.event));
         got
     }
 
@@ -769,9 +824,10 @@ mod tests {
             SessionClock::start(),
             vec![Box::new(FloodThenCaughtUp)],
             limits,
+            None,
         );
         let mut got = Vec::new();
-        intake.stop(&mut |e| got.push(e));
+        intake.stop(&mut |e| got.push(e.event));
         let summaries: Vec<&Event> = got
             .iter()
             .filter(|e| matches!(e.event, EventKind::EventsSummarised { .. }))
@@ -789,13 +845,13 @@ mod tests {
             name: "windows",
             events: vec![(Duration::from_millis(150), EventKind::RecorderStarted)],
         };
-        let mut intake = Intake::start(clock, vec![Box::new(source)], EventLimits::default());
+        let mut intake = Intake::start(clock, vec![Box::new(source)], EventLimits::default(), None);
         let mut got = Vec::new();
         let t = MediaTime::from_micros(200_000);
-        assert!(intake.catch_up(t, Duration::from_secs(30), &mut |e| got.push(e)));
+        assert!(intake.catch_up(t, Duration::from_secs(30), &mut |e| got.push(e.event)));
         assert_eq!(got.len(), 1, "the event before the cut was not delivered");
         assert!(clock.now() >= t);
-        intake.stop(&mut |e| got.push(e));
+        intake.stop(&mut |e| got.push(e.event));
     }
 
     #[test]

@@ -429,12 +429,13 @@ fn run_connector(
     let mut buf = vec![0u8; 64 * 1024];
     let mut tracked = Tracked::default();
     let mut overflow_reported: Option<MediaTime> = None;
-    // This thread races each new process to its `/proc` entry; a higher priority than the
-    // work it records (builds, loops) wins more of those races. Best effort: needs root.
-    let tid = rustix::thread::gettid();
-    if let Err(e) = rustix::process::setpriority_process(Some(tid), -10) {
-        tracing::debug!(error = %e, "could not raise the process-events thread's priority");
-    }
+    // This thread races each new process to its `/proc` entry, and an administrator's
+    // `kill -9` of the recorder to the journal: it must run the moment the kernel reports an
+    // exec, ahead of the work it records (builds, loops, the `kill` itself). So it runs at the
+    // lowest real-time priority when it may (root), else at nice -10. It only runs while
+    // messages arrive, and a flood is bounded by the sink's rate (the kernel keeps 5 % of every
+    // second for other work in any case).
+    raise_priority();
     while !stop.load(Ordering::SeqCst) {
         // Read everything queued; if the intake asked (before this read began), say how far we
         // got: `now` taken before the read that found the queue empty bounds every event
@@ -478,6 +479,24 @@ fn run_connector(
         sink.wake().wait_with(&[fd.as_fd()], IDLE_WAIT);
     }
     Ok(())
+}
+
+/// See `run_connector`. Best effort: says at DEBUG what it could not do.
+fn raise_priority() {
+    use thread_priority::{
+        RealtimeThreadSchedulePolicy, ScheduleParams, ThreadPriority, ThreadSchedulePolicy,
+        set_thread_priority_and_policy, thread_native_id,
+    };
+    let fifo = ThreadSchedulePolicy::Realtime(RealtimeThreadSchedulePolicy::Fifo);
+    let lowest = ThreadPriority::from_posix(ScheduleParams { sched_priority: 1 });
+    let Err(e) = set_thread_priority_and_policy(thread_native_id(), lowest, fifo) else {
+        return;
+    };
+    tracing::debug!(error = ?e, "no real-time priority for the process-events thread");
+    let tid = rustix::thread::gettid();
+    if let Err(e) = rustix::process::setpriority_process(Some(tid), -10) {
+        tracing::debug!(error = %e, "could not raise the process-events thread's priority");
+    }
 }
 
 fn handle(ev: ProcEvent, d: &mut Describer, sink: &mut EventSink, tracked: &mut Tracked) {
