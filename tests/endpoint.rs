@@ -16,17 +16,9 @@ use jitrec_spool::{Entry, SpoolConfig, SpoolReader};
 use jitrec_tests::child::Reaped;
 use jitrec_tests::xvfb::Xvfb;
 
-const RECORDER: &str = env!("CARGO_BIN_EXE_jitrec-test-recorder");
-const LIMIT: Duration = Duration::from_secs(60);
+use crate::recorder_process::{chunk_count, jit, sessions, wait_until};
 
-fn wait_until(what: &str, mut cond: impl FnMut() -> bool) -> Duration {
-    let start = Instant::now();
-    while !cond() {
-        assert!(start.elapsed() < LIMIT, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    start.elapsed()
-}
+const RECORDER: &str = env!("CARGO_BIN_EXE_jitrec-test-recorder");
 
 /// Starts `jitrec-recorder run`, its log appended to `recorder.log` beside the config.
 fn start_recorder(config: &Path) -> Reaped {
@@ -47,14 +39,6 @@ fn start_recorder(config: &Path) -> Reaped {
 
 fn log(config: &Path) -> String {
     std::fs::read_to_string(config.with_file_name("recorder.log")).unwrap_or_default()
-}
-
-fn jit(socket: &Path, args: &[&str]) -> std::process::Output {
-    Command::new(RECORDER)
-        .args(["jit", "--socket", socket.to_str().unwrap()])
-        .args(args)
-        .output()
-        .unwrap()
 }
 
 /// A recorder configuration in `dir` for a control-socket JIT of alice (the group file lists
@@ -83,14 +67,14 @@ fn control_jit_config(
 
 /// A session as the spool holds it, chain verified: header, every event, close record,
 /// chunk count.
-struct Spooled {
-    header: SessionHeader,
-    events: Vec<Event>,
-    close: Option<SessionClose>,
-    chunks: u64,
+pub(crate) struct Spooled {
+    pub(crate) header: SessionHeader,
+    pub(crate) events: Vec<Event>,
+    pub(crate) close: Option<SessionClose>,
+    pub(crate) chunks: u64,
 }
 
-fn read_session(spool: &Path, s: SessionId) -> Spooled {
+pub(crate) fn read_session(spool: &Path, s: SessionId) -> Spooled {
     let r = SpoolReader::open(spool, SpoolConfig::default()).unwrap();
     let (mut chain, mut header, mut close, mut chunks) = (None, None, None, 0);
     let mut events = Vec::new();
@@ -120,23 +104,6 @@ fn read_session(spool: &Path, s: SessionId) -> Spooled {
         close,
         chunks,
     }
-}
-
-fn sessions(spool: &Path) -> Vec<SessionId> {
-    SpoolReader::open(spool, SpoolConfig::default())
-        .and_then(|r| r.sessions())
-        .unwrap_or_default()
-}
-
-fn chunks(spool: &Path, s: SessionId) -> usize {
-    SpoolReader::open(spool, SpoolConfig::default())
-        .and_then(|r| r.pending(s))
-        .map(|p| {
-            p.iter()
-                .filter(|e| matches!(e.name, jitrec_spool::EntryName::Chunk(_)))
-                .count()
-        })
-        .unwrap_or(0)
 }
 
 /// Whether `events` hold the exec of `kill -9 PID`.
@@ -180,8 +147,8 @@ fn kill_minus_9_leaves_the_kill_in_the_recording_and_recording_resumes_at_once()
     let mut resume_times = Vec::new();
     for run in 0..RUNS {
         // A chunk is committed, so the kill lands between two cuts (in the journal only).
-        let c = chunks(&spool, current);
-        wait_until("a chunk", || chunks(&spool, current) > c);
+        let c = chunk_count(&spool, current);
+        wait_until("a chunk", || chunk_count(&spool, current) > c);
         let pid = rec.id();
         let kill = Command::new("/usr/bin/kill")
             .args(["-9", &pid.to_string()])
@@ -596,7 +563,7 @@ fn a_full_disk_is_an_outage_the_recording_survives() {
     wait_until("the control socket", || socket.exists());
     assert!(jit(&socket, &["start", "--user", "alice"]).status.success());
     let s = sessions(&spool)[0];
-    wait_until("a chunk", || chunks(&spool, s) >= 1);
+    wait_until("a chunk", || chunk_count(&spool, s) >= 1);
     // Something else takes the disk: all of it.
     let filler = disk.join("filler");
     {
@@ -606,7 +573,7 @@ fn a_full_disk_is_an_outage_the_recording_survives() {
         while f.write_all(&block).is_ok() {}
         let _ = f.sync_all();
     }
-    let stuck = chunks(&spool, s);
+    let stuck = chunk_count(&spool, s);
     // The recorder notices at its next cuts and keeps running; nothing commits meanwhile.
     wait_until("the recorder to report the full disk", || {
         log(&config).contains("spool full")
@@ -615,9 +582,9 @@ fn a_full_disk_is_an_outage_the_recording_survives() {
         rec.try_wait().unwrap().is_none(),
         "the recorder keeps running"
     );
-    assert!(chunks(&spool, s) <= stuck + 1);
+    assert!(chunk_count(&spool, s) <= stuck + 1);
     std::fs::remove_file(&filler).unwrap();
-    wait_until("recording to resume", || chunks(&spool, s) > stuck + 1);
+    wait_until("recording to resume", || chunk_count(&spool, s) > stuck + 1);
     assert!(jit(&socket, &["stop"]).status.success());
     let done = read_session(&spool, s);
     let close = done.close.expect("closed");

@@ -7,7 +7,7 @@ use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use jitrec_format::{ChainVerifier, EndReason, SessionClose, SessionHeader, SessionId, Trigger};
+use jitrec_format::{EndReason, SessionClose, SessionHeader, SessionId, Trigger};
 use jitrec_spool::{Entry, EntryName, SpoolConfig, SpoolReader};
 use jitrec_tests::child::Reaped;
 use jitrec_tests::xvfb::Xvfb;
@@ -15,12 +15,14 @@ use jitrec_tests::xvfb::Xvfb;
 const RECORDER: &str = env!("CARGO_BIN_EXE_jitrec-test-recorder");
 const LIMIT: Duration = Duration::from_secs(60);
 
-pub(crate) fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+/// Waits for `cond` (within the tests' generous limit); how long it took.
+pub(crate) fn wait_until(what: &str, mut cond: impl FnMut() -> bool) -> Duration {
     let start = Instant::now();
     while !cond() {
         assert!(start.elapsed() < LIMIT, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
+        std::thread::sleep(Duration::from_millis(10));
     }
+    start.elapsed()
 }
 
 fn write_group(path: &Path, members: &str) {
@@ -50,24 +52,8 @@ pub(crate) fn jit(socket: &Path, args: &[&str]) -> Output {
 
 /// Header, close record and chunk count of a session in the spool, chain verified.
 fn read_session(spool: &Path, s: SessionId) -> (SessionHeader, Option<SessionClose>, u64) {
-    let r = SpoolReader::open(spool, SpoolConfig::default()).unwrap();
-    let (mut chain, mut header, mut close, mut chunks) = (None, None, None, 0);
-    for e in r.pending(s).unwrap() {
-        match r.read(&e).unwrap() {
-            Entry::Header { bytes, header: h } => {
-                chain = Some(ChainVerifier::new(&bytes).unwrap());
-                header = Some(h);
-            }
-            Entry::Chunk { manifest_bytes, .. } => {
-                chain.as_mut().unwrap().push(&manifest_bytes).unwrap();
-                chunks += 1;
-            }
-            Entry::Close { bytes, .. } => close = Some(bytes),
-            Entry::Init { .. } => {}
-        }
-    }
-    let close = close.map(|c| chain.unwrap().finish(&c).unwrap());
-    (header.unwrap(), close, chunks)
+    let spooled = crate::endpoint::read_session(spool, s);
+    (spooled.header, spooled.close, spooled.chunks)
 }
 
 pub(crate) fn sessions(spool: &Path) -> Vec<SessionId> {
@@ -76,7 +62,7 @@ pub(crate) fn sessions(spool: &Path) -> Vec<SessionId> {
         .unwrap_or_default()
 }
 
-fn chunk_count(spool: &Path, s: SessionId) -> usize {
+pub(crate) fn chunk_count(spool: &Path, s: SessionId) -> usize {
     SpoolReader::open(spool, SpoolConfig::default())
         .and_then(|r| r.pending(s))
         .map(|p| {

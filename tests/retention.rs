@@ -732,6 +732,24 @@ fn player_at(args: &[&str], bucket: &Path, index: &str) -> Command {
 /// Under a 0-day policy, through the real program: a clean session goes at the first run; a
 /// tampered one, one with a gap and one whose close record claims it ended in 1970 stay until an
 /// admin acknowledges each (audited), and a policy longer than the calendar is refused.
+/// `jitrec-player retention ack SESSION --status STATUS --note NOTE --by BY`.
+fn ack(index: &str, session: SessionId, status: &str, note: &str, by: &str) -> Command {
+    crate::door::player(
+        &[
+            "retention",
+            "ack",
+            &session.to_string(),
+            "--status",
+            status,
+            "--note",
+            note,
+            "--by",
+            by,
+        ],
+        index,
+    )
+}
+
 fn flagged_sessions_wait_for_review(index: &str) {
     let tmp = tempfile::tempdir().unwrap();
     let b = TestBucket::new(tmp.path());
@@ -804,41 +822,15 @@ fn flagged_sessions_wait_for_review(index: &str) {
         assert!(review.contains(&id(s).to_string()), "{review}");
     }
     // A clean session has nothing to acknowledge.
-    let out = crate::door::player(
-        &[
-            "retention",
-            "ack",
-            &id(&clean).to_string(),
-            "--status",
-            "tampered",
-            "--note",
-            "n",
-            "--by",
-            "x",
-        ],
-        index,
-    )
-    .output()
-    .unwrap();
+    let out = ack(index, id(&clean), "tampered", "n", "x")
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     // An acknowledgement names the status reviewed: a look at a "gap" does not cover a session
     // that is tampered, nor the other way round.
-    let out = crate::door::player(
-        &[
-            "retention",
-            "ack",
-            &id(&gapped).to_string(),
-            "--status",
-            "tampered",
-            "--note",
-            "n",
-            "--by",
-            "x",
-        ],
-        index,
-    )
-    .output()
-    .unwrap();
+    let out = ack(index, id(&gapped), "tampered", "n", "x")
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("look at it again"),
@@ -847,19 +839,12 @@ fn flagged_sessions_wait_for_review(index: &str) {
     );
 
     // Acknowledged, the tampered one may go; the others stay.
-    ok(crate::door::player(
-        &[
-            "retention",
-            "ack",
-            &id(&tampered).to_string(),
-            "--status",
-            "tampered",
-            "--note",
-            "INC-9 closed, copy kept in the case file",
-            "--by",
-            "alice",
-        ],
+    ok(ack(
         index,
+        id(&tampered),
+        "tampered",
+        "INC-9 closed, copy kept in the case file",
+        "alice",
     ));
     let run = ok(player_at(&["retention", "run"], bucket, index));
     assert!(run.contains(&format!("deleted {}", id(&tampered))), "{run}");
@@ -868,20 +853,7 @@ fn flagged_sessions_wait_for_review(index: &str) {
     assert!(!review.contains(&id(&tampered).to_string()), "{review}");
     // The other two, acknowledged as what they are, go at the next run.
     for (s, status) in [(&gapped, "gap"), (&forged, "tampered")] {
-        ok(crate::door::player(
-            &[
-                "retention",
-                "ack",
-                &id(s).to_string(),
-                "--status",
-                status,
-                "--note",
-                "reviewed",
-                "--by",
-                "alice",
-            ],
-            index,
-        ));
+        ok(ack(index, id(s), status, "reviewed", "alice"));
     }
     let run = ok(player_at(&["retention", "run"], bucket, index));
     assert!(run.contains("0 awaiting review"), "{run}");

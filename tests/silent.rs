@@ -8,8 +8,6 @@
 //! and refuses to acknowledge a silence.
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
-use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
@@ -17,7 +15,7 @@ use jitrec_format::{ObjectKey, SessionId, fixtures};
 use jitrec_tests::child::Reaped;
 use jitrec_tests::{TestBucket, http, session_objects, session_objects_at};
 
-use crate::door::{ADMIN, Client, add_user, index_spec, player};
+use crate::door::{ADMIN, Client, add_user, index_spec, player, serve};
 use crate::retention::ok;
 
 const PLAYER: &str = env!("CARGO_BIN_EXE_jitrec-test-player");
@@ -25,37 +23,6 @@ const PLAYER: &str = env!("CARGO_BIN_EXE_jitrec-test-player");
 const LIMIT: Duration = Duration::from_secs(60);
 /// What the issue asks: silent within this long of the last object's arrival (2 s chunks).
 const FLAGGED_WITHIN: Duration = Duration::from_secs(15);
-
-/// `jitrec-player serve` on a bucket directory with the default silence settings.
-fn serve(bucket: &Path, index: &str) -> (Reaped, SocketAddr) {
-    let addr = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
-    let child = player(
-        &[
-            "serve",
-            "--listen",
-            &addr.to_string(),
-            "--retention-every",
-            "0",
-            "--bucket-dir",
-            &bucket.display().to_string(),
-        ],
-        index,
-    )
-    .stdout(Stdio::null())
-    .stderr(Stdio::null())
-    .spawn()
-    .map(Reaped)
-    .unwrap();
-    let started = Instant::now();
-    while !http::get(addr, "/login").is_ok_and(|r| r.status == 200) {
-        assert!(started.elapsed() < LIMIT, "the player did not start");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    (child, addr)
-}
 
 /// A 6-chunk session started just now (so the stale timeout, judged on first sight by the
 /// recording's own times, does not apply), whose header claims `chunk_ms`.
