@@ -154,20 +154,12 @@ impl Journal {
     pub fn append(&self, event: &Event) -> Result<u64, SpoolError> {
         let mut inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
         let id = inner.next_id;
-        let mut line = serialize(&Line::Event {
+        let line = serialize(&Line::Event {
             id,
             event: event.clone(),
         })?;
-        if inner.torn {
-            line.insert(0, b'\n');
-        }
-        if let Err(e) = inner.file.write_all(&line) {
-            inner.torn = true;
-            return Err(io_err("append to", &self.path)(e));
-        }
-        inner.torn = false;
+        inner.write_line(line, &self.path)?;
         inner.next_id += 1;
-        inner.len += line.len() as u64;
         inner.dirty = true;
         inner.pending.push((id, event.clone()));
         Ok(id)
@@ -190,23 +182,16 @@ impl Journal {
     /// Says, durably, that chunk `seq` is about to be committed holding the events `ids`. Call
     /// it before the commit: a marker whose commit failed is ignored when the journal is read.
     pub fn mark_chunk(&self, seq: u64, ids: &[u64]) -> Result<(), SpoolError> {
-        let line = serialize(&Line::Chunk {
+        let line = Line::Chunk {
             chunk: seq,
             ids: ranges(ids),
-        })?;
-        let file = {
-            let mut inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
-            inner
-                .file
-                .write_all(&line)
-                .map_err(io_err("append to", &self.path))?;
-            inner.len += line.len() as u64;
+        };
+        self.mark(&line, |inner| {
+            // The sync below covers every event appended before the marker too.
             inner.dirty = false;
             inner.synced = Instant::now();
             inner.marked = Some((seq, ids.iter().copied().collect()));
-            std::sync::Arc::clone(&inner.sync_file)
-        };
-        file.sync_data().map_err(io_err("sync", &self.path))
+        })
     }
 
     /// Says chunk `seq`, marked by [`Journal::mark_chunk`], is committed: its events need not be
@@ -228,15 +213,19 @@ impl Journal {
 
     /// Says, durably, that init segment `id` is about to be committed.
     pub(crate) fn mark_init(&self, id: u64) -> Result<(), SpoolError> {
-        let line = serialize(&Line::Init { init: id })?;
+        self.mark(&Line::Init { init: id }, |inner| {
+            inner.max_init = Some(inner.max_init.map_or(id, |m| m.max(id)));
+        })
+    }
+
+    /// Appends a marker line, notes it in `inner` with `noted`, and syncs it (outside the lock,
+    /// so appends do not wait for the disk).
+    fn mark(&self, line: &Line, noted: impl FnOnce(&mut Inner)) -> Result<(), SpoolError> {
+        let line = serialize(line)?;
         let file = {
             let mut inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
-            inner
-                .file
-                .write_all(&line)
-                .map_err(io_err("append to", &self.path))?;
-            inner.len += line.len() as u64;
-            inner.max_init = Some(inner.max_init.map_or(id, |m| m.max(id)));
+            inner.write_line(line, &self.path)?;
+            noted(&mut inner);
             std::sync::Arc::clone(&inner.sync_file)
         };
         file.sync_data().map_err(io_err("sync", &self.path))
@@ -278,6 +267,25 @@ impl Journal {
             crate::durable::sync_dir(dir)?;
         }
         inner.len = bytes.len() as u64;
+        inner.torn = false;
+        Ok(())
+    }
+}
+
+impl Inner {
+    /// Appends one line in one `write(2)`. After a write that failed part-way (a full disk) the
+    /// next line, an event's or a marker's, starts with a newline, so the torn line cannot
+    /// swallow it.
+    fn write_line(&mut self, mut line: Vec<u8>, path: &Path) -> Result<(), SpoolError> {
+        if self.torn {
+            line.insert(0, b'\n');
+        }
+        if let Err(e) = self.file.write_all(&line) {
+            self.torn = true;
+            return Err(io_err("append to", path)(e));
+        }
+        self.torn = false;
+        self.len += line.len() as u64;
         Ok(())
     }
 }
@@ -505,6 +513,28 @@ mod tests {
         let r = read(tmp.path(), s, 0).unwrap();
         assert_eq!(r.events, vec![event(0)]);
         assert_eq!(r.unreadable, 1);
+    }
+
+    #[test]
+    fn a_marker_after_a_torn_write_starts_a_line_of_its_own() {
+        let tmp = tempfile::tempdir().unwrap();
+        let s = fixtures::session_id(4);
+        let j = Journal::create(tmp.path(), s).unwrap();
+        let a = j.append(&event(0)).unwrap();
+        {
+            // What an append that failed part-way leaves (a full disk): half a line.
+            let mut inner = j.inner.lock().unwrap();
+            inner.file.write_all(br#"{"id":1,"ev"#).unwrap();
+            inner.torn = true;
+        }
+        j.mark_chunk(0, &[a]).unwrap();
+        j.mark_init(3).unwrap();
+        drop(j);
+        // Chunk 0 committed: its marker was read, so event 0 is not folded a second time.
+        let r = read(tmp.path(), s, 1).unwrap();
+        assert_eq!(r.events, Vec::<Event>::new());
+        assert_eq!(r.unreadable, 1);
+        assert_eq!(r.max_init, Some(3));
     }
 
     #[test]
