@@ -28,6 +28,10 @@ use crate::chunker::Chunker;
 use crate::encode::{Encoder, EncoderConfig};
 use crate::service::{PLACEHOLDER, PLACEHOLDER_SIZE};
 
+/// The largest side of the last picture the placeholder chunk copies (above 8K, which is
+/// 7680 x 4320); past it the placeholder has [`PLACEHOLDER_SIZE`].
+const MAX_FOLDED_SIDE: u32 = 8192;
+
 /// One session closed by [`close_interrupted`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Interrupted {
@@ -182,9 +186,14 @@ fn fold(
     let session = w.session_id();
     let header = w.header().clone();
     let from = w.last_chunk().map_or(MediaTime::ZERO, |m| m.media_end_us);
+    // The placeholder keeps the last picture's size (no size change for the player), unless
+    // the spool says a size no screen has: it is the endpoint's root's to edit, and a picture of
+    // 65535 x 65535 would cost the next run gigabytes before the encoder refused it.
     let (width, height) = w
         .last_chunk()
-        .map_or(PLACEHOLDER_SIZE, |m| (m.init.width, m.init.height));
+        .map(|m| (m.init.width, m.init.height))
+        .filter(|&(w, h)| w <= MAX_FOLDED_SIDE && h <= MAX_FOLDED_SIDE)
+        .unwrap_or(PLACEHOLDER_SIZE);
     // The journal is the endpoint's root's to edit: only what a recorder could have written is
     // folded (valid by the format, and not dated after now, give or take a minute of clock
     // skew), the rest counted. Nothing in it may make the arithmetic below overflow (an early
@@ -513,6 +522,41 @@ mod tests {
         assert!(gap.contains("journal lines were unreadable"), "{gap}");
         assert!(gap.contains("2 journal entries were not events"), "{gap}");
         assert!(gap.contains("only its start was read"), "{gap}");
+    }
+
+    /// A last chunk claiming a picture of 65535 x 65535 (the spool is root's to edit) gets a
+    /// placeholder of the usual size, not one of 16 GiB.
+    #[test]
+    fn an_impossible_picture_size_in_the_spool_gets_the_usual_placeholder() {
+        let tmp = tempfile::tempdir().unwrap();
+        let sid = fixtures::session_id(4);
+        {
+            let (w, _) = SpoolWriter::open(tmp.path(), SpoolConfig::default()).unwrap();
+            let mut s = w.create_session(&fixtures::header(sid)).unwrap();
+            s.commit_init(0, &fixtures::init_bytes(0)).unwrap();
+            let ev = encode_events(&fixtures::events(0)).unwrap();
+            let mut m = fixtures::manifest(sid, 0, s.head(), b"video", &ev, 1);
+            (m.init.width, m.init.height) = (65535, 65535);
+            s.commit_chunk(&m, b"video", &ev).unwrap();
+        }
+        let (w, _) = SpoolWriter::open(tmp.path(), SpoolConfig::default()).unwrap();
+        let out = close_interrupted(&w, fixtures::t0() + Duration::hours(1), None).unwrap();
+        assert!(out.failed.is_empty(), "{:?}", out.failed);
+        assert_eq!(
+            out.closed[0].chunks, 2,
+            "the placeholder chunk was committed"
+        );
+        let r = SpoolReader::open(tmp.path(), SpoolConfig::default()).unwrap();
+        let sizes: Vec<(u32, u32)> = r
+            .pending(sid)
+            .unwrap()
+            .iter()
+            .filter_map(|e| match r.read(e).unwrap() {
+                Entry::Chunk { manifest, .. } => Some((manifest.init.width, manifest.init.height)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(sizes, vec![(65535, 65535), PLACEHOLDER_SIZE]);
     }
 
     /// Things in the journal and state folders that are not plain files (a FIFO would block a
