@@ -14,7 +14,6 @@ use jitrec_format::fixtures::{self, StoredSession};
 use jitrec_format::{ObjectKey, SessionHeader, SessionId};
 use jitrec_player::index::Index;
 use jitrec_player::index::sqlite::SqliteIndex;
-use jitrec_tests::child::Reaped;
 use jitrec_tests::faultproxy::{Fault, FaultProxy, Plan};
 use jitrec_tests::{TestBucket, seaweed, session_objects};
 
@@ -171,39 +170,42 @@ fn a_one_gib_object_where_a_manifest_belongs_is_refused_unread() {
         .unwrap();
 
     let index = tmp.path().join("index.sqlite3");
-    let listen = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
-    let serve = Command::new(PLAYER)
-        .args([
-            "serve",
-            "--retention-every",
-            "0",
-            "--listen",
-            &listen.to_string(),
-        ])
-        .arg("--bucket-dir")
-        .arg(&root)
-        .arg("--index")
-        .arg(&index)
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .map(Reaped)
-        .unwrap();
+    let mut serve = jitrec_tests::child::serve_http(
+        |listen| {
+            let mut c = Command::new(PLAYER);
+            c.args([
+                "serve",
+                "--retention-every",
+                "0",
+                "--listen",
+                &listen.to_string(),
+            ])
+            .arg("--bucket-dir")
+            .arg(&root)
+            .arg("--index")
+            .arg(&index)
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null());
+            c
+        },
+        LIMIT,
+    );
     let started = Instant::now();
     let counts = loop {
         let c = status_counts(&index);
         if c.contains("tampered") && c.contains("complete") {
             break c;
         }
-        assert!(started.elapsed() < LIMIT, "not indexed: {c}");
+        let exited = serve.child.try_wait().unwrap();
+        assert!(
+            exited.is_none() && started.elapsed() < LIMIT,
+            "not indexed: {c} (player: {exited:?}, stderr:\n{})",
+            serve.stderr()
+        );
         std::thread::sleep(Duration::from_millis(100));
     };
-    let peak = peak_rss(serve.id());
+    let peak = peak_rss(serve.child.id());
     eprintln!(
         "player peak RSS {} MiB after indexing: {counts}",
         peak >> 20

@@ -52,33 +52,35 @@ pub(crate) fn add_user(index: &str, (name, password): (&str, &str), role: &str) 
 
 /// `jitrec-player serve` on a bucket directory (no --plain-http-cookies: the defaults).
 pub(crate) fn serve(bucket: &Path, index: &str) -> (Reaped, SocketAddr) {
-    let addr = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
-    let child = player(
-        &[
-            "serve",
-            "--listen",
-            &addr.to_string(),
-            "--retention-every",
-            "0",
-            "--bucket-dir",
-            &bucket.display().to_string(),
-        ],
-        index,
-    )
-    .stdout(Stdio::null())
-    .stderr(Stdio::null())
-    .spawn()
-    .map(Reaped)
-    .unwrap();
+    let served = jitrec_tests::child::serve_http(
+        |addr| {
+            let mut c = player(
+                &[
+                    "serve",
+                    "--listen",
+                    &addr.to_string(),
+                    "--retention-every",
+                    "0",
+                    "--bucket-dir",
+                    &bucket.display().to_string(),
+                ],
+                index,
+            );
+            c.stdout(Stdio::null());
+            c
+        },
+        LIMIT,
+    );
     let started = Instant::now();
-    while !http::get(addr, "/login").is_ok_and(|r| r.status == 200) {
-        assert!(started.elapsed() < LIMIT, "the player did not start");
+    while !http::get(served.addr, "/login").is_ok_and(|r| r.status == 200) {
+        assert!(
+            started.elapsed() < LIMIT,
+            "the player did not start:\n{}",
+            served.stderr()
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
-    (child, addr)
+    (served.child, served.addr)
 }
 
 pub(crate) fn sign_in_request(addr: SocketAddr, user: &str, password: &str) -> http::Response {

@@ -566,29 +566,32 @@ fn serve_signed_in(
         .unwrap();
     writeln!(add.stdin.take().unwrap(), "{password}").unwrap();
     assert!(add.wait().unwrap().success());
-    let addr = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
-    let child = player_s3(
-        &[
-            "serve",
-            "--listen",
-            &addr.to_string(),
-            "--retention-every",
-            "0",
-        ],
-        bucket,
-        index,
-    )
-    .stdout(Stdio::null())
-    .stderr(Stdio::null())
-    .spawn()
-    .map(jitrec_tests::child::Reaped)
-    .unwrap();
+    let served = jitrec_tests::child::serve_http(
+        |addr| {
+            let mut c = player_s3(
+                &[
+                    "serve",
+                    "--listen",
+                    &addr.to_string(),
+                    "--retention-every",
+                    "0",
+                ],
+                bucket,
+                index,
+            );
+            c.stdout(Stdio::null());
+            c
+        },
+        LIMIT,
+    );
+    let addr = served.addr;
     let started = Instant::now();
     while !http::get(addr, "/login").is_ok_and(|r| r.status == 200) {
-        assert!(started.elapsed() < LIMIT, "the player did not start");
+        assert!(
+            started.elapsed() < LIMIT,
+            "the player did not start:\n{}",
+            served.stderr()
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     let login = http::request(
@@ -608,7 +611,7 @@ fn serve_signed_in(
         .unwrap()
         .to_owned();
     let csrf = login.json().unwrap()["csrf"].as_str().unwrap().to_owned();
-    (child, addr, cookie, csrf)
+    (served.child, addr, cookie, csrf)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -931,29 +934,32 @@ fn the_retention_schedule_reports_its_failures_and_goes_on() {
         writeln!(add.stdin.take().unwrap(), "correct horse battery").unwrap();
     }
     assert!(add.wait().unwrap().success());
-    let addr = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
-    let _child = player_at(
-        &[
-            "serve",
-            "--listen",
-            &addr.to_string(),
-            "--retention-every",
-            "1",
-        ],
-        &bucket,
-        &index,
-    )
-    .stdout(Stdio::null())
-    .stderr(Stdio::null())
-    .spawn()
-    .map(jitrec_tests::child::Reaped)
-    .unwrap();
+    let served = jitrec_tests::child::serve_http(
+        |addr| {
+            let mut c = player_at(
+                &[
+                    "serve",
+                    "--listen",
+                    &addr.to_string(),
+                    "--retention-every",
+                    "1",
+                ],
+                &bucket,
+                &index,
+            );
+            c.stdout(Stdio::null());
+            c
+        },
+        LIMIT,
+    );
+    let addr = served.addr;
     let started = Instant::now();
     while !http::get(addr, "/login").is_ok_and(|r| r.status == 200) {
-        assert!(started.elapsed() < LIMIT, "the player did not start");
+        assert!(
+            started.elapsed() < LIMIT,
+            "the player did not start:\n{}",
+            served.stderr()
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     let login = http::request(

@@ -12,7 +12,6 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use jitrec_format::{ObjectKey, SessionId, fixtures};
-use jitrec_tests::child::Reaped;
 use jitrec_tests::{TestBucket, http, session_objects, session_objects_at};
 
 use crate::door::{ADMIN, Client, add_user, index_spec, player, serve};
@@ -286,31 +285,34 @@ fn the_slack_is_a_setting() {
     let bucket = TestBucket::new(&dir);
     let index = index_spec("sqlite", tmp.path());
     add_user(&index, ADMIN, "admin");
-    let addr = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
-    let _child = std::process::Command::new(PLAYER)
-        .args([
-            "serve",
-            "--listen",
-            &addr.to_string(),
-            "--retention-every",
-            "0",
-        ])
-        .args(["--silent-after-slack", "0", "--bucket-dir"])
-        .arg(&dir)
-        .args(["--index", &index])
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .map(Reaped)
-        .unwrap();
+    let served = jitrec_tests::child::serve_http(
+        |addr| {
+            let mut c = std::process::Command::new(PLAYER);
+            c.args([
+                "serve",
+                "--listen",
+                &addr.to_string(),
+                "--retention-every",
+                "0",
+            ])
+            .args(["--silent-after-slack", "0", "--bucket-dir"])
+            .arg(&dir)
+            .args(["--index", &index])
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null());
+            c
+        },
+        LIMIT,
+    );
+    let addr = served.addr;
     let started = Instant::now();
     while !http::get(addr, "/login").is_ok_and(|r| r.status == 200) {
-        assert!(started.elapsed() < LIMIT, "the player did not start");
+        assert!(
+            started.elapsed() < LIMIT,
+            "the player did not start:\n{}",
+            served.stderr()
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     let admin = Client::sign_in(addr, ADMIN);

@@ -39,3 +39,68 @@ impl From<Child> for Reaped {
         Reaped(c)
     }
 }
+
+/// A server program started by [`serve_http`]: the process, where it listens, and what it has
+/// written to stderr so far (for a failing test's message).
+#[derive(Debug)]
+pub struct Served {
+    pub child: Reaped,
+    pub addr: std::net::SocketAddr,
+    log: tempfile::NamedTempFile,
+}
+
+impl Served {
+    /// What the program has written to stderr.
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(self.log.path()).unwrap_or_default()
+    }
+}
+
+/// Starts a server on a free loopback port (`command` makes the command line for a port) and
+/// returns once the port accepts connections.
+///
+/// The port is found by binding port 0 and letting it go, so another process of a busy suite
+/// can take it before the server binds it (a test once saw its player never start, and said
+/// only "not indexed"): a server that exits saying it could not listen is started again on
+/// another port. Any other early exit, or a server that does not listen within `limit`, fails
+/// the test with the server's stderr.
+pub fn serve_http(
+    mut command: impl FnMut(std::net::SocketAddr) -> std::process::Command,
+    limit: std::time::Duration,
+) -> Served {
+    use std::time::{Duration, Instant};
+    const ATTEMPTS: usize = 5;
+    for attempt in 1..=ATTEMPTS {
+        let addr = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free loopback port");
+        let log = tempfile::NamedTempFile::new().expect("a file for the server's stderr");
+        let mut cmd = command(addr);
+        cmd.stderr(log.reopen().expect("the stderr file opened again"));
+        let mut served = Served {
+            child: Reaped(cmd.spawn().expect("the server program starts")),
+            addr,
+            log,
+        };
+        let started = Instant::now();
+        loop {
+            if std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1)).is_ok() {
+                return served;
+            }
+            if let Some(status) = served.child.try_wait().expect("the server's status") {
+                let err = served.stderr();
+                if err.contains("listening on") && attempt < ATTEMPTS {
+                    break;
+                }
+                panic!("the server exited ({status}) before listening on {addr}:\n{err}");
+            }
+            assert!(
+                started.elapsed() < limit,
+                "the server did not listen on {addr} within {limit:?}:\n{}",
+                served.stderr()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    unreachable!("the last attempt returns or panics")
+}
