@@ -52,7 +52,7 @@ pub(crate) fn add_user(index: &str, (name, password): (&str, &str), role: &str) 
 
 /// `jitrec-player serve` on a bucket directory (no --plain-http-cookies: the defaults).
 pub(crate) fn serve(bucket: &Path, index: &str) -> (Reaped, SocketAddr) {
-    let served = jitrec_tests::child::serve_http(
+    let mut served = jitrec_tests::child::serve_http(
         |addr| {
             let mut c = player(
                 &[
@@ -71,15 +71,7 @@ pub(crate) fn serve(bucket: &Path, index: &str) -> (Reaped, SocketAddr) {
         },
         LIMIT,
     );
-    let started = Instant::now();
-    while !http::get(served.addr, "/login").is_ok_and(|r| r.status == 200) {
-        assert!(
-            started.elapsed() < LIMIT,
-            "the player did not start:\n{}",
-            served.stderr()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    served.wait_ok("/login", LIMIT);
     (served.child, served.addr)
 }
 

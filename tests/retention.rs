@@ -566,7 +566,7 @@ fn serve_signed_in(
         .unwrap();
     writeln!(add.stdin.take().unwrap(), "{password}").unwrap();
     assert!(add.wait().unwrap().success());
-    let served = jitrec_tests::child::serve_http(
+    let mut served = jitrec_tests::child::serve_http(
         |addr| {
             let mut c = player_s3(
                 &[
@@ -584,16 +584,8 @@ fn serve_signed_in(
         },
         LIMIT,
     );
+    served.wait_ok("/login", LIMIT);
     let addr = served.addr;
-    let started = Instant::now();
-    while !http::get(addr, "/login").is_ok_and(|r| r.status == 200) {
-        assert!(
-            started.elapsed() < LIMIT,
-            "the player did not start:\n{}",
-            served.stderr()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
     let login = http::request(
         addr,
         "POST",
@@ -934,7 +926,7 @@ fn the_retention_schedule_reports_its_failures_and_goes_on() {
         writeln!(add.stdin.take().unwrap(), "correct horse battery").unwrap();
     }
     assert!(add.wait().unwrap().success());
-    let served = jitrec_tests::child::serve_http(
+    let mut served = jitrec_tests::child::serve_http(
         |addr| {
             let mut c = player_at(
                 &[
@@ -952,16 +944,8 @@ fn the_retention_schedule_reports_its_failures_and_goes_on() {
         },
         LIMIT,
     );
+    served.wait_ok("/login", LIMIT);
     let addr = served.addr;
-    let started = Instant::now();
-    while !http::get(addr, "/login").is_ok_and(|r| r.status == 200) {
-        assert!(
-            started.elapsed() < LIMIT,
-            "the player did not start:\n{}",
-            served.stderr()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
     let login = http::request(
         addr,
         "POST",

@@ -12,7 +12,7 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use jitrec_format::{ObjectKey, SessionId, fixtures};
-use jitrec_tests::{TestBucket, http, session_objects, session_objects_at};
+use jitrec_tests::{TestBucket, session_objects, session_objects_at};
 
 use crate::door::{ADMIN, Client, add_user, index_spec, player, serve};
 use crate::retention::ok;
@@ -285,7 +285,7 @@ fn the_slack_is_a_setting() {
     let bucket = TestBucket::new(&dir);
     let index = index_spec("sqlite", tmp.path());
     add_user(&index, ADMIN, "admin");
-    let served = jitrec_tests::child::serve_http(
+    let mut served = jitrec_tests::child::serve_http(
         |addr| {
             let mut c = std::process::Command::new(PLAYER);
             c.args([
@@ -305,16 +305,8 @@ fn the_slack_is_a_setting() {
         },
         LIMIT,
     );
+    served.wait_ok("/login", LIMIT);
     let addr = served.addr;
-    let started = Instant::now();
-    while !http::get(addr, "/login").is_ok_and(|r| r.status == 200) {
-        assert!(
-            started.elapsed() < LIMIT,
-            "the player did not start:\n{}",
-            served.stderr()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
     let admin = Client::sign_in(addr, ADMIN);
     let (id, s) = session_now(5, 2_000);
     put_open(&bucket, id, &s, 0..1);

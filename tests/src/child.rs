@@ -104,3 +104,22 @@ pub fn serve_http(
     }
     unreachable!("the last attempt returns or panics")
 }
+
+impl Served {
+    /// Waits until `GET path` answers 200, failing the test with the server's stderr when the
+    /// server exits first (another process that took the port answers nothing of ours for
+    /// long) or does not answer within `limit`.
+    pub fn wait_ok(&mut self, path: &str, limit: std::time::Duration) {
+        let started = std::time::Instant::now();
+        while !crate::http::get(self.addr, path).is_ok_and(|r| r.status == 200) {
+            let exited = self.child.try_wait().expect("the server's status");
+            assert!(
+                exited.is_none() && started.elapsed() < limit,
+                "the server did not answer GET {path} on {} ({exited:?}):\n{}",
+                self.addr,
+                self.stderr()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+}
