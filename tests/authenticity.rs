@@ -957,7 +957,16 @@ fn a_notify_makes_only_sessions_in_the_bucket_appear() {
     for (k, bytes) in jitrec_tests::session_objects(&fixtures::stored_session_v2_from(h, 1, &key)) {
         b.put(&k, &bytes).unwrap();
     }
-    let player = crate::player::Player::start(Arc::clone(&src), Arc::clone(&index));
+    // Without the sweep, which would find the old session below on its own
+    // (`discovery::a_session_dated_hours_before_the_newest_appears_without_notify_or_restart`).
+    let player = crate::player::Player::start_configured(
+        Arc::clone(&src),
+        Arc::clone(&index),
+        jitrec_player::indexer::IndexerConfig {
+            sweep_every: None,
+            ..Default::default()
+        },
+    );
     let passes = |p: &crate::player::Player| {
         p.get("/api/status").json().unwrap()["indexer"]["passes"]
             .as_u64()

@@ -619,7 +619,16 @@ pub(crate) struct Player {
 impl Player {
     /// The API alone, without sign-in, and without admin access to the bucket.
     pub(crate) fn start(src: Arc<dyn BucketReader>, index: Arc<dyn Index>) -> Player {
-        Self::start_inner(src, None, index, false)
+        Self::start_inner(src, None, index, false, IndexerConfig::default())
+    }
+
+    /// The API alone, its indexer configured by `config`.
+    pub(crate) fn start_configured(
+        src: Arc<dyn BucketReader>,
+        index: Arc<dyn Index>,
+        config: IndexerConfig,
+    ) -> Player {
+        Self::start_inner(src, None, index, false, config)
     }
 
     /// With `web`, the whole report view behind sign-in, as `serve` runs it, holding the
@@ -630,7 +639,7 @@ impl Player {
         web: bool,
     ) -> Player {
         let src: Arc<dyn BucketReader> = bucket.clone();
-        Self::start_inner(src, Some(bucket), index, web)
+        Self::start_inner(src, Some(bucket), index, web, IndexerConfig::default())
     }
 
     fn start_inner(
@@ -638,18 +647,14 @@ impl Player {
         bucket_admin: Option<Arc<dyn jitrec_bucket::BucketAdmin>>,
         index: Arc<dyn Index>,
         web: bool,
+        config: IndexerConfig,
     ) -> Player {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
             .build()
             .unwrap();
-        let indexer = Indexer::new(
-            Arc::clone(&src),
-            Arc::clone(&index),
-            IndexerConfig::default(),
-        )
-        .unwrap();
+        let indexer = Indexer::new(Arc::clone(&src), Arc::clone(&index), config).unwrap();
         let handle = indexer.handle();
         let thread = std::thread::spawn(move || indexer.run());
         let keep = Arc::clone(&index);

@@ -504,7 +504,7 @@ async fn delete_version(admin: &S3Bucket, bucket: &str, key: &ObjectKey) -> bool
 }
 
 /// `jitrec-player ARGS --s3-bucket BUCKET --index INDEX` against the test server.
-fn player_s3(args: &[&str], bucket: &str, index: &Path) -> Command {
+pub(crate) fn player_s3(args: &[&str], bucket: &str, index: &Path) -> Command {
     let mut c = Command::new(PLAYER);
     c.args(args)
         .args([
@@ -545,11 +545,12 @@ pub(crate) fn ok(mut c: Command) -> String {
     text
 }
 
-/// `jitrec-player serve` on the bucket, with a signed-in admin: its address, cookie and CSRF
-/// token. The process is killed when the guard drops.
-fn serve_signed_in(
+/// `jitrec-player serve` on the bucket (with `extra` arguments), with a signed-in admin: its
+/// address, cookie and CSRF token. The process is killed when the guard drops.
+pub(crate) fn serve_signed_in(
     bucket: &str,
     index: &Path,
+    extra: &[&str],
 ) -> (
     jitrec_tests::child::Reaped,
     std::net::SocketAddr,
@@ -568,17 +569,10 @@ fn serve_signed_in(
     assert!(add.wait().unwrap().success());
     let mut served = jitrec_tests::child::serve_http(
         |addr| {
-            let mut c = player_s3(
-                &[
-                    "serve",
-                    "--listen",
-                    &addr.to_string(),
-                    "--retention-every",
-                    "0",
-                ],
-                bucket,
-                index,
-            );
+            let listen = addr.to_string();
+            let mut args = vec!["serve", "--listen", &listen, "--retention-every", "0"];
+            args.extend_from_slice(extra);
+            let mut c = player_s3(&args, bucket, index);
             c.stdout(Stdio::null());
             c
         },
@@ -655,7 +649,7 @@ async fn a_legal_hold_from_the_command_line_or_the_report_view_holds_every_objec
     upload(&admin, &by_web).await;
     let sid = id(&by_web).to_string();
     let (_player, addr, cookie, csrf) =
-        tokio::task::block_in_place(|| serve_signed_in(&name, &index));
+        tokio::task::block_in_place(|| serve_signed_in(&name, &index, &[]));
     let auth = [
         ("Cookie", cookie.as_str()),
         ("X-CSRF-Token", csrf.as_str()),

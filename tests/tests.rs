@@ -6,6 +6,7 @@
 mod authenticity;
 mod bucket;
 mod demo;
+mod discovery;
 mod door;
 mod e2e;
 mod endpoint;
@@ -18,6 +19,7 @@ mod recorder_process;
 mod redaction;
 mod report_view;
 mod retention;
+mod scaleout;
 mod silent;
 mod spool_crash;
 mod spool_model;

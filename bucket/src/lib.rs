@@ -110,6 +110,23 @@ pub trait BucketReader: Send + Sync {
         start_after: Option<&str>,
     ) -> Result<Vec<String>, BucketError>;
 
+    /// At most `max` of the names [`list_names`](Self::list_names) gives, the first ones after
+    /// `start_after`: one page of a listing that may be too long to hold (a million sessions),
+    /// resumed after the last name of the page before, until a page says there is no more. On
+    /// S3 a page is one request of at most `max` entries (1000 at most); the default lists
+    /// everything and keeps the page.
+    fn list_names_page(
+        &self,
+        prefix: &str,
+        start_after: Option<&str>,
+        max: usize,
+    ) -> Result<NamesPage, BucketError> {
+        let mut names = self.list_names(prefix, start_after)?;
+        let more = names.len() > max;
+        names.truncate(max);
+        Ok(NamesPage { names, more })
+    }
+
     /// The names one level below [`jitrec_format::LAYOUT_PREFIX`] (one per layout v1 session,
     /// normally a session id) that sort after `start_after`, sorted.
     fn list_sessions(&self, start_after: Option<&str>) -> Result<Vec<String>, BucketError> {
@@ -123,6 +140,17 @@ pub trait BucketReader: Send + Sync {
     fn list(&self, prefix: &str) -> Result<Vec<String>, BucketError> {
         self.list_after(prefix, None)
     }
+}
+
+/// One page of [`BucketReader::list_names_page`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NamesPage {
+    /// Sorted.
+    pub names: Vec<String>,
+    /// Whether the listing goes on after the last name. (Whether a page is the last is said,
+    /// not guessed from its length: what the bucket holds decides how many of a page's entries
+    /// are names, and must not end a listing early.)
+    pub more: bool,
 }
 
 /// Whether the bucket itself enforces a legal hold.

@@ -32,8 +32,8 @@ use jitrec_format::{ObjectKey, Sha256Digest};
 use sha2::Digest as _;
 
 use crate::{
-    BucketAdmin, BucketError, BucketReader, BucketWriter, ErrorKind, HoldEnforcement, Range,
-    RetryPolicy,
+    BucketAdmin, BucketError, BucketReader, BucketWriter, ErrorKind, HoldEnforcement, NamesPage,
+    Range, RetryPolicy,
 };
 
 /// Objects above this size go up in parts. Chunks are a few hundred KB; only unusual ones (a
@@ -467,7 +467,8 @@ impl S3Bucket {
         prefix: &str,
         start_after: Option<&str>,
         delimiter: Option<&str>,
-    ) -> Result<(Vec<String>, Vec<String>), BucketError> {
+        max: Option<usize>,
+    ) -> Result<(Vec<String>, Vec<String>, bool), BucketError> {
         let full = self.full_key(prefix);
         let strip = |k: &str| {
             k.strip_prefix(self.config.prefix.as_str())
@@ -490,6 +491,11 @@ impl S3Bucket {
                     if let Some(d) = delimiter {
                         req = req.delimiter(d);
                     }
+                    if let Some(m) = max {
+                        // S3 answers at most 1000 entries a request whatever is asked.
+                        let left = m.saturating_sub(keys.len() + prefixes.len()).clamp(1, 1000);
+                        req = req.max_keys(i32::try_from(left).unwrap_or(1000));
+                    }
                     req.send().await.map_err(|e| classify("list", prefix, e))
                 })
             })?;
@@ -504,11 +510,16 @@ impl S3Bucket {
                     .filter_map(|p| p.prefix().and_then(strip)),
             );
             match out.next_continuation_token() {
-                Some(t) if out.is_truncated() == Some(true) => token = Some(t.to_owned()),
+                Some(t) if out.is_truncated() == Some(true) => {
+                    if max.is_some_and(|m| keys.len() + prefixes.len() >= m) {
+                        return Ok((keys, prefixes, true));
+                    }
+                    token = Some(t.to_owned())
+                }
                 _ => break,
             }
         }
-        Ok((keys, prefixes))
+        Ok((keys, prefixes, false))
     }
 }
 
@@ -723,7 +734,7 @@ impl BucketReader for S3Bucket {
         prefix: &str,
         start_after: Option<&str>,
     ) -> Result<Vec<String>, BucketError> {
-        Ok(self.list_v2(prefix, start_after, None)?.0)
+        Ok(self.list_v2(prefix, start_after, None, None)?.0)
     }
 
     fn list_names(
@@ -731,10 +742,41 @@ impl BucketReader for S3Bucket {
         prefix: &str,
         start_after: Option<&str>,
     ) -> Result<Vec<String>, BucketError> {
+        Ok(self.names(prefix, start_after, None)?.names)
+    }
+
+    fn list_names_page(
+        &self,
+        prefix: &str,
+        start_after: Option<&str>,
+        max: usize,
+    ) -> Result<NamesPage, BucketError> {
+        let mut page = self.names(prefix, start_after, Some(max.max(1)))?;
+        if page.names.len() > max {
+            page.names.truncate(max);
+            page.more = true;
+        }
+        Ok(page)
+    }
+
+    fn describe(&self) -> String {
+        format!("s3://{}/{}", self.config.bucket, self.config.prefix)
+    }
+}
+
+impl S3Bucket {
+    /// The names one level below `prefix` after `start_after`, at most about `max` of them
+    /// (a page: what the requests up to `max` entries gave).
+    fn names(
+        &self,
+        prefix: &str,
+        start_after: Option<&str>,
+        max: Option<usize>,
+    ) -> Result<NamesPage, BucketError> {
         // `~` sorts after every character of the layout's names, so this skips every object
         // below the name `start_after` itself.
         let after = start_after.map(|a| format!("{prefix}{a}/~"));
-        let (keys, prefixes) = self.list_v2(prefix, after.as_deref(), Some("/"))?;
+        let (keys, prefixes, more) = self.list_v2(prefix, after.as_deref(), Some("/"), max)?;
         let mut out: Vec<String> = prefixes
             .iter()
             .filter_map(|p| p.strip_prefix(prefix)?.strip_suffix('/'))
@@ -746,11 +788,7 @@ impl BucketReader for S3Bucket {
             .collect();
         out.sort();
         out.dedup();
-        Ok(out)
-    }
-
-    fn describe(&self) -> String {
-        format!("s3://{}/{}", self.config.bucket, self.config.prefix)
+        Ok(NamesPage { names: out, more })
     }
 }
 

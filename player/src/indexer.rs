@@ -10,7 +10,9 @@
 //!    cannot hide another's sessions; the machines are listed every pass and their sessions up to
 //!    [`IndexerConfig::machines_per_pass`] machines a pass, in turn. A session id found under a
 //!    second prefix is reported and not indexed ([`crate::locate`]). A notify (HTTP fast path,
-//!    naming a session or not) triggers a pass at once and catches sessions of any age.
+//!    naming a session or not) triggers a pass at once and catches sessions of any age. Behind
+//!    the cursor, the [`crate::sweep`] lists every session prefix from the start, one page at a
+//!    slow pace, so a session whose id sorts before the cursor is found within one sweep round.
 //! 2. **Advances** every session whose close record has not been read: lists its objects after
 //!    its last indexed chunk (`start-after`, no rescans), checks what is new with the same
 //!    [`SessionScan`] `verify` uses, and writes sessions, chunks and events in one transaction.
@@ -20,6 +22,12 @@
 //!    new for three chunk lengths and a slack is *silent* ([`crate::silence`]): judged every
 //!    pass from the scan's last arrival (a time comparison, no extra read), and the indexer
 //!    wakes for the earliest such deadline rather than waiting out its interval.
+//!
+//! **One player leads.** Several `serve` processes may share one index (PostgreSQL); the
+//! indexer runs passes only while its player holds the lead ([`Index::try_lead`]: an advisory
+//! lock on PostgreSQL, a file lock beside a SQLite index), and the retention schedule runs only
+//! there too ([`IndexerHandle::leads`]). The others serve the API from the shared index and try
+//! to take the lead every [`LEAD_RETRY`]; the one that takes it resumes from the index.
 //!
 //! On start-up the unfinished sessions are read again from the start (the upserts converge);
 //! `reindex` reads every session again from the beginning of the bucket, over the rows it finds.
@@ -61,6 +69,29 @@ const MAX_NOTIFIED: usize = 100;
 /// The shortest time between the starts of two passes, however many notifies arrive.
 pub const MIN_PASS_GAP: Duration = Duration::from_millis(100);
 
+/// How often a player that does not lead tries to take the lead: when the leader exits, its
+/// lead is free at once (PostgreSQL: its connection closes; SQLite: its file lock goes), so
+/// another player leads within this; a leader whose host died is let go of by PostgreSQL
+/// within its keepalive bound (~11 s, `index/postgres.rs`).
+pub const LEAD_RETRY: Duration = Duration::from_secs(1);
+
+/// Whether this player indexes ([`Indexer::run`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Not running, or not asked yet.
+    #[default]
+    Starting,
+    /// Holds the lead: indexes and runs retention.
+    Leader,
+    /// Another player leads; this one serves the API.
+    Follower,
+}
+
+/// Time between two pages of the sweep unless configured: a million sessions on 10,000
+/// machines are then swept in about 6 h for 43,200 LIST requests a day.
+pub const DEFAULT_SWEEP_EVERY: Duration = Duration::from_secs(2);
+
 /// Settings of the indexer.
 #[derive(Debug, Clone)]
 pub struct IndexerConfig {
@@ -81,6 +112,9 @@ pub struct IndexerConfig {
     /// machines than this, a machine's new session is found within
     /// `machines / machines_per_pass` passes (a notify finds it at once).
     pub machines_per_pass: usize,
+    /// Time between two pages of the sweep ([`crate::sweep`]); `None`: no sweep, and a session
+    /// dated before discovery's window is found only by a notify or a reindex.
+    pub sweep_every: Option<Duration>,
 }
 
 impl Default for IndexerConfig {
@@ -93,6 +127,7 @@ impl Default for IndexerConfig {
             enrolment: crate::enroll::Policy::default(),
             machines_per_pass: 200,
             keyring: None,
+            sweep_every: Some(DEFAULT_SWEEP_EVERY),
         }
     }
 }
@@ -109,6 +144,10 @@ pub enum IndexerError {
 /// What the indexer has been doing, for `status` and `/api/status`.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct IndexerStats {
+    /// Whether this player indexes (several may share one index; one leads).
+    pub role: Role,
+    /// When this player last became leader or follower.
+    pub role_since: Option<DateTime<Utc>>,
     pub passes: u64,
     pub last_pass: Option<DateTime<Utc>>,
     pub last_pass_ms: u64,
@@ -118,6 +157,8 @@ pub struct IndexerStats {
     pub last_error: Option<String>,
     /// Names under the layout prefix that are not session ids.
     pub anomalies: Vec<String>,
+    /// The sweep behind discovery's cursor (`None`: off).
+    pub sweep: Option<crate::sweep::SweepStats>,
 }
 
 #[derive(Debug, Default)]
@@ -153,6 +194,19 @@ impl IndexerHandle {
         let (m, cv) = &*self.wake;
         m.lock().unwrap_or_else(PoisonError::into_inner).stop = true;
         cv.notify_all();
+    }
+
+    /// Whether this player leads: indexing and retention are the leader's alone.
+    pub fn leads(&self) -> bool {
+        self.stats().role == Role::Leader
+    }
+
+    fn set_role(&self, role: Role) {
+        let mut st = self.stats.lock().unwrap_or_else(PoisonError::into_inner);
+        if st.role != role {
+            st.role = role;
+            st.role_since = Some(Utc::now());
+        }
     }
 
     pub fn stats(&self) -> IndexerStats {
@@ -238,6 +292,7 @@ pub struct Indexer {
     maintained: Option<Instant>,
     /// A reindex is reading every session again, closed ones too.
     rebuilding: bool,
+    sweep: Option<crate::sweep::Sweep>,
 }
 
 /// What a reindex did.
@@ -259,6 +314,67 @@ struct MachineCursor {
     newest: Option<SessionId>,
 }
 
+/// The lead as [`Indexer::run`] holds it.
+#[derive(Default)]
+struct Lead {
+    lease: Option<Box<dyn crate::index::Lease>>,
+    /// Past the first try: the indexer's state may be stale when it takes the lead.
+    tried: bool,
+    /// The last try failed (logged once, not every retry).
+    failed: bool,
+}
+
+impl Lead {
+    /// Whether `ix` leads now: checks the lease it holds, or tries to take one (and then
+    /// resumes from the index, which another leader may have moved on).
+    fn ensure(&mut self, ix: &mut Indexer) -> bool {
+        if let Some(l) = self.lease.as_mut()
+            && !l.held()
+        {
+            self.lease = None;
+            ix.forget();
+            ix.handle.set_role(Role::Follower);
+            tracing::warn!("this player lost the lead; another player indexes now");
+        }
+        if self.lease.is_some() {
+            return true;
+        }
+        let first = !std::mem::replace(&mut self.tried, true);
+        match ix.index.try_lead() {
+            Ok(Some(l)) => {
+                self.failed = false;
+                // Right after start the state is fresh; later it is not.
+                let resumed = if first { Ok(()) } else { ix.resume() };
+                match resumed {
+                    Ok(()) => {
+                        self.lease = Some(l);
+                        ix.handle.set_role(Role::Leader);
+                        tracing::info!("this player leads: it indexes and runs retention");
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "could not resume indexing; trying again");
+                    }
+                }
+            }
+            Ok(None) => {
+                if first {
+                    tracing::info!(
+                        "another player leads; this one serves the API and takes the lead when it is free"
+                    );
+                }
+                ix.handle.set_role(Role::Follower);
+            }
+            Err(e) => {
+                if !self.failed {
+                    tracing::warn!(error = %e, "could not ask the index for the lead; trying again");
+                }
+                self.failed = true;
+            }
+        }
+        self.lease.is_some()
+    }
+}
+
 impl Indexer {
     /// An indexer that resumes the sessions the index has not seen closed.
     pub fn new(
@@ -266,11 +382,11 @@ impl Indexer {
         index: Arc<dyn Index>,
         config: IndexerConfig,
     ) -> Result<Self, IndexerError> {
+        let sweep = config.sweep_every.map(crate::sweep::Sweep::new);
         let mut me = Self {
             src,
             newest: index.newest()?,
             index,
-            config,
             handle: IndexerHandle::default(),
             open: BTreeMap::new(),
             seen: BTreeSet::new(),
@@ -280,6 +396,8 @@ impl Indexer {
             passes: 0,
             maintained: None,
             rebuilding: false,
+            config,
+            sweep,
         };
         crate::retention::init(me.index.as_ref()).map_err(|e| match e {
             crate::retention::RetentionError::Index(e) => IndexerError::Index(e),
@@ -290,14 +408,35 @@ impl Indexer {
         crate::enroll::init(me.index.as_ref())
             .map_err(|e| IndexerError::Index(IndexError::Other(e.to_string())))?;
         crate::locate::init(me.index.as_ref())?;
-        for (m, newest) in crate::locate::newest_per_machine(me.index.as_ref())? {
-            me.machines.entry(m).or_default().newest = Some(newest);
-        }
-        for id in me.index.unfinished()? {
-            let key = crate::locate::key_of(me.index.as_ref(), id)?;
-            me.track(key);
-        }
+        me.resume()?;
         Ok(me)
+    }
+
+    /// Loads what discovery and advance go on from: the newest sessions seen and the sessions
+    /// whose close record has not been read (read again from their start; the upserts
+    /// converge). On start, and each time this player takes the lead, since another leader may
+    /// have indexed meanwhile.
+    fn resume(&mut self) -> Result<(), IndexerError> {
+        self.forget();
+        self.newest = self.index.newest()?;
+        for (m, newest) in crate::locate::newest_per_machine(self.index.as_ref())? {
+            self.machines.entry(m).or_default().newest = Some(newest);
+        }
+        for id in self.index.unfinished()? {
+            let key = crate::locate::key_of(self.index.as_ref(), id)?;
+            self.track(key);
+        }
+        Ok(())
+    }
+
+    /// Drops discovery's and advance's state (on losing the lead: what another leader does
+    /// meanwhile makes it stale).
+    fn forget(&mut self) {
+        self.open.clear();
+        self.seen.clear();
+        self.newest = None;
+        self.machines.clear();
+        self.next_machine = None;
     }
 
     pub fn handle(&self) -> IndexerHandle {
@@ -378,11 +517,22 @@ impl Indexer {
             .collect())
     }
 
-    /// Runs passes until [`IndexerHandle::stop`]. A failed pass is logged and retried at the
+    /// Runs passes until [`IndexerHandle::stop`], while this player holds the lead
+    /// ([`Index::try_lead`]); without it, tries to take it every [`LEAD_RETRY`] and otherwise
+    /// only waits (the API is served all the same). A failed pass is logged and retried at the
     /// next interval: the bucket or the database being away must not stop the service.
     pub fn run(mut self) {
         let mut last_pass: Option<Instant> = None;
+        let mut lead = Lead::default();
         loop {
+            if !lead.ensure(&mut self) {
+                // A follower ignores notifies: the leader's discovery and sweep find what
+                // they name.
+                if self.handle.wait(LEAD_RETRY).0 {
+                    return;
+                }
+                continue;
+            }
             // Notifies start passes at once, but no faster than this: a flood of them (any
             // signed-in client can send one) costs at most ten passes a second.
             if let Some(gap) = last_pass.and_then(|t| MIN_PASS_GAP.checked_sub(t.elapsed())) {
@@ -456,6 +606,7 @@ impl Indexer {
     pub fn pass(&mut self) -> Result<(), IndexerError> {
         let t = Instant::now();
         self.discover()?;
+        self.sweep_page()?;
         self.advance_all(false)?;
         self.passes += 1;
         if self
@@ -474,7 +625,40 @@ impl Indexer {
         st.last_pass = Some(Utc::now());
         st.last_pass_ms = t.elapsed().as_millis() as u64;
         st.open_sessions = self.open.len();
+        st.sweep = self.sweep.as_ref().map(crate::sweep::Sweep::stats);
         Ok(())
+    }
+
+    /// One page of the sweep, when one is due; its sessions are found as discovery's are.
+    fn sweep_page(&mut self) -> Result<usize, IndexerError> {
+        let Some(sweep) = self.sweep.as_mut() else {
+            return Ok(0);
+        };
+        let open = &self.open;
+        let step = sweep.step(
+            self.src.as_ref(),
+            self.index.as_ref(),
+            &self.machines,
+            |id| open.contains_key(&id),
+        )?;
+        for what in step.anomalies {
+            self.anomaly(what);
+        }
+        let mut new = 0;
+        for key in step.keys {
+            if self.found(key)? {
+                tracing::info!(
+                    session = %key.id,
+                    prefix = %key.prefix(),
+                    "the sweep found a session dated before discovery's window (an endpoint clock behind, or a late upload)"
+                );
+                new += 1;
+            }
+        }
+        if let Some(s) = self.sweep.as_mut() {
+            s.found(new);
+        }
+        Ok(new)
     }
 
     fn track(&mut self, key: SessionKey) {

@@ -8,6 +8,7 @@
 //! - [`verify`]: the command-line verdict built on a full scan.
 //! - [`index`]: the index (SQLite or PostgreSQL behind one trait) and its queries.
 //! - [`indexer`]: keeps the index up to date with the bucket.
+//! - [`sweep`]: the slow complete listing behind discovery's cursor, so no session is missed.
 //! - [`api`]: the HTTP API (JSON, media with Range, HLS playlists).
 //! - [`range`]: the `Range` header of media responses (self-contained: the fuzz crate includes
 //!   it by path).
@@ -38,6 +39,7 @@ pub mod record;
 pub mod retention;
 pub mod scan;
 pub mod silence;
+pub mod sweep;
 pub mod throttle;
 pub mod unseal;
 pub mod verify;

@@ -88,6 +88,12 @@ enum Command {
         /// the upload latency and the pass interval; at most 3600.
         #[arg(long, default_value_t = jitrec_player::silence::DEFAULT_SLACK.as_secs_f64())]
         silent_after_slack: f64,
+        /// Seconds between two pages (1000 names, one LIST request) of the sweep that lists
+        /// every session prefix from the start, so a session dated before discovery's window
+        /// (an endpoint clock behind) is still found: within one round of
+        /// (1 + machines + sessions/1000) pages (docs/player.md). 0: no sweep.
+        #[arg(long, default_value_t = jitrec_player::indexer::DEFAULT_SWEEP_EVERY.as_secs_f64())]
+        sweep_every: f64,
         /// Run the retention job every this many seconds (0: never; run it with
         /// `jitrec-player retention run` instead).
         #[arg(long, default_value_t = 3600)]
@@ -642,6 +648,7 @@ pub(crate) fn main() -> Result<()> {
             interval,
             stale_after,
             silent_after_slack,
+            sweep_every,
             retention_every,
             enrolment,
             keys,
@@ -674,6 +681,9 @@ pub(crate) fn main() -> Result<()> {
                 }),
                 enrolment,
                 keyring: keyring.clone(),
+                // NaN, zero and negatives turn the sweep off; it is at least 10 ms a page.
+                sweep_every: (sweep_every > 0.0)
+                    .then(|| Duration::from_secs_f64(sweep_every.clamp(0.01, 86_400.0))),
                 ..IndexerConfig::default()
             };
             let indexer = Indexer::new(Arc::clone(&src), Arc::clone(&idx), config)
@@ -691,6 +701,7 @@ pub(crate) fn main() -> Result<()> {
                 .then(|| {
                     let idx = Arc::clone(&idx);
                     let supervisor = Arc::clone(&supervisor);
+                    let lead = handle.clone();
                     std::thread::Builder::new()
                         .name("retention".into())
                         .spawn(move || {
@@ -698,6 +709,12 @@ pub(crate) fn main() -> Result<()> {
                             while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
                                 stopped.recv_timeout(every)
                             {
+                                // Of several players sharing the index, only the leader
+                                // deletes (one at a time, as the deletion log expects).
+                                if !lead.leads() {
+                                    tracing::debug!("retention is the leading player's");
+                                    continue;
+                                }
                                 let opts = jitrec_player::retention::RunOptions::default();
                                 // Errors and panics alike are caught and kept in the
                                 // supervisor's state (/api/status); the schedule goes on.

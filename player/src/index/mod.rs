@@ -422,6 +422,13 @@ pub struct Hit {
 /// Number of sessions per status.
 pub type StatusCounts = Vec<(Status, u64)>;
 
+/// The lead, held by one player of those sharing an index until it is dropped or lost.
+pub trait Lease: Send {
+    /// Whether the lead is still this player's (asked before each pass and each retention
+    /// run). Once it says no, the lease is lost for good: take a new one.
+    fn held(&mut self) -> bool;
+}
+
 /// The index, whichever backend holds it.
 pub trait Index: Send + Sync {
     /// `sqlite` or `postgresql`.
@@ -473,6 +480,10 @@ pub trait Index: Send + Sync {
     fn maintain(&self) -> Result<(), IndexError> {
         Ok(())
     }
+    /// Takes the lead among the players sharing this index, unless another player holds it:
+    /// indexing and retention are the leader's alone, every player serves the API. `None`:
+    /// another player leads.
+    fn try_lead(&self) -> Result<Option<Box<dyn Lease>>, IndexError>;
 }
 
 /// Opens the index `spec` names: a `postgres://` or `postgresql://` URL, or a SQLite file path.

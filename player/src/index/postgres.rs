@@ -17,6 +17,7 @@ use jitrec_format::{ObjectKey, SessionId};
 use postgres::config::SslMode;
 use postgres::types::ToSql;
 use postgres::{Client, Config, NoTls, Row};
+use std::time::Duration;
 
 use super::{
     Batch, ChunkRow, EventRow, Hit, Index, IndexError, InitRow, Listed, Page, Param, Pool, Query,
@@ -84,6 +85,49 @@ impl ToSql for Null {
 /// The PostgreSQL index.
 pub struct PgIndex {
     pool: Pool<Client>,
+    /// How to open the lead's own connection ([`Index::try_lead`]).
+    config: Config,
+    tls: Option<tokio_postgres_rustls::MakeRustlsConnect>,
+}
+
+/// The advisory lock that is the lead among players sharing the database (7413 serialises
+/// schema creation).
+const LEAD_LOCK: i64 = 7414;
+
+/// How long a lead's connection may go unanswered before the lead counts as lost, on both
+/// sides: the server lets go of the lock of a player whose host died (keepalives: idle, then
+/// probes), and a player cut off from the server stops leading. A player that exits, however
+/// it exits, closes the connection and the lock goes at once.
+const LEAD_KEEPALIVE_IDLE: Duration = Duration::from_secs(5);
+const LEAD_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(2);
+const LEAD_KEEPALIVE_COUNT: u32 = 3;
+const LEAD_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The lead on PostgreSQL: a session advisory lock held on a connection of its own.
+struct PgLease {
+    client: Client,
+}
+
+impl super::Lease for PgLease {
+    fn held(&mut self) -> bool {
+        if self.client.is_closed() {
+            return false;
+        }
+        // Still ours on this very session: a session the server ended (keepalives, or an
+        // operator's pg_terminate_backend) fails the query or no longer holds the lock.
+        // A bigint key is (classid, objid) = (high, low 32 bits), objsubid 1.
+        let sql = format!(
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted \
+             AND pid = pg_backend_pid() AND classid = 0 AND objid = {LEAD_LOCK} AND objsubid = 1"
+        );
+        match self.client.query_one(sql.as_str(), &[]) {
+            Ok(r) => r.try_get::<_, i64>(0).is_ok_and(|n| n > 0),
+            Err(e) => {
+                tracing::warn!(error = %super::pg_text(&e), "the lead's connection to the index failed");
+                false
+            }
+        }
+    }
 }
 
 fn bind(params: &[Param]) -> Vec<Box<dyn ToSql + Sync>> {
@@ -155,6 +199,8 @@ impl PgIndex {
         }
         Ok(Self {
             pool: Pool::new(conns),
+            config,
+            tls,
         })
     }
 }
@@ -531,6 +577,34 @@ impl Index for PgIndex {
             }
             Ok(out)
         })
+    }
+
+    fn try_lead(&self) -> Result<Option<Box<dyn super::Lease>>, IndexError> {
+        let mut config = self.config.clone();
+        config
+            .connect_timeout(LEAD_TIMEOUT)
+            .tcp_user_timeout(LEAD_TIMEOUT)
+            .keepalives(true)
+            .keepalives_idle(LEAD_KEEPALIVE_IDLE)
+            .keepalives_interval(LEAD_KEEPALIVE_INTERVAL)
+            .keepalives_retries(LEAD_KEEPALIVE_COUNT);
+        let mut client = match &self.tls {
+            Some(t) => config.connect(t.clone())?,
+            None => config.connect(NoTls)?,
+        };
+        // The server's side of the same bound (these are per-session settings any user may
+        // make), so a dead host's lock is let go of and another player can lead.
+        client.batch_execute(&format!(
+            "SET tcp_keepalives_idle = {}; SET tcp_keepalives_interval = {}; \
+             SET tcp_keepalives_count = {LEAD_KEEPALIVE_COUNT}; SET tcp_user_timeout = {}",
+            LEAD_KEEPALIVE_IDLE.as_secs(),
+            LEAD_KEEPALIVE_INTERVAL.as_secs(),
+            LEAD_TIMEOUT.as_millis()
+        ))?;
+        let got: bool = client
+            .query_one("SELECT pg_try_advisory_lock($1)", &[&LEAD_LOCK])?
+            .try_get(0)?;
+        Ok(got.then(|| Box::new(PgLease { client }) as Box<dyn super::Lease>))
     }
 
     fn maintain(&self) -> Result<(), IndexError> {

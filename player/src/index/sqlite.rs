@@ -64,6 +64,20 @@ END;
 /// The SQLite index.
 pub struct SqliteIndex {
     pool: Pool<Connection>,
+    /// `<index>.lead`, whose lock is the lead ([`Index::try_lead`]).
+    lead_file: std::path::PathBuf,
+}
+
+/// The lead on a SQLite index: an exclusive lock on a file beside it, which the kernel lets go
+/// of when the process ends however it ends.
+struct FileLease {
+    _file: std::fs::File,
+}
+
+impl super::Lease for FileLease {
+    fn held(&mut self) -> bool {
+        true
+    }
 }
 
 fn sqlite_sql(s: &str) -> String {
@@ -131,8 +145,11 @@ impl SqliteIndex {
             }
             conns.push(c);
         }
+        let mut lead_file = path.as_os_str().to_owned();
+        lead_file.push(".lead");
         Ok(Self {
             pool: Pool::new(conns),
+            lead_file: lead_file.into(),
         })
     }
 
@@ -477,6 +494,23 @@ impl Index for SqliteIndex {
             })?;
             Ok(rows.collect::<Result<_, _>>()?)
         })
+    }
+
+    fn try_lead(&self) -> Result<Option<Box<dyn super::Lease>>, IndexError> {
+        let err = |e: std::io::Error| {
+            IndexError::Other(format!("the lead file {}: {e}", self.lead_file.display()))
+        };
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&self.lead_file)
+            .map_err(err)?;
+        match file.try_lock() {
+            Ok(()) => Ok(Some(Box::new(FileLease { _file: file }))),
+            Err(std::fs::TryLockError::WouldBlock) => Ok(None),
+            Err(std::fs::TryLockError::Error(e)) => Err(err(e)),
+        }
     }
 
     fn maintain(&self) -> Result<(), IndexError> {

@@ -1,0 +1,177 @@
+//! Several players on one PostgreSQL index and one bucket (issue 21): every `serve` answers
+//! the API and the report view, exactly one indexes and runs retention, and another takes the
+//! lead when the leader is killed. Run through the player program as an operator deploys it.
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use jitrec_format::SessionId;
+use jitrec_format::fixtures;
+use jitrec_tests::child::{Served, serve_http};
+use jitrec_tests::{TestBucket, http, session_objects};
+
+const PLAYER: &str = env!("CARGO_BIN_EXE_jitrec-test-player");
+/// Generous limits for conditions awaited on a loaded CI machine.
+const LIMIT: Duration = Duration::from_secs(120);
+
+/// `jitrec-player serve` on `bucket` and `index`, the retention schedule every second.
+fn serve(bucket: &std::path::Path, index: &str) -> Served {
+    let mut s = serve_http(
+        |addr| {
+            let mut c = Command::new(PLAYER);
+            c.args(["serve", "--listen", &addr.to_string()])
+                .args(["--retention-every", "1", "--index", index])
+                .arg("--bucket-dir")
+                .arg(bucket)
+                .env("RUST_LOG", "info")
+                .stdin(Stdio::null())
+                .stdout(Stdio::null());
+            c
+        },
+        LIMIT,
+    );
+    s.wait_ok("/login", LIMIT);
+    s
+}
+
+fn status(s: &Served, cookie: &str) -> serde_json::Value {
+    let r = http::request(s.addr, "GET", "/api/status", &[("Cookie", cookie)], b"").unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    r.json().unwrap()
+}
+
+fn wait_until(what: &str, ok: &mut dyn FnMut() -> bool) -> Duration {
+    let t = Instant::now();
+    while !ok() {
+        assert!(t.elapsed() < LIMIT, "{what}: not within {LIMIT:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    t.elapsed()
+}
+
+fn listed(s: &Served, cookie: &str, id: SessionId) -> bool {
+    http::request(
+        s.addr,
+        "GET",
+        &format!("/api/sessions/{id}"),
+        &[("Cookie", cookie)],
+        b"",
+    )
+    .is_ok_and(|r| r.status == 200)
+}
+
+/// Two players on one PostgreSQL: one leads (indexes, runs retention), the other serves the
+/// same sessions and accepts the same sign-in; killing the leader with SIGKILL makes the other
+/// lead within a few seconds (the lead is let go of when the leader's connection closes;
+/// `LEAD_RETRY` is 1 s), and a session uploaded after the kill appears through it, and through
+/// a player started again, which follows. Retention ran only where the lead was.
+#[test]
+fn two_players_share_one_index_and_the_other_leads_when_the_leader_is_killed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("bucket");
+    let b = TestBucket::new(&root);
+    std::fs::create_dir_all(&root).unwrap();
+    let put = |n: u64| {
+        let id = fixtures::session_id(n);
+        for (k, v) in session_objects(&fixtures::stored_session(id, 2)) {
+            b.put(&k, &v).unwrap();
+        }
+        id
+    };
+    let index = jitrec_tests::postgres::new_database("two_players").unwrap();
+    let mut add = Command::new(PLAYER)
+        .args(["user", "add", "rev", "--role", "admin", "--index", &index])
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    writeln!(add.stdin.take().unwrap(), "correct horse battery").unwrap();
+    assert!(add.wait().unwrap().success());
+
+    let mut a = serve(&root, &index);
+    let login = http::request(
+        a.addr,
+        "POST",
+        "/api/login",
+        &[("Content-Type", "application/json")],
+        br#"{"user": "rev", "password": "correct horse battery"}"#,
+    )
+    .unwrap();
+    assert_eq!(login.status, 200, "{}", login.text());
+    let cookie = login
+        .header("set-cookie")
+        .and_then(|c| c.split(';').next())
+        .unwrap()
+        .to_owned();
+    wait_until("the first player to lead", &mut || {
+        status(&a, &cookie)["indexer"]["role"] == "leader"
+    });
+    let b_player = serve(&root, &index);
+    // The sign-in made on one player holds on the other.
+    wait_until("the second player to follow", &mut || {
+        status(&b_player, &cookie)["indexer"]["role"] == "follower"
+    });
+
+    let first = put(1);
+    wait_until("the session listed through both players", &mut || {
+        listed(&a, &cookie, first) && listed(&b_player, &cookie, first)
+    });
+    wait_until("two retention runs on the leader", &mut || {
+        status(&a, &cookie)["retention"]["runs"].as_u64().unwrap() >= 2
+    });
+    let follower = status(&b_player, &cookie);
+    assert_eq!(
+        follower["retention"]["runs"], 0,
+        "the follower ran retention while the other led: {follower}"
+    );
+    assert_eq!(
+        follower["indexer"]["passes"], 0,
+        "the follower indexed while the other led: {follower}"
+    );
+
+    // The leader dies as a host's process would, without closing anything itself.
+    let kill = Command::new("/usr/bin/kill")
+        .args(["-9", &a.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    a.child.wait().unwrap();
+    let took = wait_until("the second player to lead", &mut || {
+        status(&b_player, &cookie)["indexer"]["role"] == "leader"
+    });
+    eprintln!(
+        "the follower led {:.2} s after the leader was killed",
+        took.as_secs_f64()
+    );
+    assert!(
+        took < Duration::from_secs(10),
+        "the lead took {took:?} to move (bound: 1 s retry once the dead leader's connection closed, +9 s slack)"
+    );
+    let second = put(2);
+    wait_until("a session uploaded after the kill listed", &mut || {
+        listed(&b_player, &cookie, second)
+    });
+    wait_until("retention on the new leader", &mut || {
+        status(&b_player, &cookie)["retention"]["runs"]
+            .as_u64()
+            .unwrap()
+            >= 1
+    });
+
+    // Started again, the first player follows and serves what the new leader indexed.
+    let again = serve(&root, &index);
+    wait_until("the restarted player to follow", &mut || {
+        status(&again, &cookie)["indexer"]["role"] == "follower"
+    });
+    assert!(listed(&again, &cookie, second));
+    assert!(listed(&again, &cookie, first));
+    let st = status(&again, &cookie);
+    assert_eq!(st["retention"]["runs"], 0, "{st}");
+    assert!(
+        !again.stderr().contains("retention job ran"),
+        "{}",
+        again.stderr()
+    );
+}
