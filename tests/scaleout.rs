@@ -1,6 +1,7 @@
-//! Several players on one PostgreSQL index and one bucket (issue 21): every `serve` answers
-//! the API and the report view, exactly one indexes and runs retention, and another takes the
-//! lead when the leader is killed. Run through the player program as an operator deploys it.
+//! The player run at scale (issue 21), through the player program as an operator deploys it:
+//! several `serve` processes on one PostgreSQL index and one bucket (every one answers the API
+//! and the report view, exactly one indexes and runs retention, another takes the lead when the
+//! leader is killed), and the metrics an operator watches them by.
 
 use std::io::Write;
 use std::process::{Command, Stdio};
@@ -173,5 +174,118 @@ fn two_players_share_one_index_and_the_other_leads_when_the_leader_is_killed() {
         !again.stderr().contains("retention job ran"),
         "{}",
         again.stderr()
+    );
+}
+
+/// `serve --metrics-listen`: the Prometheus text counts requests by route template (not by the
+/// path sent), sign-ins by outcome, and says the player leads and indexes; a client sending
+/// many distinct paths adds no series.
+#[test]
+fn the_players_metrics_count_requests_sign_ins_and_passes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("bucket");
+    std::fs::create_dir_all(&root).unwrap();
+    let index = tmp.path().join("index.sqlite3");
+    let index = index.to_str().unwrap();
+    let mut add = Command::new(PLAYER)
+        .args(["user", "add", "rev", "--role", "reviewer", "--index", index])
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    writeln!(add.stdin.take().unwrap(), "correct horse battery").unwrap();
+    assert!(add.wait().unwrap().success());
+    let metrics = std::cell::Cell::new(None);
+    let mut s = serve_http(
+        |addr| {
+            let m = std::net::TcpListener::bind("127.0.0.1:0")
+                .and_then(|l| l.local_addr())
+                .unwrap();
+            metrics.set(Some(m));
+            let mut c = Command::new(PLAYER);
+            c.args(["serve", "--listen", &addr.to_string()])
+                .args(["--metrics-listen", &m.to_string()])
+                .args(["--retention-every", "0", "--index", index])
+                .arg("--bucket-dir")
+                .arg(&root)
+                .env("RUST_LOG", "warn")
+                .stdin(Stdio::null())
+                .stdout(Stdio::null());
+            c
+        },
+        LIMIT,
+    );
+    s.wait_ok("/login", LIMIT);
+    let metrics = metrics.get().unwrap();
+    let scrape = || {
+        let r = http::get(metrics, "/metrics").unwrap();
+        assert_eq!(r.status, 200);
+        r.text()
+    };
+    let sign_in = |password: &str| {
+        http::request(
+            s.addr,
+            "POST",
+            "/api/login",
+            &[("Content-Type", "application/json")],
+            format!(r#"{{"user": "rev", "password": "{password}"}}"#).as_bytes(),
+        )
+        .unwrap()
+    };
+    assert_eq!(sign_in("wrong").status, 401);
+    let ok = sign_in("correct horse battery");
+    assert_eq!(ok.status, 200);
+    let cookie = ok
+        .header("set-cookie")
+        .and_then(|c| c.split(';').next())
+        .unwrap()
+        .to_owned();
+    for n in 0..20 {
+        let id = fixtures::session_id(n);
+        let r = http::request(
+            s.addr,
+            "GET",
+            &format!("/api/sessions/{id}"),
+            &[("Cookie", cookie.as_str())],
+            b"",
+        )
+        .unwrap();
+        assert_eq!(r.status, 404);
+        assert_eq!(
+            http::get(s.addr, &format!("/no/such/{n}")).unwrap().status,
+            404
+        );
+    }
+    wait_until("a completed index pass in the metrics", &mut || {
+        scrape()
+            .lines()
+            .any(|l| l.starts_with("jitrec_player_index_passes_total ") && !l.ends_with(" 0"))
+    });
+    let text = scrape();
+    for line in [
+        "jitrec_player_http_requests_total{route=\"/api/login\",method=\"POST\",status=\"401\"} 1",
+        "jitrec_player_http_requests_total{route=\"/api/login\",method=\"POST\",status=\"200\"} 1",
+        "jitrec_player_http_requests_total{route=\"/api/sessions/{id}\",method=\"GET\",status=\"404\"} 20",
+        "jitrec_player_http_requests_total{route=\"unmatched\",method=\"GET\",status=\"404\"} 20",
+        "jitrec_player_sign_ins_total 1",
+        "jitrec_player_sign_in_failures_total 1",
+        "jitrec_player_leader 1",
+        "jitrec_player_index_open_sessions 0",
+    ] {
+        assert!(text.lines().any(|l| l == line), "no `{line}` in:\n{text}");
+    }
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("jitrec_player_index_lag_seconds ")),
+        "{text}"
+    );
+    let series = text
+        .lines()
+        .filter(|l| l.starts_with("jitrec_player_http_requests_total{"))
+        .count();
+    assert!(
+        series <= 6,
+        "the paths sent made series of their own:\n{text}"
     );
 }

@@ -18,6 +18,7 @@
 //! - [`retention`]: policies, legal holds, the deletion job and its log.
 //! - [`record`]: what is record and what is cache, and the records' schema migrations.
 //! - [`throttle`]: sign-in back-off and the bound on password checks.
+//! - [`metrics`]: requests, sign-ins, indexing and retention in Prometheus text format.
 //!
 //! Invariant: the player reads only the bucket (never a spool). The bucket is the source of the
 //! recordings: the index's session, chunk and event tables are a cache rebuilt from it. The
@@ -34,6 +35,7 @@ pub mod export;
 pub mod index;
 pub mod indexer;
 pub mod locate;
+pub mod metrics;
 pub mod range;
 pub mod record;
 pub mod retention;

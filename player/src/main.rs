@@ -94,6 +94,12 @@ enum Command {
         /// (1 + machines + sessions/1000) pages (docs/player.md). 0: no sweep.
         #[arg(long, default_value_t = jitrec_player::indexer::DEFAULT_SWEEP_EVERY.as_secs_f64())]
         sweep_every: f64,
+        /// Serve Prometheus metrics on http://ADDR/metrics (e.g. 127.0.0.1:9482): requests by
+        /// route and status, sign-ins by outcome, index passes, lag and open sessions, the lead,
+        /// the sweep, retention runs. Unauthenticated: bind it to loopback or a monitoring
+        /// network only.
+        #[arg(long, value_name = "ADDR")]
+        metrics_listen: Option<SocketAddr>,
         /// Run the retention job every this many seconds (0: never; run it with
         /// `jitrec-player retention run` instead).
         #[arg(long, default_value_t = 3600)]
@@ -649,6 +655,7 @@ pub(crate) fn main() -> Result<()> {
             stale_after,
             silent_after_slack,
             sweep_every,
+            metrics_listen,
             retention_every,
             enrolment,
             keys,
@@ -741,6 +748,18 @@ pub(crate) fn main() -> Result<()> {
                         .context("starting the retention thread")
                 })
                 .transpose()?;
+            let metrics = Arc::new(jitrec_player::metrics::Metrics::default());
+            if let Some(addr) = metrics_listen {
+                let listener = rt
+                    .block_on(tokio::net::TcpListener::bind(addr))
+                    .with_context(|| format!("binding the metrics endpoint to {addr}"))?;
+                rt.spawn(jitrec_player::metrics::serve(
+                    listener,
+                    Arc::clone(&metrics),
+                    handle.clone(),
+                    (retention_every > 0).then(|| Arc::clone(&supervisor)),
+                ));
+            }
             let app = jitrec_player::web::app(
                 jitrec_player::api::AppState {
                     index: idx,
@@ -753,6 +772,7 @@ pub(crate) fn main() -> Result<()> {
                 jitrec_player::web::WebConfig {
                     plain_http_cookies,
                     trusted_proxies: trusted_proxy,
+                    metrics,
                 },
             );
             rt.block_on(async {

@@ -59,6 +59,8 @@ pub struct WebConfig {
     /// (`serve --plain-http-cookies`, refused on other addresses). By default the cookie is
     /// `Secure`: a browser sends it only over HTTPS (and to `localhost`).
     pub plain_http_cookies: bool,
+    /// Where requests and sign-ins are counted (`serve --metrics-listen` shows them).
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// The whole service: pages, sign-in and the API, everything but the sign-in page and its
@@ -93,6 +95,10 @@ pub fn app(state: AppState, config: WebConfig) -> Router {
         .route("/assets/app.js", get(|| asset(APP_JS, "text/javascript")))
         .route("/assets/app.css", get(|| asset(APP_CSS, "text/css")))
         .merge(protected)
+        .layer(middleware::from_fn_with_state(
+            Arc::clone(&config.metrics),
+            crate::metrics::track,
+        ))
         .layer(Extension(Arc::new(config)))
         .layer(Extension(Arc::new(SignInGuard::default())))
         .layer(Extension(Arc::new(api::PlayLog::default())))
@@ -271,13 +277,17 @@ async fn login(
         )
             .into_response();
     };
+    let throttled = |r| {
+        crate::metrics::Metrics::count(&config.metrics.sign_ins_throttled);
+        too_many(r)
+    };
     let wait = match guard.attempt(&c.user, from, Instant::now()) {
         Ok(w) => w,
-        Err(r) => return too_many(r),
+        Err(r) => return throttled(r),
     };
     let turn = match guard.hashing_turn().await {
         Ok(t) => t,
-        Err(r) => return too_many(r),
+        Err(r) => return throttled(r),
     };
     let index = Arc::clone(&st.index);
     let user = c.user.clone();
@@ -292,9 +302,11 @@ async fn login(
     let outcome = match &result {
         Ok(Ok(Some(_))) => {
             guard.succeeded(&c.user, from);
+            crate::metrics::Metrics::count(&config.metrics.sign_ins);
             ("sign_in", String::new())
         }
         Ok(Ok(None)) => {
+            crate::metrics::Metrics::count(&config.metrics.sign_in_failures);
             let detail = match wait {
                 Some(w) => format!("from {from}; next attempt refused for {} s", w.as_secs()),
                 None => format!("from {from}"),

@@ -62,7 +62,7 @@ impl Served {
 /// The port is found by binding port 0 and letting it go, so another process of a busy suite
 /// can take it before the server binds it (a test once saw its player never start, and said
 /// only "not indexed"): a server that exits saying it could not listen is started again on
-/// another port. Any other early exit, or a server that does not listen within `limit`, fails
+/// another port (as is one that says a port it was given is in use). Any other early exit, or a server that does not listen within `limit`, fails
 /// the test with the server's stderr.
 pub fn serve_http(
     mut command: impl FnMut(std::net::SocketAddr) -> std::process::Command,
@@ -89,7 +89,9 @@ pub fn serve_http(
             }
             if let Some(status) = served.child.try_wait().expect("the server's status") {
                 let err = served.stderr();
-                if err.contains("listening on") && attempt < ATTEMPTS {
+                // EADDRINUSE on a second port the command line names (a metrics listener).
+                let port_taken = err.contains("listening on") || err.contains("os error 98");
+                if port_taken && attempt < ATTEMPTS {
                     break;
                 }
                 panic!("the server exited ({status}) before listening on {addr}:\n{err}");
