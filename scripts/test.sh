@@ -25,7 +25,9 @@ cd "$(dirname "$0")/.."
 # evidence bundle's README checks a bundle by hand (a test runs those very commands), and with
 # which the TLS test makes its PostgreSQL's certificates; g++ for libFuzzer (fuzz/). The
 # Windows part's own packages
-# (mingw-w64, nasm, wine) are installed in the same apt run: one update, one install.
+# (mingw-w64, nasm, wine) are installed in the same apt run: one update, one install. Node.js
+# and npm run the OpenID provider the single sign-on tests sign in through (tests/oidc; a
+# machine that has its own node and npm keeps them).
 PACKAGES=(gcc g++ libc6-dev pkg-config clang libclang-dev libavcodec-dev libavformat-dev
   libavutil-dev libswscale-dev libavfilter-dev libavdevice-dev ffmpeg xvfb python3-pip
   postgresql-15 chromium chromium-driver xterm fonts-dejavu-core openbox jq openssl zstd)
@@ -56,9 +58,10 @@ cleanup() {
 trap cleanup EXIT
 
 . scripts/packages.sh
-ensure_packages "${PACKAGES[@]}" "${WINDOWS_PACKAGES[@]}"
+ensure_packages "${PACKAGES[@]}" "${WINDOWS_PACKAGES[@]}" $(node_packages)
 ensure_seaweedfs
-part "system packages and SeaweedFS"
+ensure_oidc_provider
+part "system packages, SeaweedFS and the test OpenID provider"
 
 for tool in cargo rustfmt cargo-clippy; do
   command -v "$tool" >/dev/null || { echo "error: $tool not found; install Rust with rustup (components rustfmt, clippy)" >&2; exit 1; }

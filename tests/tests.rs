@@ -23,4 +23,5 @@ mod scaleout;
 mod silent;
 mod spool_crash;
 mod spool_model;
+mod sso;
 mod uploader;

@@ -330,6 +330,58 @@ pub fn sign_in(
     if !password_matches(password, &hash) {
         return Ok(None);
     }
+    start_login(index, name, role).map(Some)
+}
+
+/// The password hash of accounts that have none (signed in through an OpenID provider): not
+/// a PHC string, so no password ever matches it.
+const NO_PASSWORD: &str = "!external";
+
+/// Starts a sign-in for `account` (`oidc:...`), vouched for by an OpenID provider with `role`:
+/// the account is made or given that role (a disabled one stays disabled and is refused:
+/// `None`). Its earlier sign-ins end when its role changes.
+pub fn sign_in_external(
+    index: &dyn Index,
+    account: &str,
+    role: Role,
+) -> Result<Option<(String, Login)>, AuthError> {
+    if !account.starts_with("oidc:") || account.len() > 69 {
+        return Err(AuthError::Invalid(format!(
+            "{account:?} is not an external account name"
+        )));
+    }
+    let before = index.query(
+        "SELECT role, disabled_at FROM users WHERE name = $1",
+        &[text(account)],
+    )?;
+    if let Some(r) = before.first() {
+        if !matches!(r.get(1), Some(SqlValue::Null) | None) {
+            return Ok(None);
+        }
+        if r.first().and_then(SqlValue::text) != Some(role.as_str()) {
+            index.exec(
+                "UPDATE users SET role = $2 WHERE name = $1",
+                &[text(account), text(role.as_str())],
+            )?;
+            index.exec("DELETE FROM logins WHERE user_name = $1", &[text(account)])?;
+        }
+    } else {
+        index.exec(
+            "INSERT INTO users (name, role, password_hash, created_at) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (name) DO NOTHING",
+            &[
+                text(account),
+                text(role.as_str()),
+                text(NO_PASSWORD),
+                SqlValue::Int(Utc::now().timestamp_micros()),
+            ],
+        )?;
+    }
+    start_login(index, account, role).map(Some)
+}
+
+/// Records a new sign-in of `name` with `role`: its token and [`Login`].
+fn start_login(index: &dyn Index, name: &str, role: Role) -> Result<(String, Login), AuthError> {
     let token = random_token();
     let login = Login {
         user: name.to_owned(),
@@ -353,7 +405,7 @@ pub fn sign_in(
         "DELETE FROM logins WHERE expires_at < $1",
         &[SqlValue::Int(Utc::now().timestamp_micros())],
     )?;
-    Ok(Some((token, login)))
+    Ok((token, login))
 }
 
 /// An Argon2id hash of a random password nobody knows, for [`sign_in`]'s constant-time path.

@@ -14,7 +14,9 @@
 //!   it by path).
 //! - [`export`]: one MP4 per session, remuxed without re-encoding.
 //! - [`auth`]: local accounts, sign-ins, roles and the audit log.
-//! - [`web`]: the report view's pages and sign-in around the API.
+//! - [`oidc`]: sign-in through an OpenID Connect provider (code flow with PKCE).
+//! - [`web`]: the report view's pages and sign-in around the API; [`sso`]: its single sign-on
+//!   routes.
 //! - [`retention`]: policies, legal holds, the deletion job and its log.
 //! - [`record`]: what is record and what is cache, and the records' schema migrations.
 //! - [`throttle`]: sign-in back-off and the bound on password checks.
@@ -36,11 +38,13 @@ pub mod index;
 pub mod indexer;
 pub mod locate;
 pub mod metrics;
+pub mod oidc;
 pub mod range;
 pub mod record;
 pub mod retention;
 pub mod scan;
 pub mod silence;
+pub mod sso;
 pub mod sweep;
 pub mod throttle;
 pub mod unseal;

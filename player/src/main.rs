@@ -111,6 +111,8 @@ enum Command {
         enrolment: Policy,
         #[command(flatten)]
         keys: KeyArgs,
+        #[command(flatten)]
+        oidc: Box<OidcArgs>,
     },
     /// Machines and their signing keys: list, approve, revoke, replace (all audited).
     Machines {
@@ -215,6 +217,69 @@ enum Command {
         #[arg(long, value_name = "PATH|URL")]
         index: Option<String>,
     },
+}
+
+/// Sign-in through an OpenID Connect provider (docs/player.md, "Single sign-on").
+#[derive(Args)]
+struct OidcArgs {
+    /// The provider's issuer URL (read by discovery at ISSUER/.well-known/openid-configuration).
+    #[arg(long, value_name = "URL", requires_all = ["oidc_client_id", "oidc_redirect_url"])]
+    oidc_issuer: Option<String>,
+    /// The client id registered at the provider (a confidential web client).
+    #[arg(long, value_name = "ID")]
+    oidc_client_id: Option<String>,
+    /// A file whose first line is the client secret; without it, JITREC_OIDC_CLIENT_SECRET.
+    #[arg(long, value_name = "FILE")]
+    oidc_client_secret_file: Option<PathBuf>,
+    /// This player's callback as registered at the provider: its public URL + /oidc/callback.
+    #[arg(long, value_name = "URL")]
+    oidc_redirect_url: Option<String>,
+    /// The ID token claim whose values give the role (a string or an array of strings).
+    #[arg(long, value_name = "CLAIM", default_value = "groups")]
+    oidc_role_claim: String,
+    /// A claim value that makes a reviewer (repeatable).
+    #[arg(long = "oidc-reviewer", value_name = "VALUE")]
+    oidc_reviewer: Vec<String>,
+    /// A claim value that makes an admin (repeatable; admin wins over reviewer).
+    #[arg(long = "oidc-admin", value_name = "VALUE")]
+    oidc_admin: Vec<String>,
+    /// A scope asked for beside `openid` (repeatable).
+    #[arg(long = "oidc-scope", value_name = "SCOPE", default_values_t = ["profile".to_owned()])]
+    oidc_scope: Vec<String>,
+    /// Refuse sign-in with local accounts: single sign-on only.
+    #[arg(long, requires = "oidc_issuer")]
+    no_local_accounts: bool,
+}
+
+impl OidcArgs {
+    fn oidc(&self) -> Result<Option<Arc<jitrec_player::oidc::Oidc>>> {
+        let Some(issuer) = &self.oidc_issuer else {
+            return Ok(None);
+        };
+        let secret = match &self.oidc_client_secret_file {
+            Some(f) => std::fs::read_to_string(f)
+                .with_context(|| format!("reading the OIDC client secret from {}", f.display()))?
+                .lines()
+                .next()
+                .unwrap_or_default()
+                .to_owned(),
+            None => std::env::var("JITREC_OIDC_CLIENT_SECRET").context(
+                "the OIDC client secret: give --oidc-client-secret-file or JITREC_OIDC_CLIENT_SECRET",
+            )?,
+        };
+        anyhow::ensure!(!secret.is_empty(), "the OIDC client secret is empty");
+        let config = jitrec_player::oidc::OidcConfig {
+            issuer: issuer.clone(),
+            client_id: self.oidc_client_id.clone().unwrap_or_default(),
+            client_secret: secret,
+            redirect_url: self.oidc_redirect_url.clone().unwrap_or_default(),
+            role_claim: self.oidc_role_claim.clone(),
+            reviewer_values: self.oidc_reviewer.clone(),
+            admin_values: self.oidc_admin.clone(),
+            scopes: self.oidc_scope.clone(),
+        };
+        Ok(Some(Arc::new(jitrec_player::oidc::Oidc::new(config)?)))
+    }
 }
 
 /// The player's age identities, for sessions whose endpoint encrypts payloads.
@@ -659,7 +724,10 @@ pub(crate) fn main() -> Result<()> {
             retention_every,
             enrolment,
             keys,
+            oidc,
         } => {
+            let no_local_accounts = oidc.no_local_accounts;
+            let oidc = oidc.oidc()?;
             if plain_http_cookies && !listen.ip().is_loopback() {
                 anyhow::bail!(
                     "--plain-http-cookies is for a loopback --listen address only ({listen} is not): \
@@ -773,6 +841,8 @@ pub(crate) fn main() -> Result<()> {
                     plain_http_cookies,
                     trusted_proxies: trusted_proxy,
                     metrics,
+                    oidc,
+                    no_local_accounts,
                 },
             );
             rt.block_on(async {

@@ -36,7 +36,7 @@ const APP_CSS: &str = include_str!("../web/app.css");
 /// The address a sign-in is counted under: the TCP peer's, or, when the peer is one of the
 /// trusted reverse proxies, the client address that proxy appended last to `X-Forwarded-For`
 /// (what a client sends itself comes before it, and is not believed).
-fn client_address(config: &WebConfig, peer: IpAddr, headers: &HeaderMap) -> IpAddr {
+pub(crate) fn client_address(config: &WebConfig, peer: IpAddr, headers: &HeaderMap) -> IpAddr {
     if !config.trusted_proxies.contains(&peer) {
         return peer;
     }
@@ -61,6 +61,10 @@ pub struct WebConfig {
     pub plain_http_cookies: bool,
     /// Where requests and sign-ins are counted (`serve --metrics-listen` shows them).
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// Sign-in through an OpenID provider (`serve --oidc-issuer`).
+    pub oidc: Option<Arc<crate::oidc::Oidc>>,
+    /// Refuse sign-in with local accounts (`serve --no-local-accounts`; needs OIDC).
+    pub no_local_accounts: bool,
 }
 
 /// The whole service: pages, sign-in and the API, everything but the sign-in page and its
@@ -92,6 +96,9 @@ pub fn app(state: AppState, config: WebConfig) -> Router {
     Router::new()
         .route("/login", get(|| page(LOGIN_HTML)))
         .route("/api/login", post(login))
+        .route("/api/login/options", get(login_options))
+        .route("/oidc/start", get(crate::sso::start))
+        .route("/oidc/callback", get(crate::sso::callback))
         .route("/assets/app.js", get(|| asset(APP_JS, "text/javascript")))
         .route("/assets/app.css", get(|| asset(APP_CSS, "text/css")))
         .merge(protected)
@@ -105,7 +112,16 @@ pub fn app(state: AppState, config: WebConfig) -> Router {
         .with_state(state)
 }
 
-fn security_headers(h: &mut HeaderMap) {
+/// What the sign-in page offers: local accounts, single sign-on, or both.
+async fn login_options(Extension(config): Extension<Arc<WebConfig>>) -> Response {
+    Json(serde_json::json!({
+        "local": !config.no_local_accounts,
+        "oidc": config.oidc.is_some(),
+    }))
+    .into_response()
+}
+
+pub(crate) fn security_headers(h: &mut HeaderMap) {
     // The pages load only their own scripts and media; nothing may frame them.
     h.insert(
         header::CONTENT_SECURITY_POLICY,
@@ -124,7 +140,7 @@ fn security_headers(h: &mut HeaderMap) {
     );
 }
 
-async fn page(html: &'static str) -> Response {
+pub(crate) async fn page(html: &'static str) -> Response {
     let mut r = (
         [
             (header::CONTENT_TYPE, "text/html; charset=utf-8"),
@@ -221,6 +237,20 @@ struct Credentials {
 /// The largest sign-in request read: a user name and a password of the longest allowed, as JSON.
 const LOGIN_BODY_MAX: usize = 8 * 1024;
 
+/// The sign-in cookie for `token`.
+pub(crate) fn session_cookie(config: &WebConfig, token: &str) -> Option<HeaderValue> {
+    let cookie = format!(
+        "{COOKIE}={token}; Path=/; HttpOnly; SameSite=Strict; Max-Age={}{}",
+        auth::LOGIN_TTL.as_secs(),
+        if config.plain_http_cookies {
+            ""
+        } else {
+            "; Secure"
+        }
+    );
+    HeaderValue::from_str(&cookie).ok()
+}
+
 fn too_many(r: Refusal) -> Response {
     let why = match r {
         Refusal::BackOff(_) => "too many failed sign-ins: wait before trying again",
@@ -256,6 +286,15 @@ async fn login(
         )
             .into_response();
     };
+    if config.no_local_accounts {
+        return (
+            StatusCode::FORBIDDEN,
+            Json(serde_json::json!({
+                "error": "local accounts are switched off here: sign in with single sign-on"
+            })),
+        )
+            .into_response();
+    }
     let from = client_address(&config, peer.ip(), req.headers());
     // JSON only: a cross-site form cannot send it without a CORS preflight we never answer.
     let json = req
@@ -327,17 +366,8 @@ async fn login(
     }
     match result {
         Ok(Ok(Some((token, login)))) => {
-            let cookie = format!(
-                "{COOKIE}={token}; Path=/; HttpOnly; SameSite=Strict; Max-Age={}{}",
-                auth::LOGIN_TTL.as_secs(),
-                if config.plain_http_cookies {
-                    ""
-                } else {
-                    "; Secure"
-                }
-            );
             let mut r = Json(&login).into_response();
-            if let Ok(v) = HeaderValue::from_str(&cookie) {
+            if let Some(v) = session_cookie(&config, &token) {
                 r.headers_mut().insert(header::SET_COOKIE, v);
             }
             r

@@ -88,6 +88,16 @@ async function header() {
 // ---- sign-in ------------------------------------------------------------------------------
 
 function loginPage() {
+  // Why single sign-on sent the browser back here, if it did (shown as text, never as markup).
+  const why = new URLSearchParams(location.search).get("error");
+  if (why) $("#error").textContent = why;
+  fetch("/api/login/options")
+    .then((r) => r.json())
+    .then((o) => {
+      $("#sso").hidden = !o.oidc;
+      $("#signin").hidden = !o.local;
+    })
+    .catch(() => {});
   $("#signin").addEventListener("submit", async (ev) => {
     ev.preventDefault();
     $("#error").textContent = "";

@@ -90,7 +90,9 @@ pub fn serve_http(
             if let Some(status) = served.child.try_wait().expect("the server's status") {
                 let err = served.stderr();
                 // EADDRINUSE on a second port the command line names (a metrics listener).
-                let port_taken = err.contains("listening on") || err.contains("os error 98");
+                let port_taken = err.contains("listening on")
+                    || err.contains("os error 98")
+                    || err.contains("EADDRINUSE");
                 if port_taken && attempt < ATTEMPTS {
                     break;
                 }

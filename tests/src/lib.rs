@@ -8,6 +8,7 @@
 pub mod child;
 pub mod faultproxy;
 pub mod http;
+pub mod oidc;
 pub mod pipeline;
 pub mod postgres;
 pub mod seaweed;

@@ -1,0 +1,246 @@
+//! The report view's single sign-on routes around [`crate::oidc`]: `/oidc/start` sends the
+//! browser to the provider, `/oidc/callback` brings it back signed in, or refused. Every
+//! outcome is audited like a local sign-in (`sign_in`, `sign_in_refused` when the claim maps to
+//! no role, `sign_in_failed` when the flow or the token does not check), and counted in the
+//! metrics.
+
+use std::sync::Arc;
+
+use axum::Extension;
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Redirect, Response};
+use serde::Deserialize;
+
+use crate::api::AppState;
+use crate::auth;
+use crate::metrics::Metrics;
+use crate::web::WebConfig;
+
+/// The cookie that binds a started sign-in to the browser that started it.
+const FLOW_COOKIE: &str = "jitrec_oidc";
+
+/// The largest state, code or error text read from the callback's query.
+const PARAM_MAX: usize = 4096;
+
+fn flow_cookie(config: &WebConfig, value: &str, max_age: u64) -> Option<HeaderValue> {
+    // Lax, not Strict: the provider's redirect back is a cross-site navigation, and the cookie
+    // must come with it. Only the callback reads it.
+    HeaderValue::from_str(&format!(
+        "{FLOW_COOKIE}={value}; Path=/oidc; HttpOnly; SameSite=Lax; Max-Age={max_age}{}",
+        if config.plain_http_cookies {
+            ""
+        } else {
+            "; Secure"
+        }
+    ))
+    .ok()
+}
+
+fn flow_state(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|c| c.trim().split_once('='))
+        .find(|(n, _)| *n == FLOW_COOKIE)
+        .map(|(_, v)| v.to_owned())
+}
+
+/// Back to the sign-in page, saying why.
+fn refused(why: &str) -> Response {
+    let q: String = url_escape(why);
+    Redirect::to(&format!("/login?error={q}")).into_response()
+}
+
+fn url_escape(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// `GET /oidc/start`: to the provider.
+pub async fn start(Extension(config): Extension<Arc<WebConfig>>) -> Response {
+    let Some(oidc) = config.oidc.clone() else {
+        return (StatusCode::NOT_FOUND, "single sign-on is not configured").into_response();
+    };
+    match oidc.start().await {
+        Ok((url, state)) => {
+            let mut r = Redirect::to(&url).into_response();
+            if let Some(c) = flow_cookie(&config, &state, crate::oidc::FLOW_TTL.as_secs()) {
+                r.headers_mut().insert(header::SET_COOKIE, c);
+            }
+            r
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "single sign-on could not start");
+            refused("the identity provider cannot be reached; try again later")
+        }
+    }
+}
+
+#[derive(Deserialize)]
+pub struct Callback {
+    code: Option<String>,
+    state: Option<String>,
+    error: Option<String>,
+    /// The issuer the provider says answered (RFC 9207), when it says.
+    iss: Option<String>,
+}
+
+/// `GET /oidc/callback`: the provider's answer.
+pub async fn callback(
+    State(st): State<AppState>,
+    Extension(config): Extension<Arc<WebConfig>>,
+    Query(q): Query<Callback>,
+    headers: HeaderMap,
+) -> Response {
+    let Some(oidc) = config.oidc.clone() else {
+        return (StatusCode::NOT_FOUND, "single sign-on is not configured").into_response();
+    };
+    let audit = |user: String, action: &'static str, detail: String| {
+        let index = Arc::clone(&st.index);
+        async move {
+            tokio::task::spawn_blocking(move || {
+                auth::audit(index.as_ref(), &user, action, "", &detail)
+            })
+            .await
+            .is_ok_and(|r| r.is_ok())
+        }
+    };
+    let fail = |detail: String| {
+        Metrics::count(&config.metrics.sign_in_failures);
+        tracing::info!(detail, "single sign-on refused");
+        audit("oidc".into(), "sign_in_failed", detail)
+    };
+    let too_long = |v: &Option<String>| v.as_ref().is_some_and(|v| v.len() > PARAM_MAX);
+    if too_long(&q.code) || too_long(&q.state) || too_long(&q.error) || too_long(&q.iss) {
+        fail(format!("via {}: an oversized callback", oidc.issuer())).await;
+        return refused("single sign-on failed");
+    }
+    if let Some(e) = &q.error {
+        fail(format!(
+            "via {}: the provider said {}",
+            oidc.issuer(),
+            auth::bounded(e, 200)
+        ))
+        .await;
+        return refused("the identity provider did not sign you in");
+    }
+    if q.iss.as_deref().is_some_and(|i| i != oidc.issuer()) {
+        fail(format!(
+            "via {}: the callback names another issuer",
+            oidc.issuer()
+        ))
+        .await;
+        return refused("single sign-on failed");
+    }
+    let (Some(code), Some(state)) = (q.code, q.state) else {
+        fail(format!(
+            "via {}: a callback without code or state",
+            oidc.issuer()
+        ))
+        .await;
+        return refused("single sign-on failed");
+    };
+    // The flow must be this browser's own: the state in the cookie it got at the start.
+    let bound = flow_state(&headers).is_some_and(|c| {
+        bool::from(subtle::ConstantTimeEq::ct_eq(
+            c.as_bytes(),
+            state.as_bytes(),
+        ))
+    });
+    if !bound {
+        fail(format!(
+            "via {}: the callback's state is not the one this browser started",
+            oidc.issuer()
+        ))
+        .await;
+        return refused("single sign-on failed: start again from this page");
+    }
+    let id = match oidc.finish(&state, &code).await {
+        Ok(id) => id,
+        Err(e) => {
+            fail(format!("via {}: {e}", oidc.issuer())).await;
+            return refused("single sign-on failed");
+        }
+    };
+    let said = format!(
+        "via OpenID provider {}, subject {}, claim values {:?}",
+        id.issuer, id.subject, id.claim_values
+    );
+    let Some(role) = id.role else {
+        Metrics::count(&config.metrics.sign_in_failures);
+        audit(
+            id.account.clone(),
+            "sign_in_refused",
+            format!("{said}: no role maps"),
+        )
+        .await;
+        tracing::info!(account = id.account, "single sign-on refused: no role maps");
+        return refused("you are signed in at the identity provider, but no role here is yours");
+    };
+    let index = Arc::clone(&st.index);
+    let account = id.account.clone();
+    let started =
+        tokio::task::spawn_blocking(move || auth::sign_in_external(index.as_ref(), &account, role))
+            .await;
+    let (token, login) = match started {
+        Ok(Ok(Some(t))) => t,
+        Ok(Ok(None)) => {
+            Metrics::count(&config.metrics.sign_in_failures);
+            audit(
+                id.account.clone(),
+                "sign_in_refused",
+                format!("{said}: the account is disabled"),
+            )
+            .await;
+            return refused("your account is disabled here");
+        }
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "single sign-on: the sign-in could not be recorded");
+            return refused("single sign-on failed");
+        }
+        Err(_) => return refused("single sign-on failed"),
+    };
+    if !audit(
+        login.user.clone(),
+        "sign_in",
+        format!("{said}: {}", role.as_str()),
+    )
+    .await
+    {
+        // A sign-in that cannot be recorded is not given.
+        tracing::warn!("the audit record of a sign-in could not be written");
+        let index = Arc::clone(&st.index);
+        let _ = tokio::task::spawn_blocking(move || auth::sign_out(index.as_ref(), &token)).await;
+        return (StatusCode::INTERNAL_SERVER_ERROR, "sign-in failed").into_response();
+    }
+    Metrics::count(&config.metrics.sign_ins);
+    // A page that moves on by itself, not a redirect: the sign-in cookie is SameSite=Strict, and
+    // a browser does not send it on a redirect that a cross-site navigation (the provider's)
+    // began.
+    let mut r = (
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-store"),
+        ],
+        "<!doctype html><meta http-equiv=\"refresh\" content=\"0;url=/\">\
+         <title>Signed in · jitrec</title><p>Signed in. <a href=\"/\">Continue</a></p>",
+    )
+        .into_response();
+    crate::web::security_headers(r.headers_mut());
+    if let Some(c) = crate::web::session_cookie(&config, &token) {
+        r.headers_mut().append(header::SET_COOKIE, c);
+    }
+    if let Some(c) = flow_cookie(&config, "", 0) {
+        r.headers_mut().append(header::SET_COOKIE, c);
+    }
+    r
+}
