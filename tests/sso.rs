@@ -231,6 +231,19 @@ fn a_user_signs_in_through_the_provider_with_the_role_their_claim_maps_to_and_ot
             .eval_async("return (await fetch('/api/me')).status;")
             .unwrap();
         assert_eq!(me, 401, "mallory is not signed in");
+        // The page shows only its own sentences: a crafted link cannot put words on it.
+        b.goto(&format!(
+            "{base}/login?error=Call%20%2B1-555-0100%20to%20unlock"
+        ))
+        .unwrap();
+        let shown = b
+            .wait_for(
+                "document.readyState === 'complete' && !document.querySelector('#sso').hidden ? document.querySelector('#error').textContent || 'empty' : null",
+                LIMIT,
+                "the sign-in page",
+            )
+            .unwrap();
+        assert_eq!(shown, "empty", "a crafted error text is not shown");
     }
 
     // A callback nobody started, or with a state this browser did not get, signs nobody in.

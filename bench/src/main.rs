@@ -21,6 +21,11 @@
 //! `retention`: how long the retention job takes to expire 100,000 sessions (see
 //! `retention.rs`).
 //!
+//! `fleet`: N simulated endpoints (default 100 to 2,000) uploading sessions at real time through
+//! the real uploader into SeaweedFS, one or two players indexing into PostgreSQL: live delay,
+//! time to playable and index pass time against N, and where it saturates (see `fleet.rs`; not
+//! part of `all`: it takes about 15 minutes).
+//!
 //! `all`: each of these in turn, then one table of their headline figures (`summary.rs`).
 
 // A benchmark prints its figures; that is its whole output.
@@ -41,6 +46,7 @@ use jitrec_uploader::{Uploader, UploaderConfig};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
+mod fleet;
 mod playable;
 mod player;
 mod recorder;
@@ -76,6 +82,9 @@ enum Command {
     Retention(retention::RetentionArgs),
     /// Time from `jit stop` to playable, and live delay, through the deployed pipeline.
     Playable(playable::PlayableArgs),
+    /// Many endpoints uploading at once into one bucket, one or two players indexing into
+    /// PostgreSQL: live delay, time to playable and index pass time against N.
+    Fleet(fleet::FleetArgs),
 }
 
 #[derive(Args, Clone)]
@@ -108,6 +117,17 @@ async fn main() -> Result<()> {
         Command::PlayerIndex(args) => blocking(move || player::run(&args)).await.map(drop),
         Command::Retention(args) => blocking(move || retention::run(&args)).await.map(drop),
         Command::Playable(args) => blocking(move || playable::run(&args)).await.map(drop),
+        // A plain thread, not the blocking pool: the benchmark runs a runtime of its own for
+        // the simulated endpoints, which cannot be started inside this one's context.
+        Command::Fleet(args) => {
+            let run = std::thread::spawn(move || fleet::run(&args));
+            blocking(move || {
+                run.join()
+                    .map_err(|_| anyhow::anyhow!("the fleet benchmark panicked"))?
+            })
+            .await
+            .map(drop)
+        }
     }
 }
 

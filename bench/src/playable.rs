@@ -46,7 +46,7 @@ pub(crate) struct Figures {
 }
 
 /// The program files beside the bench binary (`bench/run.sh` builds them in release).
-fn programs() -> Result<Programs> {
+pub(crate) fn programs() -> Result<Programs> {
     let dir: PathBuf = std::env::current_exe()?
         .parent()
         .context("bench binary directory")?

@@ -48,21 +48,30 @@ fn flow_state(headers: &HeaderMap) -> Option<String> {
         .map(|(_, v)| v.to_owned())
 }
 
-/// Back to the sign-in page, saying why.
-fn refused(why: &str) -> Response {
-    let q: String = url_escape(why);
-    Redirect::to(&format!("/login?error={q}")).into_response()
+/// Why single sign-on sent the browser back to the sign-in page. Only these codes go in the
+/// URL, and the page shows its own sentence for each: a link to `/login?error=...` cannot make
+/// the page say what its author wants.
+#[derive(Debug, Clone, Copy)]
+enum Why {
+    Unreachable,
+    Failed,
+    Denied,
+    Restart,
+    NoRole,
+    Disabled,
 }
 
-fn url_escape(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
+/// Back to the sign-in page, saying why.
+fn refused(why: Why) -> Response {
+    let code = match why {
+        Why::Unreachable => "sso_unreachable",
+        Why::Failed => "sso_failed",
+        Why::Denied => "sso_denied",
+        Why::Restart => "sso_restart",
+        Why::NoRole => "sso_no_role",
+        Why::Disabled => "sso_disabled",
+    };
+    Redirect::to(&format!("/login?error={code}")).into_response()
 }
 
 /// `GET /oidc/start`: to the provider.
@@ -80,7 +89,7 @@ pub async fn start(Extension(config): Extension<Arc<WebConfig>>) -> Response {
         }
         Err(e) => {
             tracing::warn!(error = %e, "single sign-on could not start");
-            refused("the identity provider cannot be reached; try again later")
+            refused(Why::Unreachable)
         }
     }
 }
@@ -122,7 +131,7 @@ pub async fn callback(
     let too_long = |v: &Option<String>| v.as_ref().is_some_and(|v| v.len() > PARAM_MAX);
     if too_long(&q.code) || too_long(&q.state) || too_long(&q.error) || too_long(&q.iss) {
         fail(format!("via {}: an oversized callback", oidc.issuer())).await;
-        return refused("single sign-on failed");
+        return refused(Why::Failed);
     }
     if let Some(e) = &q.error {
         fail(format!(
@@ -131,7 +140,7 @@ pub async fn callback(
             auth::bounded(e, 200)
         ))
         .await;
-        return refused("the identity provider did not sign you in");
+        return refused(Why::Denied);
     }
     if q.iss.as_deref().is_some_and(|i| i != oidc.issuer()) {
         fail(format!(
@@ -139,7 +148,7 @@ pub async fn callback(
             oidc.issuer()
         ))
         .await;
-        return refused("single sign-on failed");
+        return refused(Why::Failed);
     }
     let (Some(code), Some(state)) = (q.code, q.state) else {
         fail(format!(
@@ -147,7 +156,7 @@ pub async fn callback(
             oidc.issuer()
         ))
         .await;
-        return refused("single sign-on failed");
+        return refused(Why::Failed);
     };
     // The flow must be this browser's own: the state in the cookie it got at the start.
     let bound = flow_state(&headers).is_some_and(|c| {
@@ -162,13 +171,13 @@ pub async fn callback(
             oidc.issuer()
         ))
         .await;
-        return refused("single sign-on failed: start again from this page");
+        return refused(Why::Restart);
     }
     let id = match oidc.finish(&state, &code).await {
         Ok(id) => id,
         Err(e) => {
             fail(format!("via {}: {e}", oidc.issuer())).await;
-            return refused("single sign-on failed");
+            return refused(Why::Failed);
         }
     };
     let said = format!(
@@ -184,7 +193,7 @@ pub async fn callback(
         )
         .await;
         tracing::info!(account = id.account, "single sign-on refused: no role maps");
-        return refused("you are signed in at the identity provider, but no role here is yours");
+        return refused(Why::NoRole);
     };
     let index = Arc::clone(&st.index);
     let account = id.account.clone();
@@ -201,13 +210,13 @@ pub async fn callback(
                 format!("{said}: the account is disabled"),
             )
             .await;
-            return refused("your account is disabled here");
+            return refused(Why::Disabled);
         }
         Ok(Err(e)) => {
             tracing::warn!(error = %e, "single sign-on: the sign-in could not be recorded");
-            return refused("single sign-on failed");
+            return refused(Why::Failed);
         }
-        Err(_) => return refused("single sign-on failed"),
+        Err(_) => return refused(Why::Failed),
     };
     if !audit(
         login.user.clone(),

@@ -88,8 +88,17 @@ async function header() {
 // ---- sign-in ------------------------------------------------------------------------------
 
 function loginPage() {
-  // Why single sign-on sent the browser back here, if it did (shown as text, never as markup).
-  const why = new URLSearchParams(location.search).get("error");
+  // Why single sign-on sent the browser back here, if it did: a code, shown as this page's own
+  // sentence (a crafted link cannot put words on the page).
+  const reasons = {
+    sso_unreachable: "The identity provider cannot be reached; try again later.",
+    sso_failed: "Single sign-on failed.",
+    sso_denied: "The identity provider did not sign you in.",
+    sso_restart: "Single sign-on failed: start again from this page.",
+    sso_no_role: "You are signed in at the identity provider, but no role here is yours.",
+    sso_disabled: "Your account is disabled here.",
+  };
+  const why = reasons[new URLSearchParams(location.search).get("error")];
   if (why) $("#error").textContent = why;
   fetch("/api/login/options")
     .then((r) => r.json())
