@@ -124,7 +124,7 @@ impl Client {
     }
 
     /// The audit log, newest first, every page of it.
-    fn audit(&self) -> Vec<serde_json::Value> {
+    pub(crate) fn audit(&self) -> Vec<serde_json::Value> {
         let mut all = Vec::new();
         let mut path = "/api/audit?limit=100".to_owned();
         loop {

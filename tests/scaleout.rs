@@ -3,7 +3,6 @@
 //! and the report view, exactly one indexes and runs retention, another takes the lead when the
 //! leader is killed), and the metrics an operator watches them by.
 
-use std::io::Write;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -15,6 +14,7 @@ use jitrec_tests::{TestBucket, http, session_objects};
 const PLAYER: &str = env!("CARGO_BIN_EXE_jitrec-test-player");
 /// Generous limits for conditions awaited on a loaded CI machine.
 const LIMIT: Duration = Duration::from_secs(120);
+const USER: (&str, &str) = ("rev", "correct horse battery");
 
 /// `jitrec-player serve` on `bucket` and `index`, the retention schedule every second.
 fn serve(bucket: &std::path::Path, index: &str) -> Served {
@@ -81,31 +81,10 @@ fn two_players_share_one_index_and_the_other_leads_when_the_leader_is_killed() {
         id
     };
     let index = jitrec_tests::postgres::new_database("two_players").unwrap();
-    let mut add = Command::new(PLAYER)
-        .args(["user", "add", "rev", "--role", "admin", "--index", &index])
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    writeln!(add.stdin.take().unwrap(), "correct horse battery").unwrap();
-    assert!(add.wait().unwrap().success());
+    crate::door::add_user(&index, USER, "admin");
 
     let mut a = serve(&root, &index);
-    let login = http::request(
-        a.addr,
-        "POST",
-        "/api/login",
-        &[("Content-Type", "application/json")],
-        br#"{"user": "rev", "password": "correct horse battery"}"#,
-    )
-    .unwrap();
-    assert_eq!(login.status, 200, "{}", login.text());
-    let cookie = login
-        .header("set-cookie")
-        .and_then(|c| c.split(';').next())
-        .unwrap()
-        .to_owned();
+    let cookie = crate::door::Client::sign_in(a.addr, USER).cookie;
     wait_until("the first player to lead", &mut || {
         status(&a, &cookie)["indexer"]["role"] == "leader"
     });
@@ -187,15 +166,7 @@ fn the_players_metrics_count_requests_sign_ins_and_passes() {
     std::fs::create_dir_all(&root).unwrap();
     let index = tmp.path().join("index.sqlite3");
     let index = index.to_str().unwrap();
-    let mut add = Command::new(PLAYER)
-        .args(["user", "add", "rev", "--role", "reviewer", "--index", index])
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    writeln!(add.stdin.take().unwrap(), "correct horse battery").unwrap();
-    assert!(add.wait().unwrap().success());
+    crate::door::add_user(index, USER, "reviewer");
     let metrics = std::cell::Cell::new(None);
     let mut s = serve_http(
         |addr| {
@@ -223,24 +194,11 @@ fn the_players_metrics_count_requests_sign_ins_and_passes() {
         assert_eq!(r.status, 200);
         r.text()
     };
-    let sign_in = |password: &str| {
-        http::request(
-            s.addr,
-            "POST",
-            "/api/login",
-            &[("Content-Type", "application/json")],
-            format!(r#"{{"user": "rev", "password": "{password}"}}"#).as_bytes(),
-        )
-        .unwrap()
-    };
-    assert_eq!(sign_in("wrong").status, 401);
-    let ok = sign_in("correct horse battery");
-    assert_eq!(ok.status, 200);
-    let cookie = ok
-        .header("set-cookie")
-        .and_then(|c| c.split(';').next())
-        .unwrap()
-        .to_owned();
+    assert_eq!(
+        crate::door::sign_in_request(s.addr, USER.0, "wrong").status,
+        401
+    );
+    let cookie = crate::door::Client::sign_in(s.addr, USER).cookie;
     for n in 0..20 {
         let id = fixtures::session_id(n);
         let r = http::request(

@@ -5,7 +5,6 @@
 //! in; and `--no-local-accounts` leaves single sign-on as the only door.
 
 use std::cell::RefCell;
-use std::io::Write;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -84,16 +83,8 @@ fn start(dir: &std::path::Path, extra: &[&str]) -> (oidc::Provider, Served) {
 }
 
 fn add_admin(dir: &std::path::Path) {
-    let mut add = Command::new(PLAYER)
-        .args(["user", "add", ADMIN.0, "--role", "admin", "--index"])
-        .arg(dir.join("index.sqlite3"))
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    writeln!(add.stdin.take().unwrap(), "{}", ADMIN.1).unwrap();
-    assert!(add.wait().unwrap().success());
+    let index = dir.join("index.sqlite3");
+    crate::door::add_user(index.to_str().unwrap(), ADMIN, "admin");
 }
 
 /// Where the browser is and what it shows, for a failing test's message.
@@ -273,38 +264,9 @@ fn a_user_signs_in_through_the_provider_with_the_role_their_claim_maps_to_and_ot
     }
 
     // Both outcomes are in the audit log, with what the provider vouched for.
-    let login = http::request(
-        player.addr,
-        "POST",
-        "/api/login",
-        &[("Content-Type", "application/json")],
-        json!({"user": ADMIN.0, "password": ADMIN.1})
-            .to_string()
-            .as_bytes(),
-    )
-    .unwrap();
-    assert_eq!(
-        login.status,
-        200,
-        "local accounts still work: {}",
-        login.text()
-    );
-    let cookie = login
-        .header("set-cookie")
-        .and_then(|c| c.split(';').next())
-        .unwrap()
-        .to_owned();
-    let audit: serde_json::Value = http::request(
-        player.addr,
-        "GET",
-        "/api/audit",
-        &[("Cookie", &cookie)],
-        b"",
-    )
-    .unwrap()
-    .json()
-    .unwrap();
-    let entries = audit["entries"].as_array().unwrap();
+    // Local accounts still work beside single sign-on.
+    let entries = crate::door::Client::sign_in(player.addr, ADMIN).audit();
+    let audit = json!(entries);
     let has = |user: &str, action: &str, words: &str| {
         entries.iter().any(|e| {
             e["user"] == user

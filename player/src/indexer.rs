@@ -358,6 +358,9 @@ impl Lead {
             }
             Ok(None) => {
                 if first {
+                    // What `Indexer::new` loaded is of no use until this player leads, and is
+                    // loaded again then.
+                    ix.forget();
                     tracing::info!(
                         "another player leads; this one serves the API and takes the lead when it is free"
                     );

@@ -29,6 +29,9 @@ use openidconnect::{
 
 use crate::auth::Role;
 
+/// How long the provider's metadata and keys are used before they are read again.
+const METADATA_TTL: Duration = Duration::from_secs(3600);
+
 /// How long a started sign-in may take at the provider.
 pub const FLOW_TTL: Duration = Duration::from_secs(600);
 
@@ -96,7 +99,8 @@ struct Pending {
 pub struct Oidc {
     config: OidcConfig,
     http: openidconnect::reqwest::Client,
-    metadata: tokio::sync::OnceCell<CoreProviderMetadata>,
+    /// The provider's metadata and keys, and when they were read.
+    metadata: tokio::sync::Mutex<Option<(Instant, CoreProviderMetadata)>>,
     pending: Mutex<HashMap<String, Pending>>,
 }
 
@@ -130,7 +134,7 @@ impl Oidc {
         Ok(Self {
             config,
             http,
-            metadata: tokio::sync::OnceCell::new(),
+            metadata: tokio::sync::Mutex::new(None),
             pending: Mutex::new(HashMap::new()),
         })
     }
@@ -144,18 +148,23 @@ impl Oidc {
             .map_err(|e| OidcError::Config(e.to_string()))
     }
 
-    /// The provider's metadata, discovered on first use (and again after a failure).
+    /// The provider's metadata and signing keys: discovered on first use, again after
+    /// [`METADATA_TTL`], and again after an ID token failed to verify (a provider rolls its
+    /// keys over; a player must not refuse everyone until it is restarted).
     async fn metadata(&self) -> Result<CoreProviderMetadata, OidcError> {
-        self.metadata
-            .get_or_try_init(|| async {
-                let issuer = IssuerUrl::new(self.config.issuer.clone())
-                    .map_err(|e| OidcError::Config(e.to_string()))?;
-                CoreProviderMetadata::discover_async(issuer, &self.http)
-                    .await
-                    .map_err(|e| OidcError::Discovery(error_chain(&e)))
-            })
+        let mut cached = self.metadata.lock().await;
+        if let Some((at, m)) = cached.as_ref()
+            && at.elapsed() < METADATA_TTL
+        {
+            return Ok(m.clone());
+        }
+        let issuer = IssuerUrl::new(self.config.issuer.clone())
+            .map_err(|e| OidcError::Config(e.to_string()))?;
+        let m = CoreProviderMetadata::discover_async(issuer, &self.http)
             .await
-            .cloned()
+            .map_err(|e| OidcError::Discovery(error_chain(&e)))?;
+        *cached = Some((Instant::now(), m.clone()));
+        Ok(m)
     }
 
     /// Starts a sign-in: the provider's URL to send the browser to, and the state to bind to
@@ -226,9 +235,15 @@ impl Oidc {
         let id_token = tokens
             .id_token()
             .ok_or_else(|| OidcError::IdToken("the provider sent no ID token".into()))?;
-        let claims = id_token
-            .claims(&client.id_token_verifier(), &flow.nonce)
-            .map_err(|e| OidcError::IdToken(e.to_string()))?;
+        let claims = match id_token.claims(&client.id_token_verifier(), &flow.nonce) {
+            Ok(c) => c,
+            Err(e) => {
+                // Perhaps signed with a key published after discovery: read the keys again
+                // for the next sign-in (this token still does not count).
+                *self.metadata.lock().await = None;
+                return Err(OidcError::IdToken(e.to_string()));
+            }
+        };
         let subject = claims.subject().as_str().to_owned();
         let issuer = claims.issuer().as_str().to_owned();
         // The token verified: its payload may now be read for the claims openidconnect's core

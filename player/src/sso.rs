@@ -37,17 +37,6 @@ fn flow_cookie(config: &WebConfig, value: &str, max_age: u64) -> Option<HeaderVa
     .ok()
 }
 
-fn flow_state(headers: &HeaderMap) -> Option<String> {
-    headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|c| c.trim().split_once('='))
-        .find(|(n, _)| *n == FLOW_COOKIE)
-        .map(|(_, v)| v.to_owned())
-}
-
 /// Why single sign-on sent the browser back to the sign-in page. Only these codes go in the
 /// URL, and the page shows its own sentence for each: a link to `/login?error=...` cannot make
 /// the page say what its author wants.
@@ -159,7 +148,7 @@ pub async fn callback(
         return refused(Why::Failed);
     };
     // The flow must be this browser's own: the state in the cookie it got at the start.
-    let bound = flow_state(&headers).is_some_and(|c| {
+    let bound = crate::web::cookie_value(&headers, FLOW_COOKIE).is_some_and(|c| {
         bool::from(subtle::ConstantTimeEq::ct_eq(
             c.as_bytes(),
             state.as_bytes(),

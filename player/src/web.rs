@@ -160,13 +160,18 @@ async fn asset(body: &'static str, mime: &'static str) -> Response {
 }
 
 fn cookie_token(headers: &HeaderMap) -> Option<String> {
+    cookie_value(headers, COOKIE)
+}
+
+/// The value of the cookie `name` the request carries.
+pub(crate) fn cookie_value(headers: &HeaderMap, name: &str) -> Option<String> {
     headers
         .get_all(header::COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(';'))
         .filter_map(|c| c.trim().split_once('='))
-        .find(|(n, _)| *n == COOKIE)
+        .find(|(n, _)| *n == name)
         .map(|(_, v)| v.to_owned())
 }
 
