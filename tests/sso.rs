@@ -286,6 +286,29 @@ fn a_user_signs_in_through_the_provider_with_the_role_their_claim_maps_to_and_ot
         has("oidc", "sign_in_failed", "was not started here"),
         "{audit}"
     );
+
+    // Anyone can call the callback: a flood of forged ones is refused, and fills neither the
+    // audit log (at most 120 failed single sign-ons a minute are written) nor stops the player.
+    for n in 0..300 {
+        let r = http::request(
+            player.addr,
+            "GET",
+            &format!("/oidc/callback?code=c{n}&state=s{n}"),
+            &[("Cookie", &format!("jitrec_oidc=s{n}"))],
+            b"",
+        )
+        .unwrap();
+        assert_eq!(r.status, 303);
+    }
+    let failed = crate::door::Client::sign_in(player.addr, ADMIN)
+        .audit()
+        .iter()
+        .filter(|e| e["action"] == "sign_in_failed")
+        .count();
+    assert!(
+        (120..=125).contains(&failed),
+        "{failed} failed single sign-ons audited after a flood of 300 (bound: 120 a minute)"
+    );
 }
 
 /// With `--no-local-accounts`, the password form is refused and hidden; single sign-on still

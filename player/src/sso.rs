@@ -20,6 +20,43 @@ use crate::web::WebConfig;
 /// The cookie that binds a started sign-in to the browser that started it.
 const FLOW_COOKIE: &str = "jitrec_oidc";
 
+/// Failed callbacks audited per minute at most. Anyone can call `/oidc/callback`: beyond this
+/// a failure is still counted in the metrics and logged, but writes no audit row, so nobody can
+/// fill the audit log from outside. (A local sign-in's failures are bounded by its back-off.)
+const FAILURES_AUDITED_PER_MINUTE: u32 = 120;
+
+static FAILURES_AUDITED: Window = Window::new();
+
+/// A fixed one-minute window of [`FAILURES_AUDITED_PER_MINUTE`] admissions.
+struct Window(std::sync::Mutex<Option<(std::time::Instant, u32)>>);
+
+impl Window {
+    const fn new() -> Self {
+        Self(std::sync::Mutex::new(None))
+    }
+
+    fn admit(&self) -> bool {
+        let mut w = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let now = std::time::Instant::now();
+        let (start, n) = w.get_or_insert((now, 0));
+        if now.duration_since(*start) >= std::time::Duration::from_secs(60) {
+            *start = now;
+            *n = 0;
+        }
+        *n += 1;
+        if *n == FAILURES_AUDITED_PER_MINUTE + 1 {
+            tracing::warn!(
+                "more than {FAILURES_AUDITED_PER_MINUTE} failed single sign-ons this minute; the \
+                 rest are counted in the metrics but not audited"
+            );
+        }
+        *n <= FAILURES_AUDITED_PER_MINUTE
+    }
+}
+
 /// The largest state, code or error text read from the callback's query.
 const PARAM_MAX: usize = 4096;
 
@@ -115,7 +152,13 @@ pub async fn callback(
     let fail = |detail: String| {
         Metrics::count(&config.metrics.sign_in_failures);
         tracing::info!(detail, "single sign-on refused");
-        audit("oidc".into(), "sign_in_failed", detail)
+        let record = FAILURES_AUDITED.admit();
+        let write = audit("oidc".into(), "sign_in_failed", detail);
+        async move {
+            if record {
+                write.await;
+            }
+        }
     };
     let too_long = |v: &Option<String>| v.as_ref().is_some_and(|v| v.len() > PARAM_MAX);
     if too_long(&q.code) || too_long(&q.state) || too_long(&q.error) || too_long(&q.iss) {
