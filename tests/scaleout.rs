@@ -247,3 +247,34 @@ fn the_players_metrics_count_requests_sign_ins_and_passes() {
         "the paths sent made series of their own:\n{text}"
     );
 }
+
+/// Two `serve` processes on one SQLite file agree too (a lock on `<index>.lead`): the second
+/// follows, and leads once the first is killed.
+#[test]
+fn two_players_on_one_sqlite_file_take_turns_to_lead() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("bucket");
+    std::fs::create_dir_all(&root).unwrap();
+    let index = tmp.path().join("index.sqlite3");
+    let index = index.to_str().unwrap();
+    crate::door::add_user(index, USER, "admin");
+    let mut a = serve(&root, index);
+    let cookie = crate::door::Client::sign_in(a.addr, USER).cookie;
+    wait_until("the first player to lead", &mut || {
+        status(&a, &cookie)["indexer"]["role"] == "leader"
+    });
+    let b = serve(&root, index);
+    wait_until("the second player to follow", &mut || {
+        status(&b, &cookie)["indexer"]["role"] == "follower"
+    });
+    assert_eq!(status(&b, &cookie)["indexer"]["passes"], 0);
+    let kill = Command::new("/usr/bin/kill")
+        .args(["-9", &a.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    a.child.wait().unwrap();
+    wait_until("the second player to lead", &mut || {
+        status(&b, &cookie)["indexer"]["role"] == "leader"
+    });
+}

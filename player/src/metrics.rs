@@ -47,17 +47,12 @@ impl Metrics {
     /// The whole exposition: these counters and the state of `indexer` and `retention`.
     pub fn render(&self, indexer: &IndexerHandle, retention: Option<&Supervisor>) -> String {
         let mut out = String::new();
-        let mut family = |name: &str, kind: &str, help: &str| {
-            // Writing to a String cannot fail.
-            let _ = writeln!(out, "# HELP jitrec_player_{name} {help}");
-            let _ = writeln!(out, "# TYPE jitrec_player_{name} {kind}");
-        };
         family(
+            &mut out,
             "http_requests_total",
             "counter",
             "HTTP requests answered, by route template, method and status.",
         );
-        let mut lines = String::new();
         for ((route, method, status), n) in self
             .requests
             .lock()
@@ -65,13 +60,12 @@ impl Metrics {
             .iter()
         {
             let _ = writeln!(
-                lines,
+                out,
                 "jitrec_player_http_requests_total{{route=\"{}\",method=\"{}\",status=\"{status}\"}} {n}",
                 escape(route),
                 escape(method)
             );
         }
-        out.push_str(&lines);
         let st = indexer.stats();
         let now = Utc::now();
         let lag = st
@@ -167,12 +161,17 @@ impl Metrics {
         ];
         for (name, kind, help, v) in values {
             let Some(v) = v else { continue };
-            let _ = writeln!(out, "# HELP jitrec_player_{name} {help}");
-            let _ = writeln!(out, "# TYPE jitrec_player_{name} {kind}");
+            family(&mut out, name, kind, help);
             let _ = writeln!(out, "jitrec_player_{name} {v}");
         }
         out
     }
+}
+
+/// The HELP and TYPE lines of a family. (Writing to a String cannot fail.)
+fn family(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP jitrec_player_{name} {help}");
+    let _ = writeln!(out, "# TYPE jitrec_player_{name} {kind}");
 }
 
 /// A label value as the text format wants it.

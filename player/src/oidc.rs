@@ -249,22 +249,38 @@ impl Oidc {
         // The token verified: its payload may now be read for the claims openidconnect's core
         // types do not carry (the role claim is the provider's own).
         let payload = verified_payload(&id_token.to_string())?;
-        let name = payload
-            .get("preferred_username")
-            .or_else(|| payload.get("email"))
-            .and_then(serde_json::Value::as_str)
-            .filter(|n| crate::auth::valid_user_name(n))
-            .map_or_else(|| subject.clone(), str::to_owned);
         let claim_values = claim_strings(payload.get(&self.config.role_claim));
         let role = map_role(&self.config, &claim_values);
         Ok(Identity {
             issuer,
-            account: format!("oidc:{}", crate::auth::bounded(&name, 64)),
+            account: account_name(&payload, &subject),
             subject,
             claim_values,
             role,
         })
     }
+}
+
+/// The account a verified ID token signs in: `oidc:` and the `preferred_username`, else the
+/// `email`, else the subject, whichever is a name `user add` would accept (1-64 of its
+/// characters); else a digest of the subject, so two long or odd subjects never share an
+/// account.
+fn account_name(payload: &serde_json::Map<String, serde_json::Value>, subject: &str) -> String {
+    let name = payload
+        .get("preferred_username")
+        .or_else(|| payload.get("email"))
+        .and_then(serde_json::Value::as_str)
+        .into_iter()
+        .chain(std::iter::once(subject))
+        .find(|n| crate::auth::valid_user_name(n))
+        .map_or_else(
+            || {
+                use sha2::Digest as _;
+                format!("sub-{}", &hex::encode(sha2::Sha256::digest(subject))[..32])
+            },
+            str::to_owned,
+        );
+    format!("oidc:{name}")
 }
 
 /// The role `values` of the role claim map to: admin wins over reviewer.
@@ -360,6 +376,34 @@ mod tests {
             v(&["a", "b"])
         );
         assert!(claim_strings(Some(&serde_json::json!({"a": 1}))).is_empty());
+    }
+
+    #[test]
+    fn account_names_are_bounded_and_never_shared_by_two_subjects() {
+        let p = |v: serde_json::Value| v.as_object().cloned().unwrap();
+        assert_eq!(
+            account_name(&p(serde_json::json!({"preferred_username": "bob"})), "s1"),
+            "oidc:bob"
+        );
+        assert_eq!(
+            account_name(&p(serde_json::json!({"email": "a@b.example"})), "s1"),
+            "oidc:a@b.example"
+        );
+        assert_eq!(
+            account_name(
+                &p(serde_json::json!({"preferred_username": "not valid!"})),
+                "s-1"
+            ),
+            "oidc:s-1"
+        );
+        let long_a = format!("{}a", "x".repeat(300));
+        let long_b = format!("{}b", "x".repeat(300));
+        let (a, b) = (
+            account_name(&p(serde_json::json!({})), &long_a),
+            account_name(&p(serde_json::json!({})), &long_b),
+        );
+        assert_ne!(a, b);
+        assert!(a.len() <= 69 && a.starts_with("oidc:sub-"), "{a}");
     }
 
     #[test]
