@@ -23,14 +23,17 @@ cd "$(dirname "$0")/.."
 # for the terminal of the end-to-end tests' admin session; openbox, the real EWMH window manager
 # under which the redaction tests set secret window titles; jq and openssl, with which the
 # evidence bundle's README checks a bundle by hand (a test runs those very commands), and with
-# which the TLS test makes its PostgreSQL's certificates; g++ for libFuzzer (fuzz/). The
+# which the TLS test makes its PostgreSQL's certificates; g++ for libFuzzer (fuzz/); rsyslog
+# and its OpenSSL network driver, the syslog daemon the alert tests send RFC 5424 to over TCP
+# and TLS (the harness starts its own on 127.0.0.1; the package's own service is not used). The
 # Windows part's own packages
 # (mingw-w64, nasm, wine) are installed in the same apt run: one update, one install. Node.js
 # and npm run the OpenID provider the single sign-on tests sign in through (tests/oidc; a
 # machine that has its own node and npm keeps them).
 PACKAGES=(gcc g++ libc6-dev pkg-config clang libclang-dev libavcodec-dev libavformat-dev
   libavutil-dev libswscale-dev libavfilter-dev libavdevice-dev ffmpeg xvfb python3-pip
-  postgresql-15 chromium chromium-driver xterm fonts-dejavu-core openbox jq openssl zstd)
+  postgresql-15 chromium chromium-driver xterm fonts-dejavu-core openbox jq openssl zstd
+  rsyslog rsyslog-openssl)
 WINDOWS_PACKAGES=(gcc-mingw-w64-x86-64-posix binutils-mingw-w64-x86-64 nasm wine64 wine xz-utils
   libzstd-dev)
 

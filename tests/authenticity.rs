@@ -33,6 +33,8 @@ fn config() -> PipelineConfig {
         chunk_ms: 1000,
         index: None,
         encrypt: false,
+        player_args: Vec::new(),
+        recorder_toml: String::new(),
     }
 }
 

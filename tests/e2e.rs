@@ -46,6 +46,8 @@ fn config(store: Store) -> PipelineConfig {
         chunk_ms: 1000,
         index: None,
         encrypt: false,
+        player_args: Vec::new(),
+        recorder_toml: String::new(),
     }
 }
 

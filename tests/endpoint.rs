@@ -319,6 +319,8 @@ fn a_killed_recorder_is_evidence_in_the_player() {
         chunk_ms: 1000,
         index: None,
         encrypt: false,
+        player_args: Vec::new(),
+        recorder_toml: String::new(),
     };
     let mut p = Pipeline::start(&config).unwrap();
     let id = p.jit_start("alice", "jit-controller", "CHG-18").unwrap();

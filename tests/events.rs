@@ -80,6 +80,7 @@ pub(crate) fn process_config(force_poll: bool) -> ProcessConfig {
         proc_root: "/proc".into(),
         poll_interval: Duration::from_millis(100),
         force_poll,
+        session_uid: None,
     }
 }
 
@@ -214,7 +215,7 @@ fn processes_and_windows_during_jit_are_recorded_on_the_video_clock_and_nothing_
     let x = Xvfb::start(320, 240).unwrap();
     let wm = FakeWm::new(&x.display).unwrap();
     let display = x.display.clone();
-    let factory: SourceFactory = Box::new(move || {
+    let factory: SourceFactory = Box::new(move |_| {
         let redactor = Arc::new(Redactor::new(&RedactionConfig::default()).unwrap());
         vec![
             Box::new(ProcessSource::open(process_config(false))) as Box<dyn EventSource>,
@@ -395,7 +396,7 @@ fn processes_and_windows_during_jit_are_recorded_on_the_video_clock_and_nothing_
 #[test]
 fn without_the_connector_processes_are_polled_and_the_session_says_so() {
     let x = Xvfb::start(320, 240).unwrap();
-    let factory: SourceFactory = Box::new(|| {
+    let factory: SourceFactory = Box::new(|_| {
         vec![Box::new(ProcessSource::open(process_config(true))) as Box<dyn EventSource>]
     });
     let mut ran = None;
@@ -428,7 +429,7 @@ fn without_the_connector_processes_are_polled_and_the_session_says_so() {
 #[test]
 fn a_flood_of_processes_is_summarised_not_lost() {
     let x = Xvfb::start(320, 240).unwrap();
-    let factory: SourceFactory = Box::new(|| {
+    let factory: SourceFactory = Box::new(|_| {
         vec![Box::new(ProcessSource::open(process_config(false))) as Box<dyn EventSource>]
     });
     let limits = EventLimits {

@@ -60,6 +60,7 @@ fn build(spec: &Spec) -> StoredSession {
                 exe: "/usr/bin/sh".into(),
                 command_line: format!("{command} {seq}"),
                 elevated: true,
+                in_session: None,
             }),
         }]
     })
@@ -665,6 +666,7 @@ impl Player {
             bucket_admin,
             keyring: None,
             retention: None,
+            review: Default::default(),
         };
         let app = if web {
             jitrec_player::auth::init(state.index.as_ref()).unwrap();
@@ -734,7 +736,7 @@ pub(crate) fn record_real_session() -> RealSession {
     use jitrec_recorder::events::{EventLimits, EventSource, SourceFactory};
     let x = jitrec_tests::xvfb::Xvfb::start(320, 240).unwrap();
     let spool = tempfile::tempdir().unwrap();
-    let factory: SourceFactory = Box::new(|| {
+    let factory: SourceFactory = Box::new(|_| {
         vec![
             Box::new(ProcessSource::open(crate::events::process_config(false)))
                 as Box<dyn EventSource>,

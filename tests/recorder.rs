@@ -1244,6 +1244,7 @@ fn a_spool_that_fills_mid_session_records_a_gap_and_resumes_once_space_is_freed(
             exe: "/usr/bin/true".into(),
             command_line: format!("true {pid}"),
             elevated: true,
+            in_session: None,
         })
     };
     let screen = SyntheticScreen {
@@ -1261,7 +1262,7 @@ fn a_spool_that_fills_mid_session_records_a_gap_and_resumes_once_space_is_freed(
                 origin,
             })
         })
-        .with_event_sources(Box::new(move || {
+        .with_event_sources(Box::new(move |_| {
             vec![Box::new(ScriptedEvents {
                 name: "processes",
                 // Both fall in the stretch the spool is full.

@@ -121,7 +121,7 @@ fn secrets_on_command_lines_never_reach_the_spool() {
 
     let tmp = tempfile::tempdir().unwrap();
     let spool = tmp.path().join("spool");
-    let factory: SourceFactory = Box::new(|| {
+    let factory: SourceFactory = Box::new(|_| {
         vec![Box::new(ProcessSource::open(process_config(false))) as Box<dyn EventSource>]
     });
     let mut argv_runs: Vec<(u32, &RedactionCase)> = Vec::new();
@@ -259,7 +259,7 @@ fn secret_window_titles_under_openbox_are_redacted() {
     let _wm = Openbox::start(&x.display).unwrap();
     let client = EwmhClient::new(&x.display).unwrap();
     let display = x.display.clone();
-    let factory: SourceFactory = Box::new(move || {
+    let factory: SourceFactory = Box::new(move |_| {
         let redactor = std::sync::Arc::new(Redactor::new(&RedactionConfig::default()).unwrap());
         vec![Box::new(WindowSource::open(Some(&display), redactor)) as Box<dyn EventSource>]
     });

@@ -442,7 +442,7 @@ async fn a_session_still_being_recorded_plays_near_its_live_edge_and_follows_new
         std::thread::spawn(move || {
             let x = jitrec_tests::xvfb::Xvfb::start(320, 240).unwrap();
             let display = x.display.clone();
-            let factory: SourceFactory = Box::new(Vec::new);
+            let factory: SourceFactory = Box::new(|_| Vec::new());
             crate::events::record_into(&spool, &x, factory, EventLimits::default(), || {
                 let _w = jitrec_tests::xvfb::map_window(&display, (40, 30, 200, 150), 0x00ff_0000)
                     .unwrap();

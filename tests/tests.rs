@@ -3,6 +3,7 @@
 // Tests report seeds and figures on stderr, which cargo shows for failing tests.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stderr)]
 
+mod alerts;
 mod authenticity;
 mod bucket;
 mod demo;
@@ -19,6 +20,7 @@ mod recorder_process;
 mod redaction;
 mod report_view;
 mod retention;
+mod review;
 mod scaleout;
 mod silent;
 mod spool_crash;

@@ -68,6 +68,8 @@ fn one_store(store: Store, name: &'static str, args: &PlayableArgs) -> Result<Fi
         chunk_ms: 2000,
         index: None,
         encrypt: false,
+        player_args: Vec::new(),
+        recorder_toml: String::new(),
     })?;
     let mut f = Figures {
         store: name,

@@ -132,6 +132,17 @@ pub enum EventKind {
     /// Recording could not run (`reason`), and the endpoint is configured to fail closed: the
     /// recorder ended the elevation itself (`action`: what it did, and what it could not).
     FailClosed { reason: String, action: String },
+    /// Something the elevation changed on the machine (the change ledger): in `area`
+    /// (`accounts`, `sudo`, `cron`, `services`, `packages`, `files`), what happened (`action`,
+    /// e.g. `user_added`, `member_added`, `entry_added`, `unit_enabled`, `installed`,
+    /// `modified`), to what (`subject`: an account, a file, a unit, a package), and details.
+    Change {
+        area: String,
+        action: String,
+        subject: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        detail: Option<String>,
+    },
 }
 
 /// How completely an event source records what it watches.
@@ -174,6 +185,13 @@ pub struct ProcessStart {
     pub command_line: String,
     /// Whether it runs elevated (uid 0, the admin group, or an elevated token).
     pub elevated: bool,
+    /// Whether it belongs to the elevated user's own activity (runs as the elevated account,
+    /// has its login uid, or descends from one of its processes) rather than to the rest of the
+    /// machine (services, other users). Absent where the recorder could not tell (an account
+    /// it cannot resolve, a recorder older than this field): readers treat that as unknown and
+    /// show the event with the session's own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub in_session: Option<bool>,
 }
 
 /// A process exit.
@@ -342,6 +360,17 @@ impl EventKind {
                 )
             }
             EventKind::ProcessExit(_) => Ok(()),
+            EventKind::Change {
+                area,
+                action,
+                subject,
+                detail,
+            } => {
+                check_text("area", area)?;
+                check_text("action", action)?;
+                check_text("subject", subject)?;
+                check_optional_text("detail", detail.as_deref())
+            }
             EventKind::WindowFocus(w) | EventKind::WindowTitle(w) => {
                 check_text("window", &w.window)?;
                 check_optional_text("title", Some(&w.title))

@@ -115,6 +115,7 @@ pub fn events(seq: u64) -> Vec<Event> {
             exe: "/usr/sbin/useradd".into(),
             command_line: format!("useradd temp{seq}"),
             elevated: true,
+            in_session: None,
         }),
     }]
 }

@@ -288,6 +288,18 @@ fn every_event_kind() -> Vec<Event> {
             reason: "the spool was full for 10 s".into(),
             action: "removed alice from group sudo in /etc/group".into(),
         },
+        EventKind::Change {
+            area: "accounts".into(),
+            action: "member_added".into(),
+            subject: "eve".into(),
+            detail: Some("group sudo".into()),
+        },
+        EventKind::Change {
+            area: "files".into(),
+            action: "modified".into(),
+            subject: "/etc/hosts".into(),
+            detail: None,
+        },
         EventKind::JitStop {
             user: "alice".into(),
             machine: "ws-0421".into(),

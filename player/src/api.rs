@@ -54,6 +54,8 @@ pub struct AppState {
     pub keyring: Option<Arc<crate::unseal::Keyring>>,
     /// The retention schedule's supervisor, when `serve` runs the job.
     pub retention: Option<Arc<crate::retention::Supervisor>>,
+    /// Who may review whose sessions ([`crate::review`]).
+    pub review: crate::review::ReviewPolicy,
 }
 
 /// Which sign-ins have already been recorded watching which sessions, so that the first media
@@ -206,6 +208,8 @@ pub struct ListParams {
     pub from: Option<String>,
     pub to: Option<String>,
     pub status: Option<String>,
+    /// Sessions with a flag at least this severe (`low` .. `critical`).
+    pub risk: Option<String>,
     pub q: Option<String>,
     pub after: Option<String>,
     pub limit: Option<u32>,
@@ -225,6 +229,7 @@ impl ListParams {
             ("from", &self.from),
             ("to", &self.to),
             ("status", &self.status),
+            ("risk", &self.risk),
         ];
         fields
             .iter()
@@ -269,6 +274,15 @@ impl ListParams {
                     })
                 })
                 .transpose()?,
+            risk: nonempty(self.risk)
+                .map(|s| {
+                    crate::rules::Severity::parse(&s).ok_or_else(|| {
+                        ApiError::bad_request(format!(
+                            "risk {s:?}: expected info, low, medium, high or critical"
+                        ))
+                    })
+                })
+                .transpose()?,
             text: nonempty(self.q),
             after: nonempty(self.after).map(|a| session_id(&a)).transpose()?,
             limit: self.limit.unwrap_or(50).clamp(1, MAX_PAGE),
@@ -302,10 +316,16 @@ async fn list(
             .iter()
             .map(|s| trust(index.as_ref(), s.session.id, s.session.status).map(|(a, _)| a))
             .collect::<Result<Vec<_>, _>>()?;
+        // And its risk (the most severe flag) and review state.
+        let ids: Vec<SessionId> = page.sessions.iter().map(|s| s.session.id).collect();
+        let risks = index.risks(&ids).map_err(ApiError::internal)?;
+        let reviews = crate::review::latest(index.as_ref(), &ids).map_err(ApiError::internal)?;
         let mut v = serde_json::to_value(&page).map_err(ApiError::internal)?;
         if let Some(rows) = v.get_mut("sessions").and_then(|r| r.as_array_mut()) {
-            for (row, a) in rows.iter_mut().zip(labels) {
+            for ((row, a), id) in rows.iter_mut().zip(labels).zip(&ids) {
                 row["authenticity"] = serde_json::json!(a.label());
+                row["risk"] = serde_json::json!(risks.get(id).map(|r| r.as_str()));
+                row["review"] = serde_json::json!(reviews.get(id));
             }
         }
         Ok((page.sessions.len(), v))
@@ -350,6 +370,12 @@ pub struct SessionDetail {
     /// one this session continues and the ones that continue it. Only sessions of the same
     /// machine are linked (the claim is the endpoint's).
     pub elevation: Elevation,
+    /// What the detection rules flagged, in order ([`crate::rules`]).
+    pub flags: Vec<crate::rules::FlagRow>,
+    /// The most severe flag's severity; `None` when nothing was flagged.
+    pub risk: Option<crate::rules::Severity>,
+    /// Every review of the session, oldest first ([`crate::review`]).
+    pub reviews: Vec<crate::review::Review>,
 }
 
 /// Sessions of one elevation split by recorder restarts.
@@ -450,7 +476,11 @@ async fn session(
             .map_err(ApiError::internal)?
             .ok_or_else(|| ApiError::not_found(format!("no session {id} in the index")))?;
         let (authenticity, stopped_by) = trust(st.index.as_ref(), id, session.status)?;
+        let flags = st.index.flags(id).map_err(ApiError::internal)?;
         Ok(SessionDetail {
+            risk: flags.iter().map(|f| f.severity).max(),
+            flags,
+            reviews: crate::review::history(st.index.as_ref(), id).map_err(ApiError::internal)?,
             authenticity,
             stopped_by,
             elevation: elevation(st.index.as_ref(), &session)?,

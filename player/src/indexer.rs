@@ -115,6 +115,8 @@ pub struct IndexerConfig {
     /// Time between two pages of the sweep ([`crate::sweep`]); `None`: no sweep, and a session
     /// dated before discovery's window is found only by a notify or a reindex.
     pub sweep_every: Option<Duration>,
+    /// The detection rules evaluated on every event indexed ([`crate::rules`]).
+    pub rules: Arc<crate::rules::RuleSet>,
 }
 
 impl Default for IndexerConfig {
@@ -128,6 +130,7 @@ impl Default for IndexerConfig {
             machines_per_pass: 200,
             keyring: None,
             sweep_every: Some(DEFAULT_SWEEP_EVERY),
+            rules: Arc::new(crate::rules::RuleSet::builtin()),
         }
     }
 }
@@ -244,6 +247,8 @@ struct Tracked {
     /// Read again by a reindex over the row the index has: the row is written only once the
     /// whole session has been read, so a reindex stopped half-way leaves it as it was.
     rebuilding: bool,
+    /// The session's processes so far, for detection rules on the parent.
+    procs: crate::rules::Processes,
 }
 
 /// What an advance changes of a [`Tracked`], to put back when its write failed.
@@ -252,6 +257,7 @@ struct Saved {
     row: SessionRow,
     last_change: Instant,
     fresh: bool,
+    procs: crate::rules::Processes,
 }
 
 impl Tracked {
@@ -261,6 +267,7 @@ impl Tracked {
             row: self.row.clone(),
             last_change: self.last_change,
             fresh: self.fresh,
+            procs: self.procs.clone(),
         }
     }
 
@@ -269,6 +276,7 @@ impl Tracked {
         self.row = s.row;
         self.last_change = s.last_change;
         self.fresh = s.fresh;
+        self.procs = s.procs;
     }
 }
 
@@ -411,6 +419,9 @@ impl Indexer {
         crate::enroll::init(me.index.as_ref())
             .map_err(|e| IndexerError::Index(IndexError::Other(e.to_string())))?;
         crate::locate::init(me.index.as_ref())?;
+        // The API lists review states beside sessions: the table exists wherever it serves.
+        crate::review::init(me.index.as_ref())
+            .map_err(|e| IndexerError::Index(IndexError::Other(e.to_string())))?;
         me.resume()?;
         Ok(me)
     }
@@ -676,6 +687,7 @@ impl Indexer {
             failures: 0,
             last_error: None,
             rebuilding: self.rebuilding,
+            procs: crate::rules::Processes::default(),
         });
     }
 
@@ -969,7 +981,14 @@ fn advance_session(
                     .map_err(|e| IndexerError::Index(IndexError::Other(e.to_string())))?,
                 Found::Init(_) => {}
             }
+            let chunk = matches!(f, Found::Chunk { .. });
             apply_found(&mut t.row, f, id, &mut batch);
+            // The chunk's flags go in the same transaction as its events, so no session is
+            // listed without them.
+            if chunk && let Some((_, c, rows)) = batch.chunks.last() {
+                let flags = config.rules.evaluate(rows, &mut t.procs);
+                batch.flags.push((id, c.seq, flags));
+            }
         }
         if t.fresh {
             // First look at a session just discovered or restored from the index: judge

@@ -21,6 +21,8 @@
 //! - [`record`]: what is record and what is cache, and the records' schema migrations.
 //! - [`throttle`]: sign-in back-off and the bound on password checks.
 //! - [`metrics`]: requests, sign-ins, indexing and retention in Prometheus text format.
+//! - [`alerts`]: webhooks and syslog out to the security stack (session start and end, status
+//!   changes, rule matches), from a durable outbox.
 //!
 //! Invariant: the player reads only the bucket (never a spool). The bucket is the source of the
 //! recordings: the index's session, chunk and event tables are a cache rebuilt from it. The
@@ -29,6 +31,7 @@
 //! Invariant: every read of the bucket names its limit before it reads (the bucket is written
 //! by the people being recorded).
 
+pub mod alerts;
 pub mod api;
 pub mod auth;
 pub mod bundle;
@@ -42,6 +45,8 @@ pub mod oidc;
 pub mod range;
 pub mod record;
 pub mod retention;
+pub mod review;
+pub mod rules;
 pub mod scan;
 pub mod silence;
 pub mod sso;

@@ -113,6 +113,15 @@ enum Command {
         keys: KeyArgs,
         #[command(flatten)]
         oidc: Box<OidcArgs>,
+        #[command(flatten)]
+        rules: RulesArgs,
+        /// Separation of duties: the person who authorised an elevation, and the elevated user,
+        /// cannot review its session (names from the session header; docs/review.md).
+        #[arg(long)]
+        review_separation: bool,
+        /// Alerts to webhooks and syslog (docs/alerts.md).
+        #[command(flatten)]
+        alerts: Box<jitrec_player::alerts::AlertArgs>,
     },
     /// Machines and their signing keys: list, approve, revoke, replace (all audited).
     Machines {
@@ -166,6 +175,13 @@ enum Command {
         index: IndexArgs,
         #[command(flatten)]
         keys: KeyArgs,
+        #[command(flatten)]
+        rules: RulesArgs,
+    },
+    /// Detection rules: list them, check a rule file, apply them again to indexed sessions.
+    Rules {
+        #[command(subcommand)]
+        command: RulesCommand,
     },
     /// Show sessions per status in the index.
     Status {
@@ -391,6 +407,107 @@ enum UserCommand {
         #[command(flatten)]
         index: IndexArgs,
     },
+}
+
+/// The operator's detection rules.
+#[derive(clap::Args)]
+struct RulesArgs {
+    /// A rule file (TOML, docs/rules.md): rules added to the built-in ones, and built-ins
+    /// disabled. Without it, the built-in rules alone.
+    #[arg(long, value_name = "FILE")]
+    rules: Option<PathBuf>,
+}
+
+impl RulesArgs {
+    fn load(&self) -> Result<Arc<jitrec_player::rules::RuleSet>> {
+        Ok(Arc::new(
+            jitrec_player::rules::RuleSet::load(self.rules.as_deref())
+                .context("loading the detection rules")?,
+        ))
+    }
+}
+
+#[derive(Subcommand)]
+enum RulesCommand {
+    /// Print every rule (built-in and the file's), whether it is enabled, and the set's version.
+    List {
+        #[command(flatten)]
+        rules: RulesArgs,
+    },
+    /// Check a rule file and say what it changes; exits non-zero if it would be refused.
+    Check { file: PathBuf },
+    /// Evaluate the rules again over the events the index holds (all sessions, or those named)
+    /// and replace their flags. Run it after changing the rules; `serve` uses the new rules
+    /// for what it indexes from its next start.
+    Apply {
+        #[command(flatten)]
+        index: IndexArgs,
+        #[command(flatten)]
+        rules: RulesArgs,
+        /// Only this session (repeatable).
+        #[arg(long = "session", value_name = "ID")]
+        sessions: Vec<String>,
+    },
+}
+
+fn rules(command: RulesCommand) -> Result<()> {
+    match command {
+        RulesCommand::List { rules } => {
+            let set = rules.load()?;
+            println!("rule set {}", set.version);
+            for r in set.list() {
+                println!(
+                    "{:<34} {:<8} {:<7} {:<9} {}",
+                    r.id,
+                    r.severity.as_str(),
+                    format!("{:?}", r.on).to_lowercase(),
+                    if r.enabled { "enabled" } else { "disabled" },
+                    r.sentence
+                );
+            }
+            Ok(())
+        }
+        RulesCommand::Check { file } => {
+            let set = jitrec_player::rules::RuleSet::load(Some(&file))
+                .with_context(|| format!("{} is not a valid rule file", file.display()))?;
+            let list = set.list();
+            let own = list.iter().filter(|r| r.origin != "builtin").count();
+            let off = list.iter().filter(|r| !r.enabled).count();
+            println!(
+                "{}: valid; rule set {}: {own} rules of its own, {off} built-in rules disabled, {} rules in force",
+                file.display(),
+                set.version,
+                list.iter().filter(|r| r.enabled).count()
+            );
+            Ok(())
+        }
+        RulesCommand::Apply {
+            index,
+            rules,
+            sessions,
+        } => {
+            let set = rules.load()?;
+            let idx = open_index(&index.index)?;
+            let ids = sessions
+                .iter()
+                .map(|s| {
+                    s.parse::<jitrec_format::SessionId>()
+                        .map_err(|e| anyhow::anyhow!("session id {s:?}: {e}"))
+                })
+                .collect::<Result<Vec<_>>>()?;
+            let report = jitrec_player::rules::apply(
+                idx.as_ref(),
+                &set,
+                (!ids.is_empty()).then_some(ids.as_slice()),
+            )
+            .context("applying the rules")?;
+            println!(
+                "rule set {}: {} sessions evaluated, {} flags, {} sessions changed",
+                set.version, report.sessions, report.flags, report.changed
+            );
+            Ok(())
+        }
+    }
 }
 
 #[derive(Subcommand)]
@@ -725,6 +842,9 @@ pub(crate) fn main() -> Result<()> {
             enrolment,
             keys,
             oidc,
+            rules,
+            review_separation,
+            alerts,
         } => {
             let no_local_accounts = oidc.no_local_accounts;
             let oidc = oidc.oidc()?;
@@ -740,6 +860,8 @@ pub(crate) fn main() -> Result<()> {
             let bucket_admin = deleter.clone();
             let idx = open_index(&index.index)?;
             jitrec_player::auth::init(idx.as_ref()).context("preparing the account tables")?;
+            let rules = rules.load()?;
+            tracing::info!(rules = %rules.version, "detection rules loaded");
             if jitrec_player::auth::users(idx.as_ref())?.is_empty() {
                 tracing::warn!(
                     "no accounts yet: create one with `jitrec-player user add NAME --role admin`"
@@ -759,6 +881,7 @@ pub(crate) fn main() -> Result<()> {
                 // NaN, zero and negatives turn the sweep off; it is at least 10 ms a page.
                 sweep_every: (sweep_every > 0.0)
                     .then(|| Duration::from_secs_f64(sweep_every.clamp(0.01, 86_400.0))),
+                rules,
                 ..IndexerConfig::default()
             };
             let indexer = Indexer::new(Arc::clone(&src), Arc::clone(&idx), config)
@@ -768,6 +891,11 @@ pub(crate) fn main() -> Result<()> {
                 .name("indexer".into())
                 .spawn(move || indexer.run())
                 .context("starting the indexer thread")?;
+            // Alerts (webhooks, syslog): threads of their own, deriving from the index while
+            // this player leads; none without a target.
+            let alerter = alerts
+                .start(Arc::clone(&idx), handle.clone(), rt.handle().clone())
+                .context("starting the alerts")?;
             // The retention schedule: a plain thread (the job blocks on the bucket and index),
             // stopped through its channel.
             let (stop_retention, stopped) = std::sync::mpsc::channel::<()>();
@@ -836,6 +964,9 @@ pub(crate) fn main() -> Result<()> {
                     bucket_admin: Some(bucket_admin),
                     keyring,
                     retention: (retention_every > 0).then_some(supervisor),
+                    review: jitrec_player::review::ReviewPolicy {
+                        separation: review_separation,
+                    },
                 },
                 jitrec_player::web::WebConfig {
                     plain_http_cookies,
@@ -861,6 +992,10 @@ pub(crate) fn main() -> Result<()> {
             })?;
             handle.stop();
             drop(stop_retention);
+            // Bounded: a delivery in flight stays queued and is sent at the next start.
+            if let Some(a) = alerter {
+                a.stop(Duration::from_secs(5));
+            }
             thread
                 .join()
                 .map_err(|_| anyhow::anyhow!("the indexer thread panicked"))?;
@@ -874,11 +1009,13 @@ pub(crate) fn main() -> Result<()> {
             bucket,
             index,
             keys,
+            rules,
         } => {
             let src = open_bucket(&bucket, &rt)?;
             let idx = open_index(&index.index)?;
             let config = IndexerConfig {
                 keyring: keys.keyring()?,
+                rules: rules.load()?,
                 ..IndexerConfig::default()
             };
             let mut indexer = Indexer::new(src, Arc::clone(&idx), config)?;
@@ -911,6 +1048,7 @@ pub(crate) fn main() -> Result<()> {
             Ok(())
         }
         Command::Retention { command } => retention(command, &rt),
+        Command::Rules { command } => rules(command),
         Command::Backup { index, output } => {
             let idx = open_index(&index.index)?;
             let mut file = std::fs::OpenOptions::new()

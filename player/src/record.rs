@@ -115,6 +115,11 @@ pub const TABLES: &[&str] = &[
     "session_locations",
     "player_keys",
     "audit",
+    "reviews",
+    "alert_state",
+    "alert_sessions",
+    "alert_flags",
+    "alert_outbox",
     "users",
     "retention_policies",
 ];
@@ -127,6 +132,8 @@ pub fn init_all(index: &dyn Index) -> Result<(), RecordError> {
     crate::witness::init(index).map_err(|e| other(e.to_string()))?;
     crate::enroll::init(index).map_err(|e| other(e.to_string()))?;
     crate::locate::init(index)?;
+    crate::review::init(index).map_err(|e| other(e.to_string()))?;
+    crate::alerts::store::init(index).map_err(|e| other(e.to_string()))?;
     index.exec(
         "CREATE TABLE IF NOT EXISTS player_keys (name TEXT PRIMARY KEY, seed TEXT NOT NULL, \
          created_at BIGINT NOT NULL)",

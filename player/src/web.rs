@@ -92,6 +92,7 @@ pub fn app(state: AppState, config: WebConfig) -> Router {
         .route("/api/machines", get(machines))
         .route("/api/machines/decide", post(decide_machine))
         .merge(api::routes())
+        .merge(crate::review::routes())
         .route_layer(middleware::from_fn_with_state(state.clone(), require_login));
     Router::new()
         .route("/login", get(|| page(LOGIN_HTML)))

@@ -70,6 +70,11 @@ function badge(status) {
   return el("span", { class: `badge ${status}` }, status);
 }
 
+/** A session's risk: its most severe detection-rule flag. */
+function riskBadge(risk) {
+  return el("span", { class: `badge risk-${risk || "none"}`, title: "most severe flag (docs/rules.md)" }, risk || "no flags");
+}
+
 async function header() {
   me = await apiJson("/api/me");
   $("#me").textContent = `${me.user} (${me.role})`;
@@ -147,7 +152,7 @@ async function listPage() {
     const body = $("#sessions tbody");
     body.replaceChildren();
     if (!page.sessions.length) {
-      body.append(el("tr", {}, el("td", { colspan: "8", class: "muted" }, "No sessions match.")));
+      body.append(el("tr", {}, el("td", { colspan: "10", class: "muted" }, "No sessions match.")));
     }
     for (const s of page.sessions) {
       const link = `/session/${s.id}`;
@@ -161,7 +166,9 @@ async function listPage() {
       body.append(el("tr", { class: "session", "data-id": s.id }, first,
         el("td", {}, s.user_name), el("td", {}, s.hostname), el("td", {}, labels),
         el("td", {}, s.authorized_by || "unknown"), el("td", {}, clock(s.duration_us / 1e6)),
-        el("td", {}, bytes(s.bytes)), el("td", {}, badge(s.status), " ", trustBadge(s.authenticity))));
+        el("td", {}, bytes(s.bytes)), el("td", {}, badge(s.status), " ", trustBadge(s.authenticity)),
+        el("td", { class: "risk" }, riskBadge(s.risk)),
+        el("td", { class: "review" }, s.review ? `${s.review.state} by ${s.review.reviewer}` : "unreviewed")));
     }
     const next = $("#next"), prev = $("#prev");
     next.disabled = !page.next;
@@ -175,6 +182,34 @@ async function listPage() {
   } catch (e) {
     showError(e);
   }
+}
+
+// ---- review queue and coverage ------------------------------------------------------------
+
+async function reviewPage() {
+  await header();
+  const order = $("#review-order"), period = $("#coverage-period");
+  const load = async () => {
+    try {
+      const q = await apiJson(`/api/review/queue?order=${order.value}&limit=200`);
+      const c = q.counts;
+      $("#review-counts").textContent = `${c.unreviewed} unreviewed (${c.unreviewed_high_risk} of high risk or above) · ${c.flagged} flagged for follow-up · ${c.reviewed} reviewed`;
+      const body = $("#review-queue tbody");
+      body.replaceChildren(...q.sessions.map((s) => el("tr", { class: "session", "data-id": s.id },
+        el("td", {}, riskBadge(s.risk)), el("td", {}, el("a", { href: `/session/${s.id}` }, when(s.started_at))),
+        el("td", {}, s.user_name), el("td", {}, s.hostname), el("td", {}, s.authorized_by || "unknown"),
+        el("td", {}, badge(s.status)))));
+      if (!q.sessions.length) body.append(el("tr", {}, el("td", { colspan: "6", class: "muted" }, "Nothing waiting.")));
+      const cov = await apiJson(`/api/review/coverage?period=${period.value}&periods=8`);
+      $("#coverage tbody").replaceChildren(...cov.periods.map((p) => el("tr", {},
+        el("td", {}, new Date(p.from).toLocaleDateString()), el("td", {}, String(p.sessions)),
+        el("td", {}, String(p.reviewed)), el("td", {}, String(p.flagged)), el("td", {}, String(p.unreviewed)),
+        el("td", { class: "share" }, p.share_reviewed == null ? "-" : `${Math.round(p.share_reviewed * 100)}%`))));
+    } catch (e) { showError(e); }
+  };
+  order.addEventListener("change", load);
+  period.addEventListener("change", load);
+  await load();
 }
 
 // ---- player -------------------------------------------------------------------------------
@@ -335,7 +370,7 @@ class MsePlayer {
 
 const SHOWN = new Set(["process_start", "window_focus", "window_title", "jit_start", "jit_stop",
   "gap", "capture_error", "frames_dropped", "events_summarised", "recorder_started", "recorder_stopped",
-  "notice_shown", "notice_acknowledged", "notice_failed", "fail_closed"]);
+  "notice_shown", "notice_acknowledged", "notice_failed", "fail_closed", "change"]);
 
 function renderMeta(s, retention, trust) {
   const dl = el("dl");
@@ -428,6 +463,11 @@ function drawMarks(detail, duration) {
       marks.append(el("span", { class: "event", style: `left:${pct(e.media_us)}` }));
     }
   }
+  // Detection-rule matches: a mark of their severity's colour, on top of the others.
+  for (const f of detail.flags || []) {
+    marks.append(el("span", { class: `flag ${f.severity}`, title: `${f.severity}: ${f.sentence}`,
+      "data-rule": f.rule, style: `left:${pct(f.media_us)}` }));
+  }
   if (detail.session.status === "interrupted" || detail.session.status === "silent") {
     const st = detail.session.status;
     marks.append(el("span", { class: st, title: st, style: "right:0;width:4px" }));
@@ -465,6 +505,48 @@ async function toggleHold(id, held) {
   }
 }
 
+/** The session's risk, its flags and its reviews, with the form to add one. */
+function renderReview(detail) {
+  const box = $("#review");
+  const flags = detail.flags || [];
+  const seekTo = (us) => { const v = $("#video"); if (window.jitrecPlayer) window.jitrecPlayer.followLive = false; v.currentTime = us / 1e6; };
+  const list = el("ol", { id: "flags" }, ...flags.map((f) => el("li", {
+    class: `flag-item ${f.severity}`, "data-rule": f.rule, "data-media-us": String(f.media_us),
+    onclick: () => seekTo(f.media_us),
+  }, el("span", { class: "t" }, clock(f.media_us / 1e6)), " ", el("span", { class: `badge risk-${f.severity}` }, f.severity),
+    " ", f.sentence, el("span", { class: "muted" }, ` ${f.text}`))));
+  // The change ledger: what the elevation changed on the machine, each at its moment.
+  const changes = detail.events.filter((e) => e.kind === "change");
+  const ledger = el("ol", { id: "ledger" }, ...changes.map((e) => el("li", {
+    class: `change ${e.data.area || ""}`, "data-area": e.data.area || "", "data-action": e.data.action || "",
+    "data-media-us": String(e.media_us), onclick: () => seekTo(e.media_us),
+  }, el("span", { class: "t" }, clock(e.media_us / 1e6)), " ", e.text)));
+  const history = el("ul", { id: "reviews" }, ...(detail.reviews || []).map((r) =>
+    el("li", { class: r.state }, `${when(r.at)}: ${r.state} by ${r.reviewer}${r.comment ? ": " + r.comment : ""}`)));
+  const state = el("select", { id: "review-state" }, el("option", { value: "reviewed" }, "Reviewed"), el("option", { value: "flagged" }, "Needs follow-up"));
+  const comment = el("input", { id: "review-comment", placeholder: "Comment", maxlength: "2000" });
+  const said = el("span", { id: "review-message", class: "error", role: "alert" });
+  const send = el("button", { id: "review-submit", onclick: async (ev) => {
+    ev.preventDefault();
+    said.textContent = "";
+    try {
+      await apiJson(`/api/sessions/${detail.session.id}/review`, {
+        method: "POST", headers: { "Content-Type": "application/json" },
+        body: JSON.stringify({ state: state.value, comment: comment.value }),
+      });
+      const d = await apiJson(`/api/sessions/${detail.session.id}`);
+      renderReview(d);
+    } catch (e) { said.textContent = String(e.message || e); }
+  } }, "Save review");
+  box.replaceChildren(
+    el("h2", {}, "Risk ", el("span", { id: "risk" }, riskBadge(detail.risk))),
+    flags.length ? list : el("p", { class: "muted" }, "No detection rule matched."),
+    el("h2", {}, "What changed on the machine"),
+    changes.length ? ledger : el("p", { class: "muted" }, "The change ledger recorded nothing."),
+    el("h2", {}, "Review"), history,
+    el("form", { id: "review-form", class: "filters" }, state, comment, send, said));
+}
+
 async function sessionPage() {
   await header();
   const id = location.pathname.split("/").pop();
@@ -486,17 +568,40 @@ async function sessionPage() {
   const player = new MsePlayer(video, detail);
   window.jitrecPlayer = player;
 
-  // Timeline.
+  // Timeline: the elevated user's own activity; the rest of the machine's (processes the
+  // recorder judged not theirs) one click away.
   const list = $("#events");
+  const showAll = $("#show-machine");
   let events = [];
   const renderEvents = () => {
-    events = detail.events.filter((e) => SHOWN.has(e.kind));
-    list.replaceChildren(...events.map((e, i) => el("li", {
-      class: e.kind, "data-i": String(i), "data-media-us": String(e.media_us),
-      onclick: () => { player.followLive = false; video.currentTime = e.media_us / 1e6; },
-    }, el("span", { class: "t" }, clock(e.media_us / 1e6)), el("span", { class: "k" }, e.kind.replace("_", " ")), e.text)));
+    const flagsAt = new Map();
+    for (const f of detail.flags || []) {
+      const k = `${f.seq}/${f.idx}`;
+      if (!flagsAt.has(k)) flagsAt.set(k, []);
+      flagsAt.get(k).push(f);
+    }
+    const machine = (e) => e.kind === "process_start" && e.data && e.data.in_session === false;
+    const hidden = detail.events.filter((e) => SHOWN.has(e.kind) && machine(e)).length;
+    $("#machine-count").textContent = hidden ? `(${hidden})` : "";
+    // A flagged event is always shown, whoever's it is.
+    events = detail.events.filter((e) => SHOWN.has(e.kind)
+      && (showAll.checked || !machine(e) || flagsAt.has(`${e.seq}/${e.idx}`)));
+    list.replaceChildren(...events.map((e, i) => {
+      const flags = flagsAt.get(`${e.seq}/${e.idx}`) || [];
+      const li = el("li", {
+        class: e.kind + (machine(e) ? " machine" : "") + (flags.length ? " flagged" : ""),
+        "data-i": String(i), "data-media-us": String(e.media_us),
+        onclick: () => { player.followLive = false; video.currentTime = e.media_us / 1e6; },
+      }, el("span", { class: "t" }, clock(e.media_us / 1e6)), el("span", { class: "k" }, e.kind.replace("_", " ")), e.text);
+      for (const f of flags) {
+        li.append(el("span", { class: `flag-note ${f.severity}`, "data-rule": f.rule }, `${f.severity}: ${f.sentence}`));
+      }
+      return li;
+    }));
   };
+  showAll.addEventListener("change", renderEvents);
   renderEvents();
+  renderReview(detail);
   // The detail call brings the first page of events; the rest come page by page behind it,
   // while the video plays (a session can hold more events than one answer should carry).
   let loading = false;
@@ -609,6 +714,7 @@ async function sessionPage() {
         player.addChunks(d.chunks, d.inits, d.session.closed);
         if (d.chunks.length) showError(null);
         renderEvents();
+        renderReview(d);
         drawMarks(d, player.end());
         liveBadge(d.session.status);
         if (d.session.closed) { $("#live").hidden = true; return; }
@@ -760,7 +866,7 @@ async function machinesPage() {
   await load().catch(showError);
 }
 
-const pages = { login: loginPage, list: listPage, session: sessionPage, audit: auditPage, retention: retentionPage, machines: machinesPage };
+const pages = { login: loginPage, list: listPage, session: sessionPage, audit: auditPage, retention: retentionPage, machines: machinesPage, review: reviewPage };
 document.addEventListener("DOMContentLoaded", () => {
   const page = pages[document.body.dataset.page];
   if (page) page().catch(showError);

@@ -116,6 +116,11 @@ pub struct EventsToml {
     pub rate: u32,
     /// Where user names of process owners come from.
     pub passwd_file: PathBuf,
+    /// Record the change ledger: what the elevation changed on the machine (accounts, sudo,
+    /// cron, systemd units, packages, files under /etc, /usr/local and /root).
+    pub changes: bool,
+    /// Where the machine's files are for the change ledger: `/` (a test points it at a copy).
+    pub changes_root: PathBuf,
     pub redaction: RedactionConfig,
 }
 
@@ -232,6 +237,8 @@ impl Default for EventsToml {
             burst: limits.burst,
             rate: limits.rate,
             passwd_file: "/etc/passwd".into(),
+            changes: true,
+            changes_root: "/".into(),
             redaction: RedactionConfig::default(),
         }
     }

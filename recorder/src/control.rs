@@ -153,6 +153,18 @@ pub fn user_name(passwd_file: &Path, uid: u32) -> Option<String> {
     })
 }
 
+/// The uid of user `name` in a passwd file.
+#[cfg(unix)]
+pub fn user_id(passwd_file: &Path, name: &str) -> Option<u32> {
+    let text = std::fs::read_to_string(passwd_file).ok()?;
+    text.lines().find_map(|l| {
+        let f: Vec<&str> = l.split(':').collect();
+        (f.len() >= 3 && f[0] == name)
+            .then(|| f[2].parse().ok())
+            .flatten()
+    })
+}
+
 #[cfg(unix)]
 impl Access {
     fn allows(&self, uid: u32, gid: u32) -> bool {

@@ -317,12 +317,38 @@ fn event_sources(cfg: &Config) -> Result<SourceFactory> {
         proc_root: "/proc".into(),
         poll_interval: Duration::from_millis(cfg.events.poll_ms),
         force_poll: cfg.events.process_source == ProcessMode::Poll,
+        session_uid: None,
     });
     let windows = cfg.events.windows.then(|| cfg.capture.display.clone());
-    Ok(Box::new(move || {
+    let changes = cfg
+        .events
+        .changes
+        .then(|| jitrec_recorder::events::changes::ChangeConfig {
+            root: cfg.events.changes_root.clone(),
+            trees: jitrec_recorder::events::changes::ChangeConfig::default_trees(),
+            redactor: Arc::clone(&redactor),
+        });
+    Ok(Box::new(move |user: &str| {
         let mut sources: Vec<Box<dyn EventSource>> = Vec::new();
         if let Some(config) = &process {
-            sources.push(Box::new(ProcessSource::open(config.clone())));
+            // Looked up at each start: the account may be new since the recorder started.
+            let session_uid = control::user_id(&config.passwd_file, user);
+            if session_uid.is_none() {
+                tracing::warn!(
+                    user,
+                    "the elevated account is not in the passwd file; whose activity each process is stays unknown"
+                );
+            }
+            sources.push(Box::new(ProcessSource::open(ProcessConfig {
+                session_uid,
+                ..config.clone()
+            })));
+        }
+        if let Some(config) = &changes {
+            // The snapshot is taken here, at JIT start: what differs from it is the ledger.
+            sources.push(Box::new(
+                jitrec_recorder::events::changes::ChangeSource::open(config.clone()),
+            ));
         }
         if let Some(display) = &windows {
             sources.push(Box::new(WindowSource::open(
@@ -340,7 +366,7 @@ fn event_sources(cfg: &Config) -> Result<SourceFactory> {
     use jitrec_recorder::windows::{etw::EtwProcessSource, winevent::WinEventSource};
     let redactor = Arc::new(Redactor::new(&cfg.events.redaction)?);
     let (processes, windows) = (cfg.events.processes, cfg.events.windows);
-    Ok(Box::new(move || {
+    Ok(Box::new(move |_user: &str| {
         let mut sources: Vec<Box<dyn EventSource>> = Vec::new();
         if processes {
             sources.push(Box::new(EtwProcessSource {

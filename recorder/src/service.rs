@@ -431,7 +431,11 @@ where
         tracing::info!(%session, user, "JIT started; recording");
         // Sources subscribe as they are made, so once `Started` is reported (and `jit start`
         // returns) every process and window change is seen.
-        let mut sources = self.event_sources.as_mut().map(|f| f()).unwrap_or_default();
+        let mut sources = self
+            .event_sources
+            .as_mut()
+            .map(|f| f(user))
+            .unwrap_or_default();
         if let Some(notice) = &self.notice {
             // On its own thread like the other sources: it never holds up start or capture.
             sources.push(notice.source(&crate::notice::Elevation {

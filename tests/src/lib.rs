@@ -12,7 +12,9 @@ pub mod oidc;
 pub mod pipeline;
 pub mod postgres;
 pub mod seaweed;
+pub mod syslog;
 pub mod webdriver;
+pub mod webhook;
 pub mod xvfb;
 
 use std::fs;

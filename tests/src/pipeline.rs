@@ -64,6 +64,10 @@ pub struct PipelineConfig {
     /// Encrypt payloads: the recorder gets an age recipient, the player its identity
     /// (`age.key` in the pipeline's directory).
     pub encrypt: bool,
+    /// More arguments for `jitrec-player serve` (e.g. `--review-separation`).
+    pub player_args: Vec<String>,
+    /// More lines for the recorder's configuration file, after its own.
+    pub recorder_toml: String,
 }
 
 /// The running programs.
@@ -151,7 +155,8 @@ impl Pipeline {
             display = x.display,
             fps = config.fps,
             chunk_ms = config.chunk_ms,
-        ) + &encryption;
+        ) + &encryption
+            + &config.recorder_toml;
         let recorder_config = dir.path().join("recorder.toml");
         std::fs::write(&recorder_config, recorder_toml)?;
         let mut p = Self {
@@ -186,7 +191,8 @@ impl Pipeline {
             .args(["--listen", &p.player.to_string()])
             // Chromium reaches it over plain HTTP on loopback.
             .arg("--plain-http-cookies")
-            .args(["--retention-every", "0"]);
+            .args(["--retention-every", "0"])
+            .args(&config.player_args);
         if config.encrypt {
             player
                 .arg("--age-identity")

@@ -15,10 +15,13 @@
 pub mod postgres;
 pub mod sqlite;
 
+use std::collections::HashMap;
+
 use chrono::{DateTime, Utc};
 use jitrec_format::{Event, EventKind, ObjectKey, SessionId};
 use serde::Serialize;
 
+use crate::rules::{FlagRow, Severity};
 use crate::scan::{Problem, Status};
 
 /// Why the index could not answer.
@@ -199,12 +202,19 @@ impl EventRow {
     pub fn new(seq: u64, idx: u32, e: &Event) -> Self {
         let (kind, text) = describe(&e.event);
         let text = crate::auth::bounded(&text, EVENT_TEXT_MAX);
-        let json = serde_json::to_string(&e.event).unwrap_or_else(|_| "null".into());
-        let json = if json.len() > EVENT_DATA_MAX {
-            serde_json::json!({ "kind": kind, "truncated": true, "bytes": json.len() }).to_string()
-        } else {
-            json
-        };
+        let mut json = serde_json::to_string(&e.event).unwrap_or_else(|_| "null".into());
+        if json.len() > EVENT_DATA_MAX {
+            // Kept as the same event with its long texts cut (start and end), so what it was
+            // (executable, user, parent) is still there for the timeline and the detection rules:
+            // padding a command line must not hide the program it runs.
+            json = cut_event(&e.event)
+                .and_then(|c| serde_json::to_string(&c).ok())
+                .filter(|j| j.len() <= EVENT_DATA_MAX)
+                .unwrap_or_else(|| {
+                    serde_json::json!({ "kind": kind, "truncated": true, "bytes": json.len() })
+                        .to_string()
+                });
+        }
         // Serialised by serde_json just above: JSON by construction.
         let data = EventData::from_json(json).expect("serde_json writes JSON");
         Self {
@@ -216,6 +226,34 @@ impl EventRow {
             text,
             data,
         }
+    }
+}
+
+/// `e` with its long texts cut to fit [`EVENT_DATA_MAX`]; `None` for kinds that have none.
+fn cut_event(e: &EventKind) -> Option<EventKind> {
+    use crate::auth::{bounded, bounded_ends};
+    // A quarter of the bound for the command line or title, and 512 characters for the rest: with
+    // JSON escaping at most doubling them, the whole stays within the bound.
+    let long = EVENT_DATA_MAX / 8;
+    match e {
+        EventKind::ProcessStart(p) => {
+            let mut p = p.clone();
+            p.command_line = bounded_ends(&p.command_line, long);
+            p.exe = bounded_ends(&p.exe, 512);
+            p.user.name = bounded(&p.user.name, 256);
+            p.user.id = bounded(&p.user.id, 256);
+            Some(EventKind::ProcessStart(p))
+        }
+        EventKind::WindowFocus(w) | EventKind::WindowTitle(w) => {
+            let mut w = w.clone();
+            w.title = bounded_ends(&w.title, long);
+            w.window = bounded(&w.window, 256);
+            Some(match e {
+                EventKind::WindowFocus(_) => EventKind::WindowFocus(w),
+                _ => EventKind::WindowTitle(w),
+            })
+        }
+        _ => None,
     }
 }
 
@@ -322,6 +360,18 @@ pub fn describe(e: &EventKind) -> (&'static str, String) {
             "notice_failed",
             format!("the recording notice could not be shown: {message}"),
         ),
+        EventKind::Change {
+            area,
+            action,
+            subject,
+            detail,
+        } => (
+            "change",
+            match detail {
+                Some(d) => format!("{area}: {} {subject}: {d}", action.replace('_', " ")),
+                None => format!("{area}: {} {subject}", action.replace('_', " ")),
+            },
+        ),
         EventKind::FailClosed { reason, action } => (
             "fail_closed",
             format!("the recorder ended the elevation ({reason}): {action}"),
@@ -356,11 +406,16 @@ pub struct Batch {
     pub inits: Vec<(SessionId, InitRow)>,
     /// A chunk with all its events; replaces the chunk and its events if already indexed.
     pub chunks: Vec<(SessionId, ChunkRow, Vec<EventRow>)>,
+    /// The detection rules' flags of a chunk (session, seq); replaces the chunk's flags.
+    pub flags: Vec<(SessionId, u64, Vec<FlagRow>)>,
 }
 
 impl Batch {
     pub fn is_empty(&self) -> bool {
-        self.sessions.is_empty() && self.inits.is_empty() && self.chunks.is_empty()
+        self.sessions.is_empty()
+            && self.inits.is_empty()
+            && self.chunks.is_empty()
+            && self.flags.is_empty()
     }
 }
 
@@ -381,6 +436,8 @@ pub struct Query {
     pub status: Option<Status>,
     /// Words that must all occur in one event of the session (commands, window titles, ...).
     pub text: Option<String>,
+    /// Sessions with a flag at least this severe.
+    pub risk: Option<Severity>,
     /// The page after this session (the previous page's `next`).
     pub after: Option<SessionId>,
     /// Oldest first instead of newest first.
@@ -458,6 +515,47 @@ pub trait Index: Send + Sync {
                 return Ok(all);
             }
         }
+    }
+    /// The detection rules' flags of a session, in order.
+    fn flags(&self, id: SessionId) -> Result<Vec<FlagRow>, IndexError> {
+        let rows = self.query(
+            "SELECT seq, idx, media_us, utc, rule, rank, sentence, text FROM flags \
+             WHERE session_id = $1 ORDER BY seq, idx, rule",
+            &[SqlValue::Text(id.to_string())],
+        )?;
+        rows.iter().map(|r| flag_row(r)).collect()
+    }
+    /// The risk (most severe flag) of each of `ids` that has a flag.
+    fn risks(&self, ids: &[SessionId]) -> Result<HashMap<SessionId, Severity>, IndexError> {
+        let mut out = HashMap::new();
+        for chunk in ids.chunks(100) {
+            let marks = (1..=chunk.len())
+                .map(|i| format!("${i}"))
+                .collect::<Vec<_>>()
+                .join(", ");
+            let params: Vec<SqlValue> = chunk
+                .iter()
+                .map(|i| SqlValue::Text(i.to_string()))
+                .collect();
+            let rows = self.query(
+                &format!(
+                    "SELECT session_id, MAX(rank) FROM flags WHERE session_id IN ({marks}) \
+                     GROUP BY session_id"
+                ),
+                &params,
+            )?;
+            for r in rows {
+                if let (Some(id), Some(rank)) = (
+                    r.first()
+                        .and_then(|v| v.text())
+                        .and_then(|t| t.parse().ok()),
+                    r.get(1).and_then(|v| v.int()).and_then(Severity::from_rank),
+                ) {
+                    out.insert(id, rank);
+                }
+            }
+        }
+        Ok(out)
     }
     /// Whether the index knows this init segment or media segment (the API serves no others).
     fn knows(&self, key: ObjectKey) -> Result<bool, IndexError>;
@@ -554,6 +652,7 @@ CREATE INDEX IF NOT EXISTS sessions_started ON sessions (started_at);
 CREATE INDEX IF NOT EXISTS sessions_open ON sessions (closed, id);
 CREATE UNIQUE INDEX IF NOT EXISTS events_key ON events (session_id, seq, idx);
 CREATE INDEX IF NOT EXISTS sessions_continues ON sessions (continues);
+CREATE INDEX IF NOT EXISTS sessions_last_change ON sessions (last_change);
 ";
 
     /// The column sessions gained with `continues` (an older SQLite index gets it added).
@@ -616,7 +715,26 @@ CREATE INDEX IF NOT EXISTS sessions_continues ON sessions (continues);
 
     pub(crate) const SELECT_COUNTS: &str = "SELECT status, COUNT(*) FROM sessions GROUP BY status";
 
-    pub(crate) const CLEAR: [&str; 4] = [
+    /// The detection rules' flags (`crate::rules`): cache, rebuilt with the events.
+    pub(crate) const FLAGS: &str = "
+CREATE TABLE IF NOT EXISTS flags (
+    session_id TEXT NOT NULL, seq BIGINT NOT NULL, idx BIGINT NOT NULL,
+    media_us BIGINT NOT NULL, utc BIGINT NOT NULL, rule TEXT NOT NULL,
+    severity TEXT NOT NULL, rank BIGINT NOT NULL, sentence TEXT NOT NULL, text TEXT NOT NULL,
+    PRIMARY KEY (session_id, seq, idx, rule)
+);
+CREATE INDEX IF NOT EXISTS flags_rank ON flags (rank, session_id);
+";
+
+    pub(crate) const DELETE_CHUNK_FLAGS: &str =
+        "DELETE FROM flags WHERE session_id = $1 AND seq = $2";
+
+    pub(crate) const INSERT_FLAG: &str = "INSERT INTO flags (session_id, seq, idx, media_us, utc, \
+        rule, severity, rank, sentence, text) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
+        ON CONFLICT (session_id, seq, idx, rule) DO NOTHING";
+
+    pub(crate) const CLEAR: [&str; 5] = [
+        "DELETE FROM flags",
         "DELETE FROM events",
         "DELETE FROM chunks",
         "DELETE FROM inits",
@@ -664,6 +782,12 @@ pub(crate) fn list_sql(
         let n = bind(Param::Text(st.as_str().into()), &mut params);
         conds.push(format!("s.status = ${n}"));
     }
+    if let Some(r) = q.risk {
+        let n = bind(Param::Int(r.rank()), &mut params);
+        conds.push(format!(
+            "EXISTS (SELECT 1 FROM flags f WHERE f.session_id = s.id AND f.rank >= ${n})"
+        ));
+    }
     if let Some(a) = q.after {
         let n = bind(Param::Text(a.to_string()), &mut params);
         let op = if q.oldest_first { ">" } else { "<" };
@@ -703,6 +827,44 @@ pub(crate) fn knows_sql(key: ObjectKey) -> Option<(&'static str, String, i64)> {
         ObjectKey::ChunkVideo(s, n) => Some((sql::KNOWS_CHUNK, s.id.to_string(), to_i64(n))),
         _ => None,
     }
+}
+
+fn flag_row(r: &[SqlValue]) -> Result<FlagRow, IndexError> {
+    let bad = || IndexError::Other("a flags row of the wrong shape".into());
+    let int = |i: usize| r.get(i).and_then(SqlValue::int).ok_or_else(bad);
+    let text = |i: usize| {
+        r.get(i)
+            .and_then(SqlValue::text)
+            .map(str::to_owned)
+            .ok_or_else(bad)
+    };
+    Ok(FlagRow {
+        seq: to_u64(int(0)?),
+        idx: u32::try_from(int(1)?).map_err(|_| bad())?,
+        media_us: to_u64(int(2)?),
+        utc: from_micros(int(3)?)?,
+        rule: text(4)?,
+        severity: Severity::from_rank(int(5)?).ok_or_else(bad)?,
+        sentence: text(6)?,
+        text: text(7)?,
+    })
+}
+
+/// The bind values of a flag row of chunk `seq` of session `sid`, in [`sql::INSERT_FLAG`]'s
+/// order.
+pub(crate) fn flag_params(sid: &str, seq: u64, f: &FlagRow) -> Vec<Param> {
+    vec![
+        Param::Text(sid.to_owned()),
+        Param::Int(to_i64(seq)),
+        Param::Int(i64::from(f.idx)),
+        Param::Int(to_i64(f.media_us)),
+        Param::Int(micros(f.utc)),
+        Param::Text(f.rule.clone()),
+        Param::Text(f.severity.as_str().into()),
+        Param::Int(f.severity.rank()),
+        Param::Text(f.sentence.clone()),
+        Param::Text(f.text.clone()),
+    ]
 }
 
 /// Splits a fetched page (one row more than asked) into the page and its `next` cursor.

@@ -191,6 +191,7 @@ impl PgIndex {
                             "ALTER TABLE sessions ADD COLUMN IF NOT EXISTS continues TEXT NOT NULL DEFAULT ''",
                         )
                     })
+                    .and_then(|()| c.batch_execute(sql::FLAGS))
                     .and_then(|()| c.batch_execute(sql::INDEXES));
                 c.batch_execute("SELECT pg_advisory_unlock(7413)")?;
                 r?;
@@ -362,6 +363,16 @@ impl Index for PgIndex {
                             &words(&e.text).join(" "),
                         ],
                     )?;
+                }
+            }
+            let del = tx.prepare(sql::DELETE_CHUNK_FLAGS)?;
+            let ins = tx.prepare(sql::INSERT_FLAG)?;
+            for (s, seq, flags) in &batch.flags {
+                let sid = s.to_string();
+                tx.execute(&del, &[&sid, &to_i64(*seq)])?;
+                for f in flags {
+                    let b = bind(&super::flag_params(&sid, *seq, f));
+                    tx.execute(&ins, &refs(&b))?;
                 }
             }
             tx.commit()?;

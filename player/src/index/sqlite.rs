@@ -141,6 +141,7 @@ impl SqliteIndex {
                 if c.prepare("SELECT continues FROM sessions LIMIT 0").is_err() {
                     c.execute_batch(sql::ADD_CONTINUES)?;
                 }
+                c.execute_batch(sql::FLAGS)?;
                 c.execute_batch(sql::INDEXES)?;
             }
             conns.push(c);
@@ -262,6 +263,15 @@ impl Index for SqliteIndex {
                             e.text,
                             e.data.as_str()
                         ])?;
+                    }
+                }
+                let mut del = tx.prepare_cached(&sqlite_sql(sql::DELETE_CHUNK_FLAGS))?;
+                let mut ins = tx.prepare_cached(&sqlite_sql(sql::INSERT_FLAG))?;
+                for (s, seq, flags) in &batch.flags {
+                    let sid = s.to_string();
+                    del.execute(rusqlite::params![sid, to_i64(*seq)])?;
+                    for f in flags {
+                        ins.execute(params_from_iter(bind(&super::flag_params(&sid, *seq, f))))?;
                     }
                 }
             }

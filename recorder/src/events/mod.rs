@@ -26,6 +26,8 @@
 pub mod redact;
 
 #[cfg(target_os = "linux")]
+pub mod changes;
+#[cfg(target_os = "linux")]
 pub mod process;
 #[cfg(target_os = "linux")]
 pub mod window;
@@ -175,8 +177,9 @@ pub trait EventSource: Send + 'static {
     fn run(self: Box<Self>, sink: EventSink, stop: Arc<AtomicBool>);
 }
 
-/// Makes the event sources of a session when it starts.
-pub type SourceFactory = Box<dyn FnMut() -> Vec<Box<dyn EventSource>> + Send>;
+/// Makes the event sources of a session when it starts, given the elevated account's name (the
+/// process source tells that account's activity from the rest of the machine's).
+pub type SourceFactory = Box<dyn FnMut(&str) -> Vec<Box<dyn EventSource>> + Send>;
 
 /// How long a source may sleep without being woken; only bounds how long a lost wake-up could
 /// delay a stop.
@@ -720,6 +723,7 @@ mod tests {
             exe: "/usr/bin/true".into(),
             command_line: "true".into(),
             elevated: true,
+            in_session: None,
         })
     }
 

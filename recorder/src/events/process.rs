@@ -62,6 +62,9 @@ pub struct ProcessConfig {
     pub poll_interval: Duration,
     /// Use the fallback even when netlink works (tests of the fallback).
     pub force_poll: bool,
+    /// The elevated account's uid, when the passwd file knows it: each process start then says
+    /// whether it is that account's activity (`in_session`). `None`: unknown, not said.
+    pub session_uid: Option<u32>,
 }
 
 /// A message of the process-events connector.
@@ -162,6 +165,9 @@ pub struct ProcInfo {
     pub argv: Vec<String>,
     /// Start time in clock ticks since boot (`/proc/<pid>/stat` field 22).
     pub start_ticks: Option<u64>,
+    /// The audit login uid (`/proc/<pid>/loginuid`): whose login the process descends from,
+    /// kept across `sudo` and `su`; `None` when unset (no PAM login) or unreadable.
+    pub login_uid: Option<u32>,
 }
 
 /// Reads what is still readable of `/proc/<pid>`; `None` if the process is gone.
@@ -200,6 +206,7 @@ pub fn read_proc(proc_root: &Path, pid: u32, with_start: bool) -> Option<ProcInf
             _ => {}
         }
     }
+    info.login_uid = read_login_uid(&dir);
     if with_start && let Ok(stat) = std::fs::read_to_string(dir.join("stat")) {
         // The name (field 2) is in parentheses and may hold spaces; fields count from after it.
         info.start_ticks = stat
@@ -208,6 +215,99 @@ pub fn read_proc(proc_root: &Path, pid: u32, with_start: bool) -> Option<ProcInf
             .and_then(|v| v.parse().ok());
     }
     Some(info)
+}
+
+/// `(uid_t)-1`: the login uid of a process that no login session set.
+const LOGIN_UID_UNSET: u32 = u32::MAX;
+
+fn read_login_uid(dir: &Path) -> Option<u32> {
+    std::fs::read_to_string(dir.join("loginuid"))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+        .filter(|u| *u != LOGIN_UID_UNSET)
+}
+
+/// How many ancestors are looked at to tell whose a process is (a login shell is a few levels
+/// above what it runs; a deeper chain is judged by the levels read).
+const MAX_ANCESTRY: usize = 32;
+
+/// The most verdicts kept by pid before they are forgotten at once (a fork bomb must not grow
+/// the map without bound; a forgotten verdict is found again from `/proc`).
+const MAX_VERDICTS: usize = 65_536;
+
+/// Tells the elevated account's processes from the rest of the machine's: a process is the
+/// account's if it runs as it (real or effective uid: `sudo` itself runs with the caller's real
+/// uid), carries its login uid, or descends from such a process. Ancestors are read from
+/// `/proc` once and their verdicts kept, so a busy session costs one `/proc` read per new process.
+///
+/// What it cannot see: a command the account hands to a daemon (`systemd-run`, `at`, a cron
+/// entry) runs as the daemon's child, and is judged the machine's. Detection rules see every
+/// process whatever its verdict (docs/player.md), so such a hand-off is still flagged.
+#[derive(Debug)]
+struct Ownership {
+    uid: u32,
+    proc_root: PathBuf,
+    verdicts: HashMap<u32, bool>,
+}
+
+impl Ownership {
+    fn of_info(&self, info: &ProcInfo) -> bool {
+        info.uid == Some(self.uid)
+            || info.euid == Some(self.uid)
+            || info.login_uid == Some(self.uid)
+    }
+
+    /// Whether `pid` (whose `/proc` details are `info`, parent `ppid`) is the account's.
+    fn judge(&mut self, pid: u32, ppid: u32, info: &ProcInfo) -> bool {
+        let own = self.of_info(info) || self.ancestor_is_own(ppid);
+        self.remember(pid, own);
+        own
+    }
+
+    fn ancestor_is_own(&mut self, mut pid: u32) -> bool {
+        let mut chain = Vec::new();
+        let mut own = false;
+        for _ in 0..MAX_ANCESTRY {
+            if pid <= 1 {
+                break;
+            }
+            if let Some(v) = self.verdicts.get(&pid) {
+                own = *v;
+                break;
+            }
+            let Some(info) = read_proc(&self.proc_root, pid, false) else {
+                break;
+            };
+            chain.push(pid);
+            if self.of_info(&info) {
+                own = true;
+                break;
+            }
+            match info.ppid {
+                Some(p) if p != pid => pid = p,
+                _ => break,
+            }
+        }
+        // Every process on the way has the verdict of the first one that decided it.
+        for p in chain {
+            self.remember(p, own);
+        }
+        own
+    }
+
+    fn remember(&mut self, pid: u32, own: bool) {
+        if self.verdicts.len() >= MAX_VERDICTS {
+            self.verdicts.clear();
+        }
+        self.verdicts.insert(pid, own);
+    }
+
+    /// A process ended: its pid may be reused by someone else's.
+    fn forget(&mut self, pid: u32) {
+        self.verdicts.remove(&pid);
+    }
 }
 
 /// User names by uid, from the passwd file, cached.
@@ -234,6 +334,7 @@ impl UserNames {
 struct Describer {
     config: ProcessConfig,
     names: UserNames,
+    ownership: Option<Ownership>,
 }
 
 impl Describer {
@@ -242,7 +343,16 @@ impl Describer {
             passwd_file: config.passwd_file.clone(),
             cache: HashMap::new(),
         };
-        Self { config, names }
+        let ownership = config.session_uid.map(|uid| Ownership {
+            uid,
+            proc_root: config.proc_root.clone(),
+            verdicts: HashMap::new(),
+        });
+        Self {
+            config,
+            names,
+            ownership,
+        }
     }
 
     fn start(&mut self, pid: u32, ppid_hint: Option<u32>, info: Option<ProcInfo>) -> EventKind {
@@ -265,16 +375,25 @@ impl Describer {
                 .admin_gid
                 .is_some_and(|g| info.groups.contains(&g));
         let command_line = self.config.redactor.command_line(&info.argv);
+        // The parent from the fork message first: it is who created the process, while `/proc`
+        // shows the current parent, and 0 while the process is being reaped.
+        let ppid = ppid_hint.or(info.ppid.filter(|p| *p != 0)).unwrap_or(0);
+        let in_session = self.ownership.as_mut().map(|o| o.judge(pid, ppid, &info));
         EventKind::ProcessStart(ProcessStart {
             pid,
-            // The parent from the fork message first: it is who created the process, while
-            // `/proc` shows the current parent, and 0 while the process is being reaped.
-            ppid: ppid_hint.or(info.ppid.filter(|p| *p != 0)).unwrap_or(0),
+            ppid,
             user,
             exe: super::truncate_text(&info.exe),
             command_line,
             elevated,
+            in_session,
         })
+    }
+
+    fn exited(&mut self, pid: u32) {
+        if let Some(o) = &mut self.ownership {
+            o.forget(pid);
+        }
     }
 }
 
@@ -534,6 +653,7 @@ fn handle(ev: ProcEvent, d: &mut Describer, sink: &mut EventSink, tracked: &mut 
                 return; // a thread
             }
             tracked.parent.remove(&tgid);
+            d.exited(tgid);
             if !tracked.started.remove(&tgid) {
                 return;
             }
@@ -590,6 +710,7 @@ fn run_poller(
                 && started.remove(&(pid, old))
             {
                 // The pid was reused: the old process ended.
+                d.exited(pid);
                 sink.emit(now, exit_unknown(pid));
             }
             let t = info
@@ -605,6 +726,9 @@ fn run_poller(
         }
         known.retain(|pid, ticks| {
             let keep = alive.contains(pid);
+            if !keep {
+                d.exited(*pid);
+            }
             if !keep && started.remove(&(*pid, *ticks)) {
                 sink.emit(now, exit_unknown(*pid));
             }
@@ -652,6 +776,84 @@ mod tests {
         m.extend_from_slice(&[0u8; 10]);
         m.extend_from_slice(&cn);
         m
+    }
+
+    /// A `/proc` of `(pid, ppid, uid, euid, loginuid)` processes.
+    fn fake_proc(procs: &[(u32, u32, u32, u32, Option<u32>)]) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        for (pid, ppid, uid, euid, login) in procs {
+            let d = dir.path().join(pid.to_string());
+            std::fs::create_dir(&d).unwrap();
+            std::fs::write(d.join("cmdline"), b"x\0").unwrap();
+            std::fs::write(
+                d.join("status"),
+                format!("Name:\tx\nPPid:\t{ppid}\nUid:\t{uid}\t{euid}\t{euid}\t{euid}\n"),
+            )
+            .unwrap();
+            let login = login.unwrap_or(LOGIN_UID_UNSET);
+            std::fs::write(d.join("loginuid"), login.to_string()).unwrap();
+        }
+        dir
+    }
+
+    fn ownership(root: &Path, uid: u32) -> Ownership {
+        Ownership {
+            uid,
+            proc_root: root.to_owned(),
+            verdicts: HashMap::new(),
+        }
+    }
+
+    #[test]
+    fn the_accounts_processes_are_told_from_the_machines() {
+        // 1 init; 100 sshd (root); 200 alice's bash; 300 sudo (real uid alice, effective root);
+        // 400 useradd under sudo (root); 500 cron (root), 600 its job as bob; 700 a root process
+        // carrying alice's login uid (sudo -i, su - after a PAM login).
+        let root = fake_proc(&[
+            (1, 0, 0, 0, None),
+            (100, 1, 0, 0, None),
+            (200, 100, 1000, 1000, None),
+            (300, 200, 1000, 0, None),
+            (400, 300, 0, 0, None),
+            (500, 1, 0, 0, None),
+            (600, 500, 1001, 1001, None),
+            (700, 1, 0, 0, Some(1000)),
+        ]);
+        let mut o = ownership(root.path(), 1000);
+        let info = |pid: u32| read_proc(root.path(), pid, false).unwrap();
+        assert!(o.judge(400, 300, &info(400)), "sudo's child is alice's");
+        assert!(
+            o.judge(300, 200, &info(300)),
+            "sudo runs with alice's real uid"
+        );
+        assert!(
+            !o.judge(600, 500, &info(600)),
+            "bob's cron job is not alice's"
+        );
+        assert!(!o.judge(500, 1, &info(500)));
+        assert!(o.judge(700, 1, &info(700)), "alice's login uid");
+        // A process already gone: only its parent is known.
+        assert!(o.judge(800, 400, &ProcInfo::default()));
+        assert!(!o.judge(801, 100, &ProcInfo::default()));
+        // Another account's view of the same machine.
+        let mut bob = ownership(root.path(), 1001);
+        assert!(bob.judge(600, 500, &info(600)));
+        assert!(!bob.judge(400, 300, &info(400)));
+    }
+
+    #[test]
+    fn a_reused_pid_is_judged_again() {
+        let root = fake_proc(&[(1, 0, 0, 0, None), (200, 1, 1000, 1000, None)]);
+        let mut o = ownership(root.path(), 1000);
+        assert!(o.judge(300, 200, &ProcInfo::default()));
+        o.forget(200);
+        // pid 200 now belongs to a root daemon.
+        std::fs::write(
+            root.path().join("200/status"),
+            "PPid:\t1\nUid:\t0\t0\t0\t0\n",
+        )
+        .unwrap();
+        assert!(!o.judge(301, 200, &ProcInfo::default()));
     }
 
     #[test]

