@@ -63,9 +63,23 @@ pub enum RulesError {
 }
 
 /// How serious a flag is, least first.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    Default,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Serialize,
+    Deserialize,
+    clap::ValueEnum,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Severity {
+    #[default]
     Info,
     Low,
     Medium,
@@ -99,6 +113,11 @@ impl Severity {
 
     pub fn from_rank(rank: i64) -> Option<Severity> {
         Severity::ALL.get(usize::try_from(rank).ok()?).copied()
+    }
+
+    /// The severity of `rank`, out-of-range ranks taken as the nearest end.
+    pub fn clamped(rank: i64) -> Severity {
+        Severity::ALL[rank.clamp(0, 4) as usize]
     }
 
     pub fn parse(s: &str) -> Option<Severity> {

@@ -315,7 +315,7 @@ impl Deriver {
             let rule_raw = rule.text().ok_or_else(bad)?.to_owned();
             // The rank decides; the severity's text is the rules' own word for it.
             let sev = match rank.int() {
-                Some(r) => Severity::from_rank(r),
+                Some(r) => Severity::clamped(r),
                 None => severity
                     .text()
                     .and_then(Severity::parse)
@@ -475,7 +475,7 @@ mod tests {
                     text(&s.id.to_string()),
                     SqlValue::Int(seq),
                     text(rule),
-                    text(Severity::from_rank(rank).as_str()),
+                    text(Severity::clamped(rank).as_str()),
                     SqlValue::Int(rank),
                 ],
             )

@@ -37,67 +37,8 @@ impl Kind {
     }
 }
 
-/// A rule's severity, as the rules write it into `flags` (`rank` 0 to 4).
-#[derive(
-    Debug,
-    Clone,
-    Copy,
-    PartialEq,
-    Eq,
-    PartialOrd,
-    Ord,
-    Default,
-    Serialize,
-    Deserialize,
-    clap::ValueEnum,
-)]
-#[serde(rename_all = "snake_case")]
-pub enum Severity {
-    #[default]
-    Info,
-    Low,
-    Medium,
-    High,
-    Critical,
-}
-
-impl Severity {
-    pub fn rank(self) -> i64 {
-        self as i64
-    }
-
-    pub fn from_rank(rank: i64) -> Severity {
-        match rank {
-            i64::MIN..=0 => Severity::Info,
-            1 => Severity::Low,
-            2 => Severity::Medium,
-            3 => Severity::High,
-            _ => Severity::Critical,
-        }
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Severity::Info => "info",
-            Severity::Low => "low",
-            Severity::Medium => "medium",
-            Severity::High => "high",
-            Severity::Critical => "critical",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Severity> {
-        [
-            Severity::Info,
-            Severity::Low,
-            Severity::Medium,
-            Severity::High,
-            Severity::Critical,
-        ]
-        .into_iter()
-        .find(|v| v.as_str() == s)
-    }
-}
+/// A rule's severity: the rules' own ([`crate::rules::Severity`], `rank` 0 to 4 in `flags`).
+pub use crate::rules::Severity;
 
 /// One alert, as sent: the webhook's JSON body, and the fields of the syslog message.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -281,10 +222,10 @@ mod tests {
             Severity::High,
             Severity::Critical,
         ] {
-            assert_eq!(Severity::from_rank(s.rank()), s);
+            assert_eq!(Severity::clamped(s.rank()), s);
             assert_eq!(Severity::parse(s.as_str()), Some(s));
         }
-        assert_eq!(Severity::from_rank(-3), Severity::Info);
-        assert_eq!(Severity::from_rank(99), Severity::Critical);
+        assert_eq!(Severity::clamped(-3), Severity::Info);
+        assert_eq!(Severity::clamped(99), Severity::Critical);
     }
 }
