@@ -226,10 +226,7 @@ pub fn latest(
 ) -> Result<HashMap<SessionId, Review>, IndexError> {
     let mut out = HashMap::new();
     for chunk in ids.chunks(100) {
-        let marks = (1..=chunk.len())
-            .map(|i| format!("${i}"))
-            .collect::<Vec<_>>()
-            .join(", ");
+        let marks = crate::index::placeholders(chunk.len());
         let params: Vec<SqlValue> = chunk
             .iter()
             .map(|i| SqlValue::Text(i.to_string()))

@@ -957,6 +957,30 @@ mod tests {
     }
 
     #[test]
+    fn a_ledger_entry_too_large_for_the_index_is_still_matched() {
+        // Over the index's 8 KiB of JSON (emoji are 4 bytes and escaped): kept cut, not
+        // dropped to a marker, so the change rules still see it.
+        let detail = format!("eve ALL=(ALL) NOPASSWD: ALL # {}", "\u{1F600}".repeat(2000));
+        let e = Event {
+            media_us: jitrec_format::MediaTime::from_micros(1),
+            utc: DateTime::from_timestamp(1_700_000_000, 0).unwrap(),
+            event: EventKind::Change {
+                area: "sudo".into(),
+                action: "line_added".into(),
+                subject: "/etc/sudoers.d/x".into(),
+                detail: Some(detail),
+            },
+        };
+        let mut got: Vec<String> = RuleSet::builtin()
+            .evaluate(&rows(&[e]), &mut Processes::default())
+            .into_iter()
+            .map(|f| f.rule)
+            .collect();
+        got.sort();
+        assert_eq!(got, ["change.sudo_nopasswd", "change.sudo_rule"]);
+    }
+
+    #[test]
     fn a_process_gone_before_it_was_read_is_matched_by_its_command_line() {
         // No exe (the recorder found /proc empty): argv[0] names the program.
         assert_eq!(

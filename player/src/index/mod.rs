@@ -253,6 +253,17 @@ fn cut_event(e: &EventKind) -> Option<EventKind> {
                 _ => EventKind::WindowTitle(w),
             })
         }
+        EventKind::Change {
+            area,
+            action,
+            subject,
+            detail,
+        } => Some(EventKind::Change {
+            area: bounded(area, 64),
+            action: bounded(action, 64),
+            subject: bounded_ends(subject, 512),
+            detail: detail.as_deref().map(|d| bounded_ends(d, long)),
+        }),
         _ => None,
     }
 }
@@ -529,10 +540,7 @@ pub trait Index: Send + Sync {
     fn risks(&self, ids: &[SessionId]) -> Result<HashMap<SessionId, Severity>, IndexError> {
         let mut out = HashMap::new();
         for chunk in ids.chunks(100) {
-            let marks = (1..=chunk.len())
-                .map(|i| format!("${i}"))
-                .collect::<Vec<_>>()
-                .join(", ");
+            let marks = placeholders(chunk.len());
             let params: Vec<SqlValue> = chunk
                 .iter()
                 .map(|i| SqlValue::Text(i.to_string()))
@@ -827,6 +835,14 @@ pub(crate) fn knows_sql(key: ObjectKey) -> Option<(&'static str, String, i64)> {
         ObjectKey::ChunkVideo(s, n) => Some((sql::KNOWS_CHUNK, s.id.to_string(), to_i64(n))),
         _ => None,
     }
+}
+
+/// `$1, $2, ..., $n`: the placeholders of an `IN (...)` list of `n` values.
+pub(crate) fn placeholders(n: usize) -> String {
+    (1..=n)
+        .map(|i| format!("${i}"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn flag_row(r: &[SqlValue]) -> Result<FlagRow, IndexError> {
