@@ -80,7 +80,7 @@ pub(crate) fn process_config(force_poll: bool) -> ProcessConfig {
         proc_root: "/proc".into(),
         poll_interval: Duration::from_millis(100),
         force_poll,
-        session_uid: None,
+        session_user: None,
     }
 }
 

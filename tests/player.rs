@@ -667,6 +667,10 @@ impl Player {
             keyring: None,
             retention: None,
             review: Default::default(),
+            // The real program's `thumbnail` command, as `serve` runs it.
+            filmstrip: Some(Arc::new(jitrec_player::thumbs::Filmstrip::new(
+                env!("CARGO_BIN_EXE_jitrec-test-player").into(),
+            ))),
         };
         let app = if web {
             jitrec_player::auth::init(state.index.as_ref()).unwrap();

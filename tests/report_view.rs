@@ -258,6 +258,41 @@ async fn a_reviewer_signs_in_plays_seeks_searches_and_is_audited() {
         b.screenshot(&artifacts().join("report-view-player.png"))
             .unwrap();
 
+        // The filmstrip: pictures the player made (decoded by its confined child process) and
+        // shown along the seek bar, each the screen at the start of its chunk: the first is
+        // the black screen from before the window, as the video is there.
+        b.wait_for(
+            "[...document.querySelectorAll('#filmstrip img')].length > 0 && [...document.querySelectorAll('#filmstrip img')].every((i) => i.complete && i.naturalWidth === 192)",
+            LIMIT,
+            "the filmstrip's pictures",
+        )
+        .unwrap();
+        let first = b
+            .eval(
+                "const i = document.querySelector('#filmstrip img'); const c = document.createElement('canvas'); \
+                 c.width = i.naturalWidth; c.height = i.naturalHeight; const g = c.getContext('2d'); g.drawImage(i, 0, 0); \
+                 return [i.naturalHeight, Number(i.dataset.seq), ...g.getImageData(72, 54, 1, 1).data.slice(0, 3)];",
+                json!([]),
+            )
+            .unwrap();
+        let first: Vec<u32> = serde_json::from_value(first).unwrap();
+        assert_eq!(
+            first[..2],
+            [144, 0],
+            "320x240 at 192 wide, chunk 0: {first:?}"
+        );
+        assert!(
+            first[2..].iter().all(|c| *c < 40),
+            "the black screen: {first:?}"
+        );
+        b.eval(
+            "document.querySelector('#filmstrip').scrollIntoView();",
+            json!([]),
+        )
+        .unwrap();
+        b.screenshot(&artifacts().join("report-view-filmstrip.png"))
+            .unwrap();
+
         // 4x: media time runs about four times faster than the wall clock.
         let r = b
             .eval_async(

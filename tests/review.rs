@@ -273,6 +273,9 @@ fn an_elevation_on_xvfb_is_flagged_where_it_happened_reviewed_and_counted() {
             "{f}"
         );
     }
+    exported_subtitles_list_the_commands(&p, id, &d, commands);
+    filmstrip_pictures_are_made_confined(&p, id, &d);
+
     // The other account's job is the machine's, and the runuser that started the commands
     // (root, started by this test) too.
     let job = event_with(&events, "ls /tmp/jitrec-review-daemon-job");
@@ -493,6 +496,13 @@ fn an_elevation_on_xvfb_is_flagged_where_it_happened_reviewed_and_counted() {
         .unwrap(),
         "critical"
     );
+    // The filmstrip along the seek bar: every picture made and shown.
+    b.wait_for(
+        "[...document.querySelectorAll('#filmstrip img')].length > 0 && [...document.querySelectorAll('#filmstrip img')].every((i) => i.complete && i.naturalWidth === 192 && i.naturalHeight === 120)",
+        LIMIT,
+        "the filmstrip's pictures",
+    )
+    .unwrap();
     let artifacts = crate::report_view::artifacts();
     b.screenshot(&artifacts.join("review-session.png")).unwrap();
     b.eval(
@@ -572,6 +582,150 @@ fn an_elevation_on_xvfb_is_flagged_where_it_happened_reviewed_and_counted() {
     assert!(has("carol", "view", ""), "{audit:#?}");
 }
 
+/// The session exported through the API: its MP4 carries a subtitle track (`mov_text`, as
+/// ffprobe reports it) whose cues, read back by Debian's ffmpeg, show each command and the rule
+/// that flagged it from the command's media time, and not the other account's job.
+fn exported_subtitles_list_the_commands(
+    p: &Pipeline,
+    id: jitrec_format::SessionId,
+    d: &Value,
+    commands: &[(&str, &str)],
+) {
+    let r = p.get(&format!("/api/sessions/{id}/export.mp4")).unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    let dir = tempfile::tempdir().unwrap();
+    let mp4 = dir.path().join("session.mp4");
+    std::fs::write(&mp4, &r.body).unwrap();
+    let probe = Command::new("ffprobe")
+        .args([
+            "-v",
+            "error",
+            "-show_entries",
+            "stream=index,codec_type,codec_name",
+        ])
+        .args(["-of", "json"])
+        .arg(&mp4)
+        .output()
+        .unwrap();
+    assert!(probe.status.success(), "{probe:?}");
+    let streams: Value = serde_json::from_slice(&probe.stdout).unwrap();
+    let subtitle = streams["streams"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["codec_type"] == "subtitle")
+        .unwrap_or_else(|| panic!("no subtitle stream: {streams}"));
+    assert_eq!(subtitle["codec_name"], "mov_text", "{streams}");
+    // -copyts: the file's own times (ffmpeg otherwise moves every stream by the video's start).
+    let srt = Command::new("ffmpeg")
+        .args(["-v", "error", "-copyts", "-i"])
+        .arg(&mp4)
+        .args(["-map", "0:s:0", "-f", "srt", "-"])
+        .output()
+        .unwrap();
+    assert!(srt.status.success(), "{srt:?}");
+    let cues = parse_srt(&String::from_utf8(srt.stdout).unwrap());
+    assert!(!cues.is_empty());
+    // The export's time 0 is its first chunk's start.
+    let origin = d["chunks"][0]["media_start_us"].as_u64().unwrap();
+    let events = d["events"].as_array().unwrap();
+    for (cmd, rule) in commands {
+        let e = event_with(events, cmd);
+        let at_ms = (e["media_us"].as_u64().unwrap() - origin) / 1000;
+        // The command's own line (root's runuser that started it names it too).
+        let line = format!("$ {}", e["data"]["command_line"].as_str().unwrap());
+        let first = cues
+            .iter()
+            .find(|c| c.2.lines().any(|l| l == line))
+            .unwrap_or_else(|| panic!("{cmd:?} in no cue: {cues:#?}"));
+        assert!(
+            first.0.abs_diff(at_ms) <= 1,
+            "{cmd}: first shown at {} ms, it ran at {at_ms} ms",
+            first.0
+        );
+        assert!(
+            cues.iter().any(|c| c.0 <= at_ms + 1
+                && at_ms < c.1
+                && c.2.lines().any(|l| l.starts_with("! ") && l.contains(rule))),
+            "{rule}'s flag is not shown with {cmd}: {cues:#?}"
+        );
+    }
+    assert!(
+        !cues
+            .iter()
+            .any(|c| c.2.contains("jitrec-review-daemon-job")),
+        "the other account's job is not in the subtitles"
+    );
+}
+
+/// SRT cues: (start ms, end ms, text).
+fn parse_srt(srt: &str) -> Vec<(u64, u64, String)> {
+    let ms = |t: &str| -> u64 {
+        let (hms, milli) = t.trim().split_once(',').unwrap();
+        let p: Vec<u64> = hms.split(':').map(|x| x.parse().unwrap()).collect();
+        ((p[0] * 60 + p[1]) * 60 + p[2]) * 1000 + milli.parse::<u64>().unwrap()
+    };
+    srt.replace("\r", "")
+        .split("\n\n")
+        .filter_map(|block| {
+            let mut lines = block.lines().skip_while(|l| l.trim().is_empty());
+            lines.next()?;
+            let (a, b) = lines.next()?.split_once(" --> ")?;
+            // ffmpeg's SRT carries the track's style as a font tag and an alignment.
+            let text = lines.collect::<Vec<_>>().join("\n");
+            let text = text
+                .strip_prefix("<font face=\"Monospace\" size=\"13\">")
+                .unwrap_or(&text)
+                .trim_start_matches("{\\an1}")
+                .trim_end_matches("</font>")
+                .to_owned();
+            Some((ms(a), ms(b), text))
+        })
+        .collect()
+}
+
+/// The filmstrip's pictures through the API: a PNG of the screen (192 wide, the picture's
+/// proportions), for chunks that start with a keyframe only; made by the player's confined
+/// child process.
+fn filmstrip_pictures_are_made_confined(p: &Pipeline, id: jitrec_format::SessionId, d: &Value) {
+    let chunks = d["chunks"].as_array().unwrap();
+    let key = chunks.iter().find(|c| c["keyframe"] == true).unwrap();
+    let r = p
+        .get(&format!("/api/sessions/{id}/thumbs/{}.png", key["seq"]))
+        .unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.header("content-type"), Some("image/png"));
+    assert_eq!(r.header("cache-control"), Some("no-store"));
+    let dir = tempfile::tempdir().unwrap();
+    let png = dir.path().join("thumb.png");
+    std::fs::write(&png, &r.body).unwrap();
+    let probe = Command::new("ffprobe")
+        .args([
+            "-v",
+            "error",
+            "-show_entries",
+            "stream=codec_name,width,height",
+        ])
+        .args(["-of", "json"])
+        .arg(&png)
+        .output()
+        .unwrap();
+    let s: Value = serde_json::from_slice(&probe.stdout).unwrap();
+    assert_eq!(s["streams"][0]["codec_name"], "png", "{s}");
+    assert_eq!(s["streams"][0]["width"], 192, "{s}");
+    assert_eq!(s["streams"][0]["height"], 120, "640x400 at 192 wide: {s}");
+    if let Some(other) = chunks.iter().find(|c| c["keyframe"] == false) {
+        let r = p
+            .get(&format!("/api/sessions/{id}/thumbs/{}.png", other["seq"]))
+            .unwrap();
+        assert_eq!(r.status, 404, "a chunk without a keyframe has no picture");
+    }
+    for bad in ["x.png", "1.jpg", "99999.png"] {
+        let r = p.get(&format!("/api/sessions/{id}/thumbs/{bad}")).unwrap();
+        assert_eq!(r.status, 404, "{bad}: {}", r.text());
+    }
+}
+
 const PLAYER: &str = env!("CARGO_BIN_EXE_jitrec-test-player");
 
 fn player_cli(args: &[&str]) -> std::process::Output {
@@ -625,14 +779,21 @@ fn rules_from_a_file_apply_again_through_the_cli_as_a_reindex_would_and_padding_
     let bucket = jitrec_tests::TestBucket::new(&bucket_dir);
     let index = tmp.path().join("index.sqlite3").display().to_string();
     // A: the recorded admin ran useradd under the name `ls` (`exec -a ls`), its command line
-    // padded to 200 kB so that the index keeps only a cut copy of it. B: nothing of note.
+    // padded to 200 kB so that the index keeps only a cut copy of it; then a shell whose
+    // `history -c` is padded on both sides, past what the index keeps of either end. B:
+    // nothing of note.
     let padded = format!("ls {}", "A".repeat(200_000));
+    let pad = format!(": {}", "B".repeat(100_000));
+    let hidden = format!("bash -c {pad}; history -c; {pad}");
     let a =
         fixtures::stored_session_with(
             fixtures::header(fixtures::session_id(1)),
             2,
             |seq| match seq {
-                0 => vec![process_event(0, 100, "/usr/sbin/useradd", &padded)],
+                0 => vec![
+                    process_event(0, 100, "/usr/sbin/useradd", &padded),
+                    process_event(0, 102, "/bin/bash", &hidden),
+                ],
                 _ => vec![process_event(1, 101, "/usr/bin/ls", "ls -l /srv")],
             },
         );
@@ -655,10 +816,19 @@ fn rules_from_a_file_apply_again_through_the_cli_as_a_reindex_would_and_padding_
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    let flag = |id: &jitrec_format::SessionId, seq, idx, rule: &str| {
+        (id.to_string(), seq, idx, rule.to_owned())
+    };
     assert_eq!(
         all_flags(&index, &ids),
-        [(ids[0].to_string(), 0, 0, "account.create".to_owned())],
-        "the padded useradd is flagged by its executable, whatever its argv[0]"
+        [
+            // The padded useradd, by its executable whatever its argv[0]; cut, and so flagged.
+            flag(&ids[0], 0, 0, "account.create"),
+            flag(&ids[0], 0, 0, "evasion.cut_command"),
+            // The hidden `history -c`, found in the whole event.
+            flag(&ids[0], 0, 1, "evasion.cut_command"),
+            flag(&ids[0], 0, 1, "history.clear"),
+        ],
     );
 
     // The operator's file: account.create off, a rule of their own on `ls`.
@@ -679,7 +849,7 @@ fn rules_from_a_file_apply_again_through_the_cli_as_a_reindex_would_and_padding_
     );
     let out = player_cli(&["rules", "list", "--rules", &rules_arg]);
     let listed = String::from_utf8_lossy(&out.stdout);
-    assert!(listed.contains("rule set builtin-1+file-3-"), "{listed}");
+    assert!(listed.contains("rule set builtin-2+file-3-"), "{listed}");
     assert!(
         listed
             .lines()
@@ -694,16 +864,23 @@ fn rules_from_a_file_apply_again_through_the_cli_as_a_reindex_would_and_padding_
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(
-        said.contains("2 sessions evaluated, 3 flags, 2 sessions changed"),
+        said.contains("2 sessions evaluated, 6 flags, 2 sessions changed"),
         "{said}"
     );
     let applied = all_flags(&index, &ids);
-    let site =
-        |id: &jitrec_format::SessionId, seq| (id.to_string(), seq, 0, "site.listing".to_owned());
-    // The padded one is `ls` by its argv[0]: the operator's rule on `ls` matches it too.
+    // The padded one is `ls` by its argv[0]: the operator's rule on `ls` matches it too. The
+    // hidden `history -c` is not in the index's copy, but its flag, found on the whole event
+    // and still in force, stays.
     assert_eq!(
         applied,
-        [site(&ids[0], 0), site(&ids[0], 1), site(&ids[1], 0)]
+        [
+            flag(&ids[0], 0, 0, "evasion.cut_command"),
+            flag(&ids[0], 0, 0, "site.listing"),
+            flag(&ids[0], 0, 1, "evasion.cut_command"),
+            flag(&ids[0], 0, 1, "history.clear"),
+            flag(&ids[0], 1, 0, "site.listing"),
+            flag(&ids[1], 0, 0, "site.listing"),
+        ]
     );
     // A reindex with the same rules comes to the same flags as applying them.
     let out = player_cli(&[
@@ -752,5 +929,97 @@ fn rules_from_a_file_apply_again_through_the_cli_as_a_reindex_would_and_padding_
         String::from_utf8_lossy(&out.stderr).contains("detection rules"),
         "{}",
         String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// An admin who runs a flagged command thousands of times (to bury the one that matters, or to
+/// make the session page too heavy to open) costs the session's answer a bounded number of
+/// flags per rule: the detail carries the first of each rule with every rule's count, the rest
+/// come page by page, the risk is still the most severe, and the one `history -c` among them
+/// is in the detail.
+#[test]
+fn a_flood_of_flags_is_bounded_per_rule_and_paged() {
+    use jitrec_format::{SessionHeader, fixtures};
+    use std::sync::Arc;
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("bucket");
+    let bucket = jitrec_tests::TestBucket::new(&root);
+    const FLOOD: u32 = 1_500;
+    let s = fixtures::stored_session_with(fixtures::header(fixtures::session_id(7)), 2, |seq| {
+        let mut e: Vec<_> = (0..FLOOD)
+            .map(|i| process_event(seq, 1000 + i, "/usr/sbin/useradd", "useradd x"))
+            .collect();
+        if seq == 1 {
+            e.push(process_event(1, 9999, "/bin/bash", "bash -c 'history -c'"));
+        }
+        e
+    });
+    for (k, v) in jitrec_tests::session_objects(&s) {
+        bucket.put(&k, &v).unwrap();
+    }
+    let id = SessionHeader::from_bytes(&s.header).unwrap().session_id;
+    let src: Arc<dyn jitrec_bucket::BucketReader> = Arc::new(jitrec_bucket::DirBucket::new(&root));
+    let index: Arc<dyn jitrec_player::index::Index> = Arc::new(
+        jitrec_player::index::sqlite::SqliteIndex::open(&tmp.path().join("index.sqlite3")).unwrap(),
+    );
+    let p = crate::player::Player::start(src, index);
+    let started = std::time::Instant::now();
+    let d = loop {
+        let r = p.get(&format!("/api/sessions/{id}"));
+        if r.status == 200 {
+            let d = r.json().unwrap();
+            if d["session"]["status"] == "complete" {
+                break d;
+            }
+        }
+        assert!(started.elapsed() < LIMIT, "the session was not indexed");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let per_rule = jitrec_player::api::FLAGS_PER_RULE as usize;
+    let flags = d["flags"].as_array().unwrap();
+    let of = |rule: &str| flags.iter().filter(|f| f["rule"] == rule).count();
+    assert_eq!(
+        of("account.create"),
+        per_rule,
+        "the first of the flood only"
+    );
+    assert_eq!(of("history.clear"), 1, "the one that matters is not buried");
+    assert_eq!(d["flags_more"], true);
+    let count = d["flag_counts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["rule"] == "account.create")
+        .unwrap()
+        .clone();
+    assert_eq!(count["count"], 2 * FLOOD, "{count}");
+    assert_eq!(d["risk"], "high");
+    // The rest, page by page, in order, each once.
+    let mut all = 0usize;
+    let mut after = String::new();
+    let mut last = (0u64, 0u64);
+    loop {
+        let r = p.get(&format!(
+            "/api/sessions/{id}/flags?rule=account.create&limit=1000{after}"
+        ));
+        assert_eq!(r.status, 200, "{}", r.text());
+        let page = r.json().unwrap();
+        let got = page["flags"].as_array().unwrap();
+        for f in got {
+            let at = (f["seq"].as_u64().unwrap(), f["idx"].as_u64().unwrap());
+            assert!(all == 0 || at > last, "{at:?} after {last:?}");
+            last = at;
+        }
+        all += got.len();
+        if page["more"] != true {
+            break;
+        }
+        after = format!("&after_seq={}&after_idx={}", last.0, last.1);
+    }
+    assert_eq!(all, 2 * FLOOD as usize);
+    assert_eq!(
+        p.get(&format!("/api/sessions/{id}/flags")).status,
+        400,
+        "a rule is needed"
     );
 }

@@ -12,6 +12,7 @@ mod door;
 mod e2e;
 mod endpoint;
 mod events;
+mod filmstrip;
 mod notice;
 mod player;
 mod poison;

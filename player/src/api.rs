@@ -5,9 +5,11 @@
 //!                                       from, to (RFC 3339), status, q (text), order, after, limit
 //! GET  /api/sessions/{id}               one session with its init segments, chunks, first events
 //! GET  /api/sessions/{id}/events        more events: after_seq, after_idx, limit (pages)
+//! GET  /api/sessions/{id}/flags         one rule's matches: rule, after_seq, after_idx, limit
 //! GET  /api/sessions/{id}/init/{n}.mp4  init segment        (Range supported)
 //! GET  /api/sessions/{id}/chunks/{n}.m4s media segment      (Range supported)
 //! GET  /api/sessions/{id}/playlist.m3u8 HLS (fMP4) playlist
+//! GET  /api/sessions/{id}/thumbs/{n}.png the filmstrip's picture of chunk n (a keyframe chunk)
 //! GET  /api/sessions/{id}/export.mp4    the session as one MP4 (`?part=N` after a size change)
 //! POST /api/sessions/{id}/verify        re-check the session in the bucket, update its status
 //! POST /api/notify                      fast path: `{"session": id}` or empty, index now
@@ -56,6 +58,9 @@ pub struct AppState {
     pub retention: Option<Arc<crate::retention::Supervisor>>,
     /// Who may review whose sessions ([`crate::review`]).
     pub review: crate::review::ReviewPolicy,
+    /// The filmstrip's decoder and the pictures it made ([`crate::thumbs`]); `None` turns the
+    /// filmstrip off (503).
+    pub filmstrip: Option<Arc<crate::thumbs::Filmstrip>>,
 }
 
 /// Which sign-ins have already been recorded watching which sessions, so that the first media
@@ -131,9 +136,11 @@ pub fn routes() -> Router<AppState> {
         .route("/api/sessions", get(list))
         .route("/api/sessions/{id}", get(session))
         .route("/api/sessions/{id}/events", get(events_page))
+        .route("/api/sessions/{id}/flags", get(flags_page))
         .route("/api/sessions/{id}/init/{name}", get(init_segment))
         .route("/api/sessions/{id}/chunks/{name}", get(media_segment))
         .route("/api/sessions/{id}/playlist.m3u8", get(playlist))
+        .route("/api/sessions/{id}/thumbs/{name}", get(thumbnail))
         .route("/api/sessions/{id}/export.mp4", get(export_mp4))
         .route("/api/sessions/{id}/verify", post(verify))
         .route("/api/notify", post(notify))
@@ -370,8 +377,14 @@ pub struct SessionDetail {
     /// one this session continues and the ones that continue it. Only sessions of the same
     /// machine are linked (the claim is the endpoint's).
     pub elevation: Elevation,
-    /// What the detection rules flagged, in order ([`crate::rules`]).
+    /// What the detection rules flagged, in order ([`crate::rules`]): the first
+    /// [`FLAGS_PER_RULE`] matches of each rule.
     pub flags: Vec<crate::rules::FlagRow>,
+    /// How often each rule matched in the session, and how severe it is.
+    pub flag_counts: Vec<crate::index::FlagCount>,
+    /// Some rule matched more often than `flags` holds: the rest through
+    /// `GET /api/sessions/{id}/flags?rule=RULE`.
+    pub flags_more: bool,
     /// The most severe flag's severity; `None` when nothing was flagged.
     pub risk: Option<crate::rules::Severity>,
     /// Every review of the session, oldest first ([`crate::review`]).
@@ -476,10 +489,18 @@ async fn session(
             .map_err(ApiError::internal)?
             .ok_or_else(|| ApiError::not_found(format!("no session {id} in the index")))?;
         let (authenticity, stopped_by) = trust(st.index.as_ref(), id, session.status)?;
-        let flags = st.index.flags(id).map_err(ApiError::internal)?;
+        let bounded = st
+            .index
+            .flags_bounded(id, FLAGS_PER_RULE)
+            .map_err(ApiError::internal)?;
         Ok(SessionDetail {
-            risk: flags.iter().map(|f| f.severity).max(),
-            flags,
+            risk: bounded.counts.iter().map(|c| c.severity).max(),
+            flags_more: bounded
+                .counts
+                .iter()
+                .any(|c| c.count > u64::from(FLAGS_PER_RULE)),
+            flags: bounded.flags,
+            flag_counts: bounded.counts,
             reviews: crate::review::history(st.index.as_ref(), id).map_err(ApiError::internal)?,
             authenticity,
             stopped_by,
@@ -501,6 +522,58 @@ async fn session(
     })
     .await?;
     Ok(Json(d).into_response())
+}
+
+/// Matches of one rule a session's detail carries; the rest come page by page.
+pub const FLAGS_PER_RULE: u32 = 100;
+
+/// Query parameters of a page of one rule's flags.
+#[derive(Debug, Default, Deserialize)]
+struct FlagsParams {
+    rule: String,
+    after_seq: Option<u64>,
+    after_idx: Option<u32>,
+    limit: Option<u32>,
+}
+
+/// `GET /api/sessions/{id}/flags?rule=RULE`: the next page of one rule's matches in a session
+/// (the detail carries the first [`FLAGS_PER_RULE`] of each). Audited as a view.
+async fn flags_page(
+    State(st): State<AppState>,
+    login: Option<Extension<Login>>,
+    Path(id): Path<String>,
+    QueryParams(p): QueryParams<FlagsParams>,
+) -> Result<Response, ApiError> {
+    let id = session_id(&id)?;
+    if p.rule.is_empty() || p.rule.len() > 64 {
+        return Err(ApiError::bad_request("rule: a rule id (1-64 characters)"));
+    }
+    audit(
+        &st,
+        &login,
+        "view",
+        id.to_string(),
+        format!("flags of {}", crate::auth::bounded(&p.rule, 64)),
+    )
+    .await?;
+    let after = p.after_seq.map(|s| (s, p.after_idx.unwrap_or(u32::MAX)));
+    let limit = p
+        .limit
+        .unwrap_or(crate::index::MAX_EVENTS_PAGE)
+        .clamp(1, crate::index::MAX_EVENTS_PAGE);
+    let flags = blocking(move || {
+        st.index
+            .flags_page(id, &p.rule, after, limit)
+            .map_err(ApiError::internal)
+    })
+    .await?;
+    #[derive(Serialize)]
+    struct FlagsAnswer {
+        more: bool,
+        flags: Vec<crate::rules::FlagRow>,
+    }
+    let more = flags.len() >= limit as usize;
+    Ok(Json(FlagsAnswer { more, flags }).into_response())
 }
 
 /// Query parameters of an events page.
@@ -717,16 +790,69 @@ fn media_error(e: jitrec_bucket::BucketError) -> ApiError {
 
 /// Serves an object's bytes, honouring a single `Range` (browsers fetch media by range).
 ///
-/// Only bytes the player's witness record vouches for are served: the object is read once,
-/// whole (bounded by the size the witness recorded), hashed, and compared with what the player
-/// recorded when it first read it; the response (whole or the requested range) is cut from those
-/// very bytes, so nothing read separately from what was checked reaches the client. Other bytes
-/// are refused (409) and the session is verified again, which marks it tampered.
+/// Only bytes the player's witness record vouches for are served ([`witnessed`]); the
+/// response (whole or the requested range) is cut from those very bytes, so nothing read
+/// separately from what was checked reaches the client.
 async fn serve_object(
     st: AppState,
     key: ObjectKey,
     headers: &HeaderMap,
 ) -> Result<Response, ApiError> {
+    let (bytes, budget) = witnessed(&st, key).await?;
+    let total = bytes.len() as u64;
+    let range = headers
+        .get(header::RANGE)
+        .and_then(|v| v.to_str().ok())
+        .map(|r| parse_range(r, total));
+    let (start, end, partial) = match range {
+        None | Some(RangeAnswer::Whole) => (0, total, false),
+        Some(RangeAnswer::Part(a, b)) => (a, b + 1, true),
+        Some(RangeAnswer::Unsatisfiable) => {
+            let mut r = Response::new(Body::empty());
+            *r.status_mut() = StatusCode::RANGE_NOT_SATISFIABLE;
+            r.headers_mut().insert(
+                header::CONTENT_RANGE,
+                header_value(&format!("bytes */{total}")),
+            );
+            return Ok(r);
+        }
+    };
+    let body = bytes::Bytes::from(bytes).slice(start as usize..end as usize);
+    let mut resp = Response::new(Body::new(Budgeted {
+        data: Some(body),
+        _permit: budget,
+    }));
+    if partial {
+        *resp.status_mut() = StatusCode::PARTIAL_CONTENT;
+        resp.headers_mut().insert(
+            header::CONTENT_RANGE,
+            header_value(&format!("bytes {start}-{}/{total}", end - 1)),
+        );
+    }
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_LENGTH,
+        header_value(&(end - start).to_string()),
+    );
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(key.content_type()),
+    );
+    h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+    // Recorded screens stay on no disk but the bucket's: nothing is cached, so nothing is
+    // readable from the browser's cache after sign-out.
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    Ok(resp)
+}
+
+/// The bytes of `key` as the player's witness record vouches for them (decrypted for an
+/// encrypted session), with their share of the media budget: read once, whole, bounded by the
+/// witnessed size, hashed and compared. Other bytes are refused (409) and the session is
+/// verified again, which marks it tampered.
+async fn witnessed(
+    st: &AppState,
+    key: ObjectKey,
+) -> Result<(Vec<u8>, tokio::sync::OwnedSemaphorePermit), ApiError> {
     let (src, index) = (Arc::clone(&st.src), Arc::clone(&st.index));
     let keyring = st.keyring.clone();
     let w = {
@@ -761,7 +887,7 @@ async fn serve_object(
         .map_err(ApiError::internal)?;
     // The budget goes with the read onto its blocking thread (a cancelled request must not free
     // it while the read still holds the bytes), and comes back with them for the body.
-    let (bytes, budget) = blocking(move || {
+    blocking(move || {
         let held = budget;
         let k = key.to_string();
         let reverify = || {
@@ -810,51 +936,109 @@ async fn serve_object(
             }
         }
     })
-    .await?;
-    let total = bytes.len() as u64;
-    let range = headers
-        .get(header::RANGE)
-        .and_then(|v| v.to_str().ok())
-        .map(|r| parse_range(r, total));
-    let (start, end, partial) = match range {
-        None | Some(RangeAnswer::Whole) => (0, total, false),
-        Some(RangeAnswer::Part(a, b)) => (a, b + 1, true),
-        Some(RangeAnswer::Unsatisfiable) => {
-            let mut r = Response::new(Body::empty());
-            *r.status_mut() = StatusCode::RANGE_NOT_SATISFIABLE;
-            r.headers_mut().insert(
-                header::CONTENT_RANGE,
-                header_value(&format!("bytes */{total}")),
-            );
-            return Ok(r);
+    .await
+}
+
+/// The filmstrip's picture of chunk `n`, which must start with a keyframe: made from the
+/// witnessed init segment and chunk by a confined child process, then kept (and so is a
+/// failure to make one: a chunk the decoder cannot take costs its CPU once).
+async fn thumbnail(
+    State(st): State<AppState>,
+    login: Option<Extension<Login>>,
+    plays: Option<Extension<Arc<PlayLog>>>,
+    Path((id, name)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    use crate::thumbs::{MAX_INPUT, QUEUE_WAIT};
+    let id = session_id(&id)?;
+    let n = number(&name, ".png")?;
+    // A picture of the screen is a view of it, recorded as playing is.
+    audit_play(&st, &login, &plays, id, format!("thumbnail {n}")).await?;
+    let at = located(&st, id).await?;
+    // Only chunks the index knows (a session deleted since is not pictured from the cache).
+    if !known(&st, ObjectKey::ChunkVideo(at, n)).await? {
+        return Err(ApiError::not_found(format!(
+            "session {id} has no chunk {n}"
+        )));
+    }
+    let strip = st.filmstrip.clone().ok_or_else(|| {
+        ApiError(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "this player makes no thumbnails".into(),
+        )
+    })?;
+    let made = match strip.cache.get(id, n) {
+        Some(m) => m,
+        None => {
+            let index = Arc::clone(&st.index);
+            let (chunk, init) = blocking(move || {
+                let chunk = index
+                    .chunks(id)
+                    .map_err(ApiError::internal)?
+                    .into_iter()
+                    .find(|c| c.seq == n)
+                    .ok_or_else(|| ApiError::not_found(format!("session {id} has no chunk {n}")))?;
+                let init = index
+                    .inits(id)
+                    .map_err(ApiError::internal)?
+                    .into_iter()
+                    .find(|i| i.id == chunk.init_id);
+                Ok((chunk, init))
+            })
+            .await?;
+            if !chunk.keyframe {
+                return Err(ApiError::not_found(format!(
+                    "chunk {n} of session {id} does not start with a keyframe: it has no picture"
+                )));
+            }
+            let init_bytes = init.map_or(u64::MAX, |i| i.bytes);
+            if chunk.video_bytes > MAX_INPUT || init_bytes > MAX_INPUT {
+                return Err(ApiError(
+                    StatusCode::BAD_GATEWAY,
+                    format!("chunk {n} is larger than the {MAX_INPUT} bytes a picture is made of"),
+                ));
+            }
+            let _child = tokio::time::timeout(QUEUE_WAIT, strip.cache.children.acquire())
+                .await
+                .map_err(|_| {
+                    ApiError(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "the player is busy making thumbnails; try again".into(),
+                    )
+                })?
+                .map_err(ApiError::internal)?;
+            // Made by another request while this one waited.
+            if let Some(m) = strip.cache.get(id, n) {
+                m
+            } else {
+                // Both are small (above), so their budget shares are too.
+                let (init, _a) = witnessed(&st, ObjectKey::Init(at, chunk.init_id)).await?;
+                let (video, _b) = witnessed(&st, ObjectKey::ChunkVideo(at, n)).await?;
+                let m: crate::thumbs::Made = Arc::new(
+                    crate::thumbs::render_confined(&strip.program, &init, &video)
+                        .await
+                        .map_err(|e| {
+                            tracing::warn!(session = %id, chunk = n, error = %e, "no thumbnail");
+                            e.to_string()
+                        }),
+                );
+                strip.cache.put(id, n, Arc::clone(&m));
+                m
+            }
         }
     };
-    let body = bytes::Bytes::from(bytes).slice(start as usize..end as usize);
-    let mut resp = Response::new(Body::new(Budgeted {
-        data: Some(body),
-        _permit: budget,
-    }));
-    if partial {
-        *resp.status_mut() = StatusCode::PARTIAL_CONTENT;
-        resp.headers_mut().insert(
-            header::CONTENT_RANGE,
-            header_value(&format!("bytes {start}-{}/{total}", end - 1)),
-        );
+    match made.as_ref() {
+        Ok(picture) => Ok((
+            [
+                (header::CONTENT_TYPE, "image/png".to_owned()),
+                (header::CONTENT_LENGTH, picture.len().to_string()),
+                // As media: nothing of the screen stays in the browser's cache after sign-out.
+                (header::CACHE_CONTROL, "no-store".to_owned()),
+            ],
+            Body::from(picture.clone()),
+        )
+            .into_response()),
+        Err(e) => Err(ApiError(StatusCode::BAD_GATEWAY, format!("chunk {n}: {e}"))),
     }
-    let h = resp.headers_mut();
-    h.insert(
-        header::CONTENT_LENGTH,
-        header_value(&(end - start).to_string()),
-    );
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static(key.content_type()),
-    );
-    h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
-    // Recorded screens stay on no disk but the bucket's: nothing is cached, so nothing is
-    // readable from the browser's cache after sign-out.
-    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    Ok(resp)
 }
 
 fn header_value(s: &str) -> HeaderValue {
@@ -988,6 +1172,7 @@ async fn export_mp4(
             allow_unverified: p.unverified,
             witness: Some(Arc::clone(&index)),
             keyring: keyring.clone(),
+            rules: None,
         };
         let done = crate::export::export(src.as_ref(), at, &out, &opts).map_err(|e| match e {
             crate::export::ExportError::NotIntact { .. } => {

@@ -137,6 +137,20 @@ pub fn valid_user_name(name: &str) -> bool {
             .all(|c| c.is_alphanumeric() || matches!(c, '.' | '_' | '-' | '@'))
 }
 
+/// Whether `c` can hide or reorder the text around it when shown: line and paragraph
+/// separators, bidirectional embeddings, overrides and isolates, zero-width characters and the
+/// byte-order mark. Text from the endpoint shown to people (subtitles, alerts) replaces them.
+pub fn hides_text(c: char) -> bool {
+    matches!(
+        c,
+        '\u{200b}'..='\u{200f}'
+            | '\u{2028}'..='\u{202e}'
+            | '\u{2060}'..='\u{2069}'
+            | '\u{feff}'
+            | '\u{061c}'
+    )
+}
+
 /// `s` cut to about `max` characters, keeping its start and its end (what an attacker would
 /// hide behind padding is at one of them, where search still finds it), saying how long it was.
 pub fn bounded_ends(s: &str, max: usize) -> String {

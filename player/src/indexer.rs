@@ -981,12 +981,14 @@ fn advance_session(
                     .map_err(|e| IndexerError::Index(IndexError::Other(e.to_string())))?,
                 Found::Init(_) => {}
             }
-            let chunk = matches!(f, Found::Chunk { .. });
-            apply_found(&mut t.row, f, id, &mut batch);
+            let whole = apply_found(&mut t.row, f, id, &mut batch);
             // The chunk's flags go in the same transaction as its events, so no session is
-            // listed without them.
-            if chunk && let Some((_, c, rows)) = batch.chunks.last() {
-                let flags = config.rules.evaluate(rows, &mut t.procs);
+            // listed without them; the rules match the whole events, not only what the index
+            // keeps of them.
+            if let Some(whole) = whole
+                && let Some((_, c, rows)) = batch.chunks.last()
+            {
+                let flags = config.rules.evaluate_whole(rows, &whole, &mut t.procs);
                 batch.flags.push((id, c.seq, flags));
             }
         }
@@ -1057,7 +1059,14 @@ fn cursor_before(unix_ms: u64) -> String {
 }
 
 /// Folds one accepted object into the session's row and the batch.
-fn apply_found(row: &mut SessionRow, f: Found, id: SessionId, batch: &mut Batch) {
+/// Applies what the scan found to the session's row and the batch; a chunk's events are
+/// handed back once their rows are in the batch (the rules match them whole).
+fn apply_found(
+    row: &mut SessionRow,
+    f: Found,
+    id: SessionId,
+    batch: &mut Batch,
+) -> Option<Vec<jitrec_format::Event>> {
     match f {
         Found::Header(h) => {
             row.started_at = h.started_at;
@@ -1117,6 +1126,7 @@ fn apply_found(row: &mut SessionRow, f: Found, id: SessionId, batch: &mut Batch)
                 },
                 rows,
             ));
+            return Some(events);
         }
         Found::Close(c) => {
             row.ended_at = Some(c.ended_at);
@@ -1126,6 +1136,7 @@ fn apply_found(row: &mut SessionRow, f: Found, id: SessionId, batch: &mut Batch)
             row.closed = true;
         }
     }
+    None
 }
 
 #[cfg(test)]

@@ -12,7 +12,9 @@
 //! - [`api`]: the HTTP API (JSON, media with Range, HLS playlists).
 //! - [`range`]: the `Range` header of media responses (self-contained: the fuzz crate includes
 //!   it by path).
-//! - [`export`]: one MP4 per session, remuxed without re-encoding.
+//! - [`export`]: one MP4 per session, remuxed without re-encoding, with a subtitle track of
+//!   its events and flags.
+//! - [`thumbs`]: the filmstrip's pictures, decoded in a confined child process.
 //! - [`auth`]: local accounts, sign-ins, roles and the audit log.
 //! - [`oidc`]: sign-in through an OpenID Connect provider (code flow with PKCE).
 //! - [`web`]: the report view's pages and sign-in around the API; [`sso`]: its single sign-on
@@ -30,6 +32,8 @@
 //! not in the bucket and cannot be rebuilt from it.
 //! Invariant: every read of the bucket names its limit before it reads (the bucket is written
 //! by the people being recorded).
+//! Invariant: the player decodes no endpoint-written video in its own process; the filmstrip's
+//! decoder runs in a confined child ([`thumbs`]).
 
 pub mod alerts;
 pub mod api;
@@ -52,6 +56,7 @@ pub mod silence;
 pub mod sso;
 pub mod sweep;
 pub mod throttle;
+pub mod thumbs;
 pub mod unseal;
 pub mod verify;
 pub mod web;

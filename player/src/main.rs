@@ -178,6 +178,11 @@ enum Command {
         #[command(flatten)]
         rules: RulesArgs,
     },
+    /// The filmstrip's picture of one segment (an init segment and a chunk, concatenated in
+    /// FILE), as PNG on standard output. `serve` runs it as a confined child process: it is
+    /// not meant to be run by hand.
+    #[command(hide = true)]
+    Thumbnail { input: PathBuf },
     /// Detection rules: list them, check a rule file, apply them again to indexed sessions.
     Rules {
         #[command(subcommand)]
@@ -232,6 +237,10 @@ enum Command {
         /// whether its key is the machine's. Without it, the chain and signatures only.
         #[arg(long, value_name = "PATH|URL")]
         index: Option<String>,
+        /// The rules whose flags the MP4's subtitle track shows when there is no --index (with
+        /// it, the flags the index holds).
+        #[command(flatten)]
+        rules: RulesArgs,
     },
 }
 
@@ -821,12 +830,20 @@ pub(crate) fn main() -> Result<()> {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
+    let cli = Cli::parse();
+    if let Command::Thumbnail { input } = &cli.command {
+        // Confined before anything else runs: no runtime, no threads (docs/player.md).
+        jitrec_player::thumbs::confine().context("confining the thumbnail process")?;
+        let png = jitrec_player::thumbs::render(input).context("making the thumbnail")?;
+        return std::io::Write::write_all(&mut std::io::stdout().lock(), &png)
+            .context("writing the thumbnail");
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    match Cli::parse().command {
+    match cli.command {
         Command::Serve {
             bucket,
             index,
@@ -967,6 +984,13 @@ pub(crate) fn main() -> Result<()> {
                     review: jitrec_player::review::ReviewPolicy {
                         separation: review_separation,
                     },
+                    // This very program, whose hidden `thumbnail` command is the decoder.
+                    filmstrip: std::env::current_exe()
+                        .inspect_err(|e| {
+                            tracing::warn!(error = %e, "no filmstrip: this program's path is unknown")
+                        })
+                        .ok()
+                        .map(|p| Arc::new(jitrec_player::thumbs::Filmstrip::new(p))),
                 },
                 jitrec_player::web::WebConfig {
                     plain_http_cookies,
@@ -1049,6 +1073,7 @@ pub(crate) fn main() -> Result<()> {
         }
         Command::Retention { command } => retention(command, &rt),
         Command::Rules { command } => rules(command),
+        Command::Thumbnail { .. } => Ok(()), // made above, before the runtime
         Command::Backup { index, output } => {
             let idx = open_index(&index.index)?;
             let mut file = std::fs::OpenOptions::new()
@@ -1199,6 +1224,7 @@ pub(crate) fn main() -> Result<()> {
             index,
             bundle,
             keys,
+            rules,
         } => {
             let src = open_bucket(&bucket, &rt)?;
             let witness = index.as_deref().map(open_index).transpose()?;
@@ -1229,6 +1255,7 @@ pub(crate) fn main() -> Result<()> {
                 allow_unverified,
                 witness,
                 keyring: keys.keyring()?,
+                rules: Some(rules.load()?),
             };
             if let Some(path) = bundle {
                 let b = jitrec_player::bundle::bundle(src.as_ref(), at, &path, &opts)?;
@@ -1265,13 +1292,14 @@ pub(crate) fn main() -> Result<()> {
             }
             for p in &done.parts {
                 println!(
-                    "wrote {}: {}x{}, {} frames, {:.3} s, from session time {:.3} s",
+                    "wrote {}: {}x{}, {} frames, {:.3} s, from session time {:.3} s; subtitles: {} cues",
                     p.path.display(),
                     p.width,
                     p.height,
                     p.frames,
                     p.duration_us as f64 / 1e6,
-                    p.starts_at_us as f64 / 1e6
+                    p.starts_at_us as f64 / 1e6,
+                    p.cues
                 );
             }
             if let Some(path) = events {

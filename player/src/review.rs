@@ -32,12 +32,21 @@ use crate::auth::Login;
 use crate::index::{Index, IndexError, SessionRow, SqlValue};
 
 /// The review tables' forward migrations ([`crate::record::migrate`]).
-const MIGRATIONS: &[&[&str]] = &[&[
-    "CREATE TABLE IF NOT EXISTS reviews (session_id TEXT NOT NULL, at BIGINT NOT NULL, \
+const MIGRATIONS: &[&[&str]] = &[
+    &[
+        "CREATE TABLE IF NOT EXISTS reviews (session_id TEXT NOT NULL, at BIGINT NOT NULL, \
      reviewer TEXT NOT NULL, state TEXT NOT NULL, comment TEXT NOT NULL, \
      PRIMARY KEY (session_id, at, reviewer))",
-    "CREATE INDEX IF NOT EXISTS reviews_at ON reviews (at)",
-]];
+        "CREATE INDEX IF NOT EXISTS reviews_at ON reviews (at)",
+    ],
+    // v2: whether the session was still being recorded when it was marked. Such a mark covers what
+    // was recorded until then: once the session closes, it is back in the queue.
+    &["ALTER TABLE reviews ADD COLUMN while_open BIGINT NOT NULL DEFAULT 0"],
+];
+
+/// A review that covers its session: made after it closed, or while it is still open (the
+/// session's `closed` is the player's own sight of its close record, never an endpoint's time).
+const COVERS: &str = "(r.while_open = 0 OR s.closed = 0)";
 
 /// The longest comment kept.
 pub const COMMENT_MAX: usize = 2_000;
@@ -121,6 +130,12 @@ fn identities(name: &str) -> Vec<String> {
     {
         out.push(local.to_owned());
     }
+    // A Windows account as `DOMAIN\user` (or `.\user`, a local one) is also `user`.
+    if let Some((_, user)) = n.rsplit_once('\\')
+        && !user.is_empty()
+    {
+        out.push(user.to_owned());
+    }
     out
 }
 
@@ -188,13 +203,15 @@ pub fn mark(
         comment: comment.to_owned(),
     };
     index.exec(
-        "INSERT INTO reviews (session_id, at, reviewer, state, comment) VALUES ($1, $2, $3, $4, $5)",
+        "INSERT INTO reviews (session_id, at, reviewer, state, comment, while_open) \
+         VALUES ($1, $2, $3, $4, $5, $6)",
         &[
             SqlValue::Text(id.to_string()),
             SqlValue::Int(review.at.timestamp_micros()),
             SqlValue::Text(review.reviewer.clone()),
             SqlValue::Text(state.as_str().into()),
             SqlValue::Text(review.comment.clone()),
+            SqlValue::Int(i64::from(!session.closed)),
         ],
     )?;
     Ok(review)
@@ -295,7 +312,7 @@ pub fn queue(
     limit: u32,
 ) -> Result<(Vec<Waiting>, Counts), IndexError> {
     const RISK: &str = "(SELECT MAX(f.rank) FROM flags f WHERE f.session_id = s.id)";
-    const UNREVIEWED: &str = "NOT EXISTS (SELECT 1 FROM reviews r WHERE r.session_id = s.id)";
+    const UNREVIEWED: &str = "NOT EXISTS (SELECT 1 FROM reviews r WHERE r.session_id = s.id AND (r.while_open = 0 OR s.closed = 0))";
     let order_by = match order {
         QueueOrder::Oldest => "s.started_at, s.id".to_owned(),
         QueueOrder::Risk => format!("COALESCE({RISK}, -1) DESC, s.started_at, s.id"),
@@ -339,7 +356,8 @@ pub fn queue(
     };
     let latest_is = |state: &str| {
         format!(
-            "SELECT COUNT(*) FROM reviews r WHERE r.state = '{state}' AND r.at = \
+            "SELECT COUNT(*) FROM reviews r JOIN sessions s ON s.id = r.session_id \
+             WHERE r.state = '{state}' AND {COVERS} AND r.at = \
              (SELECT MAX(x.at) FROM reviews x WHERE x.session_id = r.session_id)"
         )
     };
@@ -424,8 +442,10 @@ pub fn coverage(
     }
     let from = *starts.last().unwrap_or(&now);
     let rows = index.query(
-        "SELECT s.started_at, (SELECT r.state FROM reviews r WHERE r.session_id = s.id \
-         ORDER BY r.at DESC LIMIT 1) FROM sessions s WHERE s.started_at >= $1",
+        &format!(
+            "SELECT s.started_at, (SELECT r.state FROM reviews r WHERE r.session_id = s.id \
+             AND {COVERS} ORDER BY r.at DESC LIMIT 1) FROM sessions s WHERE s.started_at >= $1"
+        ),
         &[SqlValue::Int(from.timestamp_micros())],
     )?;
     let mut out: Vec<Coverage> = starts
@@ -630,6 +650,13 @@ mod tests {
         let s = row("alice", Some("Bob@Example.com"));
         assert!(refusal(on, &s, "bob").is_some());
         assert!(refusal(on, &s, "oidc:bob@example.com").is_some());
+        // A Windows account, `DOMAIN\\user` or `.\\user`, is its user.
+        let w = row("CORP\\Bob", None);
+        assert!(refusal(on, &w, "bob").is_some());
+        assert!(refusal(on, &w, "oidc:bob@corp.example").is_some());
+        let w = row(".\\alice", None);
+        assert!(refusal(on, &w, "alice").is_some());
+        assert!(refusal(on, &w, "bob").is_none());
         assert!(refusal(on, &s, "BOB@example.com").is_some());
         assert!(refusal(on, &s, "alice").is_some());
         assert!(refusal(on, &s, "carol").is_none());
@@ -660,5 +687,62 @@ mod tests {
             next_period(Period::Month, period_start(Period::Month, m)),
             Utc.with_ymd_and_hms(2026, 2, 1, 0, 0, 0).unwrap()
         );
+    }
+}
+
+#[cfg(test)]
+mod queue_tests {
+    use super::*;
+    use crate::index::{Batch, SessionRow};
+
+    #[test]
+    fn a_mark_made_while_recording_stops_covering_once_the_session_closes() {
+        let dir = tempfile::tempdir().unwrap();
+        let index = crate::index::open(dir.path().join("i.sqlite3").to_str().unwrap()).unwrap();
+        let index = index.as_ref();
+        init(index).unwrap();
+        let id = jitrec_format::fixtures::session_id(3);
+        let mut row = SessionRow::unknown(id, Utc::now());
+        row.user_name = "alice".into();
+        let put = |row: &SessionRow| {
+            index
+                .apply(&Batch {
+                    sessions: vec![row.clone()],
+                    ..Batch::default()
+                })
+                .unwrap();
+        };
+        put(&row);
+        let waiting = |index: &dyn Index| {
+            let (w, c) = queue(index, QueueOrder::Oldest, 10).unwrap();
+            (w.len(), c.unreviewed, c.reviewed)
+        };
+        assert_eq!(waiting(index), (1, 1, 0));
+        let policy = ReviewPolicy::default();
+        mark(
+            index,
+            policy,
+            id,
+            "carol",
+            ReviewState::Reviewed,
+            "live, fine so far",
+        )
+        .unwrap();
+        assert_eq!(waiting(index), (0, 0, 1), "covers the open session");
+        // It goes on after the mark, and closes: what came after was not reviewed.
+        row.closed = true;
+        put(&row);
+        assert_eq!(waiting(index), (1, 1, 0), "back in the queue");
+        mark(
+            index,
+            policy,
+            id,
+            "carol",
+            ReviewState::Reviewed,
+            "all of it",
+        )
+        .unwrap();
+        assert_eq!(waiting(index), (0, 0, 1));
+        assert_eq!(history(index, id).unwrap().len(), 2, "both marks kept");
     }
 }

@@ -165,6 +165,8 @@ struct RuleSpec {
     area: Vec<String>,
     #[serde(default)]
     action: Vec<String>,
+    #[serde(default)]
+    cut: Option<bool>,
 }
 
 /// Which events a rule looks at.
@@ -197,6 +199,8 @@ pub struct Rule {
     title: Option<regex::Regex>,
     areas: HashSet<String>,
     actions: HashSet<String>,
+    /// Whether the event is one the index keeps cut (too large to keep whole).
+    cut: Option<bool>,
 }
 
 /// A rule as listed (`jitrec-player rules list`, `/api/rules`).
@@ -219,7 +223,7 @@ pub struct RuleSet {
     /// many rules look at it; `command_of[i]` is rule i's pattern in it.
     commands: regex::RegexSet,
     command_of: Vec<Option<usize>>,
-    /// `builtin-1`, or `builtin-1+<file's version or digest>`: which rules flagged what.
+    /// `builtin-2`, or `builtin-2+<file's version or digest>`: which rules flagged what.
     pub version: String,
 }
 
@@ -251,6 +255,8 @@ struct Subject<'a> {
     action: &'a str,
     /// A change's subject and detail, which `command` is matched against.
     change_text: String,
+    /// The index keeps the event cut ([`EventRow::is_cut`]).
+    cut: bool,
 }
 
 /// A program's name as rules name it: the last path component (`/` or `\`), lower-cased,
@@ -281,13 +287,39 @@ fn argv0(command_line: &str) -> &str {
 }
 
 fn compile(origin: &str, id: &str, what: &str, pattern: &str) -> Result<regex::Regex, RulesError> {
-    regex::RegexBuilder::new(pattern)
+    regex::RegexBuilder::new(&ascii_boundaries(pattern))
         .size_limit(REGEX_SIZE_LIMIT)
         .build()
         .map_err(|e| RulesError::Invalid {
             origin: origin.to_owned(),
             message: format!("rule {id}: {what}: {e}"),
         })
+}
+
+/// `pattern` with its word boundaries (`\b`, `\B`) made ASCII ones (`(?-u:\b)`). A Unicode
+/// word boundary makes the regex crate leave its fast automaton for a slow one on any text that
+/// is not ASCII: measured, 2 MiB of accented letters took 1.4 s to match against the built-in
+/// rules, which an endpoint could repeat in every chunk to stall indexing. An ASCII boundary
+/// treats a non-ASCII letter as a non-word character, which command lines do not depend on.
+fn ascii_boundaries(pattern: &str) -> String {
+    let mut out = String::with_capacity(pattern.len());
+    let mut chars = pattern.chars();
+    while let Some(c) = chars.next() {
+        if c != '\\' {
+            out.push(c);
+            continue;
+        }
+        match chars.next() {
+            Some('b') => out.push_str("(?-u:\\b)"),
+            Some('B') => out.push_str("(?-u:\\B)"),
+            Some(next) => {
+                out.push('\\');
+                out.push(next);
+            }
+            None => out.push('\\'),
+        }
+    }
+    out
 }
 
 fn valid_id(id: &str) -> bool {
@@ -333,13 +365,18 @@ impl Rule {
             title: re("title", &spec.title)?,
             areas: spec.area.into_iter().collect(),
             actions: spec.action.into_iter().collect(),
+            cut: spec.cut,
             id,
         };
         match rule.on {
-            On::Process if rule.programs.is_empty() && rule.command.is_none() => Err(bad(format!(
-                "rule {}: a process rule needs `program` or `command` (it would match every process)",
-                rule.id
-            ))),
+            On::Process
+                if rule.programs.is_empty() && rule.command.is_none() && rule.cut != Some(true) =>
+            {
+                Err(bad(format!(
+                    "rule {}: a process rule needs `program`, `command` or `cut = true` (it would match every process)",
+                    rule.id
+                )))
+            }
             On::Window if rule.title.is_none() => Err(bad(format!(
                 "rule {}: a window rule needs `title`",
                 rule.id
@@ -385,10 +422,11 @@ impl Rule {
         if self.command.is_some() && !command_hit {
             return false;
         }
-        let text = if s.on == Some(On::Change) {
-            s.change_text.as_str()
-        } else {
-            s.command
+        // What `unless` is matched against: a change's text, a window's title, a command line.
+        let text = match s.on {
+            Some(On::Change) => s.change_text.as_str(),
+            Some(On::Window) => s.title,
+            _ => s.command,
         };
         if let Some(re) = &self.unless
             && re.is_match(text)
@@ -415,6 +453,11 @@ impl Rule {
             return false;
         }
         if !self.actions.is_empty() && !self.actions.contains(s.action) {
+            return false;
+        }
+        if let Some(want) = self.cut
+            && s.cut != want
+        {
             return false;
         }
         true
@@ -548,14 +591,55 @@ impl RuleSet {
         out
     }
 
-    /// The flags of `events` (one session's, in order), with `procs` carrying the session's
-    /// processes from one call to the next (for `parent`).
+    /// The flags of `events` (one session's, in order, as the index holds them), with `procs`
+    /// carrying the session's processes from one call to the next (for `parent`).
     pub fn evaluate(&self, events: &[EventRow], procs: &mut Processes) -> Vec<FlagRow> {
         let mut out = Vec::new();
         for e in events {
             let parsed: Option<EventKind> = serde_json::from_str(e.data.as_str()).ok();
+            self.evaluate_one(e, parsed.as_ref(), procs, &mut out);
+        }
+        out
+    }
+
+    /// The flags of `rows` matched against the whole events they were made of (`whole[i]` is
+    /// `rows[i]`'s event), as the indexer has them: a command hidden in the middle of a command
+    /// line padded on both sides, past what the index keeps, is still found. What else a rule
+    /// sees of the row (whether it is cut) is the row's, as [`RuleSet::evaluate`] sees it.
+    pub fn evaluate_whole(
+        &self,
+        rows: &[EventRow],
+        whole: &[jitrec_format::Event],
+        procs: &mut Processes,
+    ) -> Vec<FlagRow> {
+        let mut out = Vec::new();
+        for (i, e) in rows.iter().enumerate() {
+            match whole.get(i) {
+                Some(w) => match within_whole_bound(&w.event) {
+                    Some(cut) => self.evaluate_one(e, Some(&cut), procs, &mut out),
+                    None => self.evaluate_one(e, Some(&w.event), procs, &mut out),
+                },
+                None => {
+                    let parsed: Option<EventKind> = serde_json::from_str(e.data.as_str()).ok();
+                    self.evaluate_one(e, parsed.as_ref(), procs, &mut out);
+                }
+            }
+        }
+        out
+    }
+
+    /// The flags of one event, `parsed` being its content (`None`: its kept copy did not
+    /// parse, so its bounded text is matched).
+    fn evaluate_one(
+        &self,
+        e: &EventRow,
+        parsed: Option<&EventKind>,
+        procs: &mut Processes,
+        out: &mut Vec<FlagRow>,
+    ) {
+        {
             let mut s = Subject::default();
-            match &parsed {
+            match parsed {
                 Some(EventKind::ProcessStart(p)) => {
                     let mut programs = vec![program_name(&p.exe)];
                     let first = program_name(argv0(&p.command_line));
@@ -605,8 +689,9 @@ impl RuleSet {
                 _ => {}
             }
             if s.on.is_none() {
-                continue;
+                return;
             }
+            s.cut = e.is_cut();
             let hits = self.commands.matches(if s.on == Some(On::Change) {
                 &s.change_text
             } else {
@@ -631,7 +716,35 @@ impl RuleSet {
                 });
             }
         }
-        out
+    }
+}
+
+/// Characters of a command line or title the indexer matches whole; a longer one (up to the
+/// 64 MiB an events payload may hold) is matched on its first and last half of this, and is
+/// flagged as cut besides: a regex scan costs time linear in what it reads, and an endpoint
+/// must not make every chunk's indexing take seconds.
+pub const WHOLE_MAX: usize = 1 << 20;
+
+/// `e` cut to [`WHOLE_MAX`] when its command line or title is longer; `None` when it is not.
+fn within_whole_bound(e: &EventKind) -> Option<EventKind> {
+    use crate::auth::bounded_ends;
+    match e {
+        EventKind::ProcessStart(p) if p.command_line.len() > WHOLE_MAX => {
+            let mut p = p.clone();
+            p.command_line = bounded_ends(&p.command_line, WHOLE_MAX);
+            Some(EventKind::ProcessStart(p))
+        }
+        EventKind::WindowFocus(w) if w.title.len() > WHOLE_MAX => {
+            let mut w = w.clone();
+            w.title = bounded_ends(&w.title, WHOLE_MAX);
+            Some(EventKind::WindowFocus(w))
+        }
+        EventKind::WindowTitle(w) if w.title.len() > WHOLE_MAX => {
+            let mut w = w.clone();
+            w.title = bounded_ends(&w.title, WHOLE_MAX);
+            Some(EventKind::WindowTitle(w))
+        }
+        _ => None,
     }
 }
 
@@ -676,11 +789,43 @@ pub fn apply(
     };
     let mut report = ApplyReport::default();
     for id in ids {
-        let events = index.events(id)?;
         let chunks = index.chunks(id)?;
         let mut procs = Processes::default();
-        let flags = rules.evaluate(&events, &mut procs);
+        // Page by page: a session's events are never all in memory at once.
+        let mut flags = Vec::new();
+        let mut cut: HashSet<(u64, u32)> = HashSet::new();
+        let mut after = None;
+        loop {
+            let page = index.events_page(id, after, crate::index::MAX_EVENTS_PAGE)?;
+            flags.extend(rules.evaluate(&page, &mut procs));
+            // The indexer matched the whole events; of one the index keeps cut, only the kept
+            // copy is here to match. A flag found on the whole event cannot be disproved by the
+            // copy, so it stays (below), as long as its rule is still in force.
+            cut.extend(page.iter().filter(|e| e.is_cut()).map(|e| (e.seq, e.idx)));
+            if page.len() < crate::index::MAX_EVENTS_PAGE as usize {
+                break;
+            }
+            after = page.last().map(|e| (e.seq, e.idx));
+        }
         let before = index.flags(id)?;
+        if !cut.is_empty() {
+            let in_force: HashSet<&str> = rules.rules.iter().map(|r| r.id.as_str()).collect();
+            let found: HashSet<(u64, u32, String)> = flags
+                .iter()
+                .map(|f| (f.seq, f.idx, f.rule.clone()))
+                .collect();
+            flags.extend(
+                before
+                    .iter()
+                    .filter(|f| {
+                        cut.contains(&(f.seq, f.idx))
+                            && in_force.contains(f.rule.as_str())
+                            && !found.contains(&(f.seq, f.idx, f.rule.clone()))
+                    })
+                    .cloned(),
+            );
+            flags.sort_by(|a, b| (a.seq, a.idx, &a.rule).cmp(&(b.seq, b.idx, &b.rule)));
+        }
         if before != flags {
             report.changed += 1;
         }
@@ -756,7 +901,7 @@ mod tests {
     fn the_builtin_rules_load() {
         let r = RuleSet::builtin();
         assert!(r.list().len() >= 25, "{}", r.list().len());
-        assert_eq!(r.version, "builtin-1");
+        assert_eq!(r.version, "builtin-2");
     }
 
     #[test]
@@ -1020,7 +1165,7 @@ title = "(?i)vault"
         )
         .unwrap();
         let r = RuleSet::load(Some(&path)).unwrap();
-        assert!(r.version.starts_with("builtin-1+file-7-"), "{}", r.version);
+        assert!(r.version.starts_with("builtin-2+file-7-"), "{}", r.version);
         let listed = r.list();
         assert!(
             listed
@@ -1116,7 +1261,113 @@ title = "(?i)vault"
         let e = [process(10, 1, "/usr/sbin/useradd", &long, "root")];
         let rows = rows(&e);
         let flags = RuleSet::builtin().evaluate(&rows, &mut Processes::default());
-        assert_eq!(flags.len(), 1);
-        assert!(flags[0].text.len() < 2048);
+        let ids: Vec<&str> = flags.iter().map(|f| f.rule.as_str()).collect();
+        assert_eq!(ids, ["account.create", "evasion.cut_command"]);
+        assert!(flags.iter().all(|f| f.text.len() < 2048));
+    }
+
+    #[test]
+    fn a_window_rules_unless_is_matched_against_the_title() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("rules.toml");
+        std::fs::write(
+            &path,
+            "[[rule]]\nid = \"site.vault\"\non = \"window\"\nseverity = \"medium\"\n\
+             sentence = \"The vault was opened.\"\ntitle = \"(?i)vault\"\nunless = \"(?i)locked\"\n",
+        )
+        .unwrap();
+        let rules = RuleSet::load(Some(&path)).unwrap();
+        let window = |title: &str| Event {
+            media_us: MediaTime::from_micros(1000),
+            utc: DateTime::from_timestamp(1_700_000_000, 0).unwrap(),
+            event: EventKind::WindowFocus(WindowInfo {
+                window: "0x1".into(),
+                title: title.into(),
+                pid: None,
+            }),
+        };
+        let hits = |title: &str| {
+            rules
+                .evaluate(&rows(&[window(title)]), &mut Processes::default())
+                .into_iter()
+                .filter(|f| f.rule == "site.vault")
+                .count()
+        };
+        assert_eq!(hits("Vault - secrets"), 1);
+        assert_eq!(hits("Vault (locked)"), 0, "`unless` sees the title");
+    }
+
+    #[test]
+    fn a_command_padded_on_both_sides_is_found_whole_and_the_cut_is_flagged() {
+        let pad = ": ".to_owned() + &"x".repeat(100_000);
+        let hidden = format!("{pad}; history -c; {pad}");
+        let e = [process(
+            10,
+            1,
+            "/bin/bash",
+            &format!("bash -c {hidden}"),
+            "root",
+        )];
+        let padded = rows(&e);
+        assert!(padded[0].is_cut(), "the index keeps it cut");
+        let ids = |f: &[FlagRow]| -> Vec<String> { f.iter().map(|f| f.rule.clone()).collect() };
+        let rules = RuleSet::builtin();
+        // The indexer matches the whole event: the middle is seen.
+        let whole = rules.evaluate_whole(&padded, &e, &mut Processes::default());
+        assert_eq!(ids(&whole), ["history.clear", "evasion.cut_command"]);
+        // The kept copy alone (what `rules apply` has) still says it was cut.
+        let copy = rules.evaluate(&padded, &mut Processes::default());
+        assert_eq!(ids(&copy), ["evasion.cut_command"]);
+        // A short command is neither cut nor flagged as such.
+        let short = [process(11, 1, "/bin/ls", "ls -l", "root")];
+        assert!(!rows(&short)[0].is_cut());
+        assert!(
+            rules
+                .evaluate_whole(&rows(&short), &short, &mut Processes::default())
+                .is_empty()
+        );
+    }
+}
+
+#[cfg(test)]
+mod cost {
+    use super::*;
+    use crate::index::EventRow;
+    use jitrec_format::{Event, MediaTime, ProcessStart, UserRef};
+
+    /// What matching the largest whole command line costs (a measurement, not a check: run with
+    /// `cargo test -p jitrec-player --release --lib rules::cost -- --ignored --nocapture`).
+    #[test]
+    #[ignore = "a measurement; prints its figures"]
+    #[allow(clippy::print_stderr, reason = "its figures are its output")]
+    fn matching_a_64_mib_command_line() {
+        for (what, unit) in [("ASCII", "a b "), ("non-ASCII", "é ü ")] {
+            let line = format!("bash -c {}", unit.repeat(64 << 20 >> 3));
+            let e = [Event {
+                media_us: MediaTime::from_micros(0),
+                utc: DateTime::from_timestamp(1_700_000_000, 0).unwrap(),
+                event: EventKind::ProcessStart(ProcessStart {
+                    pid: 1,
+                    ppid: 0,
+                    user: UserRef {
+                        name: "root".into(),
+                        id: "0".into(),
+                    },
+                    exe: "/bin/bash".into(),
+                    command_line: line,
+                    elevated: true,
+                    in_session: Some(true),
+                }),
+            }];
+            let rows: Vec<EventRow> = e.iter().map(|e| EventRow::new(0, 0, e)).collect();
+            let t = std::time::Instant::now();
+            let f = RuleSet::builtin().evaluate_whole(&rows, &e, &mut Processes::default());
+            eprintln!(
+                "{what}: {} MiB command line matched in {:?} ({} flags)",
+                e.len() * 64,
+                t.elapsed(),
+                f.len()
+            );
+        }
     }
 }

@@ -474,6 +474,39 @@ function drawMarks(detail, duration) {
   }
 }
 
+/**
+ * The filmstrip: one picture per slot of the seek bar's width, each the first frame of the last
+ * chunk starting with a keyframe before the slot's middle (the player makes them from the
+ * witnessed media, in a confined process). Redrawn only when the pictures it shows change.
+ */
+function drawFilmstrip(detail, duration, seekTo) {
+  const strip = $("#filmstrip");
+  const keys = detail.chunks.filter((c) => c.keyframe);
+  if (!duration || !keys.length) { strip.replaceChildren(); strip.dataset.shown = ""; return; }
+  const slots = Math.max(1, Math.min(40, Math.floor((strip.clientWidth || 640) / 96)));
+  const picks = [];
+  for (let i = 0, k = 0; i < slots; i++) {
+    const mid = ((i + 0.5) / slots) * duration * 1e6;
+    while (k + 1 < keys.length && keys[k + 1].media_start_us <= mid) k++;
+    picks.push(keys[k]);
+  }
+  // Slots showing the same picture are one, as wide as they are together.
+  const runs = [];
+  for (const c of picks) {
+    if (runs.length && runs[runs.length - 1].c === c) runs[runs.length - 1].n++;
+    else runs.push({ c, n: 1 });
+  }
+  const shown = runs.map((r) => `${r.c.seq}x${r.n}`).join(",");
+  if (strip.dataset.shown === shown) return;
+  strip.dataset.shown = shown;
+  strip.replaceChildren(...runs.map(({ c, n }) => el("img", {
+    style: `flex-grow:${n}`,
+    src: `/api/sessions/${detail.session.id}/thumbs/${c.seq}.png`, alt: `screen at ${clock(c.media_start_us / 1e6)}`,
+    title: clock(c.media_start_us / 1e6), "data-seq": String(c.seq),
+    onclick: () => seekTo(c.media_start_us / 1e6),
+  })));
+}
+
 /** Open but nothing arriving: say so where LIVE is, until chunks come again. */
 function liveBadge(status) {
   const live = $("#live"), silent = status === "silent";
@@ -534,17 +567,25 @@ function renderReview(detail) {
         method: "POST", headers: { "Content-Type": "application/json" },
         body: JSON.stringify({ state: state.value, comment: comment.value }),
       });
+      comment.value = "";
       const d = await apiJson(`/api/sessions/${detail.session.id}`);
+      // Keep the events already paged in (the ledger lists them all).
+      if (detail.events.length > d.events.length) d.events = detail.events;
       renderReview(d);
     } catch (e) { said.textContent = String(e.message || e); }
   } }, "Save review");
+  // The form a reviewer may be typing in is kept across the live view's refreshes.
+  const form = $("#review-form") || el("form", { id: "review-form", class: "filters" }, state, comment, send, said);
   box.replaceChildren(
     el("h2", {}, "Risk ", el("span", { id: "risk" }, riskBadge(detail.risk))),
     flags.length ? list : el("p", { class: "muted" }, "No detection rule matched."),
+    // A rule that matched more often than the detail carries: said, with its count.
+    ...(detail.flag_counts || []).filter((c) => c.count > flags.filter((f) => f.rule === c.rule).length).map((c) =>
+      el("p", { class: "muted flags-more", "data-rule": c.rule },
+        `${c.rule} (${c.severity}) matched ${c.count} times; the first ${flags.filter((f) => f.rule === c.rule).length} are listed and marked.`)),
     el("h2", {}, "What changed on the machine"),
     changes.length ? ledger : el("p", { class: "muted" }, "The change ledger recorded nothing."),
-    el("h2", {}, "Review"), history,
-    el("form", { id: "review-form", class: "filters" }, state, comment, send, said));
+    el("h2", {}, "Review"), history, form);
 }
 
 async function sessionPage() {
@@ -617,6 +658,8 @@ async function sessionPage() {
         detail.events.push(...r.events);
         renderEvents();
         drawMarks(detail, player.end());
+        // The ledger lists the change events of every page, not only the first.
+        renderReview(detail);
         if (!r.more) return;
       }
     } catch (e) {
@@ -655,6 +698,8 @@ async function sessionPage() {
     highlight();
   };
   drawMarks(detail, player.end());
+  const seekTo = (t) => { player.followLive = false; video.currentTime = t; };
+  drawFilmstrip(detail, player.end(), seekTo);
   seek.addEventListener("input", () => { player.followLive = false; video.currentTime = Number(seek.value); });
   play.addEventListener("click", () => (video.paused ? video.play() : video.pause()));
   speed.addEventListener("change", () => { video.playbackRate = Number(speed.value); });
@@ -716,6 +761,7 @@ async function sessionPage() {
         renderEvents();
         renderReview(d);
         drawMarks(d, player.end());
+        drawFilmstrip(d, player.end(), seekTo);
         liveBadge(d.session.status);
         if (d.session.closed) { $("#live").hidden = true; return; }
       } catch (e) { showError(e); }

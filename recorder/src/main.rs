@@ -317,7 +317,7 @@ fn event_sources(cfg: &Config) -> Result<SourceFactory> {
         proc_root: "/proc".into(),
         poll_interval: Duration::from_millis(cfg.events.poll_ms),
         force_poll: cfg.events.process_source == ProcessMode::Poll,
-        session_uid: None,
+        session_user: None,
     });
     let windows = cfg.events.windows.then(|| cfg.capture.display.clone());
     let changes = cfg
@@ -331,21 +331,16 @@ fn event_sources(cfg: &Config) -> Result<SourceFactory> {
     Ok(Box::new(move |user: &str| {
         let mut sources: Vec<Box<dyn EventSource>> = Vec::new();
         if let Some(config) = &process {
-            // Looked up at each start: the account may be new since the recorder started.
-            let session_uid = control::user_id(&config.passwd_file, user);
-            if session_uid.is_none() {
-                tracing::warn!(
-                    user,
-                    "the elevated account is not in the passwd file; whose activity each process is stays unknown"
-                );
-            }
+            // Its uid is looked up at each start (the account may be new since the recorder
+            // started), on the source's own thread.
             sources.push(Box::new(ProcessSource::open(ProcessConfig {
-                session_uid,
+                session_user: Some(user.to_owned()),
                 ..config.clone()
             })));
         }
         if let Some(config) = &changes {
-            // The snapshot is taken here, at JIT start: what differs from it is the ledger.
+            // The snapshot is taken at JIT start, on the source's own thread: what differs from
+            // it is the ledger.
             sources.push(Box::new(
                 jitrec_recorder::events::changes::ChangeSource::open(config.clone()),
             ));
@@ -360,14 +355,23 @@ fn event_sources(cfg: &Config) -> Result<SourceFactory> {
     }))
 }
 
-/// The process and window sources on Windows: ETW and WinEvent hooks.
+/// The sources on Windows: ETW (processes), WinEvent hooks (windows) and the registry part of
+/// the change ledger.
 #[cfg(windows)]
 fn event_sources(cfg: &Config) -> Result<SourceFactory> {
     use jitrec_recorder::windows::{etw::EtwProcessSource, winevent::WinEventSource};
     let redactor = Arc::new(Redactor::new(&cfg.events.redaction)?);
     let (processes, windows) = (cfg.events.processes, cfg.events.windows);
+    let changes = cfg.events.changes;
     Ok(Box::new(move |_user: &str| {
         let mut sources: Vec<Box<dyn EventSource>> = Vec::new();
+        if changes {
+            // The registry part of the change ledger (docs/windows.md).
+            sources.push(Box::new(jitrec_recorder::windows::ledger::RegistryLedger {
+                roots: jitrec_recorder::windows::ledger::Roots::default(),
+                redactor: Arc::clone(&redactor),
+            }));
+        }
         if processes {
             sources.push(Box::new(EtwProcessSource {
                 redactor: Arc::clone(&redactor),

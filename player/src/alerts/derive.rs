@@ -1,6 +1,7 @@
 //! Derives alerts from the index: compares the sessions and the rules' flags with what the
 //! alerter has alerted ([`super::store`]) and queues what is new.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,6 +22,10 @@ const PAGE: i64 = 500;
 /// Pages of each kind one pass reads at most (the rest waits for the next pass, a poll later):
 /// a backlog of 10,000 changes is worked off without one pass holding the index for long.
 const MAX_PAGES: usize = 20;
+
+/// Matches of one rule in one session sent one by one; the next is sent as a summary, and
+/// the rest are recorded as seen without being sent.
+pub(crate) const MAX_MATCHES: i64 = 5;
 
 /// How far back (player clock) a quick pass looks at closed sessions' `last_change`: covers
 /// a pass that failed or a lead that moved, and the clocks of several players sharing the
@@ -105,14 +110,25 @@ impl Deriver {
         }
         if queued > 0 {
             for t in self.config.target_names() {
-                let dropped = store::bound(index, &t, super::MAX_PENDING, now)?;
-                if dropped > 0 {
+                let b = store::bound(index, &t, super::MAX_PENDING, now)?;
+                if b.dropped > 0 {
                     tracing::error!(
                         target_name = %t,
-                        dropped,
+                        dropped = b.dropped,
                         max = super::MAX_PENDING,
                         "alerts: the outbox is full (the receiver has not taken alerts for long); \
-                         the oldest undelivered alerts are dropped and will never be sent"
+                         the oldest undelivered matches of rules below high severity are dropped \
+                         and will never be sent"
+                    );
+                }
+                if b.over > 0 {
+                    tracing::error!(
+                        target_name = %t,
+                        over = b.over,
+                        max = super::MAX_PENDING,
+                        "alerts: the outbox is past its bound with alerts it never drops (session \
+                         start and end, status changes, high and critical matches); they are kept: \
+                         bring the receiver back"
                     );
                 }
             }
@@ -131,16 +147,23 @@ impl Deriver {
     fn queue(&mut self, index: &dyn Index, alert: &Alert, now: i64) -> Result<(), AlertError> {
         let payload = alert.to_json();
         let seq = self.next_seq(now);
+        // What a full outbox never drops: all but matches of rules below high severity.
+        let keep = alert.kind != Kind::RuleMatch
+            || alert
+                .flag
+                .as_ref()
+                .is_some_and(|f| f.severity >= Severity::High);
         for t in &self.config.targets {
-            store::enqueue(
-                index,
-                &alert.id,
-                alert.kind.as_str(),
-                &t.name(),
+            let target = t.name();
+            let q = store::Queued {
+                id: &alert.id,
+                kind: alert.kind.as_str(),
+                target: &target,
                 seq,
-                &payload,
-                now,
-            )?;
+                payload: &payload,
+                keep,
+            };
+            store::enqueue(index, &q, now)?;
         }
         tracing::info!(id = %alert.id, kind = alert.kind.as_str(), session = %alert.session.id,
             "alerts: {}", alert.message);
@@ -294,6 +317,8 @@ impl Deriver {
         let rows = index.query(&sql, &params)?;
         let at = DateTime::from_timestamp_micros(now).unwrap_or_else(Utc::now);
         let mut queued = 0;
+        // Matches already recorded per (session, rule), read once per pair and page.
+        let mut seen: HashMap<(String, String), i64> = HashMap::new();
         for r in &rows {
             let info = session_info(&r[..10])?;
             let bad = || AlertError::Corrupt(format!("a flags row: {:?}", &r[10..]));
@@ -321,7 +346,19 @@ impl Deriver {
                     .and_then(Severity::parse)
                     .unwrap_or_default(),
             };
-            if sev >= self.config.min_severity {
+            let pair = (info.id.clone(), rule_raw.clone());
+            let before = match seen.get(&pair) {
+                Some(n) => *n,
+                None => store::flags_alerted(index, &info.id, &rule_raw)?,
+            };
+            seen.insert(pair, before + 1);
+            // A rule below high severity matching again and again in one session (a loop, or
+            // an admin flooding the receivers to push other alerts out) is sent MAX_MATCHES
+            // times, then once more as a summary; the report view lists every match. A high or
+            // critical match is always sent: harmless matches first must not hide the one that
+            // matters behind a summary.
+            let capped = sev < Severity::High;
+            if sev >= self.config.min_severity && (!capped || before <= MAX_MATCHES) {
                 let flag = FlagInfo {
                     rule: bounded_bytes(&rule_raw, FIELD_MAX),
                     severity: sev,
@@ -335,17 +372,36 @@ impl Deriver {
                     utc: utc.int().and_then(DateTime::from_timestamp_micros),
                     text: bounded_bytes(event_text.text().unwrap_or_default(), TEXT_MAX),
                 };
-                let message = format!(
-                    "Rule {} ({}) matched in the JIT session of {} on {}: {}",
-                    flag.rule,
-                    sev.as_str(),
-                    info.user,
-                    info.machine.hostname,
-                    flag.sentence
-                );
+                let more = capped && before == MAX_MATCHES;
+                let message = if more {
+                    format!(
+                        "Rule {} ({}) matched more than {MAX_MATCHES} times in the JIT session of \
+                         {} on {}: {}; its further matches in this session are not sent one by \
+                         one (the report view lists them all)",
+                        flag.rule,
+                        sev.as_str(),
+                        info.user,
+                        info.machine.hostname,
+                        flag.sentence
+                    )
+                } else {
+                    format!(
+                        "Rule {} ({}) matched in the JIT session of {} on {}: {}",
+                        flag.rule,
+                        sev.as_str(),
+                        info.user,
+                        info.machine.hostname,
+                        flag.sentence
+                    )
+                };
                 // The key of the flag, as the rules write it (the raw rule name: two rules
-                // cut to the same bounded name are still two alerts).
-                let what = format!("{seq}/{idx}/{rule_raw}");
+                // cut to the same bounded name are still two alerts); the summary's is the
+                // rule's, once per session.
+                let what = if more {
+                    format!("more/{rule_raw}")
+                } else {
+                    format!("{seq}/{idx}/{rule_raw}")
+                };
                 let mut a = self.alert(Kind::RuleMatch, &what, info, message, at);
                 a.flag = Some(flag);
                 self.queue(index, &a, now)?;
@@ -577,6 +633,58 @@ mod tests {
     }
 
     #[test]
+    fn a_flood_of_one_low_rule_is_sent_five_times_then_summarised_high_ones_always() {
+        let dir = tempfile::tempdir().unwrap();
+        let index = crate::index::open(dir.path().join("i.sqlite3").to_str().unwrap()).unwrap();
+        let index = index.as_ref();
+        store::init(index).unwrap();
+        index.exec(FLAGS, &[]).unwrap();
+        let mut d = Deriver::new(config());
+        d.pass(index, true).unwrap();
+        let open = row(5, Status::Recording, false);
+        put(index, vec![open.clone()]);
+        d.pass(index, true).unwrap();
+        for seq in 0..2000 {
+            flag(index, &open, seq, "loop", 1);
+        }
+        flag(index, &open, 3000, "useradd", 4);
+        for seq in 4000..4020 {
+            flag(index, &open, seq, "sudoers", 3);
+        }
+        // Several passes: a page at a time.
+        while d.pass(index, true).unwrap() > 0 {}
+        let got: Vec<Alert> = outbox(index)
+            .into_iter()
+            .filter(|(k, _, _)| k == "rule_match")
+            .map(|(_, _, a)| a)
+            .collect();
+        let of = |rule: &str| {
+            got.iter()
+                .filter(|a| a.flag.as_ref().unwrap().rule == rule)
+                .count()
+        };
+        assert_eq!(
+            of("loop"),
+            MAX_MATCHES as usize + 1,
+            "five, then the summary"
+        );
+        assert_eq!(
+            of("useradd"),
+            1,
+            "another rule is not held back by the flood"
+        );
+        let summary = got
+            .iter()
+            .find(|a| a.message.contains("more than 5 times"))
+            .unwrap();
+        assert_eq!(summary.flag.as_ref().unwrap().rule, "loop");
+        // Every match is recorded as seen: nothing is derived again.
+        assert_eq!(d.pass(index, true).unwrap(), 0);
+        let seen = store::flags_alerted(index, &open.id.to_string(), "loop").unwrap();
+        assert_eq!(seen, 2000);
+    }
+
+    #[test]
     fn a_closed_session_changed_by_verify_is_found_by_the_full_pass() {
         let dir = tempfile::tempdir().unwrap();
         let index = crate::index::open(dir.path().join("i.sqlite3").to_str().unwrap()).unwrap();
@@ -602,23 +710,48 @@ mod tests {
     }
 
     #[test]
-    fn the_outbox_is_bounded_oldest_dropped() {
+    fn the_outbox_is_bounded_oldest_low_matches_dropped_the_rest_kept() {
         let dir = tempfile::tempdir().unwrap();
         let index = crate::index::open(dir.path().join("i.sqlite3").to_str().unwrap()).unwrap();
         let index = index.as_ref();
         store::init(index).unwrap();
+        // Ten alerts: session starts at 1, 5 and 9 (never dropped), low matches the rest.
         for i in 0..10 {
-            store::enqueue(index, &format!("a{i}"), "session_start", "t", i, "{}", 0).unwrap();
+            let id = format!("a{i}");
+            let q = store::Queued {
+                id: &id,
+                kind: if i % 4 == 1 {
+                    "session_start"
+                } else {
+                    "rule_match"
+                },
+                target: "t",
+                seq: i,
+                payload: "{}",
+                keep: i % 4 == 1,
+            };
+            store::enqueue(index, &q, 0).unwrap();
         }
-        assert_eq!(store::bound(index, "t", 4, 1).unwrap(), 6);
-        let left: Vec<String> = store::due(index, "t", 1, 100)
-            .unwrap()
-            .into_iter()
-            .map(|o| o.id)
-            .collect();
-        assert_eq!(left, ["a6", "a7", "a8", "a9"]);
+        let b = store::bound(index, "t", 4, 1).unwrap();
+        assert_eq!((b.dropped, b.over), (6, 0));
+        let left = |index: &dyn Index| -> Vec<String> {
+            store::due(index, "t", 1, 100)
+                .unwrap()
+                .into_iter()
+                .map(|o| o.id)
+                .collect()
+        };
+        // The six oldest matches went; the session starts stayed.
+        assert_eq!(left(index), ["a1", "a5", "a8", "a9"]);
         assert_eq!(store::count(index, "t", store::DROPPED).unwrap(), 6);
-        assert_eq!(store::bound(index, "t", 4, 1).unwrap(), 0);
+        assert_eq!(
+            store::bound(index, "t", 4, 1).unwrap(),
+            store::Bounded::default()
+        );
+        // Past the bound with rows it never drops: the droppable go, the rest stay.
+        let b = store::bound(index, "t", 1, 1).unwrap();
+        assert_eq!((b.dropped, b.over), (1, 2));
+        assert_eq!(left(index), ["a1", "a5", "a9"]);
     }
 
     /// What a pass costs over many sessions (a measurement, not a check: run with

@@ -136,7 +136,13 @@ pub fn bounded_bytes(s: &str, max: usize) -> String {
     const CUT: &str = "…";
     let clean: String = s
         .chars()
-        .map(|c| if c.is_control() { '\u{fffd}' } else { c })
+        .map(|c| {
+            if c.is_control() || crate::auth::hides_text(c) {
+                '\u{fffd}'
+            } else {
+                c
+            }
+        })
         .collect();
     if clean.len() <= max {
         return clean;
@@ -204,6 +210,11 @@ mod tests {
         assert_eq!(
             bounded_bytes("a\nb\u{1b}[31m", 64),
             "a\u{fffd}b\u{fffd}[31m"
+        );
+        assert_eq!(
+            bounded_bytes("ok\u{2028}\u{202e}txt.exe", 64),
+            "ok\u{fffd}\u{fffd}txt.exe",
+            "separators and overrides cannot split or reorder a line"
         );
         let long = "é".repeat(100);
         let cut = bounded_bytes(&long, 51);

@@ -11,7 +11,8 @@
 //!   rules applied again is not alerted twice).
 //! - `alert_outbox`: one row per alert and target, `pending` until `delivered`, `refused`
 //!   (the receiver said it never will take it) or `dropped` (the outbox was full). `seq`
-//!   orders a target's rows; `next_try` holds the target's backoff across restarts.
+//!   orders a target's rows; `next_try` holds the target's backoff across restarts; `keep`
+//!   marks the rows a full outbox never drops.
 //!
 //! The portable SQL of [`Index::exec`] runs one statement at a time (no transaction across
 //! them), so the order of writes is what keeps a crash harmless: an alert is queued (an
@@ -23,21 +24,31 @@ use crate::index::{Index, IndexError, SqlValue};
 use super::AlertError;
 
 /// The forward migrations of the alert tables ([`crate::record::migrate`]).
-const MIGRATIONS: &[&[&str]] = &[&[
-    "CREATE TABLE IF NOT EXISTS alert_state (name TEXT PRIMARY KEY, value BIGINT NOT NULL)",
-    "CREATE TABLE IF NOT EXISTS alert_sessions (session_id TEXT PRIMARY KEY, \
+const MIGRATIONS: &[&[&str]] = &[
+    &[
+        "CREATE TABLE IF NOT EXISTS alert_state (name TEXT PRIMARY KEY, value BIGINT NOT NULL)",
+        "CREATE TABLE IF NOT EXISTS alert_sessions (session_id TEXT PRIMARY KEY, \
      status TEXT NOT NULL, closed BIGINT NOT NULL, changes BIGINT NOT NULL, \
      baseline BIGINT NOT NULL, seen_at BIGINT NOT NULL)",
-    "CREATE TABLE IF NOT EXISTS alert_flags (session_id TEXT NOT NULL, seq BIGINT NOT NULL, \
+        "CREATE TABLE IF NOT EXISTS alert_flags (session_id TEXT NOT NULL, seq BIGINT NOT NULL, \
      idx BIGINT NOT NULL, rule TEXT NOT NULL, alerted_at BIGINT NOT NULL, \
      PRIMARY KEY (session_id, seq, idx, rule))",
-    "CREATE TABLE IF NOT EXISTS alert_outbox (id TEXT NOT NULL, target TEXT NOT NULL, \
+        "CREATE TABLE IF NOT EXISTS alert_outbox (id TEXT NOT NULL, target TEXT NOT NULL, \
      kind TEXT NOT NULL, seq BIGINT NOT NULL, created_at BIGINT NOT NULL, \
      payload TEXT NOT NULL, state TEXT NOT NULL, attempts BIGINT NOT NULL, \
      next_try BIGINT NOT NULL, last_error TEXT NOT NULL, done_at BIGINT NOT NULL, \
      PRIMARY KEY (id, target))",
-    "CREATE INDEX IF NOT EXISTS alert_outbox_due ON alert_outbox (target, state, seq)",
-]];
+        "CREATE INDEX IF NOT EXISTS alert_outbox_due ON alert_outbox (target, state, seq)",
+    ],
+    // v2: which rows a full outbox may drop (`keep` 0: matches of rules below high severity) and
+    // which it never drops (session start and end, status changes, high and critical matches).
+    &[
+        "ALTER TABLE alert_outbox ADD COLUMN keep BIGINT NOT NULL DEFAULT 0",
+        // Rows queued before: all but rule matches are kept (a match's severity is in its
+        // payload only; those stay droppable).
+        "UPDATE alert_outbox SET keep = 1 WHERE kind <> 'rule_match'",
+    ],
+];
 
 /// The tables of this module (for an operator's backup of the records).
 pub const TABLES: &[&str] = &[
@@ -130,30 +141,52 @@ pub(crate) fn last_seq(index: &dyn Index) -> Result<i64, AlertError> {
         .unwrap_or(0))
 }
 
-/// Queues `payload` (alert `id` of `kind`) for `target`; nothing if already queued.
-pub(crate) fn enqueue(
-    index: &dyn Index,
-    id: &str,
-    kind: &str,
-    target: &str,
-    seq: i64,
-    payload: &str,
-    now: i64,
-) -> Result<(), AlertError> {
+/// One alert to queue for a target.
+pub(crate) struct Queued<'a> {
+    pub(crate) id: &'a str,
+    pub(crate) kind: &'a str,
+    pub(crate) target: &'a str,
+    pub(crate) seq: i64,
+    pub(crate) payload: &'a str,
+    /// Never dropped by a full outbox.
+    pub(crate) keep: bool,
+}
+
+/// Queues an alert for its target; nothing if already queued.
+pub(crate) fn enqueue(index: &dyn Index, q: &Queued<'_>, now: i64) -> Result<(), AlertError> {
     index.exec(
         "INSERT INTO alert_outbox (id, target, kind, seq, created_at, payload, state, attempts, \
-         next_try, last_error, done_at) VALUES ($1, $2, $3, $4, $5, $6, 'pending', 0, 0, '', 0) \
+         next_try, last_error, done_at, keep) \
+         VALUES ($1, $2, $3, $4, $5, $6, 'pending', 0, 0, '', 0, $7) \
          ON CONFLICT (id, target) DO NOTHING",
         &[
-            text(id),
-            text(target),
-            text(kind),
-            SqlValue::Int(seq),
+            text(q.id),
+            text(q.target),
+            text(q.kind),
+            SqlValue::Int(q.seq),
             SqlValue::Int(now),
-            text(payload),
+            text(q.payload),
+            SqlValue::Int(i64::from(q.keep)),
         ],
     )?;
     Ok(())
+}
+
+/// How many matches of `rule` in `session` are recorded as alerted (or seen at the baseline).
+pub(crate) fn flags_alerted(
+    index: &dyn Index,
+    session: &str,
+    rule: &str,
+) -> Result<i64, AlertError> {
+    Ok(index
+        .query(
+            "SELECT COUNT(*) FROM alert_flags WHERE session_id = $1 AND rule = $2",
+            &[text(session), text(rule)],
+        )?
+        .first()
+        .and_then(|r| r.first())
+        .and_then(SqlValue::int)
+        .unwrap_or(0))
 }
 
 /// Records what was alerted of a session.
@@ -306,44 +339,63 @@ pub(crate) fn requeue(index: &dyn Index, target: &str, ids: &[String]) -> Result
     Ok(())
 }
 
-/// Drops the oldest pending rows of `target` past `max`; returns how many were dropped.
+/// What [`bound`] did.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(crate) struct Bounded {
+    /// Rows dropped (matches below high severity, oldest first).
+    pub(crate) dropped: u64,
+    /// Pending rows left beyond `max`: all of them rows never dropped.
+    pub(crate) over: u64,
+}
+
+/// Brings `target`'s pending rows down to `max` by dropping the oldest of those a full outbox
+/// may drop; the rows it never drops (`keep`) stay, however many.
 pub(crate) fn bound(
     index: &dyn Index,
     target: &str,
     max: u64,
     now: i64,
-) -> Result<u64, AlertError> {
-    let pending = index
-        .query(
-            "SELECT COUNT(*) FROM alert_outbox WHERE target = $1 AND state = 'pending'",
-            &[text(target)],
-        )?
+) -> Result<Bounded, AlertError> {
+    let count = |sql: &str| -> Result<u64, AlertError> {
+        Ok(index
+            .query(sql, &[text(target)])?
+            .first()
+            .and_then(|r| r.first())
+            .and_then(SqlValue::int)
+            .and_then(|n| u64::try_from(n).ok())
+            .unwrap_or(0))
+    };
+    let pending =
+        count("SELECT COUNT(*) FROM alert_outbox WHERE target = $1 AND state = 'pending'")?;
+    if pending <= max {
+        return Ok(Bounded::default());
+    }
+    let excess = pending - max;
+    // The seq of the newest droppable row that goes: every droppable row at or before it is
+    // dropped (all of them when there are fewer than the excess).
+    let cut = index.query(
+        "SELECT seq FROM alert_outbox WHERE target = $1 AND state = 'pending' AND keep = 0 \
+         ORDER BY seq ASC LIMIT 1 OFFSET $2",
+        &[
+            text(target),
+            SqlValue::Int(i64::try_from(excess - 1).unwrap_or(i64::MAX)),
+        ],
+    )?;
+    let cut = cut
         .first()
         .and_then(|r| r.first())
         .and_then(SqlValue::int)
-        .unwrap_or(0);
-    let pending = u64::try_from(pending).unwrap_or(0);
-    if pending <= max {
-        return Ok(0);
-    }
-    // The seq of the newest row that goes: every row at or before it is dropped.
-    let cut = index.query(
-        "SELECT seq FROM alert_outbox WHERE target = $1 AND state = 'pending' \
-         ORDER BY seq DESC LIMIT 1 OFFSET $2",
-        &[
-            text(target),
-            SqlValue::Int(i64::try_from(max).unwrap_or(i64::MAX)),
-        ],
-    )?;
-    let Some(cut) = cut.first().and_then(|r| r.first()).and_then(SqlValue::int) else {
-        return Ok(0);
-    };
+        .unwrap_or(i64::MAX);
     let dropped = index.exec(
         "UPDATE alert_outbox SET state = 'dropped', done_at = $3, \
-         last_error = 'the outbox was full' WHERE target = $1 AND state = 'pending' AND seq <= $2",
+         last_error = 'the outbox was full' \
+         WHERE target = $1 AND state = 'pending' AND keep = 0 AND seq <= $2",
         &[text(target), SqlValue::Int(cut), SqlValue::Int(now)],
     )?;
-    Ok(dropped)
+    Ok(Bounded {
+        dropped,
+        over: excess.saturating_sub(dropped),
+    })
 }
 
 /// Pending rows of targets no longer configured: dropped (they would wait forever, and count

@@ -229,6 +229,15 @@ impl EventRow {
     }
 }
 
+impl EventRow {
+    /// Whether the index keeps this event cut: too large to keep whole, its long texts were
+    /// shortened (start and end kept) or it is kept as its kind and size only.
+    pub fn is_cut(&self) -> bool {
+        let d = self.data.as_str();
+        d.contains(" bytes in all) ... ") || d.contains("\"truncated\":true")
+    }
+}
+
 /// `e` with its long texts cut to fit [`EVENT_DATA_MAX`]; `None` for kinds that have none.
 fn cut_event(e: &EventKind) -> Option<EventKind> {
     use crate::auth::{bounded, bounded_ends};
@@ -410,6 +419,23 @@ pub(crate) fn events_page_bounds(after: Option<(u64, u32)>, limit: u32) -> (i64,
     (seq, idx, i64::from(limit.clamp(1, MAX_EVENTS_PAGE)))
 }
 
+/// A session's flags as one answer carries them ([`Index::flags_bounded`]).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct BoundedFlags {
+    /// The first matches of each rule, in order.
+    pub flags: Vec<FlagRow>,
+    /// Every rule that matched: how often, and how severe.
+    pub counts: Vec<FlagCount>,
+}
+
+/// How often one rule matched in a session.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct FlagCount {
+    pub rule: String,
+    pub severity: Severity,
+    pub count: u64,
+}
+
 /// Writes applied together in one transaction.
 #[derive(Debug, Default)]
 pub struct Batch {
@@ -533,6 +559,74 @@ pub trait Index: Send + Sync {
             "SELECT seq, idx, media_us, utc, rule, rank, sentence, text FROM flags \
              WHERE session_id = $1 ORDER BY seq, idx, rule",
             &[SqlValue::Text(id.to_string())],
+        )?;
+        rows.iter().map(|r| flag_row(r)).collect()
+    }
+    /// A session's flags bounded for one answer: the first `per_rule` matches of each rule, in
+    /// order, and every rule's count and severity (a rule matching a million times costs the
+    /// answer `per_rule` rows).
+    fn flags_bounded(&self, id: SessionId, per_rule: u32) -> Result<BoundedFlags, IndexError> {
+        let sid = SqlValue::Text(id.to_string());
+        let rows = self.query(
+            "SELECT seq, idx, media_us, utc, rule, rank, sentence, text FROM ( \
+               SELECT seq, idx, media_us, utc, rule, rank, sentence, text, \
+               ROW_NUMBER() OVER (PARTITION BY rule ORDER BY seq, idx) AS n \
+               FROM flags WHERE session_id = $1) AS f \
+             WHERE n <= $2 ORDER BY seq, idx, rule",
+            &[sid.clone(), SqlValue::Int(i64::from(per_rule))],
+        )?;
+        let flags = rows.iter().map(|r| flag_row(r)).collect::<Result<_, _>>()?;
+        let rows = self.query(
+            "SELECT rule, MAX(rank), COUNT(*) FROM flags WHERE session_id = $1 \
+             GROUP BY rule ORDER BY rule",
+            &[sid],
+        )?;
+        let bad = || IndexError::Other("a flag count of the wrong shape".into());
+        let counts = rows
+            .iter()
+            .map(|r| {
+                Ok(FlagCount {
+                    rule: r
+                        .first()
+                        .and_then(SqlValue::text)
+                        .ok_or_else(bad)?
+                        .to_owned(),
+                    severity: r
+                        .get(1)
+                        .and_then(SqlValue::int)
+                        .map(Severity::clamped)
+                        .ok_or_else(bad)?,
+                    count: r
+                        .get(2)
+                        .and_then(SqlValue::int)
+                        .and_then(|n| u64::try_from(n).ok())
+                        .ok_or_else(bad)?,
+                })
+            })
+            .collect::<Result<_, IndexError>>()?;
+        Ok(BoundedFlags { flags, counts })
+    }
+    /// Up to `limit` flags of `rule` in `id` after the event `after`, in order (the pages
+    /// behind [`Index::flags_bounded`]).
+    fn flags_page(
+        &self,
+        id: SessionId,
+        rule: &str,
+        after: Option<(u64, u32)>,
+        limit: u32,
+    ) -> Result<Vec<FlagRow>, IndexError> {
+        let (seq, idx, limit) = events_page_bounds(after, limit);
+        let rows = self.query(
+            "SELECT seq, idx, media_us, utc, rule, rank, sentence, text FROM flags \
+             WHERE session_id = $1 AND rule = $2 AND (seq > $3 OR (seq = $3 AND idx > $4)) \
+             ORDER BY seq, idx LIMIT $5",
+            &[
+                SqlValue::Text(id.to_string()),
+                SqlValue::Text(rule.to_owned()),
+                SqlValue::Int(seq),
+                SqlValue::Int(idx),
+                SqlValue::Int(limit),
+            ],
         )?;
         rows.iter().map(|r| flag_row(r)).collect()
     }

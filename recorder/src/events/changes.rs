@@ -148,18 +148,40 @@ fn read_content(path: &Path) -> Content {
     Content::Text(String::from_utf8_lossy(&buf).into_owned())
 }
 
-/// The meaningful lines of a configuration file (no comments, no blank lines).
+/// The meaningful lines of a configuration file (no comments, no blank lines). sudo reads
+/// `#include` and `#includedir` as directives, not comments: they are kept.
 fn lines(c: &Content) -> BTreeSet<String> {
     match c {
         Content::Text(t) => t
             .lines()
             .map(str::trim)
-            .filter(|l| !l.is_empty() && !l.starts_with('#'))
+            .filter(|l| !l.is_empty() && (!l.starts_with('#') || include(l).is_some()))
             .map(str::to_owned)
             .collect(),
         _ => BTreeSet::new(),
     }
 }
+
+/// The file or directory a sudoers include directive names (`#include FILE`, `@include FILE`,
+/// `#includedir DIR`, `@includedir DIR`), and whether it is a directory.
+fn include(line: &str) -> Option<(bool, &str)> {
+    let l = line.trim();
+    let rest = l.strip_prefix('#').or_else(|| l.strip_prefix('@'))?;
+    let (dir, path) = if let Some(p) = rest.strip_prefix("includedir") {
+        (true, p)
+    } else {
+        (false, rest.strip_prefix("include")?)
+    };
+    // `#include` followed by anything but a blank is a comment (`#includes ...`).
+    if !path.starts_with([' ', '\t']) {
+        return None;
+    }
+    let path = path.trim().trim_matches('"');
+    (!path.is_empty()).then_some((dir, path))
+}
+
+/// Files sudoers includes that are read besides `/etc/sudoers` and `/etc/sudoers.d`.
+const MAX_INCLUDES: usize = 32;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Account {
@@ -197,6 +219,34 @@ fn colon_fields(c: &Content) -> Vec<Vec<String>> {
     }
 }
 
+/// A file of a configuration directory or an include: its lines, or, for a link (symbolic or
+/// hard, which may be any file, `/etc/shadow` too) and for a shadow file, only where it points
+/// and a digest of it: what changed is said without copying another file's secrets into the ledger.
+fn read_entry(path: &Path) -> Content {
+    use std::os::unix::fs::MetadataExt;
+    // A hard link is another name of a file that may be anything, `/etc/shadow` too.
+    let link =
+        std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink() || m.nlink() > 1);
+    let shadow = path
+        .file_name()
+        .is_some_and(|n| n == "shadow" || n == "gshadow");
+    if !link && !shadow {
+        return read_content(path);
+    }
+    let target = std::fs::read_link(path)
+        .map(|t| format!("-> {}, ", t.display()))
+        .unwrap_or_default();
+    match read_content(path) {
+        Content::Missing => Content::Missing,
+        Content::Large(d) => Content::Large(format!("{target}{d}")),
+        Content::Text(t) => Content::Large(format!(
+            "{target}{} bytes, {}",
+            t.len(),
+            Sha256Digest::of(t.as_bytes()).to_hex()
+        )),
+    }
+}
+
 /// The regular files of `dir` (sorted, bounded), as paths shown from `root`.
 fn dir_files(root: &Path, rel: &str) -> Vec<(String, PathBuf)> {
     let Ok(entries) = std::fs::read_dir(root.join(rel)) else {
@@ -204,7 +254,14 @@ fn dir_files(root: &Path, rel: &str) -> Vec<(String, PathBuf)> {
     };
     let mut out: Vec<(String, PathBuf)> = entries
         .filter_map(Result::ok)
-        .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
+        // A link is read where it points when that is a regular file (cron and sudo follow
+        // links); the read itself opens without blocking and refuses anything else.
+        .filter(|e| {
+            e.file_type().is_ok_and(|t| {
+                t.is_file()
+                    || (t.is_symlink() && std::fs::metadata(e.path()).is_ok_and(|m| m.is_file()))
+            })
+        })
         .map(|e| {
             let name = e.file_name().to_string_lossy().into_owned();
             (format!("/{rel}/{name}"), e.path())
@@ -254,20 +311,77 @@ impl Snapshot {
             read_content(&root.join("etc/sudoers")),
         );
         for (shown, path) in dir_files(root, "etc/sudoers.d") {
-            s.sudo.insert(shown, read_content(&path));
+            s.sudo.insert(shown, read_entry(&path));
         }
+        s.follow_sudo_includes(root);
         s.cron.insert(
             "/etc/crontab".into(),
             read_content(&root.join("etc/crontab")),
         );
         for rel in ["etc/cron.d", "var/spool/cron/crontabs"] {
             for (shown, path) in dir_files(root, rel) {
-                s.cron.insert(shown, read_content(&path));
+                s.cron.insert(shown, read_entry(&path));
             }
         }
         s.units = units(root);
         s.dpkg_log_end = std::fs::metadata(root.join("var/log/dpkg.log")).map_or(0, |m| m.len());
         s
+    }
+}
+
+impl Snapshot {
+    /// Reads the files the sudoers files read include (`#include`, `#includedir`; relative
+    /// paths are relative to `/etc`, paths with sudo's `%` escapes are not followed), and the
+    /// files those include, at most [`MAX_INCLUDES`] in all: a grant hidden in an included
+    /// file outside `/etc/sudoers.d` is in the ledger like any other.
+    fn follow_sudo_includes(&mut self, root: &Path) {
+        let mut read = 0;
+        for _ in 0..3 {
+            let wanted: Vec<(bool, String)> = self
+                .sudo
+                .values()
+                .filter_map(|c| match c {
+                    Content::Text(t) => Some(t),
+                    _ => None,
+                })
+                .flat_map(|t| t.lines().filter_map(include))
+                .filter(|(_, p)| !p.contains('%'))
+                .map(|(dir, p)| {
+                    let abs = if p.starts_with('/') {
+                        p.to_owned()
+                    } else {
+                        format!("/etc/{p}")
+                    };
+                    (dir, abs)
+                })
+                .collect();
+            let mut added = false;
+            for (dir, abs) in wanted {
+                let rel = abs.trim_start_matches('/');
+                if rel.split('/').any(|c| c == "..") {
+                    continue;
+                }
+                let files = if dir {
+                    dir_files(root, rel)
+                } else {
+                    vec![(abs.clone(), root.join(rel))]
+                };
+                for (shown, path) in files {
+                    if self.sudo.contains_key(&shown) {
+                        continue;
+                    }
+                    if read >= MAX_INCLUDES {
+                        return;
+                    }
+                    read += 1;
+                    self.sudo.insert(shown, read_entry(&path));
+                    added = true;
+                }
+            }
+            if !added {
+                return;
+            }
+        }
     }
 }
 
@@ -636,8 +750,6 @@ fn mode_owner(path: &Path) -> String {
 /// The change ledger's source for one session.
 pub struct ChangeSource {
     config: ChangeConfig,
-    /// Taken when the source was made (JIT start).
-    snapshot: Snapshot,
 }
 
 impl std::fmt::Debug for ChangeSource {
@@ -649,14 +761,21 @@ impl std::fmt::Debug for ChangeSource {
 }
 
 impl ChangeSource {
-    /// Takes the snapshot of the structured areas (a few small files: it does not hold up
-    /// JIT start); the file trees' watches are set up on the source's own thread, so a file
-    /// changed in the first milliseconds, before they exist, can be missed.
+    /// The source; the snapshot of the structured areas and the file trees' watches are made
+    /// on its own thread as it starts (JIT start), so a file that hangs when read (a hung
+    /// network or FUSE mount) holds up the ledger only, never the recording. A file changed in
+    /// the first milliseconds, before they exist, can be missed.
     pub fn open(config: ChangeConfig) -> Self {
-        let snapshot = Snapshot::take(&config.root);
-        Self { config, snapshot }
+        Self { config }
     }
 }
+
+/// File changes listed one by one in a round (a round is a chunk, about 2 s); more are one
+/// change with their count. Well within the event budget, so structured changes always fit.
+const MAX_FILE_CHANGES: usize = 1_000;
+
+/// A snapshot slower than this is said in the source's status: the ledger's start was late.
+const SLOW_SNAPSHOT: std::time::Duration = std::time::Duration::from_secs(2);
 
 fn status(sink: &mut EventSink, state: SourceState, detail: String) {
     let t = sink.clock().now();
@@ -698,10 +817,20 @@ impl EventSource for ChangeSource {
     }
 
     fn run(self: Box<Self>, mut sink: EventSink, stop: Arc<AtomicBool>) {
-        let ChangeSource {
-            config,
-            mut snapshot,
-        } = *self;
+        let ChangeSource { config } = *self;
+        let started = std::time::Instant::now();
+        let mut snapshot = Snapshot::take(&config.root);
+        let took = started.elapsed();
+        if took > SLOW_SNAPSHOT {
+            status(
+                &mut sink,
+                SourceState::Partial,
+                format!(
+                    "reading the machine's accounts, sudoers, cron, units and dpkg's log at JIT start took {:.1} s: a change made meanwhile can be missed",
+                    took.as_secs_f64()
+                ),
+            );
+        }
         let mut trees = match Trees::open(&config.root, &config.trees) {
             Ok(t) => {
                 match &t.partial {
@@ -739,14 +868,26 @@ impl EventSource for ChangeSource {
             let stopping = stop.load(Ordering::SeqCst);
             let asked = sink.wake().take();
             let now = sink.clock().now();
-            let mut changes = trees
+            let mut files = trees
                 .as_mut()
                 .map(|t| t.drain(&config.root))
                 .unwrap_or_default();
             let next = Snapshot::take(&config.root);
-            changes.extend(diff(&snapshot, &next, &config.redactor));
+            // The structured changes first, then the files: a flood of file writes (an admin
+            // touching thousands of files to exhaust the event budget) must not push an
+            // account or sudoers change into a summary. Files beyond a round's share are one
+            // change saying how many.
+            let mut changes = diff(&snapshot, &next, &config.redactor);
             let (appended, end) = read_log_from(&log, snapshot.dpkg_log_end);
             changes.extend(dpkg_changes(&appended));
+            if files.len() > MAX_FILE_CHANGES {
+                let more = files.len() - (MAX_FILE_CHANGES - 1);
+                files.truncate(MAX_FILE_CHANGES - 1);
+                files.push(Change::new("files", "many_changed", "files").with(format!(
+                    "{more} more files changed in this round, not listed one by one"
+                )));
+            }
+            changes.extend(files);
             snapshot = Snapshot {
                 dpkg_log_end: end,
                 ..next
@@ -914,6 +1055,50 @@ mod tests {
         // The shadow file's password fields are never written, only that one changed.
         assert!(!got.iter().any(|g| g.contains("$y$")), "{got:#?}");
         assert_eq!(got.len(), want.len() + 1, "{got:#?}");
+    }
+
+    #[test]
+    fn sudoers_includes_are_followed_and_links_say_where_not_what() {
+        let m = machine();
+        let root = m.path();
+        let before = Snapshot::take(root);
+        // An include directive looks like a comment and is not one; the file it names, and
+        // what a directory it names holds, grant as much as sudoers.d does.
+        write(
+            root,
+            "etc/sudoers",
+            "root ALL=(ALL:ALL) ALL\n%sudo ALL=(ALL:ALL) ALL\n#include /etc/sudo.local\n@includedir /opt/grants\n#includes are comments\n",
+        );
+        write(root, "etc/sudo.local", "eve ALL=(ALL) NOPASSWD: ALL\n");
+        write(root, "opt/grants/mallory", "mallory ALL=(ALL) ALL\n");
+        write(root, "etc/shadow", "root:$y$secret:1::::::\n");
+        // A link in sudoers.d to the shadow file: said, its content not copied.
+        std::fs::create_dir_all(root.join("etc/sudoers.d")).unwrap();
+        std::os::unix::fs::symlink(root.join("etc/shadow"), root.join("etc/sudoers.d/x")).unwrap();
+        // A hard link too: another name of a file is not read as this one.
+        std::fs::hard_link(root.join("etc/shadow"), root.join("etc/sudoers.d/y")).unwrap();
+        let got = described(&diff(&before, &Snapshot::take(root), &redactor()));
+        for w in [
+            "sudo line_added /etc/sudoers (#include /etc/sudo.local)",
+            "sudo line_added /etc/sudoers (@includedir /opt/grants)",
+            "sudo file_added /etc/sudo.local",
+            "sudo line_added /etc/sudo.local (eve ALL=(ALL) NOPASSWD: ALL)",
+            "sudo line_added /opt/grants/mallory (mallory ALL=(ALL) ALL)",
+        ] {
+            assert!(got.iter().any(|g| g == w), "missing {w:?} in {got:#?}");
+        }
+        assert!(
+            got.iter()
+                .any(|g| g.starts_with("sudo file_changed /etc/sudoers.d/x (-> ")),
+            "{got:#?}"
+        );
+        assert!(
+            got.iter()
+                .any(|g| g.starts_with("sudo file_changed /etc/sudoers.d/y (")),
+            "{got:#?}"
+        );
+        assert!(!got.iter().any(|g| g.contains("$y$")), "{got:#?}");
+        assert!(!got.iter().any(|g| g.contains("#includes")), "{got:#?}");
     }
 
     #[test]

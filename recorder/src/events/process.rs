@@ -62,9 +62,11 @@ pub struct ProcessConfig {
     pub poll_interval: Duration,
     /// Use the fallback even when netlink works (tests of the fallback).
     pub force_poll: bool,
-    /// The elevated account's uid, when the passwd file knows it: each process start then says
-    /// whether it is that account's activity (`in_session`). `None`: unknown, not said.
-    pub session_uid: Option<u32>,
+    /// The elevated account's name: its uid is looked up in `passwd_file` on the source's own
+    /// thread (a passwd file on a hung network or FUSE mount must not hold up JIT start), and
+    /// each process start then says whether it is that account's activity (`in_session`).
+    /// `None`, or an account the file does not know: unknown, not said.
+    pub session_user: Option<String>,
 }
 
 /// A message of the process-events connector.
@@ -343,7 +345,17 @@ impl Describer {
             passwd_file: config.passwd_file.clone(),
             cache: HashMap::new(),
         };
-        let ownership = config.session_uid.map(|uid| Ownership {
+        let uid = config.session_user.as_deref().and_then(|user| {
+            let uid = crate::control::user_id(&config.passwd_file, user);
+            if uid.is_none() {
+                tracing::warn!(
+                    user,
+                    "the elevated account is not in the passwd file; whose activity each process is stays unknown"
+                );
+            }
+            uid
+        });
+        let ownership = uid.map(|uid| Ownership {
             uid,
             proc_root: config.proc_root.clone(),
             verdicts: HashMap::new(),

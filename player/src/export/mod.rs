@@ -10,6 +10,12 @@
 //!
 //! The session is verified while it is read; an export of a session that does not verify is
 //! refused unless the caller allows it, and then says so.
+//!
+//! Each file carries, beside the video, a subtitle track of the session's commands, windows,
+//! ledger entries and flags at their times ([`subtitles`]), so that the evidence still says what
+//! happened when it travels without the player.
+
+pub mod subtitles;
 
 use std::fs::File;
 use std::io::{BufWriter, Write};
@@ -48,6 +54,8 @@ pub enum ExportError {
         #[source]
         source: std::io::Error,
     },
+    #[error("reading the session's flags from the index: {0}")]
+    Index(String),
     #[error("remuxing {what}: {source}")]
     Ffmpeg {
         what: String,
@@ -67,6 +75,8 @@ pub struct Part {
     pub frames: u64,
     /// Media time the file covers.
     pub duration_us: u64,
+    /// Samples of its subtitle track that show text.
+    pub cues: usize,
 }
 
 /// What was exported.
@@ -76,6 +86,8 @@ pub struct Exported {
     /// The verification of what was exported.
     pub report: Report,
     pub events: Vec<Event>,
+    /// The flags shown in the subtitle track.
+    pub flags: Vec<crate::rules::FlagRow>,
 }
 
 /// Options of an export.
@@ -90,6 +102,10 @@ pub struct ExportOptions {
     pub witness: Option<std::sync::Arc<dyn crate::index::Index>>,
     /// The player's age identities, for an encrypted session.
     pub keyring: Option<std::sync::Arc<crate::unseal::Keyring>>,
+    /// The detection rules whose flags the subtitle track shows when there is no index (with
+    /// one, the flags the index holds, which the report view shows); the built-in rules when
+    /// `None`.
+    pub rules: Option<std::sync::Arc<crate::rules::RuleSet>>,
 }
 
 impl std::fmt::Debug for ExportOptions {
@@ -97,6 +113,7 @@ impl std::fmt::Debug for ExportOptions {
         f.debug_struct("ExportOptions")
             .field("allow_unverified", &self.allow_unverified)
             .field("witness", &self.witness.as_ref().map(|i| i.backend()))
+            .field("rules", &self.rules.as_ref().map(|r| r.version.clone()))
             .finish()
     }
 }
@@ -182,7 +199,7 @@ pub fn export(
         });
     }
     let mut chunks: Vec<ChunkManifest> = Vec::new();
-    let mut events = Vec::new();
+    let mut events: Vec<(u64, Vec<Event>)> = Vec::new();
     for f in found {
         if let Found::Chunk {
             manifest,
@@ -190,13 +207,15 @@ pub fn export(
             ..
         } = f
         {
+            events.push((manifest.seq, e));
             chunks.push(*manifest);
-            events.extend(e);
         }
     }
     if chunks.is_empty() {
         return Err(ExportError::Empty(session));
     }
+    let flags = flags_of(session, &events, opts)?;
+    let lines = subtitles::lines(&events, &flags);
     ffmpeg::init().map_err(ff("initialising libav"))?;
     ffmpeg::util::log::set_level(ffmpeg::util::log::Level::Error);
 
@@ -214,13 +233,56 @@ pub fn export(
     let mut parts = Vec::new();
     for run in chunks.chunk_by(|a, b| a.init.id == b.init.id) {
         let path = part_path(out, parts.len() + 1);
-        parts.push(remux_run(src, at, run, unseal, &path)?);
+        parts.push(remux_run(src, at, run, unseal, &lines, &path)?);
     }
     Ok(Exported {
         parts,
         report,
-        events,
+        events: events.into_iter().flat_map(|(_, e)| e).collect(),
+        flags,
     })
+}
+
+/// Matches of one rule the subtitle track shows, from the index.
+const FLAGS_PER_RULE: u32 = 2_000;
+
+/// The flags the subtitle track shows: the index's when there is one (what the report view
+/// shows), else those of `opts.rules` (or the built-in rules) over the events, matched as the
+/// indexer matches them.
+fn flags_of(
+    session: SessionId,
+    events: &[(u64, Vec<Event>)],
+    opts: &ExportOptions,
+) -> Result<Vec<crate::rules::FlagRow>, ExportError> {
+    if let Some(index) = &opts.witness {
+        // Bounded per rule: a rule matching a million times must not cost the export a
+        // million rows (the subtitles show at most `MAX_LINES` lines anyway).
+        return index
+            .flags_bounded(session, FLAGS_PER_RULE)
+            .map(|b| b.flags)
+            .map_err(|e| ExportError::Index(e.to_string()));
+    }
+    let builtin;
+    let rules = match &opts.rules {
+        Some(r) => r.as_ref(),
+        None => {
+            builtin = crate::rules::RuleSet::builtin();
+            &builtin
+        }
+    };
+    let mut procs = crate::rules::Processes::default();
+    let mut flags = Vec::new();
+    for (seq, chunk) in events {
+        let rows: Vec<crate::index::EventRow> = chunk
+            .iter()
+            .enumerate()
+            .map(|(i, e)| {
+                crate::index::EventRow::new(*seq, u32::try_from(i).unwrap_or(u32::MAX), e)
+            })
+            .collect();
+        flags.extend(rules.evaluate_whole(&rows, chunk, &mut procs));
+    }
+    Ok(flags)
 }
 
 /// Appends object `key` to `w`, piece by piece, refusing it unless it is exactly the `size` bytes
@@ -290,6 +352,7 @@ fn remux_run(
     at: SessionKey,
     run: &[ChunkManifest],
     unseal: Option<&crate::unseal::Keyring>,
+    lines: &[subtitles::Line],
     out: &Path,
 ) -> Result<Part, ExportError> {
     let first = &run[0];
@@ -348,14 +411,32 @@ fn remux_run(
         os.set_parameters(params);
         os.set_time_base(in_tb);
     }
+    let from_us = first.media_start_us.as_micros();
+    let last = &run[run.len() - 1];
+    let duration_us = last.media_end_us.as_micros().saturating_sub(from_us);
+    let cues = subtitles::cues(lines, from_us, duration_us);
+    let ms = ffmpeg::Rational(1, 1000);
+    {
+        let mut ss = output
+            .add_stream(ffmpeg::encoder::find(ffmpeg::codec::Id::None))
+            .map_err(ff(what.clone()))?;
+        ss.set_parameters(
+            subtitles::parameters(first.init.width, first.init.height).map_err(ff(what.clone()))?,
+        );
+        ss.set_time_base(ms);
+        let mut meta = ffmpeg::Dictionary::new();
+        meta.set("handler_name", "jitrec events");
+        meta.set("title", "jitrec events");
+        ss.set_metadata(meta);
+    }
     let mut opts = ffmpeg::Dictionary::new();
     opts.set("movflags", "+faststart");
     output.write_header_with(opts).map_err(ff(what.clone()))?;
     let out_tb = output.stream(0).map(|s| s.time_base()).unwrap_or(in_tb);
+    let sub_tb = output.stream(1).map(|s| s.time_base()).unwrap_or(ms);
     // The part's time 0 is its first chunk's start on the session clock; its end is the last
     // chunk's end. libavformat reports a nominal duration for fragmented samples, so the last
     // packet (held back one step) gets its true duration from the manifests.
-    let last = &run[run.len() - 1];
     let micros = ffmpeg::Rational(1, 1_000_000);
     let base = rescale(first.media_start_us.as_micros(), micros, in_tb);
     let end = rescale(last.media_end_us.as_micros(), micros, in_tb) - base;
@@ -367,9 +448,27 @@ fn remux_run(
         p.set_position(-1);
         p.write_interleaved(output).map_err(ff(what.clone()))
     };
+    // Cues go out in time order among the video packets (the muxer interleaves by time).
+    let mut pending = cues.iter().peekable();
+    let write_cue = |c: &subtitles::Cue, output: &mut ffmpeg::format::context::Output| {
+        let mut p = ffmpeg::Packet::copy(&subtitles::sample(&c.text));
+        p.set_pts(Some(c.start_ms));
+        p.set_dts(Some(c.start_ms));
+        p.set_duration(c.end_ms - c.start_ms);
+        p.rescale_ts(ms, sub_tb);
+        p.set_stream(1);
+        p.set_position(-1);
+        p.write_interleaved(output).map_err(ff(what.clone()))
+    };
     for (stream, mut packet) in input.packets() {
         if stream.index() != in_index {
             continue;
+        }
+        let t_ms = packet
+            .dts()
+            .map_or(0, |t| rescale_signed(t - base, in_tb, ms));
+        while let Some(c) = pending.next_if(|c| c.start_ms <= t_ms) {
+            write_cue(c, &mut output)?;
         }
         packet.set_pts(packet.pts().map(|t| t - base));
         packet.set_dts(packet.dts().map(|t| t - base));
@@ -386,6 +485,9 @@ fn remux_run(
         }
         write(p, &mut output)?;
     }
+    for c in pending {
+        write_cue(c, &mut output)?;
+    }
     output
         .write_trailer()
         .map_err(ff(out.display().to_string()))?;
@@ -396,6 +498,7 @@ fn remux_run(
         height: first.init.height,
         frames,
         duration_us: last.media_end_us.as_micros() - first.media_start_us.as_micros(),
+        cues: cues.iter().filter(|c| !c.text.is_empty()).count(),
     })
 }
 
@@ -407,6 +510,12 @@ fn rescale(t: u64, from: ffmpeg::Rational, to: ffmpeg::Rational) -> i64 {
         return 0;
     }
     i64::try_from(num / den).unwrap_or(i64::MAX)
+}
+
+/// `t` (which may be negative) in time base `from`, in time base `to`.
+fn rescale_signed(t: i64, from: ffmpeg::Rational, to: ffmpeg::Rational) -> i64 {
+    let sign = if t < 0 { -1 } else { 1 };
+    sign * rescale(t.unsigned_abs(), from, to)
 }
 
 /// Writes the events as a JSON array (one object per event, as stored).
