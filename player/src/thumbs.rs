@@ -70,8 +70,9 @@ pub enum ThumbError {
 
 /// In the child, before it reads a byte: the limits it decodes under. The address-space limit
 /// bounds what a bomb can allocate, the CPU limit what a decoder loop can burn (SIGXCPU, then
-/// SIGKILL), the file-size limit makes every write to a file fail (the picture goes to a pipe),
-/// and no new privileges means nothing it could exec gains any.
+/// SIGKILL), the file-size limit makes every write that would grow a file fail (the picture
+/// goes to a pipe), the process limit keeps it from forking or starting threads (for an account
+/// other than root), and no new privileges means nothing it could exec gains any.
 pub fn confine() -> Result<(), ThumbError> {
     use rustix::process::{Resource, Rlimit, setrlimit};
     let limit = |r: Resource, v: u64| {
