@@ -1013,15 +1013,20 @@ async fn thumbnail(
                 // Both are small (above), so their budget shares are too.
                 let (init, _a) = witnessed(&st, ObjectKey::Init(at, chunk.init_id)).await?;
                 let (video, _b) = witnessed(&st, ObjectKey::ChunkVideo(at, n)).await?;
-                let m: crate::thumbs::Made = Arc::new(
-                    crate::thumbs::render_confined(&strip.program, &init, &video)
-                        .await
-                        .map_err(|e| {
-                            tracing::warn!(session = %id, chunk = n, error = %e, "no thumbnail");
-                            e.to_string()
-                        }),
+                let made = crate::thumbs::render_confined(&strip.program, &init, &video).await;
+                // What the decoder made of these bytes is kept, a failure too; a child that ran
+                // out of time or could not be started may do better on a quieter machine.
+                let lasting = !matches!(
+                    made,
+                    Err(crate::thumbs::ThumbError::TimedOut(_) | crate::thumbs::ThumbError::Io(_))
                 );
-                strip.cache.put(id, n, Arc::clone(&m));
+                let m: crate::thumbs::Made = Arc::new(made.map_err(|e| {
+                    tracing::warn!(session = %id, chunk = n, error = %e, "no thumbnail");
+                    e.to_string()
+                }));
+                if lasting {
+                    strip.cache.put(id, n, Arc::clone(&m));
+                }
                 m
             }
         }

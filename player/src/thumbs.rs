@@ -17,7 +17,8 @@
 //! The player hands the child only bytes its witness record vouches for (the same check as
 //! media it serves), of chunks at most [`MAX_INPUT`] (real ones are well under 1 MiB), and keeps
 //! what it made in a cache bounded in bytes: a chunk's bytes never change once witnessed, so
-//! neither does its picture, nor the failure to make one (a hostile chunk costs its CPU once).
+//! neither does its picture, nor the decoder's failure to make one (a hostile chunk costs its CPU
+//! once; a child killed for time is tried again).
 //! At most [`CONCURRENT`] children run at once; a request that cannot get one within
 //! [`QUEUE_WAIT`] is answered 503.
 

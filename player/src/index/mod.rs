@@ -227,9 +227,7 @@ impl EventRow {
             data,
         }
     }
-}
 
-impl EventRow {
     /// Whether the index keeps this event cut: too large to keep whole, its long texts were
     /// shortened (start and end kept) or it is kept as its kind and size only.
     pub fn is_cut(&self) -> bool {
