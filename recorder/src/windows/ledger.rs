@@ -472,21 +472,6 @@ mod read {
             to_wide(s).iter().flat_map(|u| u.to_le_bytes()).collect()
         }
 
-        fn described(e: &jitrec_format::EventKind) -> String {
-            match e {
-                jitrec_format::EventKind::Change {
-                    area,
-                    action,
-                    subject,
-                    detail,
-                } => format!(
-                    "{area} {action} {subject} {}",
-                    detail.as_deref().unwrap_or("")
-                ),
-                other => format!("{other:?}"),
-            }
-        }
-
         /// Under wine's registry: a test hive of its own under the current user, the same
         /// reads and diff as the machine's keys get.
         #[test]
@@ -557,10 +542,7 @@ mod read {
                 &text("0.81"),
             );
             let redact = |s: &str| s.replace("s3cr3t", "[redacted]");
-            let got: Vec<String> = diff(&before, &read(&roots), &redact)
-                .iter()
-                .map(described)
-                .collect();
+            let got = super::super::tests::described(&diff(&before, &read(&roots), &redact));
             let run = format!(r"{base}\Run\Updater");
             for want in [
                 format!(r"autostart entry_added {run} C:\Users\Public\u.exe --token=[redacted]"),
@@ -581,10 +563,11 @@ mod read {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn described(e: &[EventKind]) -> Vec<String> {
+    /// Ledger entries as `area action subject detail` lines (also for the wine test's reads).
+    pub(crate) fn described(e: &[EventKind]) -> Vec<String> {
         e.iter()
             .map(|e| match e {
                 EventKind::Change {
