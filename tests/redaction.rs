@@ -13,9 +13,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use jitrec_format::{Event, EventKind, SourceState};
-use jitrec_recorder::events::process::ProcessSource;
+use jitrec_recorder::events::linux::process::ProcessSource;
+use jitrec_recorder::events::linux::window::WindowSource;
 use jitrec_recorder::events::redact::{REDACTED, RedactionConfig, Redactor};
-use jitrec_recorder::events::window::WindowSource;
 use jitrec_recorder::events::{EventLimits, EventSource, SourceFactory};
 use jitrec_spool::{Entry, SpoolConfig, SpoolReader};
 use jitrec_tests::xvfb::{EwmhClient, Openbox, Xvfb};

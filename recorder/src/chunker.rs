@@ -22,6 +22,7 @@ use jitrec_format::{
 };
 use jitrec_spool::{SessionWriter, SpoolError};
 
+use crate::cost::{self, Stage};
 use crate::encode::EncodedFrame;
 use crate::fmp4::{self, ParameterSets, Sample};
 
@@ -95,6 +96,8 @@ pub struct Chunker {
     /// Frames were dropped: the next chunk must start with a keyframe, and frames before one
     /// are dropped too (they depend on the dropped ones).
     want_keyframe: bool,
+    /// CPU time spent in spool commits, for the cost counters.
+    spooled: Duration,
 }
 
 impl Chunker {
@@ -106,6 +109,7 @@ impl Chunker {
             chunk_len_us: chunk_len.as_micros().max(1) as u64,
             timescale,
             init: None,
+            spooled: Duration::ZERO,
             open: None,
             events: Vec::new(),
             late_events: 0,
@@ -249,7 +253,7 @@ impl Chunker {
 
     /// Adds an encoded frame of a `width` x `height` stream.
     pub fn push(&mut self, f: EncodedFrame, width: u32, height: u32) -> Result<(), ChunkError> {
-        let (data, ps) = fmp4::to_sample_data(&f.access_unit);
+        let (data, ps) = cost::measure(Stage::Mux, || fmp4::to_sample_data(&f.access_unit));
         let new_init = ps.filter(|ps| {
             self.init
                 .as_ref()
@@ -324,7 +328,21 @@ impl Chunker {
     }
 
     /// Commits the open chunk as `[start, end)`.
+    /// Cuts the open chunk at `end` and commits it. Its CPU time is counted as muxing
+    /// (`crate::cost`), but for the spool's commit, counted as spool time.
     fn cut(&mut self, end: MediaTime) -> Result<(), ChunkError> {
+        let started = cost::thread_time();
+        let spooled = self.spooled;
+        let out = self.cut_open(end);
+        let spent = cost::thread_time().saturating_sub(started);
+        cost::add(
+            Stage::Mux,
+            spent.saturating_sub(self.spooled.saturating_sub(spooled)),
+        );
+        out
+    }
+
+    fn cut_open(&mut self, end: MediaTime) -> Result<(), ChunkError> {
         let Some(open) = self.open.take() else {
             return Ok(());
         };
@@ -400,7 +418,12 @@ impl Chunker {
         {
             tracing::warn!(error = %e, "could not mark a chunk in the events journal");
         }
-        match self.writer.commit_chunk(&manifest, &segment, &events) {
+        let committing = cost::thread_time();
+        let committed = self.writer.commit_chunk(&manifest, &segment, &events);
+        let spent = cost::thread_time().saturating_sub(committing);
+        self.spooled += spent;
+        cost::add(Stage::Spool, spent);
+        match committed {
             Ok(_) => {}
             Err(e) if e.is_out_of_space() => {
                 // Nothing was written and the chain head is unchanged (the spool's contract):

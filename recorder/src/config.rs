@@ -250,7 +250,7 @@ impl Default for JitConfig {
             user: None,
             group: "sudo".into(),
             group_file: "/etc/group".into(),
-            poll_ms: crate::jit::DEFAULT_POLL.as_millis() as u64,
+            poll_ms: crate::trigger::DEFAULT_POLL.as_millis() as u64,
         }
     }
 }

@@ -101,9 +101,10 @@ pub fn remove_member(path: &Path, group: &str, user: &str) -> std::io::Result<bo
             Some(b) => (b, "\n"),
             None => (line, ""),
         };
+        // The group's line as every reader of the file sees it (`crate::accounts`); its
+        // other fields are kept byte for byte.
         let fields: Vec<&str> = body.split(':').collect();
-        // As `jit::is_member` reads it: the fourth field is the member list.
-        if fields.len() >= 4 && fields[0] == group && !body.starts_with('#') {
+        if crate::accounts::Group::parse(body).is_some_and(|g| g.name == group) {
             let members: Vec<&str> = fields[3]
                 .split(',')
                 .filter(|m| !m.is_empty())
@@ -177,7 +178,7 @@ mod tests {
             !remove_member(&g, "sudo", "alice").unwrap(),
             "no longer a member"
         );
-        assert!(!crate::jit::is_member(
+        assert!(!crate::accounts::is_member(
             &std::fs::read_to_string(&g).unwrap(),
             "sudo",
             "alice"

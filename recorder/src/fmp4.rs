@@ -53,7 +53,9 @@ const NAL_AUD: u8 = 9;
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct ParameterSets {
     pub sps: Vec<u8>,
-    pub pps: Vec<u8>,
+    /// The encoder's PPS, and the recorder's own for skip pictures when there is one
+    /// (`crate::encode::h264`).
+    pub pps: Vec<Vec<u8>>,
 }
 
 /// Converts one Annex B access unit to length-prefixed sample data, returning the parameter sets
@@ -64,7 +66,7 @@ pub fn to_sample_data(access_unit: &[u8]) -> (Vec<u8>, Option<ParameterSets>) {
     for nal in annexb_nals(access_unit) {
         match nal[0] & 0x1f {
             NAL_SPS => ps.sps = nal.to_vec(),
-            NAL_PPS => ps.pps = nal.to_vec(),
+            NAL_PPS => ps.pps.push(nal.to_vec()),
             NAL_AUD => {}
             _ => {
                 data.extend_from_slice(&(nal.len() as u32).to_be_bytes());
@@ -206,13 +208,17 @@ fn write_avc1(out: &mut Vec<u8>, ps: &ParameterSets, width: u16, height: u16) {
                 [_, p, c, l, ..] => (*p, *c, *l),
                 _ => (0x42, 0xe0, 0x1e),
             };
-            // Version 1; 4-byte NAL lengths; one SPS, one PPS.
+            // Version 1; 4-byte NAL lengths; one SPS, then the PPSs (at most 255; an
+            // access unit carries one or two).
             b.extend_from_slice(&[1, profile, compat, level, 0xff, 0xe1]);
             u16s(b, &[sps.len() as u16]);
             b.extend_from_slice(sps);
-            b.push(1);
-            u16s(b, &[ps.pps.len() as u16]);
-            b.extend_from_slice(&ps.pps);
+            let ppss = &ps.pps[..ps.pps.len().min(255)];
+            b.push(ppss.len() as u8);
+            for pps in ppss {
+                u16s(b, &[pps.len() as u16]);
+                b.extend_from_slice(pps);
+            }
             if !matches!(profile, 66 | 77 | 88) {
                 // High profiles: chroma 4:2:0, 8-bit luma and chroma, no SPS extensions.
                 b.extend_from_slice(&[0xfc | 1, 0xf8, 0xf8, 0]);
@@ -283,7 +289,7 @@ mod tests {
         let (data, ps) = to_sample_data(&au);
         let ps = ps.unwrap();
         assert_eq!(ps.sps, vec![0x67, 0x64, 0x00, 0x1f, 0xac]);
-        assert_eq!(ps.pps, vec![0x68, 0xee, 0x3c]);
+        assert_eq!(ps.pps, vec![vec![0x68, 0xee, 0x3c]]);
         assert_eq!(data, vec![0, 0, 0, 4, 0x65, 0x88, 0x84, 0x00]);
         assert_eq!(codec_string(&ps.sps), "avc1.64001f");
     }

@@ -12,6 +12,9 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use jitrec_format::Machine;
+use jitrec_recorder::capture::DEFAULT_QUEUE;
+#[cfg(unix)]
+use jitrec_recorder::capture::x11::X11Source;
 use jitrec_recorder::config::Config;
 #[cfg(unix)]
 use jitrec_recorder::config::ProcessMode;
@@ -19,17 +22,15 @@ use jitrec_recorder::control::Request;
 #[cfg(unix)]
 use jitrec_recorder::control::{self, Access};
 #[cfg(unix)]
-use jitrec_recorder::events::process::{ProcessConfig, ProcessSource};
+use jitrec_recorder::events::linux::process::{ProcessConfig, ProcessSource};
+#[cfg(unix)]
+use jitrec_recorder::events::linux::window::WindowSource;
 use jitrec_recorder::events::redact::Redactor;
-#[cfg(unix)]
-use jitrec_recorder::events::window::WindowSource;
 use jitrec_recorder::events::{EventSource, SourceFactory};
-#[cfg(unix)]
-use jitrec_recorder::jit::GroupWatcher;
 use jitrec_recorder::resume::Resume;
-use jitrec_recorder::service::{DEFAULT_QUEUE, Recorder, RecorderConfig};
+use jitrec_recorder::service::{Recorder, RecorderConfig};
 #[cfg(unix)]
-use jitrec_recorder::x11::X11Source;
+use jitrec_recorder::trigger::GroupWatcher;
 use jitrec_spool::{SpoolConfig, SpoolWriter};
 
 /// Records the screen and process/window events of Just-in-Time admin sessions into a local
@@ -45,7 +46,7 @@ struct Cli {
 const DEFAULT_SOCKET: &str = "/run/jitrec/recorder.sock";
 /// On Windows the control channel is a named pipe.
 #[cfg(windows)]
-const DEFAULT_SOCKET: &str = jitrec_recorder::windows::pipe::DEFAULT_PIPE;
+const DEFAULT_SOCKET: &str = jitrec_recorder::control::windows::DEFAULT_PIPE;
 
 #[derive(Subcommand)]
 enum Command {
@@ -160,7 +161,7 @@ pub(crate) fn main() -> Result<()> {
             #[cfg(unix)]
             let resp = control::request(&socket, &req);
             #[cfg(windows)]
-            let resp = jitrec_recorder::windows::pipe::request(&socket.to_string_lossy(), &req);
+            let resp = jitrec_recorder::control::windows::request(&socket.to_string_lossy(), &req);
             let resp =
                 resp.with_context(|| format!("talking to the recorder at {}", socket.display()))?;
             println!("{}", resp.message);
@@ -306,7 +307,8 @@ fn machine(_id_file: &Path) -> Machine {
 #[cfg(unix)]
 fn event_sources(cfg: &Config) -> Result<SourceFactory> {
     let redactor = Arc::new(Redactor::new(&cfg.events.redaction)?);
-    let admin_gid = control::lookup_group(&cfg.jit.group_file, &cfg.jit.group).map(|(gid, _)| gid);
+    let admin_gid = jitrec_recorder::accounts::lookup_group(&cfg.jit.group_file, &cfg.jit.group)
+        .map(|(gid, _)| gid);
     if admin_gid.is_none() {
         tracing::warn!(group = %cfg.jit.group, "admin group not found; only uid 0 counts as elevated");
     }
@@ -320,14 +322,14 @@ fn event_sources(cfg: &Config) -> Result<SourceFactory> {
         session_user: None,
     });
     let windows = cfg.events.windows.then(|| cfg.capture.display.clone());
-    let changes = cfg
-        .events
-        .changes
-        .then(|| jitrec_recorder::events::changes::ChangeConfig {
-            root: cfg.events.changes_root.clone(),
-            trees: jitrec_recorder::events::changes::ChangeConfig::default_trees(),
-            redactor: Arc::clone(&redactor),
-        });
+    let changes =
+        cfg.events
+            .changes
+            .then(|| jitrec_recorder::events::linux::changes::ChangeConfig {
+                root: cfg.events.changes_root.clone(),
+                trees: jitrec_recorder::events::linux::changes::ChangeConfig::default_trees(),
+                redactor: Arc::clone(&redactor),
+            });
     Ok(Box::new(move |user: &str| {
         let mut sources: Vec<Box<dyn EventSource>> = Vec::new();
         if let Some(config) = &process {
@@ -342,7 +344,7 @@ fn event_sources(cfg: &Config) -> Result<SourceFactory> {
             // The snapshot is taken at JIT start, on the source's own thread: what differs from
             // it is the ledger.
             sources.push(Box::new(
-                jitrec_recorder::events::changes::ChangeSource::open(config.clone()),
+                jitrec_recorder::events::linux::changes::ChangeSource::open(config.clone()),
             ));
         }
         if let Some(display) = &windows {
@@ -359,7 +361,7 @@ fn event_sources(cfg: &Config) -> Result<SourceFactory> {
 /// the change ledger.
 #[cfg(windows)]
 fn event_sources(cfg: &Config) -> Result<SourceFactory> {
-    use jitrec_recorder::windows::{etw::EtwProcessSource, winevent::WinEventSource};
+    use jitrec_recorder::events::windows::{etw::EtwProcessSource, winevent::WinEventSource};
     let redactor = Arc::new(Redactor::new(&cfg.events.redaction)?);
     let (processes, windows) = (cfg.events.processes, cfg.events.windows);
     let changes = cfg.events.changes;
@@ -367,10 +369,12 @@ fn event_sources(cfg: &Config) -> Result<SourceFactory> {
         let mut sources: Vec<Box<dyn EventSource>> = Vec::new();
         if changes {
             // The registry part of the change ledger (docs/windows.md).
-            sources.push(Box::new(jitrec_recorder::windows::ledger::RegistryLedger {
-                roots: jitrec_recorder::windows::ledger::Roots::default(),
-                redactor: Arc::clone(&redactor),
-            }));
+            sources.push(Box::new(
+                jitrec_recorder::events::windows::ledger::RegistryLedger {
+                    roots: jitrec_recorder::events::windows::ledger::Roots::default(),
+                    redactor: Arc::clone(&redactor),
+                },
+            ));
         }
         if processes {
             sources.push(Box::new(EtwProcessSource {
@@ -607,7 +611,9 @@ fn run(path: &Path) -> Result<()> {
 /// standard input closes.
 #[cfg(windows)]
 fn run(path: &Path) -> Result<()> {
-    use jitrec_recorder::windows::{admin::AdminWatcher, pipe, screen};
+    use jitrec_recorder::capture::windows as screen;
+    use jitrec_recorder::control::windows as pipe;
+    use jitrec_recorder::trigger::windows::AdminWatcher;
     let cfg = Config::load(path)?;
     let (spool, resume) = open_spool(&cfg)?;
     let shutdown = Arc::new(AtomicBool::new(false));

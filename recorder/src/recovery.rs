@@ -26,7 +26,7 @@ use jitrec_spool::{SessionWriter, SpoolError, SpoolWriter};
 use crate::capture::Frame;
 use crate::chunker::Chunker;
 use crate::encode::{Encoder, EncoderConfig};
-use crate::service::{PLACEHOLDER, PLACEHOLDER_SIZE};
+use crate::session::{PLACEHOLDER, PLACEHOLDER_SIZE};
 
 /// The largest side of the last picture the placeholder chunk copies (above 8K, which is
 /// 7680 x 4320); past it the placeholder has [`PLACEHOLDER_SIZE`].

@@ -16,10 +16,11 @@ use std::time::{Duration, Instant};
 
 use ffmpeg_next as ffmpeg;
 use jitrec_format::{ChainVerifier, EndReason, Event, EventKind, Trigger, decode_events};
+use jitrec_recorder::capture::ScriptedSource;
 use jitrec_recorder::capture::SyntheticScreen;
 use jitrec_recorder::encode::EncoderConfig;
-use jitrec_recorder::service::{Recorder, RecorderConfig, RecorderEvent, ScriptedSource};
-use jitrec_recorder::windows::admin::{AdminTrigger, InteractiveUser, Observation};
+use jitrec_recorder::service::{Recorder, RecorderConfig, RecorderEvent};
+use jitrec_recorder::trigger::windows::{AdminTrigger, InteractiveUser, Observation};
 use jitrec_recorder::windows::sid::Sid;
 use jitrec_spool::{Entry, SpoolConfig, SpoolReader, SpoolWriter};
 

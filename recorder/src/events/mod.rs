@@ -23,14 +23,10 @@
 //!   into the session. The journal id travels with the event ([`Seen`]) so the chunker can say
 //!   which chunk holds it.
 
+#[cfg(target_os = "linux")]
+pub mod linux;
 pub mod redact;
-
-#[cfg(target_os = "linux")]
-pub mod changes;
-#[cfg(target_os = "linux")]
-pub mod process;
-#[cfg(target_os = "linux")]
-pub mod window;
+pub mod windows;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

@@ -1,29 +1,20 @@
-//! The Windows endpoint.
+//! The Windows service and what it shares with the Windows backends.
 //!
-//! Portable parts (compiled and tested on every platform, and under wine): [`sid`] (security
-//! identifiers), [`etw_decode`] (kernel process event payloads), [`admin`]'s trigger decision,
-//! [`supervisor`] (the service's state machine) and [`ledger`]'s state and diff (its registry
-//! reads are Windows-only). Windows-only parts: the live membership reading
-//! in [`admin`], the control pipe, the ETW session, WinEvent hooks, screen capture, the machine id
-//! (`machine`: the registry's `MachineGuid`) and the service glue. `unsafe` is allowed in those Win32 modules only, each call with its `SAFETY`
-//! reason. docs/windows.md says what has been verified where.
+//! Windows runs services in session 0, which cannot see the user's desktop, so the service only
+//! supervises ([`supervisor`], its state machine, portable and tested everywhere; [`service`],
+//! the service-control glue) an agent that records in the console session with the same
+//! recorder as Linux. The Windows backends live with their roles: screen capture in
+//! `capture::windows`, the Administrators trigger in `trigger::windows`, the control pipe in
+//! `control::windows`, the event sources in `events::windows`. Here too: [`sid`] (security
+//! identifiers, portable), the machine id ([`machine`]: the registry's `MachineGuid`) and wide
+//! strings. `unsafe` is allowed in the Win32 modules only, each call with its `SAFETY` reason.
+//! docs/windows.md says what has been verified where.
 
-pub mod admin;
-#[cfg(windows)]
-pub mod etw;
-pub mod etw_decode;
-pub mod ledger;
 #[cfg(windows)]
 pub mod machine;
-#[cfg(windows)]
-pub mod pipe;
-#[cfg(windows)]
-pub mod screen;
 #[cfg(windows)]
 pub mod service;
 pub mod sid;
 pub mod supervisor;
 #[cfg(windows)]
 pub(crate) mod wide;
-#[cfg(windows)]
-pub mod winevent;

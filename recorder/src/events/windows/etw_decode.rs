@@ -18,7 +18,7 @@
 //! Sid: u32 0 when absent (4 bytes), else a TOKEN_USER (2 ptr) followed by the SID itself
 //! ```
 
-use super::sid::Sid;
+use crate::windows::sid::Sid;
 
 /// Which process event the kernel reported (the event's opcode).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -84,7 +84,7 @@ pub enum DecodeError {
         len: usize,
     },
     #[error("user SID: {0}")]
-    Sid(#[from] super::sid::SidError),
+    Sid(#[from] crate::windows::sid::SidError),
 }
 
 /// Decodes a process event's payload. `pointer_size` is 8 for a 64-bit trace (the event

@@ -32,10 +32,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use jitrec_format::Sha256Digest;
 use jitrec_format::{EventKind, SourceState};
+
+use crate::accounts;
 use rustix::fs::inotify;
 
-use super::redact::Redactor;
-use super::{EventSink, EventSource, IDLE_WAIT};
+use crate::events::redact::Redactor;
+use crate::events::{EventSink, EventSource, IDLE_WAIT};
 
 /// The largest file of a structured area read whole; a larger one is compared by digest only.
 pub const MAX_FILE: u64 = 1 << 20;
@@ -86,13 +88,13 @@ impl Change {
         Self {
             area,
             action,
-            subject: super::truncate_text(&subject.into()),
+            subject: crate::events::truncate_text(&subject.into()),
             detail: None,
         }
     }
 
     fn with(mut self, detail: impl Into<String>) -> Self {
-        self.detail = Some(super::truncate_text(&detail.into()));
+        self.detail = Some(crate::events::truncate_text(&detail.into()));
         self
     }
 
@@ -208,14 +210,11 @@ pub struct Snapshot {
     dpkg_log_end: u64,
 }
 
-fn colon_fields(c: &Content) -> Vec<Vec<String>> {
+/// The text of `c`, if it is text (a file that could not be read as text holds no entries).
+fn text_of(c: &Content) -> &str {
     match c {
-        Content::Text(t) => t
-            .lines()
-            .filter(|l| !l.trim_start().starts_with('#') && !l.trim().is_empty())
-            .map(|l| l.split(':').map(str::to_owned).collect())
-            .collect(),
-        _ => Vec::new(),
+        Content::Text(t) => t,
+        _ => "",
     }
 }
 
@@ -276,34 +275,37 @@ impl Snapshot {
     /// Reads the structured areas under `root`.
     pub fn take(root: &Path) -> Snapshot {
         let mut s = Snapshot::default();
-        for f in colon_fields(&read_content(&root.join("etc/passwd"))) {
-            if f.len() >= 7 {
-                s.users.insert(
-                    f[0].clone(),
-                    Account {
-                        uid: f[2].clone(),
-                        gid: f[3].clone(),
-                        home: f[5].clone(),
-                        shell: f[6].clone(),
-                    },
-                );
+        // Read as the C library (and the trigger) read them: `crate::accounts`.
+        let passwd = read_content(&root.join("etc/passwd"));
+        for u in accounts::users(text_of(&passwd)) {
+            s.users.insert(
+                u.name.to_owned(),
+                Account {
+                    uid: u.uid.to_string(),
+                    gid: u.gid.to_string(),
+                    home: u.home.to_owned(),
+                    shell: u.shell.to_owned(),
+                },
+            );
+        }
+        let group = read_content(&root.join("etc/group"));
+        for g in accounts::groups(text_of(&group)) {
+            let members = g.members.iter().map(|m| (*m).to_owned()).collect();
+            // The first entry of a name, as lookups see it; members of a later one count too.
+            match s.groups.entry(g.name.to_owned()) {
+                std::collections::btree_map::Entry::Vacant(e) => {
+                    e.insert((g.gid.to_string(), members));
+                }
+                std::collections::btree_map::Entry::Occupied(mut e) => {
+                    e.get_mut().1.extend(members)
+                }
             }
         }
-        for f in colon_fields(&read_content(&root.join("etc/group"))) {
-            if f.len() >= 4 {
-                let members = f[3]
-                    .split(',')
-                    .map(str::trim)
-                    .filter(|m| !m.is_empty())
-                    .map(str::to_owned)
-                    .collect();
-                s.groups.insert(f[0].clone(), (f[2].clone(), members));
-            }
-        }
-        for f in colon_fields(&read_content(&root.join("etc/shadow"))) {
+        let shadow = read_content(&root.join("etc/shadow"));
+        for f in accounts::records(text_of(&shadow)) {
             if f.len() >= 2 {
                 s.passwords
-                    .insert(f[0].clone(), Sha256Digest::of(f[1].as_bytes()).to_hex());
+                    .insert(f[0].to_owned(), Sha256Digest::of(f[1].as_bytes()).to_hex());
             }
         }
         s.sudo.insert(

@@ -30,9 +30,9 @@ use windows_sys::Win32::System::Pipes::{
     PIPE_REJECT_REMOTE_CLIENTS, PIPE_TYPE_BYTE, PIPE_UNLIMITED_INSTANCES, PIPE_WAIT,
 };
 
-use super::wide::to_wide;
 use crate::control::{self, MAX_REQUEST, Request, Response, Shared};
-use crate::jit::JitEvent;
+use crate::trigger::JitEvent;
+use crate::windows::wide::to_wide;
 
 /// The pipe's default name.
 pub const DEFAULT_PIPE: &str = r"\\.\pipe\jitrec-recorder";

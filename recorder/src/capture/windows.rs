@@ -34,7 +34,7 @@ use windows_sys::Win32::UI::WindowsAndMessaging::{
 };
 
 use crate::capture::Frame;
-use crate::service::{CaptureError, CaptureSource, Grab};
+use crate::capture::{CaptureError, CaptureSource, Grab};
 
 /// The first capture that starts: Graphics Capture, else GDI.
 pub fn open() -> Result<Box<dyn CaptureSource>, CaptureError> {

@@ -30,8 +30,8 @@ use rustix::net::{
     socket_with,
 };
 
-use super::redact::Redactor;
-use super::{EventSink, EventSource, IDLE_WAIT};
+use crate::events::redact::Redactor;
+use crate::events::{EventSink, EventSource, IDLE_WAIT};
 
 const CN_IDX_PROC: u32 = 1;
 const CN_VAL_PROC: u32 = 1;
@@ -325,7 +325,7 @@ impl UserNames {
             return n.clone();
         }
         let name =
-            crate::control::user_name(&self.passwd_file, uid).unwrap_or_else(|| uid.to_string());
+            crate::accounts::user_name(&self.passwd_file, uid).unwrap_or_else(|| uid.to_string());
         self.cache.insert(uid, name.clone());
         name
     }
@@ -346,7 +346,7 @@ impl Describer {
             cache: HashMap::new(),
         };
         let uid = config.session_user.as_deref().and_then(|user| {
-            let uid = crate::control::user_id(&config.passwd_file, user);
+            let uid = crate::accounts::user_id(&config.passwd_file, user);
             if uid.is_none() {
                 tracing::warn!(
                     user,
@@ -395,7 +395,7 @@ impl Describer {
             pid,
             ppid,
             user,
-            exe: super::truncate_text(&info.exe),
+            exe: crate::events::truncate_text(&info.exe),
             command_line,
             elevated,
             in_session,

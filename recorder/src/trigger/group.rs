@@ -1,10 +1,11 @@
-//! The JIT trigger: JIT is active exactly while the user is a member of the admin group.
+//! The Unix trigger: JIT is active exactly while the user is a member of the admin group.
 //!
 //! [`GroupWatcher`] reads the group database file (`/etc/group` by default; tests point it at
-//! their own) and reports membership changes as [`JitEvent`]s. It watches the file's directory
-//! with inotify (through `notify`) because tools like `usermod` and `gpasswd` replace the file by
-//! rename, which a watch on the file itself would miss; a poll every second covers platforms or
-//! filesystems where notification fails.
+//! their own) with `crate::accounts`, the one reader of account files, and reports membership
+//! changes as [`JitEvent`]s. It watches the file's directory with inotify (through `notify`)
+//! because tools like `usermod` and `gpasswd` replace the file by rename, which a watch on the
+//! file itself would miss; a poll every second covers platforms or filesystems where
+//! notification fails.
 //!
 //! Membership means being listed in the group's member field; primary-group membership (the gid
 //! in `/etc/passwd`) is not how JIT tools grant admin rights and is not considered.
@@ -17,32 +18,8 @@ use std::time::Duration;
 
 use notify::{RecursiveMode, Watcher};
 
-/// How JIT starts and stops reach the recorder.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum JitEvent {
-    Start {
-        user: String,
-        trigger: jitrec_format::Trigger,
-        authorized_by: Option<String>,
-        reason: Option<String>,
-    },
-    /// JIT ended, and who or what ended it (recorded in `jit_stop` and the close record; the
-    /// end reason follows from `cause.by`).
-    Stop { cause: jitrec_format::StopCause },
-}
-
-/// Whether `user` is listed as a member of `group` in group-file `text`.
-pub fn is_member(text: &str, group: &str, user: &str) -> bool {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| {
-            let mut f = l.split(':');
-            let name = f.next()?;
-            let members = f.nth(2)?;
-            (name == group).then_some(members)
-        })
-        .any(|members| members.split(',').any(|m| m.trim() == user))
-}
+use super::JitEvent;
+use crate::accounts::is_member;
 
 /// Default fallback poll: the detection bound where inotify is unavailable.
 pub const DEFAULT_POLL: Duration = Duration::from_secs(1);
@@ -127,27 +104,5 @@ impl GroupWatcher {
             }
         }
         drop(watcher);
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn membership_parsing() {
-        let text = "root:x:0:\nsudo:x:27:bob, alice\n# sudo:x:27:mallory\nadm:x:4:syslog\n";
-        assert!(is_member(text, "sudo", "alice"));
-        assert!(is_member(text, "sudo", "bob"));
-        assert!(
-            !is_member(text, "sudo", "mallory"),
-            "comments are not members"
-        );
-        assert!(!is_member(text, "adm", "alice"));
-        assert!(!is_member(text, "sudo", "ali"));
-        assert!(
-            !is_member("sudo:x:27\n", "sudo", "alice"),
-            "a short line is no member list"
-        );
     }
 }

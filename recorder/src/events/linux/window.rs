@@ -22,8 +22,8 @@ use x11rb::protocol::xproto::{
 };
 use x11rb::rust_connection::RustConnection;
 
-use super::redact::Redactor;
-use super::{EventSink, EventSource, IDLE_WAIT, truncate_text};
+use crate::events::redact::Redactor;
+use crate::events::{EventSink, EventSource, IDLE_WAIT, truncate_text};
 
 /// The window source.
 pub struct WindowSource {

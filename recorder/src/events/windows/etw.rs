@@ -36,10 +36,10 @@ use windows_sys::Win32::System::Threading::{
 use windows_sys::core::GUID;
 
 use super::etw_decode::{KernelProcess, ProcessOp, decode_process};
-use super::sid::Sid;
-use super::wide::{from_wide, to_wide};
 use crate::events::redact::Redactor;
 use crate::events::{EventSink, EventSource, IDLE_WAIT};
+use crate::windows::sid::Sid;
+use crate::windows::wide::{from_wide, to_wide};
 
 /// The kernel's process event class: {3d6fa8d0-fe05-11d0-9dda-00c04fd7ba7c}.
 const PROCESS_CLASS: GUID = GUID::from_u128(0x3d6fa8d0_fe05_11d0_9dda_00c04fd7ba7c);

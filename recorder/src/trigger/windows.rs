@@ -12,8 +12,8 @@
 //! tools add the user account itself, and the logon token, which would show nesting, does not
 //! change when membership does.
 
-use super::sid::Sid;
-use crate::jit::JitEvent;
+use crate::trigger::JitEvent;
+use crate::windows::sid::Sid;
 
 /// How often membership is read: detection within one second needs no slower than this.
 pub const POLL: std::time::Duration = std::time::Duration::from_millis(500);
@@ -133,7 +133,7 @@ mod live {
     };
 
     use super::{AdminTrigger, InteractiveUser, Observation, POLL};
-    use crate::jit::JitEvent;
+    use crate::trigger::JitEvent;
     use crate::windows::sid::Sid;
     use crate::windows::wide::{from_wide_ptr, to_wide};
 

@@ -2,9 +2,15 @@
 //!
 //! Frames come from `GetImage` of the root window in ZPixmap format (32 bits per pixel, BGRX in
 //! memory), and the cursor from XFixes `GetCursorImage`, alpha-blended on top: X servers never
-//! include the cursor in images. The root's size is read on every grab, so a screen-size change
-//! (RandR) simply yields frames of the new size, which the recorder turns into a new init
-//! segment. Odd sizes are cropped by one pixel, since H.264 4:2:0 needs even ones.
+//! include the cursor in images. A screen-size change (RandR) simply yields frames of the new
+//! size, which the recorder turns into a new init segment. Odd sizes are cropped by one pixel,
+//! since H.264 4:2:0 needs even ones.
+//!
+//! An idle tick costs one round trip to the server (`QueryPointer`, where the cursor is): the
+//! server says when something changed instead of being asked. The root's size is read again
+//! when the root reports a `ConfigureNotify` (and at least every [`GEOMETRY_EVERY`]); the
+//! damage region is fetched only after a `DamageNotify` (sent when it stops being empty); the
+//! cursor's image only after an XFixes `CursorNotify` (sent when its shape changes).
 //!
 //! With the DAMAGE extension (every current X server has it) the server tells us which
 //! rectangles changed since the last tick: only those are copied into a persistent image of the
@@ -18,17 +24,24 @@
 //! `unsafe` at the cost of one memory copy. Without MIT-SHM, `GetImage` is used.
 
 use x11rb::connection::Connection;
+use x11rb::protocol::Event;
 use x11rb::protocol::damage::{ConnectionExt as _, ReportLevel};
 use x11rb::protocol::shm::ConnectionExt as _;
-use x11rb::protocol::xfixes::{ConnectionExt as _, GetCursorImageReply};
-use x11rb::protocol::xproto::{ConnectionExt as _, ImageFormat, Rectangle, Window};
+use x11rb::protocol::xfixes::{ConnectionExt as _, CursorNotifyMask, GetCursorImageReply};
+use x11rb::protocol::xproto::{
+    ChangeWindowAttributesAux, ConnectionExt as _, EventMask, ImageFormat, Rectangle, Window,
+};
 use x11rb::rust_connection::RustConnection;
 
+use crate::capture::{CaptureError, CaptureSource, Grab};
 use crate::capture::{Frame, Rect};
-use crate::service::{CaptureError, CaptureSource, Grab};
+use crate::cost::{self, Stage};
 
 /// Damage rectangles beyond this many are copied as their bounding box (fewer round trips).
 const MAX_RECTS: usize = 32;
+
+/// How often the root's size is read even without a `ConfigureNotify`.
+const GEOMETRY_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// The server-side objects that track what changed.
 #[derive(Debug, Clone, Copy)]
@@ -114,6 +127,12 @@ pub struct X11Source {
     shm: Option<Shm>,
     /// Whether MIT-SHM failed once (then the socket is used for the rest of the session).
     shm_failed: bool,
+    /// The root's size as last read, and when (`None`: to be read).
+    size: Option<(u16, u16, std::time::Instant)>,
+    /// Whether the server has reported damage since the region was last fetched.
+    damaged: bool,
+    /// The cursor's image as last read (`None`: to be read, after a `CursorNotify`).
+    cursor_image: Option<GetCursorImageReply>,
 }
 
 fn err(context: &str) -> impl FnOnce(Box<dyn std::error::Error>) -> CaptureError + '_ {
@@ -146,6 +165,15 @@ impl X11Source {
         if !cursor {
             tracing::warn!("X server has no XFixes; the cursor will not be drawn");
         }
+        // Told, not asked: the root's size changes and the cursor's shape changes come as
+        // events (a failure only means asking every tick).
+        let _ = conn.change_window_attributes(
+            root,
+            &ChangeWindowAttributesAux::new().event_mask(EventMask::STRUCTURE_NOTIFY),
+        );
+        if cursor {
+            let _ = conn.xfixes_select_cursor_input(root, CursorNotifyMask::DISPLAY_CURSOR);
+        }
         let tracker = if cursor {
             Self::track(&conn, root)
                 .map_err(|e| tracing::warn!(error = %e, "no X DAMAGE tracking; every tick copies the whole screen"))
@@ -163,6 +191,9 @@ impl X11Source {
             last_cursor_rect: None,
             shm: None,
             shm_failed: false,
+            size: None,
+            damaged: true,
+            cursor_image: None,
         })
     }
 
@@ -320,12 +351,32 @@ impl X11Source {
         Ok(rects)
     }
 
-    fn cursor_image(&self) -> Result<GetCursorImageReply, CaptureError> {
-        self.conn
-            .xfixes_get_cursor_image()
-            .map_err(|e| err("cursor")(e.into()))?
-            .reply()
-            .map_err(|e| err("cursor")(e.into()))
+    /// The cursor: its image as last read (read again after a `CursorNotify`), at where the
+    /// pointer is now.
+    fn cursor(&mut self) -> Result<GetCursorImageReply, CaptureError> {
+        let image = match self.cursor_image.take() {
+            Some(image) => {
+                let p = self
+                    .conn
+                    .query_pointer(self.root)
+                    .map_err(|e| err("pointer")(e.into()))?
+                    .reply()
+                    .map_err(|e| err("pointer")(e.into()))?;
+                GetCursorImageReply {
+                    x: p.root_x,
+                    y: p.root_y,
+                    ..image
+                }
+            }
+            None => self
+                .conn
+                .xfixes_get_cursor_image()
+                .map_err(|e| err("cursor")(e.into()))?
+                .reply()
+                .map_err(|e| err("cursor")(e.into()))?,
+        };
+        self.cursor_image = Some(image.clone());
+        Ok(image)
     }
 
     fn draw_cursor(frame: &mut Frame, c: &GetCursorImageReply) {
@@ -358,21 +409,33 @@ impl X11Source {
 
 impl CaptureSource for X11Source {
     fn grab(&mut self) -> Result<Grab, CaptureError> {
-        // Damage notifications are not needed (the region is fetched every tick) but must not
-        // pile up in the connection's queue.
-        while self
+        let started = cost::thread_time();
+        // What the server told us since the last tick.
+        while let Some(event) = self
             .conn
             .poll_for_event()
             .map_err(|e| err("events")(e.into()))?
-            .is_some()
-        {}
-        let geom = self
-            .conn
-            .get_geometry(self.root)
-            .map_err(|e| err("geometry")(e.into()))?
-            .reply()
-            .map_err(|e| err("geometry")(e.into()))?;
-        let (w, h) = (geom.width, geom.height);
+        {
+            match event {
+                Event::DamageNotify(_) => self.damaged = true,
+                Event::ConfigureNotify(c) if c.window == self.root => self.size = None,
+                Event::XfixesCursorNotify(_) => self.cursor_image = None,
+                _ => {}
+            }
+        }
+        let (w, h) = match self.size {
+            Some((w, h, at)) if at.elapsed() < GEOMETRY_EVERY => (w, h),
+            _ => {
+                let geom = self
+                    .conn
+                    .get_geometry(self.root)
+                    .map_err(|e| err("geometry")(e.into()))?
+                    .reply()
+                    .map_err(|e| err("geometry")(e.into()))?;
+                self.size = Some((geom.width, geom.height, std::time::Instant::now()));
+                (geom.width, geom.height)
+            }
+        };
         let same_size = self
             .screen
             .as_ref()
@@ -401,9 +464,21 @@ impl CaptureSource for X11Source {
             }
         }
         // What changed: `Some(rects)` when damage says exactly where, `None` for "anything".
-        let damaged: Option<Vec<Rect>> = match self.tracker {
-            Some(t) if same_size => {
+        let rects = match self.tracker {
+            Some(_) if same_size && !self.damaged => Some(Vec::new()),
+            Some(t) => {
+                self.damaged = false;
                 let rects = self.take_damage(t, w, h)?;
+                // New size (or first grab): the damage is cleared first, so whatever changes
+                // after the whole copy below is reported next tick.
+                same_size.then_some(rects)
+            }
+            None => None,
+        };
+        cost::add(Stage::Damage, cost::thread_time().saturating_sub(started));
+        let started = cost::thread_time();
+        let damaged: Option<Vec<Rect>> = match rects {
+            Some(rects) => {
                 for r in &rects {
                     self.copy_rect(&mut screen, *r)?;
                 }
@@ -419,23 +494,19 @@ impl CaptureSource for X11Source {
                         .collect(),
                 )
             }
-            Some(t) => {
-                // New size (or first grab): clear the damage first, so whatever changes after
-                // this copy is reported next tick.
-                self.take_damage(t, w, h)?;
-                self.copy_rect(&mut screen, full)?;
-                None
-            }
             None => {
                 self.copy_rect(&mut screen, full)?;
                 None
             }
         };
+        cost::add(Stage::Grab, cost::thread_time().saturating_sub(started));
+        let started = cost::thread_time();
         let cursor = if self.cursor {
-            Some(self.cursor_image()?)
+            Some(self.cursor()?)
         } else {
             None
         };
+        cost::add(Stage::Cursor, cost::thread_time().saturating_sub(started));
         let cursor_key = cursor.as_ref().map(|c| (c.x, c.y, c.cursor_serial));
         let cursor_moved = cursor_key != self.last_cursor;
         self.last_cursor = cursor_key;
@@ -443,12 +514,14 @@ impl CaptureSource for X11Source {
             self.screen = Some(screen);
             return Ok(Grab::Unchanged);
         }
-        let mut frame = Frame {
+        // The picture handed over is a copy: the screen image goes on being updated in place
+        // and carries no cursor.
+        let mut frame = cost::measure(Stage::Grab, || Frame {
             width: u32::from(w) & !1,
             height: u32::from(h) & !1,
             stride: screen.stride,
             data: screen.data.clone(),
-        };
+        });
         self.screen = Some(screen);
         let cursor_rect = cursor.as_ref().map(|c| {
             Self::draw_cursor(&mut frame, c);

@@ -1,0 +1,1114 @@
+//! H.264 encoding: BGRA frames in, Annex B access units out, each picture coded the cheapest
+//! way that is exact.
+//!
+//! Colour conversion (swscale) converts only the changed tiles. Large changes go to libx264,
+//! through the recorder's own binding ([`x264`]), told which macroblocks did not change so it
+//! skips them unanalysed: `veryfast` with `tune=zerolatency` (no B-frames, no lookahead, one
+//! picture out per picture in), a constant quantiser, one thread, and the screen settings of
+//! `SCREEN_TUNING` (docs/recorder.md, "Encoder settings"). An unchanged picture is not given
+//! to libx264: [`h264`] writes it by hand as an all-skip P picture (microseconds, where libx264
+//! spends a whole-frame loop) and renumbers libx264's later pictures around it; a small change
+//! right after a libx264 picture becomes a hand-made non-reference picture of lossless `I_PCM`
+//! macroblocks. No B-frames is a format rule: Chromium's MSE ignores edit lists, so B-frames
+//! would put video and events out of step. Keyframes are forced by media time (the stream is
+//! variable frame rate, so a frame-count GOP would mean nothing), which bounds seek cost and sets
+//! the main storage lever, the keyframe interval.
+//!
+//! Runs on a plain thread: libx264 and swscale calls block.
+
+pub mod h264;
+pub mod x264;
+
+use std::time::Duration;
+
+use ffmpeg::software::scaling;
+use ffmpeg::util::format::Pixel;
+use ffmpeg::util::frame;
+#[cfg(test)]
+use ffmpeg::{Dictionary, Packet, codec};
+use ffmpeg_next as ffmpeg;
+use jitrec_format::MediaTime;
+
+use crate::capture::{Frame, Rect};
+use crate::cost::{self, Stage};
+
+/// Encoder settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EncoderConfig {
+    /// Quality: the quantiser libx264 codes every picture at (lower is better; the name is the
+    /// one the header's `codec.crf` has had since the recorder used rate factors).
+    pub crf: u8,
+    /// x264 preset.
+    pub preset: String,
+    /// Longest distance between keyframes (10 s halves storage against 2 s, research.md).
+    pub keyframe_interval: Duration,
+    /// Track timescale (90 kHz, the MPEG convention, exact for common frame rates).
+    pub timescale: u32,
+    /// Nominal capture rate, a hint for rate control (timestamps are what count).
+    pub nominal_fps: u32,
+}
+
+impl EncoderConfig {
+    /// Longest distance between keyframes while the screen is idle: six normal intervals, at
+    /// least a minute. Seeking into a long idle stretch then starts at most this far back, over
+    /// chunks of a few hundred bytes each.
+    pub fn idle_keyframe_interval(&self) -> Duration {
+        (self.keyframe_interval * 6).max(Duration::from_secs(60))
+    }
+}
+
+impl Default for EncoderConfig {
+    fn default() -> Self {
+        Self {
+            crf: 28,
+            preset: "veryfast".into(),
+            keyframe_interval: Duration::from_secs(10),
+            timescale: 90_000,
+            nominal_fps: 5,
+        }
+    }
+}
+
+/// Why encoding failed.
+#[derive(Debug, thiserror::Error)]
+pub enum EncodeError {
+    #[error("ffmpeg: {context}: {source}")]
+    Ffmpeg {
+        context: &'static str,
+        #[source]
+        source: ffmpeg::Error,
+    },
+    #[error("libx264: {0}")]
+    X264(String),
+    #[error("frame is {got_w}x{got_h}, encoder is {want_w}x{want_h}")]
+    SizeMismatch {
+        got_w: u32,
+        got_h: u32,
+        want_w: u32,
+        want_h: u32,
+    },
+    #[error("frame size {0}x{1} is not encodable (H.264 4:2:0 needs even sizes of at least 16)")]
+    BadSize(u32, u32),
+}
+
+fn ff(context: &'static str) -> impl FnOnce(ffmpeg::Error) -> EncodeError {
+    move |source| EncodeError::Ffmpeg { context, source }
+}
+
+/// One encoded frame.
+#[derive(Debug, Clone)]
+pub struct EncodedFrame {
+    pub pts: MediaTime,
+    pub keyframe: bool,
+    /// Annex B access unit as x264 produced it (with SPS/PPS in-band on keyframes).
+    pub access_unit: Vec<u8>,
+}
+
+/// An open H.264 encoder for one frame size.
+pub struct Encoder {
+    config: EncoderConfig,
+    width: u32,
+    height: u32,
+    enc: x264::X264,
+    /// One byte per macroblock: nonzero where the picture about to be encoded is the same as the
+    /// last one encoded. Filled in by [`Encoder::encode_changed`], which knows what changed.
+    unchanged: Vec<u8>,
+    /// Whether `unchanged` holds for the picture about to be encoded.
+    hinted: bool,
+    /// One byte per macroblock: nonzero where the picture differs from the last one given to
+    /// libx264 (what hand-made pictures have shown since).
+    since_x264: Vec<u8>,
+    /// Whether the last picture put in the stream was a non-reference one.
+    shown_nonref: bool,
+    scaler: scaling::Context,
+    bgra: frame::Video,
+    /// The last converted frame, kept to repeat it over idle stretches without converting again.
+    yuv: frame::Video,
+    have_frame: bool,
+    last_key: Option<MediaTime>,
+    /// Tile converters by tile size, for [`Encoder::encode_changed`].
+    tiles: std::collections::HashMap<(u32, u32), Tile>,
+    /// The parameter set skip pictures are coded with (`None`: libx264 codes repeats, until
+    /// the first keyframe shows the stream allows them, or for good if it does not).
+    skip: Option<h264::Extra>,
+    /// Whether the first keyframe has been looked at for [`Encoder::skip`].
+    skip_checked: bool,
+    numbering: h264::Numbering,
+}
+
+/// A swscale context with its frames, for tiles of one size.
+struct Tile {
+    bgra: frame::Video,
+    yuv: frame::Video,
+    scaler: scaling::Context,
+}
+
+/// Pixels converted around a changed rectangle and thrown away, so the tile's edges (where
+/// swscale's filters see no neighbours) stay outside what is copied back.
+pub const TILE_MARGIN: u32 = 16;
+/// How far outside a changed rectangle the converted picture changes (swscale's chroma filter
+/// reaches one chroma sample, two pixels, past its block; four is tested to be enough).
+pub const TILE_REACH: u32 = 4;
+/// Tile sizes are rounded up to this, so a few swscale contexts serve most rectangles.
+const TILE_ROUND: u32 = 64;
+/// Distinct tile sizes kept; beyond this the cache starts afresh.
+const MAX_TILE_SIZES: usize = 32;
+
+/// Most macroblocks a hand-made `I_PCM` picture carries (384 bytes each, 6 KB in all); a larger
+/// change goes to libx264.
+const PCM_MAX_MBS: usize = 16;
+
+/// libx264 settings for screen content, on top of the preset (`veryfast`), `tune=zerolatency`
+/// and a constant quantiser, chosen by measurement (docs/recorder.md, "Encoder settings"):
+/// weighted prediction off, which libx264's fast path for unchanged macroblocks needs, and no
+/// loop filter, which would otherwise turn that fast path off next to every changed
+/// macroblock; no scene-cut detection (keyframes are forced by media time); whole-pixel motion
+/// search in a small diamond (screen content moves by whole pixels).
+const SCREEN_TUNING: &[(&str, &str)] = &[
+    ("weightp", "0"),
+    ("scenecut", "0"),
+    ("nf", "1"),
+    ("subme", "0"),
+    ("me", "dia"),
+];
+
+impl std::fmt::Debug for Encoder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Encoder")
+            .field("width", &self.width)
+            .field("height", &self.height)
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Encoder {
+    /// Opens libx264 for `width` x `height` frames.
+    pub fn new(width: u32, height: u32, config: EncoderConfig) -> Result<Self, EncodeError> {
+        if width < 16 || height < 16 || width % 2 == 1 || height % 2 == 1 {
+            return Err(EncodeError::BadSize(width, height));
+        }
+        ffmpeg::init().map_err(ff("init"))?;
+        ffmpeg::util::log::set_level(ffmpeg::util::log::Level::Warning);
+        // Constant quantiser, at the configured quality: every changed picture is coded once
+        // and never refined by later ones (unchanged pictures are not given to libx264), and
+        // without rate control libx264 builds no low-resolution copy of each picture.
+        let mut params = vec![("qp".to_owned(), config.crf.to_string())];
+        params.extend(
+            SCREEN_TUNING
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
+        );
+        let enc = x264::X264::open(
+            width,
+            height,
+            config.timescale,
+            config.nominal_fps,
+            &config.preset,
+            &params,
+        )
+        .map_err(EncodeError::X264)?;
+        let scaler = scaling::Context::get(
+            Pixel::BGRA,
+            width,
+            height,
+            Pixel::YUV420P,
+            width,
+            height,
+            scaling::Flags::BILINEAR,
+        )
+        .map_err(ff("swscale context"))?;
+        Ok(Self {
+            bgra: frame::Video::new(Pixel::BGRA, width, height),
+            yuv: frame::Video::new(Pixel::YUV420P, width, height),
+            config,
+            width,
+            height,
+            unchanged: vec![0; enc.macroblocks().0 * enc.macroblocks().1],
+            hinted: false,
+            since_x264: vec![0; enc.macroblocks().0 * enc.macroblocks().1],
+            shown_nonref: false,
+            enc,
+            scaler,
+            have_frame: false,
+            last_key: None,
+            tiles: std::collections::HashMap::new(),
+            skip: None,
+            skip_checked: false,
+            numbering: h264::Numbering::default(),
+        })
+    }
+
+    pub fn width(&self) -> u32 {
+        self.width
+    }
+
+    pub fn height(&self) -> u32 {
+        self.height
+    }
+
+    pub fn timescale(&self) -> u32 {
+        self.config.timescale
+    }
+
+    /// Media time in track timescale units.
+    pub fn ticks(&self, t: MediaTime) -> i64 {
+        (u128::from(t.as_micros()) * u128::from(self.config.timescale) / 1_000_000) as i64
+    }
+
+    /// Converts and encodes a new screen image shown from `pts` on.
+    pub fn encode(&mut self, f: &Frame, pts: MediaTime) -> Result<Vec<EncodedFrame>, EncodeError> {
+        self.convert_whole(f)?;
+        self.hinted = false;
+        self.submit(pts, self.config.keyframe_interval)
+    }
+
+    /// Converts all of `f` into the persistent YUV picture.
+    fn convert_whole(&mut self, f: &Frame) -> Result<(), EncodeError> {
+        if f.width != self.width || f.height != self.height {
+            return Err(EncodeError::SizeMismatch {
+                got_w: f.width,
+                got_h: f.height,
+                want_w: self.width,
+                want_h: self.height,
+            });
+        }
+        cost::measure(Stage::Convert, || {
+            let row = self.width as usize * 4;
+            let stride = self.bgra.stride(0);
+            let dst = self.bgra.data_mut(0);
+            for y in 0..self.height as usize {
+                dst[y * stride..y * stride + row]
+                    .copy_from_slice(&f.data[y * f.stride..y * f.stride + row]);
+            }
+            self.scaler.run(&self.bgra, &mut self.yuv)
+        })
+        .map_err(ff("convert BGRA to YUV"))?;
+        self.have_frame = true;
+        Ok(())
+    }
+
+    /// Encodes a new screen image of which only `changed` differs from the last one encoded:
+    /// only those rectangles are converted into the persistent YUV picture (the whole picture
+    /// when a third or more of the screen changed), and libx264 is told which macroblocks are
+    /// unchanged, so it codes them as skips without analysing them. Falls back to
+    /// [`Encoder::encode`] when nothing was encoded yet.
+    ///
+    /// Each rectangle is converted by swscale as a tile with a margin of [`TILE_MARGIN`]
+    /// pixels, and only the rectangle itself is copied back: swscale's chroma filter reaches
+    /// past a pixel's neighbours, and the margin keeps the tile's edges from showing, so the
+    /// picture is the same as a whole-frame conversion (tested). A macroblock is unchanged
+    /// when no changed rectangle grown by that reach ([`TILE_REACH`]) touches it.
+    pub fn encode_changed(
+        &mut self,
+        f: &Frame,
+        changed: &[Rect],
+        pts: MediaTime,
+    ) -> Result<Vec<EncodedFrame>, EncodeError> {
+        if !self.have_frame || f.width != self.width || f.height != self.height {
+            return self.encode(f, pts);
+        }
+        let rects: Vec<Rect> = changed
+            .iter()
+            .filter_map(|r| r.even_within(self.width, self.height))
+            .collect();
+        let area: u64 = rects.iter().map(Rect::area).sum();
+        let whole = u64::from(self.width) * u64::from(self.height);
+        if area * 3 >= whole {
+            self.convert_whole(f)?;
+        } else {
+            cost::measure(Stage::Convert, || {
+                rects.iter().try_for_each(|r| self.convert_tile(f, *r))
+            })?;
+        }
+        self.mark_unchanged(&rects);
+        let interval = self.config.keyframe_interval;
+        if let Some(out) = self.small_change(pts, interval) {
+            return Ok(out);
+        }
+        self.submit(pts, interval)
+    }
+
+    /// A small change (at most [`PCM_MAX_MBS`] macroblocks since the last picture given to
+    /// libx264) as a hand-made picture ([`h264::Numbering::pcm_picture`]), when the last picture
+    /// in the stream is a reference one; `None` when libx264 is to code it. Two non-reference
+    /// pictures may not follow each other in this stream (`pic_order_cnt_type` 2), and a skip
+    /// picture between them would show, for a moment, the screen as libx264 last had it: so at
+    /// most one hand-made picture goes between two of libx264's.
+    fn small_change(&mut self, pts: MediaTime, interval: Duration) -> Option<Vec<EncodedFrame>> {
+        let extra = self.skip.as_ref()?;
+        if self.shown_nonref || self.keyframe_due(pts, interval) {
+            return None;
+        }
+        let mbs: Vec<usize> = (0..self.unchanged.len())
+            .filter(|&i| self.unchanged[i] == 0)
+            .collect();
+        if mbs.is_empty() || mbs.len() > PCM_MAX_MBS {
+            return None;
+        }
+        let started = cost::thread_time();
+        let planes = h264::Planes {
+            data: [self.yuv.data(0), self.yuv.data(1), self.yuv.data(2)],
+            strides: [self.yuv.stride(0), self.yuv.stride(1), self.yuv.stride(2)],
+            height: self.height as usize,
+        };
+        let access_unit = self.numbering.pcm_picture(extra, &planes, &mbs);
+        for &mb in &mbs {
+            self.since_x264[mb] = 1;
+        }
+        self.shown_nonref = true;
+        self.hinted = false;
+        cost::add(Stage::Encode, cost::thread_time().saturating_sub(started));
+        Some(vec![EncodedFrame {
+            pts,
+            keyframe: false,
+            access_unit,
+        }])
+    }
+
+    /// Macroblocks that hand-made pictures changed since the last picture given to libx264 are
+    /// changed too: libx264's reference does not have them.
+    fn mark_unchanged(&mut self, changed: &[Rect]) {
+        let (mbw, mbh) = self.enc.macroblocks();
+        for (u, since) in self.unchanged.iter_mut().zip(&self.since_x264) {
+            *u = u8::from(*since == 0);
+        }
+        for r in changed {
+            let x0 = r.x.saturating_sub(TILE_REACH) / 16;
+            let y0 = r.y.saturating_sub(TILE_REACH) / 16;
+            let x1 = ((r.x + r.w + TILE_REACH).div_ceil(16) as usize).min(mbw);
+            let y1 = ((r.y + r.h + TILE_REACH).div_ceil(16) as usize).min(mbh);
+            for y in y0 as usize..y1 {
+                self.unchanged[y * mbw + x0 as usize..y * mbw + x1].fill(0);
+            }
+        }
+        self.hinted = true;
+    }
+
+    /// Converts rectangle `r` (even) of `f` into the persistent YUV picture.
+    fn convert_tile(&mut self, f: &Frame, r: Rect) -> Result<(), EncodeError> {
+        let round_up = |v: u32| v.div_ceil(TILE_ROUND) * TILE_ROUND;
+        let x0 = r.x.saturating_sub(TILE_MARGIN) & !15;
+        let y0 = r.y.saturating_sub(TILE_MARGIN) & !15;
+        let tw = round_up(r.x + r.w + TILE_MARGIN - x0).min(self.width - x0);
+        let th = round_up(r.y + r.h + TILE_MARGIN - y0).min(self.height - y0);
+        if self.tiles.len() >= MAX_TILE_SIZES && !self.tiles.contains_key(&(tw, th)) {
+            self.tiles.clear();
+        }
+        let tile = match self.tiles.entry((tw, th)) {
+            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::hash_map::Entry::Vacant(e) => e.insert(Tile {
+                bgra: frame::Video::new(Pixel::BGRA, tw, th),
+                yuv: frame::Video::new(Pixel::YUV420P, tw, th),
+                scaler: scaling::Context::get(
+                    Pixel::BGRA,
+                    tw,
+                    th,
+                    Pixel::YUV420P,
+                    tw,
+                    th,
+                    scaling::Flags::BILINEAR,
+                )
+                .map_err(ff("swscale tile context"))?,
+            }),
+        };
+        let row = tw as usize * 4;
+        let stride = tile.bgra.stride(0);
+        let dst = tile.bgra.data_mut(0);
+        for y in 0..th as usize {
+            let src = (y0 as usize + y) * f.stride + x0 as usize * 4;
+            dst[y * stride..y * stride + row].copy_from_slice(&f.data[src..src + row]);
+        }
+        tile.scaler
+            .run(&tile.bgra, &mut tile.yuv)
+            .map_err(ff("convert a tile to YUV"))?;
+        // Copy back `r` grown by TILE_REACH: a chroma sample's filter takes in the rows and
+        // columns next to its 2x2 block, so chroma just outside a change changes too. Per
+        // plane (chroma planes at half resolution).
+        let r = Rect {
+            x: r.x.saturating_sub(TILE_REACH).max(x0),
+            y: r.y.saturating_sub(TILE_REACH).max(y0),
+            w: 0,
+            h: 0,
+        }
+        .spanning(
+            (r.x + r.w + TILE_REACH).min(x0 + tw),
+            (r.y + r.h + TILE_REACH).min(y0 + th),
+        );
+        for (plane, shift) in [(0usize, 0u32), (1, 1), (2, 1)] {
+            let (src_stride, dst_stride) = (tile.yuv.stride(plane), self.yuv.stride(plane));
+            let (cx, cy) = ((r.x - x0) >> shift, (r.y - y0) >> shift);
+            let (w, h) = ((r.w >> shift) as usize, (r.h >> shift) as usize);
+            let src = tile.yuv.data(plane);
+            let dst = self.yuv.data_mut(plane);
+            for y in 0..h {
+                let s = (cy as usize + y) * src_stride + cx as usize;
+                let d = ((r.y >> shift) as usize + y) * dst_stride + (r.x >> shift) as usize;
+                dst[d..d + w].copy_from_slice(&src[s..s + w]);
+            }
+        }
+        Ok(())
+    }
+
+    /// Encodes the last image again at `pts` (an unchanged screen): as a hand-made skip picture
+    /// where the stream allows it, else by libx264 (as skips, a few bytes, with no colour
+    /// conversion). Returns nothing if no frame was ever encoded.
+    ///
+    /// An idle screen gets a keyframe only every [`EncoderConfig::idle_keyframe_interval`]: a
+    /// keyframe of an unchanged picture costs a full-frame encode (most of an idle recorder's
+    /// CPU) and tens of KB, and buys only faster seeking into the idle stretch. The first
+    /// changed frame after the normal interval is the keyframe instead.
+    pub fn repeat(&mut self, pts: MediaTime) -> Result<Vec<EncodedFrame>, EncodeError> {
+        if !self.have_frame {
+            return Ok(Vec::new());
+        }
+        let interval = self.config.idle_keyframe_interval();
+        if self.since_x264.iter().any(|&c| c != 0) {
+            // What is shown is a hand-made picture over libx264's last one, which a skip
+            // picture would undo: libx264 codes the screen, told what the hand-made one changed.
+            self.unchanged.copy_from_slice(&self.since_x264);
+            for u in &mut self.unchanged {
+                *u = u8::from(*u == 0);
+            }
+            self.hinted = true;
+            return self.submit(pts, interval);
+        }
+        if let Some(extra) = &self.skip
+            && !self.keyframe_due(pts, interval)
+        {
+            let access_unit = cost::measure(Stage::Encode, || self.numbering.skip_picture(extra));
+            self.shown_nonref = false;
+            return Ok(vec![EncodedFrame {
+                pts,
+                keyframe: false,
+                access_unit,
+            }]);
+        }
+        self.submit(pts, interval)
+    }
+
+    fn keyframe_due(&self, pts: MediaTime, interval: Duration) -> bool {
+        self.last_key.is_none_or(|k| {
+            pts.as_micros().saturating_sub(k.as_micros()) >= interval.as_micros() as u64
+        })
+    }
+
+    /// Makes the next frame a keyframe (an IDR picture), whatever the interval says: after
+    /// frames were dropped (a full spool), the next committed chunk must decode on its own.
+    pub fn force_keyframe(&mut self) {
+        self.last_key = None;
+    }
+
+    fn submit(
+        &mut self,
+        pts: MediaTime,
+        interval: Duration,
+    ) -> Result<Vec<EncodedFrame>, EncodeError> {
+        let keyframe = self.keyframe_due(pts, interval);
+        let ticks = self.ticks(pts);
+        let hinted = std::mem::take(&mut self.hinted);
+        let coded = cost::measure(Stage::Encode, || {
+            let pic = x264::Picture {
+                planes: [self.yuv.data(0), self.yuv.data(1), self.yuv.data(2)],
+                strides: [self.yuv.stride(0), self.yuv.stride(1), self.yuv.stride(2)],
+                pts: ticks,
+                keyframe,
+                unchanged: hinted.then_some(&self.unchanged[..]),
+            };
+            self.enc.encode(&pic)
+        })
+        .map_err(EncodeError::X264)?;
+        // libx264's reference is the picture now: nothing hand-made over it.
+        self.since_x264.fill(0);
+        self.shown_nonref = false;
+        let Some(coded) = coded else {
+            return Ok(Vec::new());
+        };
+        let ticks = coded.pts.max(0) as u128;
+        let us = ticks * 1_000_000 / u128::from(self.config.timescale);
+        let pts = MediaTime::from_micros(us as u64);
+        if coded.keyframe {
+            self.last_key = Some(pts);
+        }
+        let access_unit = self.numbered(coded.keyframe, &coded.access_unit);
+        Ok(vec![EncodedFrame {
+            pts,
+            keyframe: coded.keyframe,
+            access_unit,
+        }])
+    }
+
+    /// Flushes frames the encoder still holds: none, since it runs without delay (checked on
+    /// every picture).
+    pub fn flush(&mut self) -> Result<Vec<EncodedFrame>, EncodeError> {
+        Ok(Vec::new())
+    }
+}
+
+impl Encoder {
+    /// Appends the luma plane of the picture last given to the encoder (tests).
+    #[cfg(test)]
+    fn yuv_luma_into(&self, out: &mut Vec<Vec<u8>>) {
+        let (w, h, s) = (
+            self.width as usize,
+            self.height as usize,
+            self.yuv.stride(0),
+        );
+        out.push(
+            (0..h)
+                .flat_map(|y| self.yuv.data(0)[y * s..y * s + w].to_vec())
+                .collect(),
+        );
+    }
+
+    /// libx264's access unit `au` as it goes into the stream: with the skip pictures' parameter
+    /// set beside libx264's on keyframes, and renumbered for the skip pictures put in before it.
+    fn numbered(&mut self, keyframe: bool, au: &[u8]) -> Vec<u8> {
+        if keyframe && !self.skip_checked {
+            self.skip_checked = true;
+            self.skip = h264::Extra::for_stream(au);
+            if self.skip.is_none() {
+                tracing::info!(
+                    "this encoder's stream does not allow hand-made skip pictures; libx264 codes unchanged pictures"
+                );
+            }
+        }
+        let Some(extra) = &self.skip else {
+            return au.to_vec();
+        };
+        match self.numbering.renumber(extra, au, keyframe) {
+            Some(au) => au,
+            None => {
+                // Cannot happen with a stream whose keyframe was read; if it does, the
+                // pictures since the last keyframe may not decode: start afresh.
+                tracing::error!(
+                    "could not renumber an encoded picture; pictures up to the next keyframe may not decode, and unchanged pictures are coded by libx264 from now on"
+                );
+                self.skip = None;
+                self.last_key = None;
+                au.to_vec()
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A screen-like image: flat areas, thin coloured strokes, a gradient.
+    pub(super) fn busy(w: u32, h: u32, seed: u32) -> Frame {
+        let mut f = Frame::solid(w, h, [240, 240, 240, 255]);
+        for i in 0..300u32 {
+            let k = i + seed;
+            let c = [(k * 37) as u8, (k * 91) as u8, (k * 53) as u8, 255];
+            f.fill((k * 71) % w, (k * 29) % h, 1 + k % 40, 1 + k % 9, c);
+        }
+        for x in 0..w {
+            f.fill(
+                x,
+                h - 40,
+                1,
+                40,
+                [(x % 256) as u8, 128, (255 - x % 256) as u8, 255],
+            );
+        }
+        f
+    }
+
+    fn planes(e: &Encoder) -> Vec<Vec<u8>> {
+        (0..3)
+            .map(|p| {
+                let (w, h) = if p == 0 {
+                    (e.width as usize, e.height as usize)
+                } else {
+                    (e.width as usize / 2, e.height as usize / 2)
+                };
+                let s = e.yuv.stride(p);
+                (0..h)
+                    .flat_map(|y| e.yuv.data(p)[y * s..y * s + w].to_vec())
+                    .collect()
+            })
+            .collect()
+    }
+
+    /// Converting only the changed tiles gives exactly the picture a whole-frame conversion
+    /// gives, including rectangles at odd positions, at the screen's edges, and overlapping.
+    #[test]
+    fn tile_conversion_equals_whole_frame_conversion() {
+        let (w, h) = (640, 360);
+        let a = busy(w, h, 0);
+        let mut b = a.clone();
+        let changed = [
+            Rect {
+                x: 3,
+                y: 7,
+                w: 31,
+                h: 13,
+            },
+            Rect {
+                x: 600,
+                y: 340,
+                w: 40,
+                h: 20,
+            },
+            Rect {
+                x: 0,
+                y: 100,
+                w: 9,
+                h: 1,
+            },
+            Rect {
+                x: 20,
+                y: 10,
+                w: 30,
+                h: 30,
+            },
+            Rect {
+                x: 301,
+                y: 177,
+                w: 120,
+                h: 60,
+            },
+        ];
+        // Different content: the busy screen with its colours inverted.
+        let mut other = busy(w, h, 7);
+        for px in other.data.chunks_exact_mut(4) {
+            for c in &mut px[..3] {
+                *c = 255 - *c;
+            }
+        }
+        for r in changed {
+            for y in r.y..r.y + r.h {
+                let at = (y * w * 4 + r.x * 4) as usize;
+                let len = (r.w * 4) as usize;
+                b.data[at..at + len].copy_from_slice(&other.data[at..at + len]);
+            }
+        }
+        let mut partial = Encoder::new(w, h, EncoderConfig::default()).unwrap();
+        partial.encode(&a, MediaTime::ZERO).unwrap();
+        partial
+            .encode_changed(&b, &changed, MediaTime::from_micros(200_000))
+            .unwrap();
+        let mut whole = Encoder::new(w, h, EncoderConfig::default()).unwrap();
+        whole.encode(&b, MediaTime::ZERO).unwrap();
+        for (i, (p, q)) in planes(&partial).iter().zip(planes(&whole)).enumerate() {
+            let worst = p.iter().zip(&q).map(|(x, y)| x.abs_diff(*y)).max().unwrap();
+
+            assert_eq!(worst, 0, "plane {i} differs from a whole-frame conversion");
+        }
+        // And the old picture differs, so the check can fail.
+        let mut stale = Encoder::new(w, h, EncoderConfig::default()).unwrap();
+        stale.encode(&a, MediaTime::ZERO).unwrap();
+        let changed_bytes = planes(&stale)
+            .iter()
+            .flatten()
+            .zip(planes(&whole).iter().flatten())
+            .filter(|(x, y)| x != y)
+            .count();
+        assert!(changed_bytes > 1000, "only {changed_bytes} bytes changed");
+    }
+
+    /// Decodes Annex B access units one by one with FFmpeg's H.264 decoder; returns each
+    /// picture's luma plane, and fails on any decoding error.
+    pub(super) fn decode(aus: &[Vec<u8>], w: usize, h: usize) -> Vec<Vec<u8>> {
+        let codec = ffmpeg::decoder::find(codec::Id::H264).unwrap();
+        // Damage is an error ("explode"), not concealed.
+        let mut opts = Dictionary::new();
+        opts.set("err_detect", "crccheck+bitstream+buffer+explode");
+        let mut dec = codec::context::Context::new_with_codec(codec)
+            .decoder()
+            .open_as_with(codec, opts)
+            .unwrap()
+            .video()
+            .unwrap();
+        let mut out = Vec::new();
+        let mut pic = frame::Video::empty();
+        for au in aus {
+            dec.send_packet(&Packet::copy(au)).unwrap();
+            while dec.receive_frame(&mut pic).is_ok() {
+                assert!(
+                    !pic.is_corrupt(),
+                    "picture {} decoded as corrupt",
+                    out.len()
+                );
+                let s = pic.stride(0);
+                out.push(
+                    (0..h)
+                        .flat_map(|y| pic.data(0)[y * s..y * s + w].to_vec())
+                        .collect(),
+                );
+            }
+        }
+        out
+    }
+
+    fn mean_diff(a: &[u8], b: &[u8]) -> f64 {
+        a.iter()
+            .zip(b)
+            .map(|(x, y)| f64::from(x.abs_diff(*y)))
+            .sum::<f64>()
+            / a.len() as f64
+    }
+
+    /// Encodes four pictures with 3, 2, 4 and 0 repeats after them (none when
+    /// `repeats` is false: only the changes, at the same times); returns the access units, the
+    /// luma of what each one was to show, and the encoder.
+    fn sequence(repeats: bool) -> (Vec<Vec<u8>>, Vec<Vec<u8>>, Encoder) {
+        let (w, h) = (320, 240);
+        let mut enc = Encoder::new(w, h, EncoderConfig::default()).unwrap();
+        // Each picture far from the one before (light, dark, light, dark), so one decoded
+        // from the wrong reference shows.
+        let inverted = |mut f: Frame| {
+            for px in f.data.chunks_exact_mut(4) {
+                for c in &mut px[..3] {
+                    *c = 255 - *c;
+                }
+            }
+            f
+        };
+        let (a, b) = (busy(w, h, 0), inverted(busy(w, h, 5)));
+        let (c, d) = (busy(w, h, 9), inverted(busy(w, h, 0)));
+        let (mut aus, mut sources) = (Vec::new(), Vec::new());
+        let mut t = 0u64;
+        for (frame, n) in [(&a, 3), (&b, 2), (&c, 4), (&d, 0)] {
+            t += 200_000;
+            for f in enc.encode(frame, MediaTime::from_micros(t)).unwrap() {
+                aus.push(f.access_unit);
+            }
+            enc.yuv_luma_into(&mut sources);
+            for _ in 0..n {
+                t += 2_000_000;
+                if repeats {
+                    let out = enc.repeat(MediaTime::from_micros(t)).unwrap();
+                    assert_eq!(out.len(), 1);
+                    assert!(!out[0].keyframe);
+                    aus.push(out[0].access_unit.clone());
+                    enc.yuv_luma_into(&mut sources);
+                }
+            }
+        }
+        (aus, sources, enc)
+    }
+
+    /// Unchanged pictures go in as hand-made skip pictures, and the stream still decodes:
+    /// each skip picture shows exactly the picture before it, and libx264's pictures after
+    /// them (renumbered) decode to exactly what they decode to in a stream without the skip
+    /// pictures, not to pictures predicted from the wrong frame.
+    #[test]
+    fn skip_pictures_decode_as_the_last_picture_and_what_follows_them_decodes_right() {
+        let (aus, sources, enc) = sequence(true);
+        assert!(enc.skip.is_some(), "libx264's stream allows skip pictures");
+        let small: Vec<usize> = aus.iter().map(Vec::len).filter(|&n| n < 64).collect();
+        // Nine repeats of a few bytes each: nothing was analysed.
+        assert_eq!(small.len(), 9, "{small:?}");
+        let (plain_aus, _, plain) = sequence(false);
+        assert!(plain.skip.is_some());
+        assert_eq!(plain_aus.len(), 4);
+        let decoded = decode(&aus, 320, 240);
+        let plain_decoded = decode(&plain_aus, 320, 240);
+        assert_eq!(decoded.len(), sources.len());
+        let mut i = 0;
+        for (k, repeats) in [3usize, 2, 4, 0].into_iter().enumerate() {
+            assert!(
+                decoded[i] == plain_decoded[k],
+                "picture {i} (change {k}) decodes otherwise than without skip pictures"
+            );
+            // It shows its source (CRF 28), far closer than the picture before it would: a
+            // picture decoded from the wrong reference would show; the check can fail.
+            let d = mean_diff(&decoded[i], &sources[i]);
+            assert!(d < 4.0, "picture {i} is {d:.2} off its source");
+            if i > 0 {
+                let change = mean_diff(&sources[i], &sources[i - 1]);
+                assert!(change > 10.0 * d, "{change:.2} against {d:.2}");
+            }
+            for r in 1..=repeats {
+                assert!(
+                    decoded[i + r] == decoded[i],
+                    "skip picture {r} after change {k} is not the picture before it"
+                );
+            }
+            i += 1 + repeats;
+        }
+    }
+
+    /// With libx264 told which macroblocks are unchanged, what did change still reaches the
+    /// stream, up to the edges of each changed rectangle (thin ones, ones that straddle
+    /// macroblock boundaries), and what did not change decodes as the picture before.
+    #[test]
+    fn unchanged_macroblocks_are_skipped_and_changed_ones_are_coded() {
+        small_changes_reach_the_stream(false);
+    }
+
+    /// The same change, small enough for a hand-made picture: its macroblocks are sent as
+    /// they are, so they decode to exactly the converted picture.
+    #[test]
+    fn a_small_change_goes_in_as_a_lossless_hand_made_picture() {
+        small_changes_reach_the_stream(true);
+    }
+
+    fn small_changes_reach_the_stream(by_hand: bool) {
+        let (w, h) = (320, 240);
+        let a = busy(w, h, 0);
+        let mut b = a.clone();
+        let changed = [
+            Rect {
+                x: 61,
+                y: 45,
+                w: 3,
+                h: 20,
+            },
+            Rect {
+                x: 200,
+                y: 15,
+                w: 1,
+                h: 1,
+            },
+            Rect {
+                x: 128,
+                y: 160,
+                w: 20,
+                h: 10,
+            },
+        ];
+        for r in changed {
+            b.fill(r.x, r.y, r.w, r.h, [0, 0, 0, 255]);
+        }
+        let mut enc = Encoder::new(w, h, EncoderConfig::default()).unwrap();
+        let mut aus: Vec<Vec<u8>> = Vec::new();
+        let mut sources = Vec::new();
+        aus.extend(
+            enc.encode(&a, MediaTime::ZERO)
+                .unwrap()
+                .into_iter()
+                .map(|f| f.access_unit),
+        );
+        enc.yuv_luma_into(&mut sources);
+        if !by_hand {
+            // As if the last picture were a hand-made one: libx264 codes the change.
+            enc.shown_nonref = true;
+        }
+        let out = enc
+            .encode_changed(&b, &changed, MediaTime::from_micros(200_000))
+            .unwrap();
+        assert_eq!(out.len(), 1);
+        // A hand-made picture is a non-reference one (nal_ref_idc 0); libx264's is not.
+        assert_eq!(out[0].access_unit[4] & 0x60 == 0, by_hand);
+        aus.extend(out.into_iter().map(|f| f.access_unit));
+        enc.yuv_luma_into(&mut sources);
+        let decoded = decode(&aus, w as usize, h as usize);
+        let at = |y: u32, x: u32| (y * w + x) as usize;
+        assert_eq!(decoded.len(), 2);
+        if by_hand {
+            for r in changed {
+                for y in r.y..r.y + r.h {
+                    let row = at(y, r.x)..at(y, r.x + r.w);
+                    assert_eq!(decoded[1][row.clone()], sources[1][row], "row {y} of {r:?}");
+                }
+            }
+        }
+        let mut shown = 0;
+        for r in changed {
+            // Every pixel the change made much darker shows it (a lone pixel is smoothed by the
+            // coding, so "shows it" is: nearer what it became than what it was, by far).
+            for y in r.y..r.y + r.h {
+                for x in r.x..r.x + r.w {
+                    let (got, want, before) = (
+                        decoded[1][at(y, x)],
+                        sources[1][at(y, x)],
+                        sources[0][at(y, x)],
+                    );
+                    if before.abs_diff(want) > 48 {
+                        shown += 1;
+                        assert!(
+                            u32::from(got.abs_diff(want)) * 4 < u32::from(before.abs_diff(want)),
+                            "pixel ({x}, {y}) shows {got}, should be {want} (was {before})"
+                        );
+                    }
+                }
+            }
+        }
+        assert!(shown > 200, "{shown}");
+        // Macroblocks no change reaches are exactly the picture before, those next to a coded
+        // one aside (the loop filter may change three pixels on each side of their edge).
+        let near = TILE_REACH + 16;
+        let reach = |mx: u32, my: u32| {
+            changed.iter().any(|r| {
+                let (x0, y0) = (mx * 16, my * 16);
+                r.x < x0 + 16 + near
+                    && x0 < r.x + r.w + near
+                    && r.y < y0 + 16 + near
+                    && y0 < r.y + r.h + near
+            })
+        };
+        let mut untouched = 0;
+        for my in 0..h / 16 {
+            for mx in 0..w / 16 {
+                if reach(mx, my) {
+                    continue;
+                }
+                untouched += 1;
+                for y in my * 16..my * 16 + 16 {
+                    let row = at(y, mx * 16)..at(y, mx * 16 + 16);
+                    assert_eq!(
+                        decoded[1][row.clone()],
+                        decoded[0][row],
+                        "macroblock ({mx}, {my})"
+                    );
+                }
+            }
+        }
+        assert!(untouched > 200, "{untouched}");
+    }
+
+    /// The map of unchanged macroblocks leaves out every macroblock a changed rectangle, grown
+    /// by the conversion's reach, touches, and only those.
+    #[test]
+    fn the_unchanged_map_leaves_out_every_macroblock_a_change_reaches() {
+        let (w, h) = (320, 240);
+        let mut enc = Encoder::new(w, h, EncoderConfig::default()).unwrap();
+        let changed = [
+            Rect {
+                x: 61,
+                y: 45,
+                w: 3,
+                h: 20,
+            },
+            Rect {
+                x: 0,
+                y: 0,
+                w: 2,
+                h: 2,
+            },
+            Rect {
+                x: 318,
+                y: 238,
+                w: 2,
+                h: 2,
+            },
+            Rect {
+                x: 100,
+                y: 12,
+                w: 1,
+                h: 1,
+            },
+        ];
+        enc.mark_unchanged(&changed);
+        let mbw = (w / 16) as usize;
+        let mut reached = vec![false; enc.unchanged.len()];
+        for r in changed {
+            let x0 = r.x.saturating_sub(TILE_REACH);
+            let y0 = r.y.saturating_sub(TILE_REACH);
+            for y in y0..(r.y + r.h + TILE_REACH).min(h) {
+                for x in x0..(r.x + r.w + TILE_REACH).min(w) {
+                    let mb = (y / 16) as usize * mbw + (x / 16) as usize;
+                    reached[mb] = true;
+                    assert_eq!(
+                        enc.unchanged[mb], 0,
+                        "pixel ({x}, {y}) is in an unchanged macroblock"
+                    );
+                }
+            }
+        }
+        for (mb, r) in reached.iter().enumerate() {
+            assert_eq!(enc.unchanged[mb] == 0, *r, "macroblock {mb}");
+        }
+    }
+
+    /// A run of small changes (a clock's seconds) goes in as hand-made pictures and libx264's
+    /// in turn, never two hand-made ones in a row; each hand-made one shows libx264's last
+    /// picture with every macroblock changed since sent as it is; an idle repeat after one is
+    /// libx264's; and what libx264 codes after a hand-made picture decodes right: it was told the
+    /// hand-made macroblocks changed, since its reference does not have them.
+    #[test]
+    fn a_run_of_small_changes_decodes_and_hands_over_to_libx264() {
+        let (w, h) = (320, 240);
+        let base = busy(w, h, 0);
+        let mut enc = Encoder::new(w, h, EncoderConfig::default()).unwrap();
+        // Each picture put in: its access unit, what it was to show, and (hand-made ones)
+        // which macroblocks it carries.
+        type Picture = (Vec<u8>, Vec<u8>, Option<Vec<u8>>);
+        let mut pics: Vec<Picture> = Vec::new();
+        let mut put = |enc: &Encoder, out: Vec<EncodedFrame>| {
+            assert_eq!(out.len(), 1);
+            let au = out.into_iter().next().unwrap().access_unit;
+            let hand = au[4] & 0x60 == 0;
+            let mut show = Vec::new();
+            enc.yuv_luma_into(&mut show);
+            pics.push((au, show.remove(0), hand.then(|| enc.since_x264.clone())));
+        };
+        let out = enc_out(enc.encode(&base, MediaTime::ZERO));
+        put(&enc, out);
+        let mut screen = base.clone();
+        let mut t = 0u64;
+        for second in 0..6u32 {
+            t += 1_000_000;
+            // A digit of a clock at the top right.
+            let r = Rect {
+                x: 280 + 8 * (second % 2),
+                y: 4,
+                w: 7,
+                h: 12,
+            };
+            screen.fill(r.x, r.y, r.w, r.h, [(second * 40) as u8, 0, 0, 255]);
+            let out = enc_out(enc.encode_changed(&screen, &[r], MediaTime::from_micros(t)));
+            put(&enc, out);
+        }
+        // Idle after a hand-made picture: libx264 codes the screen again.
+        t += 2_000_000;
+        let out = enc_out(enc.repeat(MediaTime::from_micros(t)));
+        put(&enc, out);
+        assert!(enc.since_x264.iter().all(|&c| c == 0));
+        // Idle after libx264's: a skip picture.
+        t += 2_000_000;
+        let out = enc_out(enc.repeat(MediaTime::from_micros(t)));
+        assert!(out[0].access_unit.len() < 64);
+        put(&enc, out);
+
+        let hand: Vec<bool> = pics.iter().map(|p| p.2.is_some()).collect();
+        assert_eq!(
+            hand,
+            [false, true, false, true, false, true, false, false, false],
+            "hand-made and libx264's pictures in turn"
+        );
+        let aus: Vec<Vec<u8>> = pics.iter().map(|p| p.0.clone()).collect();
+        let decoded = decode(&aus, w as usize, h as usize);
+        assert_eq!(decoded.len(), pics.len());
+        let (mbw, row) = ((w / 16) as usize, w as usize);
+        for (k, (_, show, carried)) in pics.iter().enumerate() {
+            match carried {
+                // The macroblocks it carries exactly as converted, the rest exactly the
+                // picture before (libx264's).
+                Some(carried) => {
+                    assert!(carried.iter().any(|&c| c != 0));
+                    for (mb, &c) in carried.iter().enumerate() {
+                        let (mx, my) = (mb % mbw, mb / mbw);
+                        let want = if c != 0 { show } else { &decoded[k - 1] };
+                        for y in my * 16..my * 16 + 16 {
+                            let r = y * row + mx * 16..y * row + mx * 16 + 16;
+                            assert!(
+                                decoded[k][r.clone()] == want[r],
+                                "picture {k}, macroblock ({mx}, {my})"
+                            );
+                        }
+                    }
+                }
+                // libx264's: the whole screen, the clock too, within coding error.
+                None => {
+                    let d = mean_diff(&decoded[k], show);
+                    assert!(d < 3.0, "picture {k} is {d:.2} off");
+                    let off = (4..16)
+                        .flat_map(|y| (280..295).map(move |x| y * row + x))
+                        .map(|i| u32::from(decoded[k][i].abs_diff(show[i])))
+                        .max()
+                        .unwrap();
+                    assert!(off < 40, "the clock is {off} off in picture {k}");
+                }
+            }
+        }
+    }
+
+    fn enc_out(r: Result<Vec<EncodedFrame>, EncodeError>) -> Vec<EncodedFrame> {
+        r.unwrap()
+    }
+}
