@@ -858,7 +858,7 @@ fn breakdown(m: &Measured) {
         ("events (intake)", get("events")),
         ("encoding thread: rest", (encode - encoded).max(0.0)),
         (
-            "process: other threads",
+            "process: the rest (sources, housekeeping)",
             (m.own * 1e3 - capture - encode).max(0.0),
         ),
         ("X server", m.x * 1e3),
