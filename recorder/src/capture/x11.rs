@@ -351,10 +351,10 @@ impl X11Source {
         Ok(rects)
     }
 
-    /// The cursor: its image as last read (read again after a `CursorNotify`), at where the
-    /// pointer is now.
-    fn cursor(&mut self) -> Result<GetCursorImageReply, CaptureError> {
-        let image = match self.cursor_image.take() {
+    /// Brings [`X11Source::cursor_image`] up to date: its position from where the pointer is
+    /// now, its image read again only after a `CursorNotify` dropped it.
+    fn refresh_cursor(&mut self) -> Result<(), CaptureError> {
+        match &mut self.cursor_image {
             Some(image) => {
                 let p = self
                     .conn
@@ -362,21 +362,19 @@ impl X11Source {
                     .map_err(|e| err("pointer")(e.into()))?
                     .reply()
                     .map_err(|e| err("pointer")(e.into()))?;
-                GetCursorImageReply {
-                    x: p.root_x,
-                    y: p.root_y,
-                    ..image
-                }
+                (image.x, image.y) = (p.root_x, p.root_y);
             }
-            None => self
-                .conn
-                .xfixes_get_cursor_image()
-                .map_err(|e| err("cursor")(e.into()))?
-                .reply()
-                .map_err(|e| err("cursor")(e.into()))?,
-        };
-        self.cursor_image = Some(image.clone());
-        Ok(image)
+            None => {
+                let image = self
+                    .conn
+                    .xfixes_get_cursor_image()
+                    .map_err(|e| err("cursor")(e.into()))?
+                    .reply()
+                    .map_err(|e| err("cursor")(e.into()))?;
+                self.cursor_image = Some(image);
+            }
+        }
+        Ok(())
     }
 
     fn draw_cursor(frame: &mut Frame, c: &GetCursorImageReply) {
@@ -501,17 +499,18 @@ impl CaptureSource for X11Source {
         };
         cost::add(Stage::Grab, cost::thread_time().saturating_sub(started));
         let started = cost::thread_time();
-        let cursor = if self.cursor {
-            Some(self.cursor()?)
-        } else {
-            None
-        };
+        if self.cursor {
+            self.refresh_cursor()?;
+        }
+        // Taken for this grab and put back before it returns (no copy of its pixels per tick).
+        let cursor = self.cursor_image.take();
         cost::add(Stage::Cursor, cost::thread_time().saturating_sub(started));
         let cursor_key = cursor.as_ref().map(|c| (c.x, c.y, c.cursor_serial));
         let cursor_moved = cursor_key != self.last_cursor;
         self.last_cursor = cursor_key;
         if damaged.as_ref().is_some_and(Vec::is_empty) && !cursor_moved {
             self.screen = Some(screen);
+            self.cursor_image = cursor;
             return Ok(Grab::Unchanged);
         }
         // The picture handed over is a copy: the screen image goes on being updated in place
@@ -533,6 +532,7 @@ impl CaptureSource for X11Source {
             }
         });
         let last_cursor_rect = std::mem::replace(&mut self.last_cursor_rect, cursor_rect);
+        self.cursor_image = cursor;
         Ok(match damaged {
             Some(mut rects) => {
                 // The cursor is drawn by us, not the server: where it was and where it is now

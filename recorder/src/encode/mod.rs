@@ -466,11 +466,7 @@ impl Encoder {
         if self.since_x264.iter().any(|&c| c != 0) {
             // What is shown is a hand-made picture over libx264's last one, which a skip
             // picture would undo: libx264 codes the screen, told what the hand-made one changed.
-            self.unchanged.copy_from_slice(&self.since_x264);
-            for u in &mut self.unchanged {
-                *u = u8::from(*u == 0);
-            }
-            self.hinted = true;
+            self.mark_unchanged(&[]);
             return self.submit(pts, interval);
         }
         if let Some(extra) = &self.skip
@@ -536,12 +532,6 @@ impl Encoder {
             keyframe: coded.keyframe,
             access_unit,
         }])
-    }
-
-    /// Flushes frames the encoder still holds: none, since it runs without delay (checked on
-    /// every picture).
-    pub fn flush(&mut self) -> Result<Vec<EncodedFrame>, EncodeError> {
-        Ok(Vec::new())
     }
 }
 
