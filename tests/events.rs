@@ -138,6 +138,7 @@ pub(crate) fn record_into(
     jit_tx
         .send(JitEvent::Stop {
             cause: jitrec_tests::control_stop("test"),
+            reply: None,
         })
         .unwrap();
     let done = obs_rx

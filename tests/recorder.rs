@@ -473,6 +473,7 @@ fn a_window_drawn_on_a_real_x_server_during_jit_is_in_the_recording_at_the_right
     jit_tx
         .send(JitEvent::Stop {
             cause: jitrec_tests::control_stop("test"),
+            reply: None,
         })
         .unwrap();
     let done = done_rx.recv_timeout(Duration::from_secs(30)).unwrap();
@@ -628,6 +629,7 @@ where
     jit_tx
         .send(JitEvent::Stop {
             cause: jitrec_tests::control_stop("test"),
+            reply: None,
         })
         .unwrap();
     match ev_rx.recv_timeout(Duration::from_secs(60)).unwrap() {
@@ -637,6 +639,109 @@ where
     stop.store(true, Ordering::SeqCst);
     recorder.join().unwrap().unwrap();
     read_recording(tmp, &reader, started)
+}
+
+/// A JIT controller's `stop` that reaches the recorder while a session is still starting (its
+/// start queued ahead, nothing reported yet) closes that session, and the controller hears so
+/// with the session and its chunk count; a stop to an idle recorder says "not recording". Once
+/// the stop's answer was read from a status look taken before the stop was carried out, and a
+/// controller was told "not recording" for a session the stop had in fact closed.
+#[test]
+fn a_control_stop_that_arrives_while_a_session_starts_closes_it_and_says_so() {
+    use std::sync::Arc;
+    use std::sync::atomic::AtomicBool;
+    use std::sync::mpsc;
+    use std::time::Instant;
+
+    use jitrec_recorder::capture::ScriptedSource;
+    use jitrec_recorder::control::{Request, Shared, respond};
+    use jitrec_recorder::service::{Recorder, RecorderEvent};
+    use jitrec_recorder::trigger::JitEvent;
+
+    let peer = || jitrec_format::StopPeer {
+        user: jitrec_format::UserRef {
+            name: "jit-controller".into(),
+            id: "0".into(),
+        },
+        pid: Some(std::process::id()),
+        exe: None,
+        login_user: None,
+    };
+    let screen = SyntheticScreen {
+        width: W,
+        height: H,
+        background: GRAY,
+        paints: vec![],
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let spool_dir = tmp.path().join("spool");
+    let (spool, _) = SpoolWriter::open(&spool_dir, SpoolConfig::default()).unwrap();
+    let (jit_tx, jit_rx) = mpsc::channel();
+    let (ev_tx, ev_rx) = mpsc::channel();
+    let shared = Arc::new(Shared::default());
+    let shutdown = Arc::new(AtomicBool::new(false));
+    let recorder = {
+        let (shared, shutdown) = (Arc::clone(&shared), Arc::clone(&shutdown));
+        std::thread::spawn(move || {
+            Recorder::new(spool, recorder_config(), move || {
+                Ok(ScriptedSource {
+                    screen: screen.clone(),
+                    origin: Instant::now(),
+                })
+            })
+            .run(jit_rx, shutdown, move |ev| {
+                shared.observe(ev.clone());
+                ev_tx.send(ev).unwrap();
+            })
+        })
+    };
+
+    let idle = respond(Request::Stop, peer(), &jit_tx, &shared);
+    assert!(!idle.ok, "{idle:?}");
+    assert_eq!(idle.message, "not recording");
+
+    for round in 0..5 {
+        // The start is on the channel ahead of the stop, so the session that starts takes it;
+        // when the stop is answered the session may not even have been reported yet.
+        jit_tx
+            .send(JitEvent::Start {
+                user: "alice".into(),
+                trigger: jitrec_format::Trigger::ControlCommand,
+                authorized_by: Some("jit-controller".into()),
+                reason: None,
+            })
+            .unwrap();
+        let stopped = respond(Request::Stop, peer(), &jit_tx, &shared);
+        let started = match ev_rx.recv_timeout(Duration::from_secs(60)).unwrap() {
+            RecorderEvent::Started(s) => s,
+            other => panic!("{other:?}"),
+        };
+        let done = match ev_rx.recv_timeout(Duration::from_secs(60)).unwrap() {
+            RecorderEvent::Done(d) => d,
+            other => panic!("{other:?}"),
+        };
+        assert!(stopped.ok, "round {round}: {stopped:?}");
+        assert_eq!(stopped.session, Some(started), "round {round}");
+        assert_eq!(done.session, started);
+        assert_eq!(stopped.chunks, Some(done.chunks));
+        assert_eq!(done.reason, EndReason::ControlStop);
+        // "Closed and committed" is true when it is said: the close record is in the spool.
+        let reader = SpoolReader::open(&spool_dir, SpoolConfig::default()).unwrap();
+        assert!(
+            reader
+                .pending(started)
+                .unwrap()
+                .iter()
+                .any(|e| e.name == jitrec_spool::EntryName::Close),
+            "round {round}: no close record behind the answer"
+        );
+    }
+
+    let after = respond(Request::Stop, peer(), &jit_tx, &shared);
+    assert_eq!(after.message, "not recording", "{after:?}");
+    shutdown.store(true, std::sync::atomic::Ordering::SeqCst);
+    drop(jit_tx);
+    recorder.join().unwrap().unwrap();
 }
 
 /// Reads session `started` back from the spool (chain verified through its close record).
@@ -1043,6 +1148,7 @@ impl Driver {
         self.jit
             .send(jitrec_recorder::trigger::JitEvent::Stop {
                 cause: jitrec_tests::control_stop("test"),
+                reply: None,
             })
             .unwrap();
         match self.events.recv_timeout(Duration::from_secs(60)).unwrap() {

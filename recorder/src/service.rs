@@ -3,7 +3,7 @@
 //! [`Recorder::run`] waits for a JIT start, then records one session until JIT stops, from
 //! three parts: the capture stage (`crate::capture::Capture`, a plain thread that grabs the
 //! screen at a fixed rate and opens it itself), the session recorder
-//! (`crate::session::SessionRecorder`, on this thread: ffmpeg blocks) that encodes and commits
+//! (`crate::session::SessionRecorder`, on this thread: libx264 blocks) that encodes and commits
 //! chunks, and the event sources. When JIT stops, the last chunk is cut at the stop time and
 //! the session closed before the call returns, so a log-off or reboot right after loses nothing.
 //! Nothing is captured outside JIT: the capture thread exists only between the start and stop
@@ -215,7 +215,13 @@ where
                     tracing::info!(session = %done.session, chunks = done.chunks, reason = ?done.reason, "session recorded");
                     observe(RecorderEvent::Done(done));
                 }
-                Ok(JitEvent::Stop { .. }) | Err(RecvTimeoutError::Timeout) => {}
+                // Nothing is being recorded: a stop has nothing to end, and says so.
+                Ok(JitEvent::Stop { reply, .. }) => {
+                    if let Some(reply) = reply {
+                        reply.send(None);
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => break,
             }
         }
@@ -327,7 +333,11 @@ where
             sealer: self.sealer.clone(),
             fail_closed: self.fail_closed.clone(),
         };
-        let mut rec = SessionRecorder::start(writer, &header, clock, options, sources);
+        // Spent pixel buffers back to capture. Full policy: the buffer is freed (capture then
+        // allocates one; two are as many as the tick queue can hold pictures in flight).
+        let (spent_tx, spent_rx) = mpsc::sync_channel::<Vec<u8>>(2);
+        let mut rec =
+            SessionRecorder::start(writer, &header, clock, options, sources).with_spent(spent_tx);
         observe(RecorderEvent::Started(session));
 
         // The capture stage. Full policy of its queue: drop the newest picture; it is counted
@@ -344,6 +354,7 @@ where
             ticks: tx,
             stop: Arc::clone(&stop_capture),
             dropped: Arc::clone(&dropped),
+            spent: spent_rx,
         };
         let capture = crate::join::spawn("jitrec-capture", move || stage.run())
             .map_err(|e| RecordError::Capture(e.to_string()))?;
@@ -351,14 +362,16 @@ where
         // When a tick last arrived: a capture that delivers nothing for STALL_AFTER is stuck,
         // and this side keeps the timeline itself.
         let mut tick_at = Instant::now();
-        let (cause, end) = loop {
+        // `reply` is answered only once the close record is committed (below).
+        let (cause, end, reply) = loop {
             match jit.try_recv() {
-                Ok(JitEvent::Stop { cause }) => break (cause, origin.elapsed()),
+                Ok(JitEvent::Stop { cause, reply }) => break (cause, origin.elapsed(), reply),
                 Ok(JitEvent::Start { .. }) | Err(TryRecvError::Empty) => {}
                 Err(TryRecvError::Disconnected) => {
                     break (
                         service_stop("the recorder's JIT watcher ended"),
                         origin.elapsed(),
+                        None,
                     );
                 }
             }
@@ -371,7 +384,7 @@ where
                     .unwrap_or_else(|| {
                         service_stop("the recorder service was stopped (shutdown or service stop)")
                     });
-                break (cause, origin.elapsed());
+                break (cause, origin.elapsed(), None);
             }
             rec.housekeep();
             let (t, tick) = match rx.recv_timeout(STOP_CHECK) {
@@ -394,6 +407,7 @@ where
                     break (
                         service_stop("the capture thread ended unexpectedly"),
                         origin.elapsed(),
+                        None,
                     );
                 }
             };
@@ -412,6 +426,11 @@ where
         // not the end of the elevation; a restarted recorder takes it up again.
         if done.reason != EndReason::RecorderShutdown {
             crate::resume::clear(&self.spool);
+        }
+        // After the resume state is gone: whoever hears "closed" may restart the recorder,
+        // which then must not take the elevation up again.
+        if let Some(reply) = reply {
+            reply.send(Some(done.clone()));
         }
         Ok(done)
     }

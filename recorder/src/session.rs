@@ -21,6 +21,7 @@
 //! chunk (so no chunk is empty and playback never stalls).
 
 use std::sync::Arc;
+use std::sync::mpsc::SyncSender;
 use std::time::Duration;
 
 use jitrec_format::{EventKind, FORMAT_VERSION, MediaTime, SessionHeader, SessionId, StopCause};
@@ -112,6 +113,11 @@ pub struct SessionRecorder {
     failed_closed: Option<String>,
     stats: TickStats,
     costs: cost::Snapshot,
+    /// Where the pixel buffers of pictures done with go back to capture (`with_spent`).
+    spent: Option<SyncSender<Vec<u8>>>,
+    /// Whether `last` is a picture capture handed over (not the placeholder), whose buffer
+    /// may go back to it: capture takes a buffer it gets back for one of its own pictures.
+    last_from_capture: bool,
 }
 
 impl std::fmt::Debug for SessionRecorder {
@@ -155,6 +161,8 @@ impl SessionRecorder {
             failed_closed: None,
             stats: TickStats::default(),
             costs: cost::Snapshot::now(),
+            spent: None,
+            last_from_capture: false,
         };
         me.push(
             MediaTime::ZERO,
@@ -167,6 +175,14 @@ impl SessionRecorder {
         );
         me.push(MediaTime::ZERO, EventKind::RecorderStarted);
         me
+    }
+
+    /// Sends the pixel buffers of pictures this recorder is done with to `spent`, for capture
+    /// to fill again ([`crate::capture::CaptureSource::reuse`]). Full policy of that queue: the
+    /// buffer is freed.
+    pub fn with_spent(mut self, spent: SyncSender<Vec<u8>>) -> Self {
+        self.spent = Some(spent);
+        self
     }
 
     pub fn session(&self) -> SessionId {
@@ -254,6 +270,7 @@ impl SessionRecorder {
     fn take(&mut self, t: MediaTime, tick: Tick) -> Result<(), RecordError> {
         self.last_t = Some(t);
         let session = self.session;
+        let from_capture = matches!(tick, Tick::Grab(_));
         let grab = match tick {
             Tick::Failed(_) if self.outage.is_some() => Grab::Unchanged,
             Tick::Failed(message) => {
@@ -323,13 +340,23 @@ impl SessionRecorder {
             (Some(frame), Some(rects)) if self.last.is_some() => {
                 self.stats.changed += 1;
                 let out = enc.encode_changed(&frame, &rects, t)?;
-                self.last = Some(frame);
+                keep(
+                    &mut self.last,
+                    &mut self.last_from_capture,
+                    self.spent.as_ref(),
+                    (frame, from_capture),
+                );
                 out
             }
             (Some(frame), _) if self.last.as_ref() != Some(&frame) => {
                 self.stats.changed += 1;
                 let out = enc.encode(&frame, t)?;
-                self.last = Some(frame);
+                keep(
+                    &mut self.last,
+                    &mut self.last_from_capture,
+                    self.spent.as_ref(),
+                    (frame, from_capture),
+                );
                 out
             }
             // Idle: one repeated frame at a chunk boundary, so no chunk is empty; and the
@@ -470,6 +497,22 @@ fn attribute(mut cause: StopCause, user: &str) -> StopCause {
         }
     }
     cause
+}
+
+/// Keeps `new` (a picture, and whether capture handed it over) as the last picture encoded;
+/// the pixels of the one it replaces go back to capture through `spent` if capture handed it
+/// over.
+fn keep(
+    last: &mut Option<Frame>,
+    last_from_capture: &mut bool,
+    spent: Option<&SyncSender<Vec<u8>>>,
+    new: (Frame, bool),
+) {
+    let old = last.replace(new.0);
+    let old_from_capture = std::mem::replace(last_from_capture, new.1);
+    if let (Some(old), Some(spent), true) = (old, spent, old_from_capture) {
+        let _ = spent.try_send(old.data);
+    }
 }
 
 /// The `gap` event closing outage `o` at `to`.

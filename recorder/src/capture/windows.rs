@@ -57,6 +57,10 @@ impl CaptureSource for Box<dyn CaptureSource> {
     fn grab(&mut self) -> Result<Grab, CaptureError> {
         (**self).grab()
     }
+
+    fn reuse(&mut self, buffer: Vec<u8>) {
+        (**self).reuse(buffer);
+    }
 }
 
 /// The latest frame of one monitor, shared with its capture thread.

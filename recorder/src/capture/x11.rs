@@ -133,6 +133,86 @@ pub struct X11Source {
     damaged: bool,
     /// The cursor's image as last read (`None`: to be read, after a `CursorNotify`).
     cursor_image: Option<GetCursorImageReply>,
+    /// The pixels of the pictures handed over.
+    handover: Handover,
+}
+
+/// Pictures handed over, newest last: where each one's pixels are, and what changed on the
+/// screen (cursor included) between the one before it and it (`None`: anything may have).
+#[derive(Debug, Default)]
+struct Handover {
+    handed: std::collections::VecDeque<(usize, Option<Vec<Rect>>)>,
+    /// A buffer of a picture the encoding side is done with.
+    spare: Option<Vec<u8>>,
+}
+
+/// Pictures remembered in [`Handover`]: the tick queue and the encoding side's last picture
+/// hold three at most, so a buffer comes back within a few.
+const HANDED: usize = 8;
+
+impl Handover {
+    /// The pixels of the picture to hand over now: `screen` (without the cursor), of which
+    /// `changed` changed since the last picture handed over.
+    ///
+    /// A spent buffer holds an earlier picture handed over (the encoding side never writes into
+    /// a picture), so only what changed since that one is copied into it. It is found by its
+    /// address among the pictures handed over, newest first: an allocation lives from its
+    /// handover until it comes back, so no later handover can have had its address, and an
+    /// earlier one that did only makes more be copied. Otherwise, and when much changed, all
+    /// of the screen is copied.
+    fn pixels(&mut self, screen: &Frame, changed: Option<&[Rect]>) -> Vec<u8> {
+        let spare = self.spare.take().filter(|b| b.len() == screen.data.len());
+        let since = spare.as_ref().and_then(|b| {
+            let at = b.as_ptr() as usize;
+            self.handed.iter().rposition(|(addr, _)| *addr == at)
+        });
+        let data = match (spare, since) {
+            (Some(mut buffer), Some(i)) => {
+                let mut rects = Vec::new();
+                let mut all = changed.is_none();
+                for (_, c) in self.handed.iter().skip(i + 1) {
+                    match c {
+                        Some(c) => rects.extend_from_slice(c),
+                        None => all = true,
+                    }
+                }
+                rects.extend_from_slice(changed.unwrap_or_default());
+                let area: u64 = rects.iter().map(Rect::area).sum();
+                let whole = u64::from(screen.width) * u64::from(screen.height);
+                if all || area * 3 >= whole {
+                    buffer.copy_from_slice(&screen.data);
+                } else {
+                    for r in rects {
+                        copy_rows(screen, &mut buffer, r);
+                    }
+                }
+                buffer
+            }
+            (Some(mut buffer), None) => {
+                buffer.copy_from_slice(&screen.data);
+                buffer
+            }
+            (None, _) => screen.data.clone(),
+        };
+        self.handed
+            .push_back((data.as_ptr() as usize, changed.map(<[Rect]>::to_vec)));
+        if self.handed.len() > HANDED {
+            self.handed.pop_front();
+        }
+        data
+    }
+}
+
+/// Copies rectangle `r` (clipped to the screen) of `screen`'s pixels into `into`, a buffer
+/// laid out as `screen`'s.
+fn copy_rows(screen: &Frame, into: &mut [u8], r: Rect) {
+    let x1 = r.x.saturating_add(r.w).min(screen.width) as usize;
+    let y1 = r.y.saturating_add(r.h).min(screen.height) as usize;
+    let x0 = (r.x as usize).min(x1);
+    for y in (r.y as usize).min(y1)..y1 {
+        let row = y * screen.stride + x0 * 4..y * screen.stride + x1 * 4;
+        into[row.clone()].copy_from_slice(&screen.data[row]);
+    }
 }
 
 fn err(context: &str) -> impl FnOnce(Box<dyn std::error::Error>) -> CaptureError + '_ {
@@ -194,6 +274,7 @@ impl X11Source {
             size: None,
             damaged: true,
             cursor_image: None,
+            handover: Handover::default(),
         })
     }
 
@@ -406,6 +487,11 @@ impl X11Source {
 }
 
 impl CaptureSource for X11Source {
+    fn reuse(&mut self, buffer: Vec<u8>) {
+        // One is enough (one picture is handed over per tick); the newest needs least copying.
+        self.handover.spare = Some(buffer);
+    }
+
     fn grab(&mut self) -> Result<Grab, CaptureError> {
         let started = cost::thread_time();
         // What the server told us since the last tick.
@@ -513,35 +599,120 @@ impl CaptureSource for X11Source {
             self.cursor_image = cursor;
             return Ok(Grab::Unchanged);
         }
+        let cursor_rect = cursor.as_ref().map(|c| Rect {
+            x: (i32::from(c.x) - i32::from(c.xhot)).max(0) as u32,
+            y: (i32::from(c.y) - i32::from(c.yhot)).max(0) as u32,
+            w: u32::from(c.width),
+            h: u32::from(c.height),
+        });
+        let last_cursor_rect = std::mem::replace(&mut self.last_cursor_rect, cursor_rect);
+        // The cursor is drawn by us, not the server: where it was and where it is now changed
+        // too.
+        let changed = damaged.map(|mut rects| {
+            rects.extend(last_cursor_rect);
+            rects.extend(cursor_rect);
+            rects
+        });
         // The picture handed over is a copy: the screen image goes on being updated in place
         // and carries no cursor.
         let mut frame = cost::measure(Stage::Grab, || Frame {
             width: u32::from(w) & !1,
             height: u32::from(h) & !1,
             stride: screen.stride,
-            data: screen.data.clone(),
+            data: self.handover.pixels(&screen, changed.as_deref()),
         });
         self.screen = Some(screen);
-        let cursor_rect = cursor.as_ref().map(|c| {
+        if let Some(c) = &cursor {
             Self::draw_cursor(&mut frame, c);
-            Rect {
-                x: (i32::from(c.x) - i32::from(c.xhot)).max(0) as u32,
-                y: (i32::from(c.y) - i32::from(c.yhot)).max(0) as u32,
-                w: u32::from(c.width),
-                h: u32::from(c.height),
-            }
-        });
-        let last_cursor_rect = std::mem::replace(&mut self.last_cursor_rect, cursor_rect);
+        }
         self.cursor_image = cursor;
-        Ok(match damaged {
-            Some(mut rects) => {
-                // The cursor is drawn by us, not the server: where it was and where it is now
-                // changed too.
-                rects.extend(last_cursor_rect);
-                rects.extend(cursor_rect);
-                Grab::Partial(frame, rects)
-            }
+        Ok(match changed {
+            Some(rects) => Grab::Partial(frame, rects),
             None => Grab::Frame(frame),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A screen that changes in `rects` to colour `c`.
+    fn paint(screen: &mut Frame, rects: &[Rect], c: u8) {
+        for r in rects {
+            screen.fill(r.x, r.y, r.w, r.h, [c, c.wrapping_mul(3), 255 - c, 255]);
+        }
+    }
+
+    /// Every picture handed over shows the screen as it is, whether its pixels were copied
+    /// afresh, into a spent buffer all over, or into a spent buffer only where the screen
+    /// changed since that buffer's picture: over small and whole-screen changes, a "cursor"
+    /// drawn into each picture after its handover (as the grab does), buffers that come back
+    /// late or never (freed, so their addresses may be taken by later pictures), and one that
+    /// comes back long after its picture left the handover's memory.
+    #[test]
+    fn pictures_handed_over_in_spent_buffers_show_the_screen_as_it_is() {
+        let (w, h) = (96, 50);
+        let mut screen = Frame::solid(w, h, [10, 20, 30, 255]);
+        let mut handover = Handover::default();
+        let mut held: std::collections::VecDeque<Vec<u8>> = Default::default();
+        let mut partial_copies = 0;
+        let mut last_cursor: Option<Rect> = None;
+        let mut ancient: Option<Vec<u8>> = None;
+        for step in 0u32..60 {
+            let mut changed = vec![Rect {
+                x: (step * 7) % (w - 9),
+                y: (step * 5) % (h - 3),
+                w: 9,
+                h: 3,
+            }];
+            if step % 13 == 5 {
+                changed.push(Rect { x: 0, y: 0, w, h });
+            }
+            paint(&mut screen, &changed, step as u8);
+            let cursor = Rect {
+                x: (step * 11) % w,
+                y: (step * 3) % h,
+                w: 6,
+                h: 6,
+            };
+            changed.extend(last_cursor);
+            changed.push(cursor);
+            last_cursor = Some(cursor);
+            let all = step % 17 == 3;
+            if step == 40 {
+                // Handed over at step 2, 38 pictures ago: copied all over.
+                handover.spare = ancient.take();
+            } else if let Some(back) = held.pop_front() {
+                handover.spare = Some(back);
+            }
+            let before = handover.spare.as_ref().map(|b| b.as_ptr());
+            let mut data = handover.pixels(&screen, (!all).then_some(&changed[..]));
+            if step != 40 && before == Some(data.as_ptr()) && !all {
+                partial_copies += 1;
+            }
+            assert!(
+                data == screen.data,
+                "step {step}: the picture is not the screen"
+            );
+            // The grab draws the cursor into the picture it hands over.
+            let mut shown = Frame {
+                width: w,
+                height: h,
+                stride: screen.stride,
+                data: std::mem::take(&mut data),
+            };
+            shown.fill(cursor.x, cursor.y, cursor.w, cursor.h, [1, 2, 3, 255]);
+            // The encoding side gives buffers back one or two pictures late; some never.
+            if step == 2 {
+                ancient = Some(shown.data);
+            } else if step % 9 != 7 {
+                held.push_back(shown.data);
+            }
+            if held.len() > 2 {
+                held.pop_front();
+            }
+        }
+        assert!(partial_copies > 20, "{partial_copies}");
     }
 }

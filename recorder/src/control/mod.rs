@@ -18,15 +18,15 @@ mod unix;
 pub mod windows;
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::sync::mpsc::Sender;
+use std::sync::mpsc::{RecvTimeoutError, Sender};
 use std::sync::{Condvar, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use jitrec_format::{SessionId, StopBy, StopCause, StopPeer, Trigger};
 use serde::{Deserialize, Serialize};
 
-use crate::service::{RecorderEvent, SessionDone};
-use crate::trigger::JitEvent;
+use crate::service::RecorderEvent;
+use crate::trigger::{JitEvent, StopReply};
 #[cfg(unix)]
 pub use unix::{Access, bind, peer_of, request, serve};
 
@@ -66,8 +66,6 @@ pub(crate) const MAX_REQUEST: u64 = 64 * 1024;
 #[derive(Debug, Default)]
 struct Status {
     current: Option<SessionId>,
-    /// Recently closed sessions, newest last.
-    done: Vec<SessionDone>,
 }
 
 /// What the socket handlers know of the recorder, fed by its observer.
@@ -83,12 +81,7 @@ impl Shared {
         let mut st = self.status.lock().unwrap_or_else(PoisonError::into_inner);
         match ev {
             RecorderEvent::Started(s) => st.current = Some(s),
-            RecorderEvent::Done(d) => {
-                st.current = None;
-                st.done.push(d);
-                let excess = st.done.len().saturating_sub(16);
-                st.done.drain(..excess);
-            }
+            RecorderEvent::Done(_) => st.current = None,
         }
         self.changed.notify_all();
     }
@@ -177,9 +170,6 @@ pub fn respond(req: Request, peer: StopPeer, jit: &Sender<JitEvent>, shared: &Sh
             }
         }
         Request::Stop => {
-            // Sent even when no session exists yet: it also cancels a start still waiting for
-            // the screen to become capturable (the idle recorder ignores it otherwise).
-            let current = shared.current();
             let detail = format!(
                 "`jit stop` on the control socket by {} (pid {}, {})",
                 peer.user.name,
@@ -187,6 +177,10 @@ pub fn respond(req: Request, peer: StopPeer, jit: &Sender<JitEvent>, shared: &Sh
                     .map_or_else(|| "unknown".to_owned(), |p| p.to_string()),
                 peer.exe.as_deref().unwrap_or("executable unknown"),
             );
+            // The answer comes from the recorder loop that takes the stop, not from a look at
+            // the status first: a session whose start is under way when the stop arrives takes
+            // it and is closed, and the controller must hear that, not "not recording".
+            let (reply, answered) = StopReply::new();
             let sent = jit.send(JitEvent::Stop {
                 cause: StopCause {
                     by: StopBy::ControlCommand,
@@ -195,26 +189,41 @@ pub fn respond(req: Request, peer: StopPeer, jit: &Sender<JitEvent>, shared: &Sh
                     recorded_user: None,
                     detail,
                 },
+                reply: Some(reply),
             });
-            match (current, sent) {
-                (_, Err(_)) => answer(false, "the recorder is shutting down"),
-                (None, Ok(())) => answer(false, "not recording"),
-                (Some(s), Ok(())) => match shared.wait(STOP_WAIT, |st| {
-                    st.done.iter().find(|d| d.session == s).cloned()
-                }) {
-                    Some(d) => Response {
-                        session: Some(s),
-                        chunks: Some(d.chunks),
-                        ..answer(
-                            true,
-                            format!("session {s} closed and committed ({} chunks)", d.chunks),
-                        )
-                    },
-                    None => answer(
-                        false,
-                        format!("session {s} did not close in time; see the recorder's log"),
-                    ),
+            if sent.is_err() {
+                return answer(false, "the recorder is shutting down");
+            }
+            match answered.recv_timeout(STOP_WAIT) {
+                Ok(Some(d)) => Response {
+                    session: Some(d.session),
+                    chunks: Some(d.chunks),
+                    ..answer(
+                        true,
+                        format!(
+                            "session {} closed and committed ({} chunks)",
+                            d.session, d.chunks
+                        ),
+                    )
                 },
+                Ok(None) => answer(false, "not recording"),
+                Err(RecvTimeoutError::Timeout) => {
+                    let message = match shared.current() {
+                        Some(s) => {
+                            format!("session {s} did not close in time; see the recorder's log")
+                        }
+                        None => "the stop was not carried out in time; see the recorder's log"
+                            .to_owned(),
+                    };
+                    Response {
+                        session: shared.current(),
+                        ..answer(false, message)
+                    }
+                }
+                Err(RecvTimeoutError::Disconnected) => answer(
+                    false,
+                    "the recorder stopped, or failed to close the session, before it could confirm the stop; see the recorder's log",
+                ),
             }
         }
     }

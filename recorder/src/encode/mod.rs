@@ -1,7 +1,7 @@
 //! H.264 encoding: BGRA frames in, Annex B access units out, each picture coded the cheapest
 //! way that is exact.
 //!
-//! Colour conversion (swscale) converts only the changed tiles. Large changes go to libx264,
+//! Colour conversion ([`convert`]) converts only the changed rectangles. Large changes go to libx264,
 //! through the recorder's own binding ([`x264`]), told which macroblocks did not change so it
 //! skips them unanalysed: `veryfast` with `tune=zerolatency` (no B-frames, no lookahead, one
 //! picture out per picture in), a constant quantiser, one thread, and the screen settings of
@@ -14,18 +14,17 @@
 //! variable frame rate, so a frame-count GOP would mean nothing), which bounds seek cost and sets
 //! the main storage lever, the keyframe interval.
 //!
-//! Runs on a plain thread: libx264 and swscale calls block.
+//! Runs on a plain thread: libx264 calls block.
 
+pub mod convert;
 pub mod h264;
 pub mod x264;
 
 use std::time::Duration;
 
-use ffmpeg::software::scaling;
-use ffmpeg::util::format::Pixel;
-use ffmpeg::util::frame;
 #[cfg(test)]
-use ffmpeg::{Dictionary, Packet, codec};
+use ffmpeg::{Dictionary, Packet, codec, util::frame};
+#[cfg(test)]
 use ffmpeg_next as ffmpeg;
 use jitrec_format::MediaTime;
 
@@ -72,12 +71,6 @@ impl Default for EncoderConfig {
 /// Why encoding failed.
 #[derive(Debug, thiserror::Error)]
 pub enum EncodeError {
-    #[error("ffmpeg: {context}: {source}")]
-    Ffmpeg {
-        context: &'static str,
-        #[source]
-        source: ffmpeg::Error,
-    },
     #[error("libx264: {0}")]
     X264(String),
     #[error("frame is {got_w}x{got_h}, encoder is {want_w}x{want_h}")]
@@ -89,10 +82,6 @@ pub enum EncodeError {
     },
     #[error("frame size {0}x{1} is not encodable (H.264 4:2:0 needs even sizes of at least 16)")]
     BadSize(u32, u32),
-}
-
-fn ff(context: &'static str) -> impl FnOnce(ffmpeg::Error) -> EncodeError {
-    move |source| EncodeError::Ffmpeg { context, source }
 }
 
 /// One encoded frame.
@@ -120,14 +109,10 @@ pub struct Encoder {
     since_x264: Vec<u8>,
     /// Whether the last picture put in the stream was a non-reference one.
     shown_nonref: bool,
-    scaler: scaling::Context,
-    bgra: frame::Video,
     /// The last converted frame, kept to repeat it over idle stretches without converting again.
-    yuv: frame::Video,
+    yuv: convert::Yuv420,
     have_frame: bool,
     last_key: Option<MediaTime>,
-    /// Tile converters by tile size, for [`Encoder::encode_changed`].
-    tiles: std::collections::HashMap<(u32, u32), Tile>,
     /// The parameter set skip pictures are coded with (`None`: libx264 codes repeats, until
     /// the first keyframe shows the stream allows them, or for good if it does not).
     skip: Option<h264::Extra>,
@@ -135,24 +120,6 @@ pub struct Encoder {
     skip_checked: bool,
     numbering: h264::Numbering,
 }
-
-/// A swscale context with its frames, for tiles of one size.
-struct Tile {
-    bgra: frame::Video,
-    yuv: frame::Video,
-    scaler: scaling::Context,
-}
-
-/// Pixels converted around a changed rectangle and thrown away, so the tile's edges (where
-/// swscale's filters see no neighbours) stay outside what is copied back.
-pub const TILE_MARGIN: u32 = 16;
-/// How far outside a changed rectangle the converted picture changes (swscale's chroma filter
-/// reaches one chroma sample, two pixels, past its block; four is tested to be enough).
-pub const TILE_REACH: u32 = 4;
-/// Tile sizes are rounded up to this, so a few swscale contexts serve most rectangles.
-const TILE_ROUND: u32 = 64;
-/// Distinct tile sizes kept; beyond this the cache starts afresh.
-const MAX_TILE_SIZES: usize = 32;
 
 /// Most macroblocks a hand-made `I_PCM` picture carries (384 bytes each, 6 KB in all); a larger
 /// change goes to libx264.
@@ -188,8 +155,6 @@ impl Encoder {
         if width < 16 || height < 16 || width % 2 == 1 || height % 2 == 1 {
             return Err(EncodeError::BadSize(width, height));
         }
-        ffmpeg::init().map_err(ff("init"))?;
-        ffmpeg::util::log::set_level(ffmpeg::util::log::Level::Warning);
         // Constant quantiser, at the configured quality: every changed picture is coded once
         // and never refined by later ones (unchanged pictures are not given to libx264), and
         // without rate control libx264 builds no low-resolution copy of each picture.
@@ -208,19 +173,8 @@ impl Encoder {
             &params,
         )
         .map_err(EncodeError::X264)?;
-        let scaler = scaling::Context::get(
-            Pixel::BGRA,
-            width,
-            height,
-            Pixel::YUV420P,
-            width,
-            height,
-            scaling::Flags::BILINEAR,
-        )
-        .map_err(ff("swscale context"))?;
         Ok(Self {
-            bgra: frame::Video::new(Pixel::BGRA, width, height),
-            yuv: frame::Video::new(Pixel::YUV420P, width, height),
+            yuv: convert::Yuv420::new(width, height),
             config,
             width,
             height,
@@ -229,10 +183,8 @@ impl Encoder {
             since_x264: vec![0; enc.macroblocks().0 * enc.macroblocks().1],
             shown_nonref: false,
             enc,
-            scaler,
             have_frame: false,
             last_key: None,
-            tiles: std::collections::HashMap::new(),
             skip: None,
             skip_checked: false,
             numbering: h264::Numbering::default(),
@@ -273,17 +225,7 @@ impl Encoder {
                 want_h: self.height,
             });
         }
-        cost::measure(Stage::Convert, || {
-            let row = self.width as usize * 4;
-            let stride = self.bgra.stride(0);
-            let dst = self.bgra.data_mut(0);
-            for y in 0..self.height as usize {
-                dst[y * stride..y * stride + row]
-                    .copy_from_slice(&f.data[y * f.stride..y * f.stride + row]);
-            }
-            self.scaler.run(&self.bgra, &mut self.yuv)
-        })
-        .map_err(ff("convert BGRA to YUV"))?;
+        cost::measure(Stage::Convert, || self.yuv.convert_whole(f));
         self.have_frame = true;
         Ok(())
     }
@@ -294,11 +236,9 @@ impl Encoder {
     /// unchanged, so it codes them as skips without analysing them. Falls back to
     /// [`Encoder::encode`] when nothing was encoded yet.
     ///
-    /// Each rectangle is converted by swscale as a tile with a margin of [`TILE_MARGIN`]
-    /// pixels, and only the rectangle itself is copied back: swscale's chroma filter reaches
-    /// past a pixel's neighbours, and the margin keeps the tile's edges from showing, so the
-    /// picture is the same as a whole-frame conversion (tested). A macroblock is unchanged
-    /// when no changed rectangle grown by that reach ([`TILE_REACH`]) touches it.
+    /// A 2x2 block converts from its own four pixels alone ([`convert`]), so the picture is the
+    /// same as a whole-frame conversion (tested), and a macroblock is unchanged when no changed
+    /// rectangle (rounded out to even corners) touches it.
     pub fn encode_changed(
         &mut self,
         f: &Frame,
@@ -318,8 +258,10 @@ impl Encoder {
             self.convert_whole(f)?;
         } else {
             cost::measure(Stage::Convert, || {
-                rects.iter().try_for_each(|r| self.convert_tile(f, *r))
-            })?;
+                for r in &rects {
+                    self.yuv.convert(f, *r);
+                }
+            });
         }
         self.mark_unchanged(&rects);
         let interval = self.config.keyframe_interval;
@@ -374,80 +316,14 @@ impl Encoder {
             *u = u8::from(*since == 0);
         }
         for r in changed {
-            let x0 = r.x.saturating_sub(TILE_REACH) / 16;
-            let y0 = r.y.saturating_sub(TILE_REACH) / 16;
-            let x1 = ((r.x + r.w + TILE_REACH).div_ceil(16) as usize).min(mbw);
-            let y1 = ((r.y + r.h + TILE_REACH).div_ceil(16) as usize).min(mbh);
+            let (x0, y0) = (r.x / 16, r.y / 16);
+            let x1 = ((r.x + r.w).div_ceil(16) as usize).min(mbw);
+            let y1 = ((r.y + r.h).div_ceil(16) as usize).min(mbh);
             for y in y0 as usize..y1 {
                 self.unchanged[y * mbw + x0 as usize..y * mbw + x1].fill(0);
             }
         }
         self.hinted = true;
-    }
-
-    /// Converts rectangle `r` (even) of `f` into the persistent YUV picture.
-    fn convert_tile(&mut self, f: &Frame, r: Rect) -> Result<(), EncodeError> {
-        let round_up = |v: u32| v.div_ceil(TILE_ROUND) * TILE_ROUND;
-        let x0 = r.x.saturating_sub(TILE_MARGIN) & !15;
-        let y0 = r.y.saturating_sub(TILE_MARGIN) & !15;
-        let tw = round_up(r.x + r.w + TILE_MARGIN - x0).min(self.width - x0);
-        let th = round_up(r.y + r.h + TILE_MARGIN - y0).min(self.height - y0);
-        if self.tiles.len() >= MAX_TILE_SIZES && !self.tiles.contains_key(&(tw, th)) {
-            self.tiles.clear();
-        }
-        let tile = match self.tiles.entry((tw, th)) {
-            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
-            std::collections::hash_map::Entry::Vacant(e) => e.insert(Tile {
-                bgra: frame::Video::new(Pixel::BGRA, tw, th),
-                yuv: frame::Video::new(Pixel::YUV420P, tw, th),
-                scaler: scaling::Context::get(
-                    Pixel::BGRA,
-                    tw,
-                    th,
-                    Pixel::YUV420P,
-                    tw,
-                    th,
-                    scaling::Flags::BILINEAR,
-                )
-                .map_err(ff("swscale tile context"))?,
-            }),
-        };
-        let row = tw as usize * 4;
-        let stride = tile.bgra.stride(0);
-        let dst = tile.bgra.data_mut(0);
-        for y in 0..th as usize {
-            let src = (y0 as usize + y) * f.stride + x0 as usize * 4;
-            dst[y * stride..y * stride + row].copy_from_slice(&f.data[src..src + row]);
-        }
-        tile.scaler
-            .run(&tile.bgra, &mut tile.yuv)
-            .map_err(ff("convert a tile to YUV"))?;
-        // Copy back `r` grown by TILE_REACH: a chroma sample's filter takes in the rows and
-        // columns next to its 2x2 block, so chroma just outside a change changes too. Per
-        // plane (chroma planes at half resolution).
-        let r = Rect {
-            x: r.x.saturating_sub(TILE_REACH).max(x0),
-            y: r.y.saturating_sub(TILE_REACH).max(y0),
-            w: 0,
-            h: 0,
-        }
-        .spanning(
-            (r.x + r.w + TILE_REACH).min(x0 + tw),
-            (r.y + r.h + TILE_REACH).min(y0 + th),
-        );
-        for (plane, shift) in [(0usize, 0u32), (1, 1), (2, 1)] {
-            let (src_stride, dst_stride) = (tile.yuv.stride(plane), self.yuv.stride(plane));
-            let (cx, cy) = ((r.x - x0) >> shift, (r.y - y0) >> shift);
-            let (w, h) = ((r.w >> shift) as usize, (r.h >> shift) as usize);
-            let src = tile.yuv.data(plane);
-            let dst = self.yuv.data_mut(plane);
-            for y in 0..h {
-                let s = (cy as usize + y) * src_stride + cx as usize;
-                let d = ((r.y >> shift) as usize + y) * dst_stride + (r.x >> shift) as usize;
-                dst[d..d + w].copy_from_slice(&src[s..s + w]);
-            }
-        }
-        Ok(())
     }
 
     /// Encodes the last image again at `pts` (an unchanged screen): as a hand-made skip picture
@@ -921,7 +797,7 @@ mod tests {
         assert!(shown > 200, "{shown}");
         // Macroblocks no change reaches are exactly the picture before, those next to a coded
         // one aside (the loop filter may change three pixels on each side of their edge).
-        let near = TILE_REACH + 16;
+        let near = 16;
         let reach = |mx: u32, my: u32| {
             changed.iter().any(|r| {
                 let (x0, y0) = (mx * 16, my * 16);
@@ -951,8 +827,8 @@ mod tests {
         assert!(untouched > 200, "{untouched}");
     }
 
-    /// The map of unchanged macroblocks leaves out every macroblock a changed rectangle, grown
-    /// by the conversion's reach, touches, and only those.
+    /// The map of unchanged macroblocks leaves out every macroblock a changed rectangle touches,
+    /// and only those.
     #[test]
     fn the_unchanged_map_leaves_out_every_macroblock_a_change_reaches() {
         let (w, h) = (320, 240);
@@ -987,10 +863,8 @@ mod tests {
         let mbw = (w / 16) as usize;
         let mut reached = vec![false; enc.unchanged.len()];
         for r in changed {
-            let x0 = r.x.saturating_sub(TILE_REACH);
-            let y0 = r.y.saturating_sub(TILE_REACH);
-            for y in y0..(r.y + r.h + TILE_REACH).min(h) {
-                for x in x0..(r.x + r.w + TILE_REACH).min(w) {
+            for y in r.y..(r.y + r.h).min(h) {
+                for x in r.x..(r.x + r.w).min(w) {
                     let mb = (y / 16) as usize * mbw + (x / 16) as usize;
                     reached[mb] = true;
                     assert_eq!(

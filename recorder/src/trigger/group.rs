@@ -91,6 +91,7 @@ impl GroupWatcher {
                             recorded_user: None,
                             detail: format!("{} left group {}", self.user, self.group),
                         },
+                        reply: None,
                     }
                 };
                 tracing::info!(user = %self.user, group = %self.group, member, "admin group membership changed");

@@ -11,7 +11,7 @@ pub mod windows;
 pub use group::{DEFAULT_POLL, GroupWatcher};
 
 /// How JIT starts and stops reach the recorder.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub enum JitEvent {
     Start {
         user: String,
@@ -20,6 +20,35 @@ pub enum JitEvent {
         reason: Option<String>,
     },
     /// JIT ended, and who or what ended it (recorded in `jit_stop` and the close record; the
-    /// end reason follows from `cause.by`).
-    Stop { cause: jitrec_format::StopCause },
+    /// end reason follows from `cause.by`). `reply`, when given, hears what the stop did.
+    Stop {
+        cause: jitrec_format::StopCause,
+        reply: Option<StopReply>,
+    },
+}
+
+/// Where the recorder says what a stop did: the session it closed, once that session's close
+/// record is committed, or `None` when nothing was being recorded when the stop was taken.
+///
+/// The answer comes from whoever takes the stop off the JIT channel, so it cannot be wrong
+/// about a session that was starting while the stop was on its way. A sender dropped without
+/// an answer means the stop was never carried out (the recorder stopped first, or the session
+/// could not be closed).
+#[derive(Debug, Clone)]
+pub struct StopReply(std::sync::mpsc::SyncSender<Option<crate::service::SessionDone>>);
+
+impl StopReply {
+    /// A reply and the receiver its answer arrives on.
+    pub fn new() -> (
+        Self,
+        std::sync::mpsc::Receiver<Option<crate::service::SessionDone>>,
+    ) {
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        (Self(tx), rx)
+    }
+
+    /// Answers; a receiver that stopped waiting is no one's loss.
+    pub fn send(self, done: Option<crate::service::SessionDone>) {
+        let _ = self.0.send(done);
+    }
 }

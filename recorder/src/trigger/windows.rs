@@ -92,6 +92,7 @@ impl AdminTrigger {
                     recorded_user: None,
                     detail: reason,
                 },
+                reply: None,
             });
         }
         if let Some(is) = now {
@@ -411,6 +412,7 @@ mod tests {
                     by: jitrec_format::StopBy::GroupChange,
                     ..
                 },
+                ..
             }
         ));
         assert_eq!(t.elevated(), None);
