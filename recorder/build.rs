@@ -8,8 +8,9 @@
 //!   FFmpeg's own libraries, but not x264 or the system library libavutil needs (bcrypt), and
 //!   GNU ld resolves static libraries in one left-to-right pass. So the package's binaries and
 //!   tests get every library again at the end, in a group the linker searches until nothing is
-//!   left unresolved. Other targets link FFmpeg's and x264's shared libraries, which bring their
-//!   dependencies.
+//!   left unresolved (only the tests use FFmpeg, to decode what the encoder wrote; from static
+//!   libraries the binary takes just what it calls). Other targets link x264's shared library,
+//!   and the tests FFmpeg's, which bring their dependencies.
 
 use std::path::PathBuf;
 
