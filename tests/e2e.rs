@@ -242,6 +242,12 @@ fn whole_path(store: Store, name: &str) {
     seek(&b, retitle as f64 / 1e6 + 0.5);
     let inside = pixel(&b, 190, 130);
     assert!(close_to(inside, [0, 255, 0]), "with the window: {inside:?}");
+    // In the right colours, not just near them: decoded with the wrong matrix (BT.709, what
+    // Chromium assumes for a stream that does not say) the green is 214.
+    assert!(
+        inside[1] >= 240 && inside[0] <= 16 && inside[2] <= 16,
+        "the window's green shows as {inside:?}"
+    );
     b.screenshot(&artifacts().join(format!("e2e-{name}.png")))
         .unwrap();
     seek(&b, (focus as f64 / 1e6 - 0.5).max(0.0));

@@ -216,6 +216,33 @@ fn a_scripted_screen_records_into_chunks_that_ffmpeg_decodes_at_the_right_times(
         }
     }
 
+    // The stream says how its colours are coded (BT.601, limited range), so a player need
+    // not guess: Chromium, guessing BT.709, showed a pure green screen as (0, 214, 3).
+    let probe = Command::new("ffprobe")
+        .args([
+            "-v",
+            "error",
+            "-select_streams",
+            "v",
+            "-show_entries",
+            "stream=color_space,color_range,color_primaries,color_transfer",
+            "-of",
+            "json",
+        ])
+        .arg(&file)
+        .output()
+        .unwrap();
+    let json: serde_json::Value = serde_json::from_slice(&probe.stdout).unwrap();
+    let stream = &json["streams"][0];
+    for (key, want) in [
+        ("color_space", "smpte170m"),
+        ("color_primaries", "smpte170m"),
+        ("color_transfer", "smpte170m"),
+        ("color_range", "tv"),
+    ] {
+        assert_eq!(stream[key].as_str(), Some(want), "{key} in {stream}");
+    }
+
     // What was on the screen is what is decoded, at the right time.
     assert!(is_colour(shown_at(&frames, 2.9, 100, 80), [64, 64, 64]));
     assert!(is_colour(shown_at(&frames, 3.0, 100, 80), [255, 0, 0]));

@@ -12,9 +12,10 @@
 //!   pixels are read where capture left them instead of being copied into an FFmpeg frame
 //!   first.
 //!
-//! The matrix is BT.601 with limited range (luma 16-235), what swscale uses by default and
-//! what an H.264 stream without colour information is decoded with; the 8-bit integer
-//! coefficients are the usual approximation of it, within one step of the exact values.
+//! The matrix is BT.601 with limited range (luma 16-235), what swscale uses by default; the
+//! stream says so in its colour description (`COLOUR` in `encode/mod.rs`), because players
+//! guess differently without one. The 8-bit integer coefficients are the usual approximation
+//! of the matrix, within one step of the exact values.
 
 use crate::capture::{Frame, Rect};
 

@@ -139,6 +139,16 @@ const SCREEN_TUNING: &[(&str, &str)] = &[
     ("me", "dia"),
 ];
 
+/// The colour description the stream carries (its SPS's VUI): BT.601 in limited range, what
+/// [`convert`] produces. Without it each player guesses: FFmpeg takes BT.601, Chromium BT.709,
+/// which shows a pure green screen as (0, 214, 3).
+const COLOUR: &[(&str, &str)] = &[
+    ("colorprim", "smpte170m"),
+    ("transfer", "smpte170m"),
+    ("colormatrix", "smpte170m"),
+    ("fullrange", "off"),
+];
+
 impl std::fmt::Debug for Encoder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Encoder")
@@ -162,6 +172,7 @@ impl Encoder {
         params.extend(
             SCREEN_TUNING
                 .iter()
+                .chain(COLOUR)
                 .map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
         );
         let enc = x264::X264::open(
