@@ -336,21 +336,15 @@ impl SessionRecorder {
             enc.force_keyframe();
         }
         let out = match (frame, changed) {
-            // The source says what changed: convert only that, and skip the full compare.
-            (Some(frame), Some(rects)) if self.last.is_some() => {
+            // When the source says what changed, only that is converted and the full compare
+            // is skipped (`changed` is tested first); otherwise a frame equal to the last one
+            // is idle.
+            (Some(frame), changed) if changed.is_some() || self.last.as_ref() != Some(&frame) => {
                 self.stats.changed += 1;
-                let out = enc.encode_changed(&frame, &rects, t)?;
-                keep(
-                    &mut self.last,
-                    &mut self.last_from_capture,
-                    self.spent.as_ref(),
-                    (frame, from_capture),
-                );
-                out
-            }
-            (Some(frame), _) if self.last.as_ref() != Some(&frame) => {
-                self.stats.changed += 1;
-                let out = enc.encode(&frame, t)?;
+                let out = match changed {
+                    Some(rects) if self.last.is_some() => enc.encode_changed(&frame, &rects, t)?,
+                    _ => enc.encode(&frame, t)?,
+                };
                 keep(
                     &mut self.last,
                     &mut self.last_from_capture,

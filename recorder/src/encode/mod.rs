@@ -509,8 +509,9 @@ mod tests {
             .collect()
     }
 
-    /// Converting only the changed tiles gives exactly the picture a whole-frame conversion
-    /// gives, including rectangles at odd positions, at the screen's edges, and overlapping.
+    /// Converting only the changed rectangles gives exactly the picture a whole-frame
+    /// conversion gives, including rectangles at odd positions, at the screen's edges, and
+    /// overlapping.
     #[test]
     fn tile_conversion_equals_whole_frame_conversion() {
         let (w, h) = (640, 360);
