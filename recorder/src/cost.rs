@@ -105,13 +105,47 @@ pub fn measure<T>(stage: Stage, f: impl FnOnce() -> T) -> T {
     out
 }
 
+/// Who coded a picture of the stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Coder {
+    /// libx264.
+    X264,
+    /// Written by hand (`encode/h264.rs`): skip pictures and small changes.
+    ByHand,
+}
+
+/// Pictures and their bytes, per [`Coder`]: `[x264, by hand] x [pictures, bytes]`.
+static PICTURES: [[AtomicU64; 2]; 2] = [const { [const { AtomicU64::new(0) }; 2] }; 2];
+
+/// Counts one picture of `bytes` coded by `coder`.
+pub fn picture(coder: Coder, bytes: usize) {
+    let c = &PICTURES[coder as usize];
+    c[0].fetch_add(1, Ordering::Relaxed);
+    c[1].fetch_add(bytes as u64, Ordering::Relaxed);
+}
+
 /// The counters at one moment.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Snapshot([u64; 10]);
+pub struct Snapshot([u64; 10], [[u64; 2]; 2]);
 
 impl Snapshot {
     pub fn now() -> Self {
-        Self(std::array::from_fn(|i| SPENT_NS[i].load(Ordering::Relaxed)))
+        Self(
+            std::array::from_fn(|i| SPENT_NS[i].load(Ordering::Relaxed)),
+            std::array::from_fn(|c| {
+                std::array::from_fn(|k| PICTURES[c][k].load(Ordering::Relaxed))
+            }),
+        )
+    }
+
+    /// Pictures coded since `self` and their bytes, per [`Coder`].
+    pub fn pictures_since(&self, coder: Coder) -> (u64, u64) {
+        let now = Self::now();
+        let c = coder as usize;
+        (
+            now.1[c][0].saturating_sub(self.1[c][0]),
+            now.1[c][1].saturating_sub(self.1[c][1]),
+        )
     }
 
     /// What was spent per stage since `self`, as `(name, milliseconds)`.
@@ -138,6 +172,8 @@ impl Snapshot {
             .iter()
             .map(|(name, ms)| format!(" {name}_ms={ms:.1}"))
             .collect();
+        let (x264, x264_bytes) = self.pictures_since(Coder::X264);
+        let (by_hand, by_hand_bytes) = self.pictures_since(Coder::ByHand);
         tracing::info!(
             target: "jitrec_recorder::cost",
             %session,
@@ -145,6 +181,10 @@ impl Snapshot {
             changed = ticks.changed,
             repeated = ticks.repeated,
             skipped = ticks.skipped,
+            x264_pictures = x264,
+            x264_bytes,
+            by_hand_pictures = by_hand,
+            by_hand_bytes,
             "where the recording's time went:{spent}"
         );
     }
@@ -168,6 +208,11 @@ mod tests {
             x
         });
         std::hint::black_box(v);
+        picture(Coder::ByHand, 300);
+        picture(Coder::ByHand, 20);
+        // Other tests may code pictures at the same time: at least these two are counted.
+        let (n, bytes) = before.pictures_since(Coder::ByHand);
+        assert!(n >= 2 && bytes >= 320, "{n} pictures, {bytes} bytes");
         let spent = before.since();
         let convert = spent.iter().find(|(n, _)| *n == "convert").unwrap().1;
         // Other tests may convert at the same time: at least this one's 20 ms is there.

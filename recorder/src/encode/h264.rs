@@ -1,28 +1,33 @@
-//! Just enough of the H.264 bitstream (ITU-T H.264 section 7) to write an unchanged picture by
-//! hand: an all-skip P picture costs microseconds, where asking the encoder to code the same
-//! picture again costs a whole-frame analysis (about 9 ms at 1080p with libx264), most of what an
-//! idle screen cost the recorder.
+//! Just enough of the H.264 bitstream (ITU-T H.264 section 7) to write the pictures that need no
+//! analysis by hand: an unchanged picture, and a small change (a clock's second, a typed
+//! character). Either costs microseconds, where asking the encoder costs a pass over every
+//! macroblock of the frame (about 2 ms at 1080p with libx264 even when it is told nothing
+//! changed; 9 ms when it is not told).
 //!
-//! A skip picture is a reference picture coded through a parameter set of our own ([`Extra`],
-//! CAVLC, no weighted prediction, added to the stream's `avcC` beside the encoder's): every
-//! macroblock is `P_Skip`, and since no neighbour has motion, each takes motion vector zero and
-//! the decoded picture is exactly the previous one. Being a reference picture, it takes a
-//! `frame_num`, so the encoder's later pictures, which know nothing of it, are renumbered
-//! ([`Numbering::renumber`]): `frame_num` is a fixed-width field at a fixed place in the slice
-//! header, so it is rewritten in place. It is a reference picture because
-//! `pic_order_cnt_type` 2 (libx264's without B-frames, where the picture order follows
-//! `frame_num`) forbids two non-reference pictures in a row, which a long idle stretch would
-//! need.
+//! A hand-made picture is a P picture coded through a parameter set of our own ([`Extra`],
+//! CAVLC, no weighted prediction, added to the stream's `avcC` beside the encoder's) that
+//! predicts from the picture before it: its unchanged macroblocks are `P_Skip` (no macroblock
+//! in it has motion, so each takes motion vector zero: the picture before, exactly), its
+//! changed ones `I_PCM`, their samples as they are (lossless, 384 bytes a macroblock). It is a
+//! reference picture, so the next hand-made picture builds on it and a run of them (a clock
+//! ticking for minutes) needs nothing from the encoder.
 //!
-//! A small change (a clock's second, a typed character) is written by hand too, as a
-//! non-reference picture whose changed macroblocks are `I_PCM`, their samples as they are
-//! ([`Numbering::pcm_picture`]): lossless, and nothing the encoder predicts from changes.
+//! The encoder knows nothing of them, so the stream keeps two reference frames (the encoder is
+//! opened with a decoded-picture buffer of two and uses one): the encoder's own last picture,
+//! which its next picture predicts from, and the last hand-made one, which the next hand-made
+//! one predicts from. Each hand-made picture after the first of a run removes the one before
+//! it (memory management operation 1), so the encoder's picture is never pushed out; the
+//! encoder's next picture gets a reference list modification that points at the encoder's own
+//! last picture, where the default list would start at the newest hand-made one, and its
+//! `frame_num` moved on past the hand-made ones ([`Numbering::renumber`]). The encoder is
+//! told which macroblocks the hand-made pictures changed, so it codes them again.
 //!
-//! The stream must have `pic_order_cnt_type` 2, one reference frame (with more, the encoder's
-//! second reference would be our copy of its first), frame macroblocks only, no scaling
-//! matrices and one slice group; [`Extra::for_stream`] says `None` otherwise, and the encoder
-//! then codes repeats itself. Tested by decoding with FFmpeg's decoder, bit for bit against the
-//! same stream without skip pictures.
+//! The stream must have `pic_order_cnt_type` 2 (the picture order follows `frame_num`, as
+//! libx264's without B-frames does), two reference frames, frame macroblocks only, no scaling
+//! matrices, one slice group, no weighted prediction and no redundant pictures;
+//! [`Extra::for_stream`] says `None` otherwise, and the encoder then codes every picture
+//! itself. Tested by decoding with FFmpeg's decoder set to fail on any error, bit for bit
+//! against the same stream without hand-made pictures.
 
 /// Reads bits, most significant first, from an RBSP (emulation prevention removed).
 struct BitReader<'a> {
@@ -155,7 +160,7 @@ fn escape(rbsp: &[u8]) -> Vec<u8> {
     out
 }
 
-/// What the skip picture and the renumbering need of the encoder's sequence parameter set.
+/// What the hand-made pictures and the renumbering need of the encoder's sequence parameter set.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Sps {
     id: u32,
@@ -167,6 +172,9 @@ struct Sps {
 
 /// Profiles whose SPS carries chroma format, bit depths and scaling matrices (7.3.2.1.1).
 const HIGH_PROFILES: [u32; 12] = [100, 110, 122, 244, 44, 83, 86, 118, 128, 138, 139, 134];
+
+/// Reference frames the stream must have: the encoder's last picture and the last hand-made one.
+const REFERENCE_FRAMES: u32 = 2;
 
 fn parse_sps(nal: &[u8]) -> Option<Sps> {
     let rbsp = unescape(nal.get(1..)?);
@@ -195,7 +203,7 @@ fn parse_sps(nal: &[u8]) -> Option<Sps> {
     let width = r.ue()? + 1;
     let height = r.ue()? + 1;
     let frame_mbs_only = r.bit()? == 1;
-    if refs != 1 || !frame_mbs_only || log2_max_frame_num > 16 {
+    if refs != REFERENCE_FRAMES || !frame_mbs_only || log2_max_frame_num > 16 {
         return None;
     }
     Some(Sps {
@@ -206,11 +214,15 @@ fn parse_sps(nal: &[u8]) -> Option<Sps> {
     })
 }
 
-/// What the renumbering needs of the encoder's picture parameter set.
+/// What rewriting a slice header needs of one of the encoder's picture parameter sets.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Pps {
     id: u32,
     sps_id: u32,
+    /// CABAC: the slice header ends in a `cabac_init_idc` and the slice data starts on a byte.
+    cabac: bool,
+    /// Slice headers say how the loop filter runs.
+    deblocking_control: bool,
 }
 
 fn parse_pps(nal: &[u8]) -> Option<Pps> {
@@ -218,12 +230,33 @@ fn parse_pps(nal: &[u8]) -> Option<Pps> {
     let mut r = BitReader::new(&rbsp);
     let id = r.ue()?;
     let sps_id = r.ue()?;
-    r.bit()?; // entropy coding mode
+    let cabac = r.bit()? == 1;
     r.bit()?; // bottom field pic order in frame present
     if r.ue()? != 0 {
         return None; // slice groups
     }
-    Some(Pps { id, sps_id })
+    r.ue()?; // default reference list lengths
+    r.ue()?;
+    if r.bit()? == 1 {
+        return None; // weighted prediction: a prediction weight table in P slice headers
+    }
+    r.u(2)?; // weighted bi-prediction
+    // pic_init_qp, pic_init_qs, chroma_qp_index_offset: signed Exp-Golomb codes, which are as
+    // long as the unsigned code of the same bits.
+    r.ue()?;
+    r.ue()?;
+    r.ue()?;
+    let deblocking_control = r.bit()? == 1;
+    r.bit()?; // constrained intra prediction
+    if r.bit()? == 1 {
+        return None; // redundant pictures
+    }
+    Some(Pps {
+        id,
+        sps_id,
+        cabac,
+        deblocking_control,
+    })
 }
 
 const NAL_SLICE: u8 = 1;
@@ -231,10 +264,13 @@ const NAL_IDR: u8 = 5;
 const NAL_SPS: u8 = 7;
 const NAL_PPS: u8 = 8;
 
-/// The parameter set of our own that skip pictures are coded with, for one stream.
+/// The parameter set of our own that hand-made pictures are coded with, for one stream, and
+/// what rewriting the encoder's slice headers needs to know of the stream.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Extra {
     sps: Sps,
+    /// The encoder's picture parameter sets.
+    ppss: Vec<Pps>,
     pps_id: u32,
     /// The PPS NAL unit (header byte included), to go into the stream's `avcC`.
     pub pps_nal: Vec<u8>,
@@ -242,19 +278,23 @@ pub struct Extra {
 
 impl Extra {
     /// Our parameter set for the stream whose keyframe access unit (Annex B) is `au`, or `None`
-    /// when the stream's structure does not allow skip pictures (see the module's doc).
+    /// when the stream's structure does not allow hand-made pictures (see the module's doc).
     pub fn for_stream(au: &[u8]) -> Option<Self> {
         let nals = crate::fmp4::annexb_nals(au);
         let sps = nals
             .iter()
             .find(|n| n[0] & 0x1f == NAL_SPS)
             .and_then(|n| parse_sps(n))?;
-        let ppss: Vec<Pps> = nals
+        let pps_nals: Vec<&[u8]> = nals
             .iter()
             .filter(|n| n[0] & 0x1f == NAL_PPS)
-            .filter_map(|n| parse_pps(n))
+            .copied()
             .collect();
-        if ppss.is_empty() || ppss.iter().any(|p| p.sps_id != sps.id) {
+        let ppss: Vec<Pps> = pps_nals.iter().filter_map(|n| parse_pps(n)).collect();
+        if ppss.is_empty()
+            || ppss.len() != pps_nals.len()
+            || ppss.iter().any(|p| p.sps_id != sps.id)
+        {
             return None;
         }
         let pps_id = ppss.iter().map(|p| p.id).max()? + 1;
@@ -274,55 +314,81 @@ impl Extra {
         w.se(0); // pic_init_qp 26
         w.se(0);
         w.se(0); // chroma qp offset
-        w.bit(1); // deblocking control present (skip pictures turn it off)
+        w.bit(1); // deblocking control present (hand-made pictures turn it off)
         w.bit(0); // no constrained intra prediction
         w.bit(0); // no redundant picture count
         let mut pps_nal = vec![0x68];
         pps_nal.extend(escape(&w.trailing()));
         Some(Self {
             sps,
+            ppss,
             pps_id,
             pps_nal,
         })
     }
+
+    fn max_frame_num(&self) -> u32 {
+        1 << self.sps.log2_max_frame_num
+    }
 }
 
 /// The reference numbering of one encoded stream, from its last IDR picture on, and how far the
-/// skip pictures put in have moved the encoder's own.
+/// hand-made pictures put in have moved the encoder's own.
 #[derive(Debug, Clone, Default)]
 pub struct Numbering {
     /// `frame_num` of the last reference picture in the stream (after renumbering).
     frame_num: u32,
-    /// Skip pictures put in since the last IDR picture.
+    /// `frame_num` of the encoder's last reference picture (after renumbering): what its next
+    /// picture predicts from.
+    encoder_frame_num: u32,
+    /// Hand-made pictures put in since the last IDR picture.
     inserted: u32,
+    /// Hand-made pictures put in since the encoder's last picture.
+    run: u32,
+}
+
+/// The YUV 4:2:0 picture a hand-made picture takes the samples of its changed macroblocks from.
+pub struct Planes<'a> {
+    pub data: [&'a [u8]; 3],
+    pub strides: [usize; 3],
+    /// Rows of luma (the last macroblock row may reach past them: its rows there repeat the
+    /// last one, which the decoder crops away).
+    pub height: usize,
 }
 
 impl Numbering {
-    /// Renumbers an access unit (Annex B) of the encoder for the skip pictures put in before
-    /// it, and notes its numbering. Returns the rewritten access unit; `None` if a slice header
-    /// could not be read (the caller must then stop putting in skip pictures: the stream
-    /// would not decode).
+    /// Renumbers an access unit (Annex B) of the encoder for the hand-made pictures put in
+    /// before it, and notes its numbering. Returns the rewritten access unit; `None` if a slice
+    /// header could not be read or rewritten (the caller must then stop putting in hand-made
+    /// pictures and start afresh at a keyframe: the stream would not decode).
     /// On a keyframe, our parameter set goes in after the encoder's.
     pub fn renumber(&mut self, extra: &Extra, au: &[u8], keyframe: bool) -> Option<Vec<u8>> {
         let mut out = Vec::with_capacity(au.len() + 16);
         let nals = crate::fmp4::annexb_nals(au);
         let last_pps = nals.iter().rposition(|n| n[0] & 0x1f == NAL_PPS);
+        let max = extra.max_frame_num();
+        let mut reference = None;
         for (i, nal) in nals.into_iter().enumerate() {
             let kind = nal[0] & 0x1f;
             let nal = match kind {
                 NAL_IDR => {
                     self.inserted = 0;
-                    self.frame_num = read_frame_num(&extra.sps, nal)?;
+                    self.run = 0;
+                    reference = Some(read_frame_num(extra, nal)?);
                     nal.to_vec()
                 }
                 NAL_SLICE => {
-                    let rewritten = if self.inserted == 0 {
-                        nal.to_vec()
+                    // With hand-made pictures since the encoder's last one, the default list
+                    // would start at the newest of them: point it back at the encoder's.
+                    let now = (read_frame_num(extra, nal)? + self.inserted) % max;
+                    let back = if self.run > 0 {
+                        Some(((now + max - self.encoder_frame_num) % max).checked_sub(1)?)
                     } else {
-                        shift_frame_num(&extra.sps, nal, self.inserted)?
+                        None
                     };
+                    let rewritten = rewrite_slice(extra, nal, self.inserted, back)?;
                     if nal[0] & 0x60 != 0 {
-                        self.frame_num = read_frame_num(&extra.sps, &rewritten)?;
+                        reference = Some(read_frame_num(extra, &rewritten)?);
                     }
                     rewritten
                 }
@@ -335,65 +401,32 @@ impl Numbering {
                 out.extend_from_slice(&extra.pps_nal);
             }
         }
+        if let Some(frame_num) = reference {
+            self.frame_num = frame_num;
+            self.encoder_frame_num = frame_num;
+            self.run = 0;
+        }
         Some(out)
+    }
+
+    /// Whether a hand-made picture may go in now: the encoder's next picture must still be able
+    /// to name its reference by a `frame_num` distance, which is less than the field's range.
+    pub fn can_insert(&self, extra: &Extra) -> bool {
+        self.run + 3 <= extra.max_frame_num()
     }
 
     /// An access unit (Annex B) holding one all-skip P picture: the last picture again.
     pub fn skip_picture(&mut self, extra: &Extra) -> Vec<u8> {
-        let sps = &extra.sps;
-        self.frame_num = (self.frame_num + 1) % (1 << sps.log2_max_frame_num);
-        let mut w = BitWriter::default();
-        w.ue(0); // first macroblock
-        w.ue(5); // P, all slices of the picture P
-        w.ue(extra.pps_id);
-        w.u(sps.log2_max_frame_num, self.frame_num);
-        w.bit(0); // no num_ref_idx override
-        w.bit(0); // no reference list modification
-        w.bit(0); // sliding-window reference marking
-        w.se(0); // slice qp delta
-        w.ue(1); // no deblocking
-        w.ue(sps.macroblocks); // every macroblock skipped
-        self.inserted += 1;
-        let mut au = vec![0, 0, 0, 1, 0x41];
-        au.extend(escape(&w.trailing()));
-        au
+        let w = self.hand_made_header(extra);
+        self.hand_made_end(extra, w, 0)
     }
-}
 
-/// The YUV 4:2:0 picture a [`Numbering::pcm_picture`] takes its samples from.
-pub struct Planes<'a> {
-    pub data: [&'a [u8]; 3],
-    pub strides: [usize; 3],
-    /// Rows of luma (the last macroblock row may reach past them: its rows there repeat the
-    /// last one, which the decoder crops away).
-    pub height: usize,
-}
-
-impl Numbering {
-    /// An access unit (Annex B) holding one non-reference P picture: the last reference picture
-    /// with the macroblocks `mbs` (indices, row by row, ascending) replaced by their samples in
-    /// `planes`, sent as they are (`I_PCM`: lossless, 384 bytes a macroblock, no analysis).
-    ///
-    /// Being a non-reference picture, it changes nothing the encoder's later pictures predict
-    /// from; each one must carry every macroblock that differs from the last reference picture.
-    /// Two non-reference pictures may not follow each other (`pic_order_cnt_type` 2): the
-    /// caller never puts two in a row.
-    pub fn pcm_picture(&self, extra: &Extra, planes: &Planes<'_>, mbs: &[usize]) -> Vec<u8> {
+    /// An access unit (Annex B) holding one P picture: the picture before with the macroblocks
+    /// `mbs` (indices, row by row, ascending) replaced by their samples in `planes`, sent as
+    /// they are (`I_PCM`: lossless, 384 bytes a macroblock, no analysis).
+    pub fn pcm_picture(&mut self, extra: &Extra, planes: &Planes<'_>, mbs: &[usize]) -> Vec<u8> {
         let sps = &extra.sps;
-        let mut w = BitWriter::default();
-        w.ue(0); // first macroblock
-        w.ue(5); // P, all slices of the picture P
-        w.ue(extra.pps_id);
-        // A non-reference picture after a reference picture takes the next frame_num.
-        w.u(
-            sps.log2_max_frame_num,
-            (self.frame_num + 1) % (1 << sps.log2_max_frame_num),
-        );
-        w.bit(0); // no num_ref_idx override
-        w.bit(0); // no reference list modification
-        // (no reference marking: nal_ref_idc is 0)
-        w.se(0); // slice qp delta
-        w.ue(1); // no deblocking
+        let mut w = self.hand_made_header(extra);
         let mut next = 0usize;
         for &mb in mbs {
             if mb < next || mb >= sps.macroblocks as usize {
@@ -424,44 +457,164 @@ impl Numbering {
             }
             next = mb + 1;
         }
-        if next < sps.macroblocks as usize {
-            w.ue(sps.macroblocks - next as u32); // skipped after the last
+        self.hand_made_end(extra, w, next)
+    }
+
+    /// The slice header of a hand-made reference picture, which predicts from the newest
+    /// reference picture (the default list's first: the one before it in the stream).
+    fn hand_made_header(&mut self, extra: &Extra) -> BitWriter {
+        let sps = &extra.sps;
+        self.frame_num = (self.frame_num + 1) % extra.max_frame_num();
+        let mut w = BitWriter::default();
+        w.ue(0); // first macroblock
+        w.ue(5); // P, all slices of the picture P
+        w.ue(extra.pps_id);
+        w.u(sps.log2_max_frame_num, self.frame_num);
+        w.bit(0); // no num_ref_idx override
+        w.bit(0); // no reference list modification
+        if self.run == 0 {
+            // The first since the encoder's picture: the sliding window pushes out the older
+            // of the two reference frames, which is not the encoder's last.
+            w.bit(0);
+        } else {
+            // The hand-made picture before this one is not needed again: out of the buffer
+            // with it (operation 1, one picture number back), so the encoder's stays.
+            w.bit(1);
+            w.ue(1);
+            w.ue(0);
+            w.ue(0); // end of operations
         }
-        let mut au = vec![0, 0, 0, 1, 0x01];
+        w.se(0); // slice qp delta
+        w.ue(1); // no deblocking
+        w
+    }
+
+    /// Closes a hand-made picture whose macroblocks from `next` on are skipped.
+    fn hand_made_end(&mut self, extra: &Extra, mut w: BitWriter, next: usize) -> Vec<u8> {
+        let macroblocks = extra.sps.macroblocks as usize;
+        if next < macroblocks {
+            w.ue((macroblocks - next) as u32); // skipped after the last
+        }
+        self.inserted += 1;
+        self.run += 1;
+        let mut au = vec![0, 0, 0, 1, 0x41];
         au.extend(escape(&w.trailing()));
         au
     }
 }
 
-/// Where a slice header's `frame_num` is (its bit offset in the RBSP) and what it says.
-fn locate(sps: &Sps, rbsp: &[u8]) -> Option<(usize, u32)> {
+/// Where a slice header's `frame_num` is (its bit offset in the RBSP), what it says, the slice
+/// type and the picture parameter set.
+fn locate<'e>(extra: &'e Extra, rbsp: &[u8]) -> Option<(usize, u32, u32, &'e Pps)> {
     let mut r = BitReader::new(rbsp);
     r.ue()?; // first macroblock
-    r.ue()?; // slice type
-    r.ue()?; // pps id
+    let slice_type = r.ue()?;
+    let pps_id = r.ue()?;
+    let pps = extra.ppss.iter().find(|p| p.id == pps_id)?;
     let at = r.pos;
-    Some((at, r.u(sps.log2_max_frame_num)?))
+    Some((at, r.u(extra.sps.log2_max_frame_num)?, slice_type, pps))
 }
 
-fn read_frame_num(sps: &Sps, nal: &[u8]) -> Option<u32> {
+fn read_frame_num(extra: &Extra, nal: &[u8]) -> Option<u32> {
     let rbsp = unescape(nal.get(1..)?);
-    Some(locate(sps, &rbsp)?.1)
+    Some(locate(extra, &rbsp)?.1)
 }
 
-/// `nal` (a non-IDR slice) with `frame_num` moved on by `by`, modulo its range.
-fn shift_frame_num(sps: &Sps, nal: &[u8], by: u32) -> Option<Vec<u8>> {
+/// `nal` (a non-IDR slice of the encoder's) with `frame_num` moved on by `by`, modulo its
+/// range, and, with `back`, its reference list made to start at the picture
+/// `back + 1` picture numbers before it (`ref_pic_list_modification`, subtracting from the
+/// current picture number). `frame_num` is a fixed-width field, rewritten in place when that is
+/// all; the list modification makes the header longer, so the header is written again and the
+/// slice data follows it.
+fn rewrite_slice(extra: &Extra, nal: &[u8], by: u32, back: Option<u32>) -> Option<Vec<u8>> {
     let mut rbsp = unescape(nal.get(1..)?);
-    let (at, frame_num) = locate(sps, &rbsp)?;
-    let max = 1u32 << sps.log2_max_frame_num;
-    put_bits(
-        &mut rbsp,
-        at,
-        sps.log2_max_frame_num,
-        (frame_num + by % max) % max,
-    );
+    let (at, frame_num, slice_type, pps) = locate(extra, &rbsp)?;
+    let n = extra.sps.log2_max_frame_num;
+    let max = extra.max_frame_num();
+    let frame_num = (frame_num + by % max) % max;
+    // I slices have no reference list.
+    let Some(back) = back.filter(|_| slice_type % 5 == 0) else {
+        put_bits(&mut rbsp, at, n, frame_num);
+        let mut out = vec![nal[0]];
+        out.extend(escape(&rbsp));
+        return Some(out);
+    };
+    let mut r = BitReader::new(&rbsp);
+    r.pos = at + n as usize;
+    if r.bit()? == 1 {
+        r.ue()?; // num_ref_idx_l0_active_minus1
+    }
+    let modification_at = r.pos;
+    if r.bit()? == 1 {
+        return None; // the encoder modifies its list itself: ours cannot go in beside it
+    }
+    let rest = r.pos;
+    if nal[0] & 0x60 != 0 && r.bit()? == 1 {
+        // The encoder's own memory management operations, copied as they are.
+        for _ in 0..=66 {
+            match r.ue()? {
+                0 => break,
+                1 | 2 | 6 => {
+                    r.ue()?;
+                }
+                3 => {
+                    r.ue()?;
+                    r.ue()?;
+                }
+                4 => {
+                    r.ue()?;
+                }
+                5 => {}
+                _ => return None,
+            }
+        }
+    }
+    if pps.cabac {
+        r.ue()?; // cabac_init_idc
+    }
+    r.ue()?; // slice_qp_delta (a signed code, as long as the unsigned one)
+    if pps.deblocking_control && r.ue()? != 1 {
+        r.ue()?; // alpha and beta offsets
+        r.ue()?;
+    }
+    let header_end = r.pos;
+    let mut w = BitWriter::default();
+    copy_bits(&mut w, &rbsp, 0, at)?;
+    w.u(n, frame_num);
+    copy_bits(&mut w, &rbsp, at + n as usize, modification_at)?;
+    w.bit(1);
+    w.ue(0); // subtract from the picture number
+    w.ue(back);
+    w.ue(3); // end of the modification
+    copy_bits(&mut w, &rbsp, rest, header_end)?;
+    let rbsp = if pps.cabac {
+        // The slice data starts on a byte, after `cabac_alignment_one_bit`s.
+        while !w.bits.is_multiple_of(8) {
+            w.bit(1);
+        }
+        let mut out = w.out;
+        out.extend_from_slice(rbsp.get(header_end.div_ceil(8)..)?);
+        out
+    } else {
+        // CAVLC: the slice data follows bit for bit, up to its stop bit.
+        let last = rbsp.iter().rposition(|&b| b != 0)?;
+        let stop = last * 8 + 7 - rbsp[last].trailing_zeros() as usize;
+        copy_bits(&mut w, &rbsp, header_end, stop)?;
+        w.trailing()
+    };
     let mut out = vec![nal[0]];
     out.extend(escape(&rbsp));
     Some(out)
+}
+
+/// Appends bits `from..to` of `data` to `w`.
+fn copy_bits(w: &mut BitWriter, data: &[u8], from: usize, to: usize) -> Option<()> {
+    let mut r = BitReader::new(data);
+    r.pos = from;
+    for _ in from..to {
+        w.bit(r.bit()?);
+    }
+    Some(())
 }
 
 fn put_bits(data: &mut [u8], at: usize, n: u32, v: u32) {
@@ -469,6 +622,29 @@ fn put_bits(data: &mut [u8], at: usize, n: u32, v: u32) {
         let bit = (v >> (n as usize - 1 - i)) & 1;
         let (byte, shift) = ((at + i) / 8, 7 - (at + i) % 8);
         data[byte] = (data[byte] & !(1 << shift)) | ((bit as u8) << shift);
+    }
+}
+
+#[cfg(test)]
+impl Extra {
+    /// The most hand-made pictures that may follow one of the encoder's ([`Numbering::can_insert`]).
+    pub(crate) fn longest_run(&self) -> u32 {
+        self.max_frame_num() - 2
+    }
+
+    /// Whether `au` (Annex B) is a hand-made picture: its slices are coded with our parameter
+    /// set.
+    pub(crate) fn made_by_hand(&self, au: &[u8]) -> bool {
+        crate::fmp4::annexb_nals(au)
+            .iter()
+            .filter(|n| matches!(n[0] & 0x1f, NAL_SLICE | NAL_IDR))
+            .any(|n| {
+                let rbsp = unescape(&n[1..]);
+                let mut r = BitReader::new(&rbsp);
+                r.ue();
+                r.ue();
+                r.ue() == Some(self.pps_id)
+            })
     }
 }
 
@@ -509,6 +685,40 @@ mod tests {
             "{escaped:?}"
         );
         assert_eq!(unescape(&escaped), rbsp);
+    }
+
+    /// A run of hand-made pictures ends while the encoder's last picture can still be named by
+    /// its `frame_num` distance: a 4-bit `frame_num` allows 14, so that the encoder's next
+    /// picture is 15 numbers after the encoder's last one, one short of the range of 16.
+    #[test]
+    fn a_run_of_hand_made_pictures_stays_within_the_frame_number_range() {
+        let extra = Extra {
+            sps: Sps {
+                id: 0,
+                log2_max_frame_num: 4,
+                macroblocks: 20,
+                width_mbs: 5,
+            },
+            ppss: vec![Pps {
+                id: 0,
+                sps_id: 0,
+                cabac: true,
+                deblocking_control: true,
+            }],
+            pps_id: 1,
+            pps_nal: Vec::new(),
+        };
+        let mut numbering = Numbering::default();
+        let mut run = 0;
+        while numbering.can_insert(&extra) {
+            let au = numbering.skip_picture(&extra);
+            assert!(extra.made_by_hand(&au));
+            run += 1;
+            assert!(run < 100);
+        }
+        assert_eq!(run, 14);
+        assert_eq!(run, extra.longest_run());
+        assert_eq!(numbering.frame_num, 14);
     }
 
     #[test]

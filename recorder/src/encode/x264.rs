@@ -109,6 +109,10 @@ impl X264 {
         // Keyframes are forced by media time; x264 adds none of its own.
         p.i_keyint_max = ffi::X264_KEYINT_MAX_INFINITE as c_int;
         p.i_bframe = 0;
+        // Two reference frames in the stream, of which libx264 predicts from one (the
+        // preset's `i_frame_reference`): the other holds the recorder's hand-made pictures
+        // (`h264.rs`), which libx264 knows nothing of.
+        p.i_dpb_size = 2;
         p.b_annexb = 1;
         p.b_repeat_headers = 1;
         // One thread in all: with threads of its own (a lookahead thread, sliced threads),
