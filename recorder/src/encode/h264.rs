@@ -235,8 +235,10 @@ fn parse_pps(nal: &[u8]) -> Option<Pps> {
     if r.ue()? != 0 {
         return None; // slice groups
     }
-    r.ue()?; // default reference list lengths
-    r.ue()?;
+    if r.ue()? != 0 {
+        return None; // more than one reference by default: the encoder's list is not one long
+    }
+    r.ue()?; // list 1 (B slices)
     if r.bit()? == 1 {
         return None; // weighted prediction: a prediction weight table in P slice headers
     }
@@ -525,50 +527,45 @@ fn read_frame_num(extra: &Extra, nal: &[u8]) -> Option<u32> {
 /// `back + 1` picture numbers before it (`ref_pic_list_modification`, subtracting from the
 /// current picture number). `frame_num` is a fixed-width field, rewritten in place when that is
 /// all; the list modification makes the header longer, so the header is written again and the
-/// slice data follows it.
+/// slice data follows it. `None` for a P slice that predicts from more than one picture or
+/// modifies its list or marks pictures itself: those speak of the encoder's numbering, which
+/// the hand-made pictures have moved.
 fn rewrite_slice(extra: &Extra, nal: &[u8], by: u32, back: Option<u32>) -> Option<Vec<u8>> {
-    let mut rbsp = unescape(nal.get(1..)?);
+    let rbsp = unescape(nal.get(1..)?);
     let (at, frame_num, slice_type, pps) = locate(extra, &rbsp)?;
     let n = extra.sps.log2_max_frame_num;
     let max = extra.max_frame_num();
     let frame_num = (frame_num + by % max) % max;
-    // I slices have no reference list.
-    let Some(back) = back.filter(|_| slice_type % 5 == 0) else {
+    let in_place = |mut rbsp: Vec<u8>| {
         put_bits(&mut rbsp, at, n, frame_num);
         let mut out = vec![nal[0]];
         out.extend(escape(&rbsp));
-        return Some(out);
+        out
     };
+    // I slices have no reference list.
+    if slice_type % 5 != 0 {
+        return Some(in_place(rbsp));
+    }
     let mut r = BitReader::new(&rbsp);
     r.pos = at + n as usize;
-    if r.bit()? == 1 {
-        r.ue()?; // num_ref_idx_l0_active_minus1
+    if r.bit()? == 1 && r.ue()? != 0 {
+        // The encoder predicts from more than one picture: its second would not be in the
+        // stream's buffer, where the hand-made picture is.
+        return None;
     }
     let modification_at = r.pos;
     if r.bit()? == 1 {
-        return None; // the encoder modifies its list itself: ours cannot go in beside it
+        // The encoder modifies its list itself, in a numbering that knows nothing of ours.
+        return None;
     }
     let rest = r.pos;
     if nal[0] & 0x60 != 0 && r.bit()? == 1 {
-        // The encoder's own memory management operations, copied as they are.
-        for _ in 0..=66 {
-            match r.ue()? {
-                0 => break,
-                1 | 2 | 6 => {
-                    r.ue()?;
-                }
-                3 => {
-                    r.ue()?;
-                    r.ue()?;
-                }
-                4 => {
-                    r.ue()?;
-                }
-                5 => {}
-                _ => return None,
-            }
-        }
+        // The encoder's own memory management operations: in its numbering too.
+        return None;
     }
+    let Some(back) = back else {
+        return Some(in_place(rbsp));
+    };
     if pps.cabac {
         r.ue()?; // cabac_init_idc
     }

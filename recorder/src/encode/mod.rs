@@ -933,9 +933,24 @@ mod tests {
     /// the run changed, so the clock shows), and a run after one builds on it.
     #[test]
     fn a_run_of_small_changes_builds_on_itself_and_libx264_takes_over_right() {
+        run_of_small_changes("veryfast");
+    }
+
+    /// The same with a preset that asks libx264 for more than one reference (`fast`: two):
+    /// libx264 is held to one, else its second would be a picture the stream no longer holds.
+    #[test]
+    fn a_preset_with_more_references_still_decodes_right() {
+        run_of_small_changes("fast");
+    }
+
+    fn run_of_small_changes(preset: &str) {
         let (w, h) = (320, 240);
         let base = busy(w, h, 0);
-        let mut enc = Encoder::new(w, h, EncoderConfig::default()).unwrap();
+        let config = EncoderConfig {
+            preset: preset.into(),
+            ..EncoderConfig::default()
+        };
+        let mut enc = Encoder::new(w, h, config).unwrap();
         let mut pics: Vec<Picture> = Vec::new();
         let put = |pics: &mut Vec<Picture>, enc: &Encoder, out: Vec<EncodedFrame>, carried| {
             assert_eq!(out.len(), 1);

@@ -113,6 +113,9 @@ impl X264 {
         // preset's `i_frame_reference`): the other holds the recorder's hand-made pictures
         // (`h264.rs`), which libx264 knows nothing of.
         p.i_dpb_size = 2;
+        // And libx264 predicts from one whatever the preset says (`fast` and slower say more):
+        // its second would be a picture the stream's buffer no longer holds.
+        p.i_frame_reference = 1;
         p.b_annexb = 1;
         p.b_repeat_headers = 1;
         // One thread in all: with threads of its own (a lookahead thread, sliced threads),
