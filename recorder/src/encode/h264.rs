@@ -624,7 +624,8 @@ fn put_bits(data: &mut [u8], at: usize, n: u32, v: u32) {
 
 #[cfg(test)]
 impl Extra {
-    /// The most hand-made pictures that may follow one of the encoder's ([`Numbering::can_insert`]).
+    /// The most hand-made pictures that may follow one of the encoder's
+    /// ([`Numbering::can_insert`]).
     pub(crate) fn longest_run(&self) -> u32 {
         self.max_frame_num() - 2
     }

@@ -5,12 +5,13 @@
 //! through the recorder's own binding ([`x264`]), told which macroblocks did not change so it
 //! skips them unanalysed: `veryfast` with `tune=zerolatency` (no B-frames, no lookahead, one
 //! picture out per picture in), a constant quantiser, one thread, and the screen settings of
-//! `SCREEN_TUNING` (docs/recorder.md, "Encoder settings"). Unchanged pictures and small changes are not
-//! given to libx264: [`h264`] writes them by hand (microseconds, where libx264 spends a
-//! whole-frame loop), as P pictures that repeat the picture before except for the changed
-//! macroblocks, sent as lossless `I_PCM`; a run of them builds on itself, and libx264's later
-//! pictures are renumbered and pointed back at libx264's own last picture. No B-frames is a format rule: Chromium's MSE ignores edit lists, so B-frames
-//! would put video and events out of step. Keyframes are forced by media time (the stream is
+//! `SCREEN_TUNING` (docs/recorder.md, "Encoder settings"). Unchanged pictures and small
+//! changes are not given to libx264: [`h264`] writes them by hand (microseconds, where libx264
+//! spends a whole-frame loop), as P pictures that repeat the picture before except for the
+//! changed macroblocks, sent as lossless `I_PCM`; a run of them builds on itself, and libx264's
+//! later pictures are renumbered and pointed back at libx264's own last picture. No B-frames is
+//! a format rule: Chromium's MSE ignores edit lists, so B-frames would put video and events out
+//! of step. Keyframes are forced by media time (the stream is
 //! variable frame rate, so a frame-count GOP would mean nothing), which bounds seek cost and sets
 //! the main storage lever, the keyframe interval.
 //!
