@@ -875,7 +875,6 @@ fn breakdown(m: &Measured) {
     let encode = get("encode_thread");
     let captured = get("damage") + get("grab") + get("cursor");
     let encoded = get("convert") + get("encode") + get("mux") + get("spool") + get("events");
-    println!("  where jitrec's time went (CPU ms per recorded minute):");
     let (x264, by_hand) = (get("x264_pictures"), get("by_hand_pictures"));
     println!(
         "  pictures: {x264:.0} by libx264 ({:.0} bytes and {:.2} ms of the encode stage each), {by_hand:.0} by hand ({:.0} bytes each)",
@@ -883,6 +882,7 @@ fn breakdown(m: &Measured) {
         get("encode") / x264.max(1.0),
         get("by_hand_bytes") / by_hand.max(1.0),
     );
+    println!("  where jitrec's time went (CPU ms per recorded minute):");
     for (name, ms) in [
         ("capture: damage bookkeeping", get("damage")),
         ("capture: pixels (copy + hand-over)", get("grab")),
