@@ -889,7 +889,7 @@ fn breakdown(m: &Measured) {
         ("capture: cursor", get("cursor")),
         ("capture: rest of the thread", (capture - captured).max(0.0)),
         ("colour conversion", get("convert")),
-        ("encode (libx264, skip pictures)", get("encode")),
+        ("encode (libx264, hand-made pictures)", get("encode")),
         ("mux (fMP4)", get("mux")),
         ("spool (commits)", get("spool")),
         ("events (intake)", get("events")),
