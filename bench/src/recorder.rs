@@ -330,12 +330,9 @@ impl Jitrec {
         Ok(line
             .split_whitespace()
             .filter_map(|w| {
-                w.split_once("_ms=").or_else(|| {
-                    let (k, _) = w.split_once('=')?;
-                    (k.ends_with("_pictures") || k.ends_with("_bytes"))
-                        .then(|| w.split_at(k.len() + 1))
-                        .map(|(k, v)| (&k[..k.len() - 1], v))
-                })
+                let (k, v) = w.split_once('=')?;
+                let counted = k.ends_with("_pictures") || k.ends_with("_bytes");
+                Some((k.strip_suffix("_ms").or(counted.then_some(k))?, v))
             })
             .filter_map(|(k, v)| Some((k.to_owned(), v.parse().ok()?)))
             .collect())
@@ -830,11 +827,16 @@ fn idle(events: bool, seconds: u64) -> Result<(Measured, Measured)> {
     Ok((ours, reference))
 }
 
-/// Waits `seconds` and returns the CPU seconds per minute `pids` used after the first sixth
-/// of them (at most 10 s): the steady state of an idle recording, without what starting it
-/// cost (a session's set-up: its event sources' first scans, the change ledger's snapshot).
+/// How much of an idle run of `seconds` [`settled`] leaves out: the first sixth, at most 10 s.
+fn settle_secs(seconds: u64) -> u64 {
+    (seconds / 6).min(10)
+}
+
+/// Waits `seconds` and returns the CPU seconds per minute `pids` used after the first
+/// [`settle_secs`]: the steady state of an idle recording, without what starting it cost (a
+/// session's set-up: its event sources' first scans, the change ledger's snapshot).
 fn settled(pids: [u32; 2], seconds: u64) -> Result<f64> {
-    let settle = Duration::from_secs((seconds / 6).min(10));
+    let settle = Duration::from_secs(settle_secs(seconds));
     std::thread::sleep(settle);
     let (a, b, t) = (cpu_secs(pids[0])?, cpu_secs(pids[1])?, Instant::now());
     std::thread::sleep(Duration::from_secs(seconds).saturating_sub(settle));
@@ -983,7 +985,7 @@ pub(crate) fn run(args: &RecorderArgs) -> Result<Vec<Line>> {
         );
         println!(
             "  after the first {} s (the session's set-up left out): jitrec {:.3} CPU-s per minute, ffmpeg {:.3}",
-            (args.idle_seconds / 6).min(10),
+            settle_secs(args.idle_seconds),
             ours.steady.unwrap_or(f64::NAN),
             reference.steady.unwrap_or(f64::NAN),
         );

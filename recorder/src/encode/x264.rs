@@ -109,12 +109,11 @@ impl X264 {
         // Keyframes are forced by media time; x264 adds none of its own.
         p.i_keyint_max = ffi::X264_KEYINT_MAX_INFINITE as c_int;
         p.i_bframe = 0;
-        // Two reference frames in the stream, of which libx264 predicts from one (the
-        // preset's `i_frame_reference`): the other holds the recorder's hand-made pictures
-        // (`h264.rs`), which libx264 knows nothing of.
+        // Two reference frames in the stream, of which libx264 predicts from one: the other
+        // holds the recorder's hand-made pictures (`h264.rs`), which libx264 knows nothing of.
+        // One whatever the preset says (`fast` and slower say more): libx264's second would be
+        // a picture the stream's buffer no longer holds.
         p.i_dpb_size = 2;
-        // And libx264 predicts from one whatever the preset says (`fast` and slower say more):
-        // its second would be a picture the stream's buffer no longer holds.
         p.i_frame_reference = 1;
         p.b_annexb = 1;
         p.b_repeat_headers = 1;
