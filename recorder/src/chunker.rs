@@ -204,6 +204,12 @@ impl Chunker {
         }
     }
 
+    /// When the events journal is due to be synced ([`Chunker::sync_journal`]), if it holds
+    /// anything unsynced.
+    pub fn journal_sync_due(&self) -> Option<std::time::Instant> {
+        self.journal.as_ref().and_then(|j| j.sync_due())
+    }
+
     /// Whether frames were dropped (a full spool) and the encoder must make the next frame a
     /// keyframe; until one comes, frames are dropped. The caller also encodes a frame at the
     /// next tick even if the screen is idle, so the retry does not wait for a change.

@@ -7,12 +7,14 @@
 //! at ERROR and detaches it.
 //!
 //! Detaching is safe because a session thread owns nothing the session's close needs. It holds
-//! its own source (an X connection, a netlink socket), its session's stop flag and the sending
-//! end of a channel whose receiving end the session drops when it stops. The chunker, the spool
-//! writer and the encoder live on the encoding thread, which goes on to close the session. If
-//! the stuck call ever returns, the thread finds its stop flag set (or its channel closed) and
-//! ends, releasing what it holds; it cannot reach a later session, which has its own flag,
-//! channel and thread. While stuck it costs only its memory and its hold on its source.
+//! its own source (an X connection, a netlink socket), its session's stop flag, the sending
+//! end of a channel whose receiving end the session drops when it stops, and the service's
+//! doorbell (`crate::doorbell`). The chunker, the spool writer and the encoder live on the
+//! encoding thread, which goes on to close the session. If the stuck call ever returns, the
+//! thread finds its stop flag set (or its channel closed) and ends, releasing what it holds; it
+//! cannot reach a later session, which has its own flag, channel and thread: its last ring of
+//! the doorbell at most wakes a later session's loop for nothing. While stuck it costs only its
+//! memory and its hold on its source.
 
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::thread::{self, JoinHandle};

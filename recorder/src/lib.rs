@@ -21,6 +21,7 @@ pub mod chunker;
 pub mod config;
 pub mod control;
 pub mod cost;
+pub mod doorbell;
 pub mod encode;
 pub mod events;
 pub mod failclosed;

@@ -21,6 +21,7 @@ use jitrec_recorder::config::ProcessMode;
 use jitrec_recorder::control::Request;
 #[cfg(unix)]
 use jitrec_recorder::control::{self, Access};
+use jitrec_recorder::doorbell::Doorbell;
 #[cfg(unix)]
 use jitrec_recorder::events::linux::process::{ProcessConfig, ProcessSource};
 #[cfg(unix)]
@@ -530,6 +531,8 @@ fn run(path: &Path) -> Result<()> {
     let cfg = Config::load(path)?;
     let (spool, resume) = open_spool(&cfg)?;
     let shutdown = Arc::new(AtomicBool::new(false));
+    // Rung after `shutdown` is set: the service sleeps on it (`jitrec_recorder::doorbell`).
+    let bell = Arc::new(Doorbell::new());
     let shutdown_cause = Arc::new(std::sync::Mutex::new(None));
     {
         use signal_hook::iterator::{SignalsInfo, exfiltrator::WithOrigin};
@@ -538,7 +541,11 @@ fn run(path: &Path) -> Result<()> {
             signal_hook::consts::SIGINT,
         ])
         .context("signal handler")?;
-        let (shutdown, cause) = (Arc::clone(&shutdown), Arc::clone(&shutdown_cause));
+        let (shutdown, cause, bell) = (
+            Arc::clone(&shutdown),
+            Arc::clone(&shutdown_cause),
+            Arc::clone(&bell),
+        );
         let redactor = Redactor::new(&cfg.events.redaction)?;
         // Detached: it waits for signals for the life of the process.
         std::thread::Builder::new()
@@ -551,6 +558,7 @@ fn run(path: &Path) -> Result<()> {
                         .lock()
                         .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(c);
                     shutdown.store(true, std::sync::atomic::Ordering::SeqCst);
+                    bell.ring();
                 }
             })?;
     }
@@ -598,6 +606,7 @@ fn run(path: &Path) -> Result<()> {
         .with_sealer(sealer(&cfg)?)
         .with_resume(resume)
         .with_shutdown_cause(shutdown_cause)
+        .with_doorbell(bell)
         .with_notice(cfg.notice())
         .with_fail_closed(cfg.fail_closed())
         .run(jit_rx, shutdown, |ev| shared.observe(ev));
@@ -617,8 +626,10 @@ fn run(path: &Path) -> Result<()> {
     let cfg = Config::load(path)?;
     let (spool, resume) = open_spool(&cfg)?;
     let shutdown = Arc::new(AtomicBool::new(false));
+    // Rung after `shutdown` is set: the service sleeps on it (`jitrec_recorder::doorbell`).
+    let bell = Arc::new(Doorbell::new());
     {
-        let shutdown = Arc::clone(&shutdown);
+        let (shutdown, bell) = (Arc::clone(&shutdown), Arc::clone(&bell));
         // Detached: it ends when stdin closes, which is the stop request.
         std::thread::Builder::new()
             .name("jitrec-stdin".into())
@@ -626,6 +637,7 @@ fn run(path: &Path) -> Result<()> {
                 let _ = std::io::copy(&mut std::io::stdin(), &mut std::io::sink());
                 tracing::info!("standard input closed: finishing");
                 shutdown.store(true, std::sync::atomic::Ordering::SeqCst);
+                bell.ring();
             })?;
     }
     let (jit_tx, jit_rx) = mpsc::channel();
@@ -651,6 +663,7 @@ fn run(path: &Path) -> Result<()> {
         .with_event_sources(sources)
         .with_sealer(sealer(&cfg)?)
         .with_resume(resume)
+        .with_doorbell(bell)
         .with_notice(cfg.notice())
         .with_fail_closed(cfg.fail_closed())
         .run(jit_rx, shutdown, |ev| shared.observe(ev));

@@ -43,6 +43,7 @@ pub fn record_scripted(
         events: EventLimits::default(),
         sealer: None,
         fail_closed: None,
+        bell: None,
     };
     let mut rec =
         SessionRecorder::start(writer, header, SessionClock::start(), options, Vec::new());

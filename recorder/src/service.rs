@@ -15,9 +15,14 @@
 //! tick for [`STALL_AFTER`] (a grab or open stuck in the display) is the same outage as a
 //! failing one, with ticks of this side's own so chunks keep being cut, and the capture thread
 //! is joined with a deadline and detached if stuck (`crate::join` says why that is safe).
+//!
+//! This thread never polls. It sleeps on one [`Doorbell`] that the capture stage rings after each
+//! tick, the event sources after each event, a forwarding thread after each JIT event, and the
+//! signal handler after setting the shutdown flag; awake, it empties every channel, then sleeps
+//! again until the next ring or its next own deadline (a stuck capture, the journal's sync).
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, TryRecvError};
+use std::sync::mpsc::{self, Receiver, TryRecvError};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -28,6 +33,7 @@ use jitrec_format::{
 use jitrec_spool::SpoolWriter;
 
 use crate::capture::{Capture, CaptureError, CaptureSource, REOPEN_AFTER, Tick};
+use crate::doorbell::Doorbell;
 use crate::encode::EncoderConfig;
 use crate::events::{EventLimits, SessionClock, SourceFactory};
 use crate::session::{RecordError, SessionOptions, SessionRecorder};
@@ -43,7 +49,7 @@ pub const STALL_AFTER: Duration = REOPEN_AFTER;
 pub const CAPTURE_STOP_LIMIT: Duration = Duration::from_secs(1);
 
 /// What a JIT stop takes at most, whatever the X server does (given a disk that answers):
-/// noticing it (`STOP_CHECK`), the capture thread's join ([`CAPTURE_STOP_LIMIT`]), the event
+/// noticing it (at once: the JIT event rings the doorbell), the capture thread's join ([`CAPTURE_STOP_LIMIT`]), the event
 /// sources' catch-up and join ([`crate::events::SOURCE_STOP_LIMIT`]), and the last chunk's
 /// encode and commit. Stated in `docs/recorder.md`; tested with a grab that never returns and
 /// with a suspended Xvfb.
@@ -99,6 +105,9 @@ pub struct Recorder<F> {
     notice: Option<crate::notice::NoticeConfig>,
     /// End the elevation when recording cannot run (`None`: never, the default).
     fail_closed: Option<crate::failclosed::FailClosed>,
+    /// What this thread sleeps on: rung by the JIT forwarder, the capture stage and whoever
+    /// sets the shutdown flag (`crate::doorbell`).
+    bell: Arc<Doorbell>,
 }
 
 impl<F> std::fmt::Debug for Recorder<F> {
@@ -109,8 +118,10 @@ impl<F> std::fmt::Debug for Recorder<F> {
     }
 }
 
-/// How often the encoding side looks for a JIT stop while no frame arrives.
-const STOP_CHECK: Duration = Duration::from_millis(50);
+/// How often the service looks at its shutdown flag when nothing rings its doorbell: a flag
+/// set without a ring (see [`Recorder::with_doorbell`]) is seen this late at most. JIT events and
+/// capture ticks ring, so this is the only periodic wake-up between sessions.
+const SHUTDOWN_CHECK: Duration = Duration::from_secs(1);
 
 impl<F, S> Recorder<F>
 where
@@ -128,7 +139,16 @@ where
             shutdown_cause: Arc::default(),
             notice: None,
             fail_closed: None,
+            bell: Arc::new(Doorbell::new()),
         }
+    }
+
+    /// Sleeps on `bell`, which whoever sets the shutdown flag given to [`Recorder::run`]
+    /// rings after setting it: the service then stops at once rather than at its next look at
+    /// the flag ([`SHUTDOWN_CHECK`]).
+    pub fn with_doorbell(mut self, bell: Arc<Doorbell>) -> Self {
+        self.bell = bell;
+        self
     }
 
     /// Continues the elevation a dead run was recording: a control-socket JIT is started again
@@ -178,6 +198,7 @@ where
         shutdown: Arc<AtomicBool>,
         mut observe: impl FnMut(RecorderEvent),
     ) -> Result<(), RecordError> {
+        let jit = forward(jit, Arc::clone(&self.bell))?;
         // A JIT controller's elevation outlives the recorder: start it again without waiting
         // for a `jit start` that will not come.
         if let Some(r) = &self.resume
@@ -199,7 +220,7 @@ where
             }
         }
         while !shutdown.load(Ordering::SeqCst) {
-            match jit.recv_timeout(STOP_CHECK * 4) {
+            match jit.try_recv() {
                 Ok(JitEvent::Start {
                     user,
                     trigger,
@@ -221,8 +242,10 @@ where
                         reply.send(None);
                     }
                 }
-                Err(RecvTimeoutError::Timeout) => {}
-                Err(RecvTimeoutError::Disconnected) => break,
+                Err(TryRecvError::Empty) => {
+                    self.bell.wait(SHUTDOWN_CHECK);
+                }
+                Err(TryRecvError::Disconnected) => break,
             }
         }
         Ok(())
@@ -332,6 +355,7 @@ where
             events: self.config.events,
             sealer: self.sealer.clone(),
             fail_closed: self.fail_closed.clone(),
+            bell: Some(Arc::clone(&self.bell)),
         };
         // Spent pixel buffers back to capture. Full policy: the buffer is freed (capture then
         // allocates one; two are as many as the tick queue can hold pictures in flight).
@@ -352,16 +376,19 @@ where
             origin,
             period,
             ticks: tx,
+            bell: Arc::clone(&self.bell),
             stop: Arc::clone(&stop_capture),
             dropped: Arc::clone(&dropped),
             spent: spent_rx,
         };
         let capture = crate::join::spawn("jitrec-capture", move || stage.run())
-            .map_err(|e| RecordError::Capture(e.to_string()))?;
+            .map_err(|e| RecordError::Spawn("capture", e))?;
 
         // When a tick last arrived: a capture that delivers nothing for STALL_AFTER is stuck,
-        // and this side keeps the timeline itself.
+        // and this side keeps the timeline itself, with a tick of its own every period
+        // (`own_tick`: when the next one is due).
         let mut tick_at = Instant::now();
+        let mut own_tick: Option<Instant> = None;
         // `reply` is answered only once the close record is committed (below).
         let (cause, end, reply) = loop {
             match jit.try_recv() {
@@ -387,23 +414,35 @@ where
                 break (cause, origin.elapsed(), None);
             }
             rec.housekeep();
-            let (t, tick) = match rx.recv_timeout(STOP_CHECK) {
+            let (t, tick) = match rx.try_recv() {
                 Ok(got) => {
                     tick_at = Instant::now();
+                    own_tick = None;
                     got
                 }
-                Err(RecvTimeoutError::Timeout) if tick_at.elapsed() >= STALL_AFTER => {
+                Err(TryRecvError::Empty) => {
+                    let now = Instant::now();
+                    let due = own_tick.unwrap_or(tick_at + STALL_AFTER);
+                    if now < due {
+                        // Nothing to do until a tick, an event, a JIT event or a shutdown
+                        // rings, or the capture counts as stuck, or the journal is due to be
+                        // synced.
+                        let wake = rec.housekeep_by().map_or(due, |h| h.min(due));
+                        self.bell
+                            .wait(wake.saturating_duration_since(now).min(SHUTDOWN_CHECK));
+                        continue;
+                    }
                     // Capture is stuck (a grab or an open that does not return): the same
                     // outage as a failing capture, from the tick that did not come, and ticks
                     // of our own so chunks keep being cut on the placeholder.
+                    own_tick = Some(now + period);
                     let message = format!(
                         "screen capture delivered nothing for {} s (a call to the display does not return)",
                         STALL_AFTER.as_secs_f64()
                     );
                     (rec.missing_tick_at(period), Tick::Failed(message))
                 }
-                Err(RecvTimeoutError::Timeout) => continue,
-                Err(RecvTimeoutError::Disconnected) => {
+                Err(TryRecvError::Disconnected) => {
                     break (
                         service_stop("the capture thread ended unexpectedly"),
                         origin.elapsed(),
@@ -446,6 +485,34 @@ pub fn codec_params(encoder: &EncoderConfig, chunk_len: Duration) -> CodecParams
         timescale: encoder.timescale,
         b_frames: 0,
     }
+}
+
+/// Moves JIT events from the triggers' channel to one this service reads, ringing `bell` after
+/// each, so the service can sleep on the bell instead of polling the channel. Unbounded, like
+/// the triggers' own: JIT events are few, and none may be dropped or hold up a trigger.
+///
+/// The forwarding thread is detached: it ends when the triggers' channel closes (the bell is
+/// rung once more, after the forwarded channel is closed) or at the first event after the
+/// service has returned.
+fn forward(
+    jit: Receiver<JitEvent>,
+    bell: Arc<Doorbell>,
+) -> Result<Receiver<JitEvent>, RecordError> {
+    let (tx, rx) = mpsc::channel();
+    std::thread::Builder::new()
+        .name("jitrec-jit".into())
+        .spawn(move || {
+            for event in jit {
+                if tx.send(event).is_err() {
+                    return;
+                }
+                bell.ring();
+            }
+            drop(tx);
+            bell.ring();
+        })
+        .map_err(|e| RecordError::Spawn("JIT forwarding", e))?;
+    Ok(rx)
 }
 
 /// A stop the recorder itself decided (service stop, a dead watcher or capture thread).

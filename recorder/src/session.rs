@@ -43,8 +43,8 @@ pub enum RecordError {
     Chunk(#[from] ChunkError),
     #[error(transparent)]
     Spool(#[from] jitrec_spool::SpoolError),
-    #[error("capture: {0}")]
-    Capture(String),
+    #[error("starting the {0} thread: {1}")]
+    Spawn(&'static str, std::io::Error),
 }
 
 /// The picture recorded while the screen cannot be captured: plain navy (RGB 0, 0, 128), which
@@ -70,6 +70,9 @@ pub struct SessionOptions {
     pub sealer: Option<Arc<crate::seal::Sealer>>,
     /// End the elevation when recording cannot run.
     pub fail_closed: Option<crate::failclosed::FailClosed>,
+    /// Rung by the event sources after each event (`None`: whoever drives the session calls
+    /// [`SessionRecorder::housekeep`] often enough without being told).
+    pub bell: Option<Arc<crate::doorbell::Doorbell>>,
 }
 
 /// What a session's ticks did, so far.
@@ -140,7 +143,13 @@ impl SessionRecorder {
         options: SessionOptions,
         sources: Vec<Box<dyn EventSource>>,
     ) -> Self {
-        let intake = Intake::start(clock, sources, options.events, writer.journal());
+        let intake = Intake::start(
+            clock,
+            sources,
+            options.events,
+            writer.journal(),
+            options.bell.clone(),
+        );
         let sealer = header.encryption.as_ref().and(options.sealer);
         let chunker =
             Chunker::new(writer, options.chunk_len, options.encoder.timescale).with_sealer(sealer);
@@ -239,6 +248,12 @@ impl SessionRecorder {
             );
             self.failed_closed = Some(format!("{reason}: {action}"));
         }
+    }
+
+    /// When [`SessionRecorder::housekeep`] must run next at the latest: when the events
+    /// journalled since its last sync are due to be synced (`None`: nothing waits for it).
+    pub fn housekeep_by(&self) -> Option<std::time::Instant> {
+        self.chunker.journal_sync_due()
     }
 
     /// The media time to give a tick that did not come (the capture is stuck): one `period`

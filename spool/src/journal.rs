@@ -165,6 +165,13 @@ impl Journal {
         Ok(id)
     }
 
+    /// When [`Journal::sync`] should next be called to keep the [`SYNC_EVERY`] promise: `None`
+    /// while everything appended is synced.
+    pub fn sync_due(&self) -> Option<Instant> {
+        let inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        inner.dirty.then(|| inner.synced + SYNC_EVERY)
+    }
+
     /// Syncs appended events to the disk if the last sync is [`SYNC_EVERY`] old (or `force`).
     pub fn sync(&self, force: bool) -> Result<(), SpoolError> {
         let file = {

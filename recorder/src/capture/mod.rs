@@ -25,6 +25,7 @@ use std::time::{Duration, Instant};
 use jitrec_format::MediaTime;
 
 use crate::cost::{self, Stage};
+use crate::doorbell::Doorbell;
 
 /// A rectangle of a frame, in pixels.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -248,12 +249,40 @@ pub struct Capture<F> {
     /// To the encoding side. Full: the newest picture is dropped, counted in `dropped`, and its
     /// changes held back for the next grab that gets through.
     pub ticks: SyncSender<(MediaTime, Tick)>,
+    /// Rung after each tick is queued, and when this stage ends (however it ends), so the
+    /// encoding side sleeps until there is something for it.
+    pub bell: Arc<Doorbell>,
     pub stop: Arc<AtomicBool>,
     /// Pictures the full queue had no room for.
     pub dropped: Arc<AtomicU64>,
     /// Pixel buffers the encoding side is done with, handed to the source
     /// ([`CaptureSource::reuse`]).
     pub spent: Receiver<Vec<u8>>,
+}
+
+/// The capture stage's end of the tick queue. It rings the bell after each tick it queues, and
+/// once more after it closes the queue (a panic included), so the encoding side finds the
+/// queue disconnected instead of waiting for a tick that will not come.
+struct TickOut {
+    tx: Option<SyncSender<(MediaTime, Tick)>>,
+    bell: Arc<Doorbell>,
+}
+
+impl TickOut {
+    fn try_send(&self, tick: (MediaTime, Tick)) -> Result<(), TrySendError<(MediaTime, Tick)>> {
+        let tx = self
+            .tx
+            .as_ref()
+            .expect("the sender is taken only when this is dropped");
+        tx.try_send(tick).inspect(|()| self.bell.ring())
+    }
+}
+
+impl Drop for TickOut {
+    fn drop(&mut self) {
+        drop(self.tx.take());
+        self.bell.ring();
+    }
 }
 
 impl<F, S> Capture<F>
@@ -268,10 +297,12 @@ where
             origin,
             period,
             ticks: tx,
+            bell,
             stop,
             dropped,
             spent,
         } = self;
+        let tx = TickOut { tx: Some(tx), bell };
         let mut source: Option<S> = None;
         // Why there is no source (an open that failed), for the `capture_error` event.
         let mut why = String::from("the screen has not been opened yet");

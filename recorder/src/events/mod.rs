@@ -37,6 +37,8 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use jitrec_format::{Event, EventKind, MediaTime};
 
+use crate::doorbell::Doorbell;
+
 /// `s` made fit for a text field of the format: control characters escaped, at most
 /// [`jitrec_format::MAX_TEXT_CHARS`] characters (the end marked with `…` when cut).
 pub fn truncate_text(s: &str) -> String {
@@ -336,6 +338,9 @@ pub struct EventSink {
     journal: Option<Arc<jitrec_spool::Journal>>,
     /// Whether a failed journal append was already logged (once per sink, not per event).
     journal_failed: bool,
+    /// Rung after each event passed, so the encoding thread takes it (and syncs the journal)
+    /// without polling (`crate::doorbell`).
+    bell: Option<Arc<Doorbell>>,
 }
 
 impl EventSink {
@@ -356,6 +361,12 @@ impl EventSink {
 
     pub fn clock(&self) -> &SessionClock {
         &self.clock
+    }
+
+    fn ring(&self) {
+        if let Some(bell) = &self.bell {
+            bell.ring();
+        }
     }
 
     pub fn name(&self) -> &'static str {
@@ -391,10 +402,14 @@ impl EventSink {
         }
         let event = self.clock.event(t, kind);
         let msg = self.seen(event);
-        if let Err(TrySendError::Full(SourceMsg::Event(e))) = self.tx.try_send(msg) {
+        match self.tx.try_send(msg) {
+            Ok(()) => self.ring(),
             // Journalled but not passed: after a crash in the next seconds it is both counted
             // and folded, which errs on the side of showing it.
-            self.summary.add(e.event.media_us, &e.event.event);
+            Err(TrySendError::Full(SourceMsg::Event(e))) => {
+                self.summary.add(e.event.media_us, &e.event.event);
+            }
+            Err(_) => {}
         }
     }
 
@@ -403,7 +418,9 @@ impl EventSink {
     pub fn status(&mut self, t: MediaTime, kind: EventKind) {
         self.flush_summary();
         let msg = self.seen(self.clock.event(t, kind));
-        let _ = self.tx.send(msg);
+        if self.tx.send(msg).is_ok() {
+            self.ring();
+        }
     }
 
     fn flush_summary(&mut self) {
@@ -425,6 +442,7 @@ impl EventSink {
         };
         let msg = self.seen(self.clock.event(at, kind));
         if self.tx.try_send(msg).is_ok() {
+            self.ring();
             tracing::warn!(
                 source = self.name,
                 count = self.summary.count,
@@ -466,6 +484,7 @@ impl Drop for EventSink {
             let _ = self.tx.send(msg);
         }
         let _ = self.tx.send(SourceMsg::Ended { source: self.index });
+        self.ring();
     }
 }
 
@@ -488,12 +507,13 @@ pub struct Intake {
 
 impl Intake {
     /// Starts `sources` for a session on `clock`. Each runs on its own thread until
-    /// [`Intake::stop`].
+    /// [`Intake::stop`], and rings `bell` (if any) after each event it passes.
     pub fn start(
         clock: SessionClock,
         sources: Vec<Box<dyn EventSource>>,
         limits: EventLimits,
         journal: Option<Arc<jitrec_spool::Journal>>,
+        bell: Option<Arc<Doorbell>>,
     ) -> Self {
         // Full policy of this queue: a sink never blocks on it for ordinary events; what does
         // not fit is counted into its summary (EventSink::emit).
@@ -526,6 +546,7 @@ impl Intake {
                 summary: Summary::default(),
                 journal: journal.clone(),
                 journal_failed: false,
+                bell: bell.clone(),
             };
             let stop = Arc::clone(&stop);
             match std::thread::Builder::new()
@@ -752,6 +773,7 @@ mod tests {
             vec![Box::new(Flood(n))],
             limits,
             None,
+            None,
         );
         let mut got = Vec::new();
         intake.stop(&mut |e| got.push(e.event));
@@ -825,6 +847,7 @@ mod tests {
             vec![Box::new(FloodThenCaughtUp)],
             limits,
             None,
+            None,
         );
         let mut got = Vec::new();
         intake.stop(&mut |e| got.push(e.event));
@@ -845,7 +868,13 @@ mod tests {
             name: "windows",
             events: vec![(Duration::from_millis(150), EventKind::RecorderStarted)],
         };
-        let mut intake = Intake::start(clock, vec![Box::new(source)], EventLimits::default(), None);
+        let mut intake = Intake::start(
+            clock,
+            vec![Box::new(source)],
+            EventLimits::default(),
+            None,
+            None,
+        );
         let mut got = Vec::new();
         let t = MediaTime::from_micros(200_000);
         assert!(intake.catch_up(t, Duration::from_secs(30), &mut |e| got.push(e.event)));

