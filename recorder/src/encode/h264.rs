@@ -15,12 +15,18 @@
 //! The encoder knows nothing of them, so the stream keeps two reference frames (the encoder is
 //! opened with a decoded-picture buffer of two and uses one): the encoder's own last picture,
 //! which its next picture predicts from, and the last hand-made one, which the next hand-made
-//! one predicts from. Each hand-made picture after the first of a run removes the one before
-//! it (memory management operation 1), so the encoder's picture is never pushed out; the
-//! encoder's next picture gets a reference list modification that points at the encoder's own
-//! last picture, where the default list would start at the newest hand-made one, and its
-//! `frame_num` moved on past the hand-made ones ([`Numbering::renumber`]). The encoder is
-//! told which macroblocks the hand-made pictures changed, so it codes them again.
+//! one predicts from. The first hand-made picture of a run makes the encoder's last picture a
+//! long-term reference (memory management operations 4 and 3) and removes the older short-term
+//! frame if there is one (operation 1); each one after it removes the one before it
+//! (operation 1, one back). So the buffer always holds the encoder's picture, by a number that
+//! does not depend on `frame_num`, and a run can be as long as the keyframe interval lets it:
+//! `frame_num` wraps in its range as it may. The encoder's next picture is rewritten on its way
+//! into the stream ([`Numbering::renumber`]): its `frame_num` moved on past the hand-made
+//! pictures, a reference list modification that points at the long-term picture (where the
+//! default list would start at the newest hand-made one), and memory management that returns
+//! that picture to nothing once it is decoded (operation 2), so the buffer is as the encoder
+//! thinks it is: its own two last pictures, the hand-made one standing in for the older. The
+//! encoder is told which macroblocks the hand-made pictures changed, so it codes them again.
 //!
 //! The stream must have `pic_order_cnt_type` 2 (the picture order follows `frame_num`, as
 //! libx264's without B-frames does), two reference frames, frame macroblocks only, no scaling
@@ -340,13 +346,14 @@ impl Extra {
 pub struct Numbering {
     /// `frame_num` of the last reference picture in the stream (after renumbering).
     frame_num: u32,
-    /// `frame_num` of the encoder's last reference picture (after renumbering): what its next
-    /// picture predicts from.
-    encoder_frame_num: u32,
     /// Hand-made pictures put in since the last IDR picture.
     inserted: u32,
-    /// Hand-made pictures put in since the encoder's last picture.
+    /// Hand-made pictures put in since the encoder's last picture (while more than none, the
+    /// encoder's last picture is the stream's long-term reference).
     run: u32,
+    /// Reference frames in the decoder's buffer: 1 after an IDR picture, 2 from the picture
+    /// after it on.
+    frames: u32,
 }
 
 /// The YUV 4:2:0 picture a hand-made picture takes the samples of its changed macroblocks from.
@@ -368,7 +375,6 @@ impl Numbering {
         let mut out = Vec::with_capacity(au.len() + 16);
         let nals = crate::fmp4::annexb_nals(au);
         let last_pps = nals.iter().rposition(|n| n[0] & 0x1f == NAL_PPS);
-        let max = extra.max_frame_num();
         let mut reference = None;
         for (i, nal) in nals.into_iter().enumerate() {
             let kind = nal[0] & 0x1f;
@@ -376,19 +382,17 @@ impl Numbering {
                 NAL_IDR => {
                     self.inserted = 0;
                     self.run = 0;
+                    // Every other reference frame is gone; the next picture's sliding window
+                    // adds to this one.
+                    self.frames = 0;
                     reference = Some(read_frame_num(extra, nal)?);
                     nal.to_vec()
                 }
                 NAL_SLICE => {
                     // With hand-made pictures since the encoder's last one, the default list
-                    // would start at the newest of them: point it back at the encoder's.
-                    let now = (read_frame_num(extra, nal)? + self.inserted) % max;
-                    let back = if self.run > 0 {
-                        Some(((now + max - self.encoder_frame_num) % max).checked_sub(1)?)
-                    } else {
-                        None
-                    };
-                    let rewritten = rewrite_slice(extra, nal, self.inserted, back)?;
+                    // would start at the newest of them: point it at the encoder's, which the
+                    // run made long-term.
+                    let rewritten = rewrite_slice(extra, nal, self.inserted, self.run > 0)?;
                     if nal[0] & 0x60 != 0 {
                         reference = Some(read_frame_num(extra, &rewritten)?);
                     }
@@ -405,16 +409,13 @@ impl Numbering {
         }
         if let Some(frame_num) = reference {
             self.frame_num = frame_num;
-            self.encoder_frame_num = frame_num;
+            if self.run == 0 {
+                // Marked by the sliding window, which keeps the two newest frames.
+                self.frames = (self.frames + 1).min(2);
+            }
             self.run = 0;
         }
         Some(out)
-    }
-
-    /// Whether a hand-made picture may go in now: the encoder's next picture must still be able
-    /// to name its reference by a `frame_num` distance, which is less than the field's range.
-    pub fn can_insert(&self, extra: &Extra) -> bool {
-        self.run + 3 <= extra.max_frame_num()
     }
 
     /// An access unit (Annex B) holding one all-skip P picture: the last picture again.
@@ -474,18 +475,27 @@ impl Numbering {
         w.u(sps.log2_max_frame_num, self.frame_num);
         w.bit(0); // no num_ref_idx override
         w.bit(0); // no reference list modification
+        w.bit(1); // adaptive reference picture marking
         if self.run == 0 {
-            // The first since the encoder's picture: the sliding window pushes out the older
-            // of the two reference frames, which is not the encoder's last.
-            w.bit(0);
+            // The first since the encoder's picture. The older of the two frames goes (two
+            // picture numbers back), and the encoder's last (one back) becomes long-term
+            // frame 0, so no run is too long for the encoder's next picture to name it.
+            if self.frames >= 2 {
+                w.ue(1);
+                w.ue(1);
+            }
+            w.ue(4);
+            w.ue(1); // long-term frame indices 0 to 0
+            w.ue(3);
+            w.ue(0);
+            w.ue(0); // long-term frame index 0
         } else {
             // The hand-made picture before this one is not needed again: out of the buffer
             // with it (operation 1, one picture number back), so the encoder's stays.
-            w.bit(1);
             w.ue(1);
             w.ue(0);
-            w.ue(0); // end of operations
         }
+        w.ue(0); // end of operations
         w.se(0); // slice qp delta
         w.ue(1); // no deblocking
         w
@@ -499,6 +509,7 @@ impl Numbering {
         }
         self.inserted += 1;
         self.run += 1;
+        self.frames = 2;
         let mut au = vec![0, 0, 0, 1, 0x41];
         au.extend(escape(&w.trailing()));
         au
@@ -523,14 +534,15 @@ fn read_frame_num(extra: &Extra, nal: &[u8]) -> Option<u32> {
 }
 
 /// `nal` (a non-IDR slice of the encoder's) with `frame_num` moved on by `by`, modulo its
-/// range, and, with `back`, its reference list made to start at the picture
-/// `back + 1` picture numbers before it (`ref_pic_list_modification`, subtracting from the
-/// current picture number). `frame_num` is a fixed-width field, rewritten in place when that is
-/// all; the list modification makes the header longer, so the header is written again and the
-/// slice data follows it. `None` for a P slice that predicts from more than one picture or
-/// modifies its list or marks pictures itself: those speak of the encoder's numbering, which
-/// the hand-made pictures have moved.
-fn rewrite_slice(extra: &Extra, nal: &[u8], by: u32, back: Option<u32>) -> Option<Vec<u8>> {
+/// range, and, with `long_term`, predicting from long-term frame 0 (`ref_pic_list_modification`
+/// by long-term picture number) and marking it unused once decoded (memory management
+/// operation 2). `frame_num` is a fixed-width field, rewritten in place when that is all; the
+/// list modification and the marking make the header longer, so the header is written again
+/// and the slice data follows it. `None` for a P slice that predicts from more than one
+/// picture, modifies its list or marks pictures itself (those speak of the encoder's
+/// numbering, which the hand-made pictures have moved), or, with `long_term`, is not a
+/// reference picture (it could not return the long-term frame).
+fn rewrite_slice(extra: &Extra, nal: &[u8], by: u32, long_term: bool) -> Option<Vec<u8>> {
     let rbsp = unescape(nal.get(1..)?);
     let (at, frame_num, slice_type, pps) = locate(extra, &rbsp)?;
     let n = extra.sps.log2_max_frame_num;
@@ -558,14 +570,19 @@ fn rewrite_slice(extra: &Extra, nal: &[u8], by: u32, back: Option<u32>) -> Optio
         // The encoder modifies its list itself, in a numbering that knows nothing of ours.
         return None;
     }
-    let rest = r.pos;
-    if nal[0] & 0x60 != 0 && r.bit()? == 1 {
+    let marking_at = r.pos;
+    let reference = nal[0] & 0x60 != 0;
+    if reference && r.bit()? == 1 {
         // The encoder's own memory management operations: in its numbering too.
         return None;
     }
-    let Some(back) = back else {
+    if !long_term {
         return Some(in_place(rbsp));
-    };
+    }
+    if !reference {
+        return None;
+    }
+    let rest = r.pos;
     if pps.cabac {
         r.ue()?; // cabac_init_idc
     }
@@ -580,9 +597,14 @@ fn rewrite_slice(extra: &Extra, nal: &[u8], by: u32, back: Option<u32>) -> Optio
     w.u(n, frame_num);
     copy_bits(&mut w, &rbsp, at + n as usize, modification_at)?;
     w.bit(1);
-    w.ue(0); // subtract from the picture number
-    w.ue(back);
+    w.ue(2); // a long-term picture
+    w.ue(0); // long-term picture number 0
     w.ue(3); // end of the modification
+    copy_bits(&mut w, &rbsp, modification_at + 1, marking_at)?;
+    w.bit(1); // adaptive marking
+    w.ue(2); // long-term picture 0 is not needed again
+    w.ue(0);
+    w.ue(0); // end of operations
     copy_bits(&mut w, &rbsp, rest, header_end)?;
     let rbsp = if pps.cabac {
         // The slice data starts on a byte, after `cabac_alignment_one_bit`s.
@@ -624,12 +646,6 @@ fn put_bits(data: &mut [u8], at: usize, n: u32, v: u32) {
 
 #[cfg(test)]
 impl Extra {
-    /// The most hand-made pictures that may follow one of the encoder's
-    /// ([`Numbering::can_insert`]).
-    pub(crate) fn longest_run(&self) -> u32 {
-        self.max_frame_num() - 2
-    }
-
     /// Whether `au` (Annex B) is a hand-made picture: its slices are coded with our parameter
     /// set.
     pub(crate) fn made_by_hand(&self, au: &[u8]) -> bool {
@@ -685,11 +701,38 @@ mod tests {
         assert_eq!(unescape(&escaped), rbsp);
     }
 
-    /// A run of hand-made pictures ends while the encoder's last picture can still be named by
-    /// its `frame_num` distance: a 4-bit `frame_num` allows 14, so that the encoder's next
-    /// picture is 15 numbers after the encoder's last one, one short of the range of 16.
+    /// The memory management operations of a hand-made picture's header, read back.
+    fn operations(au: &[u8], extra: &Extra) -> Vec<u32> {
+        let nal = &crate::fmp4::annexb_nals(au)[0];
+        let rbsp = unescape(&nal[1..]);
+        let mut r = BitReader::new(&rbsp);
+        r.ue().unwrap(); // first macroblock
+        assert_eq!(r.ue(), Some(5), "P");
+        assert_eq!(r.ue(), Some(extra.pps_id));
+        r.u(extra.sps.log2_max_frame_num).unwrap();
+        assert_eq!(r.bit(), Some(0), "no num_ref_idx override");
+        assert_eq!(r.bit(), Some(0), "no list modification");
+        assert_eq!(r.bit(), Some(1), "adaptive marking");
+        let mut ops = Vec::new();
+        loop {
+            let op = r.ue().unwrap();
+            if op == 0 {
+                return ops;
+            }
+            ops.push(op);
+            // Each operation's arguments: 1 and 2 and 4 one, 3 two, 6 one.
+            let args = if op == 3 { 2 } else { 1 };
+            for _ in 0..args {
+                r.ue().unwrap();
+            }
+        }
+    }
+
+    /// A run's first picture makes the encoder's last one long-term (4, then 3) and removes
+    /// the older frame only when the buffer holds one (1): after an IDR picture it does not.
+    /// The rest of the run remove the picture before them (1), and the run wraps `frame_num`.
     #[test]
-    fn a_run_of_hand_made_pictures_stays_within_the_frame_number_range() {
+    fn a_run_keeps_the_encoders_picture_as_long_term_and_wraps_frame_num() {
         let extra = Extra {
             sps: Sps {
                 id: 0,
@@ -706,17 +749,22 @@ mod tests {
             pps_id: 1,
             pps_nal: Vec::new(),
         };
-        let mut numbering = Numbering::default();
-        let mut run = 0;
-        while numbering.can_insert(&extra) {
-            let au = numbering.skip_picture(&extra);
+        let mut after_idr = Numbering {
+            frames: 1,
+            ..Numbering::default()
+        };
+        assert_eq!(operations(&after_idr.skip_picture(&extra), &extra), [4, 3]);
+        for _ in 0..40 {
+            let au = after_idr.skip_picture(&extra);
             assert!(extra.made_by_hand(&au));
-            run += 1;
-            assert!(run < 100);
+            assert_eq!(operations(&au, &extra), [1]);
         }
-        assert_eq!(run, 14);
-        assert_eq!(run, extra.longest_run());
-        assert_eq!(numbering.frame_num, 14);
+        assert_eq!(after_idr.frame_num, 41 % 16);
+        let mut full = Numbering {
+            frames: 2,
+            ..Numbering::default()
+        };
+        assert_eq!(operations(&full.skip_picture(&extra), &extra), [1, 4, 3]);
     }
 
     #[test]

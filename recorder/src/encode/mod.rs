@@ -300,10 +300,7 @@ impl Encoder {
     /// ticking) builds on itself; libx264 is told at its next picture that they changed.
     fn small_change(&mut self, pts: MediaTime, interval: Duration) -> Option<Vec<EncodedFrame>> {
         let extra = self.skip.as_ref()?;
-        if self.changed_now.len() > self.pcm_max_mbs
-            || self.keyframe_due(pts, interval)
-            || !self.numbering.can_insert(extra)
-        {
+        if self.changed_now.len() > self.pcm_max_mbs || self.keyframe_due(pts, interval) {
             return None;
         }
         let started = cost::thread_time();
@@ -366,7 +363,6 @@ impl Encoder {
         let interval = self.config.idle_keyframe_interval();
         if let Some(extra) = &self.skip
             && !self.keyframe_due(pts, interval)
-            && self.numbering.can_insert(extra)
         {
             let access_unit = cost::measure(Stage::Encode, || self.numbering.skip_picture(extra));
             cost::picture(cost::Coder::ByHand, access_unit.len());
@@ -928,10 +924,12 @@ mod tests {
     /// A run of small changes (a clock's seconds, 40 of them) goes in as hand-made pictures,
     /// each building on the one before: it shows the picture before with exactly the macroblocks
     /// its change touched replaced by their converted samples; an idle repeat in the run is a
-    /// skip picture. A run is cut at its longest ([`h264::Numbering::can_insert`]) by one of
-    /// libx264's pictures. libx264's pictures after a run decode right (their reference is
-    /// libx264's own last picture, up to 15 pictures back, and libx264 was told which macroblocks
-    /// the run changed, so the clock shows), and a run after one builds on it.
+    /// skip picture. A run is longer than `frame_num`'s range (libx264 numbers in 4 bits:
+    /// 16), and libx264 codes one tick in the middle (second 30, 31 pictures after its last)
+    /// and the large change at the end (11 after). libx264's pictures after a run decode right
+    /// (their reference is libx264's own last picture, kept as the long-term reference, and
+    /// libx264 was told which macroblocks the run changed, so the clock shows), so does a
+    /// second one of libx264's right after, and a run after those builds on them.
     #[test]
     fn a_run_of_small_changes_builds_on_itself_and_libx264_takes_over_right() {
         run_of_small_changes("veryfast");
@@ -1000,7 +998,13 @@ mod tests {
                 }
                 rects.push(m);
             }
+            if second == 30 {
+                // One tick of the clock coded by libx264, 30 pictures after its last: its
+                // small change is predicted from its reference, so the wrong one would show.
+                enc.pcm_max_mbs = 0;
+            }
             let out = enc_out(enc.encode_changed(screen, &rects, MediaTime::from_micros(*t)));
+            enc.pcm_max_mbs = PCM_MAX_MBS;
             let mut carried: Vec<usize> = rects.iter().flat_map(|r| touched(*r, w, h)).collect();
             carried.sort_unstable();
             put(pics, enc, out, carried);
@@ -1027,21 +1031,24 @@ mod tests {
         let out = enc_out(enc.encode_changed(&screen, &[window], MediaTime::from_micros(t)));
         put(&mut pics, &enc, out, Vec::new());
         assert!(enc.since_x264.iter().all(|&c| c == 0));
-        // The 41 small and unchanged pictures are hand-made, but for one by libx264 each time
-        // a run reaches its longest (libx264's streams number frames in 4 bits: 14).
-        let longest = enc.skip.as_ref().unwrap().longest_run() as usize;
-        assert!(longest < 20, "the test crosses the bound twice ({longest})");
+        // And another over it: libx264 after libx264, with the run's last picture still in
+        // the buffer beside its own.
+        screen.fill(window.x, window.y, window.w, window.h, [200, 120, 20, 255]);
+        t += 200_000;
+        let out = enc_out(enc.encode_changed(&screen, &[window], MediaTime::from_micros(t)));
+        put(&mut pics, &enc, out, Vec::new());
+        // All 41 small and unchanged pictures are hand-made, but for second 30's (the skip
+        // picture after second 20 is the 22nd).
         let mut want = vec![false];
-        let mut run = 0;
-        for _ in 0..41 {
-            let by_hand = run < longest;
-            run = if by_hand { run + 1 } else { 0 };
-            want.push(by_hand);
-        }
-        want.push(false);
+        want.extend([true; 41]);
+        want[32] = false;
+        want.extend([false; 2]);
         let mut hand: Vec<bool> = pics.iter().map(|p| p.2.is_some()).collect();
-        assert_eq!(hand, want, "runs are hand-made, the large change libx264's");
-        // A second run, over libx264's new picture.
+        assert_eq!(
+            hand, want,
+            "the run is hand-made, the large changes libx264's"
+        );
+        // A second run, over libx264's new pictures.
         for second in 40..43 {
             tick(&mut pics, &mut enc, &mut screen, &mut t, second);
         }
