@@ -1079,6 +1079,89 @@ fn x11_capture_copies_only_what_changed_and_reports_an_idle_screen_as_unchanged(
     assert_eq!(src.grab().unwrap(), Grab::Unchanged);
 }
 
+/// The cursor is drawn where the pointer is without asking the server every tick: a move of
+/// a pointing device (XTest's, as a mouse's) is seen at the next grab through XInput 2 raw
+/// motion, though the position was read only just before; a program's warp, which makes no
+/// raw motion, is seen within [`POINTER_EVERY`]; and while the pointer stays, grabs are
+/// `Unchanged`.
+///
+/// [`POINTER_EVERY`]: jitrec_recorder::capture::x11::POINTER_EVERY
+#[test]
+fn x11_capture_draws_the_cursor_where_the_pointer_moved_without_asking_every_tick() {
+    use jitrec_recorder::capture::x11::{POINTER_EVERY, X11Source};
+    use jitrec_recorder::capture::{CaptureSource, Grab};
+    use jitrec_tests::xvfb::Xvfb;
+    use x11rb::connection::Connection as _;
+    use x11rb::protocol::xproto::{ConnectionExt as _, MOTION_NOTIFY_EVENT};
+    use x11rb::protocol::xtest::ConnectionExt as _;
+
+    let x = Xvfb::start(W, H).unwrap();
+    let (conn, screen) = x11rb::connect(Some(&x.display)).unwrap();
+    let root = conn.setup().roots[screen].root;
+    conn.xtest_get_version(2, 2).unwrap().reply().unwrap();
+    let mut src = X11Source::open(Some(&x.display)).unwrap();
+    assert!(src.pointer_events(), "Xvfb has XInput 2 raw motion");
+    // Whether the last grab drew the cursor around (x, y): its rectangle is among the changes.
+    let drawn_at = |grab: &Grab, x: u32, y: u32| match grab {
+        Grab::Partial(_, rects) => rects
+            .iter()
+            .any(|r| x >= r.x && x < r.x + r.w && y >= r.y && y < r.y + r.h),
+        _ => false,
+    };
+    let settle = |src: &mut X11Source| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while src.grab().unwrap() != Grab::Unchanged {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the screen never settled"
+            );
+        }
+    };
+    settle(&mut src);
+    for (k, (px, py)) in [(200i16, 150i16), (60, 200), (300, 40)]
+        .into_iter()
+        .enumerate()
+    {
+        // Read just before, so only a raw motion event can make the next grab read it again.
+        let read = std::time::Instant::now();
+        src.grab().unwrap();
+        conn.xtest_fake_input(MOTION_NOTIFY_EVENT, 0, 0, root, px, py, 0)
+            .unwrap();
+        // A round trip: the server has handled the move, and sent its event, before this returns.
+        conn.get_input_focus().unwrap().reply().unwrap();
+        let grab = src.grab().unwrap();
+        if read.elapsed() >= POINTER_EVERY {
+            // Too slow a machine for this move to tell the event from the fallback read.
+            continue;
+        }
+        assert!(
+            drawn_at(&grab, px as u32, py as u32),
+            "move {k}: the cursor was not drawn at ({px}, {py}) at the next grab: {grab:?}"
+        );
+        settle(&mut src);
+    }
+    // While the pointer stays, nothing is read and nothing changes.
+    for _ in 0..5 {
+        assert_eq!(src.grab().unwrap(), Grab::Unchanged);
+    }
+    // A warp makes no raw motion event: seen once the position is read again anyway.
+    conn.warp_pointer(x11rb::NONE, root, 0, 0, 0, 0, 120, 90)
+        .unwrap();
+    conn.get_input_focus().unwrap().reply().unwrap();
+    let warped = std::time::Instant::now();
+    loop {
+        let grab = src.grab().unwrap();
+        if drawn_at(&grab, 120, 90) {
+            break;
+        }
+        assert!(
+            warped.elapsed() < POINTER_EVERY * 10,
+            "a warped pointer was not drawn where it is"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// The recorder service on its own thread, driven session by session as a JIT controller would.
 struct Driver {
     /// Holds the spool.

@@ -6,11 +6,15 @@
 //! size, which the recorder turns into a new init segment. Odd sizes are cropped by one pixel,
 //! since H.264 4:2:0 needs even ones.
 //!
-//! An idle tick costs one round trip to the server (`QueryPointer`, where the cursor is): the
-//! server says when something changed instead of being asked. The root's size is read again
-//! when the root reports a `ConfigureNotify` (and at least every [`GEOMETRY_EVERY`]); the
-//! damage region is fetched only after a `DamageNotify` (sent when it stops being empty); the
-//! cursor's image only after an XFixes `CursorNotify` (sent when its shape changes).
+//! An idle tick asks the server nothing: it says when something changed instead of being
+//! asked. The root's size is read again when the root reports a `ConfigureNotify` (and at least
+//! every [`GEOMETRY_EVERY`]); the damage region is fetched only after a `DamageNotify` (sent
+//! when it stops being empty); the cursor's image only after an XFixes `CursorNotify` (sent
+//! when its shape changes); where the pointer is (`QueryPointer`) only after an XInput 2
+//! `RawMotion` (sent for every move of a pointing device, an XTest one included, whichever
+//! client's window it is over) and at least every [`POINTER_EVERY`], because a pointer warped
+//! by a program (`XWarpPointer`) makes no raw event. Without XInput 2 the pointer is asked for
+//! every tick, as it was before 2026-12-04.
 //!
 //! With the DAMAGE extension (every current X server has it) the server tells us which
 //! rectangles changed since the last tick: only those are copied into a persistent image of the
@@ -42,6 +46,10 @@ const MAX_RECTS: usize = 32;
 
 /// How often the root's size is read even without a `ConfigureNotify`.
 const GEOMETRY_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// How often the pointer's position is read even without a raw motion event: how late a
+/// pointer warped by a program (which makes none) can be drawn where it is.
+pub const POINTER_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// The server-side objects that track what changed.
 #[derive(Debug, Clone, Copy)]
@@ -135,6 +143,13 @@ pub struct X11Source {
     cursor_image: Option<GetCursorImageReply>,
     /// The pixels of the pictures handed over.
     handover: Handover,
+    /// Whether the server sends raw motion events (XInput 2), so the pointer need not be asked
+    /// for every tick.
+    pointer_told: bool,
+    /// Whether the pointer moved (a raw motion event) since its position was last read.
+    pointer_moved: bool,
+    /// When the pointer's position was last read.
+    pointer_read: Option<std::time::Instant>,
 }
 
 /// Pictures handed over, newest last: where each one's pixels are, and what changed on the
@@ -254,6 +269,10 @@ impl X11Source {
         if cursor {
             let _ = conn.xfixes_select_cursor_input(root, CursorNotifyMask::DISPLAY_CURSOR);
         }
+        let pointer_told = cursor
+            && Self::tell_pointer(&conn, root)
+                .map_err(|e| tracing::info!(error = %e, "no XInput 2 raw motion; the pointer is asked for every tick"))
+                .is_ok();
         let tracker = if cursor {
             Self::track(&conn, root)
                 .map_err(|e| tracing::warn!(error = %e, "no X DAMAGE tracking; every tick copies the whole screen"))
@@ -275,12 +294,51 @@ impl X11Source {
             damaged: true,
             cursor_image: None,
             handover: Handover::default(),
+            pointer_told,
+            pointer_moved: true,
+            pointer_read: None,
         })
+    }
+
+    /// Asks for XInput 2 raw motion events on the root window, which the server sends for every
+    /// device's moves whichever client's window the pointer is over (XI 2.1: during grabs too).
+    fn tell_pointer(conn: &RustConnection, root: Window) -> Result<(), CaptureError> {
+        use x11rb::protocol::xinput::{self, ConnectionExt as _};
+        let x = |e: Box<dyn std::error::Error>| err("xinput")(e);
+        // The version must be asked before any other XInput 2 request is accepted.
+        let v = conn
+            .xinput_xi_query_version(2, 1)
+            .map_err(|e| x(e.into()))?
+            .reply()
+            .map_err(|e| x(e.into()))?;
+        if v.major_version < 2 {
+            return Err(CaptureError(format!(
+                "X server has XInput {}.{}, not 2",
+                v.major_version, v.minor_version
+            )));
+        }
+        conn.xinput_xi_select_events(
+            root,
+            &[xinput::EventMask {
+                deviceid: xinput::Device::ALL.into(),
+                mask: vec![xinput::XIEventMask::RAW_MOTION],
+            }],
+        )
+        .map_err(|e| x(e.into()))?
+        .check()
+        .map_err(|e| x(e.into()))?;
+        Ok(())
     }
 
     /// Whether images come through MIT-SHM (known after the first grab).
     pub fn shared_memory(&self) -> bool {
         self.shm.is_some()
+    }
+
+    /// Whether the server reports the pointer's moves (XInput 2), so unchanged ticks ask it
+    /// nothing.
+    pub fn pointer_events(&self) -> bool {
+        self.pointer_told
     }
 
     /// Whether the server reports damage, so unchanged ticks cost no copy.
@@ -433,10 +491,23 @@ impl X11Source {
     }
 
     /// Brings [`X11Source::cursor_image`] up to date: its position from where the pointer is
-    /// now, its image read again only after a `CursorNotify` dropped it.
+    /// now (read after it moved, or [`POINTER_EVERY`]), its image read again only after a
+    /// `CursorNotify` dropped it.
     fn refresh_cursor(&mut self) -> Result<(), CaptureError> {
         match &mut self.cursor_image {
             Some(image) => {
+                let now = std::time::Instant::now();
+                if self.pointer_told
+                    && !self.pointer_moved
+                    && self
+                        .pointer_read
+                        .is_some_and(|at| now.duration_since(at) < POINTER_EVERY)
+                {
+                    return Ok(());
+                }
+                // Cleared before the read: a move after it comes as an event for next tick.
+                self.pointer_moved = false;
+                self.pointer_read = Some(now);
                 let p = self
                     .conn
                     .query_pointer(self.root)
@@ -504,6 +575,7 @@ impl CaptureSource for X11Source {
                 Event::DamageNotify(_) => self.damaged = true,
                 Event::ConfigureNotify(c) if c.window == self.root => self.size = None,
                 Event::XfixesCursorNotify(_) => self.cursor_image = None,
+                Event::XinputRawMotion(_) => self.pointer_moved = true,
                 _ => {}
             }
         }
