@@ -49,7 +49,8 @@ pub struct EncoderConfig {
 }
 
 impl EncoderConfig {
-    /// Longest distance between keyframes while the screen is idle: six normal intervals, at
+    /// Longest distance between keyframes while the screen is idle or changes only a little
+    /// (what a hand-made picture can carry: a clock, typing): six normal intervals, at
     /// least a minute. Seeking into a long idle stretch then starts at most this far back, over
     /// chunks of a few hundred bytes each.
     pub fn idle_keyframe_interval(&self) -> Duration {
@@ -286,11 +287,13 @@ impl Encoder {
             });
         }
         self.mark_unchanged(&rects);
-        let interval = self.config.keyframe_interval;
-        if let Some(out) = self.small_change(pts, interval) {
+        // A small change waits for a keyframe as an idle screen does: a keyframe of a screen
+        // where only a clock or a typed line moves costs a whole-frame encode, every ten
+        // seconds, for faster seeking alone. A large change is libx264's anyway.
+        if let Some(out) = self.small_change(pts, self.config.idle_keyframe_interval()) {
             return Ok(out);
         }
-        self.submit(pts, interval)
+        self.submit(pts, self.config.keyframe_interval)
     }
 
     /// A small change (at most [`PCM_MAX_MBS`] macroblocks since the last picture) as a
@@ -1107,6 +1110,57 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// A screen where only a clock ticks gets a keyframe only at the idle interval (a
+    /// minute), not at the normal one (10 s); the first large change after the normal interval
+    /// is a keyframe.
+    #[test]
+    fn small_changes_wait_for_the_idle_keyframe_interval_a_large_change_does_not() {
+        let (w, h) = (320, 240);
+        let config = EncoderConfig::default();
+        let idle = config.idle_keyframe_interval();
+        assert!(idle >= config.keyframe_interval * 2);
+        let mut enc = Encoder::new(w, h, config.clone()).unwrap();
+        let mut screen = busy(w, h, 0);
+        let first = enc_out(enc.encode(&screen, MediaTime::ZERO));
+        assert!(first[0].keyframe);
+        let digit = Rect {
+            x: 280,
+            y: 4,
+            w: 7,
+            h: 12,
+        };
+        let mut keyframes = Vec::new();
+        let mut t = MediaTime::ZERO;
+        // A tick a second, to past the idle interval.
+        for second in 1..=idle.as_secs() + 1 {
+            t = MediaTime::from_micros(second * 1_000_000);
+            screen.fill(
+                digit.x,
+                digit.y,
+                digit.w,
+                digit.h,
+                [(second * 40) as u8, 0, 0, 255],
+            );
+            for f in enc_out(enc.encode_changed(&screen, &[digit], t)) {
+                if f.keyframe {
+                    keyframes.push(f.pts.as_micros() / 1_000_000);
+                }
+            }
+        }
+        assert_eq!(keyframes, [idle.as_secs()], "keyframes of a ticking clock");
+        // Past the normal interval since that keyframe, a large change is one.
+        t = MediaTime::from_micros(t.as_micros() + config.keyframe_interval.as_micros() as u64);
+        let window = Rect {
+            x: 0,
+            y: 40,
+            w: 160,
+            h: 160,
+        };
+        screen.fill(window.x, window.y, window.w, window.h, [20, 120, 200, 255]);
+        let out = enc_out(enc.encode_changed(&screen, &[window], t));
+        assert!(out[0].keyframe, "a large change after the normal interval");
     }
 
     fn enc_out(r: Result<Vec<EncodedFrame>, EncodeError>) -> Vec<EncodedFrame> {
