@@ -49,10 +49,10 @@ pub const STALL_AFTER: Duration = REOPEN_AFTER;
 pub const CAPTURE_STOP_LIMIT: Duration = Duration::from_secs(1);
 
 /// What a JIT stop takes at most, whatever the X server does (given a disk that answers):
-/// noticing it (at once: the JIT event rings the doorbell), the capture thread's join ([`CAPTURE_STOP_LIMIT`]), the event
-/// sources' catch-up and join ([`crate::events::SOURCE_STOP_LIMIT`]), and the last chunk's
-/// encode and commit. Stated in `docs/recorder.md`; tested with a grab that never returns and
-/// with a suspended Xvfb.
+/// noticing it (at once: the JIT event rings the doorbell), the capture thread's join
+/// ([`CAPTURE_STOP_LIMIT`]), the event sources' catch-up and join
+/// ([`crate::events::SOURCE_STOP_LIMIT`]), and the last chunk's encode and commit. Stated in
+/// `docs/recorder.md`; tested with a grab that never returns and with a suspended Xvfb.
 pub const STOP_BOUND: Duration = Duration::from_secs(5);
 
 /// Recorder settings.

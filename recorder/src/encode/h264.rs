@@ -540,8 +540,8 @@ fn read_frame_num(extra: &Extra, nal: &[u8]) -> Option<u32> {
 /// list modification and the marking make the header longer, so the header is written again
 /// and the slice data follows it. `None` for a P slice that predicts from more than one
 /// picture, modifies its list or marks pictures itself (those speak of the encoder's
-/// numbering, which the hand-made pictures have moved), or, with `long_term`, is not a
-/// reference picture (it could not return the long-term frame).
+/// numbering, which the hand-made pictures have moved), or, with `long_term`, is an I slice
+/// or not a reference picture (it would not release the long-term frame).
 fn rewrite_slice(extra: &Extra, nal: &[u8], by: u32, long_term: bool) -> Option<Vec<u8>> {
     let rbsp = unescape(nal.get(1..)?);
     let (at, frame_num, slice_type, pps) = locate(extra, &rbsp)?;
@@ -554,9 +554,10 @@ fn rewrite_slice(extra: &Extra, nal: &[u8], by: u32, long_term: bool) -> Option<
         out.extend(escape(&rbsp));
         out
     };
-    // I slices have no reference list.
+    // I slices have no reference list; after a run, though, one would have to release the
+    // long-term frame, which this does not write (libx264 makes none but IDR pictures here).
     if slice_type % 5 != 0 {
-        return Some(in_place(rbsp));
+        return (!long_term).then(|| in_place(rbsp));
     }
     let mut r = BitReader::new(&rbsp);
     r.pos = at + n as usize;
