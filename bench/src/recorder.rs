@@ -29,9 +29,12 @@
 //! then ffmpeg.
 //!
 //! Beside the figures: where jitrec's time went, per stage (the recorder's own counters,
-//! `jitrec_recorder::cost`, logged at the end of each session and read from its log), and its
-//! peak resident memory (`VmHWM`) over the workload run.
+//! `jitrec_recorder::cost`, logged at the end of each session and read from its log), per
+//! thread (`/proc/<pid>/task/*/schedstat`, read at JIT start and just before JIT stop, so it
+//! shows the event sources and housekeeping the stages do not count), and its peak resident
+//! memory (`VmHWM`) over the workload run.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -82,6 +85,50 @@ fn cpu_secs(pid: u32) -> Result<f64> {
     // Fields 14 and 15 (utime, stime) are 11 and 12 after the name.
     let ticks: u64 = f[11].parse::<u64>()? + f[12].parse::<u64>()?;
     Ok(ticks as f64 / USER_HZ)
+}
+
+/// CPU milliseconds each thread of `pid` has used so far, summed by thread name: the first
+/// field of `/proc/<pid>/task/<tid>/schedstat` (nanoseconds on a CPU, not rounded to clock
+/// ticks as `stat` is) and the thread's `comm`. A thread that ends in between is not seen.
+fn thread_cpu_ms(pid: u32) -> BTreeMap<String, f64> {
+    let mut by_name = BTreeMap::new();
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return by_name;
+    };
+    for task in tasks.flatten() {
+        let dir = task.path();
+        let (Ok(name), Ok(stat)) = (
+            std::fs::read_to_string(dir.join("comm")),
+            std::fs::read_to_string(dir.join("schedstat")),
+        ) else {
+            continue;
+        };
+        let Some(ns) = stat
+            .split_whitespace()
+            .next()
+            .and_then(|v| v.parse::<u64>().ok())
+        else {
+            continue;
+        };
+        *by_name.entry(name.trim().to_owned()).or_insert(0.0) += ns as f64 / 1e6;
+    }
+    by_name
+}
+
+/// What each thread name used between two [`thread_cpu_ms`] readings, most first.
+fn thread_cpu_between(
+    before: &BTreeMap<String, f64>,
+    after: BTreeMap<String, f64>,
+) -> Vec<(String, f64)> {
+    let mut used: Vec<(String, f64)> = after
+        .into_iter()
+        .map(|(name, ms)| {
+            let was = before.get(&name).copied().unwrap_or(0.0);
+            (name, (ms - was).max(0.0))
+        })
+        .collect();
+    used.sort_by(|a, b| b.1.total_cmp(&a.1));
+    used
 }
 
 /// Peak resident memory (`VmHWM`) of `pid`, in kB.
@@ -198,6 +245,8 @@ struct Measured {
     secs: f64,
     /// jitrec only: CPU milliseconds per stage over the session (`<stage>_ms` of its cost log).
     stages: Vec<(String, f64)>,
+    /// jitrec only: CPU milliseconds per thread name over the session, most first.
+    threads: Vec<(String, f64)>,
     /// jitrec only: peak resident memory of the process so far, in kB.
     peak_rss_kb: Option<u64>,
     /// Idle runs: CPU seconds (process + X server) per minute after the run settled.
@@ -302,7 +351,10 @@ impl Jitrec {
         during: impl FnOnce() -> Result<()>,
     ) -> Result<(Measured, SessionId)> {
         let id = self.jit_start()?;
+        let before = thread_cpu_ms(self.child.0.id());
         let (own, xs, secs) = cpu_during([self.child.0.id(), x.pid()], during)?;
+        // Read before the stop, while the session's threads are still there.
+        let threads = thread_cpu_between(&before, thread_cpu_ms(self.child.0.id()));
         self.jit_stop()?;
         Ok((
             Measured {
@@ -311,6 +363,7 @@ impl Jitrec {
                 bytes: dir_bytes(&self.spool),
                 secs,
                 stages: self.stages(id)?,
+                threads,
                 peak_rss_kb: peak_rss_kb(self.child.0.id()),
                 steady: None,
             },
@@ -700,6 +753,7 @@ fn workload(events: bool) -> Result<Workload> {
         bytes: std::fs::metadata(&out)?.len(),
         secs,
         stages: Vec::new(),
+        threads: Vec::new(),
         peak_rss_kb: None,
         steady: None,
     };
@@ -821,6 +875,7 @@ fn idle(events: bool, seconds: u64) -> Result<(Measured, Measured)> {
         bytes: std::fs::metadata(&out)?.len(),
         secs,
         stages: Vec::new(),
+        threads: Vec::new(),
         peak_rss_kb: None,
         steady: Some(steady),
     };
@@ -903,6 +958,12 @@ fn breakdown(m: &Measured) {
         ("X server", m.x * 1e3),
     ] {
         println!("    {name:<38} {:>9.1}", per_min(ms));
+    }
+    println!(
+        "  by thread of the recorder (CPU ms per recorded minute; threads that ended before the stop not seen):"
+    );
+    for (name, ms) in m.threads.iter().filter(|(_, ms)| *ms > 0.0) {
+        println!("    {name:<38} {:>9.1}", per_min(*ms));
     }
 }
 
