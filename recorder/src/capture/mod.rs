@@ -65,7 +65,10 @@ impl Rect {
     }
 }
 
-/// One BGRA screen image.
+/// One BGRA screen image. Alpha is opaque, except in frames of an X11 source with damage
+/// tracking, where it is whatever the server left in its padding byte: nothing reads it there
+/// (conversion and cursor blending use colour alone, and such frames are not compared whole
+/// to find an idle screen; a spurious difference would only cost an encode).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Frame {
     pub width: u32,

@@ -402,8 +402,9 @@ impl X11Source {
         Ok(Tracker { damage, region })
     }
 
-    /// Copies `r` of the root window into `screen` (opaque alpha): through shared memory when
-    /// the segment is there, else through the socket.
+    /// Copies `r` of the root window into `screen`: through shared memory when the segment is
+    /// there, else through the socket. Without damage tracking the padding byte is made opaque
+    /// as well (see below).
     fn copy_rect(&mut self, screen: &mut Frame, r: Rectangle) -> Result<(), CaptureError> {
         let row = usize::from(r.width) * 4;
         let len = row * usize::from(r.height);
@@ -465,8 +466,14 @@ impl X11Source {
                 screen.data[at(i)..at(i) + row].copy_from_slice(src);
             }
         }
-        // X leaves the padding byte undefined; make it opaque so identical screens compare
-        // equal.
+        // X leaves the padding byte undefined. Only frames without damage tracking are
+        // compared whole with the one before (the recorder's idle test), so only those are
+        // made opaque, that identical screens compare equal; with damage nothing reads the
+        // byte (conversion and the cursor's blending use colour alone), and the pass would
+        // cost as much as the copy itself.
+        if self.tracker.is_some() {
+            return Ok(());
+        }
         for i in 0..usize::from(r.height) {
             for px in screen.data[at(i)..at(i) + row].chunks_exact_mut(4) {
                 px[3] = 0xff;
