@@ -404,7 +404,11 @@ fn admin_group_membership_starts_and_stops_a_session_covering_exactly_the_jit_in
     assert!(close.ended_at <= chrono::Utc::now());
     assert!(
         close.ended_at >= before_stop,
-        "session ended before JIT stop"
+        "session ended before JIT stop: ended at {}, the stop's edit began at {} (started at {}, media end {} us)",
+        close.ended_at,
+        before_stop,
+        header.started_at,
+        close.media_end_us.as_micros()
     );
     assert!(close.ended_at - before_stop < chrono::Duration::seconds(10));
     for m in &chunks {
