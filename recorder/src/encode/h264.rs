@@ -8,9 +8,12 @@
 //! CAVLC, no weighted prediction, added to the stream's `avcC` beside the encoder's) that
 //! predicts from the picture before it: its unchanged macroblocks are `P_Skip` (no macroblock
 //! in it has motion, so each takes motion vector zero: the picture before, exactly), its
-//! changed ones `I_PCM`, their samples as they are (lossless, 384 bytes a macroblock). It is a
-//! reference picture, so the next hand-made picture builds on it and a run of them (a clock
-//! ticking for minutes) needs nothing from the encoder.
+//! changed ones intra macroblocks that the intra coder (`intra.rs`) coded alone in a slice of
+//! their own, each again the first of a slice of its own here ([`Numbering::intra_picture`]),
+//! or, without the intra coder, `I_PCM`, their samples as they are (lossless, 384 bytes a
+//! macroblock; [`Numbering::pcm_picture`]). It is a reference picture, so the next hand-made
+//! picture builds on it and a run of them (a clock ticking for minutes) needs nothing from the
+//! encoder.
 //!
 //! The encoder knows nothing of them, so the stream keeps two reference frames (the encoder is
 //! opened with a decoded-picture buffer of two and uses one): the encoder's own last picture,
@@ -70,7 +73,6 @@ impl<'a> BitReader<'a> {
             .ok()
     }
 
-    #[cfg(test)]
     fn se(&mut self) -> Option<i32> {
         let k = self.ue()?;
         let v = k.div_ceil(2) as i32;
@@ -119,6 +121,13 @@ impl BitWriter {
             v.unsigned_abs() * 2
         };
         self.ue(k);
+    }
+
+    /// The first `len` bits of `data` (most significant first), as they are.
+    fn bits_of(&mut self, data: &[u8], len: usize) {
+        for i in 0..len {
+            self.bit(u32::from(data[i / 8] >> (7 - i % 8)));
+        }
     }
 
     /// `rbsp_trailing_bits()`: a one, then zeros to the byte boundary.
@@ -229,6 +238,20 @@ struct Pps {
     cabac: bool,
     /// Slice headers say how the loop filter runs.
     deblocking_control: bool,
+    /// `26 + pic_init_qp_minus26`: the quantiser a slice's `slice_qp_delta` is added to.
+    init_qp: i32,
+    /// `chroma_qp_index_offset`, and the second one (the same unless the High profile's
+    /// extension says otherwise).
+    chroma_qp_offsets: [i32; 2],
+    /// The High profile's extension asks for the 8x8 transform or scaling matrices, either of
+    /// which changes what a macroblock's bits mean.
+    high_tools: bool,
+}
+
+/// Bit position of an RBSP's stop bit (its last one bit).
+fn stop_bit(rbsp: &[u8]) -> Option<usize> {
+    let (i, &last) = rbsp.iter().enumerate().rev().find(|(_, b)| **b != 0)?;
+    Some(i * 8 + 7 - last.trailing_zeros() as usize)
 }
 
 fn parse_pps(nal: &[u8]) -> Option<Pps> {
@@ -249,21 +272,31 @@ fn parse_pps(nal: &[u8]) -> Option<Pps> {
         return None; // weighted prediction: a prediction weight table in P slice headers
     }
     r.u(2)?; // weighted bi-prediction
-    // pic_init_qp, pic_init_qs, chroma_qp_index_offset: signed Exp-Golomb codes, which are as
-    // long as the unsigned code of the same bits.
-    r.ue()?;
-    r.ue()?;
-    r.ue()?;
+    let init_qp = 26 + r.se()?;
+    r.se()?; // pic_init_qs (SP and SI slices)
+    let chroma_qp_offset = r.se()?;
     let deblocking_control = r.bit()? == 1;
     r.bit()?; // constrained intra prediction
     if r.bit()? == 1 {
         return None; // redundant pictures
+    }
+    let mut chroma_qp_offsets = [chroma_qp_offset; 2];
+    let mut high_tools = false;
+    if r.pos < stop_bit(&rbsp)? {
+        high_tools |= r.bit()? == 1; // transform_8x8_mode_flag
+        high_tools |= r.bit()? == 1; // pic_scaling_matrix_present_flag (its lists follow)
+        if !high_tools {
+            chroma_qp_offsets[1] = r.se()?;
+        }
     }
     Some(Pps {
         id,
         sps_id,
         cabac,
         deblocking_control,
+        init_qp,
+        chroma_qp_offsets,
+        high_tools,
     })
 }
 
@@ -319,9 +352,9 @@ impl Extra {
         w.ue(0);
         w.bit(0); // no weighted prediction
         w.u(2, 0);
-        w.se(0); // pic_init_qp 26
+        w.se(HAND_MADE_QP - 26); // pic_init_qp
         w.se(0);
-        w.se(0); // chroma qp offset
+        w.se(0); // chroma qp offset (the intra coder's must be the same)
         w.bit(1); // deblocking control present (hand-made pictures turn it off)
         w.bit(0); // no constrained intra prediction
         w.bit(0); // no redundant picture count
@@ -337,6 +370,99 @@ impl Extra {
 
     fn max_frame_num(&self) -> u32 {
         1 << self.sps.log2_max_frame_num
+    }
+}
+
+/// The quantiser of our parameter set (its `pic_init_qp`); each slice says its own.
+const HAND_MADE_QP: i32 = 26;
+
+/// One intra macroblock the intra coder (`encode/intra.rs`) coded alone in a slice of its own,
+/// ready to be put into a hand-made picture ([`Numbering::intra_picture`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IntraMb {
+    /// `mb_type` as an I slice numbers it (0 to 24; a P slice adds 5).
+    mb_type: u32,
+    /// The rest of its `macroblock_layer`, `len` bits, most significant first.
+    bits: Vec<u8>,
+    len: usize,
+    /// The quantiser of its slice, which its `mb_qp_delta` is relative to.
+    qp: i32,
+}
+
+/// The intra coder's stream, as far as moving its macroblocks into hand-made pictures needs it.
+#[derive(Debug, Clone)]
+pub struct IntraStream {
+    sps: Sps,
+    pps: Pps,
+}
+
+impl IntraStream {
+    /// From an access unit (Annex B) of the intra coder that carries its parameter sets, or
+    /// `None` unless its macroblocks mean the same in a hand-made picture: CAVLC, no 8x8
+    /// transform or scaling matrices, the chroma quantiser offsets of our parameter set (0),
+    /// and slices with the loop filter off.
+    pub fn from_headers(au: &[u8]) -> Option<Self> {
+        let nals = crate::fmp4::annexb_nals(au);
+        let sps = nals
+            .iter()
+            .find(|n| n[0] & 0x1f == NAL_SPS)
+            .and_then(|n| parse_sps(n))?;
+        let pps = nals
+            .iter()
+            .find(|n| n[0] & 0x1f == NAL_PPS)
+            .and_then(|n| parse_pps(n))?;
+        let plain = !pps.cabac
+            && !pps.high_tools
+            && pps.chroma_qp_offsets == [0, 0]
+            && pps.deblocking_control
+            && pps.sps_id == sps.id;
+        plain.then_some(Self { sps, pps })
+    }
+
+    /// The macroblocks of an access unit of the intra coder, whose slices each hold one intra
+    /// macroblock, in order: `None` if any is not such a slice (an `I_PCM` macroblock too: its
+    /// bits are aligned to bytes of its own slice).
+    pub fn macroblocks(&self, au: &[u8]) -> Option<Vec<IntraMb>> {
+        let mut out = Vec::new();
+        for nal in crate::fmp4::annexb_nals(au) {
+            if nal[0] & 0x1f != NAL_IDR {
+                if nal[0] & 0x1f == NAL_SLICE {
+                    return None; // the intra coder makes IDR pictures alone
+                }
+                continue;
+            }
+            let rbsp = unescape(nal.get(1..)?);
+            let mut r = BitReader::new(&rbsp);
+            if r.ue()? as usize != out.len() || r.ue()? % 5 != 2 || r.ue()? != self.pps.id {
+                return None; // not the next macroblock, not an I slice, another parameter set
+            }
+            r.u(self.sps.log2_max_frame_num)?;
+            r.ue()?; // idr_pic_id (pic_order_cnt_type 2: no order count follows)
+            if nal[0] & 0x60 != 0 {
+                r.u(2)?; // no_output_of_prior_pics, long_term_reference
+            }
+            let qp = self.pps.init_qp + r.se()?;
+            if r.ue()? != 1 {
+                return None; // the loop filter is on
+            }
+            let mb_type = r.ue()?;
+            let end = stop_bit(&rbsp)?;
+            if mb_type > 24 || end < r.pos {
+                return None;
+            }
+            let len = end - r.pos;
+            let mut w = BitWriter::default();
+            for _ in 0..len {
+                w.bit(r.bit()?);
+            }
+            out.push(IntraMb {
+                mb_type,
+                bits: w.out,
+                len,
+                qp,
+            });
+        }
+        Some(out)
     }
 }
 
@@ -420,7 +546,8 @@ impl Numbering {
 
     /// An access unit (Annex B) holding one all-skip P picture: the last picture again.
     pub fn skip_picture(&mut self, extra: &Extra) -> Vec<u8> {
-        let w = self.hand_made_header(extra);
+        self.next_hand_made(extra);
+        let w = self.hand_made_header(extra, 0, 0);
         self.hand_made_end(extra, w, 0)
     }
 
@@ -429,7 +556,8 @@ impl Numbering {
     /// they are (`I_PCM`: lossless, 384 bytes a macroblock, no analysis).
     pub fn pcm_picture(&mut self, extra: &Extra, planes: &Planes<'_>, mbs: &[usize]) -> Vec<u8> {
         let sps = &extra.sps;
-        let mut w = self.hand_made_header(extra);
+        self.next_hand_made(extra);
+        let mut w = self.hand_made_header(extra, 0, 0);
         let mut next = 0usize;
         for &mb in mbs {
             if mb < next || mb >= sps.macroblocks as usize {
@@ -463,13 +591,60 @@ impl Numbering {
         self.hand_made_end(extra, w, next)
     }
 
-    /// The slice header of a hand-made reference picture, which predicts from the newest
-    /// reference picture (the default list's first: the one before it in the stream).
-    fn hand_made_header(&mut self, extra: &Extra) -> BitWriter {
-        let sps = &extra.sps;
+    /// An access unit (Annex B) holding one P picture: the picture before with the macroblocks
+    /// `mbs` (indices, row by row, ascending) replaced by their intra coding (lossy, from
+    /// [`IntraStream::macroblocks`]). Each is the first macroblock of a slice of its own, so,
+    /// as in the intra coder's picture, where it was alone in its slice too, nothing around it
+    /// is available to predict from: it decodes to exactly what it decoded to there. The
+    /// macroblocks after it in its slice are skipped, up to the next one's slice.
+    pub fn intra_picture(&mut self, extra: &Extra, mbs: &[(usize, &IntraMb)]) -> Vec<u8> {
+        let total = extra.sps.macroblocks as usize;
+        let mut slices: Vec<(usize, Option<&IntraMb>)> = Vec::with_capacity(mbs.len() + 1);
+        for &(mb, coded) in mbs {
+            if mb < total && slices.last().is_none_or(|(last, _)| mb > *last) {
+                slices.push((mb, Some(coded)));
+            }
+        }
+        if slices.first().is_none_or(|(first, _)| *first > 0) {
+            slices.insert(0, (0, None));
+        }
+        self.next_hand_made(extra);
+        let mut au = Vec::new();
+        for (i, &(first, coded)) in slices.iter().enumerate() {
+            let end = slices.get(i + 1).map_or(total, |s| s.0);
+            let qp_delta = coded.map_or(0, |c| c.qp - HAND_MADE_QP);
+            let mut w = self.hand_made_header(extra, first as u32, qp_delta);
+            let mut next = first;
+            if let Some(c) = coded {
+                w.ue(0); // nothing skipped before it
+                w.ue(c.mb_type + 5); // an intra type in a P slice
+                w.bits_of(&c.bits, c.len);
+                next += 1;
+            }
+            if next < end {
+                w.ue((end - next) as u32); // skipped after it
+            }
+            au.extend_from_slice(&[0, 0, 0, 1, 0x41]);
+            au.extend(escape(&w.trailing()));
+        }
+        self.end_hand_made();
+        au
+    }
+
+    /// Moves `frame_num` on for the next hand-made picture.
+    fn next_hand_made(&mut self, extra: &Extra) {
         self.frame_num = (self.frame_num + 1) % extra.max_frame_num();
+    }
+
+    /// A slice header of a hand-made reference picture (the one [`Numbering::next_hand_made`]
+    /// numbered), which predicts from the newest reference picture (the default list's first:
+    /// the one before it in the stream), its quantiser `qp_delta` from [`HAND_MADE_QP`].
+    /// Every slice of the picture has the same but for its first macroblock and quantiser, as
+    /// the standard requires of the reference marking.
+    fn hand_made_header(&self, extra: &Extra, first_mb: u32, qp_delta: i32) -> BitWriter {
+        let sps = &extra.sps;
         let mut w = BitWriter::default();
-        w.ue(0); // first macroblock
+        w.ue(first_mb);
         w.ue(5); // P, all slices of the picture P
         w.ue(extra.pps_id);
         w.u(sps.log2_max_frame_num, self.frame_num);
@@ -496,23 +671,28 @@ impl Numbering {
             w.ue(0);
         }
         w.ue(0); // end of operations
-        w.se(0); // slice qp delta
+        w.se(qp_delta);
         w.ue(1); // no deblocking
         w
     }
 
-    /// Closes a hand-made picture whose macroblocks from `next` on are skipped.
+    /// Closes a hand-made picture of one slice whose macroblocks from `next` on are skipped.
     fn hand_made_end(&mut self, extra: &Extra, mut w: BitWriter, next: usize) -> Vec<u8> {
         let macroblocks = extra.sps.macroblocks as usize;
         if next < macroblocks {
             w.ue((macroblocks - next) as u32); // skipped after the last
         }
-        self.inserted += 1;
-        self.run += 1;
-        self.frames = 2;
+        self.end_hand_made();
         let mut au = vec![0, 0, 0, 1, 0x41];
         au.extend(escape(&w.trailing()));
         au
+    }
+
+    /// Notes that a hand-made picture went in.
+    fn end_hand_made(&mut self) {
+        self.inserted += 1;
+        self.run += 1;
+        self.frames = 2;
     }
 }
 
@@ -746,6 +926,9 @@ mod tests {
                 sps_id: 0,
                 cabac: true,
                 deblocking_control: true,
+                init_qp: 26,
+                chroma_qp_offsets: [0, 0],
+                high_tools: true,
             }],
             pps_id: 1,
             pps_nal: Vec::new(),
@@ -766,6 +949,65 @@ mod tests {
             ..Numbering::default()
         };
         assert_eq!(operations(&full.skip_picture(&extra), &extra), [1, 4, 3]);
+    }
+
+    /// The stop bit is the RBSP's last one bit, wherever in its byte it is.
+    #[test]
+    fn the_stop_bit_is_the_last_one_bit() {
+        assert_eq!(stop_bit(&[0x80]), Some(0));
+        // 0x34 is 0011 0100: its last one is its bit 5, bit 13 of the two bytes.
+        assert_eq!(stop_bit(&[0x12, 0x34, 0x00]), Some(13));
+        assert_eq!(stop_bit(&[0x01]), Some(7));
+        assert_eq!(stop_bit(&[0, 0]), None);
+    }
+
+    /// A picture parameter set's quantisers are read, and the High profile's extension when
+    /// there is one: its 8x8 transform is a tool the intra coder's macroblocks must not use,
+    /// its second chroma offset is read.
+    #[test]
+    fn a_pps_says_its_quantisers_and_its_high_profile_tools() {
+        let pps = |ext: Option<(u32, i32)>| {
+            let mut w = BitWriter::default();
+            w.ue(3);
+            w.ue(0);
+            w.bit(0); // CAVLC
+            w.bit(0);
+            w.ue(0);
+            w.ue(0);
+            w.ue(0);
+            w.bit(0);
+            w.u(2, 0);
+            w.se(-4); // pic_init_qp 22
+            w.se(0);
+            w.se(-2); // chroma offset
+            w.bit(1);
+            w.bit(0);
+            w.bit(0);
+            if let Some((transform_8x8, second)) = ext {
+                w.bit(transform_8x8);
+                w.bit(0); // no scaling matrices
+                w.se(second);
+            }
+            let mut nal = vec![0x68];
+            nal.extend(escape(&w.trailing()));
+            parse_pps(&nal).unwrap()
+        };
+        let plain = pps(None);
+        assert_eq!(
+            (
+                plain.id,
+                plain.init_qp,
+                plain.chroma_qp_offsets,
+                plain.high_tools
+            ),
+            (3, 22, [-2, -2], false)
+        );
+        let second = pps(Some((0, 3)));
+        assert_eq!(
+            (second.chroma_qp_offsets, second.high_tools),
+            ([-2, 3], false)
+        );
+        assert!(pps(Some((1, 0))).high_tools);
     }
 
     #[test]

@@ -19,6 +19,7 @@
 
 pub mod convert;
 pub mod h264;
+pub mod intra;
 pub mod x264;
 
 use std::time::Duration;
@@ -112,8 +113,8 @@ pub struct Encoder {
     /// Macroblocks the picture about to be encoded changed since the last one put in the
     /// stream (indices, ascending), filled in with `unchanged`.
     changed_now: Vec<usize>,
-    /// Most macroblocks a hand-made picture carries ([`PCM_MAX_MBS`]; tests lower it).
-    pcm_max_mbs: usize,
+    /// Most macroblocks a hand-made picture carries ([`HAND_MADE_MAX_MBS`]; tests lower it).
+    hand_made_max_mbs: usize,
     /// The last converted frame, kept to repeat it over idle stretches without converting again.
     yuv: convert::Yuv420,
     have_frame: bool,
@@ -124,15 +125,19 @@ pub struct Encoder {
     /// Whether the first keyframe has been looked at for [`Encoder::skip`].
     skip_checked: bool,
     numbering: h264::Numbering,
+    /// Codes the changed macroblocks of hand-made pictures (`None`: it could not be opened,
+    /// and they go in as `I_PCM`).
+    intra: Option<intra::IntraCoder>,
     /// Every access unit libx264 returned, as it returned it (tests: decoded alone, they give
     /// libx264's own reconstruction, which the stream must decode to).
     #[cfg(test)]
     raw: Vec<Vec<u8>>,
 }
 
-/// Most macroblocks a hand-made `I_PCM` picture carries (384 bytes each, 6 KB in all); a larger
-/// change goes to libx264, which codes it at a fraction of the bytes.
-const PCM_MAX_MBS: usize = 16;
+/// Most macroblocks a hand-made picture carries (what the intra coder's picture holds); a
+/// larger change goes to libx264, which codes a whole frame's worth of macroblocks in one
+/// picture and can predict them from one another and from its reference.
+const HAND_MADE_MAX_MBS: usize = intra::SLOTS;
 
 /// libx264 settings for screen content, on top of the preset (`veryfast`), `tune=zerolatency`
 /// and a constant quantiser, chosen by measurement (docs/recorder.md, "Encoder settings"):
@@ -193,6 +198,11 @@ impl Encoder {
             &params,
         )
         .map_err(EncodeError::X264)?;
+        let intra = intra::IntraCoder::open(&config.preset, config.crf)
+            .map_err(|e| {
+                tracing::warn!(error = %e, "no intra coder: small changes go in as lossless I_PCM, 384 bytes a macroblock");
+            })
+            .ok();
         Ok(Self {
             yuv: convert::Yuv420::new(width, height),
             config,
@@ -202,13 +212,14 @@ impl Encoder {
             hinted: false,
             since_x264: vec![0; enc.macroblocks().0 * enc.macroblocks().1],
             changed_now: Vec::new(),
-            pcm_max_mbs: PCM_MAX_MBS,
+            hand_made_max_mbs: HAND_MADE_MAX_MBS,
             enc,
             have_frame: false,
             last_key: None,
             skip: None,
             skip_checked: false,
             numbering: h264::Numbering::default(),
+            intra,
             #[cfg(test)]
             raw: Vec::new(),
         })
@@ -296,14 +307,15 @@ impl Encoder {
         self.submit(pts, self.config.keyframe_interval)
     }
 
-    /// A small change (at most [`PCM_MAX_MBS`] macroblocks since the last picture) as a
-    /// hand-made picture ([`h264::Numbering::pcm_picture`]): the picture before with those
-    /// macroblocks sent as they are. `None` when libx264 is to code it: a larger change, a
+    /// A small change (at most [`HAND_MADE_MAX_MBS`] macroblocks since the last picture) as a
+    /// hand-made picture: the picture before with those macroblocks coded by the intra coder
+    /// ([`h264::Numbering::intra_picture`]), or, without one, sent as they are
+    /// ([`h264::Numbering::pcm_picture`]). `None` when libx264 is to code it: a larger change, a
     /// keyframe due, or a stream that does not allow hand-made pictures. A run of them (a clock
     /// ticking) builds on itself; libx264 is told at its next picture that they changed.
     fn small_change(&mut self, pts: MediaTime, interval: Duration) -> Option<Vec<EncodedFrame>> {
         let extra = self.skip.as_ref()?;
-        if self.changed_now.len() > self.pcm_max_mbs || self.keyframe_due(pts, interval) {
+        if self.changed_now.len() > self.hand_made_max_mbs || self.keyframe_due(pts, interval) {
             return None;
         }
         let started = cost::thread_time();
@@ -312,9 +324,21 @@ impl Encoder {
             strides: [self.yuv.stride(0), self.yuv.stride(1), self.yuv.stride(2)],
             height: self.height as usize,
         };
-        let access_unit = self
-            .numbering
-            .pcm_picture(extra, &planes, &self.changed_now);
+        let width_mbs = self.width.div_ceil(16) as usize;
+        let coded = self
+            .intra
+            .as_mut()
+            .and_then(|c| c.code(&planes, width_mbs, &self.changed_now));
+        let access_unit = match coded {
+            Some(coded) => {
+                let mbs: Vec<(usize, &h264::IntraMb)> =
+                    self.changed_now.iter().copied().zip(&coded).collect();
+                self.numbering.intra_picture(extra, &mbs)
+            }
+            None => self
+                .numbering
+                .pcm_picture(extra, &planes, &self.changed_now),
+        };
         for &mb in &self.changed_now {
             self.since_x264[mb] = 1;
         }
@@ -633,6 +657,38 @@ mod tests {
         out
     }
 
+    /// `show` (the luma of a picture `w` wide) with the macroblocks the intra coder coded last
+    /// replaced by what they decode to in its own small picture: what a hand-made picture that
+    /// carries them must show there, bit for bit. Each must also be near the samples it
+    /// replaces (quantiser 28), so a macroblock coded from the wrong place fails. Returns the
+    /// picture and the macroblocks.
+    fn with_intra(enc: &Encoder, mut show: Vec<u8>, w: usize) -> (Vec<u8>, Vec<usize>) {
+        let (au, mbs) = enc
+            .intra
+            .as_ref()
+            .expect("an intra coder")
+            .last
+            .clone()
+            .expect("the intra coder coded a picture");
+        let small = decode(&[au], intra::SLOTS * 16, 16).remove(0);
+        let mbw = w / 16;
+        for (slot, &mb) in mbs.iter().enumerate() {
+            let (mx, my) = (mb % mbw, mb / mbw);
+            let mut off = 0.0;
+            for y in 0..16 {
+                let at = (my * 16 + y) * w + mx * 16;
+                let coded = &small[y * intra::SLOTS * 16 + slot * 16..][..16];
+                off += mean_diff(&show[at..at + 16], coded) / 16.0;
+                show[at..at + 16].copy_from_slice(coded);
+            }
+            assert!(
+                off < 8.0,
+                "macroblock {mb} decodes {off:.2} off its samples"
+            );
+        }
+        (show, mbs)
+    }
+
     fn mean_diff(a: &[u8], b: &[u8]) -> f64 {
         a.iter()
             .zip(b)
@@ -727,17 +783,34 @@ mod tests {
     /// macroblock boundaries), and what did not change decodes as the picture before.
     #[test]
     fn unchanged_macroblocks_are_skipped_and_changed_ones_are_coded() {
-        small_changes_reach_the_stream(false);
+        small_changes_reach_the_stream(Coder::X264);
     }
 
-    /// The same change, small enough for a hand-made picture: its macroblocks are sent as
-    /// they are, so they decode to exactly the converted picture.
+    /// The same change, small enough for a hand-made picture: its macroblocks are coded by the
+    /// intra coder, each alone in a slice, and decode bit for bit to what they decode to in the
+    /// intra coder's own picture, in fewer bytes than sent as they are.
     #[test]
-    fn a_small_change_goes_in_as_a_lossless_hand_made_picture() {
-        small_changes_reach_the_stream(true);
+    fn a_small_change_goes_in_as_a_hand_made_picture_of_intra_macroblocks() {
+        small_changes_reach_the_stream(Coder::Intra);
     }
 
-    fn small_changes_reach_the_stream(by_hand: bool) {
+    /// Without the intra coder, a small change's macroblocks are sent as they are (`I_PCM`),
+    /// so they decode to exactly the converted picture.
+    #[test]
+    fn without_the_intra_coder_a_small_change_goes_in_losslessly() {
+        small_changes_reach_the_stream(Coder::Pcm);
+    }
+
+    /// Who codes a change in [`small_changes_reach_the_stream`].
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    enum Coder {
+        X264,
+        Intra,
+        Pcm,
+    }
+
+    fn small_changes_reach_the_stream(coder: Coder) {
+        let by_hand = coder != Coder::X264;
         let (w, h) = (320, 240);
         let a = busy(w, h, 0);
         let mut b = a.clone();
@@ -765,6 +838,10 @@ mod tests {
             b.fill(r.x, r.y, r.w, r.h, [0, 0, 0, 255]);
         }
         let mut enc = Encoder::new(w, h, EncoderConfig::default()).unwrap();
+        assert!(enc.intra.is_some(), "the intra coder opens");
+        if coder == Coder::Pcm {
+            enc.intra = None;
+        }
         let mut aus: Vec<Vec<u8>> = Vec::new();
         let mut sources = Vec::new();
         aus.extend(
@@ -776,7 +853,7 @@ mod tests {
         enc.yuv_luma_into(&mut sources);
         if !by_hand {
             // Too large for a hand-made picture: libx264 codes the change.
-            enc.pcm_max_mbs = 0;
+            enc.hand_made_max_mbs = 0;
         }
         let out = enc
             .encode_changed(&b, &changed, MediaTime::from_micros(200_000))
@@ -787,17 +864,48 @@ mod tests {
             .as_ref()
             .expect("the stream allows hand-made pictures");
         assert_eq!(extra.made_by_hand(&out[0].access_unit), by_hand);
+        let size = out[0].access_unit.len();
         aus.extend(out.into_iter().map(|f| f.access_unit));
         enc.yuv_luma_into(&mut sources);
         let decoded = decode(&aus, w as usize, h as usize);
         let at = |y: u32, x: u32| (y * w + x) as usize;
         assert_eq!(decoded.len(), 2);
-        if by_hand {
-            for r in changed {
-                for y in r.y..r.y + r.h {
-                    let row = at(y, r.x)..at(y, r.x + r.w);
-                    assert_eq!(decoded[1][row.clone()], sources[1][row], "row {y} of {r:?}");
+        match coder {
+            Coder::X264 => {}
+            Coder::Pcm => {
+                for r in changed {
+                    for y in r.y..r.y + r.h {
+                        let row = at(y, r.x)..at(y, r.x + r.w);
+                        assert_eq!(decoded[1][row.clone()], sources[1][row], "row {y} of {r:?}");
+                    }
                 }
+            }
+            Coder::Intra => {
+                let (want, mbs) = with_intra(&enc, sources[1].clone(), w as usize);
+                let mut carried: Vec<usize> =
+                    changed.iter().flat_map(|r| touched(*r, w, h)).collect();
+                carried.sort_unstable();
+                carried.dedup();
+                assert_eq!(
+                    mbs, carried,
+                    "the intra coder coded the changed macroblocks"
+                );
+                for &mb in &mbs {
+                    let (mx, my) = (mb as u32 % (w / 16), mb as u32 / (w / 16));
+                    for y in my * 16..my * 16 + 16 {
+                        let row = at(y, mx * 16)..at(y, mx * 16 + 16);
+                        assert_eq!(
+                            decoded[1][row.clone()],
+                            want[row],
+                            "row {y} of macroblock {mb}"
+                        );
+                    }
+                }
+                assert!(
+                    size < mbs.len() * 384 / 2,
+                    "{size} bytes for {} macroblocks: not much less than I_PCM",
+                    mbs.len()
+                );
             }
         }
         let mut shown = 0;
@@ -935,17 +1043,24 @@ mod tests {
     /// second one of libx264's right after, and a run after those builds on them.
     #[test]
     fn a_run_of_small_changes_builds_on_itself_and_libx264_takes_over_right() {
-        run_of_small_changes("veryfast");
+        run_of_small_changes("veryfast", true);
+    }
+
+    /// The same run with the hand-made pictures' macroblocks sent as they are (`I_PCM`, as
+    /// when no intra coder could be opened).
+    #[test]
+    fn a_run_of_lossless_small_changes_builds_on_itself_too() {
+        run_of_small_changes("veryfast", false);
     }
 
     /// The same with a preset that asks libx264 for more than one reference (`fast`: two):
     /// libx264 is held to one, else its second would be a picture the stream no longer holds.
     #[test]
     fn a_preset_with_more_references_still_decodes_right() {
-        run_of_small_changes("fast");
+        run_of_small_changes("fast", true);
     }
 
-    fn run_of_small_changes(preset: &str) {
+    fn run_of_small_changes(preset: &str, intra: bool) {
         let (w, h) = (320, 240);
         let base = busy(w, h, 0);
         let config = EncoderConfig {
@@ -953,14 +1068,31 @@ mod tests {
             ..EncoderConfig::default()
         };
         let mut enc = Encoder::new(w, h, config).unwrap();
+        if !intra {
+            enc.intra = None;
+        }
         let mut pics: Vec<Picture> = Vec::new();
-        let put = |pics: &mut Vec<Picture>, enc: &Encoder, out: Vec<EncodedFrame>, carried| {
+        let put = |pics: &mut Vec<Picture>,
+                   enc: &Encoder,
+                   out: Vec<EncodedFrame>,
+                   carried: Vec<usize>| {
             assert_eq!(out.len(), 1);
             let au = out.into_iter().next().unwrap().access_unit;
             let hand = enc.skip.as_ref().unwrap().made_by_hand(&au);
             let mut show = Vec::new();
             enc.yuv_luma_into(&mut show);
-            pics.push((au, show.remove(0), hand.then_some(carried)));
+            let mut show = show.remove(0);
+            if hand && intra && !carried.is_empty() {
+                // What its macroblocks decode to in the intra coder's picture, which must be
+                // these very macroblocks.
+                let (want, mbs) = with_intra(enc, show, w as usize);
+                assert_eq!(
+                    mbs, carried,
+                    "the intra coder coded the changed macroblocks"
+                );
+                show = want;
+            }
+            pics.push((au, show, hand.then_some(carried)));
         };
         let out = enc_out(enc.encode(&base, MediaTime::ZERO));
         put(&mut pics, &enc, out, Vec::new());
@@ -1004,12 +1136,13 @@ mod tests {
             if second == 30 {
                 // One tick of the clock coded by libx264, 30 pictures after its last: its
                 // small change is predicted from its reference, so the wrong one would show.
-                enc.pcm_max_mbs = 0;
+                enc.hand_made_max_mbs = 0;
             }
             let out = enc_out(enc.encode_changed(screen, &rects, MediaTime::from_micros(*t)));
-            enc.pcm_max_mbs = PCM_MAX_MBS;
+            enc.hand_made_max_mbs = HAND_MADE_MAX_MBS;
             let mut carried: Vec<usize> = rects.iter().flat_map(|r| touched(*r, w, h)).collect();
             carried.sort_unstable();
+            carried.dedup();
             put(pics, enc, out, carried);
             if second == 20 {
                 // Idle in the middle of the run: a skip picture.
@@ -1062,7 +1195,8 @@ mod tests {
     }
 
     /// Decodes the pictures and checks each: a hand-made one shows the macroblocks it carries
-    /// exactly as converted and the rest exactly as the picture before; libx264's is bit for
+    /// exactly as it was to (as converted, or as the intra coder's picture decodes) and the
+    /// rest exactly as the picture before; libx264's is bit for
     /// bit what libx264's own pictures decode to alone (`raw`), and shows the whole screen
     /// within coding error, the clock's corner too.
     fn check_pictures(pics: &[Picture], raw: &[Vec<u8>], w: u32, h: u32) {
