@@ -139,6 +139,10 @@ pub struct Encoder {
 /// picture and can predict them from one another and from its reference.
 const HAND_MADE_MAX_MBS: usize = intra::SLOTS;
 
+/// Most macroblocks a hand-made picture sends as `I_PCM` (384 bytes each, 6 KB in all), when
+/// the intra coder is not there or failed: beyond, libx264 codes the change in fewer bytes.
+const PCM_MAX_MBS: usize = 16;
+
 /// libx264 settings for screen content, on top of the preset (`veryfast`), `tune=zerolatency`
 /// and a constant quantiser, chosen by measurement (docs/recorder.md, "Encoder settings"):
 /// weighted prediction off, which libx264's fast path for unchanged macroblocks needs, and no
@@ -310,9 +314,10 @@ impl Encoder {
     /// A small change (at most [`HAND_MADE_MAX_MBS`] macroblocks since the last picture) as a
     /// hand-made picture: the picture before with those macroblocks coded by the intra coder
     /// ([`h264::Numbering::intra_picture`]), or, without one, sent as they are
-    /// ([`h264::Numbering::pcm_picture`]). `None` when libx264 is to code it: a larger change, a
-    /// keyframe due, or a stream that does not allow hand-made pictures. A run of them (a clock
-    /// ticking) builds on itself; libx264 is told at its next picture that they changed.
+    /// ([`h264::Numbering::pcm_picture`], at most [`PCM_MAX_MBS`] of them). `None` when libx264
+    /// is to code it: a larger change, a keyframe due, or a stream that does not allow hand-made
+    /// pictures. A run of them (a clock ticking) builds on itself; libx264 is told at its next
+    /// picture that they changed.
     fn small_change(&mut self, pts: MediaTime, interval: Duration) -> Option<Vec<EncodedFrame>> {
         let extra = self.skip.as_ref()?;
         if self.changed_now.len() > self.hand_made_max_mbs || self.keyframe_due(pts, interval) {
@@ -329,6 +334,9 @@ impl Encoder {
             .intra
             .as_mut()
             .and_then(|c| c.code(&planes, width_mbs, &self.changed_now));
+        if coded.is_none() && self.changed_now.len() > PCM_MAX_MBS {
+            return None;
+        }
         let access_unit = match coded {
             Some(coded) => {
                 let mbs: Vec<(usize, &h264::IntraMb)> =
@@ -799,6 +807,37 @@ mod tests {
     #[test]
     fn without_the_intra_coder_a_small_change_goes_in_losslessly() {
         small_changes_reach_the_stream(Coder::Pcm);
+    }
+
+    /// A change of 20 macroblocks (a row of them) is hand-made with the intra coder, and
+    /// libx264's without it: as `I_PCM` it would be 7.5 KB.
+    #[test]
+    fn without_the_intra_coder_a_larger_change_goes_to_libx264() {
+        let (w, h) = (320, 240);
+        let row = Rect {
+            x: 0,
+            y: 100,
+            w,
+            h: 8,
+        };
+        for intra in [true, false] {
+            let mut enc = Encoder::new(w, h, EncoderConfig::default()).unwrap();
+            if !intra {
+                enc.intra = None;
+            }
+            let mut f = busy(w, h, 0);
+            enc.encode(&f, MediaTime::ZERO).unwrap();
+            f.fill(row.x, row.y, row.w, row.h, [0, 0, 0, 255]);
+            let out = enc
+                .encode_changed(&f, &[row], MediaTime::from_micros(200_000))
+                .unwrap();
+            let extra = enc.skip.as_ref().unwrap();
+            assert_eq!(
+                extra.made_by_hand(&out[0].access_unit),
+                intra,
+                "intra coder: {intra}"
+            );
+        }
     }
 
     /// Who codes a change in [`small_changes_reach_the_stream`].
