@@ -733,8 +733,9 @@ pub(crate) struct RealSession {
     pub(crate) mapped_at: chrono::DateTime<chrono::Utc>,
 }
 
-/// Records one session: 1.2 s of black screen, then a green 200x150 window at (40, 30), the
-/// marker command, 1.5 s more.
+/// Records one session: 1.2 s of black screen, then a green 200x150 window at (40, 30), 0.4 s
+/// later a red 12x12 one at (264, 204) (four macroblocks: a small change, which the recorder
+/// writes as a hand-made picture of intra macroblocks), the marker command, 1.5 s more.
 pub(crate) fn record_real_session() -> RealSession {
     use jitrec_recorder::events::linux::process::ProcessSource;
     use jitrec_recorder::events::{EventLimits, EventSource, SourceFactory};
@@ -753,6 +754,10 @@ pub(crate) fn record_real_session() -> RealSession {
         std::thread::sleep(Duration::from_millis(1200));
         mapped_at = chrono::Utc::now();
         let _w = jitrec_tests::xvfb::map_window(&display, (40, 30, 200, 150), 0x0000_ff00).unwrap();
+        // Two ticks apart at least, so the small window is a change of its own.
+        std::thread::sleep(Duration::from_millis(400));
+        let _small =
+            jitrec_tests::xvfb::map_window(&display, (264, 204, 12, 12), 0x00ff_0000).unwrap();
         // A command that lives long enough for its command line to be read.
         let ok = Command::new("/bin/sh")
             .args(["-c", &format!("sleep 0.3; echo {marker} >/dev/null")])

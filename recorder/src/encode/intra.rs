@@ -37,6 +37,8 @@ pub struct IntraCoder {
     /// 8 x 8).
     planes: [Vec<u8>; 3],
     pts: i64,
+    /// Whether a picture failed already (said at WARN once, then at DEBUG).
+    failed: bool,
     /// The last access unit coded and which macroblocks it held (tests decode it: what the
     /// hand-made picture's macroblocks must decode to).
     #[cfg(test)]
@@ -93,14 +95,16 @@ impl IntraCoder {
             stream,
             planes,
             pts: 0,
+            failed: false,
             #[cfg(test)]
             last: None,
         })
     }
 
     /// Codes macroblocks `mbs` (indices, row by row) of `planes`, a picture `width_mbs`
-    /// macroblocks wide; `None` when there are more than [`SLOTS`] or libx264 failed (the
-    /// caller then sends them as `I_PCM`).
+    /// macroblocks wide; `None` when there are more than [`SLOTS`], or libx264 failed or made
+    /// a picture whose macroblocks cannot be moved (the caller then sends them as `I_PCM`, or
+    /// gives a larger change to the main encoder).
     pub fn code(
         &mut self,
         planes: &h264::Planes<'_>,
@@ -136,15 +140,32 @@ impl IntraCoder {
             }
         }
         self.pts += 1;
-        let au = encode(&mut self.x264, &self.planes, self.pts)
-            .map_err(|e| tracing::warn!(error = %e, "the intra coder failed; the change goes in as I_PCM"))
-            .ok()?;
-        let mut coded = self.stream.macroblocks(&au)?;
+        let coded = encode(&mut self.x264, &self.planes, self.pts).and_then(|au| {
+            let mbs = self
+                .stream
+                .macroblocks(&au)
+                .filter(|m| m.len() == SLOTS)
+                .ok_or("its picture is not one intra macroblock per slice")?;
+            Ok((au, mbs))
+        });
+        let (au, mut coded) = match coded {
+            Ok(c) => c,
+            Err(e) => {
+                if std::mem::replace(&mut self.failed, true) {
+                    tracing::debug!(error = %e, "the intra coder failed again");
+                } else {
+                    tracing::warn!(error = %e, "the intra coder failed; this change goes in without it (as I_PCM, or to libx264 if larger)");
+                }
+                return None;
+            }
+        };
         coded.truncate(mbs.len());
         #[cfg(test)]
         {
             self.last = Some((au, mbs.to_vec()));
         }
+        #[cfg(not(test))]
+        drop(au);
         Some(coded)
     }
 }
