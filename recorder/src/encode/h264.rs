@@ -486,9 +486,33 @@ pub struct Numbering {
 pub struct Planes<'a> {
     pub data: [&'a [u8]; 3],
     pub strides: [usize; 3],
+    /// Columns of luma (the last macroblock column may reach past them, as the last row may
+    /// past `height`: its samples there repeat the last column's, which the decoder crops away).
+    pub width: usize,
     /// Rows of luma (the last macroblock row may reach past them: its rows there repeat the
     /// last one, which the decoder crops away).
     pub height: usize,
+}
+
+impl Planes<'_> {
+    /// Row `y` (0 to 15 of luma, 0 to 7 of chroma) of plane `p` of the macroblock at column
+    /// `mx`, row `my`, into `out` (16 or 8 samples), repeating the last column and row where
+    /// the macroblock reaches past the picture.
+    pub fn macroblock_row(&self, p: usize, mx: usize, my: usize, y: usize, out: &mut [u8]) {
+        let size = out.len();
+        let (cols, rows) = if p == 0 {
+            (self.width, self.height)
+        } else {
+            (self.width / 2, self.height / 2)
+        };
+        let row = (my * size + y).min(rows.saturating_sub(1));
+        let line = &self.data[p][row * self.strides[p]..][..cols];
+        let x0 = mx * size;
+        let inside = cols.saturating_sub(x0).min(size);
+        out[..inside].copy_from_slice(&line[x0..x0 + inside]);
+        let last = line[cols.saturating_sub(1)];
+        out[inside..].fill(last);
+    }
 }
 
 impl Numbering {
@@ -569,17 +593,11 @@ impl Numbering {
                 w.bit(0); // pcm_alignment_zero_bit
             }
             let (mx, my) = (mb % sps.width_mbs as usize, mb / sps.width_mbs as usize);
+            let mut samples = [0u8; 16];
             for (plane, size) in [(0usize, 16usize), (1, 8), (2, 8)] {
-                let (stride, data) = (planes.strides[plane], planes.data[plane]);
-                let rows = if plane == 0 {
-                    planes.height
-                } else {
-                    planes.height / 2
-                };
                 for y in 0..size {
-                    let row = (my * size + y).min(rows.saturating_sub(1));
-                    let at = row * stride + mx * size;
-                    for &v in &data[at..at + size] {
+                    planes.macroblock_row(plane, mx, my, y, &mut samples[..size]);
+                    for &v in &samples[..size] {
                         // A sample of 0 is kept out of the stream (older decoders refuse it);
                         // limited-range YUV never has one.
                         w.u(8, u32::from(v.max(1)));

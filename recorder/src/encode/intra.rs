@@ -117,17 +117,9 @@ impl IntraCoder {
         for (slot, &mb) in mbs.iter().enumerate() {
             let (mx, my) = (mb % width_mbs, mb / width_mbs);
             for (p, size) in [(0usize, 16usize), (1, 8), (2, 8)] {
-                let rows = if p == 0 {
-                    planes.height
-                } else {
-                    planes.height / 2
-                };
                 for y in 0..size {
-                    // The last macroblock row may reach past the picture: its rows there
-                    // repeat the last one (the decoder crops them away).
-                    let row = (my * size + y).min(rows.saturating_sub(1));
-                    let from = &planes.data[p][row * planes.strides[p] + mx * size..][..size];
-                    self.planes[p][y * stride(p) + slot * size..][..size].copy_from_slice(from);
+                    let to = &mut self.planes[p][y * stride(p) + slot * size..][..size];
+                    planes.macroblock_row(p, mx, my, y, to);
                 }
             }
         }

@@ -327,6 +327,7 @@ impl Encoder {
         let planes = h264::Planes {
             data: [self.yuv.data(0), self.yuv.data(1), self.yuv.data(2)],
             strides: [self.yuv.stride(0), self.yuv.stride(1), self.yuv.stride(2)],
+            width: self.width as usize,
             height: self.height as usize,
         };
         let width_mbs = self.width.div_ceil(16) as usize;
@@ -836,6 +837,50 @@ mod tests {
                 extra.made_by_hand(&out[0].access_unit),
                 intra,
                 "intra coder: {intra}"
+            );
+        }
+    }
+
+    /// A screen whose width and height are not whole macroblocks (1366 x 768 and the like): a
+    /// small change in the last, partial macroblock column and row goes in by hand, intra-coded
+    /// or as `I_PCM`, and the stream decodes with the change shown there.
+    #[test]
+    fn a_small_change_at_the_edge_of_a_screen_of_partial_macroblocks_decodes() {
+        let (w, h) = (326, 234);
+        let corner = Rect {
+            x: 318,
+            y: 226,
+            w: 8,
+            h: 8,
+        };
+        for intra in [true, false] {
+            let mut enc = Encoder::new(w, h, EncoderConfig::default()).unwrap();
+            if !intra {
+                enc.intra = None;
+            }
+            let mut f = busy(w, h, 0);
+            let mut aus: Vec<Vec<u8>> = enc
+                .encode(&f, MediaTime::ZERO)
+                .unwrap()
+                .into_iter()
+                .map(|f| f.access_unit)
+                .collect();
+            f.fill(corner.x, corner.y, corner.w, corner.h, [0, 0, 0, 255]);
+            let out = enc
+                .encode_changed(&f, &[corner], MediaTime::from_micros(200_000))
+                .unwrap();
+            assert!(enc.skip.as_ref().unwrap().made_by_hand(&out[0].access_unit));
+            aus.extend(out.into_iter().map(|f| f.access_unit));
+            let mut sources = Vec::new();
+            enc.yuv_luma_into(&mut sources);
+            let decoded = decode(&aus, w as usize, h as usize);
+            assert_eq!(decoded.len(), 2);
+            let at = ((h - 2) * w + (w - 2)) as usize;
+            assert!(
+                decoded[1][at].abs_diff(sources[0][at]) < 24,
+                "intra coder {intra}: the corner shows {} for {}",
+                decoded[1][at],
+                sources[0][at]
             );
         }
     }
