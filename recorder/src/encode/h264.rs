@@ -300,6 +300,13 @@ fn parse_pps(nal: &[u8]) -> Option<Pps> {
     })
 }
 
+/// The first SPS among `nals`, read.
+fn first_sps(nals: &[&[u8]]) -> Option<Sps> {
+    nals.iter()
+        .find(|n| n[0] & 0x1f == NAL_SPS)
+        .and_then(|n| parse_sps(n))
+}
+
 const NAL_SLICE: u8 = 1;
 const NAL_IDR: u8 = 5;
 const NAL_SPS: u8 = 7;
@@ -322,10 +329,7 @@ impl Extra {
     /// when the stream's structure does not allow hand-made pictures (see the module's doc).
     pub fn for_stream(au: &[u8]) -> Option<Self> {
         let nals = crate::fmp4::annexb_nals(au);
-        let sps = nals
-            .iter()
-            .find(|n| n[0] & 0x1f == NAL_SPS)
-            .and_then(|n| parse_sps(n))?;
+        let sps = first_sps(&nals)?;
         let pps_nals: Vec<&[u8]> = nals
             .iter()
             .filter(|n| n[0] & 0x1f == NAL_PPS)
@@ -403,10 +407,7 @@ impl IntraStream {
     /// and slices with the loop filter off.
     pub fn from_headers(au: &[u8]) -> Option<Self> {
         let nals = crate::fmp4::annexb_nals(au);
-        let sps = nals
-            .iter()
-            .find(|n| n[0] & 0x1f == NAL_SPS)
-            .and_then(|n| parse_sps(n))?;
+        let sps = first_sps(&nals)?;
         let pps = nals
             .iter()
             .find(|n| n[0] & 0x1f == NAL_PPS)

@@ -336,6 +336,7 @@ impl Encoder {
             .as_mut()
             .and_then(|c| c.code(&planes, width_mbs, &self.changed_now));
         if coded.is_none() && self.changed_now.len() > PCM_MAX_MBS {
+            cost::add(Stage::Encode, cost::thread_time().saturating_sub(started));
             return None;
         }
         let access_unit = match coded {
@@ -822,23 +823,30 @@ mod tests {
             h: 8,
         };
         for intra in [true, false] {
-            let mut enc = Encoder::new(w, h, EncoderConfig::default()).unwrap();
-            if !intra {
-                enc.intra = None;
-            }
-            let mut f = busy(w, h, 0);
-            enc.encode(&f, MediaTime::ZERO).unwrap();
-            f.fill(row.x, row.y, row.w, row.h, [0, 0, 0, 255]);
-            let out = enc
-                .encode_changed(&f, &[row], MediaTime::from_micros(200_000))
-                .unwrap();
+            let (enc, aus) = busy_then_black(w, h, row, intra);
             let extra = enc.skip.as_ref().unwrap();
-            assert_eq!(
-                extra.made_by_hand(&out[0].access_unit),
-                intra,
-                "intra coder: {intra}"
-            );
+            assert_eq!(extra.made_by_hand(&aus[1]), intra, "intra coder: {intra}");
         }
+    }
+
+    /// A `w` x `h` busy screen, then `change` painted black, encoded with the intra coder or
+    /// without it: the encoder and the two access units.
+    fn busy_then_black(w: u32, h: u32, change: Rect, intra: bool) -> (Encoder, Vec<Vec<u8>>) {
+        let mut enc = Encoder::new(w, h, EncoderConfig::default()).unwrap();
+        if !intra {
+            enc.intra = None;
+        }
+        let mut f = busy(w, h, 0);
+        let mut aus: Vec<Vec<u8>> = enc_out(enc.encode(&f, MediaTime::ZERO))
+            .into_iter()
+            .map(|f| f.access_unit)
+            .collect();
+        f.fill(change.x, change.y, change.w, change.h, [0, 0, 0, 255]);
+        let out = enc_out(enc.encode_changed(&f, &[change], MediaTime::from_micros(200_000)));
+        assert_eq!(out.len(), 1);
+        aus.extend(out.into_iter().map(|f| f.access_unit));
+        assert_eq!(aus.len(), 2);
+        (enc, aus)
     }
 
     /// A screen whose width and height are not whole macroblocks (1366 x 768 and the like): a
@@ -854,23 +862,8 @@ mod tests {
             h: 8,
         };
         for intra in [true, false] {
-            let mut enc = Encoder::new(w, h, EncoderConfig::default()).unwrap();
-            if !intra {
-                enc.intra = None;
-            }
-            let mut f = busy(w, h, 0);
-            let mut aus: Vec<Vec<u8>> = enc
-                .encode(&f, MediaTime::ZERO)
-                .unwrap()
-                .into_iter()
-                .map(|f| f.access_unit)
-                .collect();
-            f.fill(corner.x, corner.y, corner.w, corner.h, [0, 0, 0, 255]);
-            let out = enc
-                .encode_changed(&f, &[corner], MediaTime::from_micros(200_000))
-                .unwrap();
-            assert!(enc.skip.as_ref().unwrap().made_by_hand(&out[0].access_unit));
-            aus.extend(out.into_iter().map(|f| f.access_unit));
+            let (enc, aus) = busy_then_black(w, h, corner, intra);
+            assert!(enc.skip.as_ref().unwrap().made_by_hand(&aus[1]));
             let mut sources = Vec::new();
             enc.yuv_luma_into(&mut sources);
             let decoded = decode(&aus, w as usize, h as usize);
