@@ -141,6 +141,16 @@ pub(crate) fn main() -> Result<()> {
                 .init();
         }
     }
+    // No transparent huge pages for this process. libx264 asks for them (madvise) for its
+    // picture buffers, and the first touch of each zeroes 2 MB at once (perf: most of the
+    // first libx264 pictures' time): with them, a session's first two libx264 pictures took
+    // 40 to 170 ms each on the build machine's VM, more than the rest of a minute of idle
+    // recording; without, 22 (docs/recorder.md, "What an idle session costs"). Best effort:
+    // a kernel without the flag records as before.
+    #[cfg(target_os = "linux")]
+    if let Err(e) = rustix::thread::disable_transparent_huge_pages(true) {
+        tracing::info!(error = %e, "could not turn off transparent huge pages; recording goes on with them");
+    }
     match cli.command {
         Command::Run { config } => run(&config),
         #[cfg(windows)]
