@@ -837,7 +837,9 @@ fn workload(events: bool) -> Result<Workload> {
     })
 }
 
-fn idle(events: bool, seconds: u64) -> Result<(Measured, Measured)> {
+/// The idle runs: jitrec's, ffmpeg's, and the X server's CPU per minute with nothing
+/// recording ([`x_alone`]).
+fn idle(events: bool, seconds: u64) -> Result<(Measured, Measured, f64)> {
     eprintln!("recorder: idle runs, {seconds} s each");
     let x = Xvfb::start(WIDTH, HEIGHT)?;
     let _windows = furnish(&x.display)?;
@@ -845,6 +847,7 @@ fn idle(events: bool, seconds: u64) -> Result<(Measured, Measured)> {
     find_window(&x.display, "jitrec-bench-clock", Duration::from_secs(60))?;
     // Let the clock's terminal settle before anything is measured.
     std::thread::sleep(Duration::from_secs(2));
+    let x_alone = x_alone(&x, Duration::from_secs((seconds / 2).clamp(1, 30)));
     let tmp = tempfile::tempdir()?;
     let j = Jitrec::start(&x, events, tmp.path())?;
     let pids = [j.child.0.id(), x.pid()];
@@ -879,12 +882,26 @@ fn idle(events: bool, seconds: u64) -> Result<(Measured, Measured)> {
         peak_rss_kb: None,
         steady: Some(steady),
     };
-    Ok((ours, reference))
+    Ok((ours, reference, x_alone))
 }
 
-/// How much of an idle run of `seconds` [`settled`] leaves out: the first sixth, at most 10 s.
+/// CPU seconds per minute the X server uses over `during` with nothing recording it: what the
+/// clock's drawing costs by itself, the floor under both recorders' idle figures (which count
+/// the X server). From `schedstat` (nanoseconds; `stat`'s 10 ms ticks are too coarse for the
+/// few milliseconds a second this is).
+fn x_alone(x: &Xvfb, during: Duration) -> f64 {
+    let ms = |m: BTreeMap<String, f64>| m.values().sum::<f64>();
+    let (before, t) = (ms(thread_cpu_ms(x.pid())), Instant::now());
+    std::thread::sleep(during);
+    (ms(thread_cpu_ms(x.pid())) - before) / 1000.0 * 60.0 / t.elapsed().as_secs_f64()
+}
+
+/// How much of an idle run of `seconds` [`settled`] leaves out: the session's set-up, which
+/// includes the recording notice (on by default, taken down after
+/// [`jitrec_recorder::notice::DEFAULT_DISPLAY_SECONDS`]: a change of the screen that the
+/// session makes itself, once), and 5 s after it; at most half the run.
 fn settle_secs(seconds: u64) -> u64 {
-    (seconds / 6).min(10)
+    (u64::from(jitrec_recorder::notice::DEFAULT_DISPLAY_SECONDS) + 5).min(seconds / 2)
 }
 
 /// Waits `seconds` and returns the CPU seconds per minute `pids` used after the first
@@ -1031,7 +1048,7 @@ pub(crate) fn run(args: &RecorderArgs) -> Result<Vec<Line>> {
         ));
     }
     if args.idle_seconds > 0 {
-        let (ours, reference) = idle(events, args.idle_seconds)?;
+        let (ours, reference, x_alone) = idle(events, args.idle_seconds)?;
         println!(
             "recorder, idle 1920x1080 screen with three static windows and a clock ticking every second, {} s each:",
             args.idle_seconds
@@ -1049,6 +1066,9 @@ pub(crate) fn run(args: &RecorderArgs) -> Result<Vec<Line>> {
             settle_secs(args.idle_seconds),
             ours.steady.unwrap_or(f64::NAN),
             reference.steady.unwrap_or(f64::NAN),
+        );
+        println!(
+            "  the X server with nothing recording (the clock's own drawing, measured before both runs): {x_alone:.3} CPU-s per minute, in both figures above"
         );
         breakdown(&ours);
         lines.push(Line::new(
@@ -1076,6 +1096,13 @@ pub(crate) fn run(args: &RecorderArgs) -> Result<Vec<Line>> {
                 steady <= 0.1,
                 "<= 0.1 CPU-s per minute",
             ),
+        ));
+        lines.push(Line::new(
+            "recorder, idle",
+            "X server alone, CPU-s per minute (in both figures)",
+            format!("{x_alone:.2}"),
+            String::new(),
+            String::new(),
         ));
         lines.push(Line::new(
             "recorder, idle",
