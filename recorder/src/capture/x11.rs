@@ -250,8 +250,6 @@ impl Handover {
     }
 }
 
-/// Copies rectangle `r` (clipped to the screen) of `screen`'s pixels into `into`, a buffer
-/// laid out as `screen`'s.
 /// Side of the square tiles [`copy_union`] marks: a row of one is a few cache lines, and a
 /// 1080p screen has 60 x 34 of them.
 const TILE: u32 = 32;
@@ -314,7 +312,8 @@ fn copy_union(screen: &Frame, into: &mut [u8], rects: &[Rect]) {
     }
 }
 
-/// Copies rectangle `r` (clipped to the screen) of `screen` into `into`.
+/// Copies rectangle `r` (clipped to the screen) of `screen`'s pixels into `into`, a buffer
+/// laid out as `screen`'s.
 fn copy_rows(screen: &Frame, into: &mut [u8], r: Rect) {
     let x1 = r.x.saturating_add(r.w).min(screen.width) as usize;
     let y1 = r.y.saturating_add(r.h).min(screen.height) as usize;
