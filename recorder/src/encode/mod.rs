@@ -270,7 +270,7 @@ impl Encoder {
 
     /// Encodes a new screen image of which only `changed` differs from the last one encoded:
     /// only those rectangles are converted into the persistent YUV picture (the whole picture
-    /// when a third or more of the screen changed), and libx264 is told which macroblocks are
+    /// when three quarters or more of the screen changed), and libx264 is told which macroblocks are
     /// unchanged, so it codes them as skips without analysing them. Falls back to
     /// [`Encoder::encode`] when nothing was encoded yet.
     ///
@@ -292,7 +292,11 @@ impl Encoder {
             .collect();
         let area: u64 = rects.iter().map(Rect::area).sum();
         let whole = u64::from(self.width) * u64::from(self.height);
-        if area * 3 >= whole {
+        // A rectangle converts at the whole frame's speed per pixel (the same rows, cut
+        // shorter), so only a change of most of the screen is converted whole (until
+        // 2026-12-04 a third did: a scrolling terminal of half a 1080p screen cost a whole
+        // frame's conversion each picture).
+        if area * 4 >= whole * 3 {
             self.convert_whole(f)?;
         } else {
             cost::measure(Stage::Convert, || {
