@@ -270,9 +270,9 @@ impl Encoder {
 
     /// Encodes a new screen image of which only `changed` differs from the last one encoded:
     /// only those rectangles are converted into the persistent YUV picture (the whole picture
-    /// when three quarters or more of the screen changed), and libx264 is told which macroblocks are
-    /// unchanged, so it codes them as skips without analysing them. Falls back to
-    /// [`Encoder::encode`] when nothing was encoded yet.
+    /// when three quarters or more of the screen changed), and libx264 is told which
+    /// macroblocks are unchanged, so it codes them as skips without analysing them. Falls back
+    /// to [`Encoder::encode`] when nothing was encoded yet.
     ///
     /// A 2x2 block converts from its own four pixels alone ([`convert`]), so the picture is the
     /// same as a whole-frame conversion (tested), and a macroblock is unchanged when no changed
